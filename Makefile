@@ -1,0 +1,47 @@
+# Appliance — the commands a self-hoster, a tester and CI type.
+#   make run     HTTPS on https://localhost:8443 with a local CA, embedded store, demo data
+#   make test    everything the tests need (Debian packages, a venv), then the whole suite
+#   make binary  dist/appliance, one file (PyInstaller)
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# Debian packages the test suite needs (installed with apt-get when missing; you must be root).
+TEST_DEBS := python3-venv openssl binutils
+
+.PHONY: run test lint binary system-deps venv clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; }
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test,binary]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+run: system-deps $(VENV)/.installed
+	$(BIN)/appliance serve --dev
+
+system-deps:
+	@missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
+
+test: system-deps $(VENV)/.installed
+	$(BIN)/ruff check appliance tests bench
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check appliance tests bench
+
+binary: $(VENV)/.installed
+	$(BIN)/python build/stamp_commit.py
+	$(BIN)/pyinstaller --noconfirm --clean --distpath dist --workpath build/build build/appliance.spec
+
+clean:
+	rm -rf $(VENV) dist build/build .pytest_cache

@@ -1,0 +1,34 @@
+"""Which commit this build comes from: stamped into `_build_commit.py` by `make binary`,
+else read from the git checkout the package runs from, else "unknown".
+
+Never runs anything but `git rev-parse`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+
+def commit() -> str:
+    try:
+        from appliance._build_commit import COMMIT  # type: ignore[import-not-found]
+
+        return str(COMMIT)
+    except ImportError:
+        pass
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return "unknown"
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5, check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")

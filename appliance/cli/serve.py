@@ -1,0 +1,43 @@
+"""`appliance serve`: run the appliance (HTTPS on --listen; optional plain-HTTP redirector).
+
+Owns the flags of the verb only; the work is in `appliance.server`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from appliance import server
+from appliance.cli.common import add_state_options, load_settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "serve",
+        help="run the appliance",
+        description="Serve HTTPS on --listen. The plain-HTTP listener (--http-listen) only "
+                    "redirects to HTTPS. --dev: state in ./.appliance, a local CA, "
+                    "https://localhost:8443, created on first start.",
+    )
+    add_state_options(parser)
+    parser.add_argument("--listen", metavar="HOST:PORT", help="HTTPS listener")
+    parser.add_argument("--http-listen", metavar="HOST:PORT",
+                        help="plain-HTTP listener (redirects only)")
+    parser.add_argument("--dev", action="store_true",
+                        help="tester mode: ./.appliance, local CA, localhost:8443, no HSTS")
+    parser.add_argument("--log-format", choices=("json", "text"), help="log format on stderr")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings(
+        args,
+        dev=args.dev,
+        listen=args.listen,
+        http_listen=args.http_listen,
+        log_format=args.log_format,
+        log_level=args.log_level,
+    )
+    return asyncio.run(server.serve(settings))

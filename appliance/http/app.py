@@ -1,0 +1,58 @@
+"""The application factory: builds the aiohttp application from its parts, and nothing else.
+
+Lifecycles (store, TLS maintenance) are attached through `cleanup_ctx`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from appliance import state_dir
+from appliance.http import health, middleware
+from appliance.http.keys import SETTINGS, STORE, TLS
+from appliance.settings import Settings
+from appliance.store import open_sqlite_store
+from appliance.tls import TLSManager
+
+
+def build_app(settings: Settings, tls: TLSManager) -> web.Application:
+    app = web.Application(
+        middlewares=[middleware.request_context, middleware.errors],
+        client_max_size=settings.server.max_body_bytes,
+        handler_args={"max_field_size": 16 * 1024, "max_line_size": 16 * 1024},
+    )
+    app[SETTINGS] = settings
+    app[TLS] = tls
+    app.on_response_prepare.append(middleware.security_headers)
+    app.cleanup_ctx.append(_store_lifecycle)
+    app.cleanup_ctx.append(_tls_lifecycle)
+    health.add_routes(app)
+    return app
+
+
+async def _store_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    path = Path(app[SETTINGS].server.state_dir) / state_dir.STORE_FILE
+    store = await open_sqlite_store(path)
+    app[STORE] = store
+    try:
+        yield
+    finally:
+        await store.close()
+
+
+async def _tls_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    tls = app[TLS]
+    if tls.info is None:
+        tls.load_initial()
+    task = asyncio.create_task(tls.maintain(), name="tls-maintenance")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,17 @@
+"""Typed keys for what the application carries (`app[SETTINGS]`, …).
+
+Owns the names only.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from appliance.settings import Settings
+from appliance.store import Store
+from appliance.tls import TLSManager
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+TLS = web.AppKey("tls", TLSManager)
+REQUEST_ID = "request_id"

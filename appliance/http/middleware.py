@@ -1,0 +1,127 @@
+"""Middlewares every request passes: request id and access log, errors as JSON, limits, headers.
+
+The access log records method, route, status and duration only: never bodies, query-string
+values, or the values of `Authorization`, `Cookie` and `Set-Cookie`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from appliance.errors import ApplianceError, PayloadTooLarge, UpstreamTimeout
+from appliance.http.keys import REQUEST_ID, SETTINGS
+
+log = logging.getLogger("appliance.http")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    411: "length_required",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable",
+    429: "too_many_requests",
+}
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give the request an id, time it, and write one access-log line."""
+    request_id = secrets.token_hex(8)
+    request[REQUEST_ID] = request_id
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        route = request.match_info.route.resource
+        log.info(
+            "request",
+            extra={
+                "request_id": request_id,
+                "method": request.method,
+                "route": route.canonical if route is not None else "<unmatched>",
+                "status": status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "client": request.remote,
+            },
+        )
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into `{"error": {"code", "message"}}` with the right status."""
+    try:
+        settings = request.app[SETTINGS]
+        limit = settings.server.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+        async with asyncio.timeout(settings.server.request_timeout):
+            return await handler(request)
+    except ApplianceError as exc:
+        if exc.status >= 500:
+            log.warning("request failed", extra={"request_id": request.get(REQUEST_ID),
+                                                 "code": exc.code})
+        return error_response(exc.status, exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise  # redirects and the like pass through
+        code = _STATUS_CODES.get(exc.status, "error")
+        message = {
+            404: "no such path",
+            405: f"method {request.method} is not allowed here",
+            413: f"the request body is larger than {request.app[SETTINGS].server.max_body_bytes}"
+                 " bytes",
+        }.get(exc.status, exc.reason)
+        response = error_response(exc.status, code, message)
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except TimeoutError:
+        return error_response(UpstreamTimeout.status, "request_timeout",
+                               "the request took too long and was stopped")
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        # Log where, not what: an exception message may hold data from the request.
+        log.error(
+            "unhandled error",
+            extra={"request_id": request.get(REQUEST_ID),
+                   "exception": f"{type(exc).__module__}.{type(exc).__qualname__}"},
+        )
+        return error_response(500, "internal_error",
+                              f"internal error (request id {request.get(REQUEST_ID)})")
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Headers on every response, errors and streams included."""
+    headers = response.headers
+    headers["Server"] = "appliance"
+    headers.setdefault("X-Request-Id", request.get(REQUEST_ID, ""))
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+    headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+    headers.setdefault("Cross-Origin-Resource-Policy", "same-origin")
+    if request.path.startswith("/api/"):
+        headers.setdefault("Cache-Control", "no-store")
+    if not request.app[SETTINGS].dev:
+        headers.setdefault("Strict-Transport-Security", "max-age=63072000; includeSubDomains")

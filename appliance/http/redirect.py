@@ -1,0 +1,33 @@
+"""The plain-HTTP listener: it only redirects to HTTPS.
+
+Never serves content over plain HTTP and never reflects a Host header it does not recognise.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from appliance.http import middleware
+from appliance.http.keys import SETTINGS
+from appliance.settings import Settings
+
+
+def build_redirect_app(settings: Settings, https_port: int) -> web.Application:
+    """Every request gets 308 to the same path on HTTPS, for a configured name only."""
+    names = settings.tls.names
+
+    async def redirect(request: web.Request) -> web.StreamResponse:
+        host = (request.host or "").rsplit(":", 1)[0].strip("[]").lower().rstrip(".")
+        if host not in names:
+            host = names[0]
+        authority = f"[{host}]" if ":" in host else host
+        if https_port != 443:
+            authority += f":{https_port}"
+        raise web.HTTPPermanentRedirect(f"https://{authority}{request.rel_url.path_qs}")
+
+    app = web.Application(middlewares=[middleware.request_context, middleware.errors],
+                          client_max_size=1024)
+    app[SETTINGS] = settings
+    app.on_response_prepare.append(middleware.security_headers)
+    app.router.add_route("*", "/{tail:.*}", redirect)
+    return app

@@ -1,0 +1,111 @@
+"""`appliance serve`: start the listeners, wait for a signal, drain, stop.
+
+Builds nothing itself: the application comes from `http.app.build_app`. Never logs secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import sys
+from typing import TextIO
+
+from aiohttp import web
+
+from appliance import __version__, bootstrap, state_dir
+from appliance.http.app import build_app
+from appliance.http.redirect import build_redirect_app
+from appliance.settings import Endpoint, Settings
+from appliance.tls import TLSManager
+
+log = logging.getLogger("appliance.server")
+
+
+def bound_ports(site: web.TCPSite) -> list[tuple[str, int]]:
+    server = site._server  # aiohttp exposes no public accessor for the bound sockets
+    if server is None:
+        return []
+    return [sock.getsockname()[:2] for sock in server.sockets]  # type: ignore[union-attr]
+
+
+def _url(endpoint: Endpoint, port: int) -> str:
+    host = endpoint.host
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104
+        host = "localhost"
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+
+async def serve(settings: Settings, out: TextIO = sys.stdout) -> int:
+    if settings.dev:
+        await bootstrap.init_state(settings)
+    state = settings.server.state_dir.absolute()
+    state_dir.check(state)
+
+    tls = TLSManager(settings.tls, state)
+    tls.load_initial()
+    app = build_app(settings, tls)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           shutdown_timeout=settings.server.shutdown_timeout)
+    await runner.setup()
+    listen = settings.server.listen
+    site = web.TCPSite(runner, listen.host, listen.port, ssl_context=tls.context,
+                       reuse_address=True, backlog=512)
+    http_runner: web.AppRunner | None = None
+    try:
+        await site.start()
+        port = bound_ports(site)[0][1]
+        if settings.server.http_listen is not None:
+            http_listen = settings.server.http_listen
+            http_runner = web.AppRunner(build_redirect_app(settings, port), access_log=None,
+                                        handle_signals=False, shutdown_timeout=2)
+            await http_runner.setup()
+            await web.TCPSite(http_runner, http_listen.host, http_listen.port,
+                              reuse_address=True).start()
+    except OSError as exc:
+        await runner.cleanup()
+        if http_runner is not None:
+            await http_runner.cleanup()
+        print(f"error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+    url = _url(listen, port)
+    log.info("listening", extra={"url": url, "version": __version__, "tls_mode": tls.settings.mode})
+    print(f"Appliance {__version__} listening on {url}", file=out)
+    if tls.ca is not None:
+        print(f"Local CA certificate: {tls.ca.cert_path}", file=out)
+        print(f"Local CA SHA-256 fingerprint: {tls.ca.fingerprint}", file=out)
+        print(f"Try: curl --cacert {tls.ca.cert_path} {url}/healthz", file=out)
+    out.flush()
+    _notify(settings, b"READY=1")
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+    log.info("stopping: draining in-flight requests",
+             extra={"timeout_s": settings.server.shutdown_timeout})
+    _notify(settings, b"STOPPING=1")
+    if http_runner is not None:
+        await http_runner.cleanup()
+    await runner.cleanup()
+    log.info("stopped")
+    return 0
+
+
+def _notify(settings: Settings, message: bytes) -> None:
+    """Tell systemd (Type=notify) about our state, when it asked to be told."""
+    address = settings.environment.notify_socket
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(message)
+    except OSError as exc:
+        log.warning("cannot notify systemd", extra={"error": exc.strerror})

@@ -1,0 +1,9 @@
+"""The configuration store: one small async interface, SQLite as the embedded default.
+
+Knows nothing of HTTP. Never stores a query's parameter values or results.
+"""
+
+from appliance.store.base import Row, Store, Transaction
+from appliance.store.sqlite import SQLiteStore, open_sqlite_store
+
+__all__ = ["Row", "SQLiteStore", "Store", "Transaction", "open_sqlite_store"]

@@ -1,0 +1,47 @@
+"""What every store offers: reads, and writes inside a transaction that commits whole or not at all.
+
+Owns the interface only; implementations live beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+Row = dict[str, Any]
+Params = Sequence[Any]
+
+
+class Transaction(Protocol):
+    """Writes (and reads that must see them) inside one transaction."""
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        """Run one statement; return the number of rows changed."""
+        ...
+
+    async def insert(self, sql: str, params: Params = ()) -> int:
+        """Run one INSERT; return the new row id."""
+        ...
+
+    async def fetch_one(self, sql: str, params: Params = ()) -> Row | None: ...
+
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]: ...
+
+
+class Store(Protocol):
+    async def fetch_one(self, sql: str, params: Params = ()) -> Row | None: ...
+
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]: ...
+
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
+        """Commit when the block ends, roll back if it raises."""
+        ...
+
+    async def schema_version(self) -> int: ...
+
+    async def ping(self) -> None:
+        """Raise `StoreError` if the store cannot answer."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,195 @@
+"""The embedded store: one SQLite file in the state directory, WAL, one writer at a time.
+
+Owns the connections, pragmas and migrations. Writes always run inside an explicit
+`BEGIN IMMEDIATE … COMMIT`, so a crash leaves either the whole record or none of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiosqlite
+
+from appliance.errors import StoreError
+from appliance.state_dir import FILE_MODE
+from appliance.store.base import Params, Row
+from appliance.store.migrations import LATEST, MIGRATIONS, Migration
+
+_PRAGMAS = (
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = FULL",
+    "PRAGMA foreign_keys = ON",
+    "PRAGMA busy_timeout = 10000",
+    "PRAGMA secure_delete = ON",
+)
+
+
+class _SQLiteTransaction:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        cursor = await self._conn.execute(sql, tuple(params))
+        count = cursor.rowcount
+        await cursor.close()
+        return count
+
+    async def insert(self, sql: str, params: Params = ()) -> int:
+        cursor = await self._conn.execute(sql, tuple(params))
+        row_id = cursor.lastrowid
+        await cursor.close()
+        return int(row_id or 0)
+
+    async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
+        async with self._conn.execute(sql, tuple(params)) as cursor:
+            row = await cursor.fetchone()
+        return dict(row) if row is not None else None
+
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
+        async with self._conn.execute(sql, tuple(params)) as cursor:
+            rows = await cursor.fetchall()
+        return [dict(row) for row in rows]
+
+
+class SQLiteStore:
+    """A writer connection (serialised by a lock) and a reader connection over one WAL file."""
+
+    def __init__(self, path: Path, writer: aiosqlite.Connection,
+                 reader: aiosqlite.Connection) -> None:
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._write_lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"<SQLiteStore {self.path}>"
+
+    async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
+        try:
+            async with self._reader.execute(sql, tuple(params)) as cursor:
+                row = await cursor.fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"store read failed: {exc}") from exc
+        return dict(row) if row is not None else None
+
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
+        try:
+            async with self._reader.execute(sql, tuple(params)) as cursor:
+                rows = await cursor.fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"store read failed: {exc}") from exc
+        return [dict(row) for row in rows]
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_SQLiteTransaction]:
+        async with self._write_lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield _SQLiteTransaction(self._writer)
+            except BaseException:
+                await self._writer.rollback()
+                raise
+            else:
+                try:
+                    await self._writer.commit()
+                except sqlite3.Error as exc:
+                    await self._writer.rollback()
+                    raise StoreError(f"store commit failed: {exc}") from exc
+
+    async def schema_version(self) -> int:
+        row = await self.fetch_one("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")
+        return int(row["v"]) if row else 0
+
+    async def ping(self) -> None:
+        await self.fetch_one("SELECT 1 AS ok")
+
+    async def close(self) -> None:
+        for conn in (self._reader, self._writer):
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+
+async def _connect(path: Path, *, readonly: bool = False) -> aiosqlite.Connection:
+    uri = f"file:{path}?mode={'ro' if readonly else 'rwc'}"
+    conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    for pragma in _PRAGMAS:
+        if readonly and "journal_mode" in pragma:
+            continue
+        await conn.execute(pragma)
+    return conn
+
+
+async def open_sqlite_store(path: Path, *, migrate: bool = True) -> SQLiteStore:
+    """Open (creating if needed) the store file, 0600, and bring its schema to the latest version.
+
+    With `migrate=False` the schema is left as it is (for `doctor`, which only reports).
+    """
+    created = not path.exists()
+    try:
+        if created:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            os.close(fd)
+        writer = await _connect(path)
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreError(f"cannot open store {path}: {exc}") from None
+    try:
+        await writer.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL) STRICT"
+        )
+        if migrate:
+            await _migrate(writer)
+        reader = await _connect(path)
+    except sqlite3.DatabaseError as exc:
+        await writer.close()
+        raise StoreError(f"store {path} is not a usable SQLite database: {exc}") from None
+    except BaseException:
+        await writer.close()
+        raise
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(f"{path}{suffix}", FILE_MODE)
+    return SQLiteStore(path, writer, reader)
+
+
+async def _migrate(conn: aiosqlite.Connection) -> None:
+    async with conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations") as cur:
+        row = await cur.fetchone()
+    current = int(row[0]) if row else 0
+    if current > LATEST:
+        raise StoreError(
+            f"the store is at schema version {current}, newer than this appliance knows "
+            f"({LATEST}); run the newer appliance, or restore a backup"
+        )
+    for migration in MIGRATIONS:
+        if migration.version > current:
+            await _apply(conn, migration)
+
+
+async def _apply(conn: aiosqlite.Connection, migration: Migration) -> None:
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Another process may have applied it while we waited for the lock.
+        async with conn.execute(
+            "SELECT 1 FROM schema_migrations WHERE version = ?", (migration.version,)
+        ) as cur:
+            if await cur.fetchone():
+                await conn.rollback()
+                return
+        for statement in migration.statements:
+            await conn.execute(statement)
+        await conn.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+            (migration.version, migration.name, time.time()),
+        )
+        await conn.commit()
+    except BaseException:
+        await conn.rollback()
+        raise
