@@ -7,6 +7,7 @@ Never logs secret values: they are wrapped in `Secret` as soon as they are read.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -176,11 +177,9 @@ def _integer(minimum: int, maximum: int) -> Callable[[Any], int]:
 
 
 def _list(item: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
-    """A TOML array, or in the environment a comma-separated string."""
+    """A TOML array (in the environment: a comma-separated string, split by `_read_env`)."""
 
     def parse(value: Any) -> tuple[Any, ...]:
-        if isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
         if not isinstance(value, list):
             raise ValueError(f"expected a list, got {_type_name(value)}")
         out = []
@@ -191,6 +190,7 @@ def _list(item: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
                 raise ValueError(f"item {index + 1}: {exc}") from None
         return tuple(out)
 
+    parse.is_list = True  # type: ignore[attr-defined]
     return parse
 
 
@@ -386,14 +386,17 @@ FLAG_KEYS = {
 def load(
     *,
     config_file: Path | None = None,
-    env: Mapping[str, str],
+    env: Mapping[str, str] | None = None,
     flags: Mapping[str, Any] | None = None,
     dev: bool = False,
 ) -> Settings:
     """Build the settings: defaults (dev defaults with `dev`), then TOML, then env, then flags.
 
+    `env` defaults to the process environment (the only place the code base reads it).
     Raises `ConfigError` naming the first bad key.
     """
+    if env is None:
+        env = os.environ
     layers: list[tuple[str, dict[str, dict[str, Any]]]] = []
     used_file = config_file
     if used_file is None and not dev and DEFAULT_CONFIG_FILE.exists():
@@ -481,7 +484,10 @@ def _read_env(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         section, _, key = rest.partition("_")
         if section not in SCHEMA or key not in SCHEMA[section]:
             raise ConfigError(name, "unknown setting in the environment")
-        out.setdefault(section, {})[key] = env[name]
+        value: Any = env[name]
+        if getattr(SCHEMA[section][key].parse, "is_list", False):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        out.setdefault(section, {})[key] = value
     return out
 
 

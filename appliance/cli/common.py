@@ -6,7 +6,6 @@ Owns the one call that hands the process environment to the settings loader.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ def load_settings(args: argparse.Namespace, *, dev: bool = False, **flags: Any) 
     flags.setdefault("state_dir", getattr(args, "state_dir", None))
     loaded = settings.load(
         config_file=getattr(args, "config", None),
-        env=os.environ,
         flags=flags,
         dev=dev,
     )

@@ -1,0 +1,186 @@
+"""Shared fixtures: isolated environments, the CLI as a subprocess, and real appliance servers.
+
+Engineers add fixtures in their own clearly marked block; the foundation block comes first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT_DIR = ROOT / "test-output"
+
+# --------------------------------------------------------------------------------------------
+# Foundation fixtures
+# --------------------------------------------------------------------------------------------
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test process environment without any APPLIANCE_* or systemd variable, plus `extra`."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("APPLIANCE_") and k not in ("CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET")
+    }
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("APPLIANCE_") or name in ("CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET"):
+            monkeypatch.delenv(name)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m appliance ARGS` and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "appliance", *args],
+        capture_output=True, text=True, env=env or clean_env(), cwd=cwd or ROOT,
+        timeout=timeout, input=input,
+    )
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    """A state directory path that does not exist yet."""
+    return tmp_path / "state"
+
+
+@dataclass
+class ServerProcess:
+    """An `appliance serve` subprocess on an ephemeral port, with its output captured."""
+
+    proc: subprocess.Popen[str]
+    url: str
+    ca_file: Path | None
+    stdout_lines: list[str] = field(default_factory=list)
+    stderr_path: Path | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def client_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        return ctx
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text() if self.stderr_path else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+
+def start_server(args: list[str], *, cwd: Path, env: dict[str, str] | None = None,
+                 command: list[str] | None = None, timeout: float = 30) -> ServerProcess:
+    """Start `serve` (or `command`) and wait for its "listening on" line."""
+    stderr_path = cwd / f"server-{time.monotonic_ns()}.stderr"
+    stderr = stderr_path.open("w")
+    proc = subprocess.Popen(
+        (command or [sys.executable, "-m", "appliance"]) + args,
+        stdout=subprocess.PIPE, stderr=stderr, text=True, env=env or clean_env(), cwd=cwd,
+    )
+    stderr.close()
+    lines: list[str] = []
+    url, ca = None, None
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                break
+            continue
+        lines.append(line)
+        if m := re.search(r"listening on (https://\S+)", line):
+            url = m.group(1)
+        if m := re.search(r"Local CA certificate: (\S+)", line):
+            ca = Path(m.group(1))
+        if line.startswith("Try:") or (url and not _uses_local_ca(env)):
+            break
+    if url is None:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(
+            f"server did not start: stdout={''.join(lines)!r} stderr={stderr_path.read_text()!r}"
+        )
+    return ServerProcess(proc, url, ca, lines, stderr_path)
+
+
+def _uses_local_ca(env: dict[str, str] | None) -> bool:
+    return (env or {}).get("APPLIANCE_TLS_MODE", "local") == "local"
+
+
+@pytest.fixture
+def dev_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """`appliance serve --dev` on 127.0.0.1 and an ephemeral port, state in tmp_path/.appliance."""
+    server = start_server(["serve", "--dev", "--listen", "127.0.0.1:0"], cwd=tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()
+        if server.proc.stdout:
+            server.proc.stdout.close()
+
+
+@contextlib.contextmanager
+def tls_connection(host: str, port: int, ctx: ssl.SSLContext,
+                   server_hostname: str | None = None) -> Iterator[ssl.SSLSocket]:
+    import socket
+
+    raw = socket.create_connection((host, port), timeout=10)
+    try:
+        with ctx.wrap_socket(raw, server_hostname=server_hostname or host) as tls:
+            yield tls
+    finally:
+        raw.close()
+
+
+def http_request(sock: ssl.SSLSocket, method: str, path: str, host: str,
+                 headers: dict[str, str] | None = None, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 request on an open (keep-alive) TLS socket; returns status, headers, body."""
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed before the response headers")
+        buf += chunk
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    status = int(status_line.split()[1])
+    parsed = {}
+    for line in header_lines:
+        k, _, v = line.partition(":")
+        parsed[k.strip().lower()] = v.strip()
+    length = int(parsed.get("content-length", "0"))
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    return status, parsed, rest[:length]
