@@ -78,6 +78,8 @@ class EgressSettings:
 @dataclass(frozen=True)
 class AuthSettings:
     require_2fa: tuple[str, ...]
+    session_idle_timeout: float = 1800.0
+    session_absolute_timeout: float = 43200.0
 
 
 @dataclass(frozen=True)
@@ -366,6 +368,10 @@ SCHEMA: dict[str, dict[str, _Key]] = {
     },
     "auth": {
         "require_2fa": _Key(_list(_role), ["admin"], None, "Roles that must use TOTP."),
+        "session_idle_timeout": _Key(_number(60, 7 * 86400), 1800, None,
+                                     "Seconds a session lives without a request."),
+        "session_absolute_timeout": _Key(_number(60, 30 * 86400), 43200, None,
+                                         "Seconds a session lives at most, used or not."),
     },
     "log": {
         "format": _Key(_choice("json", "text"), "json", "text", "json lines or text, on stderr."),
