@@ -26,6 +26,75 @@ MIGRATIONS: tuple[Migration, ...] = (
                ) STRICT""",
         ),
     ),
+    Migration(
+        3,
+        "users, sessions, API tokens, 2FA recovery codes, login throttling, audit log",
+        (
+            """CREATE TABLE users (
+                   id             TEXT PRIMARY KEY,
+                   username       TEXT NOT NULL UNIQUE COLLATE NOCASE,
+                   role           TEXT NOT NULL CHECK (role IN ('admin', 'developer', 'viewer')),
+                   password_hash  TEXT NOT NULL,
+                   disabled       INTEGER NOT NULL DEFAULT 0,
+                   totp_enabled   INTEGER NOT NULL DEFAULT 0,
+                   totp_last_step INTEGER NOT NULL DEFAULT 0,
+                   created_at     REAL NOT NULL,
+                   updated_at     REAL NOT NULL
+               ) STRICT""",
+            """CREATE TABLE sessions (
+                   id_hash    TEXT PRIMARY KEY,
+                   user_id    TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+                   role       TEXT NOT NULL,
+                   mfa_state  TEXT NOT NULL CHECK (mfa_state IN ('done', 'not_required',
+                                                                 'enrol')),
+                   created_at REAL NOT NULL,
+                   last_seen  REAL NOT NULL,
+                   expires_at REAL NOT NULL
+               ) STRICT""",
+            "CREATE INDEX sessions_user ON sessions (user_id)",
+            """CREATE TABLE api_tokens (
+                   id           TEXT PRIMARY KEY,
+                   user_id      TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+                   name         TEXT NOT NULL,
+                   role         TEXT NOT NULL CHECK (role IN ('admin', 'developer', 'viewer')),
+                   secret_hash  TEXT NOT NULL,
+                   created_at   REAL NOT NULL,
+                   expires_at   REAL,
+                   revoked_at   REAL,
+                   last_used_at REAL
+               ) STRICT""",
+            "CREATE INDEX api_tokens_user ON api_tokens (user_id)",
+            """CREATE TABLE recovery_codes (
+                   user_id   TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+                   code_hash TEXT NOT NULL,
+                   used_at   REAL,
+                   PRIMARY KEY (user_id, code_hash)
+               ) STRICT""",
+            """CREATE TABLE login_throttle (
+                   key          TEXT PRIMARY KEY,
+                   failures     INTEGER NOT NULL,
+                   locked_until REAL NOT NULL,
+                   updated_at   REAL NOT NULL
+               ) STRICT""",
+            """CREATE TABLE audit_log (
+                   seq        INTEGER PRIMARY KEY,
+                   time       TEXT NOT NULL,
+                   actor      TEXT NOT NULL,
+                   action     TEXT NOT NULL,
+                   target     TEXT NOT NULL,
+                   outcome    TEXT NOT NULL,
+                   client     TEXT NOT NULL,
+                   request_id TEXT NOT NULL,
+                   details    TEXT NOT NULL,
+                   prev_hash  TEXT NOT NULL,
+                   hash       TEXT NOT NULL
+               ) STRICT""",
+            """CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+               BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+            """CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+               BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version
