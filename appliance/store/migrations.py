@@ -27,6 +27,38 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
+        2,
+        "keyring: unseal slots, sealed keyring, sealed fields",
+        (
+            """CREATE TABLE keyring_unseal (
+                   slot         INTEGER PRIMARY KEY,
+                   state        TEXT NOT NULL CHECK (state IN ('active', 'pending')),
+                   source       TEXT NOT NULL,
+                   kdf          TEXT NOT NULL,
+                   verifier     BLOB NOT NULL,
+                   wrapped_root BLOB NOT NULL,
+                   created_at   REAL NOT NULL
+               ) STRICT""",
+            """CREATE TABLE keyring (
+                   id            INTEGER PRIMARY KEY CHECK (id = 1),
+                   generation    INTEGER NOT NULL,
+                   root_verifier BLOB NOT NULL,
+                   sealed        BLOB NOT NULL,
+                   updated_at    REAL NOT NULL
+               ) STRICT""",
+            """CREATE TABLE sealed_fields (
+                   kind        TEXT NOT NULL,
+                   record_id   TEXT NOT NULL,
+                   field       TEXT NOT NULL,
+                   key_version INTEGER NOT NULL,
+                   blob        BLOB NOT NULL,
+                   updated_at  REAL NOT NULL,
+                   PRIMARY KEY (kind, record_id, field)
+               ) STRICT""",
+            "CREATE INDEX sealed_fields_key_version ON sealed_fields (key_version)",
+        ),
+    ),
+    Migration(
         3,
         "users, sessions, API tokens, 2FA recovery codes, login throttling, audit log",
         (
