@@ -1,0 +1,139 @@
+"""The aiohttp client's hook into the egress dialer: a connector that checks every new connection.
+
+Owns `EgressConnector`, `egress_session` and the hop-by-hop redirect follower. Never lets aiohttp
+resolve or cache a name itself, and never forwards credentials to another origin on a redirect.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aiohttp
+from aiohttp.abc import ResolveResult
+from multidict import CIMultiDict
+from yarl import URL
+
+from appliance.egress.addresses import parse_ip
+from appliance.egress.dialer import DEFAULT_CONNECT_TIMEOUT, Dialer
+from appliance.errors import UpstreamError
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Headers that carry credentials: dropped when a redirect leaves the original origin.
+_CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "cookie")
+
+
+class EgressConnector(aiohttp.TCPConnector):
+    """A TCPConnector whose only way to an address is the dialer's check.
+
+    aiohttp calls `_resolve_host` for every new connection (the DNS cache is off, and this
+    override also covers IP literals, which aiohttp would otherwise never resolve); it connects
+    only to the addresses returned, which are the checked ones. The socket factory binds the
+    source address of the address's family. TLS SNI and Host stay the URL's name (aiohttp's own
+    behaviour, since only the addresses are replaced).
+    """
+
+    def __init__(self, dialer: Dialer, *, purpose: str, datasource: str | None = None,
+                 **kwargs: Any) -> None:
+        for forbidden in ("resolver", "local_addr", "socket_factory", "use_dns_cache"):
+            if forbidden in kwargs:
+                raise TypeError(f"EgressConnector does not take {forbidden!r}: the dialer decides")
+        super().__init__(use_dns_cache=False, socket_factory=self._socket, **kwargs)
+        self._dialer = dialer
+        self._purpose = purpose
+        self._datasource = datasource
+
+    async def _resolve_host(self, host: str, port: int,
+                            traces: Sequence[Any] | None = None) -> list[ResolveResult]:
+        checked = await self._dialer.check(host, port, purpose=self._purpose,
+                                           datasource=self._datasource)
+        return [
+            {
+                "hostname": host,
+                "host": str(ip),
+                "port": port,
+                "family": socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+            }
+            for ip in checked.addresses
+        ]
+
+    def _socket(self, addr_info: Any) -> socket.socket:
+        family, type_, proto, _canon, sockaddr = addr_info
+        ip = parse_ip(str(sockaddr[0]))
+        if ip is None:  # aiohttp only ever passes the numeric addresses `_resolve_host` returned
+            raise OSError(f"refusing to connect to non-numeric address {sockaddr[0]!r}")
+        source = self._dialer.policy.policy.source_for(ip)
+        sock = socket.socket(family, type_, proto)
+        try:
+            if source is not None:
+                sock.bind((source, 0) if family == socket.AF_INET else (source, 0, 0, 0))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
+def egress_session(
+    dialer: Dialer,
+    *,
+    purpose: str,
+    datasource: str | None = None,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    total_timeout: float | None = None,
+    **session_kwargs: Any,
+) -> aiohttp.ClientSession:
+    """A ClientSession whose every connection goes through the dialer (no proxy from the
+    environment, connect timeout applied)."""
+    connector = EgressConnector(dialer, purpose=purpose, datasource=datasource)
+    timeout = aiohttp.ClientTimeout(total=total_timeout, sock_connect=connect_timeout)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False,
+                                 **session_kwargs)
+
+
+def _origin(url: URL) -> tuple[str, str, int | None]:
+    return (url.scheme, (url.host or "").lower().rstrip("."), url.port)
+
+
+async def request_following_redirects(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str | URL,
+    *,
+    max_redirects: int = 5,
+    headers: Mapping[str, str] | None = None,
+    **kwargs: Any,
+) -> aiohttp.ClientResponse:
+    """Send a request and follow redirects one hop at a time, each hop a new policy check.
+
+    The session must use an `EgressConnector` (so each hop's host is checked before any socket is
+    opened to it). Credential headers and `auth` are dropped once a hop leaves the first origin;
+    303 (and 301/302 after a POST) become a GET without a body. Only http and https are followed.
+    """
+    if not isinstance(session.connector, EgressConnector):
+        raise TypeError("redirects may only be followed through an EgressConnector session")
+    current = URL(url)
+    first_origin = _origin(current)
+    send_headers: CIMultiDict[str] = CIMultiDict(headers or {})
+    for _hop in range(max_redirects + 1):
+        response = await session.request(method, current, headers=send_headers,
+                                         allow_redirects=False, **kwargs)
+        location = response.headers.get("Location")
+        if response.status not in REDIRECT_STATUSES or not location:
+            return response
+        response.release()
+        target = current.join(URL(location))
+        if target.scheme not in ("http", "https") or not target.host:
+            raise UpstreamError(f"redirect to an unsupported location ({target.scheme or 'none'}:)")
+        if response.status == 303 or (response.status in (301, 302) and method.upper() == "POST"):
+            method = "GET"
+            for body_key in ("data", "json"):
+                kwargs.pop(body_key, None)
+        if _origin(target) != first_origin:
+            for name in _CREDENTIAL_HEADERS:
+                send_headers.popall(name, None)
+            kwargs.pop("auth", None)
+        current = target
+    raise UpstreamError(f"too many redirects (more than {max_redirects})")
