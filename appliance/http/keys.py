@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from appliance.audit import AuditLog
+from appliance.auth import AuthService
 from appliance.settings import Settings
 from appliance.store import Store
 from appliance.tls import TLSManager
@@ -14,4 +16,6 @@ from appliance.tls import TLSManager
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 TLS = web.AppKey("tls", TLSManager)
+AUDIT = web.AppKey("audit", AuditLog)
+AUTH = web.AppKey("auth", AuthService)
 REQUEST_ID = "request_id"

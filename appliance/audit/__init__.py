@@ -1,0 +1,30 @@
+"""The tamper-evident audit log: hash-chained, append-only, fail-closed, group-committed.
+
+Public face of the package. Never records secrets, parameter values or results.
+"""
+
+from appliance.audit.chain import GENESIS, Verification, entry_hash, verify
+from appliance.audit.log import (
+    OUTCOMES,
+    AuditLog,
+    AuditUnavailable,
+    Context,
+    public_entry,
+    verify_store,
+)
+from appliance.audit.redact import REDACTED, redact
+
+__all__ = [
+    "GENESIS",
+    "OUTCOMES",
+    "REDACTED",
+    "AuditLog",
+    "AuditUnavailable",
+    "Context",
+    "Verification",
+    "entry_hash",
+    "public_entry",
+    "redact",
+    "verify",
+    "verify_store",
+]

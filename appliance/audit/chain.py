@@ -1,0 +1,70 @@
+"""The hash chain of the audit log: how an entry is hashed and how the chain is checked.
+
+Owns the canonical form of an entry. Never reads or writes the store itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+GENESIS = "0" * 64
+
+# The fields covered by an entry's hash, in order.
+HASHED_FIELDS = ("seq", "time", "actor", "action", "target", "outcome", "client",
+                 "request_id", "details", "prev_hash")
+
+
+def entry_hash(entry: Mapping[str, Any]) -> str:
+    """SHA-256 over the canonical JSON of the hashed fields (including `prev_hash`)."""
+    canonical = json.dumps([entry[name] for name in HASHED_FIELDS], ensure_ascii=False,
+                           separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    entries: int
+    position: int | None = None
+    reason: str = ""
+    head: str = GENESIS
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "entries": self.entries,
+            "head": self.head,
+            "first_broken": None if self.ok else {"position": self.position,
+                                                  "reason": self.reason},
+        }
+
+
+def verify(rows: Iterable[Mapping[str, Any]]) -> Verification:
+    """Walk rows in `seq` order; report the first position where the chain breaks.
+
+    Positions are 1-based sequence numbers. Detects an edited entry (its hash no longer matches),
+    a deleted one (a gap, or a `prev_hash` that does not match) and reordered ones.
+    """
+    expected_prev = GENESIS
+    expected_seq = 1
+    count = 0
+    for row in rows:
+        count += 1
+        seq = row["seq"]
+        if seq != expected_seq:
+            return Verification(False, count - 1, expected_seq,
+                                f"entry {expected_seq} is missing (next is {seq})", expected_prev)
+        if row["prev_hash"] != expected_prev:
+            return Verification(False, count - 1, seq,
+                                "previous-entry hash does not match: an entry before it was "
+                                "changed, removed or moved", expected_prev)
+        if entry_hash(row) != row["hash"]:
+            return Verification(False, count - 1, seq, "entry content does not match its hash",
+                                expected_prev)
+        expected_prev = row["hash"]
+        expected_seq += 1
+    return Verification(True, count, head=expected_prev)

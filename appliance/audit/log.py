@@ -1,0 +1,259 @@
+"""The audit log: append-only, hash-chained entries, written in the caller's transaction.
+
+Owns `audit_log` rows and the group commit of high-rate entries (query runs). Fail-closed: when an
+entry cannot be written the caller's transaction is rolled back and the request fails. Never
+records a secret value, a query parameter value or a result (details pass through `redact`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.audit.chain import GENESIS, Verification, entry_hash, verify
+from appliance.audit.redact import redact
+from appliance.errors import ApplianceError, ServiceUnavailable
+from appliance.store import Store, Transaction
+
+log = logging.getLogger("appliance.audit")
+
+OUTCOMES = ("ok", "denied", "failed", "error")
+_MAX_FIELD = 500
+
+
+class AuditUnavailable(ServiceUnavailable):
+    """The audit entry could not be written, so the action it describes did not happen."""
+
+    code = "audit_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("the audit log cannot be written; the action was not performed")
+
+
+@dataclass(frozen=True)
+class Context:
+    """Who and where, for entries written on behalf of a request (or the CLI)."""
+
+    actor: str = "system"
+    client: str = ""
+    request_id: str = ""
+
+
+@dataclass
+class _Pending:
+    fields: dict[str, Any]
+    done: asyncio.Future[int]
+
+
+class AuditLog:
+    """`record` inside a transaction; `record_run` for the query-run hot path (group commit)."""
+
+    def __init__(self, store: Store, *, window: float = 0.0, max_batch: int = 512) -> None:
+        self.store = store
+        self.window = window
+        self.max_batch = max_batch
+        self._pending: list[_Pending] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- writing -----------------------------------------------------------------------------
+
+    async def record(
+        self,
+        tx: Transaction,
+        *,
+        action: str,
+        actor: str = "system",
+        target: str = "",
+        outcome: str = "ok",
+        client: str = "",
+        request_id: str = "",
+        details: Mapping[str, Any] | None = None,
+        context: Context | None = None,
+    ) -> int:
+        """Append one entry inside `tx`; return its position.
+
+        Raises `AuditUnavailable` if it cannot be written: let it propagate out of the
+        transaction so the action is rolled back with it.
+        """
+        if context is not None:
+            actor, client, request_id = context.actor, context.client, context.request_id
+        fields = _fields(action=action, actor=actor, target=target, outcome=outcome,
+                         client=client, request_id=request_id, details=details)
+        try:
+            return (await self._append(tx, [fields]))[0]
+        except ApplianceError:
+            raise
+        except Exception as exc:
+            log.error("audit write failed", extra={"action": action,
+                                                   "exception": type(exc).__qualname__})
+            raise AuditUnavailable() from None
+
+    async def record_run(
+        self,
+        *,
+        actor: str,
+        query_id: str,
+        duration_ms: float,
+        row_count: int,
+        outcome: str = "ok",
+        client: str = "",
+        request_id: str = "",
+        details: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Record a query run (metadata only); return once the entry is durable.
+
+        Entries arriving while a batch is being committed are written together in the next one
+        (group commit). Raises `AuditUnavailable` if the batch cannot be committed. Never call it
+        while holding a store transaction: it needs the writer itself.
+        """
+        extra = dict(details or {})
+        extra.update({"duration_ms": round(float(duration_ms), 3), "row_count": int(row_count)})
+        return await self.submit(action="query.run", actor=actor, target=f"query:{query_id}",
+                                 outcome=outcome, client=client, request_id=request_id,
+                                 details=extra)
+
+    async def submit(self, *, action: str, actor: str = "system", target: str = "",
+                     outcome: str = "ok", client: str = "", request_id: str = "",
+                     details: Mapping[str, Any] | None = None) -> int:
+        """Append one entry in its own (group-committed) transaction; return its position."""
+        if self._closed:
+            raise AuditUnavailable()
+        fields = _fields(action=action, actor=actor, target=target, outcome=outcome,
+                         client=client, request_id=request_id, details=details)
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(fields, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_loop(), name="audit-group-commit")
+        return await asyncio.shield(done)
+
+    async def _flush_loop(self) -> None:
+        while self._pending:
+            if self.window > 0:
+                await asyncio.sleep(self.window)
+            else:
+                await asyncio.sleep(0)
+            batch: list[_Pending] = []
+            try:
+                async with self.store.transaction() as tx:
+                    # Taken inside the transaction: what arrived while we waited joins this batch.
+                    batch = self._pending[: self.max_batch]
+                    del self._pending[: len(batch)]
+                    positions = await self._append(tx, [item.fields for item in batch])
+            except asyncio.CancelledError:
+                for item in batch + self._pending:
+                    if not item.done.done():
+                        item.done.set_exception(AuditUnavailable())
+                self._pending.clear()
+                raise
+            except Exception as exc:
+                log.error("audit group commit failed",
+                          extra={"entries": len(batch), "exception": type(exc).__qualname__})
+                for item in batch:
+                    if not item.done.done():
+                        item.done.set_exception(AuditUnavailable())
+                continue
+            for item, position in zip(batch, positions, strict=True):
+                if not item.done.done():
+                    item.done.set_result(position)
+
+    async def _append(self, tx: Transaction, entries: list[dict[str, Any]]) -> list[int]:
+        head = await tx.fetch_one("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        seq = int(head["seq"]) if head else 0
+        prev = str(head["hash"]) if head else GENESIS
+        positions = []
+        for fields in entries:
+            seq += 1
+            row = dict(fields, seq=seq, prev_hash=prev)
+            row["hash"] = entry_hash(row)
+            await tx.execute(
+                "INSERT INTO audit_log (seq, time, actor, action, target, outcome, client,"
+                " request_id, details, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (seq, row["time"], row["actor"], row["action"], row["target"], row["outcome"],
+                 row["client"], row["request_id"], row["details"], prev, row["hash"]),
+            )
+            prev = row["hash"]
+            positions.append(seq)
+        return positions
+
+    async def close(self) -> None:
+        """Let pending entries finish, then refuse new ones."""
+        self._closed = True
+        if self._flusher is not None:
+            with contextlib.suppress(Exception):
+                await self._flusher
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def page(self, *, after: int = 0, limit: int = 100,
+                   descending: bool = False, before: int | None = None) -> list[dict[str, Any]]:
+        """Entries by position: ascending after `after`, or descending before `before`."""
+        limit = max(1, min(int(limit), 1000))
+        if descending:
+            bound = before if before is not None else 2**62
+            rows = await self.store.fetch_all(
+                "SELECT * FROM audit_log WHERE seq < ? ORDER BY seq DESC LIMIT ?", (bound, limit))
+        else:
+            rows = await self.store.fetch_all(
+                "SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit))
+        return [public_entry(row) for row in rows]
+
+    async def verify(self, *, chunk: int = 5000) -> Verification:
+        """Check the whole chain, reading it in chunks."""
+        return await verify_store(self.store, chunk=chunk)
+
+
+async def verify_store(store: Store, *, chunk: int = 5000) -> Verification:
+    """Check the chain of the log in `store`; the first broken link with its position."""
+
+    async def rows() -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        last = -1
+        while True:
+            batch = await store.fetch_all(
+                "SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?", (last, chunk))
+            out.extend(batch)
+            if len(batch) < chunk:
+                return out
+            last = int(batch[-1]["seq"])
+
+    return verify(await rows())
+
+
+def public_entry(row: Mapping[str, Any]) -> dict[str, Any]:
+    """An entry as the API and the CLI show it (details decoded)."""
+    entry = dict(row)
+    try:
+        entry["details"] = json.loads(entry["details"])
+    except (TypeError, ValueError):
+        pass
+    entry["position"] = entry.pop("seq")
+    return entry
+
+
+def _clip(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return text[:_MAX_FIELD]
+
+
+def _fields(*, action: str, actor: str, target: str, outcome: str, client: str,
+            request_id: str, details: Mapping[str, Any] | None) -> dict[str, Any]:
+    if outcome not in OUTCOMES:
+        raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}")
+    return {
+        "time": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
+        "actor": _clip(actor),
+        "action": _clip(action),
+        "target": _clip(target),
+        "outcome": outcome,
+        "client": _clip(client),
+        "request_id": _clip(request_id),
+        "details": json.dumps(redact(dict(details or {})), ensure_ascii=False, sort_keys=True,
+                              separators=(",", ":")),
+    }

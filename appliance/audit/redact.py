@@ -1,0 +1,50 @@
+"""Redaction of audit details: values under secret-looking keys never reach the log.
+
+Owns the rule for what counts as secret in an audit entry's details. Never returns a secret value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from appliance.secret import Secret
+
+REDACTED = "<redacted>"
+
+# A key whose lower-cased name contains one of these has its value replaced.
+SECRET_KEY_PARTS = (
+    "password", "passphrase", "secret", "token", "totp", "otp", "recovery", "api_key",
+    "apikey", "authorization", "cookie", "session_id", "private_key", "credential", "hmac",
+    "params", "rows", "result",
+)
+
+_MAX_DEPTH = 8
+_MAX_STRING = 2000
+
+
+def is_secret_key(key: str) -> bool:
+    lowered = key.lower()
+    return any(part in lowered for part in SECRET_KEY_PARTS)
+
+
+def redact(value: Any, _depth: int = 0) -> Any:
+    """A JSON-safe copy of `value` with secret-looking keys and `Secret`s replaced."""
+    if isinstance(value, Secret):
+        return REDACTED
+    if _depth > _MAX_DEPTH:
+        return "<too deep>"
+    if isinstance(value, Mapping):
+        return {
+            str(key): REDACTED if is_secret_key(str(key)) else redact(item, _depth + 1)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value, key=str) if isinstance(value, set | frozenset) else value
+        return [redact(item, _depth + 1) for item in items]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    text = str(value)
+    return text if len(text) <= _MAX_STRING else text[:_MAX_STRING] + "…"

@@ -1,0 +1,56 @@
+"""Roles and the principal a request acts as: admin > developer > viewer.
+
+Owns the ordering of roles. Never decides which route needs which role (that is http/access).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from appliance.errors import BadRequest
+
+ADMIN = "admin"
+DEVELOPER = "developer"
+VIEWER = "viewer"
+ROLES = (ADMIN, DEVELOPER, VIEWER)
+_RANK = {VIEWER: 1, DEVELOPER: 2, ADMIN: 3}
+
+
+def rank(role: str) -> int:
+    return _RANK.get(role, 0)
+
+
+def at_least(role: str, needed: str) -> bool:
+    """True when `role` is `needed` or above it."""
+    return rank(role) >= rank(needed) > 0
+
+
+def lower(a: str, b: str) -> str:
+    return a if rank(a) <= rank(b) else b
+
+
+def check_role(value: object) -> str:
+    if not isinstance(value, str) or value not in _RANK:
+        raise BadRequest(f"role must be one of {', '.join(ROLES)}", code="bad_role")
+    return value
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request acts as. `role` is the effective role (a token's never exceeds its owner's)."""
+
+    user_id: str
+    username: str
+    role: str
+    via: str  # "session" or "token"
+    credential_id: str  # the session's hash prefix or the token id: for audit, never the secret
+    enrolment_required: bool = False
+
+    @property
+    def actor(self) -> str:
+        if self.via == "token":
+            return f"{self.username} (token {self.credential_id})"
+        return self.username
+
+    def at_least(self, needed: str) -> bool:
+        return at_least(self.role, needed)

@@ -1,0 +1,225 @@
+"""The authentication service: logins (password, TOTP, throttling), 2FA enrolment, logout.
+
+Owns the login flow and its audit entries. Never reveals which of user, password or code was
+wrong, and never logs or audits a password, code, session id or token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from appliance.audit import AuditLog, Context
+from appliance.auth.passwords import Passwords
+from appliance.auth.roles import Principal
+from appliance.auth.sessions import Sessions, label
+from appliance.auth.throttle import Throttle
+from appliance.auth.tokens import Tokens
+from appliance.auth.totp import TwoFactor, Vault
+from appliance.auth.users import User, Users
+from appliance.errors import BadRequest, Conflict, ServiceUnavailable, Unauthorized
+from appliance.secret import Secret
+from appliance.settings import AuthSettings
+from appliance.store import Store
+
+GENERIC_FAILURE = "invalid username, password or code"
+
+
+class LoginFailed(Unauthorized):
+    def __init__(self) -> None:
+        super().__init__(GENERIC_FAILURE, code="invalid_credentials")
+
+
+class CodeRequired(Unauthorized):
+    def __init__(self) -> None:
+        super().__init__("a TOTP code (or a recovery code) is required", code="totp_required")
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    session: Secret[str]
+    user: User
+    enrolment_required: bool
+    method: str
+
+
+class AuthService:
+    """Everything about who a request is: users, sessions, tokens, 2FA, throttling."""
+
+    def __init__(self, store: Store, audit: AuditLog, settings: AuthSettings,
+                 passwords: Passwords | None = None) -> None:
+        self.store = store
+        self.audit = audit
+        self.settings = settings
+        self.passwords = passwords or Passwords()
+        self.users = Users(store, audit, self.passwords)
+        self.sessions = Sessions(store, settings)
+        self.tokens = Tokens(store, audit)
+        self.throttle = Throttle(store)
+        self.two_factor = TwoFactor(store)
+
+    # -- login / logout ----------------------------------------------------------------------
+
+    async def login(self, username: str, password: Secret[str], code: str | None, *,
+                    vault: Vault | None, context: Context) -> LoginResult:
+        name = username.strip()[:64]
+        keys = [f"user:{name.lower()}", f"addr:{context.client or 'unknown'}"]
+        async with self.throttle.serialised(keys):
+            try:
+                await self.throttle.check(keys)
+            except Exception:
+                async with self.store.transaction() as tx:
+                    await self.audit.record(tx, action="session.create", outcome="denied",
+                                            target=await self._target(name),
+                                            details={"reason": "throttled"},
+                                            context=_anonymous(context))
+                raise
+            user = await self.users.get(name) if name else None
+            usable = user is not None and not user.disabled
+            ok = await self.passwords.verify(user.password_hash if usable and user else None,
+                                             password)
+            if ok and user is not None and user.totp_enabled and not code:
+                raise CodeRequired()
+            async with self.store.transaction() as tx:
+                method = "password"
+                if ok and user is not None and user.totp_enabled:
+                    if vault is None:
+                        raise ServiceUnavailable("the keyring is not available")
+                    method = await self.two_factor.check(tx, vault, user, code or "") or ""
+                    ok = bool(method)
+                if not ok or user is None:
+                    await self.throttle.failure(tx, keys)
+                    await self.audit.record(
+                        tx, action="session.create", outcome="failed",
+                        target=await self._target(name, tx),
+                        details={"reason": "bad code" if usable and method == "" and user
+                                 and user.totp_enabled else "bad credentials"},
+                        context=_anonymous(context))
+                    failed = True
+                else:
+                    failed = False
+                    await self.throttle.success(tx, keys[0])
+                    if self.passwords.needs_rehash(user.password_hash):
+                        new_hash = await self.passwords.hash(password)
+                        await self.users.set_password_hash(tx, user.id, new_hash)
+                    if method == "recovery":
+                        await self.audit.record(tx, action="2fa.recovery_code_used",
+                                                target=f"user:{user.username}",
+                                                context=_as(user, context))
+                    mfa_state = self.sessions.mfa_state(user.role, user.totp_enabled)
+                    raw, id_hash = await self.sessions.create(tx, user_id=user.id,
+                                                              role=user.role,
+                                                              mfa_state=mfa_state)
+                    await self.audit.record(
+                        tx, action="session.create", target=f"user:{user.username}",
+                        details={"method": "password" if method == "password"
+                                 else f"password+{method}", "session": label(id_hash)},
+                        context=_as(user, context))
+            if failed:
+                raise LoginFailed()
+            assert user is not None
+            return LoginResult(session=raw, user=user, method=method,
+                               enrolment_required=mfa_state == "enrol")
+
+    async def _target(self, name: str, tx: object = None) -> str:
+        # An unknown name may be a password typed into the wrong field: never audit it.
+        user = await self.users.get(name) if name else None
+        return f"user:{user.username}" if user else "user:<unknown>"
+
+    async def logout(self, principal: Principal, raw: str, *, context: Context) -> None:
+        async with self.store.transaction() as tx:
+            await self.sessions.delete(tx, raw)
+            await self.audit.record(tx, action="session.delete",
+                                    target=f"user:{principal.username}",
+                                    details={"session": principal.credential_id},
+                                    context=context)
+
+    async def rotate(self, principal: Principal, raw: str, *, context: Context,
+                     reason: str) -> Secret[str]:
+        """A new session id for the same user (privilege change); the old one ends."""
+        user = await self.users.get_by_id(principal.user_id)
+        if user is None or user.disabled:
+            raise Unauthorized("the session has ended", code="session_ended")
+        async with self.store.transaction() as tx:
+            await self.sessions.delete(tx, raw)
+            new_raw, id_hash = await self.sessions.create(
+                tx, user_id=user.id, role=user.role,
+                mfa_state=self.sessions.mfa_state(user.role, user.totp_enabled))
+            await self.audit.record(tx, action="session.rotate", target=f"user:{user.username}",
+                                    details={"reason": reason, "session": label(id_hash)},
+                                    context=context)
+        return new_raw
+
+    async def authenticate_bearer(self, raw: str) -> Principal | None:
+        return await self.tokens.authenticate(raw)
+
+    async def authenticate_session(self, raw: str) -> Principal | None:
+        return await self.sessions.lookup(raw)
+
+    # -- 2FA ---------------------------------------------------------------------------------
+
+    async def begin_enrolment(self, vault: Vault, principal: Principal, *,
+                              context: Context) -> tuple[str, str]:
+        user = await self._user(principal)
+        if user.totp_enabled:
+            raise Conflict("two-factor login is already enabled; ask an admin to reset it",
+                           code="2fa_enabled")
+        uri, svg = await self.two_factor.begin(vault, user)
+        async with self.store.transaction() as tx:
+            await self.audit.record(tx, action="2fa.enrol_start", target=f"user:{user.username}",
+                                    context=context)
+        return uri, svg
+
+    async def confirm_enrolment(self, vault: Vault, principal: Principal, code: str, raw: str,
+                                *, context: Context) -> tuple[list[Secret[str]], Secret[str]]:
+        """Enable 2FA with the first code; returns (recovery codes, the new session id)."""
+        if not isinstance(code, str) or not code:
+            raise BadRequest("code is required", code="bad_code")
+        user = await self._user(principal)
+        if user.totp_enabled:
+            raise Conflict("two-factor login is already enabled", code="2fa_enabled")
+        async with self.store.transaction() as tx:
+            codes = await self.two_factor.confirm(tx, vault, user, code)
+            if codes is not None:
+                await self.audit.record(tx, action="2fa.enable", target=f"user:{user.username}",
+                                        details={"recovery_codes": len(codes)}, context=context)
+        if codes is None:
+            async with self.store.transaction() as tx:
+                await self.audit.record(tx, action="2fa.enable", outcome="failed",
+                                        target=f"user:{user.username}", context=context)
+            raise BadRequest("the code does not match; check the device's clock and try again",
+                             code="bad_code")
+        new_raw = await self.rotate(principal, raw, context=context, reason="2fa enabled")
+        return codes, new_raw
+
+    async def reset_2fa(self, vault: Vault, username: str, *, context: Context) -> User:
+        async with self.store.transaction() as tx:
+            user = await self.users.require(username, tx)
+            await self.two_factor.reset(tx, vault, user.id)
+            await self.sessions.delete_for_user(tx, user.id)
+            await self.audit.record(tx, action="2fa.reset", target=f"user:{user.username}",
+                                    context=context)
+            return await self.users.require(username, tx)
+
+    async def change_own_password(self, principal: Principal, current: Secret[str],
+                                  new: Secret[str], *, context: Context) -> None:
+        user = await self._user(principal)
+        if not await self.passwords.verify(user.password_hash, current):
+            async with self.store.transaction() as tx:
+                await self.audit.record(tx, action="user.password_change", outcome="failed",
+                                        target=f"user:{user.username}", context=context)
+            raise Unauthorized("the current password is wrong", code="invalid_credentials")
+        await self.users.update(user.username, password=new, context=context)
+
+    async def _user(self, principal: Principal) -> User:
+        user = await self.users.get_by_id(principal.user_id)
+        if user is None or user.disabled:
+            raise Unauthorized("the session has ended", code="session_ended")
+        return user
+
+
+def _anonymous(context: Context) -> Context:
+    return Context(actor="anonymous", client=context.client, request_id=context.request_id)
+
+
+def _as(user: User, context: Context) -> Context:
+    return Context(actor=user.username, client=context.client, request_id=context.request_id)

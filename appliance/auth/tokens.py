@@ -1,0 +1,157 @@
+"""API tokens for automation: shown once, stored as SHA-256, never above the owner's role.
+
+Owns the `api_tokens` table. A token's effective role is the lower of its own and its owner's
+current role; a disabled owner's tokens fail at once. Never stores or logs a token's secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.audit import AuditLog, Context
+from appliance.auth import roles
+from appliance.auth.roles import Principal
+from appliance.auth.users import User
+from appliance.errors import BadRequest, Forbidden, NotFound
+from appliance.secret import Secret
+from appliance.store import Store
+
+PREFIX = "apl_"
+_TOKEN_RE = re.compile(r"apl_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
+MAX_EXPIRY_DAYS = 3650
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    id: str
+    user_id: str
+    username: str
+    name: str
+    role: str
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+    last_used_at: float | None
+
+    def public(self) -> dict[str, Any]:
+        now = time.time()
+        active = self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+        return {"id": self.id, "username": self.username, "name": self.name, "role": self.role,
+                "created_at": self.created_at, "expires_at": self.expires_at,
+                "revoked_at": self.revoked_at, "last_used_at": self.last_used_at,
+                "active": active}
+
+
+def _info(row: dict[str, Any]) -> TokenInfo:
+    return TokenInfo(id=row["id"], user_id=row["user_id"], username=row["username"],
+                     name=row["name"], role=row["role"], created_at=row["created_at"],
+                     expires_at=row["expires_at"], revoked_at=row["revoked_at"],
+                     last_used_at=row["last_used_at"])
+
+
+class Tokens:
+    def __init__(self, store: Store, audit: AuditLog) -> None:
+        self.store = store
+        self.audit = audit
+
+    async def create(self, owner: User, *, name: str, role: str | None,
+                     expires_days: float | None, context: Context) -> tuple[Secret[str], TokenInfo]:
+        """A new token for `owner`; the raw token is returned here and never again."""
+        if not isinstance(name, str) or not 1 <= len(name) <= 100 or not name.isprintable():
+            raise BadRequest("token name must be 1-100 printable characters", code="bad_name")
+        role = owner.role if role is None else roles.check_role(role)
+        if not roles.at_least(owner.role, role):
+            raise Forbidden(f"a token cannot have a role above its owner's ({owner.role})",
+                            code="role_above_owner")
+        if owner.disabled:
+            raise Forbidden("the user is disabled", code="user_disabled")
+        expires_at = None
+        if expires_days is not None:
+            if (isinstance(expires_days, bool) or not isinstance(expires_days, int | float)
+                    or not 0 < expires_days <= MAX_EXPIRY_DAYS):
+                raise BadRequest(f"expires_days must be a number of days, 1 to {MAX_EXPIRY_DAYS}",
+                                 code="bad_expiry")
+            expires_at = time.time() + float(expires_days) * 86400
+        token_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        now = time.time()
+        async with self.store.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO api_tokens (id, user_id, name, role, secret_hash, created_at,"
+                " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (token_id, owner.id, name, role, _hash(secret), now, expires_at))
+            await self.audit.record(tx, action="token.create", target=f"token:{token_id}",
+                                    details={"owner": owner.username, "name": name, "role": role,
+                                             "expires_at": expires_at}, context=context)
+        info = await self.get(token_id)
+        assert info is not None
+        return Secret(f"{PREFIX}{token_id}_{secret}"), info
+
+    async def get(self, token_id: str) -> TokenInfo | None:
+        row = await self.store.fetch_one(
+            "SELECT t.*, u.username FROM api_tokens t JOIN users u ON u.id = t.user_id"
+            " WHERE t.id = ?", (token_id,))
+        return _info(row) if row else None
+
+    async def list(self, user_id: str | None = None) -> list[TokenInfo]:
+        if user_id is None:
+            rows = await self.store.fetch_all(
+                "SELECT t.*, u.username FROM api_tokens t JOIN users u ON u.id = t.user_id"
+                " ORDER BY t.created_at")
+        else:
+            rows = await self.store.fetch_all(
+                "SELECT t.*, u.username FROM api_tokens t JOIN users u ON u.id = t.user_id"
+                " WHERE t.user_id = ? ORDER BY t.created_at", (user_id,))
+        return [_info(row) for row in rows]
+
+    async def revoke(self, token_id: str, *, context: Context,
+                     owner_id: str | None = None) -> TokenInfo:
+        async with self.store.transaction() as tx:
+            row = await tx.fetch_one("SELECT user_id, revoked_at FROM api_tokens WHERE id = ?",
+                                     (token_id,))
+            if row is None or (owner_id is not None and row["user_id"] != owner_id):
+                raise NotFound("no such token", code="token_not_found")
+            if row["revoked_at"] is None:
+                await tx.execute("UPDATE api_tokens SET revoked_at = ? WHERE id = ?",
+                                 (time.time(), token_id))
+                await self.audit.record(tx, action="token.revoke", target=f"token:{token_id}",
+                                        context=context)
+        info = await self.get(token_id)
+        assert info is not None
+        return info
+
+    async def authenticate(self, raw: str) -> Principal | None:
+        """The principal a bearer token acts as, or None. Constant-time secret comparison."""
+        match = _TOKEN_RE.fullmatch(raw.strip())
+        if match is None:
+            return None
+        token_id, secret = match.groups()
+        row = await self.store.fetch_one(
+            "SELECT t.secret_hash, t.role AS token_role, t.expires_at, t.revoked_at,"
+            " t.last_used_at, u.id AS user_id, u.username, u.role, u.disabled"
+            " FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.id = ?", (token_id,))
+        expected = row["secret_hash"] if row else _hash("no-such-token")
+        if not hmac.compare_digest(expected.encode(), _hash(secret).encode()) or row is None:
+            return None
+        now = time.time()
+        if row["revoked_at"] is not None or row["disabled"]:
+            return None
+        if row["expires_at"] is not None and now >= row["expires_at"]:
+            return None
+        if row["last_used_at"] is None or now - row["last_used_at"] >= 60:
+            async with self.store.transaction() as tx:
+                await tx.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?",
+                                 (now, token_id))
+        return Principal(user_id=row["user_id"], username=row["username"],
+                         role=roles.lower(row["token_role"], row["role"]), via="token",
+                         credential_id=token_id)

@@ -1,0 +1,156 @@
+"""User accounts: create, list, change role, disable, change password.
+
+Owns the `users` table. Never returns or logs a password hash outside this package; every change
+is audited in the same transaction (fail-closed) and a privilege change ends the user's sessions.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.audit import AuditLog, Context
+from appliance.auth import roles
+from appliance.auth.passwords import Passwords
+from appliance.errors import BadRequest, Conflict, NotFound
+from appliance.secret import Secret
+from appliance.store import Store, Transaction
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+RESERVED_NAMES = frozenset({"me"})
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    username: str
+    role: str
+    disabled: bool
+    totp_enabled: bool
+    totp_last_step: int
+    created_at: float
+    password_hash: str
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> User:
+        return cls(id=row["id"], username=row["username"], role=row["role"],
+                   disabled=bool(row["disabled"]), totp_enabled=bool(row["totp_enabled"]),
+                   totp_last_step=int(row["totp_last_step"]), created_at=row["created_at"],
+                   password_hash=row["password_hash"])
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.id, "username": self.username, "role": self.role,
+                "disabled": self.disabled, "totp_enabled": self.totp_enabled,
+                "created_at": self.created_at}
+
+    def __repr__(self) -> str:
+        return f"<User {self.username} {self.role}>"
+
+
+def check_username(value: object) -> str:
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
+        raise BadRequest("username must be 1-64 letters, digits or . _ @ - (starting with a "
+                         "letter or digit)", code="bad_username")
+    if value.lower() in RESERVED_NAMES:
+        raise BadRequest(f"the username {value!r} is reserved", code="bad_username")
+    return value
+
+
+class Users:
+    def __init__(self, store: Store, audit: AuditLog, passwords: Passwords) -> None:
+        self.store = store
+        self.audit = audit
+        self.passwords = passwords
+
+    async def get(self, username: str, tx: Transaction | None = None) -> User | None:
+        sql, params = "SELECT * FROM users WHERE username = ?", (username,)
+        row = await (tx.fetch_one(sql, params) if tx else self.store.fetch_one(sql, params))
+        return User.from_row(row) if row else None
+
+    async def get_by_id(self, user_id: str, tx: Transaction | None = None) -> User | None:
+        sql, params = "SELECT * FROM users WHERE id = ?", (user_id,)
+        row = await (tx.fetch_one(sql, params) if tx else self.store.fetch_one(sql, params))
+        return User.from_row(row) if row else None
+
+    async def require(self, username: str, tx: Transaction | None = None) -> User:
+        user = await self.get(username, tx)
+        if user is None:
+            raise NotFound(f"no user named {username!r}", code="user_not_found")
+        return user
+
+    async def list(self) -> list[User]:
+        rows = await self.store.fetch_all("SELECT * FROM users ORDER BY username")
+        return [User.from_row(row) for row in rows]
+
+    async def count(self) -> int:
+        row = await self.store.fetch_one("SELECT COUNT(*) AS n FROM users")
+        return int(row["n"]) if row else 0
+
+    async def create(self, *, username: str, role: str, password: Secret[str],
+                     context: Context) -> User:
+        check_username(username)
+        roles.check_role(role)
+        password_hash = await self.passwords.hash(password)
+        now = time.time()
+        user_id = "u_" + secrets.token_hex(8)
+        async with self.store.transaction() as tx:
+            if await self.get(username, tx) is not None:
+                raise Conflict(f"a user named {username!r} already exists", code="user_exists")
+            await tx.execute(
+                "INSERT INTO users (id, username, role, password_hash, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (user_id, username, role, password_hash, now, now))
+            await self.audit.record(tx, action="user.create", target=f"user:{username}",
+                                    details={"role": role}, context=context)
+            user = await self.require(username, tx)
+        return user
+
+    async def update(self, username: str, *, context: Context, role: str | None = None,
+                     disabled: bool | None = None,
+                     password: Secret[str] | None = None) -> User:
+        """Change role, disabled flag or password; a change ends the user's sessions."""
+        if role is not None:
+            roles.check_role(role)
+        new_hash = await self.passwords.hash(password) if password is not None else None
+        async with self.store.transaction() as tx:
+            user = await self.require(username, tx)
+            changed: dict[str, Any] = {}
+            if role is not None and role != user.role:
+                changed["role"] = {"from": user.role, "to": role}
+            if disabled is not None and disabled != user.disabled:
+                changed["disabled"] = disabled
+            if new_hash is not None:
+                changed["password_changed"] = True
+            if not changed:
+                return user
+            if user.role == roles.ADMIN and ("role" in changed or changed.get("disabled")):
+                await self._keep_one_admin(tx, user)
+            await tx.execute(
+                "UPDATE users SET role = ?, disabled = ?, password_hash = ?, updated_at = ?"
+                " WHERE id = ?",
+                (role or user.role, int(user.disabled if disabled is None else disabled),
+                 new_hash or user.password_hash, time.time(), user.id))
+            # Any privilege change (or a new password) ends every session of the user.
+            await tx.execute("DELETE FROM sessions WHERE user_id = ?", (user.id,))
+            action = "user.disable" if changed.get("disabled") is True else "user.update"
+            await self.audit.record(tx, action=action, target=f"user:{user.username}",
+                                    details={"changed": sorted(changed), **{
+                                        k: v for k, v in changed.items()
+                                        if k in ("role", "disabled")}},
+                                    context=context)
+            return await self.require(username, tx)
+
+    async def _keep_one_admin(self, tx: Transaction, user: User) -> None:
+        row = await tx.fetch_one(
+            "SELECT COUNT(*) AS n FROM users WHERE role = 'admin' AND disabled = 0 AND id != ?",
+            (user.id,))
+        if not row or int(row["n"]) == 0:
+            raise Conflict("this is the last enabled admin; create another admin first",
+                           code="last_admin")
+
+    async def set_password_hash(self, tx: Transaction, user_id: str, password_hash: str) -> None:
+        await tx.execute("UPDATE users SET password_hash = ?, updated_at = ? WHERE id = ?",
+                         (password_hash, time.time(), user_id))

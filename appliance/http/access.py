@@ -1,0 +1,218 @@
+"""Who may call what: the one place every route declares its role, and the middleware enforcing it.
+
+Owns authentication of each request (session cookie or bearer token), CSRF checks for cookie
+requests, role checks, and the start-up refusal of any route without a declaration. Never logs a
+cookie, a token or a session id.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from appliance.audit import AuditLog, Context
+from appliance.auth import ADMIN, COOKIE_NAME, DEVELOPER, VIEWER, AuthService, Principal
+from appliance.errors import ApplianceError, Forbidden, Unauthorized
+from appliance.http.keys import AUDIT, AUTH, REQUEST_ID, SETTINGS, STORE
+
+PUBLIC = "public"
+LEVELS = (PUBLIC, VIEWER, DEVELOPER, ADMIN)
+CSRF_HEADER = "X-Appliance-CSRF"
+PRINCIPAL = "principal"
+SESSION_RAW = "session_raw"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+_ATTR = "__appliance_access__"
+F = TypeVar("F", bound=Callable[..., Any])
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The role a route needs. `during_enrolment`: reachable before required 2FA is set up."""
+
+    role: str
+    during_enrolment: bool = False
+
+
+class UndeclaredRoute(ApplianceError):
+    """A route has no access declaration: the application refuses to start."""
+
+    code = "undeclared_route"
+    exit_code = 1
+
+
+def requires(role: str, *, during_enrolment: bool = False) -> Callable[[F], F]:
+    """Declare the role a handler needs: `public`, `viewer`, `developer` or `admin`."""
+    if role not in LEVELS:
+        raise ValueError(f"unknown access level {role!r}; use one of {', '.join(LEVELS)}")
+
+    def decorate(handler: F) -> F:
+        setattr(handler, _ATTR, Rule(role, during_enrolment))
+        return handler
+
+    return decorate
+
+
+public = requires(PUBLIC)
+viewer = requires(VIEWER)
+developer = requires(DEVELOPER)
+admin = requires(ADMIN)
+
+# Routes whose handler cannot carry an attribute (static files): declared by route object.
+_ROUTE_RULES: weakref.WeakKeyDictionary[web.AbstractRoute, Rule] = weakref.WeakKeyDictionary()
+
+
+def declare(route: web.AbstractRoute, role: str, *, during_enrolment: bool = False) -> None:
+    if role not in LEVELS:
+        raise ValueError(f"unknown access level {role!r}")
+    _ROUTE_RULES[route] = Rule(role, during_enrolment)
+
+
+def rule_of(route: web.AbstractRoute) -> Rule | None:
+    if route in _ROUTE_RULES:
+        return _ROUTE_RULES[route]
+    handler: Any = route.handler
+    while True:
+        rule = getattr(handler, _ATTR, None)
+        if isinstance(rule, Rule):
+            return rule
+        if isinstance(handler, functools.partial):
+            handler = handler.func
+        elif hasattr(handler, "__wrapped__"):
+            handler = handler.__wrapped__
+        else:
+            return None
+
+
+def route_table(app: web.Application) -> list[tuple[str, str, Rule | None]]:
+    """(method, path, rule) for every route of the application."""
+    out = []
+    for route in app.router.routes():
+        resource = route.resource
+        path = resource.canonical if resource is not None else "?"
+        out.append((route.method, path, rule_of(route)))
+    return out
+
+
+def check_routes(app: web.Application) -> None:
+    """Raise `UndeclaredRoute` naming every route that declares no role."""
+    missing = [f"{method} {path}" for method, path, rule in route_table(app) if rule is None]
+    if missing:
+        raise UndeclaredRoute(
+            "routes without an access declaration: " + ", ".join(sorted(set(missing)))
+            + " (decorate the handler with @access.public, @access.viewer, @access.developer "
+              "or @access.admin from appliance.http.access)")
+
+
+async def _check_on_startup(app: web.Application) -> None:
+    check_routes(app)
+
+
+def install(app: web.Application) -> None:
+    """Check declarations before anything starts, and open the auth service with the store."""
+    app.on_startup.insert(0, _check_on_startup)
+    app.cleanup_ctx.append(_lifecycle)
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    audit = AuditLog(app[STORE])
+    app[AUDIT] = audit
+    app[AUTH] = AuthService(app[STORE], audit, app[SETTINGS].auth)
+    try:
+        yield
+    finally:
+        await audit.close()
+
+
+# -- per request ---------------------------------------------------------------------------
+
+
+def principal(request: web.Request) -> Principal | None:
+    return request.get(PRINCIPAL)
+
+
+def require_principal(request: web.Request) -> Principal:
+    found = request.get(PRINCIPAL)
+    if found is None:
+        raise Unauthorized("authentication required", code="unauthenticated")
+    return found
+
+
+def context(request: web.Request) -> Context:
+    """Actor, client address and request id, for audit entries written for this request."""
+    found = request.get(PRINCIPAL)
+    return Context(actor=found.actor if found else "anonymous", client=request.remote or "",
+                   request_id=request.get(REQUEST_ID, ""))
+
+
+def expected_origin(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}".lower()
+
+
+def _origin_ok(request: web.Request) -> bool:
+    origin = request.headers.get("Origin")
+    return origin is not None and origin.lower() == expected_origin(request)
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authenticate, check CSRF for cookie requests, then check the route's role."""
+    match_info = request.match_info
+    if match_info.http_exception is not None:
+        return await handler(request)  # 404/405: nothing to protect
+    rule = rule_of(match_info.route)
+    if rule is None:
+        # check_routes refuses to start with such a route; this is the last line of defence.
+        raise Forbidden("this route declares no access rule", code="undeclared_route")
+    state_changing = request.method not in SAFE_METHODS
+    if rule.role == PUBLIC:
+        if state_changing and "Origin" in request.headers and not _origin_ok(request):
+            raise Forbidden("cross-origin request refused", code="csrf")
+        return await handler(request)
+
+    auth = request.app[AUTH]
+    found = await _authenticate(request, auth)
+    if found is None:
+        raise Unauthorized("authentication required", code="unauthenticated")
+    if found.via == "session" and state_changing:
+        if not _origin_ok(request) or request.headers.get(CSRF_HEADER) != "1":
+            raise Forbidden(f"cross-site request refused: a cookie-authenticated "
+                            f"{request.method} needs a same-origin Origin header and "
+                            f"{CSRF_HEADER}: 1", code="csrf")
+    request[PRINCIPAL] = found
+    if found.enrolment_required and not rule.during_enrolment:
+        raise Forbidden("your role requires two-factor login: enrol first "
+                        "(POST /api/v1/users/me/2fa)", code="2fa_enrolment_required")
+    if not found.at_least(rule.role):
+        raise Forbidden(f"this needs the {rule.role} role", code="forbidden_role")
+    return await handler(request)
+
+
+async def _authenticate(request: web.Request, auth: AuthService) -> Principal | None:
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise Unauthorized("unsupported Authorization scheme; use Bearer",
+                               code="unauthenticated")
+        found = await auth.authenticate_bearer(value.strip())
+        if found is None:
+            raise Unauthorized("invalid, expired or revoked token", code="invalid_token")
+        return found
+    raw = request.cookies.get(COOKIE_NAME)
+    if not raw:
+        return None
+    found = await auth.authenticate_session(raw)
+    if found is not None:
+        request[SESSION_RAW] = raw
+    return found
+
+
+def audit_of(request: web.Request) -> AuditLog:
+    return request.app[AUDIT]
