@@ -1,0 +1,239 @@
+"""The vault: every sealed field of the product, in one table, sealed with the active data key.
+
+Owns `sealed_fields` and the cached keyring of a running process (re-read when a newer
+generation appears). Never logs, returns or raises with a plaintext; values leave as `Secret`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+from appliance.keyring.errors import KeyringCorrupted, SealedFieldError
+from appliance.keyring.kdf import DEFAULT_TUNING, KdfTuning
+from appliance.keyring.ring import Keyring
+from appliance.keyring.sealing import (
+    KEY_BYTES,
+    FormatError,
+    check_value,
+    field_key_version,
+    open_field,
+    same,
+    seal_field,
+)
+from appliance.keyring.sources import InstanceSecret, resolve
+from appliance.keyring.unseal import ACTIVE, derive, insert_slot, open_root, promote, read_slots
+from appliance.secret import Secret
+from appliance.settings import Settings
+from appliance.store import Store, Transaction
+
+log = logging.getLogger("appliance.keyring")
+
+
+def root_verifier(root_key: bytes) -> bytes:
+    return check_value(root_key, b"root")
+
+
+class SecretVault:
+    """Seal, open, delete and list sealed fields. One instance per process, shared."""
+
+    def __init__(self, store: Store, root_key: bytes, keyring: Keyring,
+                 secret: InstanceSecret, slot: int) -> None:
+        self._store = store
+        self._root = root_key
+        self._ring = keyring
+        self.secret_source = secret.source
+        self.secret_where = secret.where
+        self.slot = slot
+
+    def __repr__(self) -> str:
+        return f"<SecretVault generation={self._ring.generation} active=v{self._ring.active}>"
+
+    # --- the interface other modules use -----------------------------------------------------
+
+    async def put(self, tx: Transaction, kind: str, record_id: str, field: str,
+                  value: bytes) -> None:
+        """Seal `value` with the active data key inside the caller's transaction."""
+        if not isinstance(value, bytes | bytearray):
+            raise TypeError("SecretVault.put takes bytes")
+        ring = await self._current(tx)
+        blob = seal_field(ring.active_key.key, ring.active, kind, record_id, field, bytes(value))
+        await tx.execute(
+            "INSERT INTO sealed_fields (kind, record_id, field, key_version, blob, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, record_id, field) DO UPDATE SET "
+            "key_version = excluded.key_version, blob = excluded.blob, "
+            "updated_at = excluded.updated_at",
+            (kind, record_id, field, ring.active, blob, time.time()),
+        )
+
+    async def get(self, kind: str, record_id: str, field: str, *,
+                  tx: Transaction | None = None) -> Secret[bytes] | None:
+        """The opened field, or None if it is not set. `SealedFieldError` names the record."""
+        reader: Any = tx if tx is not None else self._store
+        row = await reader.fetch_one(
+            "SELECT key_version, blob FROM sealed_fields "
+            "WHERE kind = ? AND record_id = ? AND field = ?", (kind, record_id, field))
+        if row is None:
+            return None
+        return Secret(await self._open(kind, record_id, field, int(row["key_version"]),
+                                       bytes(row["blob"]), tx))
+
+    async def delete(self, tx: Transaction, kind: str, record_id: str,
+                     field: str | None = None) -> None:
+        """Delete one field, or every field of the record when `field` is None."""
+        if field is None:
+            await tx.execute("DELETE FROM sealed_fields WHERE kind = ? AND record_id = ?",
+                             (kind, record_id))
+        else:
+            await tx.execute(
+                "DELETE FROM sealed_fields WHERE kind = ? AND record_id = ? AND field = ?",
+                (kind, record_id, field))
+
+    async def fields(self, kind: str, record_id: str) -> set[str]:
+        rows = await self._store.fetch_all(
+            "SELECT field FROM sealed_fields WHERE kind = ? AND record_id = ?", (kind, record_id))
+        return {str(row["field"]) for row in rows}
+
+    # --- keyring state -------------------------------------------------------------------------
+
+    @property
+    def keyring(self) -> Keyring:
+        return self._ring
+
+    @property
+    def active_version(self) -> int:
+        return self._ring.active
+
+    @property
+    def generation(self) -> int:
+        return self._ring.generation
+
+    async def refresh(self, tx: Transaction | None = None) -> bool:
+        """Re-read the sealed keyring if a newer generation was written; True if it changed."""
+        reader: Any = tx if tx is not None else self._store
+        row = await reader.fetch_one("SELECT generation FROM keyring WHERE id = 1")
+        if row is None or int(row["generation"]) == self._ring.generation:
+            return False
+        await self._current(tx, force=True)
+        return True
+
+    async def _current(self, tx: Transaction | None, *, force: bool = False) -> Keyring:
+        """The keyring as committed (inside `tx` when given, so a put never uses a stale key)."""
+        reader: Any = tx if tx is not None else self._store
+        if not force:
+            row = await reader.fetch_one("SELECT generation FROM keyring WHERE id = 1")
+            if row is not None and int(row["generation"]) == self._ring.generation:
+                return self._ring
+        row = await reader.fetch_one(
+            "SELECT generation, root_verifier, sealed FROM keyring WHERE id = 1")
+        ring = load_keyring(self._root, row)
+        if ring.generation != self._ring.generation:
+            log.info("keyring reloaded", extra={"generation": ring.generation,
+                                                "active_version": ring.active})
+        self._ring = ring
+        return ring
+
+    async def _open(self, kind: str, record_id: str, field: str, column_version: int,
+                    blob: bytes, tx: Transaction | None) -> bytes:
+        try:
+            version = field_key_version(blob)
+        except FormatError as exc:
+            raise SealedFieldError(kind, record_id, field, exc.reason) from None
+        if version != column_version:
+            raise SealedFieldError(kind, record_id, field,
+                                   "its key version does not match its record (tampered)")
+        if version not in self._ring.keys:
+            await self._current(tx, force=True)  # rotated by another process since we loaded
+        key = self._ring.keys.get(version)
+        if key is None:
+            raise SealedFieldError(kind, record_id, field,
+                                   f"data key v{version} is not in the keyring")
+        try:
+            return open_field(key.key, kind, record_id, field, blob)
+        except FormatError as exc:
+            raise SealedFieldError(kind, record_id, field, exc.reason) from None
+
+    # --- for rotation, change-password and backup (same package) -------------------------------
+
+    @property
+    def root_key(self) -> bytes:
+        return self._root
+
+    async def write_keyring(self, tx: Transaction, ring: Keyring) -> None:
+        await tx.execute("UPDATE keyring SET generation = ?, sealed = ?, updated_at = ? "
+                         "WHERE id = 1", (ring.generation, ring.seal(self._root), time.time()))
+        self._ring = ring
+
+    async def current(self, tx: Transaction) -> Keyring:
+        return await self._current(tx)
+
+
+def load_keyring(root_key: bytes, row: dict[str, Any] | None) -> Keyring:
+    if row is None:
+        raise KeyringCorrupted("the keyring record is missing from the store: restore a backup")
+    if not same(root_verifier(root_key), bytes(row["root_verifier"])):
+        raise KeyringCorrupted("the root key does not match the keyring record (the store's "
+                               "keyring is damaged or from another installation): restore a backup")
+    try:
+        return Keyring.open(root_key, int(row["generation"]), bytes(row["sealed"]))
+    except FormatError as exc:
+        raise KeyringCorrupted(
+            f"the sealed keyring does not open ({exc.reason}) although the root key is right: "
+            "the store is damaged; restore a backup") from None
+
+
+async def open_vault(settings: Settings, store: Store, *,
+                     tuning: KdfTuning = DEFAULT_TUNING) -> SecretVault:
+    """Unseal the root key with the instance secret and load the keyring (creating both on a
+    fresh store). Raises `InstanceSecretMissing`, `WrongInstanceSecret` or `KeyringCorrupted`.
+    """
+    secret = resolve(settings)
+    return await open_vault_with(secret, store, tuning=tuning)
+
+
+async def open_vault_with(secret: InstanceSecret, store: Store, *,
+                          tuning: KdfTuning = DEFAULT_TUNING) -> SecretVault:
+    slots = await read_slots(store)
+    if not slots:
+        created = await _initialise(secret, store, tuning)
+        if created is not None:
+            return created
+        slots = await read_slots(store)  # another process initialised it meanwhile
+    root, slot = await open_root(slots, secret)
+    if slot.state != ACTIVE:
+        async with store.transaction() as tx:
+            if await promote(tx, slot.slot):
+                log.info("instance secret change completed: the new secret is now the only one",
+                         extra={"slot": slot.slot})
+    row = await store.fetch_one(
+        "SELECT generation, root_verifier, sealed FROM keyring WHERE id = 1")
+    ring = load_keyring(root, row)
+    return SecretVault(store, root, ring, secret, slot.slot)
+
+
+async def _initialise(secret: InstanceSecret, store: Store,
+                      tuning: KdfTuning) -> SecretVault | None:
+    params = await asyncio.to_thread(tuning.new_params)
+    derived = await derive(params, secret)
+    root = os.urandom(KEY_BYTES)
+    ring = Keyring.first()
+    async with store.transaction() as tx:
+        if await tx.fetch_one("SELECT 1 AS ok FROM keyring_unseal LIMIT 1") is not None:
+            return None
+        if await tx.fetch_one("SELECT 1 AS ok FROM keyring WHERE id = 1") is not None:
+            raise KeyringCorrupted("the store has a keyring but no unseal slot: it is damaged; "
+                                   "restore a backup")
+        if await tx.fetch_one("SELECT 1 AS ok FROM sealed_fields LIMIT 1") is not None:
+            raise KeyringCorrupted("the store has sealed fields but no keyring: it is damaged; "
+                                   "restore a backup")
+        slot = await insert_slot(tx, state=ACTIVE, source=secret.source, params=params,
+                                 derived=derived, root_key=root)
+        await tx.execute(
+            "INSERT INTO keyring (id, generation, root_verifier, sealed, updated_at) "
+            "VALUES (1, ?, ?, ?, ?)",
+            (ring.generation, root_verifier(root), ring.seal(root), time.time()))
+    log.info("keyring created", extra={"kdf": params.describe(), "source": secret.source})
+    return SecretVault(store, root, ring, secret, slot)
