@@ -14,7 +14,8 @@ from aiohttp import web
 
 from appliance import state_dir
 from appliance.http import health, middleware
-from appliance.http.keys import SETTINGS, STORE, TLS
+from appliance.http.keys import KEYRING, SETTINGS, STORE, TLS
+from appliance.keyring import keyring_lifecycle
 from appliance.settings import Settings
 from appliance.store import open_sqlite_store
 from appliance.tls import TLSManager
@@ -30,6 +31,7 @@ def build_app(settings: Settings, tls: TLSManager) -> web.Application:
     app[TLS] = tls
     app.on_response_prepare.append(middleware.security_headers)
     app.cleanup_ctx.append(_store_lifecycle)
+    app.cleanup_ctx.append(keyring_lifecycle(SETTINGS, STORE, KEYRING))
     app.cleanup_ctx.append(_tls_lifecycle)
     health.add_routes(app)
     return app

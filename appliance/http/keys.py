@@ -9,6 +9,7 @@ from aiohttp import web
 
 from appliance.audit import AuditLog
 from appliance.auth import AuthService
+from appliance.keyring import SecretVault
 from appliance.settings import Settings
 from appliance.store import Store
 from appliance.tls import TLSManager
@@ -18,4 +19,5 @@ STORE = web.AppKey("store", Store)
 TLS = web.AppKey("tls", TLSManager)
 AUDIT = web.AppKey("audit", AuditLog)
 AUTH = web.AppKey("auth", AuthService)
+KEYRING = web.AppKey("keyring", SecretVault)
 REQUEST_ID = "request_id"
