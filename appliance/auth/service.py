@@ -6,6 +6,7 @@ wrong, and never logs or audits a password, code, session id or token.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from appliance.audit import AuditLog, Context
@@ -46,8 +47,10 @@ class AuthService:
     """Everything about who a request is: users, sessions, tokens, 2FA, throttling."""
 
     def __init__(self, store: Store, audit: AuditLog, settings: AuthSettings,
-                 passwords: Passwords | None = None) -> None:
+                 passwords: Passwords | None = None,
+                 vault: Callable[[], Awaitable[Vault]] | None = None) -> None:
         self.store = store
+        self._vault_provider = vault
         self.audit = audit
         self.settings = settings
         self.passwords = passwords or Passwords()
@@ -57,10 +60,16 @@ class AuthService:
         self.throttle = Throttle(store)
         self.two_factor = TwoFactor(store)
 
+    async def vault(self) -> Vault:
+        """The keyring's vault (TOTP secrets are sealed there)."""
+        if self._vault_provider is None:
+            raise ServiceUnavailable("the keyring is not available", code="keyring_unavailable")
+        return await self._vault_provider()
+
     # -- login / logout ----------------------------------------------------------------------
 
     async def login(self, username: str, password: Secret[str], code: str | None, *,
-                    vault: Vault | None, context: Context) -> LoginResult:
+                    context: Context) -> LoginResult:
         name = username.strip()[:64]
         keys = [f"user:{name.lower()}", f"addr:{context.client or 'unknown'}"]
         async with self.throttle.serialised(keys):
@@ -79,11 +88,11 @@ class AuthService:
                                              password)
             if ok and user is not None and user.totp_enabled and not code:
                 raise CodeRequired()
+            vault = await self.vault() if ok and user is not None and user.totp_enabled else None
             async with self.store.transaction() as tx:
                 method = "password"
                 if ok and user is not None and user.totp_enabled:
-                    if vault is None:
-                        raise ServiceUnavailable("the keyring is not available")
+                    assert vault is not None
                     method = await self.two_factor.check(tx, vault, user, code or "") or ""
                     ok = bool(method)
                 if not ok or user is None:
@@ -157,9 +166,10 @@ class AuthService:
 
     # -- 2FA ---------------------------------------------------------------------------------
 
-    async def begin_enrolment(self, vault: Vault, principal: Principal, *,
+    async def begin_enrolment(self, principal: Principal, *,
                               context: Context) -> tuple[str, str]:
         user = await self._user(principal)
+        vault = await self.vault()
         if user.totp_enabled:
             raise Conflict("two-factor login is already enabled; ask an admin to reset it",
                            code="2fa_enabled")
@@ -169,7 +179,7 @@ class AuthService:
                                     context=context)
         return uri, svg
 
-    async def confirm_enrolment(self, vault: Vault, principal: Principal, code: str, raw: str,
+    async def confirm_enrolment(self, principal: Principal, code: str, raw: str,
                                 *, context: Context) -> tuple[list[Secret[str]], Secret[str]]:
         """Enable 2FA with the first code; returns (recovery codes, the new session id)."""
         if not isinstance(code, str) or not code:
@@ -177,6 +187,7 @@ class AuthService:
         user = await self._user(principal)
         if user.totp_enabled:
             raise Conflict("two-factor login is already enabled", code="2fa_enabled")
+        vault = await self.vault()
         async with self.store.transaction() as tx:
             codes = await self.two_factor.confirm(tx, vault, user, code)
             if codes is not None:
@@ -191,7 +202,8 @@ class AuthService:
         new_raw = await self.rotate(principal, raw, context=context, reason="2fa enabled")
         return codes, new_raw
 
-    async def reset_2fa(self, vault: Vault, username: str, *, context: Context) -> User:
+    async def reset_2fa(self, username: str, *, context: Context) -> User:
+        vault = await self.vault()
         async with self.store.transaction() as tx:
             user = await self.users.require(username, tx)
             await self.two_factor.reset(tx, vault, user.id)

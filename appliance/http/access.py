@@ -18,7 +18,7 @@ from aiohttp import web
 from appliance.audit import AuditLog, Context
 from appliance.auth import ADMIN, COOKIE_NAME, DEVELOPER, VIEWER, AuthService, Principal
 from appliance.errors import ApplianceError, Forbidden, Unauthorized
-from appliance.http.keys import AUDIT, AUTH, REQUEST_ID, SETTINGS, STORE
+from appliance.http.keys import AUDIT, AUTH, KEYRING, REQUEST_ID, SETTINGS, STORE
 
 PUBLIC = "public"
 LEVELS = (PUBLIC, VIEWER, DEVELOPER, ADMIN)
@@ -123,11 +123,20 @@ def install(app: web.Application) -> None:
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     audit = AuditLog(app[STORE])
     app[AUDIT] = audit
-    app[AUTH] = AuthService(app[STORE], audit, app[SETTINGS].auth)
+    app[AUTH] = AuthService(app[STORE], audit, app[SETTINGS].auth, vault=_vault_provider(app))
     try:
         yield
     finally:
         await audit.close()
+
+
+def _vault_provider(app: web.Application) -> Callable[[], Awaitable[Any]]:
+    """The keyring's vault, as the application holds it (opened by the keyring lifecycle)."""
+
+    async def provide() -> Any:
+        return app[KEYRING]
+
+    return provide
 
 
 # -- per request ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from appliance import state_dir
-from appliance.http import health, middleware
+from appliance.http import access, auth_routes, health, middleware
 from appliance.http.keys import KEYRING, SETTINGS, STORE, TLS
 from appliance.keyring import keyring_lifecycle
 from appliance.settings import Settings
@@ -23,7 +23,7 @@ from appliance.tls import TLSManager
 
 def build_app(settings: Settings, tls: TLSManager) -> web.Application:
     app = web.Application(
-        middlewares=[middleware.request_context, middleware.errors],
+        middlewares=[middleware.request_context, middleware.errors, access.authenticate],
         client_max_size=settings.server.max_body_bytes,
         handler_args={"max_field_size": 16 * 1024, "max_line_size": 16 * 1024},
     )
@@ -33,7 +33,9 @@ def build_app(settings: Settings, tls: TLSManager) -> web.Application:
     app.cleanup_ctx.append(_store_lifecycle)
     app.cleanup_ctx.append(keyring_lifecycle(SETTINGS, STORE, KEYRING))
     app.cleanup_ctx.append(_tls_lifecycle)
+    access.install(app)  # refuses to start with a route that declares no role
     health.add_routes(app)
+    auth_routes.add_routes(app)
     return app
 
 

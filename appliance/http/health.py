@@ -8,13 +8,16 @@ from __future__ import annotations
 from aiohttp import web
 
 from appliance.errors import ApplianceError
+from appliance.http import access
 from appliance.http.keys import STORE, TLS
 
 
+@access.public
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+@access.public
 async def readyz(request: web.Request) -> web.Response:
     checks: dict[str, str] = {}
     try:

@@ -1,0 +1,305 @@
+"""HTTP routes for sessions, users, 2FA enrolment, API tokens and the audit log.
+
+Thin handlers: parse, authorise (declared with `access`), call the auth service, serialise.
+Never echoes a password, code, TOTP secret (after enrolment), token (after creation) or session id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from appliance.auth import COOKIE_NAME, Principal
+from appliance.errors import BadRequest, Forbidden, Unauthorized
+from appliance.http import access
+from appliance.http.access import SESSION_RAW
+from appliance.http.json_body import read_object
+from appliance.http.keys import AUDIT, AUTH
+from appliance.secret import Secret
+
+
+def _string(body: dict[str, Any], key: str, *, required: bool = True,
+            max_length: int = 1024) -> str | None:
+    value = body.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or (required and not value):
+        raise BadRequest(f"{key!r} must be a non-empty string", code="bad_field")
+    if len(value) > max_length:
+        raise BadRequest(f"{key!r} is too long", code="bad_field")
+    return value
+
+
+def _secret(body: dict[str, Any], key: str) -> Secret[str]:
+    value = _string(body, key, max_length=4096)
+    assert value is not None
+    return Secret(value)
+
+
+def _set_session_cookie(response: web.StreamResponse, raw: Secret[str]) -> None:
+    response.set_cookie(COOKIE_NAME, raw.reveal(), path="/", secure=True, httponly=True,
+                        samesite="Strict")
+
+
+def _clear_session_cookie(response: web.StreamResponse) -> None:
+    response.del_cookie(COOKIE_NAME, path="/", secure=True, httponly=True, samesite="Strict")
+
+
+def _principal_view(found: Principal) -> dict[str, Any]:
+    return {"username": found.username, "role": found.role, "via": found.via,
+            "2fa_enrolment_required": found.enrolment_required}
+
+
+# -- session ---------------------------------------------------------------------------------
+
+
+@access.public
+async def create_session(request: web.Request) -> web.Response:
+    body = await read_object(request)
+    username = _string(body, "username", max_length=64)
+    password = _secret(body, "password")
+    code = _string(body, "totp", required=False, max_length=64)
+    assert username is not None
+    result = await request.app[AUTH].login(username, password, code,
+                                           context=access.context(request))
+    response = web.json_response({
+        "user": result.user.public(),
+        "2fa_enrolment_required": result.enrolment_required,
+    }, status=201)
+    _set_session_cookie(response, result.session)
+    return response
+
+
+@access.requires("viewer", during_enrolment=True)
+async def get_session(request: web.Request) -> web.Response:
+    return web.json_response(_principal_view(access.require_principal(request)))
+
+
+@access.requires("viewer", during_enrolment=True)
+async def delete_session(request: web.Request) -> web.Response:
+    found = access.require_principal(request)
+    raw = request.get(SESSION_RAW)
+    if found.via != "session" or raw is None:
+        raise BadRequest("only a session can be ended here; revoke tokens instead",
+                         code="not_a_session")
+    await request.app[AUTH].logout(found, raw, context=access.context(request))
+    response = web.Response(status=204)
+    _clear_session_cookie(response)
+    return response
+
+
+# -- users (admin) ---------------------------------------------------------------------------
+
+
+@access.admin
+async def list_users(request: web.Request) -> web.Response:
+    users = await request.app[AUTH].users.list()
+    return web.json_response({"users": [user.public() for user in users]})
+
+
+@access.admin
+async def create_user(request: web.Request) -> web.Response:
+    body = await read_object(request)
+    username = _string(body, "username", max_length=64)
+    role = _string(body, "role", max_length=16)
+    password = _secret(body, "password")
+    assert username is not None and role is not None
+    user = await request.app[AUTH].users.create(username=username, role=role, password=password,
+                                                context=access.context(request))
+    return web.json_response(user.public(), status=201)
+
+
+@access.admin
+async def get_user(request: web.Request) -> web.Response:
+    user = await request.app[AUTH].users.require(request.match_info["name"])
+    return web.json_response(user.public())
+
+
+@access.admin
+async def update_user(request: web.Request) -> web.Response:
+    body = await read_object(request)
+    unknown = set(body) - {"role", "disabled", "password"}
+    if unknown:
+        raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}", code="bad_field")
+    disabled = body.get("disabled")
+    if disabled is not None and not isinstance(disabled, bool):
+        raise BadRequest("'disabled' must be true or false", code="bad_field")
+    role = _string(body, "role", required=False, max_length=16)
+    password = _secret(body, "password") if "password" in body else None
+    auth = request.app[AUTH]
+    user = await auth.users.update(request.match_info["name"], role=role, disabled=disabled,
+                                   password=password, context=access.context(request))
+    return web.json_response(user.public())
+
+
+@access.admin
+async def reset_user_2fa(request: web.Request) -> web.Response:
+    user = await request.app[AUTH].reset_2fa(request.match_info["name"],
+                                             context=access.context(request))
+    return web.json_response(user.public())
+
+
+@access.admin
+async def list_user_tokens(request: web.Request) -> web.Response:
+    auth = request.app[AUTH]
+    user = await auth.users.require(request.match_info["name"])
+    tokens = await auth.tokens.list(user.id)
+    return web.json_response({"tokens": [token.public() for token in tokens]})
+
+
+@access.admin
+async def revoke_user_token(request: web.Request) -> web.Response:
+    auth = request.app[AUTH]
+    user = await auth.users.require(request.match_info["name"])
+    info = await auth.tokens.revoke(request.match_info["token_id"], owner_id=user.id,
+                                    context=access.context(request))
+    return web.json_response(info.public())
+
+
+# -- the caller's own account ----------------------------------------------------------------
+
+
+@access.requires("viewer", during_enrolment=True)
+async def get_me(request: web.Request) -> web.Response:
+    auth = request.app[AUTH]
+    found = access.require_principal(request)
+    user = await auth.users.get_by_id(found.user_id)
+    if user is None:
+        raise Unauthorized("the session has ended", code="session_ended")
+    out = user.public()
+    out["recovery_codes_left"] = await auth.two_factor.remaining_recovery_codes(user.id)
+    out["2fa_enrolment_required"] = found.enrolment_required
+    return web.json_response(out)
+
+
+@access.viewer
+async def change_my_password(request: web.Request) -> web.Response:
+    found = _session_only(request, "change the password")
+    body = await read_object(request)
+    await request.app[AUTH].change_own_password(
+        found, _secret(body, "current_password"), _secret(body, "new_password"),
+        context=access.context(request))
+    response = web.json_response({"status": "changed", "relogin": True})
+    _clear_session_cookie(response)
+    return response
+
+
+@access.requires("viewer", during_enrolment=True)
+async def begin_2fa(request: web.Request) -> web.Response:
+    found = _session_only(request, "enrol in two-factor login")
+    uri, svg = await request.app[AUTH].begin_enrolment(found, context=access.context(request))
+    return web.json_response({"otpauth_uri": uri, "qr_svg": svg}, status=201)
+
+
+@access.requires("viewer", during_enrolment=True)
+async def confirm_2fa(request: web.Request) -> web.Response:
+    found = _session_only(request, "enrol in two-factor login")
+    body = await read_object(request)
+    code = _string(body, "code", max_length=64)
+    assert code is not None
+    codes, new_session = await request.app[AUTH].confirm_enrolment(
+        found, code, request[SESSION_RAW], context=access.context(request))
+    response = web.json_response({"enabled": True,
+                                  "recovery_codes": [c.reveal() for c in codes]})
+    _set_session_cookie(response, new_session)
+    return response
+
+
+@access.viewer
+async def list_my_tokens(request: web.Request) -> web.Response:
+    found = access.require_principal(request)
+    tokens = await request.app[AUTH].tokens.list(found.user_id)
+    return web.json_response({"tokens": [token.public() for token in tokens]})
+
+
+@access.viewer
+async def create_my_token(request: web.Request) -> web.Response:
+    found = _session_only(request, "create tokens")
+    body = await read_object(request)
+    name = _string(body, "name", max_length=100)
+    role = _string(body, "role", required=False, max_length=16)
+    expires = body.get("expires_days")
+    auth = request.app[AUTH]
+    owner = await auth.users.get_by_id(found.user_id)
+    if owner is None:
+        raise Unauthorized("the session has ended", code="session_ended")
+    assert name is not None
+    raw, info = await auth.tokens.create(owner, name=name, role=role, expires_days=expires,
+                                         context=access.context(request))
+    return web.json_response(dict(info.public(), token=raw.reveal()), status=201)
+
+
+@access.viewer
+async def revoke_my_token(request: web.Request) -> web.Response:
+    found = access.require_principal(request)
+    info = await request.app[AUTH].tokens.revoke(request.match_info["token_id"],
+                                                 owner_id=found.user_id,
+                                                 context=access.context(request))
+    return web.json_response(info.public())
+
+
+def _session_only(request: web.Request, what: str) -> Principal:
+    found = access.require_principal(request)
+    if found.via != "session":
+        raise Forbidden(f"an API token cannot {what}; log in", code="session_required")
+    return found
+
+
+# -- audit (admin) ---------------------------------------------------------------------------
+
+
+def _int_param(request: web.Request, name: str, default: int | None, *, low: int,
+               high: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise BadRequest(f"{name} must be an integer from {low} to {high}", code="bad_query")
+    return int(raw)
+
+
+@access.admin
+async def list_audit(request: web.Request) -> web.Response:
+    """Newest first by default (`before` pages back); `after` reads forward from a position."""
+    limit = _int_param(request, "limit", 100, low=1, high=1000) or 100
+    after = _int_param(request, "after", None, low=0, high=2**62)
+    before = _int_param(request, "before", None, low=1, high=2**62)
+    audit = request.app[AUDIT]
+    if after is not None:
+        entries = await audit.page(after=after, limit=limit)
+        following = {"after": entries[-1]["position"]} if len(entries) == limit else None
+    else:
+        entries = await audit.page(descending=True, before=before, limit=limit)
+        following = {"before": entries[-1]["position"]} if len(entries) == limit else None
+    return web.json_response({"entries": entries, "next": following})
+
+
+@access.admin
+async def verify_audit(request: web.Request) -> web.Response:
+    result = await request.app[AUDIT].verify()
+    return web.json_response(result.as_dict())
+
+
+def add_routes(app: web.Application) -> None:
+    router = app.router
+    router.add_post("/api/v1/session", create_session)
+    router.add_get("/api/v1/session", get_session)
+    router.add_delete("/api/v1/session", delete_session)
+    # /me before /{name}: "me" is a reserved user name.
+    router.add_get("/api/v1/users/me", get_me)
+    router.add_post("/api/v1/users/me/password", change_my_password)
+    router.add_post("/api/v1/users/me/2fa", begin_2fa)
+    router.add_post("/api/v1/users/me/2fa/confirm", confirm_2fa)
+    router.add_get("/api/v1/users/me/tokens", list_my_tokens)
+    router.add_post("/api/v1/users/me/tokens", create_my_token)
+    router.add_delete("/api/v1/users/me/tokens/{token_id}", revoke_my_token)
+    router.add_get("/api/v1/users", list_users)
+    router.add_post("/api/v1/users", create_user)
+    router.add_get("/api/v1/users/{name}", get_user)
+    router.add_patch("/api/v1/users/{name}", update_user)
+    router.add_post("/api/v1/users/{name}/2fa/reset", reset_user_2fa)
+    router.add_get("/api/v1/users/{name}/tokens", list_user_tokens)
+    router.add_delete("/api/v1/users/{name}/tokens/{token_id}", revoke_user_token)
+    router.add_get("/api/v1/audit", list_audit)
+    router.add_get("/api/v1/audit/verify", verify_audit)
