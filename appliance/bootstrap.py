@@ -9,8 +9,11 @@ import secrets
 from dataclasses import dataclass, field
 
 from appliance import state_dir
+from appliance.audit import AuditLog, Context
+from appliance.auth import AuthService
+from appliance.secret import Secret
 from appliance.settings import Settings
-from appliance.store import open_sqlite_store
+from appliance.store import Store, open_sqlite_store
 
 INSTANCE_SECRET_BYTES = 32
 
@@ -19,10 +22,17 @@ INSTANCE_SECRET_BYTES = 32
 class InitReport:
     created: list[str] = field(default_factory=list)
     existing: list[str] = field(default_factory=list)
+    # Set when init generated the first admin's password: print it once, never store it.
+    one_time_password: Secret[str] | None = None
 
 
-async def init_state(settings: Settings) -> InitReport:
-    """Create what is missing; report what was created and what already existed."""
+async def init_state(settings: Settings, *, admin_user: str | None = None,
+                     admin_password: Secret[str] | None = None) -> InitReport:
+    """Create what is missing; report what was created and what already existed.
+
+    With `admin_user`, also the first admin when the store has no user yet (with
+    `admin_password`, or a generated one-time password returned in the report).
+    """
     report = InitReport()
     path = settings.server.state_dir.absolute()
     (report.existing if path.exists() else report.created).append(f"state directory {path}")
@@ -40,6 +50,26 @@ async def init_state(settings: Settings) -> InitReport:
     store_path = state / state_dir.STORE_FILE
     existed = store_path.exists()
     store = await open_sqlite_store(store_path)
-    await store.close()
-    (report.existing if existed else report.created).append(f"store {store_path}")
+    try:
+        (report.existing if existed else report.created).append(f"store {store_path}")
+        if admin_user is not None:
+            await ensure_first_admin(store, settings, admin_user, admin_password, report)
+    finally:
+        await store.close()
     return report
+
+
+async def ensure_first_admin(store: Store, settings: Settings, username: str,
+                             password: Secret[str] | None, report: InitReport) -> None:
+    """Create `username` as admin if the store has no user at all; otherwise change nothing."""
+    auth = AuthService(store, AuditLog(store), settings.auth)
+    count = await auth.users.count()
+    if count:
+        report.existing.append(f"users ({count}; no admin created)")
+        return
+    if password is None:
+        password = Secret(secrets.token_urlsafe(18))
+        report.one_time_password = password
+    await auth.users.create(username=username, role="admin", password=password,
+                            context=Context(actor="cli:init"))
+    report.created.append(f"admin user {username!r}")
