@@ -11,10 +11,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from appliance.cli import backup, doctor, init, keys, serve, version
+from appliance.cli import audit, backup, doctor, init, keys, serve, tokens, users, version
 from appliance.errors import ApplianceError
 
-VERBS = (init, serve, doctor, version, keys, backup)
+VERBS = (init, serve, doctor, version, keys, backup, users, tokens, audit)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,65 @@
+"""`appliance audit verify | list`: check the audit log's hash chain; show recent entries.
+
+Only reads: never changes the log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+
+from appliance import state_dir
+from appliance.audit import AuditLog, Verification
+from appliance.cli.common import add_state_options, load_settings
+from appliance.store import open_sqlite_store
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("audit", help="verify the audit log's hash chain; list entries",
+                            description="The tamper-evident audit log.")
+    verbs = parser.add_subparsers(dest="audit_verb", metavar="ACTION", required=True)
+    p = verbs.add_parser("verify", help="check the hash chain; report the first broken link",
+                         description="Walk the audit log and check every entry's hash and its "
+                                     "link to the previous one. Exits 1 at the first broken "
+                                     "link, naming its position.")
+    add_state_options(p)
+    p.set_defaults(run=run_verify)
+    p = verbs.add_parser("list", help="print the newest entries as JSON lines",
+                         description="Print the newest entries, one JSON object per line.")
+    add_state_options(p)
+    p.add_argument("--limit", type=int, default=50, metavar="N")
+    p.set_defaults(run=run_list)
+
+
+async def _with_log(args: argparse.Namespace, work: str, limit: int = 50) -> object:
+    settings = load_settings(args)
+    path = settings.server.state_dir.absolute()
+    state_dir.check(path)
+    store = await open_sqlite_store(path / state_dir.STORE_FILE)
+    try:
+        log = AuditLog(store)
+        if work == "verify":
+            return await log.verify()
+        return await log.page(descending=True, limit=limit)
+    finally:
+        await store.close()
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    result = asyncio.run(_with_log(args, "verify"))
+    assert isinstance(result, Verification)
+    if result.ok:
+        print(f"ok: {result.entries} entries, chain intact (head {result.head[:16]}…)")
+        return 0
+    print(f"BROKEN at position {result.position}: {result.reason} "
+          f"({result.entries} entries before it are intact)")
+    return 1
+
+
+def run_list(args: argparse.Namespace) -> int:
+    entries = asyncio.run(_with_log(args, "list", args.limit))
+    assert isinstance(entries, list)
+    for entry in entries:
+        print(json.dumps(entry, ensure_ascii=False, sort_keys=True))
+    return 0

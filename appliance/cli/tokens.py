@@ -1,0 +1,100 @@
+"""`appliance tokens create | list | revoke`: API tokens for automation.
+
+Prints a new token once and never again; lists show ids and metadata only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+
+from appliance.auth import ROLES
+from appliance.cli.common import add_state_options, load_settings
+from appliance.cli.users import cli_context, open_auth
+from appliance.secret import Secret
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("tokens", help="create, list and revoke API tokens",
+                            description="API tokens for automation (Authorization: Bearer).")
+    verbs = parser.add_subparsers(dest="tokens_verb", metavar="ACTION", required=True)
+
+    p = verbs.add_parser("create", help="create a token for a user (printed once)",
+                         description="Create an API token owned by user NAME and print it once. "
+                                     "Its role is the owner's unless --role gives a lower one.")
+    add_state_options(p)
+    p.add_argument("name", metavar="NAME", help="the user who owns the token")
+    p.add_argument("--expires", type=float, metavar="DAYS", help="days until it expires")
+    p.add_argument("--label", default="cli", help="a name for the token (default: cli)")
+    p.add_argument("--role", choices=ROLES, help="a role at most the owner's")
+    p.set_defaults(run=run_create)
+
+    p = verbs.add_parser("list", help="list tokens (never their secrets)",
+                         description="List tokens, optionally of one user.")
+    add_state_options(p)
+    p.add_argument("name", nargs="?", metavar="NAME", help="only this user's tokens")
+    p.set_defaults(run=run_list)
+
+    p = verbs.add_parser("revoke", help="revoke a token by id",
+                         description="Revoke a token by its id; it stops working at once.")
+    add_state_options(p)
+    p.add_argument("token_id", metavar="ID")
+    p.set_defaults(run=run_revoke)
+
+
+def run_create(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+
+    async def main() -> tuple[Secret[str], str]:
+        async with open_auth(settings) as auth:
+            owner = await auth.users.require(args.name)
+            raw, info = await auth.tokens.create(owner, name=args.label, role=args.role,
+                                                 expires_days=args.expires,
+                                                 context=cli_context())
+        return raw, info.id
+
+    raw, token_id = asyncio.run(main())
+    print(f"token {token_id} for {args.name!r} (shown only now):")
+    print(raw.reveal())
+    return 0
+
+
+def _when(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+def run_list(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+
+    async def main() -> list[str]:
+        async with open_auth(settings) as auth:
+            user_id = (await auth.users.require(args.name)).id if args.name else None
+            tokens = await auth.tokens.list(user_id)
+        out = []
+        for token in tokens:
+            view = token.public()
+            out.append(f"{token.id}\t{token.username}\t{token.name}\t{token.role}\t"
+                       f"{'active' if view['active'] else 'inactive'}\t"
+                       f"{_when(token.expires_at)}")
+        return out
+
+    lines = asyncio.run(main())
+    print("id\towner\tname\trole\tstate\texpires")
+    for line in lines:
+        print(line)
+    return 0
+
+
+def run_revoke(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+
+    async def main() -> None:
+        async with open_auth(settings) as auth:
+            await auth.tokens.revoke(args.token_id, context=cli_context())
+
+    asyncio.run(main())
+    print(f"revoked token {args.token_id}")
+    return 0

@@ -1,0 +1,158 @@
+"""`appliance users add | list | disable | enable | reset-2fa`: manage accounts from the shell.
+
+Every change is audited (actor `cli:<os user>`). Never prints a password, except a generated
+one-time password, once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import pwd
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from appliance import state_dir
+from appliance.audit import AuditLog, Context
+from appliance.auth import ROLES, AuthService
+from appliance.cli.common import add_state_options, load_settings
+from appliance.cli.init import read_password_file
+from appliance.secret import Secret
+from appliance.settings import Settings
+from appliance.store import open_sqlite_store
+
+
+def cli_context() -> Context:
+    try:
+        name = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        name = str(os.geteuid())
+    return Context(actor=f"cli:{name}", client="local")
+
+
+@asynccontextmanager
+async def open_auth(settings: Settings) -> AsyncIterator[AuthService]:
+    """The auth service over the state directory's store (the vault opened only if needed)."""
+    path = settings.server.state_dir.absolute()
+    state_dir.check(path)
+    store = await open_sqlite_store(path / state_dir.STORE_FILE)
+    vaults: list[object] = []
+
+    async def vault() -> object:
+        if not vaults:
+            from appliance.keyring import open_vault
+
+            vaults.append(await open_vault(settings, store))
+        return vaults[0]
+
+    audit = AuditLog(store)
+    try:
+        yield AuthService(store, audit, settings.auth, vault=vault)  # type: ignore[arg-type]
+    finally:
+        await audit.close()
+        await store.close()
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "users", help="add, list, disable users; reset their 2FA",
+        description="Manage user accounts. Roles: admin (everything), developer (datasources "
+                    "and queries), viewer (lists and runs queries).")
+    verbs = parser.add_subparsers(dest="users_verb", metavar="ACTION", required=True)
+
+    p = verbs.add_parser("add", help="create a user",
+                         description="Create a user. Without --password-file a one-time "
+                                     "password is generated and printed once.")
+    add_state_options(p)
+    p.add_argument("name", help="user name")
+    p.add_argument("--role", required=True, choices=ROLES)
+    p.add_argument("--password-file", type=Path, metavar="FILE",
+                   help="read the password (at least 12 characters) from FILE")
+    p.set_defaults(run=run_add)
+
+    p = verbs.add_parser("list", help="list users", description="List users, one per line.")
+    add_state_options(p)
+    p.set_defaults(run=run_list)
+
+    for verb, helptext in (("disable", "disable a user: sessions and tokens stop at once"),
+                           ("enable", "enable a disabled user again")):
+        p = verbs.add_parser(verb, help=helptext, description=helptext.capitalize() + ".")
+        add_state_options(p)
+        p.add_argument("name", help="user name")
+        p.set_defaults(run=run_disable if verb == "disable" else run_enable)
+
+    p = verbs.add_parser("reset-2fa", help="remove a user's TOTP and recovery codes",
+                         description="Remove a user's TOTP secret and recovery codes and end "
+                                     "their sessions; they enrol again at the next login.")
+    add_state_options(p)
+    p.add_argument("name", help="user name")
+    p.set_defaults(run=run_reset_2fa)
+
+
+def run_add(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    generated = args.password_file is None
+    password = (Secret(secrets.token_urlsafe(18)) if generated
+                else read_password_file(args.password_file))
+
+    async def main() -> None:
+        async with open_auth(settings) as auth:
+            await auth.users.create(username=args.name, role=args.role, password=password,
+                                    context=cli_context())
+
+    asyncio.run(main())
+    print(f"created user {args.name!r} ({args.role})")
+    if generated:
+        print(f"one-time password (shown only now): {password.reveal()}")
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+
+    async def main() -> list[str]:
+        async with open_auth(settings) as auth:
+            users = await auth.users.list()
+        return [f"{u.username}\t{u.role}\t{'disabled' if u.disabled else 'enabled'}\t"
+                f"2fa={'on' if u.totp_enabled else 'off'}" for u in users]
+
+    lines = asyncio.run(main())
+    print("name\trole\tstate\t2fa")
+    for line in lines:
+        print(line)
+    return 0
+
+
+def _set_disabled(args: argparse.Namespace, disabled: bool) -> int:
+    settings = load_settings(args)
+
+    async def main() -> None:
+        async with open_auth(settings) as auth:
+            await auth.users.update(args.name, disabled=disabled, context=cli_context())
+
+    asyncio.run(main())
+    print(f"{'disabled' if disabled else 'enabled'} user {args.name!r}")
+    return 0
+
+
+def run_disable(args: argparse.Namespace) -> int:
+    return _set_disabled(args, True)
+
+
+def run_enable(args: argparse.Namespace) -> int:
+    return _set_disabled(args, False)
+
+
+def run_reset_2fa(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+
+    async def main() -> None:
+        async with open_auth(settings) as auth:
+            await auth.reset_2fa(args.name, context=cli_context())
+
+    asyncio.run(main())
+    print(f"two-factor login reset for {args.name!r}; they enrol again at the next login")
+    return 0
