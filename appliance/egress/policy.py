@@ -153,7 +153,10 @@ def parse_rule(text: str) -> Rule:
         ip = parse_ip(address)
         if ip is None or not length.isdigit():
             raise ValueError(f"{text!r} is not a CIDR")
-        network = ipaddress.ip_network(f"{ip}/{length}", strict=False)
+        try:
+            network = ipaddress.ip_network(f"{ip}/{length}", strict=False)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a CIDR (bad prefix length)") from None
         return Rule(text=raw, network=network, port=port)
     wildcard = host.startswith("*.")
     try:
