@@ -546,3 +546,49 @@ def used_check(parameters: ParameterSet, used: Iterable[str]) -> None:
                 f"parameter '{parameter.name}' is declared but never used",
                 suggestion=f"bind it with {{{{ {parameter.name} }}}} or remove the declaration",
                 parameter=parameter.name)
+
+
+# --- the `{{ name }}` syntax in string templates (REST and MongoDB bodies) ----------------------
+
+BINDING_RE: Final = re.compile(r"\{\{[ \t]*([A-Za-z_][A-Za-z0-9_]{0,62})[ \t]*\}\}")
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """A binding occurrence in a string template."""
+
+    name: str
+
+
+def split_bindings(text: str, where: str, parameters: ParameterSet) -> tuple[str | Ref, ...]:
+    """`text` as literal pieces and Refs; InvalidQuery for a malformed or undeclared binding.
+
+    `where` names the place for messages (e.g. "path", "header 'Accept'").
+    """
+    if "{" not in text and "}" not in text:
+        return (text,) if text else ()
+    pieces: list[str | Ref] = []
+    start = 0
+    i = text.find("{{")
+    while i != -1:
+        m = BINDING_RE.match(text, i)
+        if not m:
+            raise InvalidQuery(f"{where}: malformed binding at character {i + 1}",
+                               suggestion="write a binding as {{ name }}")
+        name = m.group(1)
+        if name not in parameters:
+            raise InvalidQuery(f"{where}: binding '{name}' is not a declared parameter",
+                               suggestion="declare it in \"parameters\" or fix the spelling",
+                               parameter=name)
+        if text[start:i]:
+            pieces.append(text[start:i])
+        pieces.append(Ref(name))
+        start = m.end()
+        i = text.find("{{", start)
+    stray = text.find("}}", start)
+    if stray != -1 or any(isinstance(p, str) and "}}" in p for p in pieces):
+        raise InvalidQuery(f"{where}: '}}}}' without a matching '{{{{'",
+                           suggestion="write a binding as {{ name }}")
+    if text[start:]:
+        pieces.append(text[start:])
+    return tuple(pieces)
