@@ -142,6 +142,11 @@ class AuthService:
                                     details={"session": principal.credential_id},
                                     context=context)
 
+    async def end_session(self, raw: str) -> None:
+        """End the session with this id, if there is one (no audit: it is not a logout)."""
+        async with self.store.transaction() as tx:
+            await self.sessions.delete(tx, raw)
+
     async def rotate(self, principal: Principal, raw: str, *, context: Context,
                      reason: str) -> Secret[str]:
         """A new session id for the same user (privilege change); the old one ends."""

@@ -23,8 +23,10 @@ from appliance.http.keys import AUDIT, AUTH, KEYRING, REQUEST_ID, SETTINGS, STOR
 PUBLIC = "public"
 LEVELS = (PUBLIC, VIEWER, DEVELOPER, ADMIN)
 CSRF_HEADER = "X-Appliance-CSRF"
-PRINCIPAL = "principal"
-SESSION_RAW = "session_raw"
+# Request keys (typed where this aiohttp has RequestKey, plain strings before 3.13).
+_RequestKey: Any = getattr(web, "RequestKey", None)
+PRINCIPAL: Any = _RequestKey("principal", Principal) if _RequestKey else "principal"
+SESSION_RAW: Any = _RequestKey("session_raw", str) if _RequestKey else "session_raw"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 _ATTR = "__appliance_access__"

@@ -61,8 +61,12 @@ async def create_session(request: web.Request) -> web.Response:
     password = _secret(body, "password")
     code = _string(body, "totp", required=False, max_length=64)
     assert username is not None
-    result = await request.app[AUTH].login(username, password, code,
-                                           context=access.context(request))
+    auth = request.app[AUTH]
+    result = await auth.login(username, password, code, context=access.context(request))
+    previous = request.cookies.get(COOKIE_NAME)
+    if previous:
+        # Never keep a session id that existed before the login (session fixation).
+        await auth.end_session(previous)
     response = web.json_response({
         "user": result.user.public(),
         "2fa_enrolment_required": result.enrolment_required,

@@ -1,0 +1,213 @@
+"""Helpers for the auth, audit, users and route-role tests (no tests here): a real appliance
+(build_app on 127.0.0.1:0, local CA, TLS) in this process, seeded users and tokens, a client
+that handles the session cookie and the CSRF headers explicitly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sqlite3
+import ssl
+import urllib.parse
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pyotp
+from aiohttp import web
+
+from appliance import bootstrap, settings, state_dir
+from appliance.audit import AuditLog, Context
+from appliance.auth import AuthService
+from appliance.auth.sessions import COOKIE_NAME
+from appliance.http.app import build_app
+from appliance.keyring import KdfTuning, open_vault
+from appliance.secret import Secret
+from appliance.server import bound_ports
+from appliance.settings import Settings
+from appliance.store import open_sqlite_store
+from appliance.tls import TLSManager
+
+ADMIN_PASSWORD = "admin-password-0123"
+PASSWORDS = {
+    "admin": ADMIN_PASSWORD,
+    "viewer": "viewer-password-0123",
+    "developer": "developer-password-0123",
+}
+TEST_TUNING = KdfTuning.fixed(log2_n=10)
+
+
+def make_settings(state: Path, **env: str) -> Settings:
+    return settings.load(env={f"APPLIANCE_{k.upper()}": v for k, v in env.items()},
+                         flags={"state_dir": str(state)})
+
+
+async def prepare(state: Path, *, require_2fa: str = "admin",
+                  users: tuple[str, ...] = ("viewer", "developer"),
+                  tokens: bool = False) -> tuple[Settings, dict[str, str]]:
+    """State dir with the admin (and `users`, named after their role); optional tokens."""
+    s = make_settings(state, auth_require_2fa=require_2fa)
+    await bootstrap.init_state(s, admin_user="admin", admin_password=Secret(ADMIN_PASSWORD))
+    store = await open_sqlite_store(state / state_dir.STORE_FILE)
+    raw_tokens: dict[str, str] = {}
+    try:
+        await open_vault(s, store, tuning=TEST_TUNING)
+        auth = AuthService(store, AuditLog(store), s.auth)
+        for role in users:
+            await auth.users.create(username=role, role=role, password=Secret(PASSWORDS[role]),
+                                    context=Context(actor="test"))
+        if tokens:
+            for role in ("admin", *users):
+                owner = await auth.users.require(role)
+                raw, _ = await auth.tokens.create(owner, name=f"{role}-token", role=None,
+                                                  expires_days=None,
+                                                  context=Context(actor="test"))
+                raw_tokens[role] = raw.reveal()
+    finally:
+        await store.close()
+    return s, raw_tokens
+
+
+@dataclass
+class Response:
+    status: int
+    body: Any
+    headers: Mapping[str, str]
+    set_cookies: list[str]
+
+    @property
+    def code(self) -> str | None:
+        if isinstance(self.body, dict) and isinstance(self.body.get("error"), dict):
+            return self.body["error"].get("code")
+        return None
+
+    def session_cookie(self) -> str | None:
+        for header in self.set_cookies:
+            name, _, rest = header.partition("=")
+            if name.strip() == COOKIE_NAME:
+                value = rest.split(";", 1)[0].strip().strip('"')
+                return value or None
+        return None
+
+
+@dataclass
+class Client:
+    appliance: Appliance
+    http: aiohttp.ClientSession
+    cookie: str | None = None
+    token: str | None = None
+
+    async def request(self, method: str, path: str, json: Any = None, *, csrf: bool = True,
+                      origin: str | None = None, headers: dict[str, str] | None = None,
+                      raw_body: bytes | None = None) -> Response:
+        sent = dict(headers or {})
+        if self.token:
+            sent["Authorization"] = f"Bearer {self.token}"
+        if self.cookie:
+            sent["Cookie"] = f"{COOKIE_NAME}={self.cookie}"
+        if csrf and method not in ("GET", "HEAD"):
+            sent.setdefault("Origin", origin or self.appliance.origin)
+            sent.setdefault("X-Appliance-CSRF", "1")
+        elif origin is not None:
+            sent["Origin"] = origin
+        kwargs: dict[str, Any] = {"headers": sent, "ssl": self.appliance.ssl}
+        if raw_body is not None:
+            kwargs["data"] = raw_body
+        elif json is not None:
+            kwargs["json"] = json
+        async with self.http.request(method, self.appliance.url + path, **kwargs) as resp:
+            text = await resp.text()
+            try:
+                body: Any = await resp.json(content_type=None) if text else None
+            except ValueError:
+                body = text
+            return Response(resp.status, body, resp.headers, resp.headers.getall("Set-Cookie", []))
+
+    async def login(self, username: str, password: str | None = None,
+                    totp: str | None = None) -> Response:
+        payload: dict[str, Any] = {"username": username,
+                                   "password": password or PASSWORDS[username]}
+        if totp is not None:
+            payload["totp"] = totp
+        resp = await self.request("POST", "/api/v1/session", payload)
+        if resp.status == 201:
+            self.cookie = resp.session_cookie()
+        return resp
+
+
+@dataclass
+class Appliance:
+    settings: Settings
+    state: Path
+    app: web.Application
+    runner: web.AppRunner
+    url: str
+    origin: str
+    ssl: ssl.SSLContext
+    tokens: dict[str, str] = field(default_factory=dict)
+    _http: aiohttp.ClientSession | None = None
+
+    @property
+    def store_path(self) -> Path:
+        return self.state / state_dir.STORE_FILE
+
+    def client(self, *, token: str | None = None) -> Client:
+        assert self._http is not None
+        return Client(self, self._http, token=token)
+
+    def db(self) -> sqlite3.Connection:
+        """A separate connection to the live store file (as another process would have)."""
+        conn = sqlite3.connect(self.store_path, timeout=10, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with contextlib.closing(self.db()) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> None:
+        with contextlib.closing(self.db()) as conn:
+            conn.execute(sql, params)
+
+    def audit_actions(self) -> list[str]:
+        return [row["action"] for row in self.query("SELECT action FROM audit_log ORDER BY seq")]
+
+
+@contextlib.asynccontextmanager
+async def running(state: Path, **kwargs: Any) -> AsyncIterator[Appliance]:
+    s, raw_tokens = await prepare(state, **kwargs)
+    tls = TLSManager(s.tls, state)
+    tls.load_initial()
+    app = build_app(s, tls)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls.context)
+        await site.start()
+        port = bound_ports(site)[0][1]
+        assert tls.ca is not None
+        ctx = ssl.create_default_context(cafile=str(tls.ca.cert_path))
+        url = f"https://127.0.0.1:{port}"
+        appliance = Appliance(s, state, app, runner, url, url, ctx, raw_tokens)
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+            appliance._http = http
+            yield appliance
+    finally:
+        await runner.cleanup()
+
+
+def totp_from_uri(uri: str) -> pyotp.TOTP:
+    query = urllib.parse.parse_qs(urllib.parse.urlparse(uri).query)
+    return pyotp.TOTP(query["secret"][0])
+
+
+def secret_from_uri(uri: str) -> str:
+    return urllib.parse.parse_qs(urllib.parse.urlparse(uri).query)["secret"][0]
+
+
+def fill_path(path: str) -> str:
+    """A concrete path for a route pattern: every `{variable}` becomes a harmless value."""
+    return re.sub(r"\{[^}]+\}", "x0000000000000000", path)
