@@ -1,0 +1,71 @@
+"""A real aiohttp server (ephemeral port, the product's middlewares and the keyring lifecycle):
+a tampered field gives one clear JSON error naming the record, and the server keeps serving."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from appliance import state_dir
+from appliance.http import middleware
+from appliance.http.keys import KEYRING, SETTINGS, STORE
+from appliance.keyring import keyring_lifecycle
+from appliance.store import open_sqlite_store
+from tests.test_keyring_support import (
+    TEST_TUNING,
+    init_state,
+    plaintexts,
+    populate,
+    raw_sql,
+)
+
+
+async def _store_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    store = await open_sqlite_store(app[SETTINGS].server.state_dir / state_dir.STORE_FILE)
+    app[STORE] = store
+    yield
+    await store.close()
+
+
+async def _probe(request: web.Request) -> web.Response:
+    vault = request.app[KEYRING]
+    secret = await vault.get("datasource", request.match_info["record"], "password")
+    return web.json_response({"set": secret is not None,
+                              "length": len(secret.reveal()) if secret else 0})
+
+
+async def test_tampered_field_is_a_clear_error_and_the_server_survives(state: Path):
+    s = await init_state(state)
+    secrets = plaintexts(3)
+    await populate(s, secrets)
+    raw_sql(state, "UPDATE sealed_fields SET blob = substr(blob, 1, length(blob) - 1) "
+            "WHERE record_id = 'ds-0001'")
+    app = web.Application(middlewares=[middleware.request_context, middleware.errors])
+    app[SETTINGS] = s
+    app.cleanup_ctx.append(_store_lifecycle)
+    app.cleanup_ctx.append(keyring_lifecycle(SETTINGS, STORE, KEYRING, tuning=TEST_TUNING))
+    app.router.add_get("/probe/{record}", _probe)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+            async with http.get("/probe/ds-0001") as response:
+                assert response.status == 500
+                body = await response.json()
+                assert body["error"]["code"] == "sealed_field_unreadable"
+                assert "datasource/ds-0001/password" in body["error"]["message"]
+                assert "PLAINTEXT" not in await response.text()
+            for record in ("ds-0000", "ds-0002"):
+                async with http.get(f"/probe/{record}") as response:
+                    assert response.status == 200
+                    assert (await response.json())["set"] is True
+            async with http.get("/probe/absent") as response:
+                assert (await response.json()) == {"set": False, "length": 0}
+    finally:
+        await runner.cleanup()
