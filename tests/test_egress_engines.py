@@ -1,0 +1,293 @@
+"""The engine hooks into the egress dialer, shown from the peer's side: a real PostgreSQL cluster
+whose pg_hba.conf accepts only 127.0.0.2 (asyncpg), and a MongoDB wire-protocol server (PyMongo)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import pwd
+import shutil
+import socket
+import struct
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from appliance.egress import Dialer, EgressDenied, PolicyHolder, StaticResolver
+from appliance.settings import EgressSettings
+
+asyncpg = pytest.importorskip("asyncpg")
+pymongo = pytest.importorskip("pymongo")
+bson = pytest.importorskip("bson")
+
+from appliance.egress import asyncpg_hook, pymongo_hook  # noqa: E402
+
+
+def egress(**overrides) -> EgressSettings:
+    base = {"source_address": (), "mode": "default", "allow": (), "deny": (),
+            "allow_private": True}
+    base.update(overrides)
+    return EgressSettings(**base)
+
+
+def dialer_for(resolver=None, **overrides) -> Dialer:
+    return Dialer(PolicyHolder(egress(**overrides)), resolver=resolver or StaticResolver({}))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for root in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (root / name).exists():
+            return str(root / name)
+    return None
+
+
+class PostgresCluster:
+    def __init__(self, root: Path, port: int) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.log = root / "postgres.log"
+        self.port = port
+
+    def connections_from(self, host: str) -> int:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return text.count(f"connection received: host={host} ")
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresCluster]:
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+    prefix: list[str] = []
+    owner = None
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: run it as the postgres user
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run PostgreSQL")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    root = Path(tempfile.mkdtemp(prefix="egress-pg-"))
+    root.chmod(0o755)
+    if owner is not None:
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+    cluster = PostgresCluster(root, free_port())
+    subprocess.run([*prefix, initdb, "-D", str(cluster.data), "-U", "postgres", "-A", "trust",
+                    "--no-sync", "--no-instructions"], check=True, capture_output=True)
+    with (cluster.data / "postgresql.conf").open("a") as conf:
+        conf.write(f"listen_addresses = '127.0.0.1'\nport = {cluster.port}\n"
+                   f"unix_socket_directories = '{root}'\nfsync = off\n"
+                   "log_connections = on\nmax_connections = 20\nshared_buffers = 16MB\n")
+    # The only way in: TCP from 127.0.0.2. Not 127.0.0.1, not the Unix socket.
+    (cluster.data / "pg_hba.conf").write_text("host all all 127.0.0.2/32 trust\n")
+    started = subprocess.run([*prefix, pg_ctl, "-D", str(cluster.data), "-l", str(cluster.log),
+                              "-w", "-t", "60", "start"], capture_output=True, text=True)
+    if started.returncode != 0:
+        log = cluster.log.read_text() if cluster.log.exists() else ""
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.fail(f"PostgreSQL did not start: {started.stderr}\n{log}")
+    try:
+        yield cluster
+    finally:
+        subprocess.run([*prefix, pg_ctl, "-D", str(cluster.data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_asyncpg_connects_from_the_source_address(postgres):
+    dialer = dialer_for(StaticResolver({"pg.example": ["127.0.0.1"]}),
+                        source_address=("127.0.0.2",))
+    conn = await asyncpg_hook.connect(dialer, host="pg.example", port=postgres.port,
+                                      datasource="ds_pg", user="postgres", database="postgres",
+                                      timeout=10, ssl=False)
+    try:
+        assert await conn.fetchval("SELECT host(inet_client_addr())") == "127.0.0.2"
+        assert await conn.fetchval("SELECT $1::int + 1", 41) == 42
+    finally:
+        await conn.close()
+    assert {"purpose": "postgres", "outcome": "connected", "count": 1} in \
+        dialer.counters.snapshot()["connections"]
+
+
+async def test_asyncpg_without_the_source_address_is_refused_by_pg_hba(postgres):
+    dialer = dialer_for()
+    with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError,
+                       match=r'no pg_hba\.conf entry for host "127\.0\.0\.1"'):
+        await asyncpg_hook.connect(dialer, host="127.0.0.1", port=postgres.port,
+                                   user="postgres", database="postgres", timeout=10, ssl=False)
+
+
+async def test_asyncpg_denied_destination_never_reaches_postgres(postgres):
+    before = postgres.connections_from("127.0.0.2") + postgres.connections_from("127.0.0.1")
+    dialer = dialer_for(source_address=("127.0.0.2",), deny=(f"127.0.0.1:{postgres.port}",))
+    with pytest.raises(EgressDenied, match=f"deny: 127.0.0.1:{postgres.port}"):
+        await asyncpg_hook.connect(dialer, host="127.0.0.1", port=postgres.port,
+                                   user="postgres", database="postgres", timeout=10, ssl=False)
+    rebinding = dialer_for(StaticResolver({"pg.example": [["169.254.169.254"], ["127.0.0.1"]]}),
+                           source_address=("127.0.0.2",))
+    with pytest.raises(EgressDenied, match="cloud metadata"):
+        await asyncpg_hook.connect(rebinding, host="pg.example", port=postgres.port,
+                                   user="postgres", database="postgres", timeout=10, ssl=False)
+    await asyncio.sleep(0.2)
+    after = postgres.connections_from("127.0.0.2") + postgres.connections_from("127.0.0.1")
+    assert after == before
+
+
+async def test_asyncpg_cancel_requests_go_through_the_dialer(postgres):
+    dialer = dialer_for(source_address=("127.0.0.2",))
+    conn = await asyncpg_hook.connect(dialer, host="127.0.0.1", port=postgres.port,
+                                      user="postgres", database="postgres", timeout=10,
+                                      ssl=False)
+    try:
+        with pytest.raises(asyncio.TimeoutError):
+            await conn.fetchval("SELECT pg_sleep(30)", timeout=0.3)
+        assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        await conn.close()
+    connections = dialer.counters.snapshot()["connections"]
+    assert connections == [{"purpose": "postgres", "outcome": "connected", "count": 2}]
+
+
+async def test_asyncpg_unix_sockets_are_refused(postgres):
+    dialer = dialer_for()
+    with pytest.raises(EgressDenied, match="unix socket not allowed"):
+        await asyncpg_hook.connect(dialer, host=str(postgres.root), port=postgres.port,
+                                   user="postgres", database="postgres", timeout=5)
+
+
+# --- MongoDB wire protocol -------------------------------------------------------------------
+
+OP_REPLY, OP_QUERY, OP_MSG = 1, 2004, 2013
+
+
+class MongoWireServer:
+    """Enough of the MongoDB wire protocol (OP_QUERY and OP_MSG) for hello, ping and endSessions."""
+
+    def __init__(self) -> None:
+        self.peers: list[str] = []
+        self.commands: list[str] = []
+        self.server: asyncio.AbstractServer | None = None
+        self.port = 0
+        self._connection_id = 0
+
+    def _hello(self) -> dict:
+        self._connection_id += 1
+        return {
+            "helloOk": True, "ismaster": True, "isWritablePrimary": True,
+            "maxBsonObjectSize": 16 * 1024 * 1024, "maxMessageSizeBytes": 48_000_000,
+            "maxWriteBatchSize": 100_000, "localTime": dt.datetime.now(dt.UTC),
+            "logicalSessionTimeoutMinutes": 30, "connectionId": self._connection_id,
+            "minWireVersion": 0, "maxWireVersion": 21, "readOnly": False, "ok": 1.0,
+        }
+
+    def _reply(self, command: dict) -> dict:
+        name = next(iter(command)).lower()
+        self.commands.append(name)
+        if name in ("hello", "ismaster"):
+            return self._hello()
+        return {"ok": 1.0}
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.peers.append(writer.get_extra_info("peername")[0])
+        try:
+            while True:
+                header = await reader.readexactly(16)
+                length, request_id, _response_to, opcode = struct.unpack("<iiii", header)
+                body = await reader.readexactly(length - 16)
+                if opcode == OP_QUERY:
+                    name_end = body.index(b"\x00", 4)
+                    document = bson.decode(body[name_end + 9:])
+                    payload = struct.pack("<iqii", 0, 0, 0, 1) + bson.encode(self._reply(document))
+                    reply_op = OP_REPLY
+                elif opcode == OP_MSG:
+                    size = struct.unpack("<i", body[5:9])[0]
+                    document = bson.decode(body[5:5 + size])
+                    payload = struct.pack("<I", 0) + b"\x00" + bson.encode(self._reply(document))
+                    reply_op = OP_MSG
+                else:
+                    return
+                writer.write(struct.pack("<iiii", 16 + len(payload), 0, request_id, reply_op)
+                             + payload)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def start(self) -> MongoWireServer:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 2)
+
+
+@pytest.fixture
+async def mongo():
+    server = await MongoWireServer().start()
+    yield server
+    pymongo_hook.uninstall()
+    await server.close()
+
+
+@pytest.mark.parametrize(("source", "peer"), [(("127.0.0.2",), "127.0.0.2"), ((), "127.0.0.1")])
+async def test_pymongo_connects_from_the_source_address(mongo, source, peer):
+    dialer = dialer_for(StaticResolver({"mongo.example": ["127.0.0.1"]}), source_address=source)
+    client = await pymongo_hook.connect_client(dialer, host="mongo.example", port=mongo.port,
+                                               datasource="ds_mongo", timeout=5,
+                                               directConnection=True)
+    try:
+        assert (await client.admin.command("ping"))["ok"] == 1.0
+    finally:
+        await client.close()
+    assert "ping" in mongo.commands
+    assert mongo.peers and set(mongo.peers) == {peer}  # monitors and the pool alike
+    decisions = dialer.counters.snapshot()["decisions"]
+    assert all(d["purpose"] == "mongodb" and d["allowed"] for d in decisions)
+
+
+async def test_pymongo_denied_destination_fails_at_once(mongo):
+    dialer = dialer_for(StaticResolver({"evil.example": ["169.254.169.254"]}))
+    with pytest.raises(EgressDenied, match="cloud metadata"):
+        await pymongo_hook.connect_client(dialer, host="evil.example", port=mongo.port)
+
+
+async def test_pymongo_every_connection_is_checked_even_without_the_helper(mongo):
+    dialer = dialer_for(deny=(f"127.0.0.1:{mongo.port}",))
+    pymongo_hook.install(dialer)
+    client = pymongo.AsyncMongoClient("127.0.0.1", mongo.port, serverSelectionTimeoutMS=300,
+                                      connectTimeoutMS=300, directConnection=True)
+    try:
+        with pytest.raises(pymongo.errors.ServerSelectionTimeoutError, match="denied by rule"):
+            await client.admin.command("ping")
+    finally:
+        await client.close()
+    assert mongo.peers == []
+
+
+def test_the_pymongo_seam_still_exists():
+    from pymongo import pool_shared
+
+    assert callable(pool_shared._async_create_connection)
+    names = pool_shared._configured_protocol_interface.__code__.co_names
+    assert "_async_create_connection" in names
