@@ -1,0 +1,130 @@
+"""API tokens: shown once, stored hashed, never above the owner's role, revocable, expiring, and
+dead at once when the owner is disabled."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+from tests.test_auth_support import running
+
+
+async def test_token_lifecycle(tmp_path: Path) -> None:
+    async with running(tmp_path / "state", require_2fa="") as appliance:
+        dev = appliance.client()
+        await dev.login("developer")
+        created = await dev.request("POST", "/api/v1/users/me/tokens",
+                                    {"name": "ci", "expires_days": 30})
+        assert created.status == 201, created.body
+        raw = created.body["token"]
+        assert raw.startswith("apl_") and created.body["role"] == "developer"
+        assert created.body["expires_at"] > time.time() + 29 * 86400
+        # Shown once: never in a listing, stored only as a hash.
+        listing = await dev.request("GET", "/api/v1/users/me/tokens")
+        assert listing.status == 200 and raw not in str(listing.body)
+        assert "token" not in listing.body["tokens"][0]
+        secret = raw.rsplit("_", 1)[1]
+        dump = appliance.store_path.read_bytes()
+        assert secret.encode() not in dump
+        assert appliance.query("SELECT secret_hash FROM api_tokens")[0][0] == hashlib.sha256(
+            secret.encode()).hexdigest()
+
+        bearer = appliance.client(token=raw)
+        me = await bearer.request("GET", "/api/v1/session")
+        assert me.status == 200 and me.body["via"] == "token" and me.body["role"] == "developer"
+        # A token cannot mint tokens or end a session.
+        assert (await bearer.request("POST", "/api/v1/users/me/tokens", {"name": "x"})
+                ).code == "session_required"
+        # Revoked: dead at once.
+        revoke = await dev.request("DELETE", f"/api/v1/users/me/tokens/{created.body['id']}")
+        assert revoke.status == 200 and revoke.body["active"] is False
+        dead = await bearer.request("GET", "/api/v1/session")
+        assert dead.status == 401 and dead.code == "invalid_token"
+        assert {"token.create", "token.revoke"} <= set(appliance.audit_actions())
+
+
+async def test_bad_tokens_are_refused(tmp_path: Path) -> None:
+    async with running(tmp_path / "state", require_2fa="", tokens=True) as appliance:
+        good = appliance.tokens["viewer"]
+        token_id, secret = good[4:].split("_", 1)
+        tampered = f"apl_{token_id}_{secret[:-1]}{'A' if secret[-1] != 'A' else 'B'}"
+        for value in (tampered, "apl_0000000000000000_" + "a" * 43, "garbage", "apl_",
+                      good + "x"):
+            resp = await appliance.client(token=value).request("GET", "/api/v1/session")
+            assert resp.status == 401, value
+        basic = await appliance.client().request("GET", "/api/v1/session",
+                                                 headers={"Authorization": "Basic eDp5"})
+        assert basic.status == 401
+        assert (await appliance.client(token=good).request("GET", "/api/v1/session")
+                ).status == 200
+
+
+async def test_expired_token_is_refused(tmp_path: Path) -> None:
+    async with running(tmp_path / "state", require_2fa="", tokens=True) as appliance:
+        bearer = appliance.client(token=appliance.tokens["developer"])
+        assert (await bearer.request("GET", "/api/v1/session")).status == 200
+        appliance.execute("UPDATE api_tokens SET expires_at = ?", (time.time() - 1,))
+        assert (await bearer.request("GET", "/api/v1/session")).status == 401
+
+
+async def test_disabled_owner_token_stops_at_once(tmp_path: Path) -> None:
+    async with running(tmp_path / "state", require_2fa="", tokens=True) as appliance:
+        bearer = appliance.client(token=appliance.tokens["developer"])
+        assert (await bearer.request("GET", "/api/v1/session")).status == 200
+        admin = appliance.client(token=appliance.tokens["admin"])
+        resp = await admin.request("PATCH", "/api/v1/users/developer", {"disabled": True})
+        assert resp.status == 200
+        dead = await bearer.request("GET", "/api/v1/session")
+        assert dead.status == 401 and dead.code == "invalid_token"
+        # Enabled again, it works again (it was not revoked, only its owner was disabled).
+        await admin.request("PATCH", "/api/v1/users/developer", {"disabled": False})
+        assert (await bearer.request("GET", "/api/v1/session")).status == 200
+
+
+async def test_a_token_never_acts_above_its_owner(tmp_path: Path) -> None:
+    async with running(tmp_path / "state", require_2fa="", tokens=True) as appliance:
+        dev = appliance.client()
+        await dev.login("developer")
+        above = await dev.request("POST", "/api/v1/users/me/tokens",
+                                  {"name": "sneaky", "role": "admin"})
+        assert above.status == 403 and above.code == "role_above_owner"
+        lower = await dev.request("POST", "/api/v1/users/me/tokens",
+                                  {"name": "read-only", "role": "viewer"})
+        assert lower.status == 201 and lower.body["role"] == "viewer"
+        viewer_token = appliance.client(token=lower.body["token"])
+        assert (await viewer_token.request("GET", "/api/v1/session")).body["role"] == "viewer"
+
+        # An admin's token keeps the admin role only while its owner is an admin.
+        second_admin = appliance.client(token=appliance.tokens["admin"])
+        assert (await second_admin.request("POST", "/api/v1/users", {
+            "username": "boss", "role": "admin", "password": "boss-password-0123"})).status == 201
+        boss = appliance.client()
+        await boss.login("boss", "boss-password-0123")
+        made = await boss.request("POST", "/api/v1/users/me/tokens", {"name": "boss-admin"})
+        assert made.status == 201 and made.body["role"] == "admin"
+        boss_token = appliance.client(token=made.body["token"])
+        assert (await boss_token.request("GET", "/api/v1/users")).status == 200
+        demote = await second_admin.request("PATCH", "/api/v1/users/boss", {"role": "developer"})
+        assert demote.status == 200
+        capped = await boss_token.request("GET", "/api/v1/users")
+        assert capped.status == 403 and capped.code == "forbidden_role"
+        assert (await boss_token.request("GET", "/api/v1/session")).body["role"] == "developer"
+        # A demoted owner cannot create an admin token either.
+        await boss.login("boss", "boss-password-0123")
+        again = await boss.request("POST", "/api/v1/users/me/tokens",
+                                   {"name": "x", "role": "admin"})
+        assert again.status == 403 and again.code == "role_above_owner"
+
+
+async def test_bad_token_requests(tmp_path: Path) -> None:
+    async with running(tmp_path / "state", require_2fa="") as appliance:
+        dev = appliance.client()
+        await dev.login("developer")
+        for body, status in (({"name": ""}, 400), ({"name": "x", "expires_days": -1}, 400),
+                             ({"name": "x", "expires_days": "soon"}, 400),
+                             ({"name": "x", "role": "root"}, 400), ({}, 400)):
+            resp = await dev.request("POST", "/api/v1/users/me/tokens", body)
+            assert resp.status == status, body
+        missing = await dev.request("DELETE", "/api/v1/users/me/tokens/0000000000000000")
+        assert missing.status == 404
