@@ -382,3 +382,14 @@ async def test_system_resolver_resolves_localhost(target):
     denied = await Dialer(PolicyHolder(egress(allow_private=False))).resolve_and_check(
         "localhost", target.port)
     assert (denied.allowed, denied.rule) == (False, "private network not allowed")
+
+
+def test_addresses_to_allow():
+    assert make_dialer(source_address=("127.0.0.2", "::1")).addresses_to_allow() == \
+        ["127.0.0.2", "::1"]
+    detected = make_dialer().addresses_to_allow()
+    # Whatever this host's routes are, each answer is an address the kernel would use.
+    for address in detected:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((address, 0))

@@ -215,6 +215,24 @@ class Dialer:
             },
         )
 
+    def addresses_to_allow(self) -> list[str]:
+        """The addresses destinations will see connections come from: `source_address` when set,
+        else the address the kernel picks on the default route of each family (no packet sent).
+        Behind NAT the far side sees the NAT's address instead (see docs/egress.md)."""
+        policy = self.policy.policy
+        configured = [a for a in (policy.source_v4, policy.source_v6) if a is not None]
+        if configured:
+            return configured
+        found = []
+        for family, probe in ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1")):
+            try:
+                with socket.socket(family, socket.SOCK_DGRAM) as udp:
+                    udp.connect((probe, 9))  # a UDP connect only asks the routing table
+                    found.append(str(udp.getsockname()[0]))
+            except OSError:
+                continue
+        return found
+
     # --- connections ----------------------------------------------------------------------------
 
     async def open_socket(
