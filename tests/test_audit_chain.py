@@ -1,0 +1,232 @@
+"""The audit log's hash chain on a real SQLite store: append-only, edits, deletions and
+reorderings found with their position (API, CLI and library), secrets redacted, group commit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from appliance.audit import AuditLog, AuditUnavailable, Context, redact, verify_store
+from appliance.secret import Secret
+from appliance.store import SQLiteStore, open_sqlite_store
+from tests.conftest import clean_env, run_cli
+from tests.test_auth_support import prepare, running
+
+
+@contextlib.asynccontextmanager
+async def audit_log(tmp_path: Path,
+                    entries: int = 6) -> AsyncIterator[tuple[SQLiteStore, AuditLog]]:
+    store = await open_sqlite_store(tmp_path / "audit.db")
+    log = AuditLog(store)
+    try:
+        for i in range(entries):
+            async with store.transaction() as tx:
+                await log.record(tx, action="test.step", target=f"thing:{i}",
+                                 details={"i": i}, context=Context(actor="tester"))
+        yield store, log
+    finally:
+        await log.close()
+        await store.close()
+
+
+def tamper(path: Path, *statements: str) -> None:
+    """What someone with the file could do: drop the append-only triggers, then change rows."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("DROP TRIGGER IF EXISTS audit_log_no_update")
+        conn.execute("DROP TRIGGER IF EXISTS audit_log_no_delete")
+        for statement in statements:
+            conn.execute(statement)
+    finally:
+        conn.close()
+
+
+async def test_an_intact_chain_verifies(tmp_path: Path) -> None:
+    async with audit_log(tmp_path) as (store, log):
+        result = await log.verify()
+        assert result.ok and result.entries == 6 and result.position is None
+        rows = await store.fetch_all("SELECT seq, prev_hash, hash FROM audit_log ORDER BY seq")
+        assert rows[0]["prev_hash"] == "0" * 64
+        for before, after in itertools.pairwise(rows):
+            assert after["prev_hash"] == before["hash"]
+
+
+async def test_the_store_refuses_updates_and_deletes(tmp_path: Path) -> None:
+    async with audit_log(tmp_path) as (store, _):
+        for sql in ("UPDATE audit_log SET actor = 'x'", "DELETE FROM audit_log"):
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                async with store.transaction() as tx:
+                    await tx.execute(sql)
+
+
+@pytest.mark.parametrize(("statements", "position"), [
+    # An edited field (hash left alone).
+    (["UPDATE audit_log SET target = 'thing:evil' WHERE seq = 3"], 3),
+    # An edited field with the entry's own hash recomputed is caught by the next link.
+    (["UPDATE audit_log SET outcome = 'failed', hash = 'f' || substr(hash, 2) WHERE seq = 4"], 4),
+    # A deleted entry in the middle.
+    (["DELETE FROM audit_log WHERE seq = 2"], 2),
+    # A deleted entry, later ones renumbered to hide the gap.
+    (["DELETE FROM audit_log WHERE seq = 2",
+      "UPDATE audit_log SET seq = seq - 1 WHERE seq > 2"], 2),
+    # Two entries swapped (their positions exchanged).
+    (["UPDATE audit_log SET seq = 100 WHERE seq = 4",
+      "UPDATE audit_log SET seq = 4 WHERE seq = 5",
+      "UPDATE audit_log SET seq = 5 WHERE seq = 100"], 4),
+    # The first entry deleted.
+    (["DELETE FROM audit_log WHERE seq = 1"], 1),
+])
+async def test_tampering_is_found_with_its_position(tmp_path: Path, statements: list[str],
+                                                    position: int) -> None:
+    async with audit_log(tmp_path) as (store, _):
+        pass
+    tamper(tmp_path / "audit.db", *statements)
+    store = await open_sqlite_store(tmp_path / "audit.db")
+    try:
+        result = await verify_store(store)
+    finally:
+        await store.close()
+    assert not result.ok
+    assert result.position == position, result
+    assert result.entries == position - 1
+
+
+async def test_server_and_cli_report_the_broken_link(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    async with running(state, require_2fa="", tokens=True) as appliance:
+        admin = appliance.client(token=appliance.tokens["admin"])
+        for name in ("u1-name", "u2-name", "u3-name"):
+            resp = await admin.request("POST", "/api/v1/users", {
+                "username": name, "role": "viewer", "password": "some-password-0123"})
+            assert resp.status == 201
+        ok = await admin.request("GET", "/api/v1/audit/verify")
+        assert ok.status == 200 and ok.body["ok"] is True and ok.body["first_broken"] is None
+        total = ok.body["entries"]
+        tamper(appliance.store_path, "UPDATE audit_log SET details = '{}' WHERE seq = 5")
+        broken = await admin.request("GET", "/api/v1/audit/verify")
+        assert broken.body["ok"] is False
+        assert broken.body["first_broken"]["position"] == 5
+        assert total >= 7
+    cli = run_cli("audit", "verify", "--state-dir", str(state), env=clean_env())
+    assert cli.returncode == 1
+    assert "position 5" in cli.stdout
+
+
+async def test_cli_verify_ok(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    await prepare(state)
+    cli = run_cli("audit", "verify", "--state-dir", str(state), env=clean_env())
+    assert cli.returncode == 0, cli.stderr
+    assert cli.stdout.startswith("ok: 3 entries")
+
+
+async def test_paginated_listing(tmp_path: Path) -> None:
+    async with running(tmp_path / "state", require_2fa="", tokens=True) as appliance:
+        admin = appliance.client(token=appliance.tokens["admin"])
+        newest = await admin.request("GET", "/api/v1/audit?limit=2")
+        assert newest.status == 200 and len(newest.body["entries"]) == 2
+        positions = [e["position"] for e in newest.body["entries"]]
+        assert positions == sorted(positions, reverse=True)
+        older = await admin.request("GET", f"/api/v1/audit?limit=2&before={positions[-1]}")
+        assert [e["position"] for e in older.body["entries"]] == [positions[-1] - 1,
+                                                                 positions[-1] - 2]
+        assert newest.body["next"] == {"before": positions[-1]}
+        forward = await admin.request("GET", "/api/v1/audit?after=0&limit=3")
+        assert [e["position"] for e in forward.body["entries"]] == [1, 2, 3]
+        assert forward.body["next"] == {"after": 3}
+        entry = forward.body["entries"][0]
+        for key in ("time", "actor", "action", "target", "outcome", "client", "request_id",
+                    "details", "prev_hash", "hash"):
+            assert key in entry
+        for bad in ("limit=0", "limit=abc", "after=-1", "limit=100000"):
+            assert (await admin.request("GET", f"/api/v1/audit?{bad}")).status == 400, bad
+
+
+def test_redaction() -> None:
+    details = {"password": "hunter2-hunter2", "config": {"host": "db", "api_key": "k"},
+               "new_secret": Secret("s"), "fields": ["password"], "token_id": "abc",
+               "nested": [{"Authorization": "Bearer x"}], "blob": b"\x00\x01"}
+    out = redact(details)
+    text = json.dumps(out)
+    for value in ("hunter2", '"k"', "Bearer x", '"s"'):
+        assert value not in text
+    assert out["config"]["host"] == "db"
+    assert out["fields"] == ["password"]  # names of fields are not secrets
+    assert out["blob"] == "<2 bytes>"
+
+
+async def test_record_run_group_commits_and_stays_ordered(tmp_path: Path) -> None:
+    store = await open_sqlite_store(tmp_path / "runs.db")
+    log = AuditLog(store)
+    commits = 0
+    original = store.transaction
+
+    def counting() -> contextlib.AbstractAsyncContextManager:
+        nonlocal commits
+        commits += 1
+        return original()
+
+    store.transaction = counting  # type: ignore[method-assign]
+    try:
+        count = 200
+        positions = await asyncio.gather(*[
+            log.record_run(actor="viewer", query_id=f"q{i}", duration_ms=1.5, row_count=i,
+                           client="127.0.0.1", request_id=f"r{i}")
+            for i in range(count)])
+        assert sorted(positions) == list(range(1, count + 1))
+        assert commits < count / 4, commits  # grouped, not one transaction per entry
+        result = await log.verify()
+        assert result.ok and result.entries == count
+        row = await store.fetch_one("SELECT * FROM audit_log WHERE request_id = 'r7'")
+        assert row is not None and row["action"] == "query.run" and row["target"] == "query:q7"
+        assert json.loads(row["details"]) == {"duration_ms": 1.5, "row_count": 7}
+    finally:
+        await log.close()
+        await store.close()
+
+
+async def test_record_run_fails_closed(tmp_path: Path) -> None:
+    store = await open_sqlite_store(tmp_path / "runs.db")
+    log = AuditLog(store)
+    try:
+        async with store.transaction() as tx:
+            await tx.execute("CREATE TRIGGER audit_full BEFORE INSERT ON audit_log "
+                             "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+        results = await asyncio.gather(*[
+            log.record_run(actor="v", query_id="q", duration_ms=1, row_count=0)
+            for _ in range(5)], return_exceptions=True)
+        assert all(isinstance(r, AuditUnavailable) for r in results)
+        async with store.transaction() as tx:
+            await tx.execute("DROP TRIGGER audit_full")
+        assert await log.record_run(actor="v", query_id="q", duration_ms=1, row_count=0) == 1
+    finally:
+        await log.close()
+        await store.close()
+
+
+async def test_record_inside_a_failing_transaction_rolls_back(tmp_path: Path) -> None:
+    store = await open_sqlite_store(tmp_path / "tx.db")
+    log = AuditLog(store)
+    try:
+        async with store.transaction() as tx:
+            await tx.execute("CREATE TABLE things (name TEXT) STRICT")
+            await tx.execute("CREATE TRIGGER audit_full BEFORE INSERT ON audit_log "
+                             "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+        with pytest.raises(AuditUnavailable):
+            async with store.transaction() as tx:
+                await tx.execute("INSERT INTO things VALUES ('x')")
+                await log.record(tx, action="thing.create", target="thing:x")
+        assert await store.fetch_all("SELECT * FROM things") == []
+        with pytest.raises(ValueError):
+            async with store.transaction() as tx:
+                await log.record(tx, action="x", outcome="maybe")
+    finally:
+        await log.close()
+        await store.close()
