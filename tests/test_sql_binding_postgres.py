@@ -143,7 +143,7 @@ def items(draw: st.DrawFn) -> tuple[str, str | None]:
         return "$q$" + clean + "$q$", clean
     comment = body.replace("*", "").replace("/", "")
     line = comment.replace("\n", " ")
-    return "/* " + comment + " /* nested */ */ {{ b }} -- " + line + "\n", None
+    return f"/* {comment} /* nested */ {comment} */ {{{{ b }}}} -- {line}\n", None
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[
