@@ -7,7 +7,7 @@ import re
 import time
 from pathlib import Path
 
-from appliance.auth.throttle import BASE_DELAY, THRESHOLD, delay_for
+from appliance.auth.throttle import BASE_DELAY, THRESHOLD, delay_for, throttle_key
 from tests.test_auth_support import PASSWORDS, running
 
 
@@ -56,7 +56,7 @@ async def test_five_failures_lock_the_account_with_growing_backoff(tmp_path: Pat
         appliance.execute("UPDATE login_throttle SET locked_until = ?", (time.time() - 1,))
         assert (await client.login("viewer")).status == 201
         assert appliance.query("SELECT COUNT(*) AS n FROM login_throttle WHERE key = ?",
-                               ("user:viewer",))[0]["n"] == 0
+                               (throttle_key("user", "viewer"),))[0]["n"] == 0
         failures = [row for row in appliance.query(
             "SELECT outcome, details FROM audit_log WHERE action = 'session.create'")
             if row["outcome"] != "ok"]

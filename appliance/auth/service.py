@@ -13,7 +13,7 @@ from appliance.audit import AuditLog, Context
 from appliance.auth.passwords import Passwords
 from appliance.auth.roles import Principal
 from appliance.auth.sessions import Sessions, label
-from appliance.auth.throttle import Throttle
+from appliance.auth.throttle import Throttle, throttle_key
 from appliance.auth.tokens import Tokens
 from appliance.auth.totp import TwoFactor, Vault
 from appliance.auth.users import User, Users
@@ -71,7 +71,7 @@ class AuthService:
     async def login(self, username: str, password: Secret[str], code: str | None, *,
                     context: Context) -> LoginResult:
         name = username.strip()[:64]
-        keys = [f"user:{name.lower()}", f"addr:{context.client or 'unknown'}"]
+        keys = [throttle_key("user", name.lower()), throttle_key("addr", context.client)]
         async with self.throttle.serialised(keys):
             try:
                 await self.throttle.check(keys)

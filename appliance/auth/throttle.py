@@ -1,13 +1,14 @@
 """Login throttling: after 5 failures per account or per client address, exponential backoff.
 
 Owns the `login_throttle` table and the per-key locks that serialise concurrent attempts.
-Never stores a password; keys are `user:<name>` and `addr:<address>`.
+Never stores a password or a typed user name; keys are hashes (`throttle_key`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import math
 import time
 import weakref
@@ -20,6 +21,12 @@ THRESHOLD = 5        # failures allowed before backoff starts
 BASE_DELAY = 2.0     # seconds locked after the 5th failure; doubles with each further one
 MAX_DELAY = 900.0    # never locked longer than this at once
 FORGET_AFTER = 3600.0  # a key with no failure for this long starts again from zero
+
+
+def throttle_key(kind: str, value: str) -> str:
+    """`user:<hash>` or `addr:<hash>`: a name typed at login may be a misplaced password, so
+    the table never keeps it in clear."""
+    return f"{kind}:" + hashlib.sha256(f"{kind}:{value}".encode()).hexdigest()[:32]
 
 
 def delay_for(failures: int) -> float:
