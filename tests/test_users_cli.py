@@ -1,0 +1,126 @@
+"""`appliance init` (first admin), `users`, `tokens` and `audit` verbs as real subprocesses."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+
+from argon2 import PasswordHasher
+
+from tests.conftest import clean_env, run_cli
+
+
+def rows(state: Path, sql: str) -> list[tuple]:
+    conn = sqlite3.connect(state / "appliance.db")
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def test_init_with_a_password_file_is_idempotent(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    secret = tmp_path / "pw"
+    secret.write_text("first-admin-password\n")
+    first = run_cli("init", "--state-dir", str(state), "--admin-user", "root",
+                    "--admin-password-file", str(secret))
+    assert first.returncode == 0, first.stderr
+    assert "created  admin user 'root'" in first.stdout
+    assert "first-admin-password" not in first.stdout + first.stderr
+    [(name, role, stored)] = rows(state, "SELECT username, role, password_hash FROM users")
+    assert (name, role) == ("root", "admin")
+    assert stored.startswith("$argon2id$")
+    assert PasswordHasher().verify(stored, "first-admin-password")  # trailing newline dropped
+    second = run_cli("init", "--state-dir", str(state), "--admin-password-file", str(secret))
+    assert second.returncode == 0
+    assert "nothing to do" in second.stdout and "no admin created" in second.stdout
+    assert rows(state, "SELECT COUNT(*) FROM users") == [(1,)]
+
+
+def test_init_without_a_file_prints_a_one_time_password_once(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    first = run_cli("init", "--state-dir", str(state))
+    assert first.returncode == 0, first.stderr
+    match = re.search(r"one-time password for 'admin'.*: (\S+)$", first.stdout, re.M)
+    assert match, first.stdout
+    [(stored,)] = rows(state, "SELECT password_hash FROM users WHERE username = 'admin'")
+    assert PasswordHasher().verify(stored, match[1])
+    assert match[1] not in (state / "appliance.db").read_bytes().decode("latin-1")
+    second = run_cli("init", "--state-dir", str(state))
+    assert second.returncode == 0 and "one-time password" not in second.stdout
+
+
+def test_init_refuses_a_short_password(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    short = tmp_path / "pw"
+    short.write_text("short\n")
+    result = run_cli("init", "--state-dir", str(state), "--admin-password-file", str(short))
+    assert result.returncode != 0
+    assert "at least 12 characters" in result.stderr
+    assert rows(state, "SELECT COUNT(*) FROM users") == [(0,)]
+    missing = run_cli("init", "--state-dir", str(state), "--admin-password-file",
+                      str(tmp_path / "nope"))
+    assert missing.returncode != 0 and "cannot read password file" in missing.stderr
+
+
+def test_users_tokens_and_audit_verbs(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = clean_env()
+    assert run_cli("init", "--state-dir", str(state), env=env).returncode == 0
+    pw = tmp_path / "pw"
+    pw.write_text("developer-password-1")
+    add = run_cli("users", "add", "dana", "--role", "developer", "--password-file", str(pw),
+                  "--state-dir", str(state), env=env)
+    assert add.returncode == 0, add.stderr
+    assert "one-time password" not in add.stdout
+    generated = run_cli("users", "add", "vic", "--role", "viewer", "--state-dir", str(state),
+                        env=env)
+    assert generated.returncode == 0 and "one-time password" in generated.stdout
+    dup = run_cli("users", "add", "dana", "--role", "viewer", "--password-file", str(pw),
+                  "--state-dir", str(state), env=env)
+    assert dup.returncode != 0 and "already exists" in dup.stderr
+    bad_role = run_cli("users", "add", "x", "--role", "root", "--state-dir", str(state), env=env)
+    assert bad_role.returncode == 2
+
+    listing = run_cli("users", "list", "--state-dir", str(state), env=env)
+    assert re.search(r"^dana\tdeveloper\tenabled\t2fa=off$", listing.stdout, re.M)
+
+    token = run_cli("tokens", "create", "dana", "--expires", "7", "--state-dir", str(state),
+                    env=env)
+    assert token.returncode == 0, token.stderr
+    raw = token.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"apl_[0-9a-f]{16}_[A-Za-z0-9_-]{43}", raw)
+    token_id = raw[4:20]
+    listed = run_cli("tokens", "list", "dana", "--state-dir", str(state), env=env)
+    assert token_id in listed.stdout and raw not in listed.stdout and "\tactive\t" in listed.stdout
+    above = run_cli("tokens", "create", "dana", "--role", "admin", "--state-dir", str(state),
+                    env=env)
+    assert above.returncode != 0 and "above its owner" in above.stderr
+
+    assert run_cli("users", "disable", "dana", "--state-dir", str(state),
+                   env=env).returncode == 0
+    assert rows(state, "SELECT disabled FROM users WHERE username = 'dana'") == [(1,)]
+    assert run_cli("users", "reset-2fa", "dana", "--state-dir", str(state),
+                   env=env).returncode == 0
+    revoke = run_cli("tokens", "revoke", token_id, "--state-dir", str(state), env=env)
+    assert revoke.returncode == 0
+    missing = run_cli("users", "disable", "nobody", "--state-dir", str(state), env=env)
+    assert missing.returncode != 0 and "no user named" in missing.stderr
+
+    verify = run_cli("audit", "verify", "--state-dir", str(state), env=env)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    actions = [a for (a,) in rows(state, "SELECT action FROM audit_log ORDER BY seq")]
+    assert actions == ["user.create", "user.create", "user.create", "token.create",
+                       "user.disable", "2fa.reset", "token.revoke"]
+    actors = {a for (a,) in rows(state, "SELECT actor FROM audit_log WHERE seq > 1")}
+    assert len(actors) == 1 and actors.pop().startswith("cli:")
+    shown = run_cli("audit", "list", "--limit", "2", "--state-dir", str(state), env=env)
+    assert shown.returncode == 0 and shown.stdout.count("\n") == 2
+
+
+def test_every_verb_has_help() -> None:
+    for verb in (["users"], ["users", "add"], ["users", "reset-2fa"], ["tokens", "create"],
+                 ["audit", "verify"]):
+        result = run_cli(*verb, "--help")
+        assert result.returncode == 0 and "usage:" in result.stdout
