@@ -24,7 +24,7 @@ async def test_token_lifecycle(tmp_path: Path) -> None:
         listing = await dev.request("GET", "/api/v1/users/me/tokens")
         assert listing.status == 200 and raw not in str(listing.body)
         assert "token" not in listing.body["tokens"][0]
-        secret = raw.rsplit("_", 1)[1]
+        secret = raw[len("apl_") + 16 + 1:]
         dump = appliance.store_path.read_bytes()
         assert secret.encode() not in dump
         assert appliance.query("SELECT secret_hash FROM api_tokens")[0][0] == hashlib.sha256(
