@@ -137,6 +137,8 @@ async def open_sqlite_store(path: Path, *, migrate: bool = True) -> SQLiteStore:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
             os.close(fd)
         writer = await _connect(path)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"store {path} is not a usable SQLite database: {exc}") from None
     except (OSError, sqlite3.Error) as exc:
         raise StoreError(f"cannot open store {path}: {exc}") from None
     try:

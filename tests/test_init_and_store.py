@@ -1,0 +1,235 @@
+"""`appliance init` (idempotent, private modes) and the SQLite store (migrations, crash safety)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from appliance.errors import StoreError
+from appliance.store import migrations, open_sqlite_store
+from appliance.store.migrations import Migration
+
+from .conftest import clean_env, run_cli
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_init_creates_private_state(state: Path) -> None:
+    result = run_cli("init", "--state-dir", str(state))
+    assert result.returncode == 0, result.stderr
+    assert mode(state) == 0o700
+    secret = state / "instance.key"
+    assert mode(secret) == 0o600
+    assert len(secret.read_bytes()) == 32
+    for path in state.rglob("*"):
+        assert mode(path) & 0o077 == 0, path
+    assert "created" in result.stdout
+    assert secret.read_bytes().hex() not in result.stdout + result.stderr
+
+
+def test_init_is_idempotent_and_never_overwrites_the_secret(state: Path) -> None:
+    assert run_cli("init", "--state-dir", str(state)).returncode == 0
+    secret = (state / "instance.key").read_bytes()
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in state.rglob("*")
+              if p.is_file() and not p.name.endswith(("-wal", "-shm"))}
+    second = run_cli("init", "--state-dir", str(state))
+    assert second.returncode == 0
+    assert "nothing to do" in second.stdout
+    assert "exists" in second.stdout and "instance secret" in second.stdout
+    assert (state / "instance.key").read_bytes() == secret
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in before}
+    assert after == before
+
+
+def test_init_with_umask_000_still_private(state: Path) -> None:
+    code = ("import os, sys; os.umask(0); from appliance.cli import main; "
+            f"sys.exit(main(['init', '--state-dir', {str(state)!r}]))")
+    subprocess.run([sys.executable, "-c", code], check=True, env=clean_env(), capture_output=True)
+    assert mode(state) == 0o700
+    assert mode(state / "instance.key") == 0o600
+    assert mode(state / "appliance.db") == 0o600
+
+
+@pytest.mark.parametrize("bad_mode", [0o750, 0o705, 0o777])
+def test_refuses_group_or_world_accessible_state_dir(state: Path, bad_mode: int) -> None:
+    assert run_cli("init", "--state-dir", str(state)).returncode == 0
+    os.chmod(state, bad_mode)
+    for verb in (["init"], ["serve", "--listen", "127.0.0.1:0"]):
+        result = run_cli(*verb, "--state-dir", str(state), timeout=30)
+        assert result.returncode != 0
+        assert "accessible to group or others" in result.stderr
+        assert "chmod 700" in result.stderr
+
+
+def test_serve_without_init_says_what_to_do(state: Path) -> None:
+    result = run_cli("serve", "--state-dir", str(state), "--listen", "127.0.0.1:0")
+    assert result.returncode == 2
+    assert "appliance init" in result.stderr
+    assert not state.exists()
+
+
+def test_state_dir_that_is_a_file(tmp_path: Path) -> None:
+    target = tmp_path / "file"
+    target.write_text("x")
+    result = run_cli("init", "--state-dir", str(target))
+    assert result.returncode == 2
+    assert "not a directory" in result.stderr
+
+
+# --- store ----------------------------------------------------------------------------------
+
+
+async def test_migrations_on_an_empty_store(tmp_path: Path) -> None:
+    store = await open_sqlite_store(tmp_path / "s.db")
+    try:
+        assert await store.schema_version() == migrations.LATEST
+        rows = await store.fetch_all("SELECT version FROM schema_migrations ORDER BY version")
+        assert [r["version"] for r in rows] == [m.version for m in migrations.MIGRATIONS]
+        journal = await store.fetch_one("PRAGMA journal_mode")
+        assert journal is not None and next(iter(journal.values())) == "wal"
+    finally:
+        await store.close()
+    assert mode(tmp_path / "s.db") == 0o600
+
+
+async def test_migrations_on_an_existing_store_apply_only_new_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.db"
+    store = await open_sqlite_store(path)
+    async with store.transaction() as tx:
+        await tx.execute("INSERT INTO meta (key, value) VALUES ('kept', 'yes')")
+    await store.close()
+
+    extra = Migration(10_000, "test table", ("CREATE TABLE t_extra (x INTEGER) STRICT",))
+    monkeypatch.setattr("appliance.store.sqlite.MIGRATIONS", (*migrations.MIGRATIONS, extra))
+    monkeypatch.setattr("appliance.store.sqlite.LATEST", extra.version)
+    store = await open_sqlite_store(path)
+    try:
+        assert await store.schema_version() == extra.version
+        assert await store.fetch_one("SELECT value FROM meta WHERE key = 'kept'") == {"value": "yes"}
+        assert await store.fetch_all("SELECT * FROM t_extra") == []
+    finally:
+        await store.close()
+
+    # Opening again applies nothing new and fails on nothing.
+    store = await open_sqlite_store(path)
+    count = await store.fetch_one("SELECT COUNT(*) AS n FROM schema_migrations")
+    await store.close()
+    assert count == {"n": len(migrations.MIGRATIONS) + 1}
+
+
+async def test_a_failing_migration_leaves_the_previous_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.db"
+    store = await open_sqlite_store(path)
+    await store.close()
+    broken = Migration(10_001, "broken", ("CREATE TABLE half (x INTEGER) STRICT",
+                                          "THIS IS NOT SQL"))
+    monkeypatch.setattr("appliance.store.sqlite.MIGRATIONS", (*migrations.MIGRATIONS, broken))
+    monkeypatch.setattr("appliance.store.sqlite.LATEST", broken.version)
+    with pytest.raises(StoreError):
+        await open_sqlite_store(path)
+    conn = sqlite3.connect(path)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    version = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0]
+    conn.close()
+    assert "half" not in tables
+    assert version == migrations.LATEST
+
+
+async def test_a_store_newer_than_the_code_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    await (await open_sqlite_store(path)).close()
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO schema_migrations VALUES (999999, 'future', 0)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="newer than this appliance"):
+        await open_sqlite_store(path)
+
+
+async def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not a usable SQLite database"):
+        await open_sqlite_store(path)
+
+
+async def test_a_failed_transaction_writes_nothing(tmp_path: Path) -> None:
+    store = await open_sqlite_store(tmp_path / "s.db")
+    try:
+        with pytest.raises(RuntimeError):
+            async with store.transaction() as tx:
+                await tx.execute("INSERT INTO meta (key, value) VALUES ('a', '1')")
+                raise RuntimeError("boom")
+        assert await store.fetch_one("SELECT * FROM meta WHERE key = 'a'") is None
+    finally:
+        await store.close()
+
+
+WRITER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from appliance.store import open_sqlite_store
+
+    async def main(path):
+        store = await open_sqlite_store(Path(path))
+        async with store.transaction() as tx:
+            await tx.execute(
+                "CREATE TABLE IF NOT EXISTS crash_parent (id INTEGER PRIMARY KEY, n INTEGER)")
+            await tx.execute(
+                "CREATE TABLE IF NOT EXISTS crash_child (parent INTEGER, k INTEGER, v TEXT)")
+        print("ready", flush=True)
+        i = 0
+        while True:
+            i += 1
+            async with store.transaction() as tx:
+                pid = await tx.insert("INSERT INTO crash_parent (n) VALUES (?)", (10,))
+                for k in range(10):
+                    await tx.execute("INSERT INTO crash_child VALUES (?, ?, ?)",
+                                     (pid, k, "x" * 200))
+
+    asyncio.run(main(sys.argv[1]))
+    """
+)
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.7, 1.1])
+def test_sigkill_mid_write_loop_leaves_a_consistent_store(tmp_path: Path, delay: float) -> None:
+    path = tmp_path / "crash.db"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE,
+                            text=True, env=clean_env())
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    parents = conn.execute("SELECT COUNT(*) FROM crash_parent").fetchone()[0]
+    assert parents > 0
+    incomplete = conn.execute(
+        "SELECT p.id FROM crash_parent p LEFT JOIN crash_child c ON c.parent = p.id "
+        "GROUP BY p.id HAVING COUNT(c.k) != p.n"
+    ).fetchall()
+    orphans = conn.execute(
+        "SELECT COUNT(*) FROM crash_child WHERE parent NOT IN (SELECT id FROM crash_parent)"
+    ).fetchone()[0]
+    conn.close()
+    assert incomplete == [] and orphans == 0
