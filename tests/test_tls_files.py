@@ -1,0 +1,143 @@
+"""`tls.mode = "files"`: new certificates are picked up without restart; open connections live on."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import ssl
+import time
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from .conftest import clean_env, http_request, run_cli, start_server, tls_connection
+
+
+class TestCA:
+    __test__ = False
+
+    def __init__(self) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "files-mode test CA")])
+        now = dt.datetime.now(dt.UTC)
+        self.name = name
+        self.cert = (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+
+    def pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def leaf(self, cn: str, days: int = 30) -> tuple[bytes, bytes]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+            .issuer_name(self.name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def replace(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".new")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def peer_fingerprint(sock: ssl.SSLSocket) -> str:
+    der = sock.getpeercert(binary_form=True)
+    assert der is not None
+    return hashlib.sha256(der).hexdigest()
+
+
+def fingerprint(pem: bytes) -> str:
+    cert = x509.load_pem_x509_certificate(pem)
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def test_files_mode_reloads_without_dropping_open_connections(tmp_path: Path) -> None:
+    ca = TestCA()
+    (tmp_path / "ca.pem").write_bytes(ca.pem())
+    cert_a, key_a = ca.leaf("first")
+    cert_b, key_b = ca.leaf("second")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert_a)
+    key_file.write_bytes(key_a)
+    state = tmp_path / "state"
+    assert run_cli("init", "--state-dir", str(state)).returncode == 0
+    env = clean_env(APPLIANCE_TLS_MODE="files", APPLIANCE_TLS_CERT_FILE=str(cert_file),
+                    APPLIANCE_TLS_KEY_FILE=str(key_file), APPLIANCE_TLS_CHECK_INTERVAL="0.3",
+                    APPLIANCE_LOG_FORMAT="text")
+    server = start_server(["serve", "--state-dir", str(state), "--listen", "127.0.0.1:0"],
+                          cwd=tmp_path, env=env)
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    try:
+        with tls_connection("127.0.0.1", server.port, ctx) as kept:
+            assert peer_fingerprint(kept) == fingerprint(cert_a)
+            assert http_request(kept, "GET", "/healthz", "127.0.0.1")[0] == 200
+
+            # A half-written update (new key, old cert) is refused: A keeps being served.
+            replace(key_file, key_b)
+            time.sleep(1.0)
+            with tls_connection("127.0.0.1", server.port, ctx) as fresh:
+                assert peer_fingerprint(fresh) == fingerprint(cert_a)
+
+            replace(cert_file, cert_b)
+            deadline = time.monotonic() + 10
+            seen = None
+            while time.monotonic() < deadline:
+                with tls_connection("127.0.0.1", server.port, ctx) as fresh:
+                    seen = peer_fingerprint(fresh)
+                if seen == fingerprint(cert_b):
+                    break
+                time.sleep(0.2)
+            assert seen == fingerprint(cert_b), "the new certificate was never served"
+
+            # The connection opened before the swap still works, on its original certificate.
+            assert peer_fingerprint(kept) == fingerprint(cert_a)
+            for _ in range(3):
+                assert http_request(kept, "GET", "/healthz", "127.0.0.1")[0] == 200
+    finally:
+        server.stop()
+    log = server.stderr()
+    assert "does not match" in log  # the refused half-update was reported
+    assert key_a.decode().splitlines()[1] not in log and key_b.decode().splitlines()[1] not in log
+
+
+def test_files_mode_with_bad_files_refuses_to_start(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    assert run_cli("init", "--state-dir", str(state)).returncode == 0
+    ca = TestCA()
+    cert, _ = ca.leaf("x")
+    _, other_key = ca.leaf("y")
+    (tmp_path / "cert.pem").write_bytes(cert)
+    (tmp_path / "key.pem").write_bytes(other_key)
+    (tmp_path / "garbage.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\nnope\n")
+    cases = [
+        (tmp_path / "missing.pem", tmp_path / "key.pem", "cannot read"),
+        (tmp_path / "garbage.pem", tmp_path / "key.pem", "no valid PEM certificate"),
+        (tmp_path / "cert.pem", tmp_path / "key.pem", "does not match"),
+    ]
+    for cert_file, key_file, message in cases:
+        env = clean_env(APPLIANCE_TLS_MODE="files", APPLIANCE_TLS_CERT_FILE=str(cert_file),
+                        APPLIANCE_TLS_KEY_FILE=str(key_file))
+        result = run_cli("serve", "--state-dir", str(state), "--listen", "127.0.0.1:0", env=env)
+        assert result.returncode != 0
+        assert message in result.stderr, result.stderr
