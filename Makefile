@@ -41,7 +41,8 @@ lint: $(VENV)/.installed
 
 binary: $(VENV)/.installed
 	$(BIN)/python build/stamp_commit.py
-	$(BIN)/pyinstaller --noconfirm --clean --distpath dist --workpath build/build build/appliance.spec
+	$(BIN)/pyinstaller --noconfirm --clean --distpath dist --workpath build/build build/appliance.spec; \
+	  status=$$?; rm -f appliance/_build_commit.py; exit $$status
 
 clean:
 	rm -rf $(VENV) dist build/build .pytest_cache

@@ -1,5 +1,5 @@
-"""Which commit this build comes from: stamped into `_build_commit.py` by `make binary`,
-else read from the git checkout the package runs from, else "unknown".
+"""Which commit this build comes from: read from the git checkout the package runs from, else
+stamped into `_build_commit.py` by `make binary` (the binary has no checkout), else "unknown".
 
 Never runs anything but `git rev-parse`.
 """
@@ -11,15 +11,13 @@ from pathlib import Path
 
 
 def commit() -> str:
-    try:
-        from appliance._build_commit import COMMIT  # type: ignore[import-not-found]
-
-        return str(COMMIT)
-    except ImportError:
-        pass
     root = Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():
-        return "unknown"
+        try:
+            from appliance._build_commit import COMMIT  # type: ignore[import-not-found]
+        except ImportError:
+            return "unknown"
+        return str(COMMIT)
     try:
         out = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],

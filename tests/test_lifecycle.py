@@ -1,0 +1,190 @@
+"""Process lifecycle: SIGTERM drains in-flight requests (bounded), `doctor`, `--help` everywhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from appliance.cli import VERBS, build_parser
+
+from .conftest import ServerProcess, clean_env, http_request, run_cli, start_server, tls_connection
+
+# A real `serve` process with one extra slow route, to have something in flight at SIGTERM.
+SLOW_SERVER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from aiohttp import web
+    import appliance.http.app as app_module
+    import appliance.server as server_module
+    from appliance.http import access
+
+    original = app_module.build_app
+
+    async def slow(request):
+        await asyncio.sleep(float(request.query.get("s", "1.5")))
+        return web.json_response({"slow": "done"})
+
+    def build_app(*args, **kwargs):
+        app = original(*args, **kwargs)
+        app.router.add_get("/test-slow", access.public(slow))
+        return app
+
+    server_module.build_app = build_app
+    from appliance.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def start_slow_server(tmp_path: Path, shutdown_timeout: str) -> ServerProcess:
+    script = tmp_path / "slow_server.py"
+    script.write_text(SLOW_SERVER)
+    env = clean_env(APPLIANCE_SERVER_SHUTDOWN_TIMEOUT=shutdown_timeout)
+    return start_server(["serve", "--dev", "--listen", "127.0.0.1:0"], cwd=tmp_path, env=env,
+                        command=[sys.executable, str(script)])
+
+
+def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
+    server = start_slow_server(tmp_path, "10")
+    result: dict[str, object] = {}
+
+    def slow_request() -> None:
+        try:
+            with tls_connection("127.0.0.1", server.port, server.client_context()) as sock:
+                result["response"] = http_request(sock, "GET", "/test-slow?s=1.5", "127.0.0.1")
+        except Exception as exc:
+            result["error"] = repr(exc)
+
+    thread = threading.Thread(target=slow_request)
+    thread.start()
+    time.sleep(0.5)  # the request is in flight
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    # New connections are refused while draining.
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
+    thread.join(15)
+    code = server.proc.wait(15)
+    assert "error" not in result, result
+    status, _, body = result["response"]  # type: ignore[misc]
+    assert status == 200 and json.loads(body) == {"slow": "done"}
+    assert code == 0
+    assert time.monotonic() - started >= 0.5  # it waited for the request
+    assert "stopped" in server.stderr()
+
+
+def test_sigterm_drain_is_bounded(tmp_path: Path) -> None:
+    server = start_slow_server(tmp_path, "1")
+    thread = threading.Thread(target=lambda: _ignore_errors(server, "/test-slow?s=30"))
+    thread.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    code = server.proc.wait(20)
+    elapsed = time.monotonic() - started
+    thread.join(5)
+    assert code == 0
+    assert elapsed < 10, f"shutdown took {elapsed:.1f}s with shutdown_timeout = 1"
+
+
+def _ignore_errors(server: ServerProcess, path: str) -> None:
+    try:
+        with tls_connection("127.0.0.1", server.port, server.client_context()) as sock:
+            http_request(sock, "GET", path, "127.0.0.1")
+    except Exception:
+        pass
+
+
+# --- doctor ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_doctor_passes_on_a_healthy_installation(tmp_path: Path, dev_server: ServerProcess) -> None:
+    dev_server.stop()
+    port = free_port()
+    result = run_cli("doctor", "--dev", "--state-dir", str(tmp_path / ".appliance"),
+                     env=clean_env(APPLIANCE_SERVER_LISTEN=f"127.0.0.1:{port}"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert all(line.startswith("ok") for line in lines), lines
+    names = {line.split(":")[0].split(maxsplit=1)[1] for line in lines}
+    assert {"settings", "state directory", "instance secret", "store", "tls",
+            "https listener"} <= names
+
+
+def test_doctor_reports_each_failure_with_a_fix(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    result = run_cli("doctor", "--state-dir", str(state),
+                     env=clean_env(APPLIANCE_SERVER_LISTEN="127.0.0.1:0"))
+    assert result.returncode == 1
+    assert "FAIL  state directory" in result.stdout and "appliance init" in result.stdout
+
+    assert run_cli("init", "--state-dir", str(state)).returncode == 0
+    os.chmod(state / "instance.key", 0o644)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("doctor", "--state-dir", str(state),
+                         env=clean_env(APPLIANCE_SERVER_LISTEN=f"127.0.0.1:{port}"))
+    out = result.stdout
+    assert result.returncode == 1
+    assert "FAIL  instance secret" in out and "chmod 600" in out
+    assert "FAIL  tls" in out  # no certificate yet: serve has never run
+    assert "FAIL  https listener" in out and "in use" in out
+    assert stat.S_IMODE((state / "instance.key").stat().st_mode) == 0o644  # doctor only reads
+
+
+def test_doctor_with_bad_settings_exits_2(tmp_path: Path) -> None:
+    result = run_cli("doctor", "--state-dir", str(tmp_path),
+                     env=clean_env(APPLIANCE_TLS_MODE="nope"))
+    assert result.returncode == 2
+    assert "FAIL  settings: APPLIANCE_TLS_MODE" in result.stdout
+
+
+# --- CLI ------------------------------------------------------------------------------------
+
+
+def test_every_verb_has_help() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    verbs = sorted(sub.choices)  # type: ignore[attr-defined]
+    assert len(verbs) >= len(VERBS)
+    for verb in verbs:
+        result = run_cli(verb, "--help")
+        assert result.returncode == 0, verb
+        assert "usage: appliance" in result.stdout
+        assert len(sub.choices[verb].description or "") > 20, f"{verb} has no description"  # type: ignore[attr-defined]
+
+
+def test_version_names_commit_python_openssl_and_libraries() -> None:
+    result = run_cli("version")
+    assert result.returncode == 0
+    out = result.stdout
+    for word in ("appliance 0.", "commit ", "python 3.", "openssl OpenSSL", "aiohttp ",
+                 "cryptography "):
+        assert word in out
+    assert "commit unknown" not in out  # run from a git checkout
+
+
+def test_python_dash_m_and_unknown_verb() -> None:
+    assert run_cli("--help").returncode == 0
+    result = run_cli("frobnicate")
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr
