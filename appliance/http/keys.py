@@ -9,12 +9,9 @@ from aiohttp import web
 
 from appliance.audit import AuditLog
 from appliance.auth import AuthService
-from appliance.datasources import DatasourceService
-from appliance.egress import Dialer
 from appliance.egress import Dialer
 from appliance.egress.runtime import RuntimeEgress
 from appliance.keyring import SecretVault
-from appliance.queries import QueryService, Runner
 from appliance.settings import Settings
 from appliance.store import Store
 from appliance.tls import TLSManager
@@ -27,8 +24,4 @@ AUTH = web.AppKey("auth", AuthService)
 KEYRING = web.AppKey("keyring", SecretVault)
 EGRESS = web.AppKey("egress", Dialer)  # the one dialer of the process
 EGRESS_RUNTIME = web.AppKey("egress_runtime", RuntimeEgress)
-EGRESS = web.AppKey("egress", Dialer)  # the process's one dialer; its `.policy` is the holder
-DATASOURCES = web.AppKey("datasources", DatasourceService)
-QUERIES = web.AppKey("queries", QueryService)
-RUNNER = web.AppKey("runner", Runner)
 REQUEST_ID = "request_id"
