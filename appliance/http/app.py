@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from appliance import state_dir
-from appliance.http import access, auth_routes, health, middleware
+from appliance.http import access, auth_routes, egress_routes, health, middleware
 from appliance.http.keys import KEYRING, SETTINGS, STORE, TLS
 from appliance.keyring import keyring_lifecycle
 from appliance.settings import Settings
@@ -31,6 +31,7 @@ def build_app(settings: Settings, tls: TLSManager) -> web.Application:
     app[TLS] = tls
     app.on_response_prepare.append(middleware.security_headers)
     app.cleanup_ctx.append(_store_lifecycle)
+    egress_routes.install(app)  # the one egress dialer; stored policy once the store is open
     app.cleanup_ctx.append(keyring_lifecycle(SETTINGS, STORE, KEYRING))
     app.cleanup_ctx.append(_tls_lifecycle)
     access.install(app)  # refuses to start with a route that declares no role
