@@ -127,6 +127,62 @@ MIGRATIONS: tuple[Migration, ...] = (
                BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
         ),
     ),
+    Migration(
+        4,
+        "datasources and stored queries",
+        (
+            """CREATE TABLE datasources (
+                   id         TEXT PRIMARY KEY,
+                   name       TEXT NOT NULL UNIQUE COLLATE NOCASE,
+                   kind       TEXT NOT NULL CHECK (kind IN ('postgres', 'mongodb', 'rest',
+                                                            'sqlite')),
+                   config     TEXT NOT NULL,
+                   version    INTEGER NOT NULL,
+                   created_at REAL NOT NULL,
+                   updated_at REAL NOT NULL
+               ) STRICT""",
+            """CREATE TABLE queries (
+                   id            TEXT PRIMARY KEY,
+                   name          TEXT NOT NULL UNIQUE COLLATE NOCASE,
+                   datasource_id TEXT NOT NULL REFERENCES datasources(id) ON DELETE RESTRICT,
+                   body          TEXT NOT NULL,
+                   parameters    TEXT NOT NULL,
+                   timeout_ms    INTEGER,
+                   max_rows      INTEGER,
+                   version       INTEGER NOT NULL,
+                   created_at    REAL NOT NULL,
+                   updated_at    REAL NOT NULL
+               ) STRICT""",
+            "CREATE INDEX queries_datasource ON queries (datasource_id)",
+        ),
+    ),
+    Migration(
+        5,
+        "ACME certificates: chain, renewal schedule, backoff and account per directory",
+        (
+            """CREATE TABLE acme_accounts (
+                   directory  TEXT PRIMARY KEY,
+                   uri        TEXT,
+                   created_at REAL NOT NULL,
+                   updated_at REAL NOT NULL
+               ) STRICT""",
+            """CREATE TABLE acme_certificates (
+                   names          TEXT PRIMARY KEY,
+                   directory      TEXT NOT NULL,
+                   chain_pem      TEXT,
+                   not_after      REAL,
+                   renew_at       REAL,
+                   ari_next_check REAL,
+                   failures       INTEGER NOT NULL DEFAULT 0,
+                   next_attempt   REAL,
+                   last_attempt   REAL,
+                   last_error     TEXT,
+                   last_success   REAL,
+                   orders         INTEGER NOT NULL DEFAULT 0,
+                   updated_at     REAL NOT NULL
+               ) STRICT""",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -1,0 +1,75 @@
+"""The one interface every datasource kind implements: test, open a result stream, close.
+
+Owns `Engine`, `Target` (what an engine knows of its datasource) and `RowStream`. The query
+service talks only to this interface and never knows which kind is behind it. Engines open their
+network connections only through the egress dialer, and never log values or results.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+from appliance.datasources.config import Limits, limits_of
+from appliance.secret import Secret
+
+
+@dataclass(frozen=True)
+class Target:
+    """A datasource as an engine sees it: identity, canonical config, and its version (bumped on
+    every change of config or secrets, so a registry knows when to replace a pool)."""
+
+    id: str
+    name: str
+    kind: str
+    config: Mapping[str, Any]
+    version: int
+    secrets: Mapping[str, Secret[str]] = field(default_factory=dict, repr=False)
+
+    @property
+    def limits(self) -> Limits:
+        return limits_of(self.config)
+
+    def secret(self, name: str) -> str | None:
+        found = self.secrets.get(name)
+        return found.reveal() if found is not None else None
+
+
+@dataclass
+class RowStream:
+    """The result of one statement: its columns, then rows in batches as they arrive.
+
+    Rows are sequences of driver values (see `values.json_default` for their JSON form).
+    """
+
+    columns: list[str]
+    batches: AsyncIterator[list[Any]]
+
+
+class Engine(abc.ABC):
+    """One datasource's connections (its pool), created lazily, closed once."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    @abc.abstractmethod
+    async def test(self, timeout: float) -> None:
+        """Connect and run a trivial command; raise a `DatasourceError` saying what failed."""
+
+    @abc.abstractmethod
+    def open(self, bound: Any, *, timeout: float, fetch: int
+             ) -> AbstractAsyncContextManager[RowStream]:
+        """Run one bound statement. `fetch` is how many rows the caller wants at most (it stops
+        reading after that); `timeout` bounds the statement. Leaving the context releases the
+        connection (and cancels what is still running)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close every connection. Idempotent."""

@@ -1,0 +1,198 @@
+"""The MongoDB engine: one PyMongo `AsyncMongoClient` per datasource (its own pool), every
+connection through the egress dialer.
+
+Owns running a bound `MongoCommand` (find, aggregate, count, and the insert/update/delete forms)
+and translating PyMongo's errors. Documents come back whole, one per row, in a single `document`
+column. Never logs a filter, a document or a result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from appliance.datasources.config import CONNECT_TIMEOUT
+from appliance.datasources.engine import Engine, RowStream, Target
+from appliance.datasources.errors import (
+    DatasourceAuthFailed,
+    DatasourceTimeout,
+    DatasourceTLSError,
+    DatasourceUnreachable,
+    QueryFailed,
+)
+from appliance.egress import Dialer, EgressDenied, EgressTimeout, EgressUnreachable, pymongo_hook
+from appliance.errors import ApplianceError
+from appliance.query import MongoCommand
+
+BATCH = 1000
+_AUTH_CODES = frozenset({11, 13, 18})  # UserNotFound, Unauthorized, AuthenticationFailed
+
+
+class MongoEngine(Engine):
+    def __init__(self, target: Target, dialer: Dialer) -> None:
+        super().__init__(target)
+        self._dialer = dialer
+        self._client: Any = None
+        self._creating = asyncio.Lock()
+
+    async def _new_client(self) -> Any:
+        config = self.target.config
+        limits = self.target.limits
+        options: dict[str, Any] = {
+            "maxPoolSize": limits.max_connections,
+            "timeoutMS": limits.statement_timeout_ms,
+            "tls": config.get("tls") == "verify-full",
+            "appname": "appliance",
+        }
+        password = self.target.secret("password")
+        if config.get("user"):
+            options.update(username=str(config["user"]), password=password or "",
+                           authSource=str(config["database"]))
+        return await pymongo_hook.connect_client(
+            self._dialer, host=str(config["host"]), port=int(config["port"]),
+            datasource=self.target.id, timeout=CONNECT_TIMEOUT, **options)
+
+    async def _get_client(self) -> Any:
+        if self._client is None:
+            async with self._creating:
+                if self._client is None:
+                    self._client = await self._new_client()
+        return self._client
+
+    async def test(self, timeout: float) -> None:
+        client = None
+        try:
+            async with asyncio.timeout(timeout):
+                client = await self._new_client()
+                await client[str(self.target.config["database"])].command("ping")
+        except BaseException as exc:
+            raise self.translate(exc, timeout) from None
+        finally:
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.close()
+
+    @contextlib.asynccontextmanager
+    async def open(self, bound: MongoCommand, *, timeout: float, fetch: int,
+                   stream: bool = False) -> AsyncIterator[RowStream]:
+        try:
+            async with asyncio.timeout(timeout):
+                client = await self._get_client()
+                collection = client[str(self.target.config["database"])][bound.collection]
+                columns, batches = await self._start(collection, bound, fetch, timeout)
+        except BaseException as exc:
+            raise self.translate(exc, timeout) from None
+        yield RowStream(columns, self._guard(batches, timeout))
+
+    async def _start(self, collection: Any, command: MongoCommand, fetch: int, timeout: float
+                     ) -> tuple[list[str], AsyncIterator[list[Any]]]:
+        args = command.arguments
+        operation = command.operation
+        max_ms = max(1, int(timeout * 1000))
+        if operation == "find":
+            limit = args.get("limit") or 0
+            limit = min(limit, fetch) if limit else fetch
+            sort = list(args["sort"].items()) if args.get("sort") else None
+            cursor = collection.find(args.get("filter") or {}, projection=args.get("projection"),
+                                     sort=sort, skip=args.get("skip") or 0, limit=limit,
+                                     batch_size=min(BATCH, fetch), max_time_ms=max_ms)
+            return ["document"], _cursor_batches(cursor, fetch)
+        if operation == "aggregate":
+            cursor = await collection.aggregate(args["pipeline"], batchSize=min(BATCH, fetch),
+                                                maxTimeMS=max_ms)
+            return ["document"], _cursor_batches(cursor, fetch)
+        if operation == "count":
+            options = {k: args[k] for k in ("skip", "limit") if args.get(k)}
+            count = await collection.count_documents(args.get("filter") or {}, maxTimeMS=max_ms,
+                                                     **options)
+            return ["count"], _single([count])
+        if operation == "insert_one":
+            result = await collection.insert_one(args["document"])
+            return ["inserted_id"], _single([result.inserted_id])
+        if operation == "insert_many":
+            result = await collection.insert_many(args["documents"])
+            return ["inserted_ids"], _single([list(result.inserted_ids)])
+        if operation in ("update_one", "update_many"):
+            method = getattr(collection, operation)
+            result = await method(args["filter"], args["update"],
+                                  upsert=bool(args.get("upsert", False)))
+            return (["matched_count", "modified_count", "upserted_id"],
+                    _single([result.matched_count, result.modified_count, result.upserted_id]))
+        if operation in ("delete_one", "delete_many"):
+            result = await getattr(collection, operation)(args["filter"])
+            return ["deleted_count"], _single([result.deleted_count])
+        raise QueryFailed(self.name, f"unsupported operation {operation!r}")
+
+    async def _guard(self, batches: AsyncIterator[list[Any]], timeout: float
+                     ) -> AsyncIterator[list[Any]]:
+        try:
+            async for batch in batches:
+                yield batch
+        except BaseException as exc:
+            raise self.translate(exc, timeout) from None
+
+    def translate(self, exc: BaseException, timeout: float) -> BaseException:
+        from pymongo import errors
+
+        name = self.name
+        if isinstance(exc, asyncio.CancelledError | EgressDenied):
+            return exc
+        if isinstance(exc, EgressTimeout):
+            return DatasourceTimeout(name, CONNECT_TIMEOUT, "accept a connection")
+        if isinstance(exc, EgressUnreachable):
+            return DatasourceUnreachable(name, f"unreachable ({exc.message})")
+        if isinstance(exc, ApplianceError):
+            return exc
+        if isinstance(exc, errors.ExecutionTimeout | TimeoutError):
+            return DatasourceTimeout(name, timeout, "finish the command")
+        if isinstance(exc, errors.ServerSelectionTimeoutError):
+            text = str(exc)
+            if "denied by rule" in text:
+                return DatasourceUnreachable(name, "unreachable (egress policy)")
+            if "SSL" in text or "certificate" in text:
+                return DatasourceTLSError(name, "handshake failed")
+            return DatasourceUnreachable(name, "unreachable (no server answered)")
+        if isinstance(exc, errors.OperationFailure) and exc.code in _AUTH_CODES:
+            return DatasourceAuthFailed(name, "authentication failed (user or password "
+                                              "refused)")
+        if isinstance(exc, errors.NetworkTimeout):
+            return DatasourceTimeout(name, timeout)
+        if isinstance(exc, errors.ConnectionFailure):
+            return DatasourceUnreachable(name, "unreachable (the connection was lost)")
+        if isinstance(exc, errors.OperationFailure):
+            details = exc.details or {}
+            message = str(details.get("errmsg") or "the command failed")
+            return QueryFailed(name, message[:500], f"code {exc.code}")
+        if isinstance(exc, errors.PyMongoError):
+            return QueryFailed(name, type(exc).__name__)
+        return DatasourceUnreachable(name, f"unreachable ({type(exc).__name__})")
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.close()
+
+
+async def _cursor_batches(cursor: Any, fetch: int) -> AsyncIterator[list[Any]]:
+    batch: list[Any] = []
+    count = 0
+    try:
+        async for document in cursor:
+            batch.append([document])
+            count += 1
+            if len(batch) >= BATCH:
+                yield batch
+                batch = []
+            if count >= fetch:
+                break
+        if batch:
+            yield batch
+    finally:
+        await cursor.close()
+
+
+async def _single(row: list[Any]) -> AsyncIterator[list[Any]]:
+    yield [row]

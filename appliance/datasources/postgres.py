@@ -1,0 +1,232 @@
+"""The PostgreSQL engine: an asyncpg pool per datasource whose every connection goes through the
+egress dialer; statements run as server-side prepared statements with their values bound.
+
+Owns the pool, connection parameters (all explicit, so asyncpg never reads PG* variables) and the
+translation of asyncpg's errors. Never logs a value or a row, and never passes a driver message
+that may hold a parameter value (client-side encoding errors) on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import ssl
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+
+from appliance.datasources.config import CONNECT_TIMEOUT
+from appliance.datasources.engine import Engine, RowStream, Target
+from appliance.datasources.errors import (
+    DatasourceAuthFailed,
+    DatasourceTimeout,
+    DatasourceTLSError,
+    DatasourceUnreachable,
+    QueryFailed,
+)
+from appliance.egress import Dialer, EgressDenied, EgressTimeout, EgressUnreachable, asyncpg_hook
+from appliance.errors import ApplianceError
+from appliance.query import BoundStatement
+
+STREAM_BATCH = 1000
+_PLACEHOLDER_RE = re.compile(r"query argument \$(\d+)")
+
+
+def _tls_context(mode: str) -> ssl.SSLContext | bool:
+    if mode == "disable":
+        return False
+    if mode == "require":  # encrypted, not verified (libpq's sslmode=require)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    return ssl.create_default_context()  # verify-full
+
+
+class PostgresEngine(Engine):
+    def __init__(self, target: Target, dialer: Dialer) -> None:
+        super().__init__(target)
+        self._dialer = dialer
+        self._pool: asyncpg.Pool | None = None
+        self._creating: asyncio.Lock = asyncio.Lock()
+        self._closed = False
+
+    async def _connect(self, *_args: Any, **pool_kwargs: Any) -> Any:
+        """The pool's connect function: the one place this engine opens a connection."""
+        config = self.target.config
+        password = self.target.secret("password")
+        timeout_ms = self.target.limits.statement_timeout_ms
+        return await asyncpg_hook.connect(
+            self._dialer, host=str(config["host"]), port=int(config["port"]),
+            datasource=self.target.id, timeout=CONNECT_TIMEOUT,
+            user=str(config["user"]), password=password if password is not None else "",
+            passfile="/dev/null", database=str(config["database"]),
+            ssl=_tls_context(str(config["tls"])), direct_tls=False,
+            target_session_attrs="any", krbsrvname="postgres", gsslib="gssapi",
+            server_settings={"application_name": "appliance",
+                             "statement_timeout": str(timeout_ms)},
+            statement_cache_size=256,
+            connection_class=pool_kwargs.get("connection_class", asyncpg.Connection),
+            record_class=pool_kwargs.get("record_class", asyncpg.Record),
+        )
+
+    async def _get_pool(self) -> asyncpg.Pool:
+        if self._pool is not None:
+            return self._pool
+        async with self._creating:
+            if self._closed:
+                raise DatasourceUnreachable(self.name, "being reconfigured; try again")
+            if self._pool is None:
+                self._pool = await asyncpg.create_pool(
+                    min_size=0, max_size=self.target.limits.max_connections,
+                    connect=self._connect, max_inactive_connection_lifetime=300.0)
+            return self._pool
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, timeout: float) -> AsyncIterator[Any]:
+        pool = await self._get_pool()
+        try:
+            conn = await pool.acquire(timeout=timeout)
+        except BaseException as exc:
+            raise self.translate(exc, timeout, "connect") from None
+        try:
+            yield conn
+        finally:
+            await pool.release(conn)
+
+    async def test(self, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                conn = await self._connect()
+                try:
+                    await conn.fetchval("SELECT 1")
+                finally:
+                    await conn.close()
+        except BaseException as exc:
+            raise self.translate(exc, timeout, "connect") from None
+
+    @contextlib.asynccontextmanager
+    async def open(self, bound: BoundStatement, *, timeout: float, fetch: int,
+                   stream: bool = False) -> AsyncIterator[RowStream]:
+        async with self._connection(timeout) as conn:
+            if not stream:
+                try:
+                    rows = await _fetch_limited(conn, bound, fetch, timeout)
+                    if rows:
+                        columns = list(rows[0].keys())
+                    else:
+                        statement = await conn.prepare(bound.sql, timeout=timeout)
+                        columns = [a.name for a in statement.get_attributes()]
+                except BaseException as exc:
+                    raise self.translate(exc, timeout, "answer") from None
+                yield RowStream(columns, _one_batch(rows))
+                return
+            transaction = conn.transaction()
+            try:
+                await transaction.start()
+                cursor = await conn.cursor(bound.sql, *bound.values, timeout=timeout)
+                columns = [a.name for a in cursor.get_attributes()]
+            except BaseException as exc:
+                with contextlib.suppress(Exception):
+                    await transaction.rollback()
+                raise self.translate(exc, timeout, "answer") from None
+            try:
+                yield RowStream(columns, self._batches(cursor, fetch, timeout))
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await transaction.rollback()
+                raise
+            try:
+                await transaction.commit()  # a statement that writes keeps its effect
+            except BaseException as exc:
+                raise self.translate(exc, timeout, "answer") from None
+
+    async def _batches(self, cursor: Any, fetch: int, timeout: float
+                       ) -> AsyncIterator[list[Any]]:
+        remaining = fetch
+        while remaining > 0:
+            try:
+                batch = await cursor.fetch(min(STREAM_BATCH, remaining), timeout=timeout)
+            except BaseException as exc:
+                raise self.translate(exc, timeout, "answer") from None
+            if not batch:
+                return
+            remaining -= len(batch)
+            yield batch
+
+    async def close(self) -> None:
+        async with self._creating:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), 10)
+            except (TimeoutError, Exception):
+                pool.terminate()
+
+    def translate(self, exc: BaseException, timeout: float, what: str) -> BaseException:
+        """An appliance error for a driver/network failure (messages never hold values)."""
+        name = self.name
+        if isinstance(exc, asyncio.CancelledError):
+            return exc
+        if isinstance(exc, EgressDenied):
+            return exc
+        if isinstance(exc, EgressTimeout):
+            return DatasourceTimeout(name, CONNECT_TIMEOUT, "accept a connection")
+        if isinstance(exc, EgressUnreachable):
+            return DatasourceUnreachable(name, f"unreachable ({exc.message})")
+        if isinstance(exc, ApplianceError):
+            return exc
+        if isinstance(exc, asyncpg.InvalidPasswordError):
+            return DatasourceAuthFailed(name, "authentication failed (user or password refused)")
+        if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
+            return DatasourceAuthFailed(
+                name, "authentication failed (the server does not accept this user, database "
+                      "or source address: pg_hba.conf)")
+        if isinstance(exc, asyncpg.QueryCanceledError):
+            return DatasourceTimeout(name, timeout, "finish the statement")
+        if isinstance(exc, TimeoutError):
+            return DatasourceTimeout(name, timeout, what)
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return DatasourceTLSError(name, f"certificate not trusted "
+                                            f"({exc.verify_message or 'verification failed'})")
+        if isinstance(exc, ssl.SSLError):
+            return DatasourceTLSError(name, exc.reason or "handshake failed")
+        if isinstance(exc, ConnectionError) and "rejected SSL upgrade" in str(exc):
+            return DatasourceTLSError(name, "the server does not offer TLS")
+        if isinstance(exc, asyncpg.DataError) and not isinstance(exc, asyncpg.PostgresError):
+            # Client-side encoding: asyncpg's message quotes the value, so it is not passed on.
+            match = _PLACEHOLDER_RE.search(str(exc))
+            where = f"${match.group(1)}" if match else "a placeholder"
+            return QueryFailed(name, f"a value does not fit the type PostgreSQL expects for "
+                                     f"{where}; add a cast in the query", "22000")
+        if isinstance(exc, asyncpg.TooManyConnectionsError | asyncpg.CannotConnectNowError):
+            return DatasourceUnreachable(name, "refusing connections (too many, or starting up)")
+        if isinstance(exc, asyncpg.PostgresError):
+            if what == "connect":
+                return DatasourceUnreachable(
+                    name, f"refusing the connection: {exc.args[0] if exc.args else ''} "
+                          f"(SQLSTATE {exc.sqlstate})")
+            return QueryFailed(name, str(exc.args[0]) if exc.args else "error", exc.sqlstate)
+        if isinstance(exc, asyncpg.InterfaceError | ConnectionError | OSError):
+            return DatasourceUnreachable(name, "unreachable (the connection was lost)")
+        return DatasourceUnreachable(name, f"unreachable ({type(exc).__name__})")
+
+
+async def _fetch_limited(conn: Any, bound: BoundStatement, limit: int, timeout: float
+                         ) -> list[Any]:
+    """At most `limit` rows in one round trip: Bind and Execute with a row limit, outside any
+    transaction (asyncpg's `fetchrow` path). Falls back to fetch-and-cut if the seam moves."""
+    execute = getattr(conn, "_execute", None)
+    if execute is not None:
+        result: list[Any] = await execute(bound.sql, bound.values, limit, timeout)
+        return result
+    rows: list[Any] = await conn.fetch(bound.sql, *bound.values, timeout=timeout)
+    return rows[:limit]
+
+
+async def _one_batch(rows: list[Any]) -> AsyncIterator[list[Any]]:
+    if rows:
+        yield rows

@@ -1,0 +1,307 @@
+"""Datasources: create, read, change and delete them (secrets sealed by the keyring), test them,
+and hold one engine (connection pool) per datasource.
+
+Owns the `datasources` table and the engine registry: an engine is created on first use,
+replaced when the datasource's config or secrets change, closed on delete and at shutdown.
+Never returns or logs a secret: responses show `{"set": true}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from appliance.audit import AuditLog, Context
+from appliance.datasources.config import (
+    SECRET_FIELDS,
+    InvalidDatasource,
+    check_config,
+    check_kind,
+    check_name,
+    check_secrets,
+    required_secret,
+)
+from appliance.datasources.engine import Engine, Target
+from appliance.datasources.errors import DatasourceNotFound
+from appliance.egress import Dialer
+from appliance.errors import ApplianceError, Conflict
+from appliance.keyring import SecretVault
+from appliance.secret import Secret
+from appliance.store import Store, Transaction
+
+log = logging.getLogger("appliance.datasources")
+
+SEALED_KIND = "datasource"
+TEST_TIMEOUT = 10.0
+
+
+def make_engine(target: Target, dialer: Dialer) -> Engine:
+    """The engine for a datasource's kind (drivers are imported only when used)."""
+    if target.kind == "postgres":
+        from appliance.datasources.postgres import PostgresEngine
+
+        return PostgresEngine(target, dialer)
+    if target.kind == "sqlite":
+        from appliance.datasources.sqlite import SQLiteEngine
+
+        return SQLiteEngine(target)
+    if target.kind == "rest":
+        from appliance.datasources.rest import RestEngine
+
+        return RestEngine(target, dialer)
+    if target.kind == "mongodb":
+        from appliance.datasources.mongodb import MongoEngine
+
+        return MongoEngine(target, dialer)
+    raise InvalidDatasource(f"unknown kind {target.kind!r}")
+
+
+def _row_view(row: Mapping[str, Any], sealed: set[str]) -> dict[str, Any]:
+    kind = str(row["kind"])
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "kind": kind,
+        "config": json.loads(row["config"]),
+        "secrets": {field: {"set": field in sealed} for field in sorted(SECRET_FIELDS[kind])},
+        "version": row["version"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+    }
+
+
+class DatasourceService:
+    def __init__(self, store: Store, vault: SecretVault, dialer: Dialer, audit: AuditLog, *,
+                 state_dir: Path | None = None) -> None:
+        self.store = store
+        self.vault = vault
+        self.dialer = dialer
+        self.audit = audit
+        self.state_dir = state_dir
+        self._engines: dict[str, Engine] = {}
+        self._starting: dict[str, asyncio.Future[Engine]] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    # --- records --------------------------------------------------------------------------
+
+    async def _row(self, datasource_id: str, tx: Transaction | None = None) -> dict[str, Any]:
+        reader: Any = tx if tx is not None else self.store
+        row = await reader.fetch_one("SELECT * FROM datasources WHERE id = ?", (datasource_id,))
+        if row is None:
+            raise DatasourceNotFound("no such datasource")
+        return dict(row)
+
+    async def _sealed(self, datasource_id: str) -> set[str]:
+        return await self.vault.fields(SEALED_KIND, datasource_id)
+
+    async def list(self) -> list[dict[str, Any]]:
+        rows = await self.store.fetch_all("SELECT * FROM datasources ORDER BY name")
+        return [_row_view(row, await self._sealed(str(row["id"]))) for row in rows]
+
+    async def get(self, datasource_id: str) -> dict[str, Any]:
+        row = await self._row(datasource_id)
+        return _row_view(row, await self._sealed(datasource_id))
+
+    async def kind_of(self, datasource_id: str) -> str:
+        return str((await self._row(datasource_id))["kind"])
+
+    async def create(self, body: Mapping[str, Any], context: Context) -> dict[str, Any]:
+        unknown = sorted(set(body) - {"name", "kind", "config", "secrets"})
+        if unknown:
+            raise InvalidDatasource(f"unknown field(s): {', '.join(k[:40] for k in unknown)}")
+        name = check_name(body.get("name"))
+        kind = check_kind(body.get("kind"))
+        config = check_config(kind, body.get("config", {}), state_dir=self.state_dir)
+        values = check_secrets(kind, config, body.get("secrets"), partial=False)
+        self._check_auth_secret(kind, config, set(values))
+        datasource_id = "ds_" + secrets.token_hex(8)
+        now = time.time()
+        async with self.store.transaction() as tx:
+            await self._check_unique(tx, name, None)
+            await tx.execute(
+                "INSERT INTO datasources (id, name, kind, config, version, created_at, "
+                "updated_at) VALUES (?, ?, ?, ?, 1, ?, ?)",
+                (datasource_id, name, kind, json.dumps(config, sort_keys=True), now, now))
+            for field, value in values.items():
+                assert value is not None
+                await self.vault.put(tx, SEALED_KIND, datasource_id, field, value.encode())
+            await self.audit.record(tx, action="datasource.create",
+                                    target=f"datasource:{datasource_id}", context=context,
+                                    details={"name": name, "kind": kind,
+                                             "fields": sorted(values)})
+        return await self.get(datasource_id)
+
+    async def update(self, datasource_id: str, body: Mapping[str, Any],
+                     context: Context) -> dict[str, Any]:
+        unknown = sorted(set(body) - {"name", "kind", "config", "secrets"})
+        if unknown:
+            raise InvalidDatasource(f"unknown field(s): {', '.join(k[:40] for k in unknown)}")
+        async with self.store.transaction() as tx:
+            row = await self._row(datasource_id, tx)
+            kind = str(row["kind"])
+            if "kind" in body and body["kind"] != kind:
+                raise InvalidDatasource("'kind' cannot be changed: create a new datasource")
+            name = check_name(body["name"]) if "name" in body else str(row["name"])
+            config = json.loads(row["config"])
+            changed: list[str] = []
+            if "config" in body:
+                if not isinstance(body["config"], dict):
+                    raise InvalidDatasource("'config' must be an object")
+                merged = {**config, **body["config"]}
+                merged = {k: v for k, v in merged.items() if v is not None}
+                new_config = check_config(kind, merged, state_dir=self.state_dir)
+                changed += [f"config.{k}" for k in sorted(set(new_config) | set(config))
+                            if new_config.get(k) != config.get(k)]
+                config = new_config
+            values = check_secrets(kind, config, body.get("secrets"), partial=True)
+            sealed = await self.vault.fields(SEALED_KIND, datasource_id)
+            after = (sealed | {k for k, v in values.items() if v is not None}) - {
+                k for k, v in values.items() if v is None}
+            self._check_auth_secret(kind, config, after)
+            if name != row["name"]:
+                await self._check_unique(tx, name, datasource_id)
+                changed.append("name")
+            for field, value in values.items():
+                if value is None:
+                    await self.vault.delete(tx, SEALED_KIND, datasource_id, field)
+                else:
+                    await self.vault.put(tx, SEALED_KIND, datasource_id, field, value.encode())
+                changed.append(f"secrets.{field}")
+            await tx.execute(
+                "UPDATE datasources SET name = ?, config = ?, version = version + 1, "
+                "updated_at = ? WHERE id = ?",
+                (name, json.dumps(config, sort_keys=True), time.time(), datasource_id))
+            await self.audit.record(tx, action="datasource.update",
+                                    target=f"datasource:{datasource_id}", context=context,
+                                    details={"name": name, "fields": changed})
+        self._retire(datasource_id)  # the next run opens a pool with the new config/secrets
+        return await self.get(datasource_id)
+
+    async def delete(self, datasource_id: str, context: Context) -> None:
+        async with self.store.transaction() as tx:
+            row = await self._row(datasource_id, tx)
+            used = await tx.fetch_one(
+                "SELECT count(*) AS n FROM queries WHERE datasource_id = ?", (datasource_id,))
+            if used is not None and int(used["n"]) > 0:
+                raise Conflict(f"datasource '{row['name']}' is used by {used['n']} "
+                               f"quer{'y' if int(used['n']) == 1 else 'ies'}; delete them first",
+                               code="datasource_in_use")
+            await self.vault.delete(tx, SEALED_KIND, datasource_id)
+            await tx.execute("DELETE FROM datasources WHERE id = ?", (datasource_id,))
+            await self.audit.record(tx, action="datasource.delete",
+                                    target=f"datasource:{datasource_id}", context=context,
+                                    details={"name": row["name"], "kind": row["kind"]})
+        self._retire(datasource_id)
+
+    def _check_auth_secret(self, kind: str, config: Mapping[str, Any], present: set[str]) -> None:
+        needed = required_secret(kind, config)
+        if needed is not None and needed not in present:
+            raise InvalidDatasource(f"auth '{config.get('auth')}' needs secrets.{needed}")
+
+    async def _check_unique(self, tx: Transaction, name: str, own_id: str | None) -> None:
+        found = await tx.fetch_one("SELECT id FROM datasources WHERE name = ?", (name,))
+        if found is not None and found["id"] != own_id:
+            raise Conflict(f"a datasource named '{name}' exists", code="datasource_exists")
+
+    # --- engines --------------------------------------------------------------------------
+
+    async def target(self, datasource_id: str) -> Target:
+        """The datasource with its opened secrets (for an engine only)."""
+        row = await self._row(datasource_id)
+        opened: dict[str, Secret[str]] = {}
+        for field in sorted(await self._sealed(datasource_id)):
+            value = await self.vault.get(SEALED_KIND, datasource_id, field)
+            if value is not None:
+                opened[field] = Secret(value.reveal().decode("utf-8"))
+        return Target(id=str(row["id"]), name=str(row["name"]), kind=str(row["kind"]),
+                      config=json.loads(row["config"]), version=int(row["version"]),
+                      secrets=opened)
+
+    async def engine(self, datasource_id: str) -> Engine:
+        """The datasource's engine, created on first use (one per datasource)."""
+        found = self._engines.get(datasource_id)
+        if found is not None:
+            return found
+        pending = self._starting.get(datasource_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        if self._closed:
+            raise ApplianceError("the appliance is shutting down", code="shutting_down")
+        future: asyncio.Future[Engine] = asyncio.get_running_loop().create_future()
+        self._starting[datasource_id] = future
+        try:
+            engine = make_engine(await self.target(datasource_id), self.dialer)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters get it, nobody logs "never retrieved"
+            raise
+        finally:
+            if self._starting.get(datasource_id) is future:
+                del self._starting[datasource_id]
+        if not future.done():
+            future.set_result(engine)
+        self._engines[datasource_id] = engine
+        return engine
+
+    def cached_version(self, datasource_id: str) -> int | None:
+        """The version of the datasource the live engine was built from (tests, metrics)."""
+        engine = self._engines.get(datasource_id)
+        return engine.target.version if engine is not None else None
+
+    def _retire(self, datasource_id: str) -> None:
+        engine = self._engines.pop(datasource_id, None)
+        self._starting.pop(datasource_id, None)
+        if engine is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._close_engine(engine),
+                                                      name=f"close-engine-{datasource_id}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _close_engine(self, engine: Engine) -> None:
+        try:
+            await engine.close()  # in-flight runs finish first (pools close gracefully)
+        except Exception as exc:
+            log.warning("closing a datasource pool failed",
+                        extra={"datasource": engine.target.id,
+                               "exception": type(exc).__qualname__})
+
+    async def test(self, datasource_id: str, context: Context) -> dict[str, Any]:
+        """Connect with a fresh engine (not the pool) and run a trivial command."""
+        target = await self.target(datasource_id)
+        engine = make_engine(target, self.dialer)
+        started = time.perf_counter()
+        outcome, error = "ok", None
+        try:
+            await engine.test(TEST_TIMEOUT)
+        except ApplianceError as exc:
+            outcome, error = "failed", exc
+        finally:
+            await engine.close()
+        duration = round((time.perf_counter() - started) * 1000, 2)
+        async with self.store.transaction() as tx:
+            await self.audit.record(tx, action="datasource.test",
+                                    target=f"datasource:{datasource_id}", context=context,
+                                    outcome=outcome,
+                                    details={"error": error.code if error else None})
+        if error is not None:
+            raise error
+        return {"ok": True, "datasource": target.name, "duration_ms": duration}
+
+    async def close(self) -> None:
+        self._closed = True
+        engines = list(self._engines.values())
+        self._engines.clear()
+        for engine in engines:
+            await self._close_engine(engine)
+        if self._retiring:
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*self._retiring, return_exceptions=True)

@@ -1,0 +1,80 @@
+"""Result values as JSON: how driver types (decimals, dates, UUIDs, bytes, BSON types, composite
+records) are written in a run's response.
+
+Owns the encoding only. Never logs or keeps a value.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import ipaddress
+import json
+import math
+import uuid
+from collections.abc import Mapping
+from typing import Any, Final
+
+_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+                                   check_circular=False, default=lambda v: json_default(v))
+
+
+def json_default(value: Any) -> Any:
+    """A JSON form for a value json cannot write itself.
+
+    Decimals as strings (exact), dates/times ISO-8601, intervals as ISO-8601 durations in
+    seconds (`PT1.5S`), bytes base64, UUIDs and addresses as text, records and tuples as arrays,
+    sets as sorted arrays; anything else as its `str`.
+    """
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return f"PT{value.total_seconds():g}S"
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, uuid.UUID | ipaddress.IPv4Address | ipaddress.IPv6Address
+                  | ipaddress.IPv4Network | ipaddress.IPv6Network | ipaddress.IPv4Interface
+                  | ipaddress.IPv6Interface):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): v for k, v in value.items()}
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=str)
+    if hasattr(value, "items") and hasattr(value, "keys") and not isinstance(value, str):
+        return list(value)  # asyncpg Record (composite types)
+    if isinstance(value, tuple) or (hasattr(value, "__iter__") and not isinstance(value, str)):
+        return list(value)
+    return str(value)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON; non-finite floats become the strings "NaN", "Infinity", "-Infinity"."""
+    try:
+        return _ENCODER.encode(value)
+    except ValueError:
+        return _ENCODER.encode(_finite(_plain(value)))
+
+
+def _plain(value: Any) -> Any:
+    """Containers turned into lists/dicts all the way down (so `_finite` can see every float)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float | int | str | bool) or value is None:
+        return value
+    converted = json_default(value)
+    return _plain(converted) if isinstance(converted, list | dict) else converted

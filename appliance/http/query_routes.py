@@ -1,0 +1,168 @@
+"""HTTP routes for stored queries and running them (JSON, or NDJSON streamed with bounded memory).
+
+Thin handlers: parse, authorise (declared with `access`), call the service, serialise. A viewer
+gets `id, name, parameters` of a query and error messages that hold nothing of the query's body
+or its datasource's configuration. There is no client-supplied mode flag: what a caller sees
+follows from their role alone. Never logs a parameter value or a row.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from appliance.datasources.values import dumps
+from appliance.errors import ApplianceError, BadRequest
+from appliance.http import access
+from appliance.http.json_body import read_object
+from appliance.http.keys import QUERIES, RUNNER
+from appliance.queries import Run
+
+NDJSON = "application/x-ndjson"
+# Errors a viewer sees as they are: about their own input, or the query's existence.
+_VIEWER_VISIBLE = frozenset({"invalid_parameter", "query_not_found", "bad_request",
+                             "malformed_json", "unsupported_media_type", "payload_too_large",
+                             "audit_unavailable", "request_timeout"})
+
+
+def _is_developer(request: web.Request) -> bool:
+    return access.require_principal(request).at_least("developer")
+
+
+@access.viewer
+async def list_queries(request: web.Request) -> web.Response:
+    full = _is_developer(request)
+    return web.json_response({"queries": await request.app[QUERIES].list(full=full)})
+
+
+@access.developer
+async def create_query(request: web.Request) -> web.Response:
+    body = await read_object(request)
+    created = await request.app[QUERIES].create(body, access.context(request))
+    return web.json_response(created, status=201)
+
+
+@access.viewer
+async def get_query(request: web.Request) -> web.Response:
+    found = await request.app[QUERIES].get(request.match_info["id"],
+                                           full=_is_developer(request))
+    return web.json_response(found)
+
+
+@access.developer
+async def update_query(request: web.Request) -> web.Response:
+    body = await read_object(request)
+    updated = await request.app[QUERIES].update(request.match_info["id"], body,
+                                                access.context(request))
+    return web.json_response(updated)
+
+
+@access.developer
+async def delete_query(request: web.Request) -> web.Response:
+    await request.app[QUERIES].delete(request.match_info["id"], access.context(request))
+    return web.Response(status=204)
+
+
+def for_viewer(exc: ApplianceError) -> ApplianceError:
+    """The same status and code with a message that shows nothing of the query or datasource
+    configuration (driver messages can quote the statement; egress errors name the host)."""
+    if exc.code in _VIEWER_VISIBLE:
+        return exc
+    datasource = getattr(exc, "datasource", None)
+    where = f"datasource '{datasource}'" if datasource else "its datasource"
+    if exc.code == "query_failed":
+        state = getattr(exc, "state", "")
+        message = f"the query failed on {where}" + (f" ({state})" if state else "")
+    elif exc.status == 504:
+        message = f"{where} did not answer in time"
+    elif exc.status == 403:
+        message = f"{where} may not be reached (refused by the egress policy)"
+    elif exc.status >= 500:
+        message = f"the query could not be run: {where} is unavailable"
+    else:
+        message = "the query could not be run"
+    safe = ApplianceError(message, code=exc.code)
+    safe.status = exc.status
+    return safe
+
+
+async def _params(request: web.Request) -> Any:
+    if not request.body_exists:
+        return {}
+    body = await read_object(request)
+    unknown = sorted(set(body) - {"params"})
+    if unknown:
+        raise BadRequest("the run body takes only 'params'", code="bad_field")
+    params = body.get("params", {})
+    if params is not None and not isinstance(params, dict):
+        raise BadRequest("'params' must be an object", code="bad_field")
+    return params
+
+
+def _summary(run: Run) -> dict[str, Any]:
+    return {"row_count": run.row_count, "truncated": run.truncated,
+            "duration_ms": run.duration_ms}
+
+
+@access.viewer
+async def run_query(request: web.Request) -> web.StreamResponse:
+    developer = _is_developer(request)
+    try:
+        params = await _params(request)
+        if NDJSON in request.headers.get("Accept", ""):
+            return await _stream(request, params)
+        async with request.app[RUNNER].run(request.match_info["id"], params,
+                                           context=access.context(request), stream=False,
+                                           mode="json") as run:
+            rows: list[bytes] = []
+            async for batch in run.lines():
+                rows.extend(batch)
+        summary = _summary(run)
+        body = b"".join((
+            b'{"columns":', dumps(run.columns).encode(), b',"rows":[', b",".join(rows),
+            b'],"row_count":', str(summary["row_count"]).encode(),
+            b',"truncated":', b"true" if summary["truncated"] else b"false",
+            b',"duration_ms":', str(summary["duration_ms"]).encode(), b"}"))
+        return web.Response(body=body, content_type="application/json", charset="utf-8")
+    except ApplianceError as exc:
+        raise exc if developer else for_viewer(exc) from None
+
+
+async def _stream(request: web.Request, params: Any) -> web.StreamResponse:
+    """A header line `{"columns": [...]}`, one JSON array per row, then a summary object
+    (`row_count, truncated, duration_ms`) or `{"error": {...}}` if the run failed midway."""
+    developer = _is_developer(request)
+    response = web.StreamResponse(headers={"Content-Type": f"{NDJSON}; charset=utf-8"})
+    failure: ApplianceError | None = None
+    started = False
+    try:
+        async with request.app[RUNNER].run(request.match_info["id"], params,
+                                           context=access.context(request), stream=True,
+                                           mode="ndjson") as run:
+            await response.prepare(request)
+            started = True
+            await response.write(dumps({"columns": run.columns}).encode() + b"\n")
+            async for batch in run.lines():
+                await response.write(b"\n".join(batch) + b"\n")
+    except ApplianceError as exc:
+        if not started:
+            raise
+        failure = exc if developer else for_viewer(exc)
+    if failure is not None:
+        await response.write(dumps({"error": {"code": failure.code,
+                                              "message": failure.message}}).encode() + b"\n")
+    else:
+        await response.write(dumps(_summary(run)).encode() + b"\n")
+    await response.write_eof()
+    return response
+
+
+def add_routes(app: web.Application) -> None:
+    router = app.router
+    router.add_get("/api/v1/queries", list_queries)
+    router.add_post("/api/v1/queries", create_query)
+    router.add_get("/api/v1/queries/{id}", get_query)
+    router.add_patch("/api/v1/queries/{id}", update_query)
+    router.add_delete("/api/v1/queries/{id}", delete_query)
+    router.add_post("/api/v1/queries/{id}/run", run_query)
