@@ -13,7 +13,15 @@ from pathlib import Path
 from aiohttp import web
 
 from appliance import state_dir
-from appliance.http import access, auth_routes, egress_routes, health, middleware
+from appliance.http import (
+    access,
+    auth_routes,
+    datasource_routes,
+    egress_routes,
+    health,
+    middleware,
+    query_routes,
+)
 from appliance.http.keys import KEYRING, SETTINGS, STORE, TLS
 from appliance.keyring import keyring_lifecycle
 from appliance.settings import Settings
@@ -37,6 +45,8 @@ def build_app(settings: Settings, tls: TLSManager) -> web.Application:
     access.install(app)  # refuses to start with a route that declares no role
     health.add_routes(app)
     auth_routes.add_routes(app)
+    datasource_routes.add_routes(app)  # also opens the datasource and query services
+    query_routes.add_routes(app)
     return app
 
 

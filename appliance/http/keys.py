@@ -9,9 +9,11 @@ from aiohttp import web
 
 from appliance.audit import AuditLog
 from appliance.auth import AuthService
+from appliance.datasources import DatasourceService
 from appliance.egress import Dialer
 from appliance.egress.runtime import RuntimeEgress
 from appliance.keyring import SecretVault
+from appliance.queries import QueryService, Runner
 from appliance.settings import Settings
 from appliance.store import Store
 from appliance.tls import TLSManager
@@ -24,4 +26,7 @@ AUTH = web.AppKey("auth", AuthService)
 KEYRING = web.AppKey("keyring", SecretVault)
 EGRESS = web.AppKey("egress", Dialer)  # the one dialer of the process
 EGRESS_RUNTIME = web.AppKey("egress_runtime", RuntimeEgress)
+DATASOURCES = web.AppKey("datasources", DatasourceService)
+QUERIES = web.AppKey("queries", QueryService)
+RUNNER = web.AppKey("runner", Runner)
 REQUEST_ID = "request_id"
