@@ -14,7 +14,7 @@ from typing import TextIO
 
 from aiohttp import web
 
-from appliance import __version__, bootstrap, state_dir
+from appliance import __version__, bootstrap, demo, state_dir
 from appliance.http.app import build_app
 from appliance.http.redirect import build_redirect_app
 from appliance.settings import Endpoint, Settings
@@ -49,6 +49,8 @@ async def serve(settings: Settings, out: TextIO = sys.stdout) -> int:
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=settings.server.shutdown_timeout)
     await runner.setup()
+    if settings.dev:
+        await demo.install(app)  # a demo SQLite datasource and two queries
     listen = settings.server.listen
     site = web.TCPSite(runner, listen.host, listen.port, ssl_context=tls.context,
                        reuse_address=True, backlog=512)

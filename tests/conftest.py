@@ -184,3 +184,95 @@ def http_request(sock: ssl.SSLSocket, method: str, path: str, host: str,
             break
         rest += chunk
     return status, parsed, rest[:length]
+
+
+# --------------------------------------------------------------------------------------------
+# Query proxy fixtures (issue 5): one PostgreSQL cluster for the whole session
+# --------------------------------------------------------------------------------------------
+
+PG_PASSWORD = "pg-secret-Pa55word"  # the password of the `app` role (md5/scram over TCP)
+
+
+@dataclass
+class PostgresServer:
+    """A throwaway cluster on 127.0.0.1: superuser `postgres` (trust from the Unix socket only),
+    role `app` with PG_PASSWORD over TCP, database `appdb`."""
+
+    root: Path
+    port: int
+    prefix: list[str]
+    psql: str
+
+    def sql(self, text: str, database: str = "appdb") -> str:
+        out = subprocess.run([*self.prefix, self.psql, "-h", str(self.root), "-p", str(self.port),
+                              "-U", "postgres", "-d", database, "-v", "ON_ERROR_STOP=1", "-Atc",
+                              text], capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise AssertionError(out.stderr)
+        return out.stdout
+
+
+def _pg_binary(name: str) -> str | None:
+    import shutil
+
+    found = shutil.which(name)
+    if found:
+        return found
+    for root in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (root / name).exists():
+            return str(root / name)
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    import pwd
+    import shutil
+    import socket
+    import tempfile
+
+    initdb, pg_ctl, psql = _pg_binary("initdb"), _pg_binary("pg_ctl"), _pg_binary("psql")
+    if not initdb or not pg_ctl or not psql:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl, psql) are not installed")
+    prefix: list[str] = []
+    owner = None
+    if os.geteuid() == 0:
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run PostgreSQL")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    root = Path(tempfile.mkdtemp(prefix="proxy-pg-"))
+    root.chmod(0o755)
+    if owner is not None:
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = root / "data"
+    subprocess.run([*prefix, initdb, "-D", str(data), "-U", "postgres", "-A", "trust",
+                    "--no-sync", "--no-instructions", "-E", "UTF8", "--locale=C"],
+                   check=True, capture_output=True)
+    with (data / "postgresql.conf").open("a") as conf:
+        conf.write(f"listen_addresses = '127.0.0.1'\nport = {port}\n"
+                   f"unix_socket_directories = '{root}'\nfsync = off\n"
+                   "max_connections = 300\nshared_buffers = 32MB\n"
+                   "password_encryption = 'scram-sha-256'\n")
+    (data / "pg_hba.conf").write_text("local all postgres trust\n"
+                                      "host all all 127.0.0.1/32 scram-sha-256\n")
+    log = root / "postgres.log"
+    started = subprocess.run([*prefix, pg_ctl, "-D", str(data), "-l", str(log), "-w", "-t", "60",
+                              "start"], capture_output=True, text=True)
+    if started.returncode != 0:
+        text = log.read_text() if log.exists() else ""
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.fail(f"PostgreSQL did not start: {started.stderr}\n{text}")
+    server = PostgresServer(root, port, prefix, psql)
+    try:
+        server.sql(f"CREATE ROLE app LOGIN PASSWORD '{PG_PASSWORD}'", database="postgres")
+        server.sql("CREATE DATABASE appdb OWNER app", database="postgres")
+        yield server
+    finally:
+        subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
