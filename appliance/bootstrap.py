@@ -5,12 +5,18 @@ Owns `appliance init`'s effects. Never overwrites an instance secret and never p
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import secrets
+import tomllib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from appliance import state_dir
 from appliance.audit import AuditLog, Context
 from appliance.auth import AuthService
+from appliance.errors import ConfigError
 from appliance.secret import Secret
 from appliance.settings import Settings
 from appliance.store import Store, open_sqlite_store
@@ -73,3 +79,58 @@ async def ensure_first_admin(store: Store, settings: Settings, username: str,
     await auth.users.create(username=username, role="admin", password=password,
                             context=Context(actor="cli:init"))
     report.created.append(f"admin user {username!r}")
+
+
+# -- `init --domain NAME --email ADDR`: the ACME settings in the config file --------------------
+
+_ACME_HTTP_LISTEN = "0.0.0.0:80"
+
+
+def write_acme_settings(path: Path, domain: str, email: str) -> InitReport:
+    """Add `[tls] mode/names/email` (and `[server] http_listen` for HTTP-01) to the config file,
+    creating it if needed. A key already set is left as it is and reported; nothing else in the
+    file changes. Raises `ConfigError` if the file is not valid TOML."""
+    report = InitReport()
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+    wanted = {
+        "tls": {"mode": "acme", "names": [domain], "email": email},
+        "server": {"http_listen": _ACME_HTTP_LISTEN},
+    }
+    for section, keys in wanted.items():
+        table = data.get(section, {})
+        missing = []
+        for key, value in keys.items():
+            if key in table:
+                note = "" if table[key] == value else " (left as it is)"
+                report.existing.append(f"{section}.{key} = {json.dumps(table[key])} in {path}"
+                                       f"{note}")
+            else:
+                missing.append(f"{key} = {json.dumps(value)}")
+                report.created.append(f"{section}.{key} = {json.dumps(value)} in {path}")
+        if missing:
+            text = _add_keys(text, section, missing)
+    if report.created:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tomllib.loads(text)  # never write a file we cannot read back
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    return report
+
+
+def _add_keys(text: str, section: str, lines: list[str]) -> str:
+    """Insert `lines` at the top of `[section]`, or append the section."""
+    header = re.compile(rf"^\[\s*{section}\s*\][ \t]*(#.*)?$", re.MULTILINE)
+    found = header.search(text)
+    block = "\n".join(lines)
+    if found is None:
+        sep = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
+        return f"{text}{sep}[{section}]\n{block}\n"
+    end = found.end()
+    return f"{text[:end]}\n{block}{text[end:]}"

@@ -60,7 +60,8 @@ async def serve(settings: Settings, out: TextIO = sys.stdout) -> int:
         port = bound_ports(site)[0][1]
         if settings.server.http_listen is not None:
             http_listen = settings.server.http_listen
-            http_runner = web.AppRunner(build_redirect_app(settings, port), access_log=None,
+            http_runner = web.AppRunner(build_redirect_app(settings, port, tls.http01),
+                                        access_log=None,
                                         handle_signals=False, shutdown_timeout=2)
             await http_runner.setup()
             await web.TCPSite(http_runner, http_listen.host, http_listen.port,
@@ -72,6 +73,7 @@ async def serve(settings: Settings, out: TextIO = sys.stdout) -> int:
         print(f"error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
 
+    tls.listeners_ready()  # acme: issuance starts in the background now that HTTP-01 answers
     url = _url(listen, port)
     log.info("listening", extra={"url": url, "version": __version__, "tls_mode": tls.settings.mode})
     print(f"Appliance {__version__} listening on {url}", file=out)

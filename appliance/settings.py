@@ -64,6 +64,7 @@ class TLSSettings:
     cert_file: Path | None
     key_file: Path | None
     check_interval: float
+    renew_check_interval: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -356,6 +357,8 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "check_interval": _Key(_number(0.2, 86400), 60, None,
                                "Seconds between checks of the certificate (files re-read, "
                                "local leaf re-issued)."),
+        "renew_check_interval": _Key(_number(1, 86400), 600, None,
+                                     "Seconds between ACME renewal checks (acme mode)."),
     },
     "egress": {
         "source_address": _Key(_list(_ip_address), [], None,

@@ -21,8 +21,9 @@ from appliance.http import (
     health,
     middleware,
     query_routes,
+    tls_routes,
 )
-from appliance.http.keys import KEYRING, SETTINGS, STORE, TLS
+from appliance.http.keys import AUDIT, EGRESS, KEYRING, SETTINGS, STORE, TLS
 from appliance.keyring import keyring_lifecycle
 from appliance.settings import Settings
 from appliance.store import open_sqlite_store
@@ -47,6 +48,7 @@ def build_app(settings: Settings, tls: TLSManager) -> web.Application:
     auth_routes.add_routes(app)
     datasource_routes.add_routes(app)  # also opens the datasource and query services
     query_routes.add_routes(app)
+    tls_routes.add_routes(app)
     return app
 
 
@@ -62,6 +64,12 @@ async def _store_lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 async def _tls_lifecycle(app: web.Application) -> AsyncIterator[None]:
     tls = app[TLS]
+    settings = app[SETTINGS]
+    if settings.tls.mode == "acme" and tls.acme is None:
+        await tls.open_acme(app[STORE], app[KEYRING], app[EGRESS],
+                            audit=lambda: app.get(AUDIT),
+                            check_interval=settings.tls.renew_check_interval,
+                            has_http_listener=settings.server.http_listen is not None)
     if tls.info is None:
         tls.load_initial()
     task = asyncio.create_task(tls.maintain(), name="tls-maintenance")

@@ -1,6 +1,7 @@
-"""The plain-HTTP listener: it only redirects to HTTPS.
+"""The plain-HTTP listener: it answers ACME HTTP-01 challenges from memory and redirects
+everything else to HTTPS.
 
-Never serves content over plain HTTP and never reflects a Host header it does not recognise.
+Never serves other content over plain HTTP and never reflects a Host header it does not recognise.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from aiohttp import web
 from appliance.http import middleware
 from appliance.http.keys import SETTINGS
 from appliance.settings import Settings
+from appliance.tls.http01 import PATH_PREFIX, HTTP01Responder
 
 
-def build_redirect_app(settings: Settings, https_port: int) -> web.Application:
-    """Every request gets 308 to the same path on HTTPS, for a configured name only."""
+def build_redirect_app(settings: Settings, https_port: int,
+                       http01: HTTP01Responder | None = None) -> web.Application:
+    """Every request gets 308 to the same path on HTTPS, for a configured name only; with
+    `http01`, GET /.well-known/acme-challenge/{token} is answered from its table."""
     names = settings.tls.names
 
     async def redirect(request: web.Request) -> web.StreamResponse:
@@ -29,5 +33,7 @@ def build_redirect_app(settings: Settings, https_port: int) -> web.Application:
                           client_max_size=1024)
     app[SETTINGS] = settings
     app.on_response_prepare.append(middleware.security_headers)
+    if http01 is not None:
+        app.router.add_get(PATH_PREFIX + "{token}", http01.handle)
     app.router.add_route("*", "/{tail:.*}", redirect)
     return app

@@ -109,3 +109,32 @@ def san_entries(names: tuple[str, ...]) -> list[x509.GeneralName]:
         except ValueError:
             out.append(x509.DNSName(name))
     return out
+
+
+def temporary_self_signed(names: tuple[str, ...], lifetime: dt.timedelta = dt.timedelta(days=2)
+                          ) -> tuple[bytes, bytes]:
+    """A throwaway self-signed ECDSA P-256 certificate (chain PEM, key PEM), kept in memory only,
+    served while the first ACME certificate is being obtained."""
+    from cryptography.hazmat.primitives import hashes
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    name = x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Appliance (temporary)"),
+        x509.NameAttribute(NameOID.COMMON_NAME, names[0][:64]),
+    ])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + lifetime)
+        .add_extension(x509.SubjectAlternativeName(san_entries(names)), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem

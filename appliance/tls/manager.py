@@ -1,7 +1,8 @@
 """The live TLS state of the process: one server context, kept current while connections stay open.
 
 Owns loading certificates into the live `SSLContext` (new handshakes get the new certificate,
-open connections keep theirs) and the periodic check. Never logs key material.
+open connections keep theirs), the periodic check, and, in `acme` mode, the HTTP-01 responder and
+the issuer. Never logs key material; ACME keys reach OpenSSL through memory files only.
 """
 
 from __future__ import annotations
@@ -12,15 +13,32 @@ import datetime as dt
 import logging
 import os
 import ssl
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
 
 from appliance import state_dir
 from appliance.errors import TLSError
+from appliance.secret import Secret
 from appliance.settings import TLSSettings
 from appliance.tls import local_ca
-from appliance.tls.certificates import CertificateInfo, load_pair
+from appliance.tls.certificates import (
+    CertificateInfo,
+    describe,
+    load_pair,
+    temporary_self_signed,
+)
+from appliance.tls.http01 import HTTP01Responder
 from appliance.tls.policy import server_context
+
+if TYPE_CHECKING:
+    from appliance.egress import Dialer
+    from appliance.keyring import SecretVault
+    from appliance.store import Store
+    from appliance.tls.issuance import ACMEIssuer
+    from appliance.tls.storage import AuditProvider
 
 log = logging.getLogger("appliance.tls")
 
@@ -40,15 +58,19 @@ class TLSManager:
         self.last_check: dt.datetime | None = None
         self.last_error: str | None = None
         self._files_seen: tuple[Any, ...] | None = None
+        self.http01 = HTTP01Responder()
+        self.acme: ACMEIssuer | None = None
+        self.temporary = False  # serving the throwaway self-signed certificate (acme mode)
 
     # -- loading -----------------------------------------------------------------------------
 
     def load_initial(self) -> None:
         """Load the first certificate; raise `TLSError` if there is none to serve."""
         if self.settings.mode == "acme":
-            raise TLSError(
-                "tls.mode 'acme' is not available in this version; use 'local' or 'files'"
-            )
+            if self.info is None:
+                chain_pem, key_pem = temporary_self_signed(self.settings.names)
+                self.install_pem(chain_pem, Secret(key_pem), temporary=True)
+            return
         self.check()
         if self.info is None:
             raise TLSError(self.last_error or "no certificate could be loaded")
@@ -56,6 +78,8 @@ class TLSManager:
     def check(self) -> bool:
         """Refresh from the source; return True if a new certificate was installed."""
         self.last_check = dt.datetime.now(dt.UTC)
+        if self.settings.mode == "acme":
+            return False  # the issuer keeps its own schedule
         try:
             if self.settings.mode == "local":
                 installed = self._check_local()
@@ -113,6 +137,7 @@ class TLSManager:
             raise TLSError(f"cannot load certificate {cert_path}: {exc}") from None
         replaced = self.info is not None
         self.info = info
+        self.temporary = False
         log.info(
             "tls certificate installed",
             extra={
@@ -123,10 +148,43 @@ class TLSManager:
             },
         )
 
+    def install_pem(self, chain_pem: bytes, key_pem: Secret[bytes],
+                    info: CertificateInfo | None = None, *, temporary: bool = False) -> None:
+        """Install a chain and key held in memory (never written to disk where memfd exists)."""
+        with _memory_files(self.state, chain_pem, key_pem.reveal()) as (cert_path, key_path):
+            self._install(cert_path, key_path,
+                          info or describe(_first_certificate(chain_pem)))
+        self.temporary = temporary
+
+    # -- acme ----------------------------------------------------------------------------------
+
+    async def open_acme(self, store: Store, vault: SecretVault, dialer: Dialer, *,
+                        audit: AuditProvider | None = None, check_interval: float = 600.0,
+                        has_http_listener: bool = True) -> None:
+        """Acme mode: create the issuer and serve the stored certificate if it is valid."""
+        from appliance.tls.issuance import ACMEIssuer
+        from appliance.tls.storage import ACMEStorage
+
+        self.acme = ACMEIssuer(
+            self.settings, ACMEStorage(store, vault, audit), dialer, self.http01,
+            lambda chain, key, info: self.install_pem(chain, key, info),
+            check_interval=check_interval, has_http_listener=has_http_listener)
+        if not await self.acme.load() and self.info is None:
+            self.load_initial()
+
+    def listeners_ready(self) -> None:
+        """The listeners accept connections: ACME issuance may begin."""
+        if self.acme is not None:
+            self.acme.listeners_ready()
+
     # -- the maintenance loop ----------------------------------------------------------------
 
     async def maintain(self) -> None:
         """Check every `check_interval` seconds until cancelled."""
+        if self.settings.mode == "acme":
+            if self.acme is not None:
+                await self.acme.run()
+            return
         while True:
             await asyncio.sleep(self.settings.check_interval)
             self.check()
@@ -136,6 +194,8 @@ class TLSManager:
     def ready(self) -> tuple[bool, str]:
         if self.info is None:
             return False, "no certificate loaded"
+        if self.temporary:
+            return False, "serving a temporary self-signed certificate until the ACME one arrives"
         days = self.info.days_left()
         if days < READY_MIN_DAYS:
             return False, f"certificate expires in {days:.1f} days"
@@ -146,7 +206,8 @@ class TLSManager:
         next_renewal = None
         if info is not None and self.settings.mode == "local":
             next_renewal = info.renewal_due_at().isoformat()
-        return {
+        acme = self.acme.status() if self.acme is not None else {}
+        out = {
             "mode": self.settings.mode,
             "names": list(info.names if info else self.settings.names),
             "issuer": info.issuer if info else None,
@@ -155,9 +216,49 @@ class TLSManager:
             "next_renewal": next_renewal,
             "last_check": self.last_check.isoformat() if self.last_check else None,
             "last_error": self.last_error,
+            "temporary": self.temporary,
         }
+        if self.settings.mode == "acme":
+            out.update(acme)
+            out["names"] = list(self.settings.names)
+            out["not_after"] = info.not_after.isoformat() if info and not self.temporary else None
+            out["issuer"] = info.issuer if info and not self.temporary else None
+        return out
 
 
 def _file_identity(path: Path) -> tuple[int, int, int]:
     info = os.stat(path)
     return (info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def _first_certificate(chain_pem: bytes) -> x509.Certificate:
+    return x509.load_pem_x509_certificates(chain_pem)[0]
+
+
+@contextlib.contextmanager
+def _memory_files(state: Path, chain_pem: bytes, key_pem: bytes) -> Iterator[tuple[Path, Path]]:
+    """Paths OpenSSL can read the chain and key from: anonymous memory files (memfd) where the
+    kernel has them, else private files in the state dir removed right after loading."""
+    memfd = getattr(os, "memfd_create", None)
+    if memfd is not None:
+        fds: list[int] = []
+        try:
+            for name, data in (("appliance-chain", chain_pem), ("appliance-key", key_pem)):
+                fd = memfd(name, os.MFD_CLOEXEC)
+                fds.append(fd)
+                os.write(fd, data)
+            yield Path(f"/proc/self/fd/{fds[0]}"), Path(f"/proc/self/fd/{fds[1]}")
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return
+    tls_dir = state_dir.ensure_subdir(state, state_dir.TLS_DIR)
+    cert_path, key_path = tls_dir / ".acme-cert.pem", tls_dir / ".acme-key.pem"
+    try:
+        state_dir.write_private(cert_path, chain_pem)
+        state_dir.write_private(key_path, key_pem)
+        yield cert_path, key_path
+    finally:
+        for path in (cert_path, key_path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()

@@ -1,0 +1,327 @@
+"""Obtaining and renewing the ACME certificate: start-up, the renewal loop, forced renewals.
+
+Owns the decision to order (due, not backing off), running the `acme` package in a worker thread,
+checking what the CA returned, persisting it and installing it in the live context. Never blocks
+the event loop, never orders a certificate that is not due, and never replaces a valid
+certificate with anything but a newer valid one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.egress import Dialer
+from appliance.errors import ApplianceError, TLSError
+from appliance.secret import Secret
+from appliance.settings import TLSSettings
+from appliance.tls import renewal
+from appliance.tls.acme_client import ACMEClient, ari_cert_id, new_key_pem
+from appliance.tls.certificates import CertificateInfo, load_pair
+from appliance.tls.errors import ACMEError, ACMERateLimited
+from appliance.tls.http01 import HTTP01Responder
+from appliance.tls.storage import ACMEStorage, CertRecord, names_key
+from appliance.tls.transport import EgressRoute
+
+log = logging.getLogger("appliance.tls.acme")
+
+Installer = Callable[[bytes, Secret[bytes], CertificateInfo], None]
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class Outcome:
+    """What one attempt did (for the API and the tests)."""
+
+    renewed: bool
+    info: CertificateInfo | None
+    error: str | None = None
+
+
+class ACMEIssuer:
+    """Keeps a valid certificate for `settings.names` from `settings.directory`."""
+
+    def __init__(self, settings: TLSSettings, storage: ACMEStorage, dialer: Dialer,
+                 responder: HTTP01Responder, install: Installer, *,
+                 check_interval: float = renewal.CHECK_INTERVAL,
+                 has_http_listener: bool = True) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.dialer = dialer
+        self.responder = responder
+        self._install = install
+        self.check_interval = check_interval
+        self.has_http_listener = has_http_listener
+        self.names = names_key(settings.names)
+        self.record: CertRecord | None = None
+        self.info: CertificateInfo | None = None  # the ACME certificate being served, if any
+        self.attempt_running = False
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._listeners_up = asyncio.Event()
+
+    # -- start-up -------------------------------------------------------------------------------
+
+    async def load(self) -> bool:
+        """Install the stored certificate if it is valid for the names; True if one was."""
+        self.record = await self.storage.ensure_record(self.names, self.settings.directory)
+        record = self.record
+        if record.chain_pem is None:
+            return False
+        key = await self.storage.certificate_key(self.names)
+        if key is None:
+            log.warning("acme certificate without its key in the store: a new one is due")
+            return False
+        try:
+            info = load_pair(record.chain_pem, key.reveal(), origin="stored ACME certificate")
+        except TLSError as exc:
+            log.warning("stored acme certificate unusable", extra={"error": exc.message})
+            return False
+        if not info.covers(self.settings.names):
+            return False
+        self._install(record.chain_pem, key, info)
+        self.info = info
+        return True
+
+    def listeners_ready(self) -> None:
+        """The HTTP-01 listener answers: issuance may start."""
+        self._listeners_up.set()
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def due(self, now: dt.datetime | None = None) -> bool:
+        """An order is due: no (usable) certificate, another CA, or past its renewal time."""
+        now = now or _now()
+        record = self.record
+        if record is None or self.info is None:
+            return True
+        if record.directory != self.settings.directory:
+            return True
+        return record.renew_at is None or now >= record.renew_at
+
+    def backing_off(self, now: dt.datetime | None = None) -> bool:
+        record = self.record
+        now = now or _now()
+        return bool(record and record.next_attempt and now < record.next_attempt)
+
+    def next_wake(self, now: dt.datetime) -> float:
+        """Seconds until the next thing to do, at most the check interval."""
+        candidates = [self.check_interval]
+        record = self.record
+        if record is not None:
+            for when in (record.next_attempt, record.renew_at, record.ari_next_check):
+                if when is not None:
+                    candidates.append((when - now).total_seconds())
+        return max(0.05, min(candidates))
+
+    async def run(self) -> None:
+        """Until cancelled: wait for the listeners, then check, sleep, check again."""
+        await self._listeners_up.wait()
+        while True:
+            try:
+                await self.check()
+            except ApplianceError as exc:  # already recorded; keep the loop alive
+                log.warning("acme check failed", extra={"error": exc.message})
+            except Exception:
+                log.exception("acme check crashed; retrying at the next check")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.next_wake(_now()))
+
+    async def check(self) -> Outcome | None:
+        """One scheduled check: refresh ARI when it is time, then order if due and allowed."""
+        now = _now()
+        if self.record is None:
+            await self.load()
+        if self.info is not None and self._ari_due(now) and not self.due(now):
+            await self._refresh_ari()
+        if not self.due(now) or self.backing_off(now):
+            return None
+        return await self.renew(reason="due")
+
+    async def renew(self, *, reason: str = "forced") -> Outcome:
+        """Order now (`reason` "forced" ignores the schedule but not a CA's Retry-After)."""
+        async with self._lock:
+            record = self.record or await self.storage.ensure_record(
+                self.names, self.settings.directory)
+            now = _now()
+            if (reason == "forced" and record.last_error and record.next_attempt
+                    and record.next_attempt > now and "rate limited" in record.last_error):
+                raise ACMERateLimited(
+                    f"the CA asked us to wait until {record.next_attempt:%Y-%m-%d %H:%M} UTC: "
+                    f"{record.last_error}", retry_at=record.next_attempt)
+            if reason != "forced" and not (self.due(now) and not self.backing_off(now)):
+                return Outcome(False, self.info)
+            return await self._attempt(record, reason)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- one attempt ----------------------------------------------------------------------------
+
+    async def _attempt(self, record: CertRecord, reason: str) -> Outcome:
+        settings = self.settings
+        directory = settings.directory
+        self.attempt_running = True
+        current = self.info
+        first = current is None
+        action = "tls.certificate.issue" if first else "tls.certificate.renew"
+        orders = 0
+        try:
+            if not self.has_http_listener:
+                raise ACMEError("no plain-HTTP listener for the HTTP-01 challenge: set "
+                                "server.http_listen (e.g. \"0.0.0.0:80\") and open port 80")
+            account_key, account_uri = await self.storage.account(directory)
+            if account_key is None:
+                account_key = await self.storage.create_account_key(directory, new_key_pem)
+            cert_key = await self.storage.create_certificate_key(self.names, new_key_pem)
+            replaces_pem = (record.chain_pem if current is not None
+                            and record.directory == directory else None)
+            client = ACMEClient(
+                directory_url=directory, account_key_pem=account_key, account_uri=account_uri,
+                email=settings.email, eab_kid=settings.eab_kid,
+                eab_hmac_key=settings.eab_hmac_key, ca_bundle=settings.ca_bundle,
+                route=EgressRoute(self.dialer, asyncio.get_running_loop()),
+                responder=self.responder)
+            try:
+                chain, ari_time, ari_next, replaced = await asyncio.to_thread(
+                    self._issue_sync, client, cert_key, replaces_pem)
+            finally:
+                orders = client.orders_placed
+                if client.account_uri != account_uri:
+                    await self.storage.save_account_uri(directory, client.account_uri)
+                client.close()
+            try:
+                info = load_pair(chain, cert_key.reveal(), origin="the CA's certificate")
+            except TLSError as exc:
+                raise ACMEError(f"the CA returned an unusable certificate: {exc.message}"
+                                ) from None
+            if not info.covers(settings.names):
+                raise ACMEError("the CA returned a certificate for other names: "
+                                f"{', '.join(info.names)}")
+            if not renewal.is_newer(info, current):
+                raise ACMEError("the CA returned a certificate that does not expire later than "
+                                "the one served; keeping the current one")
+            renew_at = renewal.renew_at(info, ari_time)
+            self._install(chain, cert_key, info)
+            await self.storage.record_success(
+                self.names, directory=directory, chain_pem=chain, not_after=info.not_after,
+                renew_at=renew_at, ari_next_check=ari_next, orders=orders, action=action,
+                details={"reason": reason, "issuer": info.issuer,
+                         "not_after": info.not_after.isoformat(),
+                         "names": list(info.names), "replaces": replaced,
+                         "fingerprint_sha256": info.fingerprint_sha256})
+            self.info = info
+            self.record = await self.storage.certificate(self.names)
+            log.info("acme certificate obtained",
+                     extra={"names": list(info.names), "issuer": info.issuer,
+                            "not_after": info.not_after.isoformat(), "reason": reason,
+                            "renew_at": renew_at.isoformat(), "ari": ari_time is not None})
+            return Outcome(True, info)
+        except ACMEError as exc:
+            await self._failed(record, exc, orders, action, reason)
+            raise
+        finally:
+            self.attempt_running = False
+
+    def _issue_sync(self, client: ACMEClient, cert_key: Secret[bytes],
+                    replaces_pem: bytes | None
+                    ) -> tuple[bytes, dt.datetime | None, dt.datetime | None, str | None]:
+        """In the worker thread: the whole conversation with the CA."""
+        has_ari = client.has_ari()
+        replaces = ari_cert_id(replaces_pem) if replaces_pem and has_ari else None
+        chain = client.issue(self.settings.names, cert_key, profile=self.settings.profile,
+                             replaces=replaces)
+        ari_time = ari_next = None
+        if has_ari:
+            try:
+                ari_time, ari_next = client.renewal_window(chain)
+            except ACMEError as exc:  # the certificate is good; fall back to the ratio
+                log.warning("acme renewal information unavailable", extra={"error": exc.message})
+        return chain, ari_time, ari_next, replaces
+
+    async def _failed(self, record: CertRecord, exc: ACMEError, orders: int, action: str,
+                      reason: str) -> None:
+        now = _now()
+        failures = record.failures + 1
+        next_attempt = renewal.next_attempt_after_failure(now, failures, exc.retry_at)
+        log.warning("acme attempt failed",
+                    extra={"error": exc.message, "code": exc.code, "failures": failures,
+                           "next_attempt": next_attempt.isoformat(),
+                           "serving": "acme" if self.info else "temporary self-signed"})
+        try:
+            await self.storage.record_failure(
+                self.names, error=exc.message, failures=failures, next_attempt=next_attempt,
+                orders=orders, action=action, details={"reason": reason, "code": exc.code})
+            self.record = await self.storage.certificate(self.names)
+        except ApplianceError as store_exc:
+            log.error("cannot record the acme failure", extra={"error": store_exc.message})
+
+    # -- ARI ------------------------------------------------------------------------------------
+
+    def _ari_due(self, now: dt.datetime) -> bool:
+        record = self.record
+        return bool(record and record.ari_next_check and now >= record.ari_next_check)
+
+    async def _refresh_ari(self) -> None:
+        record = self.record
+        if record is None or record.chain_pem is None or self.info is None:
+            return
+        settings = self.settings
+        account_key, account_uri = await self.storage.account(settings.directory)
+        if account_key is None:
+            return
+        client = ACMEClient(
+            directory_url=settings.directory, account_key_pem=account_key,
+            account_uri=account_uri, email=settings.email, eab_kid=settings.eab_kid,
+            eab_hmac_key=settings.eab_hmac_key, ca_bundle=settings.ca_bundle,
+            route=EgressRoute(self.dialer, asyncio.get_running_loop()),
+            responder=self.responder)
+        chain = record.chain_pem
+        try:
+            when, again = await asyncio.to_thread(client.renewal_window, chain)
+        except ACMEError as exc:
+            log.warning("acme renewal information unavailable", extra={"error": exc.message})
+            when, again = None, _now() + dt.timedelta(hours=1)
+            renew = record.renew_at
+        else:
+            renew = renewal.renew_at(self.info, when)
+        finally:
+            client.close()
+        await self.storage.save_schedule(self.names, renew_at=renew, ari_next_check=again)
+        self.record = await self.storage.certificate(self.names)
+
+    # -- status ---------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        record = self.record
+
+        def iso(value: dt.datetime | None) -> str | None:
+            return value.isoformat() if value else None
+
+        next_renewal = None
+        if record is not None:
+            candidates = [w for w in (record.renew_at, record.next_attempt) if w is not None]
+            if self.info is None or record.directory != self.settings.directory:
+                candidates = [record.next_attempt or _now()]
+            next_renewal = max(candidates) if candidates else None
+        return {
+            "directory": self.settings.directory,
+            "next_renewal": iso(next_renewal),
+            "renew_at": iso(record.renew_at) if record else None,
+            "last_attempt": iso(record.last_attempt) if record else None,
+            "last_success": iso(record.last_success) if record else None,
+            "last_error": record.last_error if record else None,
+            "failures": record.failures if record else 0,
+            "next_attempt": iso(record.next_attempt) if record else None,
+            "orders": record.orders if record else 0,
+            "attempt_running": self.attempt_running,
+        }
