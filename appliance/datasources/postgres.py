@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import ssl
 from collections.abc import AsyncIterator
@@ -58,7 +59,7 @@ class PostgresEngine(Engine):
         config = self.target.config
         password = self.target.secret("password")
         timeout_ms = self.target.limits.statement_timeout_ms
-        return await asyncpg_hook.connect(
+        conn = await asyncpg_hook.connect(
             self._dialer, host=str(config["host"]), port=int(config["port"]),
             datasource=self.target.id, timeout=CONNECT_TIMEOUT,
             user=str(config["user"]), password=password if password is not None else "",
@@ -71,6 +72,14 @@ class PostgresEngine(Engine):
             connection_class=pool_kwargs.get("connection_class", asyncpg.Connection),
             record_class=pool_kwargs.get("record_class", asyncpg.Record),
         )
+        try:
+            for name in ("json", "jsonb"):  # results as JSON values; json parameters are text
+                await conn.set_type_codec(name, encoder=str, decoder=json.loads,
+                                          schema="pg_catalog")
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
 
     async def _get_pool(self) -> asyncpg.Pool:
         if self._pool is not None:
