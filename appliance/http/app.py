@@ -13,6 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from appliance import state_dir
+from appliance.console import console
 from appliance.http import (
     access,
     auth_routes,
@@ -49,6 +50,7 @@ def build_app(settings: Settings, tls: TLSManager) -> web.Application:
     datasource_routes.add_routes(app)  # also opens the datasource and query services
     query_routes.add_routes(app)
     tls_routes.add_routes(app)
+    console.add_routes(app)  # the web console's static shell at /
     return app
 
 

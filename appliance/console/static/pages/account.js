@@ -1,0 +1,176 @@
+// My account: two-factor enrolment (QR code, setup key, recovery codes), password, API tokens.
+
+import * as api from '../api.js';
+import {alertBox, busy, button, clearErrors, field, h, section, setAlert, showError, table, valueOf, when} from '../dom.js';
+
+const ROLES = ['viewer', 'developer', 'admin'];
+
+export async function renderAccount(ctx) {
+  const {main, session} = ctx;
+  main.append(h('h1', {tabindex: '-1'}, 'My account'));
+  const me = await api.get('/api/v1/users/me');
+  if (session.enrolment) {
+    main.append(h('div', {class: 'alert info', role: 'alert'},
+      'Your role requires two-factor login. Set it up below to use the console.'));
+  }
+  main.append(section('Profile', h('dl', {class: 'facts'},
+    h('dt', {}, 'Username'), h('dd', {}, me.username),
+    h('dt', {}, 'Role'), h('dd', {}, me.role),
+    h('dt', {}, 'Two-factor login'), h('dd', {id: 'twofa-state'}, me.totp_enabled ? 'on' : 'off'),
+    me.totp_enabled ? [h('dt', {}, 'Recovery codes left'), h('dd', {}, String(me.recovery_codes_left ?? '—'))] : null)));
+  if (!me.totp_enabled) main.append(enrolment(ctx));
+  if (!session.enrolment) {
+    main.append(passwordForm(ctx));
+    main.append(await tokens(ctx, me));
+  }
+}
+
+function svgDataUrl(svg) {
+  const bytes = new TextEncoder().encode(svg);
+  let binary = '';
+  for (const byte of bytes) binary += String.fromCharCode(byte);
+  return `data:image/svg+xml;base64,${btoa(binary)}`;
+}
+
+function secretOf(uri) {
+  try {
+    return new URL(uri).searchParams.get('secret') || '';
+  } catch (ignored) {
+    return '';
+  }
+}
+
+function enrolment(ctx) {
+  const alert = alertBox();
+  const area = h('div', {class: 'enrol'});
+  const start = button('Set up two-factor login', async () => {
+    setAlert(alert, '');
+    let begun;
+    try {
+      begun = await busy(start, 'Preparing…', () => api.post('/api/v1/users/me/2fa'));
+    } catch (error) {
+      setAlert(alert, error.message);
+      return;
+    }
+    start.hidden = true;
+    const code = field({name: 'code', label: 'Code from your app', required: true, inputmode: 'numeric', autocomplete: 'one-time-code'});
+    const confirm = h('button', {type: 'submit', class: 'primary'}, 'Turn on two-factor login');
+    const form = h('form', {novalidate: true}, code, h('div', {class: 'actions'}, confirm));
+    const key = secretOf(begun.otpauth_uri);
+    area.append(
+      h('p', {}, 'Scan this code with an authenticator app (or type the setup key), then enter the code it shows.'),
+      h('img', {class: 'qr', id: 'totp-qr', alt: 'QR code for your authenticator app', src: svgDataUrl(begun.qr_svg), width: '220', height: '220'}),
+      h('p', {}, 'Setup key: ', h('code', {id: 'totp-secret', class: 'secret-key'}, key)),
+      form);
+    code.input.focus();
+    form.addEventListener('submit', async (event) => {
+      event.preventDefault();
+      clearErrors(form);
+      const value = valueOf(code).trim().replace(/\s+/g, '');
+      if (!value) {
+        showError(form, new Error("'code' is required"));
+        return;
+      }
+      let done;
+      try {
+        done = await busy(confirm, 'Checking…', () => api.post('/api/v1/users/me/2fa/confirm', {code: value}));
+      } catch (error) {
+        showError(form, error.code === 'invalid_credentials' || error.status === 401 || error.status === 422
+          ? new Error(`'code' was not accepted: ${error.message}`) : error, alert);
+        return;
+      }
+      area.replaceChildren(
+        h('div', {class: 'alert success', role: 'status'}, 'Two-factor login is on.'),
+        h('p', {}, h('strong', {}, 'Recovery codes. '),
+          'Each works once in place of a code, if you lose your authenticator. They are shown only now: store them somewhere safe.'),
+        h('ol', {class: 'codes', id: 'recovery-codes'}, done.recovery_codes.map((c) => h('li', {}, h('code', {}, c)))),
+        h('div', {class: 'actions'}, button('I have stored them', () => ctx.refreshSession(), {class: 'primary', id: 'codes-stored'})));
+      area.querySelector('#codes-stored').focus();
+    });
+  }, {class: 'primary', id: 'enrol-start'});
+  return section('Two-factor login', alert, area, start);
+}
+
+function passwordForm(ctx) {
+  const alert = alertBox();
+  const current = field({name: 'current_password', label: 'Current password', type: 'password', required: true, autocomplete: 'current-password'});
+  const next = field({name: 'new_password', label: 'New password', type: 'password', required: true, autocomplete: 'new-password'});
+  const again = field({name: 'again', label: 'New password again', type: 'password', required: true, autocomplete: 'new-password'});
+  const submit = h('button', {type: 'submit'}, 'Change password');
+  const form = h('form', {novalidate: true}, alert, current, next, again, h('div', {class: 'actions'}, submit));
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    clearErrors(form);
+    if (valueOf(next) !== valueOf(again)) {
+      showError(form, new Error("'again' does not match the new password"));
+      return;
+    }
+    try {
+      await busy(submit, 'Changing…', () => api.post('/api/v1/users/me/password',
+        {current_password: valueOf(current), new_password: valueOf(next)}));
+    } catch (error) {
+      showError(form, error);
+      return;
+    } finally {
+      for (const f of [current, next, again]) f.input.value = '';
+    }
+    await ctx.refreshSession();
+  });
+  return section('Password', h('p', {class: 'muted'}, 'Changing it ends all your sessions: you log in again.'), form);
+}
+
+async function tokens(ctx, me) {
+  const alert = alertBox();
+  const list = h('div', {});
+  const reveal = h('div', {});
+  const load = async () => {
+    const data = await api.get('/api/v1/users/me/tokens');
+    list.replaceChildren(tokenTable(data.tokens, async (token, btn) => {
+      try {
+        await busy(btn, 'Revoking…', () => api.del(`/api/v1/users/me/tokens/${api.enc(token.id)}`));
+        await load();
+      } catch (error) {
+        setAlert(alert, error.message);
+      }
+    }));
+  };
+  const name = field({name: 'name', label: 'Name', required: true, help: 'What the token is for, e.g. "nightly export".'});
+  const role = field({name: 'role', label: 'Role', type: 'select', value: me.role,
+    options: ROLES.slice(0, ROLES.indexOf(me.role) + 1)});
+  const days = field({name: 'expires_days', label: 'Expires after (days)', type: 'number', min: 1, step: 1, value: '90',
+    help: 'Leave empty for a token that does not expire.'});
+  const submit = h('button', {type: 'submit'}, 'Create token');
+  const form = h('form', {novalidate: true, class: 'inline-form'}, alert, name, role, days, h('div', {class: 'actions'}, submit));
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    clearErrors(form);
+    reveal.replaceChildren();
+    const body = {name: valueOf(name).trim(), role: valueOf(role)};
+    if (valueOf(days)) body.expires_days = Number(valueOf(days));
+    try {
+      const made = await busy(submit, 'Creating…', () => api.post('/api/v1/users/me/tokens', body));
+      const box = h('input', {type: 'text', readonly: true, value: made.token, id: 'new-token', 'aria-label': 'New token', class: 'mono'});
+      reveal.append(h('div', {class: 'alert success', role: 'status'},
+        h('p', {}, 'Your new token. It is shown only now: copy it somewhere safe.'), box,
+        button('Copy', () => navigator.clipboard && navigator.clipboard.writeText(box.value))));
+      name.input.value = '';
+      await load();
+    } catch (error) {
+      showError(form, error);
+    }
+  });
+  await load();
+  return section('API tokens', h('p', {class: 'muted'}, 'For automation: send it as "Authorization: Bearer <token>".'), reveal, list, form);
+}
+
+export function tokenTable(tokens, onRevoke) {
+  if (!tokens.length) return h('p', {class: 'muted'}, 'No tokens.');
+  return table(['Name', 'Role', 'Created', 'Expires', 'Last used', 'State', ''], tokens.map((t) => [
+    t.name, t.role, when(t.created_at), when(t.expires_at), when(t.last_used_at),
+    t.active ? 'active' : (t.revoked_at ? 'revoked' : 'expired'),
+    t.active ? (() => {
+      const b = button('Revoke', () => onRevoke(t, b), {class: 'danger small', 'aria-label': `Revoke token ${t.name}`});
+      return b;
+    })() : '',
+  ]), {label: 'API tokens'});
+}

@@ -1,0 +1,268 @@
+// Datasources (developer): the list, a create/edit form for each kind with write-only secrets,
+// delete, and "test connection". A secret's value never comes back: only whether it is set.
+
+import * as api from '../api.js';
+import {alertBox, busy, button, clearErrors, confirmButton, field, h, section, setAlert, showError, table, valueOf, when} from '../dom.js';
+
+export const KINDS = {
+  postgres: {
+    title: 'PostgreSQL',
+    fields: [
+      {name: 'host', label: 'Host', required: true},
+      {name: 'port', label: 'Port', type: 'number', value: 5432, min: 1, max: 65535},
+      {name: 'database', label: 'Database', required: true},
+      {name: 'user', label: 'User', required: true},
+      {name: 'tls', label: 'TLS', type: 'select', value: 'verify-full', options: ['verify-full', 'require', 'disable']},
+    ],
+    secrets: () => [['password', 'Password']],
+  },
+  mongodb: {
+    title: 'MongoDB',
+    fields: [
+      {name: 'host', label: 'Host', required: true},
+      {name: 'port', label: 'Port', type: 'number', value: 27017, min: 1, max: 65535},
+      {name: 'database', label: 'Database', required: true},
+      {name: 'user', label: 'User', help: 'Leave empty for no authentication.'},
+      {name: 'tls', label: 'TLS', type: 'select', value: 'verify-full', options: ['verify-full', 'disable']},
+    ],
+    secrets: () => [['password', 'Password']],
+  },
+  rest: {
+    title: 'REST API',
+    fields: [
+      {name: 'base_url', label: 'Base URL', type: 'url', required: true, placeholder: 'https://api.example.com/v1'},
+      {name: 'auth', label: 'Authentication', type: 'select', value: 'none', options: [
+        ['none', 'none'], ['bearer', 'bearer token'], ['basic', 'basic (user and password)'], ['header', 'API key in a header']]},
+      {name: 'username', label: 'Username', when: (c) => c.auth === 'basic', required: true},
+      {name: 'header_name', label: 'Header name', when: (c) => c.auth === 'header', required: true, placeholder: 'X-Api-Key'},
+      {name: 'follow_redirects', label: 'Follow redirects', type: 'checkbox', value: false},
+      {name: 'max_redirects', label: 'At most this many redirects', type: 'number', value: 5, min: 0, max: 20},
+    ],
+    secrets: (c) => ({bearer: [['token', 'Bearer token']], basic: [['password', 'Password']], header: [['api_key', 'API key']]}[c.auth] || []),
+  },
+  sqlite: {
+    title: 'SQLite file',
+    fields: [
+      {name: 'path', label: 'File path', required: true, placeholder: '/srv/data/sales.db', help: 'An absolute path on the appliance host.'},
+      {name: 'read_only', label: 'Read only', type: 'checkbox', value: true},
+    ],
+    secrets: () => [],
+  },
+};
+
+const LIMITS = [
+  {name: 'max_connections', label: 'Pool size (connections)', value: 5, min: 1, max: 100},
+  {name: 'statement_timeout_ms', label: 'Statement timeout (ms)', value: 30000, min: 1, max: 3600000},
+  {name: 'max_rows', label: 'Most rows per run', value: 10000, min: 1, max: 10000000},
+  {name: 'max_response_bytes', label: 'Largest response (bytes)', value: 16777216, min: 1, max: 1073741824},
+];
+
+export async function renderDatasources(ctx) {
+  const [id] = ctx.args;
+  if (id === 'new') return editor(ctx, null);
+  if (id) return editor(ctx, await api.get(`/api/v1/datasources/${api.enc(id)}`));
+  return list(ctx);
+}
+
+async function list(ctx) {
+  const {main} = ctx;
+  main.append(h('div', {class: 'page-head'}, h('h1', {tabindex: '-1'}, 'Datasources'),
+    h('a', {class: 'button primary', href: '#/datasources/new'}, 'New datasource')));
+  const data = await api.get('/api/v1/datasources');
+  if (!data.datasources.length) {
+    main.append(h('p', {class: 'muted'}, 'No datasources yet.'));
+    return;
+  }
+  main.append(table(['Name', 'Kind', 'Where', 'Secrets', 'Updated'], data.datasources.map((ds) => [
+    h('a', {href: `#/datasources/${encodeURIComponent(ds.id)}`, class: 'ds-name'}, ds.name),
+    (KINDS[ds.kind] || {title: ds.kind}).title,
+    where(ds),
+    Object.entries(ds.secrets || {}).map(([k, v]) => `${k}: ${v.set ? 'set' : 'not set'}`).join(', ') || '—',
+    when(ds.updated_at),
+  ]), {label: 'Datasources', class: 'datasources'}));
+}
+
+function where(ds) {
+  const c = ds.config || {};
+  if (ds.kind === 'rest') return c.base_url || '';
+  if (ds.kind === 'sqlite') return c.path || '';
+  return `${c.host || ''}:${c.port || ''}/${c.database || ''}`;
+}
+
+// A write-only secret: on create an empty input; on edit "set"/"not set" and a Replace button.
+function secretField(name, label, state, creating) {
+  const input = field({name: `secrets.${name}`, field: `secrets.${name}`, label, type: 'password', autocomplete: 'new-password'});
+  const wrapper = h('div', {class: 'secret', dataset: {field: `secrets.${name}`}});
+  let intent = creating ? 'set' : 'keep';
+  if (creating) {
+    wrapper.append(input);
+    wrapper.secretValue = () => (input.input.value ? input.input.value : undefined);
+    wrapper.input = input.input;
+    return wrapper;
+  }
+  const isSet = Boolean(state && state.set);
+  const stateText = h('span', {class: `secret-state ${isSet ? 'is-set' : ''}`}, isSet ? 'set' : 'not set');
+  const replace = button(isSet ? 'Replace' : 'Set', () => {
+    intent = 'set';
+    input.hidden = false;
+    controls.hidden = true;
+    input.input.focus();
+  }, {class: 'small', 'aria-label': `${isSet ? 'Replace' : 'Set'} ${label.toLowerCase()}`});
+  const remove = button('Remove', () => {
+    intent = 'clear';
+    stateText.textContent = 'will be removed when you save';
+  }, {class: 'small', 'aria-label': `Remove ${label.toLowerCase()}`, hidden: !isSet});
+  const keep = button('Keep the current value', () => {
+    intent = 'keep';
+    input.input.value = '';
+    input.hidden = true;
+    controls.hidden = false;
+  }, {class: 'small link'});
+  const controls = h('div', {class: 'secret-controls'}, h('span', {class: 'label-like'}, `${label}: `), stateText, ' ', replace, ' ', remove);
+  input.hidden = true;
+  input.append(keep);
+  wrapper.append(controls, input);
+  wrapper.input = input.input;
+  wrapper.secretValue = () => {
+    if (intent === 'clear') return null;
+    if (intent === 'set' && input.input.value) return input.input.value;
+    return undefined;
+  };
+  return wrapper;
+}
+
+function editor(ctx, ds) {
+  const {main, navigate} = ctx;
+  const creating = !ds;
+  main.append(h('p', {class: 'crumbs'}, h('a', {href: '#/datasources'}, 'Datasources'), ' / '),
+    h('h1', {tabindex: '-1'}, creating ? 'New datasource' : ds.name));
+  const alert = alertBox();
+  const name = field({name: 'name', label: 'Name', required: true, value: ds ? ds.name : '',
+    help: 'Letters, digits, space, _ . - (up to 100).'});
+  const kind = field({name: 'kind', label: 'Kind', type: 'select', value: ds ? ds.kind : 'postgres', disabled: !creating,
+    options: Object.entries(KINDS).map(([k, v]) => [k, v.title])});
+  const config = {...(ds ? ds.config : {})};
+  const kindArea = h('div', {class: 'kind-fields'});
+  const secretArea = h('fieldset', {class: 'secrets'}, h('legend', {}, 'Secrets'));
+  const limitsArea = h('details', {class: 'limits'}, h('summary', {}, 'Limits'));
+  let fields = [];
+  let secretFields = [];
+  let limitFields = [];
+
+  const current = () => {
+    const out = {};
+    for (const f of fields) out[f.spec.name] = valueOf(f);
+    return out;
+  };
+  const draw = () => {
+    const spec = KINDS[valueOf(kind)];
+    const values = fields.length ? current() : config;
+    fields = spec.fields.filter((f) => !f.when || f.when({...defaults(spec), ...values})).map((f) => {
+      const made = field({...f, field: `config.${f.name}`, value: values[f.name] ?? f.value});
+      made.spec = f;
+      if (f.name === 'auth') made.input.addEventListener('change', draw);
+      return made;
+    });
+    kindArea.replaceChildren(...fields);
+    const cfg = {...defaults(spec), ...current()};
+    const states = ds ? ds.secrets || {} : {};
+    secretFields = spec.secrets(cfg).map(([n, label]) => {
+      const made = secretField(n, label, states[n], creating);
+      made.secretName = n;
+      return made;
+    });
+    secretArea.replaceChildren(h('legend', {}, 'Secrets'),
+      secretFields.length ? h('p', {class: 'help'}, 'Write-only: stored encrypted; never shown again, not even to admins.') : h('p', {class: 'muted'}, 'This kind takes no secret.'),
+      ...secretFields);
+    limitFields = LIMITS.map((l) => {
+      const made = field({...l, type: 'number', step: 1, field: `config.${l.name}`, value: config[l.name] ?? l.value});
+      made.spec = l;
+      return made;
+    });
+    limitsArea.replaceChildren(h('summary', {}, 'Limits'), ...limitFields);
+  };
+  kind.input.addEventListener('change', () => {
+    fields = [];
+    draw();
+  });
+  draw();
+
+  const save = h('button', {type: 'submit', class: 'primary'}, creating ? 'Create datasource' : 'Save changes');
+  const form = h('form', {novalidate: true, class: 'ds-form', id: 'datasource-form'}, alert, name, kind, kindArea, secretArea, limitsArea,
+    h('div', {class: 'actions'}, save));
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    clearErrors(form);
+    const cfg = {};
+    for (const f of [...fields, ...limitFields]) {
+      const raw = valueOf(f);
+      if (f.spec.type === 'checkbox') cfg[f.spec.name] = raw;
+      else if (raw === '') cfg[f.spec.name] = creating ? undefined : null;
+      else if (f.spec.type === 'number' || LIMITS.includes(f.spec)) cfg[f.spec.name] = Number(raw);
+      else cfg[f.spec.name] = raw.trim();
+    }
+    if (!creating) {
+      // Keys of the old config that the form no longer shows (e.g. username after auth changed).
+      for (const key of Object.keys(ds.config)) if (!(key in cfg)) cfg[key] = null;
+    }
+    const secrets = {};
+    for (const s of secretFields) {
+      const v = s.secretValue();
+      if (v !== undefined) secrets[s.secretName] = v;
+    }
+    const body = {name: valueOf(name).trim(), config: JSON.parse(JSON.stringify(cfg))};
+    if (creating) body.kind = valueOf(kind);
+    if (Object.keys(secrets).length) body.secrets = secrets;
+    let saved;
+    try {
+      saved = await busy(save, 'Saving…', () => (creating
+        ? api.post('/api/v1/datasources', body)
+        : api.patch(`/api/v1/datasources/${api.enc(ds.id)}`, body)));
+    } catch (error) {
+      showError(form, error);
+      return;
+    } finally {
+      for (const s of secretFields) s.input.value = '';
+      for (const key of Object.keys(secrets)) delete secrets[key];
+    }
+    ctx.status(`Saved datasource ${saved.name}.`);
+    navigate(`datasources/${saved.id}`);
+  });
+  main.append(form);
+  if (!creating) main.append(testSection(ds), dangerSection(ds, navigate));
+  name.input.focus();
+}
+
+function defaults(spec) {
+  const out = {};
+  for (const f of spec.fields) if (f.value !== undefined) out[f.name] = f.value;
+  return out;
+}
+
+function testSection(ds) {
+  const result = h('div', {id: 'test-result', 'aria-live': 'polite'});
+  const test = button('Test connection', async () => {
+    result.replaceChildren(h('p', {class: 'muted'}, 'Connecting…'));
+    try {
+      const r = await busy(test, 'Testing…', () => api.post(`/api/v1/datasources/${api.enc(ds.id)}/test`));
+      result.replaceChildren(h('div', {class: 'alert success', role: 'status'}, `Connected to ${r.datasource || ds.name} in ${r.duration_ms} ms.`));
+    } catch (error) {
+      result.replaceChildren(h('div', {class: 'alert error', role: 'alert'}, `Connection failed: ${error.message}`));
+    }
+  }, {id: 'test-connection'});
+  return section('Connection', h('p', {class: 'muted'}, 'Opens a fresh connection from the egress source address and runs a trivial command.'),
+    h('div', {class: 'actions'}, test), result);
+}
+
+function dangerSection(ds, navigate) {
+  const alert = alertBox();
+  const remove = confirmButton('Delete datasource', 'Click again to delete', async (btn) => {
+    try {
+      await busy(btn, 'Deleting…', () => api.del(`/api/v1/datasources/${api.enc(ds.id)}`));
+      navigate('datasources');
+    } catch (error) {
+      setAlert(alert, error.message);
+    }
+  }, {class: 'danger'});
+  return section('Delete', alert, h('p', {class: 'muted'}, 'Refused while queries use it. Its sealed secrets are deleted with it.'), remove);
+}

@@ -1,0 +1,442 @@
+// Queries: the list; the editor (developer) with parameter declarations and binding errors shown
+// at their line and column; the run form generated from the declarations; results streamed as
+// NDJSON into a table. A viewer gets only names, parameters and run forms (the API sends no more).
+
+import * as api from '../api.js';
+import {alertBox, busy, button, clearErrors, confirmButton, field, h, section, setAlert, showError, table, uid, valueOf} from '../dom.js';
+
+const SCALARS = ['string', 'integer', 'number', 'boolean', 'date', 'datetime'];
+const TYPES = [...SCALARS, 'json', 'identifier', ...SCALARS.map((t) => `array<${t}>`)];
+const MAX_SHOWN_ROWS = 10000;
+
+export async function renderQueries(ctx) {
+  const [id] = ctx.args;
+  const developer = ctx.atLeast('developer');
+  if (id === 'new' && developer) return editor(ctx, null);
+  if (id) {
+    const query = await api.get(`/api/v1/queries/${api.enc(id)}`);
+    if (developer) return editor(ctx, query);
+    ctx.main.append(h('p', {class: 'crumbs'}, h('a', {href: '#/queries'}, 'Queries'), ' / '), h('h1', {tabindex: '-1'}, query.name));
+    ctx.main.append(runPanel(query));
+    return undefined;
+  }
+  return list(ctx, developer);
+}
+
+async function list(ctx, developer) {
+  const {main} = ctx;
+  main.append(h('div', {class: 'page-head'}, h('h1', {tabindex: '-1'}, developer ? 'Queries' : 'My queries'),
+    developer ? h('a', {class: 'button primary', href: '#/queries/new'}, 'New query') : null));
+  const data = await api.get('/api/v1/queries');
+  if (!data.queries.length) {
+    main.append(h('p', {class: 'muted'}, 'No queries yet.'));
+    return;
+  }
+  let names = {};
+  if (developer) {
+    const ds = await api.get('/api/v1/datasources');
+    names = Object.fromEntries(ds.datasources.map((d) => [d.id, d.name]));
+  }
+  const columns = developer ? ['Name', 'Datasource', 'Parameters', ''] : ['Name', 'Parameters', ''];
+  main.append(table(columns, data.queries.map((q) => {
+    const params = (q.parameters || []).map((p) => `${p.name}: ${p.type}`).join(', ') || '—';
+    const open = h('a', {href: `#/queries/${encodeURIComponent(q.id)}`, class: 'q-name'}, q.name);
+    const run = h('a', {href: `#/queries/${encodeURIComponent(q.id)}`, class: 'button small', 'aria-label': `Run ${q.name}`}, developer ? 'Edit and run' : 'Run');
+    return developer ? [open, names[q.datasource_id] || q.datasource_id, params, run] : [open, params, run];
+  }), {label: 'Queries', class: 'queries'}));
+}
+
+// --- the editor -------------------------------------------------------------------------------
+
+function editor(ctx, query) {
+  const {main, navigate} = ctx;
+  const creating = !query;
+  main.append(h('p', {class: 'crumbs'}, h('a', {href: '#/queries'}, 'Queries'), ' / '),
+    h('h1', {tabindex: '-1'}, creating ? 'New query' : query.name));
+  const alert = alertBox();
+  const name = field({name: 'name', label: 'Name', required: true, value: query ? query.name : ''});
+  const datasource = field({name: 'datasource_id', label: 'Datasource', type: 'select', required: true, options: [['', 'Loading…']]});
+  const description = field({name: 'description', label: 'Description', value: query ? query.description || '' : ''});
+  const body = field({
+    name: 'body', label: 'Body', type: 'textarea', rows: 10, spellcheck: 'false', wrap: 'off', class: 'code',
+    value: query ? (typeof query.body === 'string' ? query.body : JSON.stringify(query.body, null, 2)) : '',
+    help: 'SQL with {{ name }} bindings (each is a prepared-statement parameter); for REST and MongoDB, a JSON object.',
+  });
+  const caret = h('p', {class: 'caret-pos muted', 'aria-live': 'off'}, 'Line 1, column 1');
+  const excerpt = h('pre', {class: 'error-excerpt', hidden: true, 'aria-hidden': 'true'});
+  body.insertBefore(caret, body.querySelector('.field-error'));
+  body.append(excerpt);
+  const updateCaret = () => {
+    const [line, column] = lineColumn(body.input.value, body.input.selectionStart);
+    caret.textContent = `Line ${line}, column ${column}`;
+  };
+  for (const ev of ['keyup', 'click', 'input', 'focus']) body.input.addEventListener(ev, updateCaret);
+  body.input.addEventListener('keydown', (event) => {
+    // Tab indents inside the editor; Escape then Tab leaves it (keyboard users are not trapped).
+    if (event.key === 'Escape') {
+      body.input.dataset.escaped = '1';
+    } else if (event.key === 'Tab' && !event.shiftKey && !body.input.dataset.escaped) {
+      event.preventDefault();
+      body.input.setRangeText('  ', body.input.selectionStart, body.input.selectionEnd, 'end');
+    } else {
+      delete body.input.dataset.escaped;
+    }
+  });
+
+  const params = parameterEditor(query ? query.parameters : [], () => body.input.value);
+  const timeout = field({name: 'timeout_ms', label: 'Timeout (ms)', type: 'number', min: 1, step: 1, value: query && query.timeout_ms ? query.timeout_ms : '',
+    help: 'Empty: the datasource\'s statement timeout.'});
+  const maxRows = field({name: 'max_rows', label: 'Most rows', type: 'number', min: 1, step: 1, value: query && query.max_rows ? query.max_rows : '',
+    help: 'Empty: the datasource\'s limit.'});
+  const save = h('button', {type: 'submit', class: 'primary'}, creating ? 'Create query' : 'Save changes');
+  const form = h('form', {novalidate: true, id: 'query-form', class: 'query-form'}, alert, name, datasource, description, body, params.node,
+    h('details', {class: 'limits'}, h('summary', {}, 'Limits'), timeout, maxRows), h('div', {class: 'actions'}, save));
+
+  api.get('/api/v1/datasources').then((data) => {
+    const select = datasource.input;
+    select.replaceChildren(h('option', {value: ''}, 'Choose a datasource'),
+      ...data.datasources.map((d) => h('option', {value: d.id, selected: query && query.datasource_id === d.id, dataset: {kind: d.kind}}, `${d.name} (${d.kind})`)));
+  }).catch((error) => showError(form, error));
+
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    clearErrors(form);
+    excerpt.hidden = true;
+    const selected = datasource.input.selectedOptions[0];
+    const kind = selected ? selected.dataset.kind : undefined;
+    let bodyValue = body.input.value;
+    if (kind === 'rest' || kind === 'mongodb') {
+      try {
+        bodyValue = JSON.parse(bodyValue);
+      } catch (error) {
+        showBodyError(body, excerpt, `line ${jsonErrorLine(error, bodyValue)}: the body is not valid JSON (${error.message})`);
+        return;
+      }
+    }
+    let declarations;
+    try {
+      declarations = params.value();
+    } catch (error) {
+      showError(form, error);
+      return;
+    }
+    const payload = {name: valueOf(name).trim(), datasource_id: valueOf(datasource), body: bodyValue, parameters: declarations,
+      description: valueOf(description).trim() || null};
+    if (valueOf(timeout)) payload.timeout_ms = Number(valueOf(timeout));
+    else if (!creating) payload.timeout_ms = null;
+    if (valueOf(maxRows)) payload.max_rows = Number(valueOf(maxRows));
+    else if (!creating) payload.max_rows = null;
+    let saved;
+    try {
+      saved = await busy(save, 'Saving…', () => (creating ? api.post('/api/v1/queries', payload)
+        : api.patch(`/api/v1/queries/${api.enc(query.id)}`, payload)));
+    } catch (error) {
+      if (/^line \d+, column \d+:/.test(error.message)) showBodyError(body, excerpt, error.message);
+      else showError(form, error);
+      return;
+    }
+    ctx.status(`Saved query ${saved.name}.`);
+    navigate(`queries/${saved.id}`);
+  });
+  main.append(form);
+  if (!creating) {
+    main.append(runPanel(query));
+    main.append(deleteSection(query, navigate));
+  }
+  name.input.focus();
+}
+
+function lineColumn(text, offset) {
+  const before = text.slice(0, offset);
+  const line = before.split('\n').length;
+  return [line, offset - before.lastIndexOf('\n')];
+}
+
+function offsetOf(text, line, column) {
+  const lines = text.split('\n');
+  let offset = 0;
+  for (let i = 0; i < line - 1 && i < lines.length; i += 1) offset += lines[i].length + 1;
+  return Math.min(offset + column - 1, text.length);
+}
+
+function jsonErrorLine(error, text) {
+  const m = /position (\d+)/.exec(error.message);
+  if (!m) return '1, column 1';
+  const [line, column] = lineColumn(text, Number(m[1]));
+  return `${line}, column ${column}`;
+}
+
+// Show a body error at its line and column: the message, the line itself with a caret under the
+// column, and the text cursor placed there.
+function showBodyError(body, excerpt, message) {
+  const slot = body.querySelector('.field-error');
+  slot.textContent = message;
+  slot.hidden = false;
+  body.input.setAttribute('aria-invalid', 'true');
+  const m = /^line (\d+)(?:, column (\d+))?/.exec(message);
+  if (!m) return;
+  const line = Number(m[1]);
+  const column = Number(m[2] || 1);
+  const text = body.input.value;
+  const source = text.split('\n')[line - 1] ?? '';
+  excerpt.textContent = `${String(line).padStart(4)} | ${source}\n       ${' '.repeat(Math.max(0, column - 1))}^`;
+  excerpt.hidden = false;
+  const offset = offsetOf(text, line, column);
+  body.input.focus();
+  body.input.setSelectionRange(offset, offset);
+  body.input.dispatchEvent(new Event('focus'));
+}
+
+// The parameter declarations: one row per parameter, each a small labelled form.
+function parameterEditor(initial, bodyText) {
+  const rows = h('div', {class: 'params'});
+  const node = h('fieldset', {class: 'param-editor'}, h('legend', {}, 'Parameters'), rows);
+  const add = (p) => {
+    const row = h('div', {class: 'param-row', dataset: {field: `param.${p.name || ''}`}});
+    const pname = field({name: 'param-name', label: 'Name', value: p.name || '', required: true});
+    const type = field({name: 'param-type', label: 'Type', type: 'select', options: TYPES, value: p.type || 'string'});
+    const required = field({name: 'param-required', label: 'Required', type: 'checkbox', value: p.required ?? !('default' in p)});
+    const def = field({name: 'param-default', label: 'Default', value: 'default' in p && p.default !== undefined ? display(p.default) : '',
+      help: 'Empty: no default. Arrays and json: JSON text.'});
+    const choices = field({name: 'param-choices', label: 'Choices', value: p.choices ? p.choices.map(display).join(', ') : '',
+      help: 'Optional, comma-separated.'});
+    pname.input.addEventListener('input', () => { row.dataset.field = `param.${pname.input.value.trim()}`; });
+    const remove = button('Remove', () => row.remove(), {class: 'small danger', 'aria-label': 'Remove this parameter'});
+    row.append(pname, type, required, def, choices, remove, h('p', {class: 'field-error', hidden: true}));
+    row.input = pname.input;
+    row.read = () => {
+      const out = {name: valueOf(pname).trim(), type: valueOf(type), required: valueOf(required)};
+      const t = out.type;
+      if (valueOf(def) !== '') {
+        out.default = convert(t, valueOf(def), out.name);
+        out.required = false;
+      }
+      if (valueOf(choices).trim()) out.choices = valueOf(choices).split(',').map((c) => convert(t.replace(/^array<(.*)>$/, '$1'), c.trim(), out.name));
+      return out;
+    };
+    rows.append(row);
+    return row;
+  };
+  for (const p of initial || []) add(p);
+  const addButton = button('Add parameter', () => add({}).input.focus(), {class: 'small'});
+  const detect = button('Declare bindings found in the body', () => {
+    const known = new Set([...rows.children].map((r) => r.read ? r.input.value.trim() : ''));
+    for (const m of bodyText().matchAll(/\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}/g)) {
+      if (!known.has(m[1])) {
+        known.add(m[1]);
+        add({name: m[1], type: 'string', required: true});
+      }
+    }
+  }, {class: 'small'});
+  node.append(h('div', {class: 'actions'}, addButton, detect));
+  return {node, value: () => [...rows.children].map((r) => r.read())};
+}
+
+function display(value) {
+  return typeof value === 'string' ? value : JSON.stringify(value);
+}
+
+// A typed value from a form's text; throws an error naming the parameter.
+function convert(type, text, pname) {
+  const fail = (what) => { throw new Error(`parameter '${pname}' ${what}`); };
+  const array = /^array<(.*)>$/.exec(type);
+  if (array) {
+    const trimmed = text.trim();
+    let items;
+    if (trimmed.startsWith('[')) {
+      try { items = JSON.parse(trimmed); } catch (e) { fail('must be a JSON array'); }
+      return items;
+    }
+    items = trimmed === '' ? [] : trimmed.split(/\r?\n/).map((s) => s.trim()).filter((s) => s !== '');
+    return items.map((item) => convert(array[1], item, pname));
+  }
+  switch (type) {
+    case 'integer': {
+      if (!/^-?\d+$/.test(text.trim())) fail('must be a whole number');
+      return Number(text.trim());
+    }
+    case 'number': {
+      const n = Number(text.trim());
+      if (text.trim() === '' || !Number.isFinite(n)) fail('must be a number');
+      return n;
+    }
+    case 'boolean': {
+      if (!['true', 'false'].includes(text.trim())) fail('must be true or false');
+      return text.trim() === 'true';
+    }
+    case 'json': {
+      try { return JSON.parse(text); } catch (e) { return fail('must be JSON'); }
+    }
+    default:
+      return text;
+  }
+}
+
+function deleteSection(query, navigate) {
+  const alert = alertBox();
+  const remove = confirmButton('Delete query', 'Click again to delete', async (btn) => {
+    try {
+      await busy(btn, 'Deleting…', () => api.del(`/api/v1/queries/${api.enc(query.id)}`));
+      navigate('queries');
+    } catch (error) {
+      setAlert(alert, error.message);
+    }
+  }, {class: 'danger'});
+  return section('Delete', alert, remove);
+}
+
+// --- the run form and results ------------------------------------------------------------------
+
+function inputFor(p) {
+  const label = `${p.name}${p.type === 'string' ? '' : ` (${p.type})`}`;
+  const base = {name: `param-${p.name}`, field: `param.${p.name}`, label, required: p.required, help: p.description};
+  const hasDefault = 'default' in p && p.default !== null && p.default !== undefined;
+  const placeholder = hasDefault ? `default: ${display(p.default)}` : (p.required ? '' : 'optional');
+  if (p.choices) {
+    return field({...base, type: 'select', options: [['', p.required ? 'Choose…' : `(${placeholder || 'none'})`], ...p.choices.map((c) => [display(c), display(c)])]});
+  }
+  if (p.type.startsWith('array<')) {
+    return field({...base, type: 'textarea', rows: 3, placeholder: 'one value per line', help: p.description || 'One value per line, or a JSON array.'});
+  }
+  switch (p.type) {
+    case 'boolean':
+      return field({...base, type: 'select', options: [['', p.required ? 'Choose…' : `(${placeholder || 'none'})`], 'true', 'false']});
+    case 'integer':
+      return field({...base, type: 'number', step: 1, placeholder});
+    case 'number':
+      return field({...base, type: 'number', step: 'any', placeholder});
+    case 'date':
+      return field({...base, type: 'date', placeholder});
+    case 'datetime':
+      return field({...base, placeholder: placeholder || '2025-01-31T09:30:00Z', help: p.description || 'ISO 8601 with a time zone, e.g. 2025-01-31T09:30:00Z'});
+    case 'json':
+      return field({...base, type: 'textarea', rows: 3, placeholder});
+    default:
+      return field({...base, placeholder});
+  }
+}
+
+export function runPanel(query) {
+  const parameters = query.parameters || [];
+  const alert = alertBox();
+  const inputs = parameters.map((p) => {
+    const made = inputFor(p);
+    made.param = p;
+    return made;
+  });
+  const run = h('button', {type: 'submit', class: 'primary', id: 'run'}, 'Run');
+  const cancel = button('Cancel', () => controller && controller.abort(), {hidden: true, id: 'cancel-run'});
+  const progress = h('p', {class: 'progress', role: 'status', 'aria-live': 'polite'});
+  const results = h('div', {class: 'results', id: 'results'});
+  const form = h('form', {novalidate: true, class: 'run-form', id: uid('run')}, alert,
+    inputs.length ? inputs : h('p', {class: 'muted'}, 'This query takes no parameters.'),
+    h('div', {class: 'actions'}, run, cancel), progress);
+  let controller = null;
+
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    clearErrors(form);
+    const params = {};
+    try {
+      for (const input of inputs) {
+        const p = input.param;
+        const raw = valueOf(input);
+        if (raw === '' || raw === undefined) {
+          if (p.required) throw new Error(`parameter '${p.name}' is required`);
+          continue;
+        }
+        params[p.name] = ['string', 'identifier', 'date', 'datetime'].includes(p.type) ? raw : convert(p.type, raw, p.name);
+      }
+    } catch (error) {
+      showError(form, error);
+      return;
+    }
+    controller = new AbortController();
+    const started = performance.now();
+    run.disabled = true;
+    run.setAttribute('aria-busy', 'true');
+    cancel.hidden = false;
+    progress.textContent = 'Running…';
+    progress.classList.add('working');
+    const grid = resultTable();
+    results.replaceChildren(grid.node);
+    let count = 0;
+    let summary = null;
+    try {
+      await api.stream(`/api/v1/queries/${api.enc(query.id)}/run`, {params}, (line, whole) => {
+        if (whole) {
+          grid.columns(line.columns);
+          grid.rows(line.rows);
+          count = line.rows.length;
+          summary = line;
+        } else if (Array.isArray(line)) {
+          grid.row(line);
+          count += 1;
+          if (count % 500 === 0) progress.textContent = `Running… ${count.toLocaleString()} rows so far`;
+        } else if (line.columns) {
+          grid.columns(line.columns);
+        } else if (line.error) {
+          throw Object.assign(new Error(line.error.message), {code: line.error.code});
+        } else {
+          summary = line;
+        }
+      }, {signal: controller.signal});
+      grid.flush();
+      const ms = summary && summary.duration_ms !== undefined ? summary.duration_ms : Math.round(performance.now() - started);
+      progress.textContent = `${count.toLocaleString()} row${count === 1 ? '' : 's'} in ${ms} ms`
+        + (summary && summary.truncated ? ' — truncated at the row limit' : '')
+        + (count > MAX_SHOWN_ROWS ? ` (the first ${MAX_SHOWN_ROWS.toLocaleString()} are shown)` : '');
+    } catch (error) {
+      grid.flush();
+      if (error.name === 'AbortError') {
+        progress.textContent = `Cancelled after ${count.toLocaleString()} rows.`;
+      } else {
+        progress.textContent = '';
+        showError(form, error);
+      }
+    } finally {
+      controller = null;
+      run.disabled = false;
+      run.removeAttribute('aria-busy');
+      cancel.hidden = true;
+      progress.classList.remove('working');
+    }
+  });
+  return section('Run', form, results);
+}
+
+// A results table that takes rows as they stream in and adds them to the DOM in batches.
+function resultTable() {
+  const head = h('tr', {});
+  const tbody = h('tbody', {});
+  const node = h('div', {class: 'table-wrap results-table', tabindex: '0', role: 'region', 'aria-label': 'Results'},
+    h('table', {}, h('thead', {}, head), tbody));
+  let pending = [];
+  let shown = 0;
+  let scheduled = false;
+  const flush = () => {
+    scheduled = false;
+    const fragment = document.createDocumentFragment();
+    for (const row of pending) {
+      if (shown >= MAX_SHOWN_ROWS) break;
+      fragment.append(h('tr', {}, row.map((cell) => h('td', {}, cell === null ? h('span', {class: 'null'}, 'null')
+        : typeof cell === 'object' ? JSON.stringify(cell) : String(cell)))));
+      shown += 1;
+    }
+    pending = [];
+    tbody.append(fragment);
+  };
+  const schedule = () => {
+    if (!scheduled) {
+      scheduled = true;
+      requestAnimationFrame(flush);
+    }
+  };
+  return {
+    node,
+    flush,
+    columns(names) { head.replaceChildren(...names.map((n) => h('th', {scope: 'col'}, typeof n === 'string' ? n : (n && n.name) || String(n)))); },
+    row(values) { pending.push(values); schedule(); },
+    rows(list) { pending.push(...list); flush(); },
+  };
+}
