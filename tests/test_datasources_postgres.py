@@ -23,7 +23,7 @@ PAYLOADS = [
     "' OR '1'='1", "'; DROP TABLE vault; --", "\" OR \"\"=\"", "1 OR 1=1", "1; SELECT 1",
     "$1", "$$ OR true $$", "E'\\x27 OR 1=1 --'", "0001", "admin'--", "') OR ('a'='a",
     "\\'; DROP TABLE vault; --", "1' UNION SELECT secret FROM vault --", "%", "_", "*/ OR 1=1 /*",
-    "NULL", "{{ s }}", "\u0000".replace("\u0000", "nul?"), "ＳＥＬＥＣＴ", "🚀' OR 1=1 --",
+    "NULL", "{{ s }}", "\uff33\uff25\uff2c\uff25\uff23\uff34", "🚀' OR 1=1 --",
 ]
 
 

@@ -24,8 +24,8 @@ from tests.test_auth_support import Appliance, Client, prepare
 async def proxy(state: Path, **egress: Any) -> AsyncIterator[Appliance]:
     """The appliance with users admin/developer/viewer and a token each (`appliance.tokens`)."""
     s, raw_tokens = await prepare(state, require_2fa="", tokens=True)
-    s = dataclasses.replace(s, egress=dataclasses.replace(s.egress, allow_private=True,
-                                                          **egress))
+    s = dataclasses.replace(s, egress=dataclasses.replace(s.egress,
+                                                          **{"allow_private": True, **egress}))
     tls = TLSManager(s.tls, state)
     tls.load_initial()
     app = build_app(s, tls)

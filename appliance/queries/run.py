@@ -84,9 +84,11 @@ class Runner:
         compiled = await self.queries.compiled(query_id)
         run: Run | None = None
         outcome, code = "ok", None
+        datasource: str | None = None
         try:
             bound = compiled.template.bind(params)  # InvalidParameter (422) names the parameter
             engine = await self.datasources.engine(compiled.datasource_id)
+            datasource = engine.target.name
             limits = engine.target.limits
             max_rows = min(compiled.max_rows or limits.max_rows, limits.max_rows)
             timeout_ms = min(compiled.timeout_ms or limits.statement_timeout_ms,
@@ -97,6 +99,8 @@ class Runner:
                           limits.max_response_bytes, rows.batches, started=started)
                 yield run
         except ApplianceError as exc:
+            if datasource is not None and not getattr(exc, "datasource", None):
+                exc.datasource = datasource  # type: ignore[attr-defined]  # e.g. egress denials
             outcome, code = ("denied" if exc.status in (401, 403) else "failed"), exc.code
             await self._record(compiled, run, context, started, outcome, code, mode)
             raise
