@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,6 +28,8 @@ from appliance.errors import ApplianceError
 from appliance.query import MongoCommand
 
 BATCH = 1000
+# PyMongo's DEBUG command log quotes commands and replies (filters, documents): never below INFO.
+logging.getLogger("pymongo").setLevel(logging.INFO)
 _AUTH_CODES = frozenset({11, 13, 18})  # UserNotFound, Unauthorized, AuthenticationFailed
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -25,6 +26,8 @@ from appliance.datasources.errors import (
 from appliance.query import BoundStatement
 
 STREAM_BATCH = 1000
+# aiosqlite's DEBUG records quote every statement with its parameter values: never below INFO.
+logging.getLogger("aiosqlite").setLevel(logging.INFO)
 _DENIED_ACTIONS = frozenset({sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH, sqlite3.SQLITE_PRAGMA})
 
 
