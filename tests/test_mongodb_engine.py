@@ -1,0 +1,178 @@
+"""The MongoDB engine through the real API against a server speaking the MongoDB wire protocol
+(OP_MSG; no real MongoDB can be installed here): operator injection through every parameter type
+never reaches the server, values arrive as values, results come back as documents."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.test_queries_support import as_role, create_datasource, create_query, proxy, run
+
+bson = pytest.importorskip("bson")
+pytest.importorskip("pymongo")
+
+OP_REPLY, OP_QUERY, OP_MSG = 1, 2004, 2013
+DOCS = [{"_id": 1, "owner": "alice", "secret": "alice-secret"}]
+
+
+class WireServer:
+    def __init__(self) -> None:
+        self.commands: list[dict[str, Any]] = []
+        self.server: asyncio.AbstractServer | None = None
+        self.port = 0
+
+    def reply(self, command: dict[str, Any], sequences: dict[str, list[Any]]) -> dict[str, Any]:
+        name = next(iter(command))
+        if name.lower() in ("hello", "ismaster"):
+            return {"helloOk": True, "ismaster": True, "isWritablePrimary": True,
+                    "maxBsonObjectSize": 16 * 1024 * 1024, "maxMessageSizeBytes": 48_000_000,
+                    "maxWriteBatchSize": 100_000, "localTime": dt.datetime.now(dt.UTC),
+                    "logicalSessionTimeoutMinutes": 30, "connectionId": 1,
+                    "minWireVersion": 0, "maxWireVersion": 21, "ok": 1.0}
+        if name in ("ping", "endSessions"):
+            return {"ok": 1.0}
+        self.commands.append({**command, **sequences})
+        namespace = f"{command.get('$db')}.{command[name]}"
+        if name == "find":
+            matched = [d for d in DOCS if all(d.get(k) == v for k, v in
+                                              command.get("filter", {}).items())]
+            return {"cursor": {"firstBatch": matched, "id": bson.Int64(0), "ns": namespace},
+                    "ok": 1.0}
+        if name == "aggregate":
+            return {"cursor": {"firstBatch": [{"_id": 1, "n": 0}], "id": bson.Int64(0),
+                               "ns": namespace}, "ok": 1.0}
+        if name == "insert":
+            return {"n": len(sequences.get("documents", command.get("documents", []))),
+                    "ok": 1.0}
+        return {"ok": 0.0, "errmsg": f"no such command: {name}", "code": 59}
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                header = await reader.readexactly(16)
+                length, request_id, _, opcode = struct.unpack("<iiii", header)
+                body = await reader.readexactly(length - 16)
+                if opcode == OP_QUERY:
+                    name_end = body.index(b"\x00", 4)
+                    document = bson.decode(body[name_end + 9:])
+                    payload = struct.pack("<iqii", 0, 0, 0, 1) + bson.encode(
+                        self.reply(document, {}))
+                    reply_op = OP_REPLY
+                elif opcode == OP_MSG:
+                    position, document, sequences = 4, {}, {}
+                    while position < len(body):
+                        kind = body[position]
+                        size = struct.unpack("<i", body[position + 1:position + 5])[0]
+                        if kind == 0:
+                            document = bson.decode(body[position + 1:position + 1 + size])
+                        else:
+                            section = body[position + 5:position + 1 + size]
+                            name_end = section.index(b"\x00")
+                            sequences[section[:name_end].decode()] = \
+                                bson.decode_all(section[name_end + 1:])
+                        position += 1 + size
+                    payload = struct.pack("<I", 0) + b"\x00" + bson.encode(
+                        self.reply(document, sequences))
+                    reply_op = OP_MSG
+                else:
+                    return
+                writer.write(struct.pack("<iiii", 16 + len(payload), 0, request_id, reply_op)
+                             + payload)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def mongo() -> AsyncIterator[WireServer]:
+    server = WireServer()
+    server.server = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    server.port = server.server.sockets[0].getsockname()[1]
+    yield server
+    server.server.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(server.server.wait_closed(), 2)
+
+
+TYPES: dict[str, Any] = {"string": "s", "integer": 1, "number": 1.5, "boolean": True,
+                         "date": "2024-01-02", "datetime": "2024-01-02T03:04:05Z",
+                         "array<string>": ["a"], "json": {"k": 1}}
+INJECTIONS = [{"$ne": None}, {"$gt": ""}, {"$where": "sleep(1000)"}, ["$ne", None],
+              {"$regex": ".*"}, {"owner": {"$ne": None}}]
+
+
+async def test_operator_injection_through_every_type(tmp_path: Path, mongo: WireServer) -> None:
+    async with proxy(tmp_path / "state") as appliance:
+        dev = as_role(appliance, "developer")
+        ds = await create_datasource(dev, name="mongo", kind="mongodb",
+                                     config={"host": "127.0.0.1", "port": mongo.port,
+                                             "database": "app", "tls": "disable"})
+        queries = {}
+        for kind in TYPES:
+            queries[kind] = (await create_query(
+                dev, ds["id"], {"collection": "vault", "operation": "find",
+                                "filter": {"owner": "{{ v }}"}},
+                [{"name": "v", "type": kind}], name=f"find {kind.replace('<', '-')[:-1]}"
+                if "<" in kind else f"find {kind}"))["id"]
+        for kind, query_id in queries.items():
+            ok = await run(dev, query_id, {"v": TYPES[kind]})
+            assert ok.status == 200, (kind, ok.body)
+            for payload in INJECTIONS:
+                before = len(mongo.commands)
+                resp = await run(dev, query_id, {"v": payload})
+                if kind == "json" and "'$" not in str(payload if isinstance(payload, dict)
+                                                      else {}):
+                    assert resp.status == 200  # no operator key: for json, just a value
+                    continue
+                assert resp.status == 422 and resp.code == "invalid_parameter", (kind, payload)
+                assert len(mongo.commands) == before  # nothing reached the server
+        # a string that looks like an operator is just a string
+        resp = await run(dev, queries["string"], {"v": "$ne"})
+        assert resp.status == 200 and resp.body["rows"] == []
+        assert mongo.commands[-1]["filter"] == {"owner": "$ne"}
+        resp = await run(dev, queries["string"], {"v": "alice"})
+        assert resp.body["columns"] == ["document"]
+        assert resp.body["rows"] == [[DOCS[0]]]
+        sent = [c for c in mongo.commands if "find" in c]
+        assert all(isinstance(c["filter"]["owner"], str | int | float | bool | dt.datetime | list)
+                   or c["filter"]["owner"] == {"k": 1} for c in sent)
+
+        inserted = await create_query(dev, ds["id"], {"collection": "log",
+                                                      "operation": "insert_one",
+                                                      "document": {"who": "{{ who }}"}},
+                                      [{"name": "who", "type": "string"}], name="insert")
+        resp = await run(dev, inserted["id"], {"who": "bob"})
+        assert resp.status == 200 and resp.body["columns"] == ["inserted_id"]
+        refused = await dev.request("POST", "/api/v1/queries", {
+            "name": "where", "datasource_id": ds["id"],
+            "body": {"collection": "vault", "operation": "find",
+                     "filter": {"$where": "this.a == 1"}}})
+        assert refused.status == 422
+
+
+async def test_mongodb_down(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with proxy(tmp_path / "state") as appliance:
+        dev = as_role(appliance, "developer")
+        ds = await create_datasource(dev, name="mongo down", kind="mongodb",
+                                     config={"host": "127.0.0.1", "port": port,
+                                             "database": "app", "tls": "disable",
+                                             "statement_timeout_ms": 1000})
+        q = await create_query(dev, ds["id"], {"collection": "c", "operation": "count"},
+                               name="count")
+        resp = await run(dev, q["id"])
+        assert resp.status in (502, 504) and "'mongo down'" in resp.body["error"]["message"]
