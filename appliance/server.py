@@ -10,13 +10,17 @@ import logging
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
 from aiohttp import web
 
 from appliance import __version__, bootstrap, demo, state_dir
+from appliance import settings as settings_module
 from appliance.http.app import build_app
+from appliance.http.keys import EGRESS
 from appliance.http.redirect import build_redirect_app
+from appliance.reload import Reloader
 from appliance.settings import Endpoint, Settings
 from appliance.tls import TLSManager
 
@@ -37,7 +41,10 @@ def _url(endpoint: Endpoint, port: int) -> str:
     return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
-async def serve(settings: Settings, out: TextIO = sys.stdout) -> int:
+async def serve(settings: Settings, out: TextIO = sys.stdout, *,
+                reload_settings: Callable[[], Settings] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT. SIGHUP calls `reload_settings` (the same load as at start) and
+    applies what can change live (see appliance.reload)."""
     if settings.dev:
         await bootstrap.init_state(settings)
     state = settings.server.state_dir.absolute()
@@ -57,15 +64,18 @@ async def serve(settings: Settings, out: TextIO = sys.stdout) -> int:
     http_runner: web.AppRunner | None = None
     try:
         await site.start()
-        port = bound_ports(site)[0][1]
+        own = bound_ports(site)
+        port = own[0][1]
         if settings.server.http_listen is not None:
             http_listen = settings.server.http_listen
             http_runner = web.AppRunner(build_redirect_app(settings, port, tls.http01),
                                         access_log=None,
                                         handle_signals=False, shutdown_timeout=2)
             await http_runner.setup()
-            await web.TCPSite(http_runner, http_listen.host, http_listen.port,
-                              reuse_address=True).start()
+            http_site = web.TCPSite(http_runner, http_listen.host, http_listen.port,
+                                    reuse_address=True)
+            await http_site.start()
+            own += bound_ports(http_site)
     except OSError as exc:
         await runner.cleanup()
         if http_runner is not None:
@@ -73,6 +83,7 @@ async def serve(settings: Settings, out: TextIO = sys.stdout) -> int:
         print(f"error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
 
+    app[EGRESS].policy.set_own_listeners(own)  # never a destination, in any spelling
     tls.listeners_ready()  # acme: issuance starts in the background now that HTTP-01 answers
     url = _url(listen, port)
     log.info("listening", extra={"url": url, "version": __version__, "tls_mode": tls.settings.mode})
@@ -88,6 +99,8 @@ async def serve(settings: Settings, out: TextIO = sys.stdout) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    reloader = Reloader(app, settings, reload_settings or _same_load(settings))
+    loop.add_signal_handler(signal.SIGHUP, reloader.on_signal)
     await stop.wait()
 
     log.info("stopping: draining in-flight requests",
@@ -98,6 +111,15 @@ async def serve(settings: Settings, out: TextIO = sys.stdout) -> int:
     await runner.cleanup()
     log.info("stopped")
     return 0
+
+
+def _same_load(settings: Settings) -> Callable[[], Settings]:
+    """Reload from the same file (and the environment), listeners as they are now."""
+    server = settings.server
+    flags = {"state_dir": str(server.state_dir), "listen": str(server.listen),
+             "http_listen": str(server.http_listen or "")}
+    return lambda: settings_module.load(config_file=settings.config_file, dev=settings.dev,
+                                        flags=flags)
 
 
 def _notify(settings: Settings, message: bytes) -> None:

@@ -10,6 +10,7 @@ import asyncio
 
 from appliance import server
 from appliance.cli.common import add_state_options, load_settings
+from appliance.settings import Settings, load
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,12 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = load_settings(
-        args,
-        dev=args.dev,
-        listen=args.listen,
-        http_listen=args.http_listen,
-        log_format=args.log_format,
-        log_level=args.log_level,
-    )
-    return asyncio.run(server.serve(settings))
+    flags = {"listen": args.listen, "http_listen": args.http_listen,
+             "log_format": args.log_format, "log_level": args.log_level,
+             "state_dir": args.state_dir}
+    settings = load_settings(args, dev=args.dev, **flags)
+
+    def reload_settings() -> Settings:  # SIGHUP: the same file, environment and flags
+        return load(config_file=args.config, flags=flags, dev=args.dev)
+
+    return asyncio.run(server.serve(settings, reload_settings=reload_settings))

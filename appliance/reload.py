@@ -1,0 +1,119 @@
+"""SIGHUP: re-read the settings; apply what can change live (TLS files, egress policy, log level).
+
+Owns the list of live-changeable settings and the comparison of old and new settings. Never drops a
+connection, never applies half of a bad file, and logs setting names only, never their values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from appliance import logs
+from appliance.errors import ApplianceError
+from appliance.http.keys import EGRESS_RUNTIME, TLS
+from appliance.settings import SCHEMA, Settings
+
+log = logging.getLogger("appliance.reload")
+
+# (section, key) that a reload applies; every other changed setting needs a restart.
+LIVE: frozenset[tuple[str, str]] = frozenset({
+    ("tls", "cert_file"), ("tls", "key_file"), ("tls", "check_interval"),
+    *(("egress", key) for key in SCHEMA["egress"]),
+    ("log", "level"),
+})
+
+
+@dataclass
+class Report:
+    """What one reload did: settings applied live, settings that need a restart, an error."""
+
+    applied: list[str] = field(default_factory=list)
+    restart_needed: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def changed_settings(old: Settings, new: Settings) -> list[str]:
+    """`section.key` of every setting whose value differs."""
+    out = []
+    for section, keys in SCHEMA.items():
+        old_section, new_section = getattr(old, section), getattr(new, section)
+        for key in keys:
+            if getattr(old_section, key) != getattr(new_section, key):
+                out.append(f"{section}.{key}")
+    return out
+
+
+class Reloader:
+    """Holds the settings the process runs with now; `reload()` moves it to a fresh load."""
+
+    def __init__(self, app: web.Application, current: Settings,
+                 load: Callable[[], Settings]) -> None:
+        self.app = app
+        self.current = current
+        self.load = load
+
+    def on_signal(self) -> None:
+        """The SIGHUP handler: a reload that can never take the process down."""
+        try:
+            self.reload()
+        except Exception as exc:  # a bug here must not end the server
+            log.error("reload failed; running settings unchanged",
+                      extra={"exception": type(exc).__qualname__})
+
+    def reload(self) -> Report:
+        report = Report()
+        try:
+            new = self.load()
+        except ApplianceError as exc:  # ConfigError names the key; nothing is applied
+            report.error = exc.message
+            log.error("reload refused: settings are invalid; nothing changed",
+                      extra={"error": exc.message})
+            return report
+        changed = changed_settings(self.current, new)
+        live = [name for name in changed if tuple(name.split(".", 1)) in LIVE]
+        report.restart_needed = [name for name in changed if name not in live]
+
+        # TLS: new file paths (files mode), then a check that re-reads the files (a renewed
+        # certificate at the same path is installed too); open connections keep their session.
+        tls = self.app[TLS]
+        tls_changed = [name for name in live if name.startswith("tls.")]
+        if tls_changed:
+            tls.settings = dataclasses.replace(
+                tls.settings, cert_file=new.tls.cert_file, key_file=new.tls.key_file,
+                check_interval=new.tls.check_interval)
+        installed = tls.check()
+        if tls_changed or installed:
+            report.applied += tls_changed or ["tls (files re-read)"]
+
+        egress_changed = [name for name in live if name.startswith("egress.")]
+        if egress_changed:
+            try:
+                self.app[EGRESS_RUNTIME].rebase(new.egress)
+                report.applied += egress_changed
+            except ValueError as exc:
+                log.error("reload: egress settings refused; the old policy stays",
+                          extra={"error": str(exc)})
+                new = dataclasses.replace(new, egress=self.current.egress)
+
+        if "log.level" in live:
+            logs.set_level(new.log.level)
+            report.applied.append("log.level")
+
+        # What needs a restart keeps its old value here, so it is named again on the next reload.
+        kept = {section: getattr(self.current, section) for section in ("server", "auth")}
+        self.current = dataclasses.replace(
+            new, **kept,
+            tls=dataclasses.replace(self.current.tls, cert_file=new.tls.cert_file,
+                                    key_file=new.tls.key_file,
+                                    check_interval=new.tls.check_interval),
+            log=dataclasses.replace(self.current.log, level=new.log.level))
+        log.info("settings reloaded", extra={"applied": report.applied})
+        if report.restart_needed:
+            log.warning("settings changed that need a restart to apply",
+                        extra={"settings": report.restart_needed})
+        return report
