@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from appliance.state_dir import STORE_FILE
 from tests.conftest import ServerProcess, clean_env, start_server
 from tests.test_auth_support import prepare
 
@@ -196,6 +197,7 @@ class CAFront:
         self.port = free_port()
         self.ari_window: tuple[dt.datetime, dt.datetime] | None = None
         self.ari_retry_after = 3600
+        self.ari_broken = False
         self.profiles: dict[str, str] | None = None
         self.reject_orders_429: int | None = None  # Retry-After seconds
         self.orders: list[dict[str, Any]] = []
@@ -234,6 +236,8 @@ class CAFront:
         path = request.path
         if path.startswith("/renewal-info/") and self.ari_window is not None:
             self.ari_requests.append(path.rsplit("/", 1)[1])
+            if self.ari_broken:
+                return web.Response(status=500, text="renewal info broke (test)")
             start, end = self.ari_window
             return web.json_response(
                 {"suggestedWindow": {"start": start.isoformat().replace("+00:00", "Z"),
@@ -360,7 +364,7 @@ class AcmeAppliance:
     def db(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         import sqlite3
 
-        with contextlib.closing(sqlite3.connect(self.state / "store.db", timeout=10)) as conn:
+        with contextlib.closing(sqlite3.connect(self.state / STORE_FILE, timeout=10)) as conn:
             return conn.execute(sql, params).fetchall()
 
 

@@ -195,6 +195,7 @@ class ACMEClient:
             # The CA forgot the account (a reset test CA, a deactivated account): register the
             # same key again, once.
             self.account_uri = None
+            self._net.account = None  # a new registration is signed with the JWK, not a kid
             self.ensure_account()
             orderr = self._new_order(acme, csr_pem, chosen, replaces)
         tokens: list[str] = []
@@ -376,7 +377,6 @@ def _is_ip(name: str) -> bool:
 
 
 def _utc(when: Any) -> dt.datetime:
-    """The package mixes aware UTC and naive local times: make both aware UTC."""
-    if when.tzinfo is None:
-        return when.astimezone(dt.UTC)
+    """The package mixes aware UTC and naive local times: make both aware UTC (a naive time is
+    read as local time by `astimezone`)."""
     return when.astimezone(dt.UTC)

@@ -208,8 +208,8 @@ class ACMEIssuer:
                 raise ACMEError("the CA returned a certificate for other names: "
                                 f"{', '.join(info.names)}")
             if not renewal.is_newer(info, current):
-                raise ACMEError("the CA returned a certificate that does not expire later than "
-                                "the one served; keeping the current one")
+                raise ACMEError("the CA returned a certificate that is not newer than the one "
+                                "served; keeping the current one")
             renew_at = renewal.renew_at(info, ari_time)
             self._install(chain, cert_key, info)
             await self.storage.record_success(
@@ -246,6 +246,7 @@ class ACMEIssuer:
                 ari_time, ari_next = client.renewal_window(chain)
             except ACMEError as exc:  # the certificate is good; fall back to the ratio
                 log.warning("acme renewal information unavailable", extra={"error": exc.message})
+                ari_next = _now() + renewal.ARI_RETRY
         return chain, ari_time, ari_next, replaces
 
     async def _failed(self, record: CertRecord, exc: ACMEError, orders: int, action: str,
@@ -290,7 +291,7 @@ class ACMEIssuer:
             when, again = await asyncio.to_thread(client.renewal_window, chain)
         except ACMEError as exc:
             log.warning("acme renewal information unavailable", extra={"error": exc.message})
-            when, again = None, _now() + dt.timedelta(hours=1)
+            when, again = None, _now() + renewal.ARI_RETRY
             renew = record.renew_at
         else:
             renew = renewal.renew_at(self.info, when)

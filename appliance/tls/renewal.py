@@ -15,8 +15,8 @@ BACKOFF: tuple[dt.timedelta, ...] = tuple(
     dt.timedelta(minutes=m) for m in (1, 2, 5, 10, 30, 60, 120, 180, 240, 300, 360))
 # Default seconds between renewal checks (`tls.renew_check_interval`).
 CHECK_INTERVAL = 600.0
-# Without ARI's own Retry-After, ask for renewal information again after this long.
-ARI_RECHECK = dt.timedelta(hours=6)
+# After a failed renewal-information request, ask again after this long.
+ARI_RETRY = dt.timedelta(hours=1)
 
 
 def backoff(failures: int) -> dt.timedelta:
@@ -41,5 +41,10 @@ def renew_at(info: CertificateInfo, ari_time: dt.datetime | None) -> dt.datetime
 
 
 def is_newer(candidate: CertificateInfo, current: CertificateInfo | None) -> bool:
-    """A certificate may replace the current one only if it expires later."""
-    return current is None or candidate.not_after > current.not_after
+    """A certificate may replace the current one only if it is another certificate that starts
+    no earlier and expires no earlier (a CA issuing twice in one second gives equal times)."""
+    if current is None:
+        return True
+    return (candidate.fingerprint_sha256 != current.fingerprint_sha256
+            and candidate.not_before >= current.not_before
+            and candidate.not_after >= current.not_after)
