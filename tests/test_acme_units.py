@@ -277,3 +277,23 @@ def test_renew_check_interval_setting() -> None:
     assert loaded.tls.renew_check_interval == 30
     with pytest.raises(settings_module.ConfigError, match="APPLIANCE_TLS_RENEW_CHECK_INTERVAL"):
         settings_module.load(env={"APPLIANCE_TLS_RENEW_CHECK_INTERVAL": "0"})
+
+
+def test_doctor_in_acme_mode_checks_names_and_port_80(tmp_path: Path) -> None:
+    config = tmp_path / "appliance.toml"
+    config.write_text('[server]\nlisten = "127.0.0.1:0"\nhttp_listen = "127.0.0.1:8080"\n'
+                      '[tls]\nmode = "acme"\nnames = ["localhost", "no-such-name.invalid", '
+                      '"192.0.2.1"]\n')
+    state = tmp_path / "state"
+    assert run_cli("init", "--state-dir", str(state), "--config", str(config),
+                   env=clean_env()).returncode == 0
+    result = run_cli("doctor", "--state-dir", str(state), "--config", str(config),
+                     env=clean_env())
+    out = result.stdout
+    assert result.returncode == 1, out
+    assert "ok    acme name localhost: resolves to" in out
+    assert "FAIL  acme name no-such-name.invalid: does not resolve" in out
+    assert "ok    acme name 192.0.2.1: an IP address" in out
+    assert "FAIL  acme http-01: server.http_listen is 127.0.0.1:8080, but CAs connect to port 80" \
+        in out
+    assert "acme certificate: none yet" in out

@@ -121,8 +121,9 @@ def _tls(settings: Settings) -> list[Check]:
     tls = settings.tls
     state = settings.server.state_dir.absolute()
     if tls.mode == "acme":
-        return [Check("tls", False, "tls.mode 'acme' is not available in this version",
-                      "use tls.mode = 'local' or 'files'")]
+        from appliance.tls.diagnosis import acme_checks
+
+        return [Check(*finding) for finding in acme_checks(settings)]
     if tls.mode == "files":
         assert tls.cert_file is not None and tls.key_file is not None
         cert, key = tls.cert_file, tls.key_file
