@@ -247,8 +247,9 @@ def _literal_body(quote: str) -> st.SearchStrategy[str]:
 
 
 def _inert(s: str) -> str:
-    """Content that cannot end a construct early or smuggle a binding in."""
-    return s.replace("{", "(").replace("}", ")")
+    """Content that cannot end a construct early, smuggle a binding in, or look like the
+    `<name>` markers the expected text uses."""
+    return s.replace("{", "(").replace("}", ")").replace("<", "(").replace(">", ")")
 
 
 @st.composite
