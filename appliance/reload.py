@@ -101,7 +101,6 @@ class Reloader:
                 new = dataclasses.replace(new, egress=self.current.egress)
 
         if "log.level" in live:
-            logs.set_level(new.log.level)
             report.applied.append("log.level")
 
         # What needs a restart keeps its old value here, so it is named again on the next reload.
@@ -116,4 +115,6 @@ class Reloader:
         if report.restart_needed:
             log.warning("settings changed that need a restart to apply",
                         extra={"settings": report.restart_needed})
+        if "log.level" in live:  # last, so the lines above are written at the old level
+            logs.set_level(new.log.level)
         return report
