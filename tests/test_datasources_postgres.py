@@ -237,3 +237,35 @@ async def test_concurrent_runs(tmp_path: Path, pg: PostgresServer) -> None:
                                          for i in range(count)))
         assert [r.status for r in results] == [200] * count
         assert [r.body["rows"] for r in results] == [[[2 * i]] for i in range(count)]
+
+
+async def test_ndjson_stream_from_postgres(tmp_path: Path, pg: PostgresServer) -> None:
+    import json
+
+    async with proxy(tmp_path / "state") as appliance:
+        dev = as_role(appliance, "developer")
+        ds = await pg_datasource(dev, pg, max_rows=2500)
+        q = await create_query(dev, ds["id"], "SELECT i, 'r' || i AS s FROM "
+                                              "generate_series(1, {{ n }}) i",
+                               [{"name": "n", "type": "integer"}], name="series")
+        async with dev.http.post(appliance.url + f"/api/v1/queries/{q['id']}/run",
+                                 json={"params": {"n": 5000}},
+                                 headers={"Authorization": f"Bearer {dev.token}",
+                                          "Accept": "application/x-ndjson"},
+                                 ssl=appliance.ssl) as r:
+            assert r.status == 200
+            lines = [json.loads(line) for line in (await r.text()).splitlines()]
+        assert lines[0] == {"columns": ["i", "s"]}
+        assert lines[1] == [1, "r1"] and lines[2500] == [2500, "r2500"]
+        assert lines[-1]["row_count"] == 2500 and lines[-1]["truncated"] is True
+        writes = await create_query(dev, ds["id"], "INSERT INTO vault (owner) VALUES ({{ o }}) "
+                                                   "RETURNING owner",
+                                    [{"name": "o", "type": "string"}], name="insert")
+        async with dev.http.post(appliance.url + f"/api/v1/queries/{writes['id']}/run",
+                                 json={"params": {"o": "streamed"}},
+                                 headers={"Authorization": f"Bearer {dev.token}",
+                                          "Accept": "application/x-ndjson"},
+                                 ssl=appliance.ssl) as r:
+            assert (await r.text()).splitlines()[1] == '["streamed"]'
+        assert pg.sql("SELECT count(*) FROM vault WHERE owner = 'streamed'").strip() == "1"
+        pg.sql("DELETE FROM vault WHERE owner = 'streamed'")

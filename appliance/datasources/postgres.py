@@ -135,8 +135,9 @@ class PostgresEngine(Engine):
             transaction = conn.transaction()
             try:
                 await transaction.start()
-                cursor = await conn.cursor(bound.sql, *bound.values, timeout=timeout)
-                columns = [a.name for a in cursor.get_attributes()]
+                statement = await conn.prepare(bound.sql, timeout=timeout)
+                columns = [a.name for a in statement.get_attributes()]
+                cursor = await statement.cursor(*bound.values, timeout=timeout)
             except BaseException as exc:
                 with contextlib.suppress(Exception):
                     await transaction.rollback()

@@ -1,0 +1,353 @@
+"""Query-proxy benchmark: the same parameterised PostgreSQL query (a) through asyncpg directly,
+(b) through a bare aiohttp handler using asyncpg, (c) through the appliance over HTTPS with a
+bearer token, at concurrency 1 and 32; then a 1,000,000-row NDJSON stream (rows/s against asyncpg
+directly, and the appliance's peak RSS growth). Prints a Markdown table; never asserts.
+
+Usage: .venv/bin/python bench/proxy.py [--requests N] [--rows N]
+Needs PostgreSQL server binaries (initdb, pg_ctl, psql); runs them as `postgres` when root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pwd
+import shutil
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PASSWORD = "bench-Pa55word"
+SQL = "SELECT id, name, v FROM bench WHERE id = $1"
+TEMPLATE = "SELECT id, name, v FROM bench WHERE id = {{ id }}"
+
+
+def pg_bin(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    for root in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (root / name).exists():
+            return str(root / name)
+    raise SystemExit(f"{name} not found")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    def __init__(self) -> None:
+        self.prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.root = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+        self.root.chmod(0o755)
+        if self.prefix:
+            owner = pwd.getpwnam("postgres")
+            os.chown(self.root, owner.pw_uid, owner.pw_gid)
+        self.port = free_port()
+        self.data = self.root / "data"
+
+    def start(self) -> None:
+        subprocess.run([*self.prefix, pg_bin("initdb"), "-D", str(self.data), "-U", "postgres",
+                        "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C"], check=True,
+                       capture_output=True)
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write(f"listen_addresses = '127.0.0.1'\nport = {self.port}\n"
+                       f"unix_socket_directories = '{self.root}'\nfsync = off\n"
+                       "max_connections = 200\nshared_buffers = 64MB\n")
+        (self.data / "pg_hba.conf").write_text("local all postgres trust\n"
+                                               "host all all 127.0.0.1/32 scram-sha-256\n")
+        subprocess.run([*self.prefix, pg_bin("pg_ctl"), "-D", str(self.data), "-l",
+                        str(self.root / "log"), "-w", "start"], check=True, capture_output=True)
+        self.sql(f"CREATE ROLE app LOGIN PASSWORD '{PASSWORD}'", "postgres")
+        self.sql("CREATE DATABASE appdb OWNER app", "postgres")
+        self.sql("CREATE TABLE bench (id int PRIMARY KEY, name text, v float8); "
+                 "INSERT INTO bench SELECT i, 'name ' || i, i * 0.5 "
+                 "FROM generate_series(1, 1000) i;"
+                 "ALTER TABLE bench OWNER TO app")
+
+    def sql(self, text: str, db: str = "appdb") -> None:
+        subprocess.run([*self.prefix, pg_bin("psql"), "-h", str(self.root), "-p", str(self.port),
+                        "-U", "postgres", "-d", db, "-v", "ON_ERROR_STOP=1", "-qc", text],
+                       check=True, capture_output=True)
+
+    def stop(self) -> None:
+        subprocess.run([*self.prefix, pg_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate",
+                        "stop"], capture_output=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def pg_kwargs(port: int) -> dict:
+    return {"host": "127.0.0.1", "port": port, "user": "app", "password": PASSWORD,
+            "database": "appdb", "ssl": False}
+
+
+# --- servers (child processes) -----------------------------------------------------------------
+
+
+async def serve_bare(port: int, state: Path) -> None:
+    """(b): a bare aiohttp handler over HTTPS (the appliance's local CA cert) running asyncpg."""
+    import asyncpg
+    from aiohttp import web
+
+    pool = await asyncpg.create_pool(**pg_kwargs(port), min_size=1, max_size=10)
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await request.json()
+        rows = await pool.fetch(SQL, body["params"]["id"])
+        return web.json_response({"columns": ["id", "name", "v"],
+                                  "rows": [list(r) for r in rows], "row_count": len(rows)})
+
+    app = web.Application()
+    app.router.add_post("/run", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(state / "bare-cert.pem", state / "bare-key.pem")
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+    await site.start()
+    print(json.dumps({"port": site._server.sockets[0].getsockname()[1]}), flush=True)
+    await asyncio.Event().wait()
+
+
+async def serve_appliance(port: int, state: Path) -> None:
+    """(c): the appliance (build_app, local CA, TLS) with a PostgreSQL datasource and a query."""
+    import dataclasses
+    import logging
+
+    from aiohttp import web
+
+    from appliance.audit import Context
+    from appliance.http.app import build_app
+    from appliance.http.keys import DATASOURCES, QUERIES
+    from appliance.server import bound_ports
+    from appliance.tls import TLSManager
+    from tests.test_auth_support import prepare
+
+    logging.disable(logging.WARNING)
+    s, tokens = await prepare(state, require_2fa="", users=("developer",), tokens=True)
+    s = dataclasses.replace(s, egress=dataclasses.replace(s.egress, allow_private=True))
+    tls = TLSManager(s.tls, state)
+    tls.load_initial()
+    app = build_app(s, tls)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls.context, backlog=512)
+    await site.start()
+    ctx = Context(actor="bench")
+    ds = await app[DATASOURCES].create({
+        "name": "bench", "kind": "postgres",
+        "config": {"host": "127.0.0.1", "port": port, "database": "appdb", "user": "app",
+                   "tls": "disable", "max_connections": 10, "max_rows": 2_000_000,
+                   "max_response_bytes": 1024 ** 3, "statement_timeout_ms": 600_000},
+        "secrets": {"password": PASSWORD}}, ctx)
+    one = await app[QUERIES].create({"name": "one", "datasource_id": ds["id"], "body": TEMPLATE,
+                                     "parameters": [{"name": "id", "type": "integer"}]}, ctx)
+    many = await app[QUERIES].create({
+        "name": "many", "datasource_id": ds["id"],
+        "body": "SELECT i, 'row ' || i AS name, i * 0.5 AS v "
+                "FROM generate_series(1, {{ n }}) i",
+        "parameters": [{"name": "n", "type": "integer"}]}, ctx)
+    print(json.dumps({"port": bound_ports(site)[0][1], "token": tokens["admin"],
+                      "one": one["id"], "many": many["id"], "ca": str(tls.ca.cert_path)}),
+          flush=True)
+    await asyncio.Event().wait()
+
+
+# --- load ---------------------------------------------------------------------------------------
+
+
+def summary(latencies: list[float], elapsed: float) -> dict:
+    latencies.sort()
+    return {"qps": len(latencies) / elapsed,
+            "p50": statistics.median(latencies) * 1000,
+            "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000}
+
+
+async def load(call, requests: int, concurrency: int) -> dict:
+    latencies: list[float] = []
+    counter = iter(range(requests))
+
+    async def worker() -> None:
+        for i in counter:
+            started = time.perf_counter()
+            await call(i % 1000 + 1)
+            latencies.append(time.perf_counter() - started)
+
+    for i in range(min(50, requests)):  # warm-up
+        await call(i + 1)
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return summary(latencies, time.perf_counter() - started)
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def run_bench(requests: int, rows: int) -> None:
+    import aiohttp
+    import asyncpg
+
+    cluster = Cluster()
+    cluster.start()
+    state = Path(tempfile.mkdtemp(prefix="bench-state-"))
+    children: list[subprocess.Popen[str]] = []
+    try:
+        def spawn(kind: str, where: Path) -> tuple[subprocess.Popen[str], dict]:
+            proc = subprocess.Popen([sys.executable, __file__, f"--serve-{kind}",
+                                     str(cluster.port), str(where)], stdout=subprocess.PIPE,
+                                    text=True, cwd=ROOT)
+            children.append(proc)
+            assert proc.stdout is not None
+            return proc, json.loads(proc.stdout.readline())
+
+        appliance_proc, app_info = spawn("appliance", state / "appliance")
+        ca = Path(app_info["ca"])
+        _make_bare_cert(ca.parent, state)
+        _, bare_info = spawn("bare", state)
+        client_ctx = ssl.create_default_context(cafile=str(ca))
+        pool = await asyncpg.create_pool(**pg_kwargs(cluster.port), min_size=1, max_size=32)
+        results: dict[tuple[str, int], dict] = {}
+        connector = aiohttp.TCPConnector(limit=0, ssl=client_ctx)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            async def direct(i: int) -> None:
+                await pool.fetch(SQL, i)
+
+            async def bare(i: int) -> None:
+                async with http.post(f"https://127.0.0.1:{bare_info['port']}/run",
+                                     json={"params": {"id": i}}) as r:
+                    await r.read()
+                    assert r.status == 200
+
+            headers = {"Authorization": f"Bearer {app_info['token']}"}
+
+            async def appliance(i: int) -> None:
+                async with http.post(
+                        f"https://127.0.0.1:{app_info['port']}/api/v1/queries/"
+                        f"{app_info['one']}/run", json={"params": {"id": i}},
+                        headers=headers) as r:
+                    await r.read()
+                    assert r.status == 200, await r.text()
+
+            for concurrency in (1, 32):
+                for name, call in (("a", direct), ("b", bare), ("c", appliance)):
+                    results[(name, concurrency)] = await load(call, requests, concurrency)
+
+            # 1,000,000-row stream: asyncpg directly (cursor) vs the appliance (NDJSON)
+            started = time.perf_counter()
+            async with pool.acquire() as conn, conn.transaction():
+                count = 0
+                async for _ in conn.cursor("SELECT i, 'row ' || i AS name, i * 0.5 AS v "
+                                           "FROM generate_series(1, $1) i", rows,
+                                           prefetch=1000):
+                    count += 1
+            direct_rate = count / (time.perf_counter() - started)
+            base_rss = rss_kb(appliance_proc.pid)
+            peak = base_rss
+            started = time.perf_counter()
+            lines = 0
+            async with http.post(
+                    f"https://127.0.0.1:{app_info['port']}/api/v1/queries/{app_info['many']}"
+                    f"/run", json={"params": {"n": rows}},
+                    headers={**headers, "Accept": "application/x-ndjson"},
+                    timeout=aiohttp.ClientTimeout(total=600)) as r:
+                if r.status != 200:
+                    raise SystemExit(f"stream failed: {r.status} {await r.text()}")
+                async for _line in r.content:
+                    lines += 1
+                    if lines % 20000 == 0:
+                        peak = max(peak, rss_kb(appliance_proc.pid))
+            stream_rate = (lines - 2) / (time.perf_counter() - started)
+            peak = max(peak, rss_kb(appliance_proc.pid))
+        await pool.close()
+        _print(results, requests, rows, direct_rate, stream_rate, (peak - base_rss) / 1024,
+               lines - 2)
+    finally:
+        for proc in children:
+            proc.terminate()
+            proc.wait(10)
+        cluster.stop()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def _make_bare_cert(ca_dir: Path, state: Path) -> None:
+    """A localhost certificate for the bare server, signed by the appliance's local CA, so the
+    client verifies both servers the same way."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca_cert = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes()) \
+        if (ca_dir / "ca.pem").exists() else None
+    if ca_cert is None or not (ca_dir / "ca.key").exists():
+        raise SystemExit(f"cannot find the local CA in {ca_dir}")
+    ca_key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (state / "bare-cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (state / "bare-key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+
+
+def _print(results: dict, requests: int, rows: int, direct_rate: float, stream_rate: float,
+           rss_growth_mb: float, streamed: int) -> None:
+    print(f"\n{requests} requests per cell; one row per query (`{SQL}`)\n")
+    print("| concurrency | path | q/s | p50 ms | p99 ms |")
+    print("|---|---|---|---|---|")
+    names = {"a": "(a) asyncpg direct", "b": "(b) bare aiohttp + asyncpg, HTTPS",
+             "c": "(c) appliance, HTTPS + bearer"}
+    for concurrency in (1, 32):
+        for key in ("a", "b", "c"):
+            r = results[(key, concurrency)]
+            print(f"| {concurrency} | {names[key]} | {r['qps']:,.0f} | {r['p50']:.2f} | "
+                  f"{r['p99']:.2f} |")
+    for concurrency in (1, 32):
+        a, b, c = (results[(k, concurrency)]["qps"] for k in ("a", "b", "c"))
+        print(f"\nconcurrency {concurrency}: c/b = {c / b:.2f} (target >= 0.8), "
+              f"c/a = {c / a:.2f}")
+    print(f"\nNDJSON stream of {streamed:,} rows (asked {rows:,}): appliance "
+          f"{stream_rate:,.0f} rows/s, asyncpg cursor directly {direct_rate:,.0f} rows/s "
+          f"(ratio {stream_rate / direct_rate:.2f}); peak RSS growth of the appliance "
+          f"{rss_growth_mb:.1f} MB (target <= 30 MB)")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] in ("--serve-bare", "--serve-appliance"):
+        target = serve_bare if sys.argv[1] == "--serve-bare" else serve_appliance
+        asyncio.run(target(int(sys.argv[2]), Path(sys.argv[3])))
+    else:
+        parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+        parser.add_argument("--requests", type=int, default=3000)
+        parser.add_argument("--rows", type=int, default=1_000_000)
+        args = parser.parse_args()
+        asyncio.run(run_bench(args.requests, args.rows))
