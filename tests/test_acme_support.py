@@ -116,6 +116,7 @@ class Pebble:
     mgmt_port: int = field(default_factory=free_port)
     dns_port: int = field(default_factory=free_port)
     dns_mgmt_port: int = field(default_factory=free_port)
+    tls_port: int = field(default_factory=free_port)  # Pebble's TLS-ALPN-01 target
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -135,7 +136,7 @@ class Pebble:
             "listenAddress": f"127.0.0.1:{self.port}",
             "managementListenAddress": f"127.0.0.1:{self.mgmt_port}",
             "certificate": str(self.ca.cert_pem), "privateKey": str(self.ca.key_pem),
-            "httpPort": self.http_port, "tlsPort": free_port(), "ocspResponderURL": "",
+            "httpPort": self.http_port, "tlsPort": self.tls_port, "ocspResponderURL": "",
             "externalAccountBindingRequired": self.eab,
             "externalAccountMACKeys": {EAB_KID: EAB_HMAC} if self.eab else {},
         }}

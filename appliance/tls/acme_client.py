@@ -44,7 +44,7 @@ USER_AGENT = "appliance-acme (acme-python)"
 NETWORK_TIMEOUT = 30
 ORDER_DEADLINE = dt.timedelta(seconds=120)
 # Polling: start fast (a local CA validates in milliseconds), back off to 2 s.
-POLL_FIRST, POLL_MAX = 0.05, 2.0
+POLL_FIRST, POLL_MAX, POLL_GROWTH = 0.02, 2.0, 1.5
 SHORTLIVED = "shortlived"
 
 
@@ -256,7 +256,7 @@ class ACMEClient:
                     if time.monotonic() > deadline:
                         raise ACMEError("the CA did not validate the challenge in time")
                     time.sleep(delay)
-                    delay = min(delay * 2, POLL_MAX)
+                    delay = min(delay * POLL_GROWTH, POLL_MAX)
 
     def _finalize(self, acme: client.ClientV2, orderr: messages.OrderResource,
                   deadline: float) -> bytes:
@@ -278,7 +278,7 @@ class ACMEClient:
                 if body.status == messages.STATUS_READY:
                     acme.begin_finalization(orderr)
                 time.sleep(delay)
-                delay = min(delay * 2, POLL_MAX)
+                delay = min(delay * POLL_GROWTH, POLL_MAX)
         raise ACMEError("the CA did not issue the certificate in time")
 
     # -- ARI ------------------------------------------------------------------------------------
