@@ -20,6 +20,7 @@ from appliance.http import (
     datasource_routes,
     egress_routes,
     health,
+    metrics_routes,
     middleware,
     query_routes,
     tls_routes,
@@ -51,6 +52,7 @@ def build_app(settings: Settings, tls: TLSManager) -> web.Application:
     query_routes.add_routes(app)
     tls_routes.add_routes(app)
     console.add_routes(app)  # the web console's static shell at /
+    metrics_routes.install(app)  # GET /metrics and the per-response counter
     return app
 
 

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from appliance import metrics
 from appliance.audit import Context
 from appliance.datasources.values import dumps
 from appliance.errors import ApplianceError
@@ -114,6 +115,7 @@ class Runner:
     async def _record(self, compiled: CompiledQuery, run: Run | None, context: Context,
                       started: float, outcome: str, code: str | None, mode: str) -> None:
         duration = run.duration_ms if run is not None else (time.perf_counter() - started) * 1000
+        metrics.observe_query_run(outcome, duration / 1000)
         details: dict[str, Any] = {"datasource": compiled.datasource_id, "mode": mode,
                                    "truncated": bool(run and run.truncated)}
         if code is not None:

@@ -1,0 +1,82 @@
+"""`GET /metrics` (Prometheus text; an admin bearer token or a loopback client) and the per-response
+counter that feeds `appliance_http_requests`.
+
+Wires the application's parts into `appliance.metrics` sources; owns no metric itself. Never uses a
+request path, a query string or a header value as a label.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from appliance import metrics
+from appliance.errors import Forbidden, Unauthorized
+from appliance.http import access
+from appliance.http.keys import AUTH, DATASOURCES, EGRESS, TLS
+
+_REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
+
+
+def install(app: web.Application) -> None:
+    metrics.install_audit_counter()
+    app[_REGISTRY] = metrics.app_registry(metrics.Sources(
+        egress=lambda: app[EGRESS].counters.snapshot(),
+        certificate_not_after=lambda: _not_after(app),
+        pools=lambda: _pools(app),
+    ))
+    app.on_response_prepare.append(_count_response)
+    app.router.add_get("/metrics", get_metrics)
+
+
+async def _count_response(request: web.Request, response: web.StreamResponse) -> None:
+    route = "(unmatched)"
+    match_info = request.match_info
+    if match_info.http_exception is None and match_info.route.resource is not None:
+        route = match_info.route.resource.canonical
+    metrics.observe_request(request.method, route, response.status)
+
+
+def _not_after(app: web.Application) -> float | None:
+    info = app[TLS].info
+    return info.not_after.timestamp() if info is not None else None
+
+
+def _pools(app: web.Application) -> Iterator[metrics.PoolSample]:
+    service = app.get(DATASOURCES)
+    engines = dict(getattr(service, "_engines", {}) or {}) if service is not None else {}
+    for engine in engines.values():
+        stats = getattr(engine, "pool_stats", None)  # optional: {"size": n, "idle": n}
+        found = stats() if callable(stats) else {}
+        yield metrics.PoolSample(datasource=engine.target.name, kind=engine.target.kind,
+                                 size=found.get("size"), idle=found.get("idle"))
+
+
+def _loopback(remote: str | None) -> bool:
+    try:
+        ip = ipaddress.ip_address((remote or "").split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+@access.public  # checked here: a loopback client, or an admin's bearer token
+async def get_metrics(request: web.Request) -> web.Response:
+    header = request.headers.get("Authorization")
+    if header is not None or not _loopback(request.remote):
+        scheme, _, value = (header or "").partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise Unauthorized("metrics need an admin bearer token (or a loopback client)",
+                               code="unauthenticated")
+        found = await request.app[AUTH].authenticate_bearer(value.strip())
+        if found is None:
+            raise Unauthorized("invalid, expired or revoked token", code="invalid_token")
+        if not found.at_least("admin"):
+            raise Forbidden("metrics need the admin role", code="forbidden_role")
+    body = metrics.exposition(request.app[_REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})

@@ -1,0 +1,137 @@
+"""`GET /metrics` on a real appliance: who may read it, and that each family moves when the thing
+it counts happens (requests, query runs, egress decisions, certificate expiry, audit failures,
+pools)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from appliance import demo
+from appliance.http.keys import TLS
+from appliance.http.metrics_routes import _loopback
+from tests.test_auth_support import Appliance, running
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    return samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def scrape(found: Appliance, token: str | None = None) -> str:
+    resp = await found.client(token=token).request("GET", "/metrics")
+    assert resp.status == 200, resp.body
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    return resp.body
+
+
+def test_loopback_detection() -> None:
+    for remote in ("127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"):
+        assert _loopback(remote), remote
+    for remote in ("10.0.0.1", "192.168.1.1", "::ffff:10.0.0.1", "fe80::1%eth0", "", None,
+                   "localhost", "0.0.0.0"):
+        assert not _loopback(remote), remote
+
+
+async def test_tokens_decide_when_one_is_sent(tmp_path: Path) -> None:
+    async with running(tmp_path / "state", tokens=True) as found:
+        assert "appliance_http_requests_total" in await scrape(found)  # loopback, no token
+        assert "appliance_http_requests_total" in await scrape(found, found.tokens["admin"])
+        for token, status in ((found.tokens["viewer"], 403), (found.tokens["developer"], 403),
+                              ("not-a-token", 401)):
+            resp = await found.client(token=token).request("GET", "/metrics")
+            assert resp.status == status, (token[:8], resp.body)
+
+
+def _non_loopback_address() -> str | None:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.connect(("192.0.2.1", 9))
+            address = udp.getsockname()[0]
+    except OSError:
+        return None
+    return None if address.startswith("127.") else address
+
+
+async def test_a_remote_client_needs_an_admin_token(tmp_path: Path) -> None:
+    address = _non_loopback_address()
+    if address is None:
+        import pytest
+        pytest.skip("this host has no non-loopback IPv4 address")
+    from aiohttp import web
+
+    from appliance.server import bound_ports
+    async with running(tmp_path / "state", tokens=True) as found:
+        site = web.TCPSite(found.runner, address, 0, ssl_context=found.app[TLS].context)
+        await site.start()
+        port = bound_ports(site)[0][1]
+        url = f"https://{address}:{port}/metrics"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url, ssl=False) as resp:
+                assert resp.status == 401
+            async with http.get(url, ssl=False, headers={
+                    "Authorization": f"Bearer {found.tokens['viewer']}"}) as resp:
+                assert resp.status == 403
+            async with http.get(url, ssl=False, headers={
+                    "Authorization": f"Bearer {found.tokens['admin']}"}) as resp:
+                assert resp.status == 200
+                assert "appliance_http_requests_total" in await resp.text()
+
+
+async def test_every_family_counts_what_happens(tmp_path: Path) -> None:
+    async with running(tmp_path / "state", tokens=True) as found:
+        admin = found.client(token=found.tokens["admin"])
+        first = await scrape(found)
+
+        # Requests by route pattern and status (never the concrete path).
+        await admin.request("GET", "/healthz")
+        await admin.request("GET", "/api/v1/queries/does-not-exist")
+        await admin.request("GET", "/no/such/path")
+        # Egress decisions.
+        await admin.request("POST", "/api/v1/egress/probe", {"host": "169.254.169.254", "port": 80})
+        # Query runs: the demo database, one run that works and one with a bad parameter.
+        await demo.install(found.app)
+        listed = (await admin.request("GET", "/api/v1/queries")).body
+        items = listed["queries"] if isinstance(listed, dict) else listed
+        query = next(q for q in items if q["name"] == "demo products under a price")
+        ok = await admin.request("POST", f"/api/v1/queries/{query['id']}/run",
+                                 {"params": {"max_price": 10}})
+        assert ok.status == 200, ok.body
+        bad = await admin.request("POST", f"/api/v1/queries/{query['id']}/run",
+                                  {"params": {"max_price": "cheap"}})
+        assert bad.status == 422, bad.body
+        # Audit write failures: the audit cannot be written, so the change fails.
+        found.execute("CREATE TRIGGER audit_full BEFORE INSERT ON audit_log "
+                      "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+        assert (await admin.request("PUT", "/api/v1/egress", {"mode": "strict"})).status == 503
+        found.execute("DROP TRIGGER audit_full")
+
+        text = await scrape(found)
+        for name, labels in (
+            ("appliance_http_requests_total", {"method": "GET", "route": "/healthz",
+                                               "status": "200"}),
+            ("appliance_http_requests_total", {"method": "GET", "route": "/api/v1/queries/{id}",
+                                               "status": "404"}),
+            ("appliance_http_requests_total", {"method": "GET", "route": "(unmatched)",
+                                               "status": "404"}),
+            ("appliance_egress_decisions_total", {"purpose": "probe", "allowed": "false",
+                                                  "rule": "always-deny: cloud metadata"}),
+            ("appliance_query_run_seconds_count", {"outcome": "ok"}),
+            ("appliance_audit_write_failures_total", {}),
+        ):
+            assert value(text, name, **labels) >= value(first, name, **labels) + 1, (name, labels)
+        assert "/no/such/path" not in text and "does-not-exist" not in text
+        assert value(text, "appliance_query_run_seconds_count", outcome="failed") >= 1
+        not_after = found.app[TLS].info.not_after.timestamp()  # type: ignore[union-attr]
+        assert value(text, "appliance_tls_certificate_not_after_seconds") == not_after
+        assert value(text, "appliance_datasource_pools", kind="sqlite") == 1
