@@ -11,10 +11,21 @@ import os
 import sys
 from collections.abc import Sequence
 
-from appliance.cli import audit, backup, doctor, init, keys, serve, tokens, users, version
+from appliance.cli import (
+    audit,
+    backup,
+    doctor,
+    init,
+    install,
+    keys,
+    serve,
+    tokens,
+    users,
+    version,
+)
 from appliance.errors import ApplianceError
 
-VERBS = (init, serve, doctor, version, keys, backup, users, tokens, audit)
+VERBS = (init, serve, doctor, version, keys, backup, users, tokens, audit, install)
 
 
 def build_parser() -> argparse.ArgumentParser:
