@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Debian packages the test suite needs (installed with apt-get when missing; you must be root).
-TEST_DEBS := python3-venv openssl binutils postgresql chromium pebble
+TEST_DEBS := python3-venv openssl binutils postgresql chromium pebble systemd
 
 .PHONY: run test lint binary system-deps venv clean
 
