@@ -26,6 +26,8 @@ from appliance.tls import TLSManager
 
 log = logging.getLogger("appliance.server")
 
+DEV_ADMIN = "admin"
+
 
 def bound_ports(site: web.TCPSite) -> list[tuple[str, int]]:
     server = site._server  # aiohttp exposes no public accessor for the bound sockets
@@ -45,8 +47,11 @@ async def serve(settings: Settings, out: TextIO = sys.stdout, *,
                 reload_settings: Callable[[], Settings] | None = None) -> int:
     """Serve until SIGTERM/SIGINT. SIGHUP calls `reload_settings` (the same load as at start) and
     applies what can change live (see appliance.reload)."""
+    first_admin_password = None
     if settings.dev:
-        await bootstrap.init_state(settings)
+        # A tester gets an admin on first start; its one-time password is printed once, below.
+        report = await bootstrap.init_state(settings, admin_user=DEV_ADMIN)
+        first_admin_password = report.one_time_password
     state = settings.server.state_dir.absolute()
     state_dir.check(state)
 
@@ -88,6 +93,10 @@ async def serve(settings: Settings, out: TextIO = sys.stdout, *,
     url = _url(listen, port)
     log.info("listening", extra={"url": url, "version": __version__, "tls_mode": tls.settings.mode})
     print(f"Appliance {__version__} listening on {url}", file=out)
+    if first_admin_password is not None:
+        print(f"Console: {url}/ -- user {DEV_ADMIN!r}, password "
+              f"{first_admin_password.reveal()} (printed only this once; enrol 2FA at first "
+              "login)", file=out)
     if tls.ca is not None:
         print(f"Local CA certificate: {tls.ca.cert_path}", file=out)
         print(f"Local CA SHA-256 fingerprint: {tls.ca.fingerprint}", file=out)

@@ -188,3 +188,29 @@ def test_python_dash_m_and_unknown_verb() -> None:
     result = run_cli("frobnicate")
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
+
+
+# --- dev mode -------------------------------------------------------------------------------
+
+
+def test_dev_mode_prints_a_working_admin_password_once(tmp_path: Path) -> None:
+    server = start_server(["serve", "--dev", "--listen", "127.0.0.1:0"], cwd=tmp_path)
+    try:
+        out = "".join(server.stdout_lines)
+        password = out.split("password ", 1)[1].split()[0]
+        body = json.dumps({"username": "admin", "password": password}).encode()
+        with tls_connection("127.0.0.1", server.port, server.client_context()) as sock:
+            status, _, raw = http_request(
+                sock, "POST", "/api/v1/session", f"127.0.0.1:{server.port}", body=body,
+                headers={"Content-Type": "application/json", "Origin": server.url,
+                         "X-Appliance-CSRF": "1"})
+        assert status == 201, raw
+        assert json.loads(raw)["user"]["role"] == "admin"
+    finally:
+        server.stop()
+    assert password not in server.stderr()  # printed to the console, never logged
+    again = start_server(["serve", "--dev", "--listen", "127.0.0.1:0"], cwd=tmp_path)
+    try:
+        assert "password" not in "".join(again.stdout_lines)
+    finally:
+        again.stop()
