@@ -118,7 +118,11 @@ async function route() {
   try {
     await page.render({
       main: view, session, args: parts.slice(1), navigate, status,
-      refreshSession: async () => { await loadSession(); route(); },
+      refreshSession: async (then) => {
+        await loadSession();
+        if (then && session) navigate(then);
+        else route();
+      },
       atLeast: (role) => RANK[session.role] >= RANK[role],
     });
   } catch (error) {

@@ -72,7 +72,7 @@ export function field(spec) {
       step: spec.step, inputmode: spec.inputmode, pattern: spec.pattern,
     });
   }
-  const label = h('label', {for: id}, spec.label, spec.required ? h('span', {class: 'req', 'aria-hidden': 'true'}, ' *') : null);
+  const label = h('label', {for: id}, spec.label);
   const wrapper = h('div', {class: `field ${spec.type === 'checkbox' ? 'field-check' : ''} ${spec.class || ''}`, dataset: {field: spec.field || spec.name}},
     spec.type === 'checkbox' ? [input, label] : [label, input],
     spec.help ? h('p', {class: 'help', id: helpId}, spec.help) : null,

@@ -75,7 +75,7 @@ function enrolment(ctx) {
       try {
         done = await busy(confirm, 'Checking…', () => api.post('/api/v1/users/me/2fa/confirm', {code: value}));
       } catch (error) {
-        showError(form, error.code === 'invalid_credentials' || error.status === 401 || error.status === 422
+        showError(form, error.status >= 400 && error.status < 500 && error.status !== 429
           ? new Error(`'code' was not accepted: ${error.message}`) : error, alert);
         return;
       }
@@ -84,7 +84,7 @@ function enrolment(ctx) {
         h('p', {}, h('strong', {}, 'Recovery codes. '),
           'Each works once in place of a code, if you lose your authenticator. They are shown only now: store them somewhere safe.'),
         h('ol', {class: 'codes', id: 'recovery-codes'}, done.recovery_codes.map((c) => h('li', {}, h('code', {}, c)))),
-        h('div', {class: 'actions'}, button('I have stored them', () => ctx.refreshSession(), {class: 'primary', id: 'codes-stored'})));
+        h('div', {class: 'actions'}, button('I have stored them', () => ctx.refreshSession('queries'), {class: 'primary', id: 'codes-stored'})));
       area.querySelector('#codes-stored').focus();
     });
   }, {class: 'primary', id: 'enrol-start'});

@@ -44,7 +44,7 @@ export async function renderAudit(ctx) {
     holder.replaceChildren(table(['#', 'Time', 'Actor', 'Action', 'Target', 'Outcome', 'Client', 'Details'], shown.map((e) => [
       String(e.position), when(e.time), e.actor, e.action, e.target || '', h('span', {class: `outcome ${e.outcome}`}, e.outcome),
       e.client || '', h('code', {class: 'details'}, e.details && Object.keys(e.details).length ? JSON.stringify(e.details) : ''),
-    ])), {label: 'Audit entries', class: 'audit'}));
+    ]), {label: 'Audit entries', class: 'audit'}));
     more.hidden = !next;
   };
   const load = async () => {

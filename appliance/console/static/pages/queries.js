@@ -41,7 +41,7 @@ async function list(ctx, developer) {
   main.append(table(columns, data.queries.map((q) => {
     const params = (q.parameters || []).map((p) => `${p.name}: ${p.type}`).join(', ') || '—';
     const open = h('a', {href: `#/queries/${encodeURIComponent(q.id)}`, class: 'q-name'}, q.name);
-    const run = h('a', {href: `#/queries/${encodeURIComponent(q.id)}`, class: 'button small', 'aria-label': `Run ${q.name}`}, developer ? 'Edit and run' : 'Run');
+    const run = h('a', {href: `#/queries/${encodeURIComponent(q.id)}`, class: 'button small', 'aria-label': `${developer ? 'Edit and run' : 'Run'} ${q.name}`}, developer ? 'Edit and run' : 'Run');
     return developer ? [open, names[q.datasource_id] || q.datasource_id, params, run] : [open, params, run];
   }), {label: 'Queries', class: 'queries'}));
 }
@@ -193,8 +193,8 @@ function parameterEditor(initial, bodyText) {
   const node = h('fieldset', {class: 'param-editor'}, h('legend', {}, 'Parameters'), rows);
   const add = (p) => {
     const row = h('div', {class: 'param-row', dataset: {field: `param.${p.name || ''}`}});
-    const pname = field({name: 'param-name', label: 'Name', value: p.name || '', required: true});
-    const type = field({name: 'param-type', label: 'Type', type: 'select', options: TYPES, value: p.type || 'string'});
+    const pname = field({name: 'param-name', label: 'Parameter name', value: p.name || '', required: true});
+    const type = field({name: 'param-type', label: 'Parameter type', type: 'select', options: TYPES, value: p.type || 'string'});
     const required = field({name: 'param-required', label: 'Required', type: 'checkbox', value: p.required ?? !('default' in p)});
     const def = field({name: 'param-default', label: 'Default', value: 'default' in p && p.default !== undefined ? display(p.default) : '',
       help: 'Empty: no default. Arrays and json: JSON text.'});

@@ -1,0 +1,279 @@
+"""Helpers for the console tests (no tests here): a real `appliance serve` subprocess, a real
+PostgreSQL cluster with password (SCRAM) authentication, and Debian's Chromium driven by Playwright.
+
+Chromium trusts exactly the appliance's certificate: the test reads the leaf the server presents
+(verified against the appliance's local CA), and passes the SHA-256 of its public key with
+`--ignore-certificate-errors-spki-list`. Any other certificate is still refused, so the security
+headers, the `Secure` cookie and the same-origin checks are exercised as a user would meet them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import os
+import pwd
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from .conftest import OUTPUT_DIR, ServerProcess, clean_env, run_cli, start_server
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = OUTPUT_DIR / "console"
+ADMIN_PASSWORD = "admin-password-0123"
+VIEWER_PASSWORD = "viewer-password-0123"
+PG_PASSWORD = "pg-Secret-5f0c1d9e-never-shown"
+WIDTHS = {"wide": (1280, 900), "narrow": (390, 844)}
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-dev-shm-usage"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# --- the appliance ---------------------------------------------------------------------------
+
+
+@dataclass
+class Appliance:
+    server: ServerProcess
+    state: Path
+    url: str
+    spki_sha256: str  # base64, as Chromium's --ignore-certificate-errors-spki-list wants it
+    leaf_der: bytes
+
+
+def leaf_of(server: ServerProcess) -> bytes:
+    """The DER leaf certificate the server presents, verified against its local CA."""
+    ctx = ssl.create_default_context(cafile=str(server.ca_file))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der
+    return der
+
+
+def spki_sha256(der: bytes) -> str:
+    cert = x509.load_der_x509_certificate(der)
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+@contextlib.contextmanager
+def appliance(root: Path) -> Iterator[Appliance]:
+    state = root / "state"
+    password_file = root / "admin-password"
+    password_file.write_text(ADMIN_PASSWORD + "\n")
+    done = run_cli("init", "--state-dir", str(state), "--admin-password-file", str(password_file))
+    assert done.returncode == 0, done.stderr
+    server = start_server(["serve", "--state-dir", str(state), "--listen", "127.0.0.1:0"],
+                          cwd=root, env=clean_env())
+    try:
+        der = leaf_of(server)
+        yield Appliance(server, state, f"https://127.0.0.1:{server.port}", spki_sha256(der), der)
+    finally:
+        server.stop()
+        if server.proc.stdout:
+            server.proc.stdout.close()
+
+
+# --- PostgreSQL with a password -------------------------------------------------------------
+
+
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for root in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (root / name).exists():
+            return str(root / name)
+    return None
+
+
+@dataclass
+class Postgres:
+    port: int
+    password: str
+
+
+@contextlib.contextmanager
+def postgres_cluster() -> Iterator[Postgres]:
+    """A throwaway cluster on 127.0.0.1 that takes only SCRAM password logins over TCP."""
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+    prefix: list[str] = []
+    owner = None
+    if os.geteuid() == 0:
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run PostgreSQL")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    root = Path(tempfile.mkdtemp(prefix="console-pg-"))
+    root.chmod(0o755)
+    pwfile = root / "pw"
+    pwfile.write_text(PG_PASSWORD + "\n")
+    if owner is not None:
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+        os.chown(pwfile, owner.pw_uid, owner.pw_gid)
+    data, log, port = root / "data", root / "postgres.log", free_port()
+    subprocess.run([*prefix, initdb, "-D", str(data), "-U", "postgres", "--auth=scram-sha-256",
+                    f"--pwfile={pwfile}", "--no-sync", "--no-instructions"],
+                   check=True, capture_output=True)
+    pwfile.unlink()
+    with (data / "postgresql.conf").open("a") as conf:
+        conf.write(f"listen_addresses = '127.0.0.1'\nport = {port}\n"
+                   f"unix_socket_directories = '{root}'\nfsync = off\n"
+                   "max_connections = 20\nshared_buffers = 16MB\n")
+    (data / "pg_hba.conf").write_text("host all all 127.0.0.1/32 scram-sha-256\n")
+    started = subprocess.run([*prefix, pg_ctl, "-D", str(data), "-l", str(log), "-w", "-t", "60",
+                              "start"], capture_output=True, text=True)
+    if started.returncode != 0:
+        text = log.read_text() if log.exists() else ""
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.fail(f"PostgreSQL did not start: {started.stderr}\n{text}")
+    try:
+        yield Postgres(port, PG_PASSWORD)
+    finally:
+        subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def pg_execute(pg: Postgres, *statements: str) -> None:
+    import asyncpg
+
+    async def go() -> None:
+        conn = await asyncpg.connect(host="127.0.0.1", port=pg.port, user="postgres",
+                                     password=pg.password, database="postgres", ssl=False)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+# --- Chromium --------------------------------------------------------------------------------
+
+
+def launch_chromium(playwright: Any, spki: str) -> Any:
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (make test installs it)")
+    return playwright.chromium.launch(
+        executable_path=str(CHROMIUM), headless=True,
+        args=[*CHROMIUM_ARGS, f"--ignore-certificate-errors-spki-list={spki}"])
+
+
+class Recorder:
+    """Every response a page received (URL, status, body) and every dialog it opened."""
+
+    def __init__(self, page: Any) -> None:
+        self.responses: list[tuple[str, int, bytes]] = []
+        self.dialogs: list[str] = []
+        self.console_errors: list[str] = []
+        self.page_errors: list[str] = []
+        page.on("response", self._response)
+        page.on("dialog", self._dialog)
+        page.on("console", lambda m: m.type == "error" and self.console_errors.append(m.text))
+        page.on("pageerror", lambda e: self.page_errors.append(str(e)))
+
+    def _response(self, response: Any) -> None:
+        try:
+            body = response.body()
+        except Exception:
+            body = b""
+        self.responses.append((response.url, response.status, body))
+
+    def _dialog(self, dialog: Any) -> None:
+        self.dialogs.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+
+def shot(page: Any, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.wait_for_timeout(150)  # let the last frame settle
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def totp_now(secret: str, *, after: float = 0.0) -> str:
+    """A code for now; waits for the next 30 s step when `after` (the last code's time) is in this
+    step, because the appliance never accepts a code twice."""
+    import pyotp
+
+    totp = pyotp.TOTP(secret)
+    if after and int(after // 30) == int(time.time() // 30):
+        time.sleep(30 - time.time() % 30 + 0.5)
+    return totp.now()
+
+
+# --- the API, for seeding (outside the browser) -----------------------------------------------
+
+
+class ApiClient:
+    """A cookie session against the appliance, with the Origin and CSRF headers it requires."""
+
+    def __init__(self, app: Appliance) -> None:
+        self.app = app
+        self.ctx = ssl.create_default_context(cafile=str(app.server.ca_file))
+        self.cookie: str | None = None
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        import http.client
+        import json
+
+        conn = http.client.HTTPSConnection("127.0.0.1", self.app.server.port, context=self.ctx,
+                                           timeout=30)
+        headers = {"Origin": self.app.url, "X-Appliance-CSRF": "1", "Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if self.cookie:
+            headers["Cookie"] = self.cookie
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+            for name, value in response.getheaders():
+                if name.lower() == "set-cookie" and value.startswith("__Host-appliance-session="):
+                    self.cookie = value.split(";", 1)[0]
+        finally:
+            conn.close()
+        return response.status, (json.loads(raw) if raw else None)
+
+    def login(self, username: str, password: str) -> None:
+        status, body = self.call("POST", "/api/v1/session",
+                                 {"username": username, "password": password})
+        assert status == 201, body
+
+
+def add_user(app: Appliance, root: Path, name: str, role: str, password: str) -> None:
+    password_file = root / f"{name}-password"
+    password_file.write_text(password + "\n")
+    done = run_cli("users", "add", name, "--role", role, "--password-file", str(password_file),
+                   "--state-dir", str(app.state))
+    assert done.returncode == 0, done.stderr
