@@ -22,6 +22,7 @@ from appliance.http import (
     health,
     metrics_routes,
     middleware,
+    openapi,
     query_routes,
     tls_routes,
 )
@@ -53,6 +54,7 @@ def build_app(settings: Settings, tls: TLSManager) -> web.Application:
     tls_routes.add_routes(app)
     console.add_routes(app)  # the web console's static shell at /
     metrics_routes.install(app)  # GET /metrics and the per-response counter
+    openapi.add_routes(app)  # GET /api/v1/openapi.json, built from the routes above
     return app
 
 

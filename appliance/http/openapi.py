@@ -1,0 +1,199 @@
+"""The OpenAPI 3.1 description served at `/api/v1/openapi.json`, built from the live router.
+
+Every route appears with the role it declares (`x-required-role`); request bodies of the public
+interface are described here. Never includes examples with real data.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from typing import Any
+
+from aiohttp import web
+
+from appliance import __version__
+from appliance.http import access
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        }
+    },
+}
+
+_STR = {"type": "string"}
+_STR_LIST = {"type": "array", "items": _STR}
+
+_PARAMETER = {
+    "type": "object",
+    "required": ["name", "type"],
+    "properties": {
+        "name": _STR,
+        "type": {
+            "type": "string",
+            "description": "string, integer, number, boolean, date, datetime, json, identifier, "
+                           "or array<T> of a scalar type",
+        },
+        "required": {"type": "boolean"},
+        "default": {},
+        "choices": {"type": "array"},
+    },
+}
+
+# Request bodies of the public interface (PRODUCT.md), by (method, path).
+REQUEST_BODIES: dict[tuple[str, str], dict[str, Any]] = {
+    ("POST", "/api/v1/session"): {
+        "type": "object",
+        "required": ["username", "password"],
+        "properties": {"username": _STR, "password": _STR, "totp": _STR},
+    },
+    ("POST", "/api/v1/datasources"): {
+        "type": "object",
+        "required": ["name", "kind", "config"],
+        "properties": {
+            "name": _STR,
+            "kind": {"enum": ["postgres", "mongodb", "rest", "sqlite"]},
+            "config": {"type": "object", "description": "postgres/mongodb: host, port, "
+                       "database, user, tls; rest: base_url, auth; sqlite: path"},
+            "secrets": {"type": "object", "description": "write-only: password, token, "
+                        "api_key; responses show {\"set\": true}"},
+        },
+    },
+    ("PATCH", "/api/v1/datasources/{id}"): {
+        "type": "object",
+        "properties": {"name": _STR, "config": {"type": "object"},
+                       "secrets": {"type": "object", "description": "a value replaces the "
+                                   "secret, null clears it"}},
+    },
+    ("POST", "/api/v1/queries"): {
+        "type": "object",
+        "required": ["name", "datasource_id", "body"],
+        "properties": {
+            "name": _STR,
+            "datasource_id": _STR,
+            "body": {"description": "SQL text with {{ name }} bindings; REST: {method, path, "
+                     "query, headers, json}; MongoDB: {collection, operation, ...}"},
+            "parameters": {"type": "array", "items": _PARAMETER},
+            "timeout_ms": {"type": "integer"},
+            "max_rows": {"type": "integer"},
+        },
+    },
+    ("POST", "/api/v1/queries/{id}/run"): {
+        "type": "object",
+        "properties": {"params": {"type": "object"}},
+    },
+    ("PUT", "/api/v1/egress"): {
+        "type": "object",
+        "properties": {
+            "source_address": _STR_LIST,
+            "mode": {"enum": ["default", "strict"]},
+            "allow": _STR_LIST,
+            "deny": _STR_LIST,
+            "allow_private": {"type": "boolean"},
+        },
+    },
+    ("POST", "/api/v1/egress/probe"): {
+        "type": "object",
+        "required": ["host", "port"],
+        "properties": {"host": _STR, "port": {"type": "integer"}},
+    },
+}
+
+_RUN_RESULT = {
+    "type": "object",
+    "properties": {
+        "columns": _STR_LIST,
+        "rows": {"type": "array", "items": {"type": "array"}},
+        "row_count": {"type": "integer"},
+        "truncated": {"type": "boolean"},
+        "duration_ms": {"type": "number"},
+    },
+}
+
+
+def build_spec(app: web.Application) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for route in app.router.routes():
+        method = route.method.upper()
+        if method in ("HEAD", "*") or route.resource is None:
+            continue
+        path = route.resource.canonical
+        if not path.startswith(("/api/", "/healthz", "/readyz", "/metrics")):
+            continue
+        rule = access.rule_of(route)
+        operation: dict[str, Any] = {
+            "summary": _summary(route.handler, method, path),
+            "x-required-role": rule.role if rule else None,
+            "responses": {
+                "default": {"description": "error",
+                            "content": {"application/json": {"schema": _ERROR}}},
+            },
+        }
+        if rule is not None and rule.role != "public":
+            operation["security"] = [{"session": []}, {"bearer": []}]
+        else:
+            operation["security"] = []
+        params = re.findall(r"{(\w+)}", path)
+        if params:
+            operation["parameters"] = [
+                {"name": name, "in": "path", "required": True, "schema": _STR} for name in params
+            ]
+        body = REQUEST_BODIES.get((method, path))
+        if body is not None:
+            operation["requestBody"] = {
+                "required": True, "content": {"application/json": {"schema": body}}
+            }
+        ok: dict[str, Any] = {"description": "success"}
+        if path.endswith("/run") and method == "POST":
+            ok["content"] = {
+                "application/json": {"schema": _RUN_RESULT},
+                "application/x-ndjson": {"schema": {
+                    "description": "a header line {columns}, then one JSON array per row"}},
+            }
+        operation["responses"]["2XX"] = ok
+        paths.setdefault(path, {})[method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Appliance API", "version": __version__,
+                 "description": "Errors are always {\"error\": {\"code\", \"message\"}}. "
+                                "Cookie-authenticated state-changing requests need a matching "
+                                "Origin and the header X-Appliance-CSRF: 1."},
+        "components": {
+            "securitySchemes": {
+                "session": {"type": "apiKey", "in": "cookie",
+                            "name": "__Host-appliance-session"},
+                "bearer": {"type": "http", "scheme": "bearer"},
+            },
+            "schemas": {"Error": _ERROR},
+        },
+        "paths": dict(sorted(paths.items())),
+    }
+
+
+def _summary(handler: Any, method: str, path: str) -> str:
+    doc = inspect.getdoc(handler) or ""
+    return doc.splitlines()[0] if doc else f"{method} {path}"
+
+
+_SPEC = web.AppKey("openapi_spec", dict)
+
+
+@access.public
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI description of this API."""
+    return web.json_response(request.app[_SPEC])
+
+
+async def _build_on_startup(app: web.Application) -> None:
+    app[_SPEC] = build_spec(app)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/v1/openapi.json", openapi)
+    app.on_startup.append(_build_on_startup)
