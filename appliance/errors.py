@@ -20,6 +20,10 @@ class ApplianceError(Exception):
         if code is not None:
             self.code = code
 
+    def response_headers(self) -> dict[str, str]:
+        """Extra HTTP headers the error response carries (none by default)."""
+        return {}
+
 
 # --- start-up and configuration -------------------------------------------------------------
 
@@ -108,6 +112,10 @@ class Unprocessable(ApplianceError):
 class TooManyRequests(ApplianceError):
     status = 429
     code = "too_many_requests"
+    retry_after: int | None = None  # seconds, sent as Retry-After
+
+    def response_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)} if self.retry_after else {}
 
 
 # --- upstream and availability (5xx) --------------------------------------------------------

@@ -44,6 +44,7 @@ async def test_five_failures_lock_the_account_with_growing_backoff(tmp_path: Pat
         assert locked.status == 429 and locked.code == "throttled"
         first_wait = int(re.search(r"in (\d+) seconds", locked.body["error"]["message"])[1])
         assert 1 <= first_wait <= BASE_DELAY
+        assert locked.headers["Retry-After"] == str(first_wait)
         assert appliance.query("SELECT COUNT(*) AS n FROM sessions")[0]["n"] == 0
         # When the lock runs out, the next failure locks for twice as long.
         appliance.execute("UPDATE login_throttle SET locked_until = ?", (time.time() - 1,))

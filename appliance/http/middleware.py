@@ -79,7 +79,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status >= 500:
             log.warning("request failed", extra={"request_id": request.get(REQUEST_ID),
                                                  "code": exc.code})
-        return error_response(exc.status, exc.code, exc.message)
+        response = error_response(exc.status, exc.code, exc.message)
+        response.headers.update(exc.response_headers())
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise  # redirects and the like pass through
