@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pwd
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from datetime import date
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,18 +13,10 @@ from hypothesis import strategies as st
 
 from appliance.query import InvalidParameter, compile_query
 
+from .conftest import PostgresServer
+
 asyncpg = pytest.importorskip("asyncpg")
 EXAMPLES = int(os.environ.get("APPLIANCE_TEST_HYPOTHESIS_EXAMPLES", "150"))
-
-
-def _pg_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    for root in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (root / name).exists():
-            return str(root / name)
-    return None
 
 
 class Pg:
@@ -46,37 +33,15 @@ class Pg:
 
 
 @pytest.fixture(scope="module")
-def pg() -> Iterator[Pg]:
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if not initdb or not pg_ctl:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
-    prefix: list[str] = []
-    owner = None
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        try:
-            owner = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no 'postgres' user to run PostgreSQL")
-        prefix = ["runuser", "-u", "postgres", "--"]
-    root = Path(tempfile.mkdtemp(prefix="binding-pg-"))
-    root.chmod(0o755)
-    if owner is not None:
-        os.chown(root, owner.pw_uid, owner.pw_gid)
-    data, log = root / "data", root / "postgres.log"
-    subprocess.run([*prefix, initdb, "-D", str(data), "-U", "postgres", "-A", "trust",
-                    "--no-sync", "--no-instructions"], check=True, capture_output=True)
-    with (data / "postgresql.conf").open("a") as conf:
-        conf.write(f"listen_addresses = ''\nunix_socket_directories = '{root}'\nfsync = off\n"
-                   "max_connections = 5\nshared_buffers = 16MB\n")
-    started = subprocess.run([*prefix, pg_ctl, "-D", str(data), "-l", str(log), "-w", "-t", "60",
-                              "start"], capture_output=True, text=True)
-    if started.returncode != 0:
-        shutil.rmtree(root, ignore_errors=True)
-        pytest.fail(f"PostgreSQL did not start: {started.stderr}")
+def pg(postgres_server: PostgresServer) -> Iterator[Pg]:
+    """The session's cluster (tests/conftest.py), in a database of this module's own."""
+    postgres_server.sql("DROP DATABASE IF EXISTS binding", database="postgres")
+    postgres_server.sql("CREATE DATABASE binding", database="postgres")
     loop = asyncio.new_event_loop()
     try:
-        conn = loop.run_until_complete(asyncpg.connect(host=str(root), user="postgres",
-                                                       database="postgres"))
+        conn = loop.run_until_complete(asyncpg.connect(
+            host=str(postgres_server.root), port=postgres_server.port, user="postgres",
+            database="binding"))
         db = Pg(loop, conn)
         db.execute("CREATE TABLE secrets (owner text, code text, n bigint, x float8, "
                    "flag boolean, d date, ts timestamptz, doc jsonb, secret text)")
@@ -88,9 +53,6 @@ def pg() -> Iterator[Pg]:
         loop.run_until_complete(conn.close())
     finally:
         loop.close()
-        subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def bind(text: str, params: list[dict], values: dict):
