@@ -252,7 +252,9 @@ def test_admin_enrols_2fa_builds_a_datasource_and_a_query_and_sees_rows(world: W
         form.get_by_label("Username").fill("x")
         form.get_by_label("Initial password").fill("short")
         form.get_by_role("button", name="Add user").click()
-        page.locator("#new-user .alert.error, #new-user .field-error:not([hidden])").first.wait_for()
+        password_error = page.locator("#new-user [data-field='password'] .field-error")
+        password_error.wait_for()  # said in words, next to the field it is about
+        assert "12 characters" in password_error.inner_text()
         page.get_by_role("button", name="API tokens of dev").click()
         page.get_by_role("heading", name="API tokens of dev").wait_for()
         shot(page, "users-1280")

@@ -119,6 +119,15 @@ export function fieldOfMessage(message) {
   return null;
 }
 
+// A field of `form` whose name appears as a word in the message ("a password must have…").
+function fieldNamedIn(form, message) {
+  const words = new Set(message.toLowerCase().split(/[^a-z_]+/));
+  return [...form.querySelectorAll('[data-field]')].find((node) => {
+    const last = node.dataset.field.split('.').pop();
+    return last.length >= 4 && words.has(last);
+  }) || null;
+}
+
 export function clearErrors(form) {
   for (const node of form.querySelectorAll('.field-error')) {
     node.textContent = '';
@@ -132,7 +141,8 @@ export function clearErrors(form) {
 export function showError(form, error, fallbackBox) {
   const message = error && error.message ? error.message : String(error);
   const name = fieldOfMessage(message);
-  const wrapper = name ? [...form.querySelectorAll('[data-field]')].find((node) => node.dataset.field === name) : null;
+  const wrapper = (name ? [...form.querySelectorAll('[data-field]')].find((node) => node.dataset.field === name) : null)
+    || fieldNamedIn(form, message);
   if (wrapper) {
     const slot = wrapper.querySelector('.field-error');
     slot.textContent = message;
@@ -181,7 +191,7 @@ export function table(columns, rows, attrs) {
   return h('div', {class: 'table-wrap', tabindex: '0', role: 'region', 'aria-label': (attrs && attrs.label) || 'table'},
     h('table', attrs && attrs.class ? {class: attrs.class} : {},
       h('thead', {}, h('tr', {}, columns.map((c) => h('th', {scope: 'col'}, c)))),
-      h('tbody', {}, rows.map((row) => h('tr', {}, row.map((cell) => h('td', {}, cellNode(cell))))))));
+      h('tbody', {}, rows.map((row) => h('tr', {}, row.map((cell, i) => h('td', {dataset: {label: columns[i] || ''}}, cellNode(cell))))))));
 }
 
 export function cellNode(cell) {

@@ -26,7 +26,7 @@ export async function renderEgress(ctx) {
 function policyForm(e, redraw) {
   const alert = alertBox();
   const overridden = new Set(e.overridden || []);
-  const mark = (name) => (overridden.has(name) ? ' (changed here; the settings file says otherwise)' : '');
+  const mark = (name) => (overridden.has(name) ? ' (set here, over the settings file)' : '');
   const source = field({name: 'source_address', label: 'Source address(es)', type: 'textarea', rows: 2, value: (e.source_address || []).join('\n'),
     help: `One IP address per line; empty: the kernel's choice.${mark('source_address')}`});
   const mode = field({name: 'mode', label: 'Mode', type: 'select', value: e.mode, options: [
@@ -48,10 +48,16 @@ function policyForm(e, redraw) {
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     clearErrors(form);
-    const body = {
+    const wanted = {
       source_address: lines(valueOf(source)), mode: valueOf(mode), allow: lines(valueOf(allow)),
       deny: lines(valueOf(deny)), allow_private: valueOf(privateNets),
     };
+    // Only what changed: an untouched field keeps following the settings file.
+    const body = Object.fromEntries(Object.entries(wanted).filter(([k, v]) => JSON.stringify(v) !== JSON.stringify(e[k])));
+    if (!Object.keys(body).length) {
+      setAlert(alert, 'Nothing changed.', 'info');
+      return;
+    }
     try {
       const saved = await busy(save, 'Saving…', () => api.put('/api/v1/egress', body));
       redraw(saved);
