@@ -1,5 +1,5 @@
 // The console's entry: the session, the navigation for the caller's role, and the hash router.
-// State lives in this module's scope (not on window); nothing is kept in localStorage or cookies.
+// State lives in this module's scope (not on window); nothing goes to web storage or script-readable cookies.
 
 import * as api from './api.js';
 import {button, clear, h} from './dom.js';
