@@ -54,6 +54,8 @@ def test_install_into_a_root_writes_every_file_with_its_mode(tmp_path: Path) -> 
     assert done.returncode == 0, done.stdout + done.stderr
     assert "systemctl enable --now appliance" in done.stdout
 
+    for folder in ("usr", "usr/local", "usr/local/bin", "etc", "etc/systemd/system", "var/lib"):
+        assert mode(root / folder) == 0o755, folder
     installed = root / "usr/local/bin/appliance"
     assert installed.read_bytes() == binary.read_bytes() and mode(installed) == 0o755
 

@@ -189,8 +189,19 @@ def run(args: argparse.Namespace) -> int:
 # -- the actions ---------------------------------------------------------------------------------
 
 
+def _mkdirs(path: Path) -> None:
+    """Create missing directories as 0755 (the process umask is 077): bin, unit and /etc dirs."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir()
+        os.chmod(folder, 0o755)  # noqa: S103 - system directories other users must traverse
+
+
 def _copy(source: Path, target: Path, mode: int) -> str | None:
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _mkdirs(target.parent)
     if source.resolve() == target.resolve():
         os.chmod(target, mode)
         return "already in place"
@@ -218,7 +229,7 @@ def _create_user() -> str | None:
 
 
 def _write_config(path: Path, directory: Path, real: bool) -> str | None:
-    directory.mkdir(parents=True, exist_ok=True)
+    _mkdirs(directory)
     os.chmod(directory, 0o755)  # noqa: S103 - /etc/appliance: the unit reads it as its user
     if path.exists():
         return f"{path} exists: left as it is"
@@ -232,6 +243,7 @@ def _write_config(path: Path, directory: Path, real: bool) -> str | None:
 
 
 def _init(args: argparse.Namespace, config: Path, state: Path) -> str | None:
+    _mkdirs(state.parent)
     init_args = argparse.Namespace(
         config=config, state_dir=str(state), admin_user=args.admin_user,
         admin_password_file=args.admin_password_file, domain=args.domain, email=args.email)
@@ -245,7 +257,7 @@ def _copy_key(state: Path, key: Path) -> str | None:
     if key.exists():
         return f"{key} exists: left as it is (it must be the secret this store was created with)"
     data = (state / state_dir.INSTANCE_SECRET_FILE).read_bytes()
-    key.parent.mkdir(parents=True, exist_ok=True)
+    _mkdirs(key.parent)
     fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
