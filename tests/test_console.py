@@ -86,14 +86,19 @@ def seeded(world: World) -> dict[str, str]:
     status, ds = client.call("POST", "/api/v1/datasources", {
         "name": "Seeded warehouse", "kind": "postgres",
         "config": {"host": "127.0.0.1", "port": world.pg.port, "database": "postgres",
-                   "user": "postgres", "tls": "disable"},
+                   "user": "postgres", "tls": "disable", "max_rows": 100_000},
         "secrets": {"password": PG_PASSWORD}})
     assert status == 201, ds
     status, query = client.call("POST", "/api/v1/queries", {
         "name": "Seeded orders", "datasource_id": ds["id"], "body": SEEDED_SQL,
         "parameters": [{"name": "customer", "type": "string", "required": True}]})
     assert status == 201, query
-    world.seeded.update(datasource=ds["id"], query=query["id"])
+    status, series = client.call("POST", "/api/v1/queries", {
+        "name": "Seeded series", "datasource_id": ds["id"],
+        "body": "SELECT g AS n, md5(g::text) AS hash FROM generate_series(1, {{ count }}) AS g",
+        "parameters": [{"name": "count", "type": "integer", "default": 10}]})
+    assert status == 201, series
+    world.seeded.update(datasource=ds["id"], query=query["id"], series=series["id"])
     return world.seeded
 
 
@@ -525,5 +530,55 @@ def test_the_browser_enforces_the_consoles_csp_and_headers(world: World) -> None
             headers: {'Content-Type': 'application/json'}, body: '{}'})).status""")
         assert status in (401, 403)
         assert recorder.dialogs == []
+    finally:
+        context.close()
+
+
+# --- big results and the forms of other kinds -------------------------------------------------
+
+
+def test_big_results_stream_in_and_each_kind_has_its_form(world: World, seeded: dict[str, str]) -> None:
+    app = world.app
+    context, page, recorder = new_page(world)
+    try:
+        login(page, app.url, "dev", DEVELOPER_PASSWORD)
+        page.get_by_role("heading", name="Queries").wait_for()
+        page.goto(f"{app.url}/#/queries/{seeded['series']}")
+        assert page.get_by_label("count (integer)").get_attribute("placeholder") == "default: 10"
+        page.get_by_label("count (integer)").fill("25000")
+        page.get_by_role("button", name="Run", exact=True).click()
+        page.get_by_text("25,000 rows in").wait_for()
+        assert "the first 10,000 are shown" in page.locator("#results").locator("..").inner_text()
+        assert page.locator("#results tbody tr").count() == 10_000
+        ndjson = [u for u, s, b in recorder.responses if u.endswith("/run") and b.startswith(b'{"columns"')]
+        assert ndjson, "the run was not answered as NDJSON"
+        page.get_by_label("count (integer)").fill("2.5")
+        page.get_by_role("button", name="Run", exact=True).click()
+        page.locator(".run-form [data-field='param.count'] .field-error").wait_for()
+        shot(page, "query-big-result-1280")
+
+        page.goto(f"{app.url}/#/datasources/new")
+        page.get_by_label("Kind").select_option("rest")
+        page.get_by_label("Authentication").select_option("bearer")
+        assert page.get_by_label("Bearer token").is_visible()
+        page.get_by_label("Authentication").select_option("header")
+        assert page.get_by_label("Header name").is_visible() and page.get_by_label("API key").is_visible()
+        assert page.get_by_label("Bearer token").count() == 0
+        page.get_by_label("Name", exact=True).fill("Billing API")
+        page.get_by_label("Base URL").fill("https://billing.example.com/v1")
+        page.get_by_label("Header name").fill("X-Api-Key")
+        page.get_by_label("API key").fill("key-7c1e-never-shown")
+        page.get_by_role("button", name="Create datasource").click()
+        page.get_by_role("heading", name="Billing API").wait_for()
+        assert page.locator(".secret-state").inner_text() == "set"
+        assert "key-7c1e-never-shown" not in page.content()
+        shot(page, "datasource-rest-1280")
+        page.goto(f"{app.url}/#/datasources/new")
+        page.get_by_label("Kind").select_option("mongodb")
+        assert page.get_by_label("Port").input_value() == "27017"
+        page.get_by_label("Kind").select_option("sqlite")
+        assert page.get_by_label("Read only").is_checked()
+        assert page.get_by_text("This kind takes no secret.").is_visible()
+        clean(recorder)
     finally:
         context.close()
