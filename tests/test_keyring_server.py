@@ -69,3 +69,20 @@ async def test_tampered_field_is_a_clear_error_and_the_server_survives(state: Pa
                 assert (await response.json()) == {"set": False, "length": 0}
     finally:
         await runner.cleanup()
+
+
+async def test_keys_endpoint_reports_versions_and_counts_without_key_material(
+    tmp_path: Path,
+) -> None:
+    """GET /api/v1/keys (admin): the same numbers as `appliance keys status`, no key bytes."""
+    from .test_auth_support import running
+
+    async with running(tmp_path / "state", require_2fa="", tokens=True) as appliance:
+        admin = appliance.client(token=appliance.tokens["admin"])
+        resp = await admin.request("GET", "/api/v1/keys", None, csrf=False)
+        assert resp.status == 200
+        keys = resp.body["keys"]
+        assert len(keys) >= 1 and sum(k["active"] for k in keys) == 1
+        assert set(keys[0]) == {"version", "active", "created_at", "fields"}
+        viewer = appliance.client(token=appliance.tokens["viewer"])
+        assert (await viewer.request("GET", "/api/v1/keys", None, csrf=False)).status == 403

@@ -43,6 +43,8 @@ EXPECTED = {
     ("GET", "/api/v1/audit/verify"): "admin",
     ("GET", "/healthz"): "public",
     ("GET", "/readyz"): "public",
+    ("GET", "/api/v1/keys"): "admin",
+    ("GET", "/api/v1/openapi.json"): "public",
 }
 
 

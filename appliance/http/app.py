@@ -20,6 +20,7 @@ from appliance.http import (
     datasource_routes,
     egress_routes,
     health,
+    keyring_routes,
     metrics_routes,
     middleware,
     openapi,
@@ -52,6 +53,7 @@ def build_app(settings: Settings, tls: TLSManager) -> web.Application:
     datasource_routes.add_routes(app)  # also opens the datasource and query services
     query_routes.add_routes(app)
     tls_routes.add_routes(app)
+    keyring_routes.add_routes(app)
     console.add_routes(app)  # the web console's static shell at /
     metrics_routes.install(app)  # GET /metrics and the per-response counter
     openapi.add_routes(app)  # GET /api/v1/openapi.json, built from the routes above
