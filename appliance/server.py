@@ -89,6 +89,9 @@ async def serve(settings: Settings, out: TextIO = sys.stdout, *,
         return 1
 
     app[EGRESS].policy.set_own_listeners(own)  # never a destination, in any spelling
+    # Before "listening" and READY=1: a SIGHUP from then on reloads, never terminates.
+    reloader = Reloader(app, settings, reload_settings or _same_load(settings))
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.on_signal)
     tls.listeners_ready()  # acme: issuance starts in the background now that HTTP-01 answers
     url = _url(listen, port)
     log.info("listening", extra={"url": url, "version": __version__, "tls_mode": tls.settings.mode})
@@ -108,8 +111,6 @@ async def serve(settings: Settings, out: TextIO = sys.stdout, *,
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    reloader = Reloader(app, settings, reload_settings or _same_load(settings))
-    loop.add_signal_handler(signal.SIGHUP, reloader.on_signal)
     await stop.wait()
 
     log.info("stopping: draining in-flight requests",
