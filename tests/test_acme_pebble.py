@@ -221,7 +221,7 @@ def test_rate_limit_honours_retry_after(tmp_path: Path, front: CAFront) -> None:
         assert len(front.orders) == 1
 
 
-@pytest.mark.parametrize("case", ["failed_challenge", "unreachable", "untrusted"])
+@pytest.mark.parametrize("case", ["failed_challenge", "unreachable", "untrusted", "wildcard"])
 def test_failures_are_clear_and_the_appliance_keeps_serving(tmp_path: Path, pebble: Pebble,
                                                            case: str) -> None:
     directory, ca_bundle, names = pebble.directory, pebble.ca.ca_pem, (NAME,)
@@ -233,6 +233,9 @@ def test_failures_are_clear_and_the_appliance_keeps_serving(tmp_path: Path, pebb
     elif case == "unreachable":
         directory = f"https://127.0.0.1:{free_port()}/dir"
         expected = "cannot reach"
+    elif case == "wildcard":
+        names = ("*.acme.test",)
+        expected = "wildcard names need the DNS-01 challenge"
     else:
         ca_bundle = make_mini_ca(tmp_path / "other-ca", "some other CA").ca_pem
         expected = "is not trusted"

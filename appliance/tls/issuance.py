@@ -23,7 +23,7 @@ from appliance.settings import TLSSettings
 from appliance.tls import renewal
 from appliance.tls.acme_client import ACMEClient, ari_cert_id, new_key_pem
 from appliance.tls.certificates import CertificateInfo, load_pair
-from appliance.tls.errors import ACMEError, ACMERateLimited
+from appliance.tls.errors import ACMEConfigError, ACMEError, ACMERateLimited
 from appliance.tls.http01 import HTTP01Responder
 from appliance.tls.storage import ACMEStorage, CertRecord, names_key
 from appliance.tls.transport import EgressRoute
@@ -176,6 +176,11 @@ class ACMEIssuer:
         action = "tls.certificate.issue" if first else "tls.certificate.renew"
         orders = 0
         try:
+            wildcards = [n for n in settings.names if n.startswith("*.")]
+            if wildcards:
+                raise ACMEConfigError(
+                    f"{', '.join(wildcards)}: wildcard names need the DNS-01 challenge, and the "
+                    "appliance answers HTTP-01 only; list each name instead")
             if not self.has_http_listener:
                 raise ACMEError("no plain-HTTP listener for the HTTP-01 challenge: set "
                                 "server.http_listen (e.g. \"0.0.0.0:80\") and open port 80")

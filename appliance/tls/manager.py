@@ -183,11 +183,19 @@ class TLSManager:
         """Check every `check_interval` seconds until cancelled."""
         if self.settings.mode == "acme":
             if self.acme is not None:
-                await self.acme.run()
+                await asyncio.gather(self.acme.run(), self._keep_temporary_fresh())
             return
         while True:
             await asyncio.sleep(self.settings.check_interval)
             self.check()
+
+    async def _keep_temporary_fresh(self, every: float = 3600.0) -> None:
+        """While no ACME certificate has arrived, never let the temporary one expire."""
+        while True:
+            await asyncio.sleep(every)
+            if self.temporary and self.info is not None and self.info.days_left() < 1:
+                chain_pem, key_pem = temporary_self_signed(self.settings.names)
+                self.install_pem(chain_pem, Secret(key_pem), temporary=True)
 
     # -- status ------------------------------------------------------------------------------
 
