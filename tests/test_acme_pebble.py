@@ -156,8 +156,12 @@ def test_forced_renewal_swaps_certificate_under_open_connection(tmp_path: Path,
             status, _, _ = http_request(kept, "GET", "/healthz", NAME)
             assert status == 200
             assert fingerprint(_peer(kept)) == fingerprint(before)
-        actions = [r[0] for r in app.db("SELECT action FROM audit_log")]
-        assert "tls.certificate.renew" in actions
+        renewals = app.db("SELECT actor, outcome, details FROM audit_log "
+                          "WHERE action = 'tls.certificate.renew'")
+        assert len(renewals) == 1
+        actor, outcome, details = renewals[0]
+        assert actor != "system" and "admin" in actor  # the admin who forced it
+        assert outcome == "ok" and '"reason":"forced"' in details.replace(" ", "")
 
 
 def _peer(sock: ssl.SSLSocket):

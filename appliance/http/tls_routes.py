@@ -24,7 +24,7 @@ async def renew(request: web.Request) -> web.Response:
     if tls.acme is None:
         raise Conflict(f"tls.mode is {tls.settings.mode!r}: only acme certificates are renewed "
                        "on request", code="not_acme")
-    outcome = await tls.acme.renew(reason="forced")
+    outcome = await tls.acme.renew(reason="forced", actor=access.context(request).actor)
     return web.json_response({"renewed": outcome.renewed, **tls.status()})
 
 

@@ -147,8 +147,9 @@ class ACMEIssuer:
             return None
         return await self.renew(reason="due")
 
-    async def renew(self, *, reason: str = "forced") -> Outcome:
-        """Order now (`reason` "forced" ignores the schedule but not a CA's Retry-After)."""
+    async def renew(self, *, reason: str = "forced", actor: str = "system") -> Outcome:
+        """Order now (`reason` "forced" ignores the schedule but not a CA's Retry-After);
+        `actor` is who asked, for the audit log."""
         async with self._lock:
             record = self.record or await self.storage.ensure_record(
                 self.names, self.settings.directory)
@@ -160,14 +161,14 @@ class ACMEIssuer:
                     f"{record.last_error}", retry_at=record.next_attempt)
             if reason != "forced" and not (self.due(now) and not self.backing_off(now)):
                 return Outcome(False, self.info)
-            return await self._attempt(record, reason)
+            return await self._attempt(record, reason, actor)
 
     def wake(self) -> None:
         self._wake.set()
 
     # -- one attempt ----------------------------------------------------------------------------
 
-    async def _attempt(self, record: CertRecord, reason: str) -> Outcome:
+    async def _attempt(self, record: CertRecord, reason: str, actor: str) -> Outcome:
         settings = self.settings
         directory = settings.directory
         self.attempt_running = True
@@ -223,7 +224,7 @@ class ACMEIssuer:
                 details={"reason": reason, "issuer": info.issuer,
                          "not_after": info.not_after.isoformat(),
                          "names": list(info.names), "replaces": replaced,
-                         "fingerprint_sha256": info.fingerprint_sha256})
+                         "fingerprint_sha256": info.fingerprint_sha256}, actor=actor)
             self.info = info
             self.record = await self.storage.certificate(self.names)
             log.info("acme certificate obtained",
@@ -232,7 +233,7 @@ class ACMEIssuer:
                             "renew_at": renew_at.isoformat(), "ari": ari_time is not None})
             return Outcome(True, info)
         except ACMEError as exc:
-            await self._failed(record, exc, orders, action, reason)
+            await self._failed(record, exc, orders, action, reason, actor)
             raise
         finally:
             self.attempt_running = False
@@ -255,7 +256,7 @@ class ACMEIssuer:
         return chain, ari_time, ari_next, replaces
 
     async def _failed(self, record: CertRecord, exc: ACMEError, orders: int, action: str,
-                      reason: str) -> None:
+                      reason: str, actor: str) -> None:
         now = _now()
         failures = record.failures + 1
         next_attempt = renewal.next_attempt_after_failure(now, failures, exc.retry_at)
@@ -266,7 +267,8 @@ class ACMEIssuer:
         try:
             await self.storage.record_failure(
                 self.names, error=exc.message, failures=failures, next_attempt=next_attempt,
-                orders=orders, action=action, details={"reason": reason, "code": exc.code})
+                orders=orders, action=action, details={"reason": reason, "code": exc.code},
+                actor=actor)
             self.record = await self.storage.certificate(self.names)
         except ApplianceError as store_exc:
             log.error("cannot record the acme failure", extra={"error": store_exc.message})

@@ -139,7 +139,8 @@ class ACMEStorage:
     async def record_success(self, names: str, *, directory: str, chain_pem: bytes,
                              not_after: dt.datetime, renew_at: dt.datetime,
                              ari_next_check: dt.datetime | None, orders: int,
-                             action: str, details: Mapping[str, Any]) -> None:
+                             action: str, details: Mapping[str, Any], actor: str = "system"
+                             ) -> None:
         now = time.time()
         async with self.store.transaction() as tx:
             await tx.execute(
@@ -149,11 +150,12 @@ class ACMEStorage:
                 "updated_at = ? WHERE names = ?",
                 (directory, chain_pem.decode(), not_after.timestamp(), renew_at.timestamp(),
                  _epoch(ari_next_check), now, now, orders, now, names))
-            await self._record(tx, action=action, target=names, outcome="ok", details=details)
+            await self._record(tx, action=action, target=names, outcome="ok", details=details,
+                               actor=actor)
 
     async def record_failure(self, names: str, *, error: str, failures: int,
                              next_attempt: dt.datetime, orders: int, action: str,
-                             details: Mapping[str, Any]) -> None:
+                             details: Mapping[str, Any], actor: str = "system") -> None:
         now = time.time()
         async with self.store.transaction() as tx:
             await tx.execute(
@@ -161,7 +163,7 @@ class ACMEStorage:
                 "last_error = ?, orders = orders + ?, updated_at = ? WHERE names = ?",
                 (failures, next_attempt.timestamp(), now, error, orders, now, names))
             await self._record(tx, action=action, target=names, outcome="failed",
-                               details={**details, "error": error[:500]})
+                               details={**details, "error": error[:500]}, actor=actor)
 
     async def save_schedule(self, names: str, *, renew_at: dt.datetime | None,
                             ari_next_check: dt.datetime | None) -> None:
@@ -172,8 +174,8 @@ class ACMEStorage:
                 (_epoch(renew_at), _epoch(ari_next_check), time.time(), names))
 
     async def _record(self, tx: Transaction, *, action: str, target: str, outcome: str,
-                      details: Mapping[str, Any]) -> None:
+                      details: Mapping[str, Any], actor: str) -> None:
         audit = self._audit()
         if audit is not None:
-            await audit.record(tx, action=action, actor="system", target=f"tls:{target}",
+            await audit.record(tx, action=action, actor=actor, target=f"tls:{target}",
                                outcome=outcome, details=dict(details))
