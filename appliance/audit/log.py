@@ -22,6 +22,7 @@ from appliance.errors import ApplianceError, ServiceUnavailable
 from appliance.store import Store, Transaction
 
 log = logging.getLogger("appliance.audit")
+RUN_ACTION = "query.run"
 
 OUTCOMES = ("ok", "denied", "failed", "error")
 _MAX_FIELD = 500
@@ -107,7 +108,8 @@ class AuditLog:
         request_id: str = "",
         details: Mapping[str, Any] | None = None,
     ) -> int:
-        """Record a query run (metadata only); return once the entry is durable.
+        """Record a query run (metadata only); return once the entry is committed (without an
+        fsync of its own: a power failure may lose the newest run entries, never half of one).
 
         Entries arriving while a batch is being committed are written together in the next one
         (group commit). Raises `AuditUnavailable` if the batch cannot be committed. Never call it
@@ -115,7 +117,7 @@ class AuditLog:
         """
         extra = dict(details or {})
         extra.update({"duration_ms": round(float(duration_ms), 3), "row_count": int(row_count)})
-        return await self.submit(action="query.run", actor=actor, target=f"query:{query_id}",
+        return await self.submit(action=RUN_ACTION, actor=actor, target=f"query:{query_id}",
                                  outcome=outcome, client=client, request_id=request_id,
                                  details=extra)
 
@@ -141,9 +143,16 @@ class AuditLog:
                 await asyncio.sleep(0)
             batch: list[_Pending] = []
             try:
-                async with self.store.transaction() as tx:
+                # Query-run metadata may skip the flush to disk (atomic all the same, and still
+                # written before the caller answers); any other entry makes the batch durable.
+                durable = any(item.fields.get("action") != RUN_ACTION
+                              for item in self._pending[: self.max_batch])
+                async with self.store.transaction(durable=durable) as tx:
                     # Taken inside the transaction: what arrived while we waited joins this batch.
                     batch = self._pending[: self.max_batch]
+                    if not durable:  # a non-run entry that arrived meanwhile waits its turn
+                        runs = [item.fields.get("action") == RUN_ACTION for item in batch]
+                        batch = batch[: runs.index(False)] if False in runs else batch
                     del self._pending[: len(batch)]
                     positions = await self._append(tx, [item.fields for item in batch])
             except asyncio.CancelledError:

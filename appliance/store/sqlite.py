@@ -87,20 +87,33 @@ class SQLiteStore:
         return [dict(row) for row in rows]
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[_SQLiteTransaction]:
+    async def transaction(self, *, durable: bool = True) -> AsyncIterator[_SQLiteTransaction]:
+        """With `durable=False` the commit skips fsync (`synchronous = NORMAL` in WAL mode): still
+        atomic and safe against a process crash, but the newest such commits can be lost to a
+        power failure. Only for records that may be lost that way (query-run metadata)."""
         async with self._write_lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
+            if not durable:
+                await self._writer.execute("PRAGMA synchronous = NORMAL")
             try:
-                yield _SQLiteTransaction(self._writer)
-            except BaseException:
-                await self._writer.rollback()
-                raise
-            else:
-                try:
-                    await self._writer.commit()
-                except sqlite3.Error as exc:
-                    await self._writer.rollback()
-                    raise StoreError(f"store commit failed: {exc}") from exc
+                async with self._transaction() as tx:
+                    yield tx
+            finally:
+                if not durable:
+                    await self._writer.execute("PRAGMA synchronous = FULL")
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[_SQLiteTransaction]:
+        await self._writer.execute("BEGIN IMMEDIATE")
+        try:
+            yield _SQLiteTransaction(self._writer)
+        except BaseException:
+            await self._writer.rollback()
+            raise
+        try:
+            await self._writer.commit()
+        except sqlite3.Error as exc:
+            await self._writer.rollback()
+            raise StoreError(f"store commit failed: {exc}") from exc
 
     async def schema_version(self) -> int:
         row = await self.fetch_one("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")
