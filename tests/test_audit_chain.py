@@ -168,10 +168,10 @@ async def test_record_run_group_commits_and_stays_ordered(tmp_path: Path) -> Non
     commits = 0
     original = store.transaction
 
-    def counting() -> contextlib.AbstractAsyncContextManager:
+    def counting(**kwargs: bool) -> contextlib.AbstractAsyncContextManager:
         nonlocal commits
         commits += 1
-        return original()
+        return original(**kwargs)
 
     store.transaction = counting  # type: ignore[method-assign]
     try:
@@ -187,6 +187,24 @@ async def test_record_run_group_commits_and_stays_ordered(tmp_path: Path) -> Non
         row = await store.fetch_one("SELECT * FROM audit_log WHERE request_id = 'r7'")
         assert row is not None and row["action"] == "query.run" and row["target"] == "query:q7"
         assert json.loads(row["details"]) == {"duration_ms": 1.5, "row_count": 7}
+    finally:
+        await log.close()
+        await store.close()
+
+
+async def test_a_transaction_that_cannot_start_fails_the_callers(tmp_path: Path) -> None:
+    store = await open_sqlite_store(tmp_path / "runs.db")
+    log = AuditLog(store)
+
+    def broken(**kwargs: bool) -> contextlib.AbstractAsyncContextManager:
+        raise RuntimeError("the store is gone")
+
+    store.transaction = broken  # type: ignore[method-assign]
+    try:
+        results = await asyncio.wait_for(asyncio.gather(
+            *[log.record_run(actor="v", query_id="q", duration_ms=1, row_count=0)
+              for _ in range(5)], return_exceptions=True), timeout=5)
+        assert all(isinstance(r, AuditUnavailable) for r in results), results
     finally:
         await log.close()
         await store.close()

@@ -162,6 +162,9 @@ class AuditLog:
                 self._pending.clear()
                 raise
             except Exception as exc:
+                if not batch:  # the transaction did not even start: fail who was waiting for it
+                    batch = self._pending[: self.max_batch]
+                    del self._pending[: len(batch)]
                 log.error("audit group commit failed",
                           extra={"entries": len(batch), "exception": type(exc).__qualname__})
                 for item in batch:
