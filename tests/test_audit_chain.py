@@ -166,14 +166,14 @@ async def test_record_run_group_commits_and_stays_ordered(tmp_path: Path) -> Non
     store = await open_sqlite_store(tmp_path / "runs.db")
     log = AuditLog(store)
     commits = 0
-    original = store.transaction
+    original = store.write
 
-    def counting(**kwargs: bool) -> contextlib.AbstractAsyncContextManager:
+    async def counting(fn, **kwargs: bool):
         nonlocal commits
         commits += 1
-        return original(**kwargs)
+        return await original(fn, **kwargs)
 
-    store.transaction = counting  # type: ignore[method-assign]
+    store.write = counting  # type: ignore[method-assign]
     try:
         count = 200
         positions = await asyncio.gather(*[
@@ -192,14 +192,39 @@ async def test_record_run_group_commits_and_stays_ordered(tmp_path: Path) -> Non
         await store.close()
 
 
+async def test_only_query_run_batches_skip_the_fsync(tmp_path: Path) -> None:
+    store = await open_sqlite_store(tmp_path / "runs.db")
+    log = AuditLog(store)
+    seen: list[tuple[set[str], bool]] = []
+    original = store.write
+
+    async def recording(fn, *, durable: bool = True):
+        seen.append(({e["action"] for e in fn.keywords["entries"]}, durable))
+        return await original(fn, durable=durable)
+
+    store.write = recording  # type: ignore[method-assign]
+    try:
+        await log.record_run(actor="v", query_id="q", duration_ms=1, row_count=0)
+        await log.submit(action="tls.certificate.issue", actor="system")
+        await asyncio.gather(log.record_run(actor="v", query_id="q", duration_ms=1, row_count=0),
+                             log.submit(action="user.create", actor="admin"))
+        assert seen[0] == ({"query.run"}, False)
+        assert seen[1] == ({"tls.certificate.issue"}, True)
+        assert all(durable for actions, durable in seen[2:] if actions != {"query.run"})
+        assert (await log.verify()).ok
+    finally:
+        await log.close()
+        await store.close()
+
+
 async def test_a_transaction_that_cannot_start_fails_the_callers(tmp_path: Path) -> None:
     store = await open_sqlite_store(tmp_path / "runs.db")
     log = AuditLog(store)
 
-    def broken(**kwargs: bool) -> contextlib.AbstractAsyncContextManager:
+    async def broken(fn, **kwargs: bool):
         raise RuntimeError("the store is gone")
 
-    store.transaction = broken  # type: ignore[method-assign]
+    store.write = broken  # type: ignore[method-assign]
     try:
         results = await asyncio.wait_for(asyncio.gather(
             *[log.record_run(actor="v", query_id="q", duration_ms=1, row_count=0)

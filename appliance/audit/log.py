@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 from collections.abc import Mapping
@@ -143,18 +144,16 @@ class AuditLog:
                 await asyncio.sleep(0)
             batch: list[_Pending] = []
             try:
+                batch = self._pending[: self.max_batch]
+                del self._pending[: len(batch)]
+                entries = [item.fields for item in batch]
                 # Query-run metadata may skip the flush to disk (atomic all the same, and still
                 # written before the caller answers); any other entry makes the batch durable.
-                durable = any(item.fields.get("action") != RUN_ACTION
-                              for item in self._pending[: self.max_batch])
-                async with self.store.transaction(durable=durable) as tx:
-                    # Taken inside the transaction: what arrived while we waited joins this batch.
-                    batch = self._pending[: self.max_batch]
-                    if not durable:  # a non-run entry that arrived meanwhile waits its turn
-                        runs = [item.fields.get("action") == RUN_ACTION for item in batch]
-                        batch = batch[: runs.index(False)] if False in runs else batch
-                    del self._pending[: len(batch)]
-                    positions = await self._append(tx, [item.fields for item in batch])
+                durable = any(fields.get("action") != RUN_ACTION for fields in entries)
+                # The whole batch is one store step: read the head, chain, insert, commit.
+                positions = await self.store.write(functools.partial(_append_sync,
+                                                                     entries=entries),
+                                                   durable=durable)
             except asyncio.CancelledError:
                 for item in batch + self._pending:
                     if not item.done.done():
@@ -162,9 +161,6 @@ class AuditLog:
                 self._pending.clear()
                 raise
             except Exception as exc:
-                if not batch:  # the transaction did not even start: fail who was waiting for it
-                    batch = self._pending[: self.max_batch]
-                    del self._pending[: len(batch)]
                 log.error("audit group commit failed",
                           extra={"entries": len(batch), "exception": type(exc).__qualname__})
                 for item in batch:
@@ -176,23 +172,11 @@ class AuditLog:
                     item.done.set_result(position)
 
     async def _append(self, tx: Transaction, entries: list[dict[str, Any]]) -> list[int]:
-        head = await tx.fetch_one("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-        seq = int(head["seq"]) if head else 0
-        prev = str(head["hash"]) if head else GENESIS
-        positions = []
-        for fields in entries:
-            seq += 1
-            row = dict(fields, seq=seq, prev_hash=prev)
-            row["hash"] = entry_hash(row)
-            await tx.execute(
-                "INSERT INTO audit_log (seq, time, actor, action, target, outcome, client,"
-                " request_id, details, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (seq, row["time"], row["actor"], row["action"], row["target"], row["outcome"],
-                 row["client"], row["request_id"], row["details"], prev, row["hash"]),
-            )
-            prev = row["hash"]
-            positions.append(seq)
-        return positions
+        head = await tx.fetch_one(_HEAD_SQL)
+        rows = _chain(head, entries)
+        for row in rows:
+            await tx.execute(_INSERT_SQL, row)
+        return [int(row[0]) for row in rows]
 
     async def close(self) -> None:
         """Let pending entries finish, then refuse new ones."""
@@ -269,3 +253,34 @@ def _fields(*, action: str, actor: str, target: str, outcome: str, client: str,
         "details": json.dumps(redact(dict(details or {})), ensure_ascii=False, sort_keys=True,
                               separators=(",", ":")),
     }
+
+
+_HEAD_SQL = "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1"
+_INSERT_SQL = (
+    "INSERT INTO audit_log (seq, time, actor, action, target, outcome, client,"
+    " request_id, details, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _chain(head: Any, entries: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """The rows that append `entries` after `head` (the last entry's seq and hash, or None)."""
+    seq = int(head["seq"]) if head else 0
+    prev = str(head["hash"]) if head else GENESIS
+    rows = []
+    for fields in entries:
+        seq += 1
+        row = dict(fields, seq=seq, prev_hash=prev)
+        row["hash"] = entry_hash(row)
+        rows.append((seq, row["time"], row["actor"], row["action"], row["target"],
+                     row["outcome"], row["client"], row["request_id"], row["details"], prev,
+                     row["hash"]))
+        prev = row["hash"]
+    return rows
+
+
+def _append_sync(conn: Any, entries: list[dict[str, Any]]) -> list[int]:
+    """`_append` for `Store.write`: runs on the store's own thread, inside its transaction."""
+    head = conn.execute(_HEAD_SQL).fetchone()
+    rows = _chain(head, entries)
+    conn.executemany(_INSERT_SQL, rows)
+    return [int(row[0]) for row in rows]

@@ -5,11 +5,12 @@ Owns the interface only; implementations live beside it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 Row = dict[str, Any]
+T = TypeVar("T")
 Params = Sequence[Any]
 
 
@@ -37,6 +38,11 @@ class Store(Protocol):
     def transaction(self, *, durable: bool = True) -> AbstractAsyncContextManager[Transaction]:
         """Commit when the block ends, roll back if it raises. `durable=False` may skip the flush
         to disk (atomic all the same): only for records that may be lost to a power failure."""
+        ...
+
+    async def write(self, fn: Callable[[Any], T], *, durable: bool = True) -> T:
+        """Run a synchronous `fn(connection)` as one whole transaction, in one step; for hot
+        paths. `fn` gets the implementation's own connection (sqlite3 for SQLite)."""
         ...
 
     async def schema_version(self) -> int: ...
