@@ -165,11 +165,15 @@ def _run_in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connecti
 async def _connect(path: Path, *, readonly: bool = False) -> aiosqlite.Connection:
     uri = f"file:{path}?mode={'ro' if readonly else 'rwc'}"
     conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    for pragma in _PRAGMAS:
-        if readonly and "journal_mode" in pragma:
-            continue
-        await conn.execute(pragma)
+    try:
+        conn.row_factory = sqlite3.Row
+        for pragma in _PRAGMAS:
+            if readonly and "journal_mode" in pragma:
+                continue
+            await conn.execute(pragma)
+    except BaseException:
+        await conn.close()  # its worker thread would otherwise keep the process alive
+        raise
     return conn
 
 
