@@ -27,6 +27,22 @@ OUTPUT_DIR = ROOT / "test-output"
 # --------------------------------------------------------------------------------------------
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A store connection left open keeps a non-daemon thread alive, and the test process would
+    hang after its summary: stop such connections and fail the run, naming the leak."""
+    import gc
+
+    import aiosqlite
+
+    leaked = [obj for obj in gc.get_objects()
+              if isinstance(obj, aiosqlite.Connection) and obj._running]
+    for conn in leaked:
+        conn.stop()
+    if leaked:
+        print(f"\nerror: {len(leaked)} SQLite store connection(s) were never closed by the tests")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """The test process environment without any APPLIANCE_* or systemd variable, plus `extra`."""
     env = {
