@@ -15,7 +15,6 @@ import time
 from typing import Any, Protocol
 
 import pyotp
-import segno
 
 from appliance.auth.users import User
 from appliance.secret import Secret
@@ -53,6 +52,8 @@ def provisioning(secret: Secret[str], username: str) -> tuple[str, str]:
     uri = pyotp.TOTP(secret.reveal(), interval=_STEP).provisioning_uri(
         name=username, issuer_name=ISSUER)
     buffer = io.BytesIO()
+    import segno  # only at enrolment: keeps it out of the idle process
+
     segno.make(uri, error="m").save(buffer, kind="svg", scale=4, xmldecl=False,
                                    svgns=True, border=2)
     return uri, buffer.getvalue().decode()

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from appliance.cli.common import add_state_options, load_settings
 from appliance.cli.keys import opened
-from appliance.keyring.backup import read_passphrase, restore_backup, write_backup
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_backup(args: argparse.Namespace) -> int:
+    from appliance.keyring.backup import read_passphrase, write_backup  # tarfile: only here
+
     settings = load_settings(args)
     passphrase = read_passphrase(args.passphrase_file) if args.passphrase_file else None
 
@@ -61,6 +62,8 @@ def run_backup(args: argparse.Namespace) -> int:
 
 
 def run_restore(args: argparse.Namespace) -> int:
+    from appliance.keyring.backup import read_passphrase, restore_backup
+
     settings = load_settings(args)
     passphrase = read_passphrase(args.passphrase_file) if args.passphrase_file else None
     report = asyncio.run(restore_backup(settings, args.file, force=args.force,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import platform
 import ssl
-from importlib import metadata
 
 from appliance import __version__
 from appliance.build_info import commit
@@ -24,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from importlib import metadata  # only here: it pulls in csv, email and zipfile
+
     print(f"appliance {__version__}")
     print(f"commit {commit()}")
     print(f"python {platform.python_version()} ({platform.python_implementation()})")
