@@ -240,55 +240,99 @@ def _pg_binary(name: str) -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
+@dataclass
+class PostgresCluster:
+    """A running throwaway cluster: its directory (also its Unix socket), port and log."""
+
+    root: Path
+    port: int
+    prefix: list[str]  # how to run its tools (as the postgres user when we are root)
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "postgres.log"
+
+    def connections_from(self, host: str) -> int:
+        """How many connections the server logged from `host` (needs log_connections)."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return text.count(f"connection received: host={host} ")
+
+
+@contextlib.contextmanager
+def postgres_cluster(*, name: str, hba: str, conf: str = "",
+                     superuser_password: str | None = None) -> Iterator[PostgresCluster]:
+    """initdb + pg_ctl start in a temp dir, listening on 127.0.0.1 and a free port, with the
+    given pg_hba.conf; skips when the server binaries are not installed. The one place tests
+    start PostgreSQL."""
     import pwd
     import shutil
     import socket
     import tempfile
 
-    initdb, pg_ctl, psql = _pg_binary("initdb"), _pg_binary("pg_ctl"), _pg_binary("psql")
-    if not initdb or not pg_ctl or not psql:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl, psql) are not installed")
+    initdb, pg_ctl = _pg_binary("initdb"), _pg_binary("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
     prefix: list[str] = []
     owner = None
-    if os.geteuid() == 0:
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: run it as the postgres user
         try:
             owner = pwd.getpwnam("postgres")
         except KeyError:
             pytest.skip("running as root and there is no 'postgres' user to run PostgreSQL")
         prefix = ["runuser", "-u", "postgres", "--"]
-    root = Path(tempfile.mkdtemp(prefix="proxy-pg-"))
+    root = Path(tempfile.mkdtemp(prefix=f"{name}-pg-"))
     root.chmod(0o755)
     if owner is not None:
         os.chown(root, owner.pw_uid, owner.pw_gid)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    data = root / "data"
-    subprocess.run([*prefix, initdb, "-D", str(data), "-U", "postgres", "-A", "trust",
+    cluster = PostgresCluster(root, port, prefix)
+    auth = ["-A", "trust"]
+    if superuser_password is not None:
+        pwfile = root / "pw"
+        pwfile.write_text(superuser_password + "\n")
+        if owner is not None:
+            os.chown(pwfile, owner.pw_uid, owner.pw_gid)
+        auth = ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
+    subprocess.run([*prefix, initdb, "-D", str(cluster.data), "-U", "postgres", *auth,
                     "--no-sync", "--no-instructions", "-E", "UTF8", "--locale=C"],
                    check=True, capture_output=True)
-    with (data / "postgresql.conf").open("a") as conf:
-        conf.write(f"listen_addresses = '127.0.0.1'\nport = {port}\n"
-                   f"unix_socket_directories = '{root}'\nfsync = off\n"
-                   "max_connections = 300\nshared_buffers = 32MB\n"
-                   "password_encryption = 'scram-sha-256'\n")
-    (data / "pg_hba.conf").write_text("local all postgres trust\n"
-                                      "host all all 127.0.0.1/32 scram-sha-256\n")
-    log = root / "postgres.log"
-    started = subprocess.run([*prefix, pg_ctl, "-D", str(data), "-l", str(log), "-w", "-t", "60",
-                              "start"], capture_output=True, text=True)
+    (root / "pw").unlink(missing_ok=True)
+    with (cluster.data / "postgresql.conf").open("a") as handle:
+        handle.write(f"listen_addresses = '127.0.0.1'\nport = {port}\n"
+                     f"unix_socket_directories = '{root}'\nfsync = off\n"
+                     f"shared_buffers = 16MB\n{conf}")
+    (cluster.data / "pg_hba.conf").write_text(hba)
+    started = subprocess.run([*prefix, pg_ctl, "-D", str(cluster.data), "-l", str(cluster.log),
+                              "-w", "-t", "60", "start"], capture_output=True, text=True)
     if started.returncode != 0:
-        text = log.read_text() if log.exists() else ""
+        text = cluster.log.read_text() if cluster.log.exists() else ""
         shutil.rmtree(root, ignore_errors=True)
         pytest.fail(f"PostgreSQL did not start: {started.stderr}\n{text}")
-    server = PostgresServer(root, port, prefix, psql)
     try:
+        yield cluster
+    finally:
+        subprocess.run([*prefix, pg_ctl, "-D", str(cluster.data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    psql = _pg_binary("psql")
+    if not psql:
+        pytest.skip("PostgreSQL client (psql) is not installed")
+    with postgres_cluster(
+        name="proxy",
+        hba="local all postgres trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+        conf="max_connections = 300\npassword_encryption = 'scram-sha-256'\n",
+    ) as cluster:
+        server = PostgresServer(cluster.root, cluster.port, cluster.prefix, psql)
         server.sql(f"CREATE ROLE app LOGIN PASSWORD '{PG_PASSWORD}'", database="postgres")
         server.sql("CREATE DATABASE appdb OWNER app", database="postgres")
         yield server
-    finally:
-        subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)

@@ -13,13 +13,8 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import os
-import pwd
-import shutil
 import socket
 import ssl
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from .conftest import OUTPUT_DIR, ServerProcess, clean_env, run_cli, start_server
+from .conftest import postgres_cluster as shared_postgres_cluster
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = OUTPUT_DIR / "console"
@@ -99,16 +95,6 @@ def appliance(root: Path) -> Iterator[Appliance]:
 # --- PostgreSQL with a password -------------------------------------------------------------
 
 
-def _pg_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    for root in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (root / name).exists():
-            return str(root / name)
-    return None
-
-
 @dataclass
 class Postgres:
     port: int
@@ -118,46 +104,10 @@ class Postgres:
 @contextlib.contextmanager
 def postgres_cluster() -> Iterator[Postgres]:
     """A throwaway cluster on 127.0.0.1 that takes only SCRAM password logins over TCP."""
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if not initdb or not pg_ctl:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
-    prefix: list[str] = []
-    owner = None
-    if os.geteuid() == 0:
-        try:
-            owner = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no 'postgres' user to run PostgreSQL")
-        prefix = ["runuser", "-u", "postgres", "--"]
-    root = Path(tempfile.mkdtemp(prefix="console-pg-"))
-    root.chmod(0o755)
-    pwfile = root / "pw"
-    pwfile.write_text(PG_PASSWORD + "\n")
-    if owner is not None:
-        os.chown(root, owner.pw_uid, owner.pw_gid)
-        os.chown(pwfile, owner.pw_uid, owner.pw_gid)
-    data, log, port = root / "data", root / "postgres.log", free_port()
-    subprocess.run([*prefix, initdb, "-D", str(data), "-U", "postgres", "--auth=scram-sha-256",
-                    f"--pwfile={pwfile}", "--no-sync", "--no-instructions"],
-                   check=True, capture_output=True)
-    pwfile.unlink()
-    with (data / "postgresql.conf").open("a") as conf:
-        conf.write(f"listen_addresses = '127.0.0.1'\nport = {port}\n"
-                   f"unix_socket_directories = '{root}'\nfsync = off\n"
-                   "max_connections = 20\nshared_buffers = 16MB\n")
-    (data / "pg_hba.conf").write_text("host all all 127.0.0.1/32 scram-sha-256\n")
-    started = subprocess.run([*prefix, pg_ctl, "-D", str(data), "-l", str(log), "-w", "-t", "60",
-                              "start"], capture_output=True, text=True)
-    if started.returncode != 0:
-        text = log.read_text() if log.exists() else ""
-        shutil.rmtree(root, ignore_errors=True)
-        pytest.fail(f"PostgreSQL did not start: {started.stderr}\n{text}")
-    try:
-        yield Postgres(port, PG_PASSWORD)
-    finally:
-        subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+    with shared_postgres_cluster(name="console", superuser_password=PG_PASSWORD,
+                                 hba="host all all 127.0.0.1/32 scram-sha-256\n",
+                                 conf="max_connections = 20\n") as cluster:
+        yield Postgres(cluster.port, PG_PASSWORD)
 
 
 def pg_execute(pg: Postgres, *statements: str) -> None:
@@ -191,19 +141,35 @@ class Recorder:
 
     def __init__(self, page: Any) -> None:
         self.responses: list[tuple[str, int, bytes]] = []
+        self.content_types: dict[str, str] = {}
+        self.unreadable: list[str] = []  # responses whose body could not be captured
         self.dialogs: list[str] = []
         self.console_errors: list[str] = []
         self.page_errors: list[str] = []
+        # API answers are captured through a route: the recorded body is exactly the one the
+        # page is then given (a `response` event cannot always read a streamed body).
+        page.route("**/api/**", self._route)
         page.on("response", self._response)
         page.on("dialog", self._dialog)
         page.on("console", lambda m: m.type == "error" and self.console_errors.append(m.text))
         page.on("pageerror", lambda e: self.page_errors.append(str(e)))
 
+    def _route(self, route: Any) -> None:
+        response = route.fetch()
+        body = response.body()
+        self.content_types[response.url] = response.headers.get("content-type", "")
+        self.responses.append((response.url, response.status, body))
+        route.fulfill(response=response, body=body)
+
     def _response(self, response: Any) -> None:
+        if "/api/" in response.url:
+            return  # recorded by _route
+        self.content_types[response.url] = response.headers.get("content-type", "")
         try:
             body = response.body()
         except Exception:
             body = b""
+            self.unreadable.append(response.url)
         self.responses.append((response.url, response.status, body))
 
     def _dialog(self, dialog: Any) -> None:

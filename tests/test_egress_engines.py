@@ -6,20 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import os
-import pwd
-import shutil
 import socket
 import struct
-import subprocess
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from appliance.egress import Dialer, EgressDenied, PolicyHolder, StaticResolver
 from appliance.settings import EgressSettings
+
+from .conftest import PostgresCluster, postgres_cluster
 
 asyncpg = pytest.importorskip("asyncpg")
 pymongo = pytest.importorskip("pymongo")
@@ -48,66 +44,12 @@ def free_port() -> int:
 # --- PostgreSQL ------------------------------------------------------------------------------
 
 
-def _pg_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    for root in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (root / name).exists():
-            return str(root / name)
-    return None
-
-
-class PostgresCluster:
-    def __init__(self, root: Path, port: int) -> None:
-        self.root = root
-        self.data = root / "data"
-        self.log = root / "postgres.log"
-        self.port = port
-
-    def connections_from(self, host: str) -> int:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return text.count(f"connection received: host={host} ")
-
-
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[PostgresCluster]:
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if not initdb or not pg_ctl:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
-    prefix: list[str] = []
-    owner = None
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: run it as the postgres user
-        try:
-            owner = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no 'postgres' user to run PostgreSQL")
-        prefix = ["runuser", "-u", "postgres", "--"]
-    root = Path(tempfile.mkdtemp(prefix="egress-pg-"))
-    root.chmod(0o755)
-    if owner is not None:
-        os.chown(root, owner.pw_uid, owner.pw_gid)
-    cluster = PostgresCluster(root, free_port())
-    subprocess.run([*prefix, initdb, "-D", str(cluster.data), "-U", "postgres", "-A", "trust",
-                    "--no-sync", "--no-instructions"], check=True, capture_output=True)
-    with (cluster.data / "postgresql.conf").open("a") as conf:
-        conf.write(f"listen_addresses = '127.0.0.1'\nport = {cluster.port}\n"
-                   f"unix_socket_directories = '{root}'\nfsync = off\n"
-                   "log_connections = on\nmax_connections = 20\nshared_buffers = 16MB\n")
     # The only way in: TCP from 127.0.0.2. Not 127.0.0.1, not the Unix socket.
-    (cluster.data / "pg_hba.conf").write_text("host all all 127.0.0.2/32 trust\n")
-    started = subprocess.run([*prefix, pg_ctl, "-D", str(cluster.data), "-l", str(cluster.log),
-                              "-w", "-t", "60", "start"], capture_output=True, text=True)
-    if started.returncode != 0:
-        log = cluster.log.read_text() if cluster.log.exists() else ""
-        shutil.rmtree(root, ignore_errors=True)
-        pytest.fail(f"PostgreSQL did not start: {started.stderr}\n{log}")
-    try:
+    with postgres_cluster(name="egress", hba="host all all 127.0.0.2/32 trust\n",
+                          conf="log_connections = on\nmax_connections = 20\n") as cluster:
         yield cluster
-    finally:
-        subprocess.run([*prefix, pg_ctl, "-D", str(cluster.data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 async def test_asyncpg_connects_from_the_source_address(postgres):
