@@ -6,31 +6,45 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# Debian packages the test suite needs (installed with apt-get when missing; you must be root).
+# Debian packages (installed with apt-get when missing; root or sudo): what `make run` needs, and
+# what the test suite needs.
+RUN_DEBS  := python3-venv
 TEST_DEBS := python3-venv openssl binutils postgresql chromium pebble systemd
 
-.PHONY: run test lint binary system-deps venv clean
-
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; }
-	$(BIN)/python -m pip install --quiet --upgrade pip
-
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,binary]'
-	touch $@
-
-venv: $(VENV)/.installed
-
-run: system-deps $(VENV)/.installed
-	$(BIN)/appliance serve --dev
-
-system-deps:
-	@missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# $(call install_debs,PACKAGES): apt-get install those not installed yet.
+define install_debs
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
 	fi
+endef
+
+.PHONY: run test lint binary run-deps system-deps venv clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; }
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test,binary]'
+	touch $@ $(VENV)/.installed-run
+
+venv: $(VENV)/.installed
+
+run: run-deps $(VENV)/.installed-run
+	$(BIN)/appliance serve --dev
+
+run-deps:
+	$(call install_debs,$(RUN_DEBS))
+
+system-deps:
+	$(call install_debs,$(TEST_DEBS))
 
 test: system-deps $(VENV)/.installed
 	$(BIN)/ruff check appliance tests bench
