@@ -5,6 +5,8 @@ Owns the names only.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from appliance.audit import AuditLog
@@ -29,4 +31,6 @@ EGRESS_RUNTIME = web.AppKey("egress_runtime", RuntimeEgress)
 DATASOURCES = web.AppKey("datasources", DatasourceService)
 QUERIES = web.AppKey("queries", QueryService)
 RUNNER = web.AppKey("runner", Runner)
-REQUEST_ID = "request_id"
+# Typed request storage where aiohttp has it (3.13+), a plain key before.
+_RequestKey: Any = getattr(web, "RequestKey", None)
+REQUEST_ID: Any = _RequestKey("request_id", str) if _RequestKey else "request_id"
