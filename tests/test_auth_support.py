@@ -6,6 +6,7 @@ that handles the session cookie and the CSRF headers explicitly.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import sqlite3
 import ssl
@@ -177,8 +178,13 @@ class Appliance:
 
 
 @contextlib.asynccontextmanager
-async def running(state: Path, **kwargs: Any) -> AsyncIterator[Appliance]:
+async def running(state: Path, *, egress: dict[str, Any] | None = None,
+                  connection_limit: int = 100, **kwargs: Any) -> AsyncIterator[Appliance]:
+    """A real appliance in this process on 127.0.0.1 (local CA); `egress` overrides egress
+    settings, `connection_limit` the client's (0: unlimited)."""
     s, raw_tokens = await prepare(state, **kwargs)
+    if egress:
+        s = dataclasses.replace(s, egress=dataclasses.replace(s.egress, **egress))
     tls = TLSManager(s.tls, state)
     tls.load_initial()
     app = build_app(s, tls)
@@ -192,7 +198,9 @@ async def running(state: Path, **kwargs: Any) -> AsyncIterator[Appliance]:
         ctx = ssl.create_default_context(cafile=str(tls.ca.cert_path))
         url = f"https://127.0.0.1:{port}"
         appliance = Appliance(s, state, app, runner, url, url, ctx, raw_tokens)
-        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        connector = aiohttp.TCPConnector(limit=connection_limit)
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(),
+                                         connector=connector) as http:
             appliance._http = http
             yield appliance
     finally:

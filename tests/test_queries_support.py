@@ -4,48 +4,20 @@ loopback datasources allowed by the egress policy, tokens per role, and small AP
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import sqlite3
-import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-from aiohttp import web
-
-from appliance.http.app import build_app
-from appliance.server import bound_ports
-from appliance.tls import TLSManager
-from tests.test_auth_support import Appliance, Client, prepare
+from tests.test_auth_support import Appliance, Client, running
 
 
 @contextlib.asynccontextmanager
 async def proxy(state: Path, **egress: Any) -> AsyncIterator[Appliance]:
     """The appliance with users admin/developer/viewer and a token each (`appliance.tokens`)."""
-    s, raw_tokens = await prepare(state, require_2fa="", tokens=True)
-    s = dataclasses.replace(s, egress=dataclasses.replace(s.egress,
-                                                          **{"allow_private": True, **egress}))
-    tls = TLSManager(s.tls, state)
-    tls.load_initial()
-    app = build_app(s, tls)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls.context)
-        await site.start()
-        port = bound_ports(site)[0][1]
-        assert tls.ca is not None
-        ctx = ssl.create_default_context(cafile=str(tls.ca.cert_path))
-        url = f"https://127.0.0.1:{port}"
-        appliance = Appliance(s, state, app, runner, url, url, ctx, raw_tokens)
-        connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(),
-                                         connector=connector) as http:
-            appliance._http = http
-            yield appliance
-    finally:
-        await runner.cleanup()
+    async with running(state, require_2fa="", tokens=True, connection_limit=0,
+                       egress={"allow_private": True, **egress}) as appliance:
+        yield appliance
 
 
 def as_role(appliance: Appliance, role: str) -> Client:
