@@ -7,6 +7,8 @@ credential, a parameter value or a result; driver messages are reduced to what i
 
 from __future__ import annotations
 
+import asyncio
+
 from appliance.errors import NotFound, Unprocessable, UpstreamError, UpstreamTimeout
 
 
@@ -80,3 +82,18 @@ class QueryFailed(Unprocessable):
         self.datasource = datasource
         self.state = state
         self.problem = problem
+
+
+def connection_failure(name: str, exc: BaseException,
+                       connect_timeout: float) -> BaseException | None:
+    """What every engine answers for a cancellation or an egress outcome (the dialer's denial,
+    timeout or unreachable target); None for anything else, which the engine translates."""
+    from appliance.egress import EgressDenied, EgressTimeout, EgressUnreachable
+
+    if isinstance(exc, asyncio.CancelledError | EgressDenied):
+        return exc
+    if isinstance(exc, EgressTimeout):
+        return DatasourceTimeout(name, connect_timeout, "accept a connection")
+    if isinstance(exc, EgressUnreachable):
+        return DatasourceUnreachable(name, f"unreachable ({exc.message})")
+    return None

@@ -22,8 +22,9 @@ from appliance.datasources.errors import (
     DatasourceTLSError,
     DatasourceUnreachable,
     QueryFailed,
+    connection_failure,
 )
-from appliance.egress import Dialer, EgressDenied, EgressTimeout, EgressUnreachable, pymongo_hook
+from appliance.egress import Dialer, pymongo_hook
 from appliance.errors import ApplianceError
 from appliance.query import MongoCommand
 
@@ -140,12 +141,9 @@ class MongoEngine(Engine):
         from pymongo import errors
 
         name = self.name
-        if isinstance(exc, asyncio.CancelledError | EgressDenied):
-            return exc
-        if isinstance(exc, EgressTimeout):
-            return DatasourceTimeout(name, CONNECT_TIMEOUT, "accept a connection")
-        if isinstance(exc, EgressUnreachable):
-            return DatasourceUnreachable(name, f"unreachable ({exc.message})")
+        common = connection_failure(name, exc, CONNECT_TIMEOUT)
+        if common is not None:
+            return common
         if isinstance(exc, ApplianceError):
             return exc
         if isinstance(exc, errors.ExecutionTimeout | TimeoutError):

@@ -26,8 +26,9 @@ from appliance.datasources.errors import (
     DatasourceTLSError,
     DatasourceUnreachable,
     QueryFailed,
+    connection_failure,
 )
-from appliance.egress import Dialer, EgressDenied, EgressTimeout, EgressUnreachable, asyncpg_hook
+from appliance.egress import Dialer, asyncpg_hook
 from appliance.errors import ApplianceError
 from appliance.query import BoundStatement
 
@@ -179,14 +180,9 @@ class PostgresEngine(Engine):
     def translate(self, exc: BaseException, timeout: float, what: str) -> BaseException:
         """An appliance error for a driver/network failure (messages never hold values)."""
         name = self.name
-        if isinstance(exc, asyncio.CancelledError):
-            return exc
-        if isinstance(exc, EgressDenied):
-            return exc
-        if isinstance(exc, EgressTimeout):
-            return DatasourceTimeout(name, CONNECT_TIMEOUT, "accept a connection")
-        if isinstance(exc, EgressUnreachable):
-            return DatasourceUnreachable(name, f"unreachable ({exc.message})")
+        common = connection_failure(name, exc, CONNECT_TIMEOUT)
+        if common is not None:
+            return common
         if isinstance(exc, ApplianceError):
             return exc
         if isinstance(exc, asyncpg.InvalidPasswordError):

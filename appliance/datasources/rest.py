@@ -27,8 +27,9 @@ from appliance.datasources.errors import (
     DatasourceTLSError,
     DatasourceUnreachable,
     ResponseTooLarge,
+    connection_failure,
 )
-from appliance.egress import Dialer, EgressDenied, EgressTimeout, EgressUnreachable
+from appliance.egress import Dialer
 from appliance.egress.aiohttp_hook import (
     REDIRECT_STATUSES,
     egress_session,
@@ -151,12 +152,9 @@ class RestEngine(Engine):
 
     def translate(self, exc: BaseException, timeout: float) -> BaseException:
         name = self.name
-        if isinstance(exc, asyncio.CancelledError | EgressDenied):
-            return exc
-        if isinstance(exc, EgressTimeout):
-            return DatasourceTimeout(name, CONNECT_TIMEOUT, "accept a connection")
-        if isinstance(exc, EgressUnreachable):
-            return DatasourceUnreachable(name, f"unreachable ({exc.message})")
+        common = connection_failure(name, exc, CONNECT_TIMEOUT)
+        if common is not None:
+            return common
         if isinstance(exc, ApplianceError):
             if exc.status >= 500 and not getattr(exc, "datasource", None):
                 return DatasourceProtocolError(name, exc.message)
