@@ -4,10 +4,7 @@ whose pg_hba.conf accepts only 127.0.0.2 (asyncpg), and a MongoDB wire-protocol 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import datetime as dt
 import socket
-import struct
 from collections.abc import Iterator
 
 import pytest
@@ -22,6 +19,7 @@ pymongo = pytest.importorskip("pymongo")
 bson = pytest.importorskip("bson")
 
 from appliance.egress import asyncpg_hook, pymongo_hook  # noqa: E402
+from tests.mongo_wire import WireServer  # noqa: E402
 
 
 def egress(**overrides) -> EgressSettings:
@@ -115,73 +113,16 @@ async def test_asyncpg_unix_sockets_are_refused(postgres):
 
 # --- MongoDB wire protocol -------------------------------------------------------------------
 
-OP_REPLY, OP_QUERY, OP_MSG = 1, 2004, 2013
-
-
-class MongoWireServer:
-    """Enough of the MongoDB wire protocol (OP_QUERY and OP_MSG) for hello, ping and endSessions."""
+class MongoWireServer(WireServer):
+    """Answers hello, ping and endSessions; records command names."""
 
     def __init__(self) -> None:
-        self.peers: list[str] = []
+        super().__init__()
         self.commands: list[str] = []
-        self.server: asyncio.AbstractServer | None = None
-        self.port = 0
-        self._connection_id = 0
 
-    def _hello(self) -> dict:
-        self._connection_id += 1
-        return {
-            "helloOk": True, "ismaster": True, "isWritablePrimary": True,
-            "maxBsonObjectSize": 16 * 1024 * 1024, "maxMessageSizeBytes": 48_000_000,
-            "maxWriteBatchSize": 100_000, "localTime": dt.datetime.now(dt.UTC),
-            "logicalSessionTimeoutMinutes": 30, "connectionId": self._connection_id,
-            "minWireVersion": 0, "maxWireVersion": 21, "readOnly": False, "ok": 1.0,
-        }
-
-    def _reply(self, command: dict) -> dict:
-        name = next(iter(command)).lower()
-        self.commands.append(name)
-        if name in ("hello", "ismaster"):
-            return self._hello()
-        return {"ok": 1.0}
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.peers.append(writer.get_extra_info("peername")[0])
-        try:
-            while True:
-                header = await reader.readexactly(16)
-                length, request_id, _response_to, opcode = struct.unpack("<iiii", header)
-                body = await reader.readexactly(length - 16)
-                if opcode == OP_QUERY:
-                    name_end = body.index(b"\x00", 4)
-                    document = bson.decode(body[name_end + 9:])
-                    payload = struct.pack("<iqii", 0, 0, 0, 1) + bson.encode(self._reply(document))
-                    reply_op = OP_REPLY
-                elif opcode == OP_MSG:
-                    size = struct.unpack("<i", body[5:9])[0]
-                    document = bson.decode(body[5:5 + size])
-                    payload = struct.pack("<I", 0) + b"\x00" + bson.encode(self._reply(document))
-                    reply_op = OP_MSG
-                else:
-                    return
-                writer.write(struct.pack("<iiii", 16 + len(payload), 0, request_id, reply_op)
-                             + payload)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    async def start(self) -> MongoWireServer:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 2)
+    def reply(self, command: dict, sequences: dict) -> dict:
+        self.commands.append(next(iter(command)).lower())
+        return super().reply(command, sequences)
 
 
 @pytest.fixture

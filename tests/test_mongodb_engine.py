@@ -4,10 +4,7 @@ never reaches the server, values arrive as values, results come back as document
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
-import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,26 +16,22 @@ from tests.test_queries_support import as_role, create_datasource, create_query,
 bson = pytest.importorskip("bson")
 pytest.importorskip("pymongo")
 
-OP_REPLY, OP_QUERY, OP_MSG = 1, 2004, 2013
+from tests.mongo_wire import WireServer as BaseWireServer  # noqa: E402
+
 DOCS = [{"_id": 1, "owner": "alice", "secret": "alice-secret"}]
 
 
-class WireServer:
+class WireServer(BaseWireServer):
+    """Answers find, aggregate and insert over DOCS, and records every other command."""
+
     def __init__(self) -> None:
+        super().__init__()
         self.commands: list[dict[str, Any]] = []
-        self.server: asyncio.AbstractServer | None = None
-        self.port = 0
 
     def reply(self, command: dict[str, Any], sequences: dict[str, list[Any]]) -> dict[str, Any]:
         name = next(iter(command))
-        if name.lower() in ("hello", "ismaster"):
-            return {"helloOk": True, "ismaster": True, "isWritablePrimary": True,
-                    "maxBsonObjectSize": 16 * 1024 * 1024, "maxMessageSizeBytes": 48_000_000,
-                    "maxWriteBatchSize": 100_000, "localTime": dt.datetime.now(dt.UTC),
-                    "logicalSessionTimeoutMinutes": 30, "connectionId": 1,
-                    "minWireVersion": 0, "maxWireVersion": 21, "ok": 1.0}
-        if name in ("ping", "endSessions"):
-            return {"ok": 1.0}
+        if name.lower() in ("hello", "ismaster", "ping", "endsessions"):
+            return super().reply(command, sequences)
         self.commands.append({**command, **sequences})
         namespace = f"{command.get('$db')}.{command[name]}"
         if name == "find":
@@ -54,54 +47,12 @@ class WireServer:
                     "ok": 1.0}
         return {"ok": 0.0, "errmsg": f"no such command: {name}", "code": 59}
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                header = await reader.readexactly(16)
-                length, request_id, _, opcode = struct.unpack("<iiii", header)
-                body = await reader.readexactly(length - 16)
-                if opcode == OP_QUERY:
-                    name_end = body.index(b"\x00", 4)
-                    document = bson.decode(body[name_end + 9:])
-                    payload = struct.pack("<iqii", 0, 0, 0, 1) + bson.encode(
-                        self.reply(document, {}))
-                    reply_op = OP_REPLY
-                elif opcode == OP_MSG:
-                    position, document, sequences = 4, {}, {}
-                    while position < len(body):
-                        kind = body[position]
-                        size = struct.unpack("<i", body[position + 1:position + 5])[0]
-                        if kind == 0:
-                            document = bson.decode(body[position + 1:position + 1 + size])
-                        else:
-                            section = body[position + 5:position + 1 + size]
-                            name_end = section.index(b"\x00")
-                            sequences[section[:name_end].decode()] = \
-                                bson.decode_all(section[name_end + 1:])
-                        position += 1 + size
-                    payload = struct.pack("<I", 0) + b"\x00" + bson.encode(
-                        self.reply(document, sequences))
-                    reply_op = OP_MSG
-                else:
-                    return
-                writer.write(struct.pack("<iiii", 16 + len(payload), 0, request_id, reply_op)
-                             + payload)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
 
 @pytest.fixture
 async def mongo() -> AsyncIterator[WireServer]:
-    server = WireServer()
-    server.server = await asyncio.start_server(server.handle, "127.0.0.1", 0)
-    server.port = server.server.sockets[0].getsockname()[1]
+    server = await WireServer().start()
     yield server
-    server.server.close()
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(server.server.wait_closed(), 2)
+    await server.close()
 
 
 TYPES: dict[str, Any] = {"string": "s", "integer": 1, "number": 1.5, "boolean": True,
