@@ -233,3 +233,30 @@ def test_sigkill_mid_write_loop_leaves_a_consistent_store(tmp_path: Path, delay:
     ).fetchone()[0]
     conn.close()
     assert incomplete == [] and orphans == 0
+
+
+async def test_write_is_one_transaction_and_restores_durability(tmp_path: Path) -> None:
+    store = await open_sqlite_store(tmp_path / "s.db")
+    try:
+        def half(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('w1', 'x')")
+            raise RuntimeError("stop half-way")
+
+        with pytest.raises(RuntimeError):
+            await store.write(half, durable=False)
+        assert await store.fetch_one("SELECT * FROM meta WHERE key = 'w1'") is None
+
+        def whole(conn: sqlite3.Connection) -> int:
+            conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
+                             [("w2", "a"), ("w3", "b")])
+            return int(conn.execute("PRAGMA synchronous").fetchone()[0])
+
+        assert await store.write(whole, durable=False) == 1  # NORMAL inside the fast write
+        rows = await store.fetch_all("SELECT key FROM meta WHERE key LIKE 'w%' ORDER BY key")
+        assert [r["key"] for r in rows] == ["w2", "w3"]
+        assert await store.write(lambda c: int(c.execute("PRAGMA synchronous").fetchone()[0])) \
+            == 2  # FULL again for everything else
+        with pytest.raises(StoreError):
+            await store.write(lambda c: c.execute("INSERT INTO no_such_table VALUES (1)"))
+    finally:
+        await store.close()

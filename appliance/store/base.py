@@ -35,9 +35,8 @@ class Store(Protocol):
 
     async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]: ...
 
-    def transaction(self, *, durable: bool = True) -> AbstractAsyncContextManager[Transaction]:
-        """Commit when the block ends, roll back if it raises. `durable=False` may skip the flush
-        to disk (atomic all the same): only for records that may be lost to a power failure."""
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
+        """Commit when the block ends, roll back if it raises."""
         ...
 
     async def write(self, fn: Callable[[Any], T], *, durable: bool = True) -> T:

@@ -90,38 +90,27 @@ class SQLiteStore:
         return [dict(row) for row in rows]
 
     @contextlib.asynccontextmanager
-    async def transaction(self, *, durable: bool = True) -> AsyncIterator[_SQLiteTransaction]:
-        """With `durable=False` the commit skips fsync (`synchronous = NORMAL` in WAL mode): still
-        atomic and safe against a process crash, but the newest such commits can be lost to a
-        power failure. Only for records that may be lost that way (query-run metadata)."""
+    async def transaction(self) -> AsyncIterator[_SQLiteTransaction]:
         async with self._write_lock:
-            if not durable:
-                await self._writer.execute("PRAGMA synchronous = NORMAL")
+            await self._writer.execute("BEGIN IMMEDIATE")
             try:
-                async with self._transaction() as tx:
-                    yield tx
-            finally:
-                if not durable:
-                    await self._writer.execute("PRAGMA synchronous = FULL")
-
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[_SQLiteTransaction]:
-        await self._writer.execute("BEGIN IMMEDIATE")
-        try:
-            yield _SQLiteTransaction(self._writer)
-        except BaseException:
-            await self._writer.rollback()
-            raise
-        try:
-            await self._writer.commit()
-        except sqlite3.Error as exc:
-            await self._writer.rollback()
-            raise StoreError(f"store commit failed: {exc}") from exc
+                yield _SQLiteTransaction(self._writer)
+            except BaseException:
+                await self._writer.rollback()
+                raise
+            try:
+                await self._writer.commit()
+            except sqlite3.Error as exc:
+                await self._writer.rollback()
+                raise StoreError(f"store commit failed: {exc}") from exc
 
     async def write(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
         """Run `fn(connection)` inside one transaction on the writer's own thread: the whole
         write costs one thread hop, for hot paths (the audit log's group commit). `fn` must be
-        quick, must not commit, and must raise to roll back. `durable` as in `transaction`."""
+        quick, must not commit, and must raise to roll back. With `durable=False` the commit skips
+        fsync (`synchronous = NORMAL` in WAL mode): still atomic and safe against a process crash,
+        but the newest such commits can be lost to a power failure: only for records that may be
+        lost that way (query-run metadata)."""
         async with self._write_lock:
             try:
                 # aiosqlite runs every call this way; `_execute` and `_conn` are its seam.
