@@ -32,16 +32,29 @@ AUDIT_WRITE_FAILURES = Counter(
     registry=REGISTRY)
 
 OUTCOMES = ("ok", "failed", "denied", "error")
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+# Labelled children, looked up once: the label sets are bounded (methods and route patterns of
+# the router, statuses, the four outcomes).
+_request_children: dict[tuple[str, str, int], Any] = {}
+_run_children = {outcome: QUERY_RUNS.labels(outcome) for outcome in OUTCOMES}
 
 
 def observe_request(method: str, route: str, status: int) -> None:
     """One HTTP response. `route` is the route's pattern (`/api/v1/queries/{id}`), never a path."""
-    HTTP_REQUESTS.labels(method, route, str(status)).inc()
+    if method not in METHODS:
+        method = "OTHER"  # the method is the client's: never an unbounded label
+    key = (method, route, status)
+    child = _request_children.get(key)
+    if child is None:
+        child = _request_children[key] = HTTP_REQUESTS.labels(method, route, str(status))
+    child.inc()
 
 
 def observe_query_run(outcome: str, seconds: float) -> None:
     """One finished query run (whatever its outcome) and how long it took."""
-    QUERY_RUNS.labels(outcome if outcome in OUTCOMES else "error").observe(max(0.0, seconds))
+    _run_children.get(outcome, _run_children["error"]).observe(max(0.0, seconds))
 
 
 def audit_write_failed(count: int = 1) -> None:

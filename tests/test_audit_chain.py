@@ -160,6 +160,16 @@ def test_redaction() -> None:
     assert out["config"]["host"] == "db"
     assert out["fields"] == ["password"]  # names of fields are not secrets
     assert out["blob"] == "<2 bytes>"
+    plain = {"n": 1, "b": True, "none": None, "f": 1.5, "SESSION_ID": 7, "Row_Count": 3}
+    assert redact(plain) == {"n": 1, "b": True, "none": None, "f": 1.5,
+                             "SESSION_ID": "<redacted>", "Row_Count": 3}
+    deep: dict = {}
+    cursor = deep
+    for _ in range(12):
+        cursor["d"] = {}
+        cursor = cursor["d"]
+    cursor["password"] = "hunter2"
+    assert "hunter2" not in json.dumps(redact(deep)) and "<too deep>" in json.dumps(redact(deep))
 
 
 async def test_record_run_group_commits_and_stays_ordered(tmp_path: Path) -> None:

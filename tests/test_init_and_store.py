@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import sqlite3
@@ -258,5 +259,102 @@ async def test_write_is_one_transaction_and_restores_durability(tmp_path: Path) 
             == 2  # FULL again for everything else
         with pytest.raises(StoreError):
             await store.write(lambda c: c.execute("INSERT INTO no_such_table VALUES (1)"))
+    finally:
+        await store.close()
+
+
+async def _ticking(seconds: float) -> list[float]:
+    """Loop timestamps every 5 ms for `seconds`: a stalled event loop shows as a gap."""
+    import asyncio
+
+    ticks: list[float] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        ticks.append(time.monotonic())
+        await asyncio.sleep(0.005)
+    return ticks
+
+
+async def test_point_reads_and_fast_writes_run_on_the_loop_when_the_file_is_free(
+        tmp_path: Path) -> None:
+    import threading
+
+    store = await open_sqlite_store(tmp_path / "s.db")
+    try:
+        def put(conn: sqlite3.Connection) -> int:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('k', 'v')")
+            return threading.get_ident()
+
+        assert await store.write(put, durable=False) == threading.get_ident()
+        assert await store.lookup("SELECT value FROM meta WHERE key = ?", ("k",)) == \
+            {"value": "v"}
+        assert await store.lookup("SELECT value FROM meta WHERE key = ?", ("none",)) is None
+        # A durable write never commits on the loop: its fsync would stall every request.
+        assert await store.write(lambda c: threading.get_ident()) != threading.get_ident()
+        with pytest.raises(StoreError):
+            await store.lookup("SELECT * FROM no_such_table")
+        with pytest.raises(StoreError):
+            await store.write(lambda c: c.execute("INSERT INTO no_such_table VALUES (1)"),
+                              durable=False)
+        assert await store.fetch_one("SELECT value FROM meta WHERE key = 'k'") == {"value": "v"}
+    finally:
+        await store.close()
+
+
+async def test_fast_paths_step_aside_while_another_process_holds_the_file(
+        tmp_path: Path) -> None:
+    """Another process writing (the CLI, say): a fast write waits on the writer's thread, point
+    reads still answer (WAL readers never wait), and the event loop is never stalled."""
+    import asyncio
+    import threading
+
+    path = tmp_path / "s.db"
+    store = await open_sqlite_store(path)
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        holder.execute("INSERT INTO meta (key, value) VALUES ('held', '1')")
+        threads: list[int] = []
+
+        def put(conn: sqlite3.Connection) -> None:
+            threads.append(threading.get_ident())
+            conn.execute("INSERT INTO meta (key, value) VALUES ('after', '2')")
+
+        ticker = asyncio.create_task(_ticking(0.6))
+        write = asyncio.create_task(store.write(put, durable=False))
+        await asyncio.sleep(0.1)
+        assert await store.lookup("SELECT value FROM meta WHERE key = 'held'") is None
+        assert not write.done()
+        await asyncio.sleep(0.2)
+        holder.execute("COMMIT")
+        await asyncio.wait_for(write, 10)
+        ticks = await ticker
+        assert threads and threads[-1] != threading.get_ident()  # it took the writer's thread
+        assert max(b - a for a, b in itertools.pairwise(ticks)) < 0.1
+        rows = await store.fetch_all("SELECT key FROM meta WHERE key IN ('held', 'after')"
+                                     " ORDER BY key")
+        assert [r["key"] for r in rows] == ["after", "held"]
+
+        assert await store.lookup("SELECT value FROM meta WHERE key = 'held'") == {"value": "1"}
+    finally:
+        holder.close()
+        await store.close()
+
+
+async def test_fast_writes_are_checkpointed_off_the_loop(tmp_path: Path) -> None:
+    from appliance.store import sqlite as sqlite_store
+
+    path = tmp_path / "s.db"
+    store = await open_sqlite_store(path)
+    try:
+        size = path.stat().st_size
+        for i in range(sqlite_store.CHECKPOINT_EVERY):
+            await store.write(lambda c, i=i: c.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)", (f"c{i}", "x" * 2000)),
+                durable=False)
+        assert store._checkpoint is not None
+        await store._checkpoint
+        # The rows reached the database file itself, not only the WAL.
+        assert path.stat().st_size > size + sqlite_store.CHECKPOINT_EVERY * 2000
     finally:
         await store.close()

@@ -94,6 +94,8 @@ async def test_every_family_counts_what_happens(tmp_path: Path) -> None:
         await admin.request("GET", "/healthz")
         await admin.request("GET", "/api/v1/queries/does-not-exist")
         await admin.request("GET", "/no/such/path")
+        for method in ("PROPFIND", "MKCOL", "PURGE"):  # the client's choice: never a label
+            await admin.request(method, "/healthz")
         # Egress decisions.
         await admin.request("POST", "/api/v1/egress/probe", {"host": "169.254.169.254", "port": 80})
         # Query runs: the demo database, one run that works and one with a bad parameter.
@@ -128,6 +130,9 @@ async def test_every_family_counts_what_happens(tmp_path: Path) -> None:
         ):
             assert value(text, name, **labels) >= value(first, name, **labels) + 1, (name, labels)
         assert "/no/such/path" not in text and "does-not-exist" not in text
+        assert not any(method in text for method in ("PROPFIND", "MKCOL", "PURGE"))
+        assert value(text, "appliance_http_requests_total", method="OTHER", route="(unmatched)",
+                     status="405") >= 3
         assert value(text, "appliance_query_run_seconds_count", outcome="failed") >= 1
         not_after = found.app[TLS].info.not_after.timestamp()  # type: ignore[union-attr]
         assert value(text, "appliance_tls_certificate_not_after_seconds") == not_after

@@ -134,7 +134,8 @@ class AuditLog:
         self._pending.append(_Pending(fields, done))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_loop(), name="audit-group-commit")
-        return await asyncio.shield(done)
+        # Not shielded: a cancelled caller cancels only its own future; the flusher skips it.
+        return await done
 
     async def _flush_loop(self) -> None:
         while self._pending:

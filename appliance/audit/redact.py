@@ -5,6 +5,8 @@ Owns the rule for what counts as secret in an audit entry's details. Never retur
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,9 +25,13 @@ _MAX_DEPTH = 8
 _MAX_STRING = 2000
 
 
+_SECRET_KEY_RE = re.compile("|".join(map(re.escape, SECRET_KEY_PARTS)))
+_PLAIN = (type(None), bool, int, float)  # exact types: kept as they are
+
+
+@functools.lru_cache(maxsize=4096)
 def is_secret_key(key: str) -> bool:
-    lowered = key.lower()
-    return any(part in lowered for part in SECRET_KEY_PARTS)
+    return _SECRET_KEY_RE.search(key.lower()) is not None
 
 
 def redact(value: Any, _depth: int = 0) -> Any:
@@ -35,10 +41,16 @@ def redact(value: Any, _depth: int = 0) -> Any:
     if _depth > _MAX_DEPTH:
         return "<too deep>"
     if isinstance(value, Mapping):
-        return {
-            str(key): REDACTED if is_secret_key(str(key)) else redact(item, _depth + 1)
-            for key, item in value.items()
-        }
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            name = str(key)
+            if is_secret_key(name):
+                out[name] = REDACTED
+            elif type(item) in _PLAIN:
+                out[name] = item
+            else:
+                out[name] = redact(item, _depth + 1)
+        return out
     if isinstance(value, list | tuple | set | frozenset):
         items = sorted(value, key=str) if isinstance(value, set | frozenset) else value
         return [redact(item, _depth + 1) for item in items]

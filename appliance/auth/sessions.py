@@ -54,7 +54,7 @@ class Sessions:
         if not raw or len(raw) > 256:
             return None
         id_hash = hash_id(raw)
-        row = await self.store.fetch_one(
+        row = await self.store.lookup(
             "SELECT s.id_hash, s.role AS session_role, s.last_seen, s.expires_at,"
             " u.id AS user_id, u.username, u.role, u.disabled, u.totp_enabled"
             " FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id_hash = ?",

@@ -136,7 +136,7 @@ class Tokens:
         if match is None:
             return None
         token_id, secret = match.groups()
-        row = await self.store.fetch_one(
+        row = await self.store.lookup(
             "SELECT t.secret_hash, t.role AS token_role, t.expires_at, t.revoked_at,"
             " t.last_used_at, u.id AS user_id, u.username, u.role, u.disabled"
             " FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.id = ?", (token_id,))

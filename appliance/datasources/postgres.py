@@ -54,6 +54,7 @@ class PostgresEngine(Engine):
         self._pool: asyncpg.Pool | None = None
         self._creating: asyncio.Lock = asyncio.Lock()
         self._closed = False
+        self._releases: set[asyncio.Future[None]] = set()
 
     async def _connect(self, *_args: Any, **pool_kwargs: Any) -> Any:
         """The pool's connect function: the one place this engine opens a connection."""
@@ -98,13 +99,24 @@ class PostgresEngine(Engine):
     async def _connection(self, timeout: float) -> AsyncIterator[Any]:
         pool = await self._get_pool()
         try:
-            conn = await pool.acquire(timeout=timeout)
+            # asyncio.timeout, not acquire(timeout=): asyncpg would run the wait in a new task.
+            async with asyncio.timeout(timeout):
+                conn = await pool.acquire()
         except BaseException as exc:
             raise self.translate(exc, timeout, "connect") from None
         try:
             yield conn
         finally:
-            await pool.release(conn)
+            # The caller does not wait for asyncpg's reset (a round trip to the server): the
+            # connection goes back to the pool while the answer is on its way. `close` waits.
+            release = asyncio.ensure_future(pool.release(conn))
+            self._releases.add(release)
+            release.add_done_callback(self._released)
+
+    def _released(self, release: asyncio.Future[None]) -> None:
+        self._releases.discard(release)
+        if not release.cancelled():
+            release.exception()  # a connection asyncpg could not reset is closed by asyncpg
 
     async def test(self, timeout: float) -> None:
         try:
@@ -171,6 +183,8 @@ class PostgresEngine(Engine):
         async with self._creating:
             self._closed = True
             pool, self._pool = self._pool, None
+        if self._releases:
+            await asyncio.gather(*self._releases, return_exceptions=True)
         if pool is not None:
             try:
                 await asyncio.wait_for(pool.close(), 10)

@@ -7,6 +7,7 @@ values, or the values of `Authorization`, `Cookie` and `Set-Cookie`.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 import time
@@ -39,10 +40,20 @@ def error_response(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
+# Request ids: a random prefix for this process, then a counter (unique, and distinct across
+# restarts, without a random draw per request).
+_REQUEST_PREFIX = secrets.token_hex(4)
+_request_numbers = itertools.count(1)
+
+
+def new_request_id() -> str:
+    return f"{_REQUEST_PREFIX}{next(_request_numbers):08x}"
+
+
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give the request an id, time it, and write one access-log line."""
-    request_id = secrets.token_hex(8)
+    request_id = new_request_id()
     request[REQUEST_ID] = request_id
     started = time.perf_counter()
     status = 500

@@ -35,6 +35,11 @@ class Store(Protocol):
 
     async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]: ...
 
+    async def lookup(self, sql: str, params: Params = ()) -> Row | None:
+        """`fetch_one` for indexed point reads on the request path, at the lowest latency the
+        implementation offers (SQLite: on the event loop's thread, no thread hop)."""
+        ...
+
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         """Commit when the block ends, roll back if it raises."""
         ...

@@ -2,6 +2,13 @@
 
 Owns the connections, pragmas and migrations. Writes always run inside an explicit
 `BEGIN IMMEDIATE … COMMIT`, so a crash leaves either the whole record or none of it.
+
+Three connections over the one file: a writer and a reader, each on its own aiosqlite thread, and
+an inline connection used on the event loop's thread for the request path's point reads
+(`lookup`) and the audit log's non-durable group commits. The inline connection never waits: it
+has no busy timeout, so when another connection or process holds the file it steps aside and the
+call takes the threaded path. It never checkpoints the WAL itself either (that fsync would stall
+the loop); the reader's thread does it every `CHECKPOINT_EVERY` inline commits.
 """
 
 from __future__ import annotations
@@ -24,11 +31,21 @@ from appliance.store.migrations import LATEST, MIGRATIONS, Migration
 
 T = TypeVar("T")
 
+CHECKPOINT_EVERY = 256
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+
 _PRAGMAS = (
     "PRAGMA journal_mode = WAL",
     "PRAGMA synchronous = FULL",
     "PRAGMA foreign_keys = ON",
     "PRAGMA busy_timeout = 10000",
+    "PRAGMA secure_delete = ON",
+)
+_INLINE_PRAGMAS = (
+    "PRAGMA busy_timeout = 0",  # never wait on the event loop: step aside instead
+    "PRAGMA synchronous = NORMAL",  # only non-durable writes commit here
+    "PRAGMA wal_autocheckpoint = 0",  # checkpoints run on the reader's thread
+    "PRAGMA foreign_keys = ON",
     "PRAGMA secure_delete = ON",
 )
 
@@ -61,14 +78,18 @@ class _SQLiteTransaction:
 
 
 class SQLiteStore:
-    """A writer connection (serialised by a lock) and a reader connection over one WAL file."""
+    """A writer connection (serialised by a lock), a reader connection and the inline
+    connection, over one WAL file."""
 
     def __init__(self, path: Path, writer: aiosqlite.Connection,
-                 reader: aiosqlite.Connection) -> None:
+                 reader: aiosqlite.Connection, inline: sqlite3.Connection) -> None:
         self.path = path
         self._writer = writer
         self._reader = reader
+        self._inline = inline
         self._write_lock = asyncio.Lock()
+        self._inline_commits = 0
+        self._checkpoint: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.path}>"
@@ -88,6 +109,20 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"store read failed: {exc}") from exc
         return [dict(row) for row in rows]
+
+    async def lookup(self, sql: str, params: Params = ()) -> Row | None:
+        """One row by primary key or unique index, read on the event loop's thread without a
+        thread hop (the request path's token and session checks). Only for indexed point reads:
+        the loop waits for it. When the file is busy it reads through the reader thread."""
+        try:
+            row = self._inline.execute(sql, tuple(params)).fetchone()
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc):
+                raise StoreError(f"store read failed: {exc}") from exc
+            return await self.fetch_one(sql, params)
+        except sqlite3.Error as exc:
+            raise StoreError(f"store read failed: {exc}") from exc
+        return dict(row) if row is not None else None
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SQLiteTransaction]:
@@ -110,7 +145,12 @@ class SQLiteStore:
         quick, must not commit, and must raise to roll back. With `durable=False` the commit skips
         fsync (`synchronous = NORMAL` in WAL mode): still atomic and safe against a process crash,
         but the newest such commits can be lost to a power failure: only for records that may be
-        lost that way (query-run metadata)."""
+        lost that way (query-run metadata). A non-durable write commits on the event loop's
+        thread when the file is free at once, and takes the writer's thread otherwise."""
+        if not durable and not self._write_lock.locked():
+            done, result = self._write_inline(fn)
+            if done:
+                return result  # type: ignore[return-value]
         async with self._write_lock:
             try:
                 # aiosqlite runs every call this way; `_execute` and `_conn` are its seam.
@@ -118,6 +158,39 @@ class SQLiteStore:
                                                    durable)
             except sqlite3.Error as exc:
                 raise StoreError(f"store write failed: {exc}") from exc
+
+    def _write_inline(self, fn: Callable[[sqlite3.Connection], T]) -> tuple[bool, T | None]:
+        """(True, result) if `fn` committed on the inline connection; (False, None) if the
+        file was busy before anything was written."""
+        conn = self._inline
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if _busy(exc):
+                return False, None
+            raise StoreError(f"store write failed: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"store write failed: {exc}") from exc
+        try:
+            result = fn(conn)
+            conn.commit()
+        except BaseException as exc:
+            conn.rollback()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"store write failed: {exc}") from exc
+            raise
+        self._inline_commits += 1
+        if self._inline_commits >= CHECKPOINT_EVERY and (
+                self._checkpoint is None or self._checkpoint.done()):
+            self._inline_commits = 0
+            self._checkpoint = asyncio.get_running_loop().create_task(
+                self._checkpoint_wal(), name="store-wal-checkpoint")
+        return True, result
+
+    async def _checkpoint_wal(self) -> None:
+        """Copy the WAL into the database file, off the event loop; never waits for others."""
+        with contextlib.suppress(sqlite3.Error, ValueError):
+            await self._reader.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def schema_version(self) -> int:
         row = await self.fetch_one("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")
@@ -127,9 +200,22 @@ class SQLiteStore:
         await self.fetch_one("SELECT 1 AS ok")
 
     async def close(self) -> None:
+        if self._checkpoint is not None:
+            with contextlib.suppress(Exception):
+                await self._checkpoint
+        with contextlib.suppress(Exception):
+            self._inline.close()
         for conn in (self._reader, self._writer):
             with contextlib.suppress(Exception):
                 await conn.close()
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether SQLite refused because another connection holds the file (try again later)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)
 
 
 def _run_in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T],
@@ -195,10 +281,31 @@ async def open_sqlite_store(path: Path, *, migrate: bool = True) -> SQLiteStore:
     except BaseException:
         await writer.close()
         raise
+    try:
+        inline = _connect_inline(path)
+    except BaseException as exc:
+        for conn in (reader, writer):
+            await conn.close()
+        if isinstance(exc, sqlite3.Error):
+            raise StoreError(f"cannot open store {path}: {exc}") from None
+        raise
     for suffix in ("", "-wal", "-shm"):
         with contextlib.suppress(FileNotFoundError):
             os.chmod(f"{path}{suffix}", FILE_MODE)
-    return SQLiteStore(path, writer, reader)
+    return SQLiteStore(path, writer, reader, inline)
+
+
+def _connect_inline(path: Path) -> sqlite3.Connection:
+    """The connection used on the event loop's thread (and only there: sqlite3 checks)."""
+    conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, isolation_level=None)
+    try:
+        conn.row_factory = sqlite3.Row
+        for pragma in _INLINE_PRAGMAS:
+            conn.execute(pragma)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 async def _migrate(conn: aiosqlite.Connection) -> None:
