@@ -138,11 +138,11 @@ class AuditLog:
         return await done
 
     async def _flush_loop(self) -> None:
+        # Started by the first entry's submitter, this task first runs after every callback
+        # ready in that loop iteration: the entries they submitted join the same batch.
         while self._pending:
             if self.window > 0:
                 await asyncio.sleep(self.window)
-            else:
-                await asyncio.sleep(0)
             batch: list[_Pending] = []
             try:
                 batch = self._pending[: self.max_batch]
