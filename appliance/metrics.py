@@ -1,44 +1,34 @@
 """Process metrics in Prometheus form: the counters others feed, and the collectors read at scrape.
 
-Owns the metric names and the one process registry. A leaf module (imports nothing of the
-appliance), so any layer may call `observe_query_run`, `observe_request` or `audit_write_failed`.
-Never carries a parameter value, a result, a secret or a user-supplied path as a label.
+Owns the metric names and the process's counters. A leaf module (imports nothing of the appliance),
+so any layer may call `observe_query_run`, `observe_request` or `audit_write_failed`. Counting is a
+dictionary update on the request path; `prometheus_client` is imported at the first scrape and
+writes the exposition. Never carries a parameter value, a result, a secret or a user-supplied path
+as a label.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
-
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-REGISTRY = CollectorRegistry(auto_describe=False)
-
-HTTP_REQUESTS = Counter(
-    "appliance_http_requests", "HTTP responses by method, route pattern and status.",
-    ["method", "route", "status"], registry=REGISTRY)
-QUERY_RUNS = Histogram(
-    "appliance_query_run_seconds", "Query runs by outcome (ok, failed, denied, error).",
-    ["outcome"], registry=REGISTRY,
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
-AUDIT_WRITE_FAILURES = Counter(
-    "appliance_audit_write_failures", "Audit entries that could not be written.",
-    registry=REGISTRY)
 
 OUTCOMES = ("ok", "failed", "denied", "error")
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+RUN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
-
-# Labelled children, looked up once: the label sets are bounded (methods and route patterns of
-# the router, statuses, the four outcomes).
-_request_children: dict[tuple[str, str, int], Any] = {}
-_run_children = {outcome: QUERY_RUNS.labels(outcome) for outcome in OUTCOMES}
+# HTTP responses by (method, route pattern, status): bounded by the router and HTTP itself.
+_requests: dict[tuple[str, str, int], int] = {}
+# Query runs by outcome: [count per bucket (the last is +Inf), sum of seconds].
+_runs: dict[str, tuple[list[int], list[float]]] = {
+    outcome: ([0] * (len(RUN_BUCKETS) + 1), [0.0]) for outcome in OUTCOMES}
+_audit_failures = [0]
+_audit_lock = threading.Lock()  # the one counter a non-loop thread may feed (through logging)
 
 
 def observe_request(method: str, route: str, status: int) -> None:
@@ -46,19 +36,20 @@ def observe_request(method: str, route: str, status: int) -> None:
     if method not in METHODS:
         method = "OTHER"  # the method is the client's: never an unbounded label
     key = (method, route, status)
-    child = _request_children.get(key)
-    if child is None:
-        child = _request_children[key] = HTTP_REQUESTS.labels(method, route, str(status))
-    child.inc()
+    _requests[key] = _requests.get(key, 0) + 1
 
 
 def observe_query_run(outcome: str, seconds: float) -> None:
     """One finished query run (whatever its outcome) and how long it took."""
-    _run_children.get(outcome, _run_children["error"]).observe(max(0.0, seconds))
+    counts, total = _runs.get(outcome) or _runs["error"]
+    seconds = max(0.0, seconds)
+    counts[bisect.bisect_left(RUN_BUCKETS, seconds)] += 1
+    total[0] += seconds
 
 
 def audit_write_failed(count: int = 1) -> None:
-    AUDIT_WRITE_FAILURES.inc(count)
+    with _audit_lock:
+        _audit_failures[0] += count
 
 
 class AuditFailureCounter(logging.Handler):
@@ -101,13 +92,15 @@ class Sources:
     pools: Callable[[], Iterable[PoolSample]] | None = None
 
 
-class AppCollector(Collector):
+class AppCollector:
     """Egress decisions, certificate expiry and pool sizes, read from their owners at scrape."""
 
     def __init__(self, sources: Sources) -> None:
         self.sources = sources
 
     def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         if self.sources.egress is not None:
             snapshot = self.sources.egress()
             decisions = CounterMetricFamily(
@@ -148,15 +141,43 @@ class AppCollector(Collector):
             yield sizes
 
 
-def exposition(app_registry: CollectorRegistry | None = None) -> bytes:
-    """The text exposition of the process metrics, then the application's."""
-    out = generate_latest(REGISTRY)
-    if app_registry is not None:
-        out += generate_latest(app_registry)
-    return out
+class _ProcessCollector:
+    """The process's own counters, as Prometheus metric families."""
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+        from prometheus_client.utils import floatToGoString
+
+        requests = CounterMetricFamily(
+            "appliance_http_requests", "HTTP responses by method, route pattern and status.",
+            labels=["method", "route", "status"])
+        for (method, route, status), count in sorted(_requests.items()):
+            requests.add_metric([method, route, str(status)], count)
+        yield requests
+        runs = HistogramMetricFamily(
+            "appliance_query_run_seconds", "Query runs by outcome (ok, failed, denied, error).",
+            labels=["outcome"])
+        for outcome, (counts, total) in _runs.items():
+            cumulative, buckets = 0, []
+            bounds = (*map(floatToGoString, RUN_BUCKETS), "+Inf")
+            for bound, count in zip(bounds, counts, strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            runs.add_metric([outcome], buckets, total[0])
+        yield runs
+        failures = CounterMetricFamily(
+            "appliance_audit_write_failures", "Audit entries that could not be written.")
+        failures.add_metric([], _audit_failures[0])
+        yield failures
 
 
-def app_registry(sources: Sources) -> CollectorRegistry:
+def exposition(sources: Sources | None = None) -> bytes:
+    """The text exposition of the process metrics, then the application's (read from
+    `sources` now). Imports `prometheus_client` on first use."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(AppCollector(sources))
-    return registry
+    registry.register(_ProcessCollector())  # type: ignore[arg-type]
+    if sources is not None:
+        registry.register(AppCollector(sources))  # type: ignore[arg-type]
+    return bytes(generate_latest(registry))

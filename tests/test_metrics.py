@@ -137,3 +137,25 @@ async def test_every_family_counts_what_happens(tmp_path: Path) -> None:
         not_after = found.app[TLS].info.not_after.timestamp()  # type: ignore[union-attr]
         assert value(text, "appliance_tls_certificate_not_after_seconds") == not_after
         assert value(text, "appliance_datasource_pools", kind="sqlite") == 1
+
+
+def test_run_durations_land_in_the_right_buckets() -> None:
+    from appliance import metrics
+
+    before = metrics.exposition().decode()
+    for seconds in (0.005, 0.0051, 1000.0, -1.0):  # -1: a clock step, counted as 0
+        metrics.observe_query_run("denied", seconds)
+    metrics.observe_query_run("not-an-outcome", 0.2)
+    text = metrics.exposition().decode()
+
+    def moved(name: str, **labels: str) -> float:
+        return value(text, name, **labels) - value(before, name, **labels)
+
+    assert moved("appliance_query_run_seconds_bucket", outcome="denied", le="0.005") == 2
+    assert moved("appliance_query_run_seconds_bucket", outcome="denied", le="0.01") == 3
+    assert moved("appliance_query_run_seconds_bucket", outcome="denied", le="300.0") == 3
+    assert moved("appliance_query_run_seconds_bucket", outcome="denied", le="+Inf") == 4
+    assert moved("appliance_query_run_seconds_count", outcome="denied") == 4
+    assert abs(moved("appliance_query_run_seconds_sum", outcome="denied") - 1000.0101) < 1e-6
+    assert moved("appliance_query_run_seconds_count", outcome="error") == 1
+    assert "not-an-outcome" not in text

@@ -11,23 +11,22 @@ import ipaddress
 from collections.abc import Iterator
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 
 from appliance import metrics
 from appliance.errors import Forbidden, Unauthorized
 from appliance.http import access
 from appliance.http.keys import AUTH, DATASOURCES, EGRESS, TLS
 
-_REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
+_SOURCES = web.AppKey("metrics_sources", metrics.Sources)
 
 
 def install(app: web.Application) -> None:
     metrics.install_audit_counter()
-    app[_REGISTRY] = metrics.app_registry(metrics.Sources(
+    app[_SOURCES] = metrics.Sources(
         egress=lambda: app[EGRESS].counters.snapshot(),
         certificate_not_after=lambda: _not_after(app),
         pools=lambda: _pools(app),
-    ))
+    )
     app.on_response_prepare.append(_count_response)
     app.router.add_get("/metrics", get_metrics)
 
@@ -77,5 +76,5 @@ async def get_metrics(request: web.Request) -> web.Response:
             raise Unauthorized("invalid, expired or revoked token", code="invalid_token")
         if not found.at_least("admin"):
             raise Forbidden("metrics need the admin role", code="forbidden_role")
-    body = metrics.exposition(request.app[_REGISTRY])
+    body = metrics.exposition(request.app[_SOURCES])
     return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
