@@ -139,10 +139,13 @@ class AuditLog:
 
     async def _flush_loop(self) -> None:
         # Started by the first entry's submitter, this task first runs after every callback
-        # ready in that loop iteration: the entries they submitted join the same batch.
+        # ready in that loop iteration: the entries they submitted join the same batch. Under
+        # load (more than one entry waiting) it gives the loop one more turn to gather more.
         while self._pending:
             if self.window > 0:
                 await asyncio.sleep(self.window)
+            elif len(self._pending) > 1:
+                await asyncio.sleep(0)
             batch: list[_Pending] = []
             try:
                 batch = self._pending[: self.max_batch]

@@ -99,9 +99,12 @@ class PostgresEngine(Engine):
     async def _connection(self, timeout: float) -> AsyncIterator[Any]:
         pool = await self._get_pool()
         try:
-            # asyncio.timeout, not acquire(timeout=): asyncpg would run the wait in a new task.
-            async with asyncio.timeout(timeout):
-                conn = await pool.acquire()
+            if pool.get_idle_size():
+                conn = await pool.acquire()  # no wait for a pool slot (a connect has its own)
+            else:
+                # asyncio.timeout, not acquire(timeout=): asyncpg would wait in a new task.
+                async with asyncio.timeout(timeout):
+                    conn = await pool.acquire()
         except BaseException as exc:
             raise self.translate(exc, timeout, "connect") from None
         try:
