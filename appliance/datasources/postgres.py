@@ -95,26 +95,24 @@ class PostgresEngine(Engine):
                     connect=self._connect, max_inactive_connection_lifetime=300.0)
             return self._pool
 
-    @contextlib.asynccontextmanager
-    async def _connection(self, timeout: float) -> AsyncIterator[Any]:
+    async def _acquire(self, timeout: float) -> tuple[asyncpg.Pool, Any]:
         pool = await self._get_pool()
         try:
             if pool.get_idle_size():
-                conn = await pool.acquire()  # no wait for a pool slot (a connect has its own)
-            else:
-                # asyncio.timeout, not acquire(timeout=): asyncpg would wait in a new task.
-                async with asyncio.timeout(timeout):
-                    conn = await pool.acquire()
+                # No wait for a pool slot (and a connect has its own timeout).
+                return pool, await pool.acquire()
+            # asyncio.timeout, not acquire(timeout=): asyncpg would wait in a new task.
+            async with asyncio.timeout(timeout):
+                return pool, await pool.acquire()
         except BaseException as exc:
             raise self.translate(exc, timeout, "connect") from None
-        try:
-            yield conn
-        finally:
-            # The caller does not wait for asyncpg's reset (a round trip to the server): the
-            # connection goes back to the pool while the answer is on its way. `close` waits.
-            release = asyncio.ensure_future(pool.release(conn))
-            self._releases.add(release)
-            release.add_done_callback(self._released)
+
+    def _release(self, pool: asyncpg.Pool, conn: Any) -> None:
+        """Give the connection back without waiting for asyncpg's reset (a round trip to the
+        server): it goes back to the pool while the answer is on its way. `close` waits."""
+        release = asyncio.ensure_future(pool.release(conn))
+        self._releases.add(release)
+        release.add_done_callback(self._released)
 
     def _released(self, release: asyncio.Future[None]) -> None:
         self._releases.discard(release)
@@ -135,39 +133,49 @@ class PostgresEngine(Engine):
     @contextlib.asynccontextmanager
     async def open(self, bound: BoundStatement, *, timeout: float, fetch: int,
                    stream: bool = False) -> AsyncIterator[RowStream]:
-        async with self._connection(timeout) as conn:
-            if not stream:
-                try:
-                    rows = await _fetch_limited(conn, bound, fetch, timeout)
-                    if rows:
-                        columns = list(rows[0].keys())
-                    else:
-                        statement = await conn.prepare(bound.sql, timeout=timeout)
-                        columns = [a.name for a in statement.get_attributes()]
-                except BaseException as exc:
-                    raise self.translate(exc, timeout, "answer") from None
-                yield RowStream(columns, _one_batch(rows))
+        pool, conn = await self._acquire(timeout)
+        try:
+            if stream:
+                async with self._streamed(conn, bound, timeout=timeout, fetch=fetch) as rows:
+                    yield rows
                 return
-            transaction = conn.transaction()
             try:
-                await transaction.start()
-                statement = await conn.prepare(bound.sql, timeout=timeout)
-                columns = [a.name for a in statement.get_attributes()]
-                cursor = await statement.cursor(*bound.values, timeout=timeout)
-            except BaseException as exc:
-                with contextlib.suppress(Exception):
-                    await transaction.rollback()
-                raise self.translate(exc, timeout, "answer") from None
-            try:
-                yield RowStream(columns, self._batches(cursor, fetch, timeout))
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await transaction.rollback()
-                raise
-            try:
-                await transaction.commit()  # a statement that writes keeps its effect
+                found = await _fetch_limited(conn, bound, fetch, timeout)
+                if found:
+                    columns = list(found[0].keys())
+                else:
+                    statement = await conn.prepare(bound.sql, timeout=timeout)
+                    columns = [a.name for a in statement.get_attributes()]
             except BaseException as exc:
                 raise self.translate(exc, timeout, "answer") from None
+            yield RowStream(columns, _one_batch(found))
+        finally:
+            self._release(pool, conn)
+
+    @contextlib.asynccontextmanager
+    async def _streamed(self, conn: Any, bound: BoundStatement, *, timeout: float, fetch: int
+                        ) -> AsyncIterator[RowStream]:
+        """Rows read through a cursor, inside a transaction committed at the end."""
+        transaction = conn.transaction()
+        try:
+            await transaction.start()
+            statement = await conn.prepare(bound.sql, timeout=timeout)
+            columns = [a.name for a in statement.get_attributes()]
+            cursor = await statement.cursor(*bound.values, timeout=timeout)
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await transaction.rollback()
+            raise self.translate(exc, timeout, "answer") from None
+        try:
+            yield RowStream(columns, self._batches(cursor, fetch, timeout))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await transaction.rollback()
+            raise
+        try:
+            await transaction.commit()  # a statement that writes keeps its effect
+        except BaseException as exc:
+            raise self.translate(exc, timeout, "answer") from None
 
     async def _batches(self, cursor: Any, fetch: int, timeout: float
                        ) -> AsyncIterator[list[Any]]:
