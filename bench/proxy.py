@@ -186,8 +186,11 @@ async def load(call, requests: int, concurrency: int) -> dict:
             await call(i % 1000 + 1)
             latencies.append(time.perf_counter() - started)
 
-    for i in range(min(50, requests)):  # warm-up
-        await call(i + 1)
+    # Warm-up at the measured concurrency, so every path is measured in its steady state: each
+    # client connection (TLS, or asyncpg's SCRAM login) is open and each cache is filled.
+    for i in range(min(50, requests)):
+        await asyncio.gather(*(call((i * concurrency + j) % 1000 + 1)
+                               for j in range(concurrency)))
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return summary(latencies, time.perf_counter() - started)

@@ -178,7 +178,8 @@ def test_oversized_body_is_413_and_the_process_survives(dev_server: ServerProces
 
 @pytest.mark.parametrize(
     "body",
-    [b"{not json", b"\xff\xfe\x00", b"[1, 2]", b'{"a": NaN}', b"", b"[" * 100_000],
+    [b"{not json", b"\xff\xfe\x00", b"[1, 2]", b'{"a": NaN}', b"", b"[" * 100_000,
+     '{"username": "a"}'.encode("utf-16")],  # JSON is UTF-8 (RFC 8259)
 )
 def test_malformed_json_is_400(dev_server: ServerProcess, body: bytes) -> None:
     status, _, raw = get(dev_server, "/api/v1/session", method="POST", body=body,

@@ -17,11 +17,12 @@ GENESIS = "0" * 64
 HASHED_FIELDS = ("seq", "time", "actor", "action", "target", "outcome", "client",
                  "request_id", "details", "prev_hash")
 
+_CANONICAL_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
 
 def entry_hash(entry: Mapping[str, Any]) -> str:
     """SHA-256 over the canonical JSON of the hashed fields (including `prev_hash`)."""
-    canonical = json.dumps([entry[name] for name in HASHED_FIELDS], ensure_ascii=False,
-                           separators=(",", ":"))
+    canonical = _CANONICAL_JSON.encode([entry[name] for name in HASHED_FIELDS])
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

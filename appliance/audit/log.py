@@ -254,11 +254,11 @@ def _fields(*, action: str, actor: str, target: str, outcome: str, client: str,
         "outcome": outcome,
         "client": _clip(client),
         "request_id": _clip(request_id),
-        "details": json.dumps(redact(dict(details or {})), ensure_ascii=False, sort_keys=True,
-                              separators=(",", ":")),
+        "details": _DETAILS_JSON.encode(redact(dict(details or {}))),
     }
 
 
+_DETAILS_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 _HEAD_SQL = "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1"
 _INSERT_SQL = (
     "INSERT INTO audit_log (seq, time, actor, action, target, outcome, client,"

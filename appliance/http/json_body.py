@@ -24,7 +24,7 @@ async def read_object(request: web.Request) -> dict[str, Any]:
         limit = request.app[SETTINGS].server.max_body_bytes
         raise PayloadTooLarge(f"the request body is larger than {limit} bytes") from None
     try:
-        data = json.loads(raw, parse_constant=_reject_constant)
+        data = _DECODER.decode(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as exc:
         detail = f" at line {exc.lineno} column {exc.colno}" if isinstance(
             exc, json.JSONDecodeError) else ""
@@ -37,3 +37,7 @@ async def read_object(request: web.Request) -> dict[str, Any]:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+# JSON between systems is UTF-8 (RFC 8259, section 8.1); NaN and Infinity are not JSON.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
