@@ -202,3 +202,53 @@ def sqlite_rows(path: Path, sql: str) -> list[tuple]:
         return conn.execute(sql).fetchall()
     finally:
         conn.close()
+
+
+async def test_no_result_leaves_before_its_audit_entry(tmp_path: Path, db: Path) -> None:
+    """Fail-closed: a JSON answer waits for its entry; a stream's first row waits for the
+    entry of its start, and a stream whose final entry fails ends with that error."""
+    async with proxy(tmp_path / "state") as appliance:
+        dev = as_role(appliance, "developer")
+        ds = await create_datasource(dev, name="shop", kind="sqlite", config={"path": str(db)})
+        q = await create_query(dev, ds["id"], "SELECT name FROM items WHERE id = {{ id }}",
+                               [{"name": "id", "type": "integer"}], name="one")
+
+        def refuse(action: str | None) -> None:
+            appliance.execute("DROP TRIGGER IF EXISTS refuse_runs")
+            if action is not None:
+                appliance.execute(
+                    "CREATE TRIGGER refuse_runs BEFORE INSERT ON audit_log WHEN NEW.action = "
+                    f"'{action}' BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+
+        async def stream() -> tuple[int, str]:
+            async with dev.http.post(appliance.url + f"/api/v1/queries/{q['id']}/run",
+                                     json={"params": {"id": 3}},
+                                     headers={"Authorization": f"Bearer {dev.token}",
+                                              "Accept": "application/x-ndjson"},
+                                     ssl=appliance.ssl) as r:
+                return r.status, await r.text()
+
+        refuse("query.run")
+        resp = await run(dev, q["id"], {"id": 3})
+        assert resp.status == 503 and resp.code == "audit_unavailable", resp.body
+        assert "Café" not in json.dumps(resp.body)
+
+        refuse("query.run.start")
+        status, text = await stream()
+        assert status == 503 and "audit_unavailable" in text and "Café" not in text
+
+        refuse("query.run")  # the start is recorded, the end is not: the stream says so
+        status, text = await stream()
+        lines = [json.loads(line) for line in text.splitlines()]
+        assert status == 200 and lines[1] == ["Café"]
+        assert lines[-1]["error"]["code"] == "audit_unavailable"
+
+        refuse(None)
+        before = appliance.audit_actions()
+        status, text = await stream()
+        assert status == 200 and json.loads(text.splitlines()[-1])["row_count"] == 1
+        assert appliance.audit_actions()[len(before):] == ["query.run.start", "query.run"]
+        assert (await run(dev, q["id"], {"id": 3})).body["rows"] == [["Café"]]
+        assert appliance.audit_actions()[-1] == "query.run"
+        assert appliance.query("SELECT count(*) AS n FROM audit_log WHERE action = "
+                               "'query.run.start'")[0]["n"] == 2

@@ -24,6 +24,8 @@ from appliance.store import Store, Transaction
 
 log = logging.getLogger("appliance.audit")
 RUN_ACTION = "query.run"
+RUN_START_ACTION = "query.run.start"  # a stream's entry, written before its first row leaves
+_RUN_ACTIONS = frozenset({RUN_ACTION, RUN_START_ACTION})
 
 OUTCOMES = ("ok", "denied", "failed", "error")
 _MAX_FIELD = 500
@@ -153,7 +155,7 @@ class AuditLog:
                 entries = [item.fields for item in batch]
                 # Query-run metadata may skip the flush to disk (atomic all the same, and still
                 # written before the caller answers); any other entry makes the batch durable.
-                durable = any(fields.get("action") != RUN_ACTION for fields in entries)
+                durable = any(fields.get("action") not in _RUN_ACTIONS for fields in entries)
                 # The whole batch is one store step: read the head, chain, insert, commit.
                 positions = await self.store.write(functools.partial(_append_sync,
                                                                      entries=entries),

@@ -16,6 +16,7 @@ from typing import Any
 
 from appliance import metrics
 from appliance.audit import Context
+from appliance.audit.log import RUN_START_ACTION
 from appliance.datasources.values import dumps
 from appliance.errors import ApplianceError
 from appliance.queries.service import CompiledQuery, QueryService
@@ -76,16 +77,18 @@ class Runner:
     @contextlib.asynccontextmanager
     async def run(self, query_id: str, params: Any, *, context: Context, stream: bool,
                   mode: str) -> AsyncIterator[Run]:
-        """Bind, open, yield the run; on exit record it in the audit log (metadata only).
+        """Bind, open, yield the run; record it in the audit log (metadata only).
 
-        The audit entry is durable before the context exits normally, so a caller that sends
-        the result after the block never sends one that was not audited.
+        Fail-closed: a JSON run's entry is committed before the context exits normally, so a
+        caller that sends the result after the block never sends one that was not audited. A
+        stream's rows are sent inside the block: its start is committed before the run is
+        yielded, and the entry with the outcome and row count when it ends.
         """
         started = time.perf_counter()
         compiled = await self.queries.compiled(query_id)
         run: Run | None = None
-        outcome, code = "ok", None
         datasource: str | None = None
+        recorded = False  # an entry is attempted once, whatever happens after
         try:
             bound = compiled.template.bind(params)  # InvalidParameter (422) names the parameter
             engine = await self.datasources.engine(compiled.datasource_id)
@@ -98,19 +101,37 @@ class Runner:
                                    stream=stream) as rows:  # type: ignore[call-arg]
                 run = Run(compiled, engine.target.name, rows.columns, max_rows,
                           limits.max_response_bytes, rows.batches, started=started)
+                if stream:
+                    # Rows leave before the run ends: its start is audited first (fail-closed).
+                    await self.audit.submit(
+                        action=RUN_START_ACTION, actor=context.actor,
+                        target=f"query:{compiled.id}", client=context.client,
+                        request_id=context.request_id,
+                        details={"datasource": compiled.datasource_id, "mode": mode})
                 yield run
+                if not stream:
+                    # All rows are read and nothing is left to fail: record the run before
+                    # the engine lets go of its connection, so the answer leaves first. (A
+                    # stream commits its transaction on the way out: recorded after that.)
+                    recorded = True
+                    await self._record(compiled, run, context, started, "ok", None, mode)
         except ApplianceError as exc:
             if datasource is not None and not getattr(exc, "datasource", None):
                 exc.datasource = datasource  # type: ignore[attr-defined]  # e.g. egress denials
-            outcome, code = ("denied" if exc.status in (401, 403) else "failed"), exc.code
-            await self._record(compiled, run, context, started, outcome, code, mode)
+            if not recorded:
+                outcome = "denied" if exc.status in (401, 403) else "failed"
+                recorded = True
+                await self._record(compiled, run, context, started, outcome, exc.code, mode)
             raise
         except BaseException:
-            outcome, code = "error", "internal_error"
-            with contextlib.suppress(ApplianceError):
-                await self._record(compiled, run, context, started, outcome, code, mode)
+            if not recorded:
+                recorded = True
+                with contextlib.suppress(ApplianceError):
+                    await self._record(compiled, run, context, started, "error",
+                                       "internal_error", mode)
             raise
-        await self._record(compiled, run, context, started, outcome, code, mode)
+        if not recorded:
+            await self._record(compiled, run, context, started, "ok", None, mode)
 
     async def _record(self, compiled: CompiledQuery, run: Run | None, context: Context,
                       started: float, outcome: str, code: str | None, mode: str) -> None:
