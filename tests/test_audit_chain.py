@@ -256,9 +256,17 @@ async def test_record_run_fails_closed(tmp_path: Path) -> None:
             log.record_run(actor="v", query_id="q", duration_ms=1, row_count=0)
             for _ in range(5)], return_exceptions=True)
         assert all(isinstance(r, AuditUnavailable) for r in results)
+        with pytest.raises(AuditUnavailable):  # the only run in flight: no batch, same rule
+            await log.record_run(actor="v", query_id="q", duration_ms=1, row_count=0,
+                                 alone=True)
         async with store.transaction() as tx:
             await tx.execute("DROP TRIGGER audit_full")
         assert await log.record_run(actor="v", query_id="q", duration_ms=1, row_count=0) == 1
+        flusher = log._flusher
+        assert await log.record_run(actor="v", query_id="q", duration_ms=1, row_count=0,
+                                    alone=True) == 2
+        assert log._flusher is flusher  # committed in the caller's task: no new batch
+        assert (await log.verify()).ok
     finally:
         await log.close()
         await store.close()

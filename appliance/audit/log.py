@@ -110,28 +110,46 @@ class AuditLog:
         client: str = "",
         request_id: str = "",
         details: Mapping[str, Any] | None = None,
+        alone: bool = False,
     ) -> int:
         """Record a query run (metadata only); return once the entry is committed (without an
         fsync of its own: a power failure may lose the newest run entries, never half of one).
 
         Entries arriving while a batch is being committed are written together in the next one
         (group commit). Raises `AuditUnavailable` if the batch cannot be committed. Never call it
-        while holding a store transaction: it needs the writer itself.
+        while holding a store transaction: it needs the writer itself. `alone`: the caller knows
+        no other entry is on its way (see `submit`).
         """
         extra = dict(details or {})
         extra.update({"duration_ms": round(float(duration_ms), 3), "row_count": int(row_count)})
         return await self.submit(action=RUN_ACTION, actor=actor, target=f"query:{query_id}",
                                  outcome=outcome, client=client, request_id=request_id,
-                                 details=extra)
+                                 details=extra, alone=alone)
 
     async def submit(self, *, action: str, actor: str = "system", target: str = "",
                      outcome: str = "ok", client: str = "", request_id: str = "",
-                     details: Mapping[str, Any] | None = None) -> int:
-        """Append one entry in its own (group-committed) transaction; return its position."""
+                     details: Mapping[str, Any] | None = None, alone: bool = False) -> int:
+        """Append one entry in its own (group-committed) transaction; return its position.
+
+        `alone=True` (the caller knows no other entry is on its way, e.g. the only query run in
+        flight) commits the entry at once in the caller's task when no batch is forming: there is
+        nothing to group it with, so it skips the batch's task and loop turns."""
         if self._closed:
             raise AuditUnavailable()
         fields = _fields(action=action, actor=actor, target=target, outcome=outcome,
                          client=client, request_id=request_id, details=details)
+        if alone and not self._pending and (self._flusher is None or self._flusher.done()):
+            try:
+                positions = await self.store.write(
+                    functools.partial(_append_sync, entries=[fields]),
+                    durable=action not in _RUN_ACTIONS)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("audit write failed", extra={"action": action,
+                                                       "exception": type(exc).__qualname__})
+                raise AuditUnavailable() from None
+            return int(positions[0])
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(fields, done))
         if self._flusher is None or self._flusher.done():

@@ -73,6 +73,7 @@ class Runner:
         self.queries = queries
         self.datasources = queries.datasources
         self.audit = queries.audit
+        self._in_flight = 0  # runs between bind and their audit entry
 
     @contextlib.asynccontextmanager
     async def run(self, query_id: str, params: Any, *, context: Context, stream: bool,
@@ -89,6 +90,7 @@ class Runner:
         run: Run | None = None
         datasource: str | None = None
         recorded = False  # an entry is attempted once, whatever happens after
+        self._in_flight += 1
         try:
             bound = compiled.template.bind(params)  # InvalidParameter (422) names the parameter
             engine = await self.datasources.engine(compiled.datasource_id)
@@ -110,17 +112,19 @@ class Runner:
                         details={"datasource": compiled.datasource_id, "mode": mode})
                 yield run
                 if not stream:
-                    # All rows are read and nothing is left to fail: record the run before
-                    # the engine lets go of its connection, so the answer leaves first. (A
-                    # stream commits its transaction on the way out: recorded after that.)
+                    # All rows are read and nothing is left to fail: record the run before the
+                    # engine lets go of its connection, so the answer leaves first.
                     recorded = True
                     await self._record(compiled, run, context, started, "ok", None, mode)
+            if not recorded:  # a stream, once its transaction has committed
+                recorded = True
+                await self._record(compiled, run, context, started, "ok", None, mode)
         except ApplianceError as exc:
             if datasource is not None and not getattr(exc, "datasource", None):
                 exc.datasource = datasource  # type: ignore[attr-defined]  # e.g. egress denials
             if not recorded:
-                outcome = "denied" if exc.status in (401, 403) else "failed"
                 recorded = True
+                outcome = "denied" if exc.status in (401, 403) else "failed"
                 await self._record(compiled, run, context, started, outcome, exc.code, mode)
             raise
         except BaseException:
@@ -130,8 +134,8 @@ class Runner:
                     await self._record(compiled, run, context, started, "error",
                                        "internal_error", mode)
             raise
-        if not recorded:
-            await self._record(compiled, run, context, started, "ok", None, mode)
+        finally:
+            self._in_flight -= 1
 
     async def _record(self, compiled: CompiledQuery, run: Run | None, context: Context,
                       started: float, outcome: str, code: str | None, mode: str) -> None:
@@ -145,4 +149,5 @@ class Runner:
                                     duration_ms=duration,
                                     row_count=run.row_count if run is not None else 0,
                                     outcome=outcome, client=context.client,
-                                    request_id=context.request_id, details=details)
+                                    request_id=context.request_id, details=details,
+                                    alone=self._in_flight <= 1)
