@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 PASSWORD = "bench-Pa55word"
 SQL = "SELECT id, name, v FROM bench WHERE id = $1"
+ROUNDS = 5
 TEMPLATE = "SELECT id, name, v FROM bench WHERE id = {{ id }}"
 
 
@@ -169,14 +170,18 @@ async def serve_appliance(port: int, state: Path) -> None:
 # --- load ---------------------------------------------------------------------------------------
 
 
-def summary(latencies: list[float], elapsed: float) -> dict:
-    latencies.sort()
-    return {"qps": len(latencies) / elapsed,
+def summary(rounds: list[tuple[list[float], float]]) -> dict:
+    """q/s over all rounds, p50 and p99 over every request of every round."""
+    latencies = sorted(x for lat, _ in rounds for x in lat)
+    return {"qps": len(latencies) / sum(elapsed for _, elapsed in rounds),
             "p50": statistics.median(latencies) * 1000,
-            "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000}
+            "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+            "rounds": [len(lat) / elapsed for lat, elapsed in rounds]}
 
 
-async def load(call, requests: int, concurrency: int) -> dict:
+async def load(call, requests: int, concurrency: int, *, warm: bool
+               ) -> tuple[list[float], float]:
+    """One round: (latencies, elapsed seconds)."""
     latencies: list[float] = []
     counter = iter(range(requests))
 
@@ -188,12 +193,12 @@ async def load(call, requests: int, concurrency: int) -> dict:
 
     # Warm-up at the measured concurrency, so every path is measured in its steady state: each
     # client connection (TLS, or asyncpg's SCRAM login) is open and each cache is filled.
-    for i in range(min(50, requests)):
+    for i in range(50 if warm else 0):
         await asyncio.gather(*(call((i * concurrency + j) % 1000 + 1)
                                for j in range(concurrency)))
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return summary(latencies, time.perf_counter() - started)
+    return latencies, time.perf_counter() - started
 
 
 def rss_kb(pid: int) -> int:
@@ -248,9 +253,16 @@ async def run_bench(requests: int, rows: int) -> None:
                     await r.read()
                     assert r.status == 200, await r.text()
 
+            # The three paths take turns, ROUNDS times, so a machine that slows down or speeds
+            # up during the run weighs on each of them alike; ratios are per-round medians.
             for concurrency in (1, 32):
-                for name, call in (("a", direct), ("b", bare), ("c", appliance)):
-                    results[(name, concurrency)] = await load(call, requests, concurrency)
+                rounds: dict[str, list[tuple[list[float], float]]] = {"a": [], "b": [], "c": []}
+                for number in range(ROUNDS):
+                    for name, call in (("a", direct), ("b", bare), ("c", appliance)):
+                        rounds[name].append(await load(call, max(1, requests // ROUNDS),
+                                                       concurrency, warm=number == 0))
+                for name, measured in rounds.items():
+                    results[(name, concurrency)] = summary(measured)
 
             # 1,000,000-row stream: asyncpg directly (cursor) vs the appliance (NDJSON)
             started = time.perf_counter()
@@ -324,7 +336,8 @@ def _make_bare_cert(ca_dir: Path, state: Path) -> None:
 
 def _print(results: dict, requests: int, rows: int, direct_rate: float, stream_rate: float,
            rss_growth_mb: float, streamed: int) -> None:
-    print(f"\n{requests} requests per cell; one row per query (`{SQL}`)\n")
+    print(f"\n{requests} requests per cell, in {ROUNDS} interleaved rounds; one row per query "
+          f"(`{SQL}`)\n")
     print("| concurrency | path | q/s | p50 ms | p99 ms |")
     print("|---|---|---|---|---|")
     names = {"a": "(a) asyncpg direct", "b": "(b) bare aiohttp + asyncpg, HTTPS",
@@ -335,9 +348,12 @@ def _print(results: dict, requests: int, rows: int, direct_rate: float, stream_r
             print(f"| {concurrency} | {names[key]} | {r['qps']:,.0f} | {r['p50']:.2f} | "
                   f"{r['p99']:.2f} |")
     for concurrency in (1, 32):
-        a, b, c = (results[(k, concurrency)]["qps"] for k in ("a", "b", "c"))
-        print(f"\nconcurrency {concurrency}: c/b = {c / b:.2f} (target >= 0.8), "
-              f"c/a = {c / a:.2f}")
+        a, b, c = (results[(k, concurrency)]["rounds"] for k in ("a", "b", "c"))
+        cb = [x / y for x, y in zip(c, b, strict=True)]
+        ca = [x / y for x, y in zip(c, a, strict=True)]
+        print(f"\nconcurrency {concurrency}: c/b = {statistics.median(cb):.2f} "
+              f"(target >= 0.8; rounds {', '.join(f'{x:.2f}' for x in cb)}), "
+              f"c/a = {statistics.median(ca):.2f}")
     print(f"\nNDJSON stream of {streamed:,} rows (asked {rows:,}): appliance "
           f"{stream_rate:,.0f} rows/s, asyncpg cursor directly {direct_rate:,.0f} rows/s "
           f"(ratio {stream_rate / direct_rate:.2f}); peak RSS growth of the appliance "
