@@ -175,7 +175,8 @@ class SQLiteStore:
             result = fn(conn)
             conn.commit()
         except BaseException as exc:
-            conn.rollback()
+            with contextlib.suppress(sqlite3.Error):  # keep the first error, not the rollback's
+                conn.rollback()
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"store write failed: {exc}") from exc
             raise
