@@ -237,6 +237,8 @@ async def test_concurrent_runs(tmp_path: Path, pg: PostgresServer) -> None:
                                          for i in range(count)))
         assert [r.status for r in results] == [200] * count
         assert [r.body["rows"] for r in results] == [[[2 * i]] for i in range(count)]
+        stats = (await appliance.app[DATASOURCES].engine(ds["id"])).pool_stats()
+        assert stats is not None and 1 <= stats.size <= 10  # the datasource's limit held
 
 
 async def test_ndjson_stream_from_postgres(tmp_path: Path, pg: PostgresServer) -> None:

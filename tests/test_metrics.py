@@ -137,6 +137,9 @@ async def test_every_family_counts_what_happens(tmp_path: Path) -> None:
         not_after = found.app[TLS].info.not_after.timestamp()  # type: ignore[union-attr]
         assert value(text, "appliance_tls_certificate_not_after_seconds") == not_after
         assert value(text, "appliance_datasource_pools", kind="sqlite") == 1
+        for state in ("open", "idle"):  # the demo's one connection, back in its pool
+            assert value(text, "appliance_datasource_pool_connections", datasource="demo",
+                         kind="sqlite", state=state) == 1, state
 
 
 def test_run_durations_land_in_the_right_buckets() -> None:

@@ -73,3 +73,14 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Close every connection. Idempotent."""
+
+    def pool_stats(self) -> PoolStats | None:
+        """Connections open and idle now, for metrics; None where the driver does not say.
+        Never blocks."""
+        return None
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    size: int  # connections open
+    idle: int  # of which not in use

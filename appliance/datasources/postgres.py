@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 
 from appliance.datasources.config import CONNECT_TIMEOUT
-from appliance.datasources.engine import Engine, RowStream, Target
+from appliance.datasources.engine import Engine, PoolStats, RowStream, Target
 from appliance.datasources.errors import (
     DatasourceAuthFailed,
     DatasourceTimeout,
@@ -118,6 +118,12 @@ class PostgresEngine(Engine):
         self._releases.discard(release)
         if not release.cancelled():
             release.exception()  # a connection asyncpg could not reset is closed by asyncpg
+
+    def pool_stats(self) -> PoolStats | None:
+        pool = self._pool
+        if pool is None:
+            return PoolStats(size=0, idle=0)
+        return PoolStats(size=pool.get_size(), idle=pool.get_idle_size())
 
     async def test(self, timeout: float) -> None:
         try:

@@ -225,6 +225,10 @@ class DatasourceService:
                       config=json.loads(row["config"]), version=int(row["version"]),
                       secrets=opened)
 
+    def open_engines(self) -> list[Engine]:
+        """The engines created so far (for metrics: their pools)."""
+        return list(self._engines.values())
+
     async def engine(self, datasource_id: str) -> Engine:
         """The datasource's engine, created on first use (one per datasource)."""
         found = self._engines.get(datasource_id)

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiosqlite
 
-from appliance.datasources.engine import Engine, RowStream, Target
+from appliance.datasources.engine import Engine, PoolStats, RowStream, Target
 from appliance.datasources.errors import (
     DatasourceTimeout,
     DatasourceUnreachable,
@@ -46,6 +46,9 @@ class SQLiteEngine(Engine):
         self._all: set[aiosqlite.Connection] = set()
         self._slots = asyncio.Semaphore(self.target.limits.max_connections)
         self._closed = False
+
+    def pool_stats(self) -> PoolStats | None:
+        return PoolStats(size=len(self._all), idle=len(self._idle))
 
     def _uri(self) -> str:
         mode = "ro" if self.target.config.get("read_only", True) else "rw"

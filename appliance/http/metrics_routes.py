@@ -46,12 +46,11 @@ def _not_after(app: web.Application) -> float | None:
 
 def _pools(app: web.Application) -> Iterator[metrics.PoolSample]:
     service = app.get(DATASOURCES)
-    engines = dict(getattr(service, "_engines", {}) or {}) if service is not None else {}
-    for engine in engines.values():
-        stats = getattr(engine, "pool_stats", None)  # optional: {"size": n, "idle": n}
-        found = stats() if callable(stats) else {}
+    for engine in service.open_engines() if service is not None else []:
+        stats = engine.pool_stats()  # None: the driver does not say
         yield metrics.PoolSample(datasource=engine.target.name, kind=engine.target.kind,
-                                 size=found.get("size"), idle=found.get("idle"))
+                                 size=stats.size if stats is not None else None,
+                                 idle=stats.idle if stats is not None else None)
 
 
 def _loopback(remote: str | None) -> bool:
