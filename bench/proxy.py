@@ -1,7 +1,9 @@
 """Query-proxy benchmark: the same parameterised PostgreSQL query (a) through asyncpg directly,
 (b) through a bare aiohttp handler using asyncpg, (c) through the appliance over HTTPS with a
 bearer token, at concurrency 1 and 32; then a 1,000,000-row NDJSON stream (rows/s against asyncpg
-directly, and the appliance's peak RSS growth). Prints a Markdown table; never asserts.
+directly, and the appliance's peak RSS growth). Each path is warmed up at the measured concurrency;
+the three take turns in ROUNDS rounds and the ratios are per-round medians, so a machine whose
+speed drifts during the run weighs on all three alike. Prints a Markdown table; never asserts.
 
 Usage: .venv/bin/python bench/proxy.py [--requests N] [--rows N]
 Needs PostgreSQL server binaries (initdb, pg_ctl, psql); runs them as `postgres` when root.
