@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
-import os
-import pwd
 import shutil
-import socket
 import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -35,61 +35,26 @@ ROUNDS = 5
 TEMPLATE = "SELECT id, name, v FROM bench WHERE id = {{ id }}"
 
 
-def pg_bin(name: str) -> str:
-    found = shutil.which(name)
-    if found:
-        return found
-    for root in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (root / name).exists():
-            return str(root / name)
-    raise SystemExit(f"{name} not found")
+@contextlib.contextmanager
+def bench_cluster() -> Iterator[Any]:
+    """The tests' throwaway cluster (tests/conftest.py), with role `app`, database `appdb` and a
+    1,000-row table `bench`."""
+    from tests.conftest import PostgresServer, pg_binary, postgres_cluster
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Cluster:
-    def __init__(self) -> None:
-        self.prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        self.root = Path(tempfile.mkdtemp(prefix="bench-pg-"))
-        self.root.chmod(0o755)
-        if self.prefix:
-            owner = pwd.getpwnam("postgres")
-            os.chown(self.root, owner.pw_uid, owner.pw_gid)
-        self.port = free_port()
-        self.data = self.root / "data"
-
-    def start(self) -> None:
-        subprocess.run([*self.prefix, pg_bin("initdb"), "-D", str(self.data), "-U", "postgres",
-                        "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C"], check=True,
-                       capture_output=True)
-        with (self.data / "postgresql.conf").open("a") as conf:
-            conf.write(f"listen_addresses = '127.0.0.1'\nport = {self.port}\n"
-                       f"unix_socket_directories = '{self.root}'\nfsync = off\n"
-                       "max_connections = 200\nshared_buffers = 64MB\n")
-        (self.data / "pg_hba.conf").write_text("local all postgres trust\n"
-                                               "host all all 127.0.0.1/32 scram-sha-256\n")
-        subprocess.run([*self.prefix, pg_bin("pg_ctl"), "-D", str(self.data), "-l",
-                        str(self.root / "log"), "-w", "start"], check=True, capture_output=True)
-        self.sql(f"CREATE ROLE app LOGIN PASSWORD '{PASSWORD}'", "postgres")
-        self.sql("CREATE DATABASE appdb OWNER app", "postgres")
-        self.sql("CREATE TABLE bench (id int PRIMARY KEY, name text, v float8); "
-                 "INSERT INTO bench SELECT i, 'name ' || i, i * 0.5 "
-                 "FROM generate_series(1, 1000) i;"
-                 "ALTER TABLE bench OWNER TO app")
-
-    def sql(self, text: str, db: str = "appdb") -> None:
-        subprocess.run([*self.prefix, pg_bin("psql"), "-h", str(self.root), "-p", str(self.port),
-                        "-U", "postgres", "-d", db, "-v", "ON_ERROR_STOP=1", "-qc", text],
-                       check=True, capture_output=True)
-
-    def stop(self) -> None:
-        subprocess.run([*self.prefix, pg_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate",
-                        "stop"], capture_output=True)
-        shutil.rmtree(self.root, ignore_errors=True)
+    psql = pg_binary("psql")
+    if psql is None:
+        raise SystemExit("psql not found")
+    with postgres_cluster(name="bench",
+                          hba="local all postgres trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+                          conf="max_connections = 200\nshared_buffers = 64MB\n") as cluster:
+        server = PostgresServer(cluster.root, cluster.port, cluster.prefix, psql)
+        server.sql(f"CREATE ROLE app LOGIN PASSWORD '{PASSWORD}'", database="postgres")
+        server.sql("CREATE DATABASE appdb OWNER app", database="postgres")
+        server.sql("CREATE TABLE bench (id int PRIMARY KEY, name text, v float8); "
+                   "INSERT INTO bench SELECT i, 'name ' || i, i * 0.5 "
+                   "FROM generate_series(1, 1000) i;"
+                   "ALTER TABLE bench OWNER TO app")
+        yield server
 
 
 def pg_kwargs(port: int) -> dict:
@@ -214,8 +179,8 @@ async def run_bench(requests: int, rows: int) -> None:
     import aiohttp
     import asyncpg
 
-    cluster = Cluster()
-    cluster.start()
+    cleanup = contextlib.ExitStack()
+    cluster = cleanup.enter_context(bench_cluster())
     state = Path(tempfile.mkdtemp(prefix="bench-state-"))
     children: list[subprocess.Popen[str]] = []
     try:
@@ -299,7 +264,7 @@ async def run_bench(requests: int, rows: int) -> None:
         for proc in children:
             proc.terminate()
             proc.wait(10)
-        cluster.stop()
+        cleanup.close()
         shutil.rmtree(state, ignore_errors=True)
 
 

@@ -228,7 +228,7 @@ class PostgresServer:
         return out.stdout
 
 
-def _pg_binary(name: str) -> str | None:
+def pg_binary(name: str) -> str | None:
     import shutil
 
     found = shutil.which(name)
@@ -273,7 +273,7 @@ def postgres_cluster(*, name: str, hba: str, conf: str = "",
     import socket
     import tempfile
 
-    initdb, pg_ctl = _pg_binary("initdb"), _pg_binary("pg_ctl")
+    initdb, pg_ctl = pg_binary("initdb"), pg_binary("pg_ctl")
     if not initdb or not pg_ctl:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
     prefix: list[str] = []
@@ -324,7 +324,7 @@ def postgres_cluster(*, name: str, hba: str, conf: str = "",
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    psql = _pg_binary("psql")
+    psql = pg_binary("psql")
     if not psql:
         pytest.skip("PostgreSQL client (psql) is not installed")
     with postgres_cluster(
