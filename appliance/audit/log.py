@@ -126,6 +126,15 @@ class AuditLog:
                                  outcome=outcome, client=client, request_id=request_id,
                                  details=extra, alone=alone)
 
+    async def record_run_start(self, *, actor: str, query_id: str, client: str = "",
+                               request_id: str = "",
+                               details: Mapping[str, Any] | None = None) -> int:
+        """Record that a streamed run is about to send rows (metadata only), before the first
+        row leaves; its `record_run` follows when it ends. Same durability as `record_run`."""
+        return await self.submit(action=RUN_START_ACTION, actor=actor,
+                                 target=f"query:{query_id}", client=client,
+                                 request_id=request_id, details=details)
+
     async def submit(self, *, action: str, actor: str = "system", target: str = "",
                      outcome: str = "ok", client: str = "", request_id: str = "",
                      details: Mapping[str, Any] | None = None, alone: bool = False) -> int:
@@ -143,9 +152,7 @@ class AuditLog:
                 positions = await self.store.write(
                     functools.partial(_append_sync, entries=[fields]),
                     durable=action not in _RUN_ACTIONS)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+            except Exception as exc:  # not CancelledError: a BaseException, it propagates
                 log.error("audit write failed", extra={"action": action,
                                                        "exception": type(exc).__qualname__})
                 raise AuditUnavailable() from None

@@ -16,7 +16,6 @@ from typing import Any
 
 from appliance import metrics
 from appliance.audit import Context
-from appliance.audit.log import RUN_START_ACTION
 from appliance.datasources.values import dumps
 from appliance.errors import ApplianceError
 from appliance.queries.service import CompiledQuery, QueryService
@@ -105,9 +104,8 @@ class Runner:
                           limits.max_response_bytes, rows.batches, started=started)
                 if stream:
                     # Rows leave before the run ends: its start is audited first (fail-closed).
-                    await self.audit.submit(
-                        action=RUN_START_ACTION, actor=context.actor,
-                        target=f"query:{compiled.id}", client=context.client,
+                    await self.audit.record_run_start(
+                        actor=context.actor, query_id=compiled.id, client=context.client,
                         request_id=context.request_id,
                         details={"datasource": compiled.datasource_id, "mode": mode})
                 yield run
