@@ -43,7 +43,7 @@ async def test_tampered_field_is_a_clear_error_and_the_server_survives(state: Pa
     await populate(s, secrets)
     raw_sql(state, "UPDATE sealed_fields SET blob = substr(blob, 1, length(blob) - 1) "
             "WHERE record_id = 'ds-0001'")
-    app = web.Application(middlewares=[middleware.request_context, middleware.errors])
+    app = web.Application(middlewares=[middleware.front()])
     app[SETTINGS] = s
     app.cleanup_ctx.append(_store_lifecycle)
     app.cleanup_ctx.append(keyring_lifecycle(SETTINGS, STORE, KEYRING, tuning=TEST_TUNING))

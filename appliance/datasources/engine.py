@@ -1,4 +1,5 @@
-"""The one interface every datasource kind implements: test, open a result stream, close.
+"""The one interface every datasource kind implements: test, open a result stream, collect a
+whole result, close.
 
 Owns `Engine`, `Target` (what an engine knows of its datasource) and `RowStream`. The query
 service talks only to this interface and never knows which kind is behind it. Engines open their
@@ -8,7 +9,8 @@ network connections only through the egress dialer, and never log values or resu
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Mapping
+import functools
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +31,7 @@ class Target:
     version: int
     secrets: Mapping[str, Secret[str]] = field(default_factory=dict, repr=False)
 
-    @property
+    @functools.cached_property
     def limits(self) -> Limits:
         return limits_of(self.config)
 
@@ -69,6 +71,17 @@ class Engine(abc.ABC):
         """Run one bound statement. `fetch` is how many rows the caller wants at most (it stops
         reading after that); `timeout` bounds the statement. Leaving the context releases the
         connection (and cancels what is still running)."""
+
+    async def collect(self, bound: Any, *, timeout: float, fetch: int,
+                      take: Callable[[list[Any]], bool]) -> list[str]:
+        """Run one bound statement for an answer: hand its rows to `take` batch by batch until
+        it returns False or the rows run out; return the columns. The connection is let go
+        before it returns. Engines that can read a whole answer in one step override it."""
+        async with self.open(bound, timeout=timeout, fetch=fetch) as rows:
+            async for batch in rows.batches:
+                if not take(batch):
+                    break
+            return rows.columns
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -13,7 +13,7 @@ import contextlib
 import json
 import re
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -55,6 +55,7 @@ class PostgresEngine(Engine):
         self._creating: asyncio.Lock = asyncio.Lock()
         self._closed = False
         self._releases: set[asyncio.Future[None]] = set()
+        self._busy = 0  # connections taken and not yet back (their reset included)
 
     async def _connect(self, *_args: Any, **pool_kwargs: Any) -> Any:
         """The pool's connect function: the one place this engine opens a connection."""
@@ -98,14 +99,17 @@ class PostgresEngine(Engine):
     async def _acquire(self, timeout: float) -> tuple[asyncpg.Pool, Any]:
         pool = await self._get_pool()
         try:
-            if pool.get_idle_size():
-                # No wait for a pool slot (and a connect has its own timeout).
-                return pool, await pool.acquire()
-            # asyncio.timeout, not acquire(timeout=): asyncpg would wait in a new task.
-            async with asyncio.timeout(timeout):
-                return pool, await pool.acquire()
+            if self._busy < self.target.limits.max_connections:
+                # A free slot: no wait for one (and a connect has its own timeout).
+                conn = await pool.acquire()
+            else:
+                # asyncio.timeout, not acquire(timeout=): asyncpg would wait in a new task.
+                async with asyncio.timeout(timeout):
+                    conn = await pool.acquire()
         except BaseException as exc:
             raise self.translate(exc, timeout, "connect") from None
+        self._busy += 1
+        return pool, conn
 
     def _release(self, pool: asyncpg.Pool, conn: Any) -> None:
         """Give the connection back without waiting for asyncpg's reset (a round trip to the
@@ -115,6 +119,7 @@ class PostgresEngine(Engine):
         release.add_done_callback(self._released)
 
     def _released(self, release: asyncio.Future[None]) -> None:
+        self._busy -= 1
         self._releases.discard(release)
         if not release.cancelled():
             release.exception()  # a connection asyncpg could not reset is closed by asyncpg
@@ -145,18 +150,34 @@ class PostgresEngine(Engine):
                 async with self._streamed(conn, bound, timeout=timeout, fetch=fetch) as rows:
                     yield rows
                 return
-            try:
-                found = await _fetch_limited(conn, bound, fetch, timeout)
-                if found:
-                    columns = list(found[0].keys())
-                else:
-                    statement = await conn.prepare(bound.sql, timeout=timeout)
-                    columns = [a.name for a in statement.get_attributes()]
-            except BaseException as exc:
-                raise self.translate(exc, timeout, "answer") from None
+            columns, found = await self._answer(conn, bound, fetch, timeout)
             yield RowStream(columns, _one_batch(found))
         finally:
             self._release(pool, conn)
+
+    async def collect(self, bound: BoundStatement, *, timeout: float, fetch: int,
+                      take: Callable[[list[Any]], bool]) -> list[str]:
+        """The whole answer in one round trip; the connection goes back before rows are
+        encoded."""
+        pool, conn = await self._acquire(timeout)
+        try:
+            columns, found = await self._answer(conn, bound, fetch, timeout)
+        finally:
+            self._release(pool, conn)
+        if found:
+            take(found)
+        return columns
+
+    async def _answer(self, conn: Any, bound: BoundStatement, fetch: int, timeout: float
+                      ) -> tuple[list[str], list[Any]]:
+        try:
+            found = await _fetch_limited(conn, bound, fetch, timeout)
+            if found:
+                return list(found[0].keys()), found
+            statement = await conn.prepare(bound.sql, timeout=timeout)
+            return [a.name for a in statement.get_attributes()], found
+        except BaseException as exc:
+            raise self.translate(exc, timeout, "answer") from None
 
     @contextlib.asynccontextmanager
     async def _streamed(self, conn: Any, bound: BoundStatement, *, timeout: float, fetch: int

@@ -1,4 +1,4 @@
-"""Who may call what: the one place every route declares its role, and the middleware enforcing it.
+"""Who may call what: the one place every route declares its role, and the guard enforcing it.
 
 Owns authentication of each request (session cookie or bearer token), CSRF checks for cookie
 requests, role checks, and the start-up refusal of any route without a declaration. Never logs a
@@ -171,8 +171,7 @@ def _origin_ok(request: web.Request) -> bool:
     return origin is not None and origin.lower() == expected_origin(request)
 
 
-@web.middleware
-async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Authenticate, check CSRF for cookie requests, then check the route's role."""
     match_info = request.match_info
     if match_info.http_exception is not None:

@@ -36,13 +36,12 @@ from appliance.tls import TLSManager
 
 def build_app(settings: Settings, tls: TLSManager) -> web.Application:
     app = web.Application(
-        middlewares=[middleware.request_context, middleware.errors, access.authenticate],
+        middlewares=[middleware.front(access.guard)],
         client_max_size=settings.server.max_body_bytes,
         handler_args={"max_field_size": 16 * 1024, "max_line_size": 16 * 1024},
     )
     app[SETTINGS] = settings
     app[TLS] = tls
-    app.on_response_prepare.append(middleware.security_headers)
     app.cleanup_ctx.append(_store_lifecycle)
     egress_routes.install(app)  # the one egress dialer; stored policy once the store is open
     app.cleanup_ctx.append(keyring_lifecycle(SETTINGS, STORE, KEYRING))

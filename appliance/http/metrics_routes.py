@@ -1,5 +1,5 @@
-"""`GET /metrics` (Prometheus text; an admin bearer token or a loopback client) and the per-response
-counter that feeds `appliance_http_requests`.
+"""`GET /metrics` (Prometheus text; an admin bearer token or a loopback client). The per-response
+counter that feeds `appliance_http_requests` is kept by `middleware.front`.
 
 Wires the application's parts into `appliance.metrics` sources; owns no metric itself. Never uses a
 request path, a query string or a header value as a label.
@@ -27,16 +27,7 @@ def install(app: web.Application) -> None:
         certificate_not_after=lambda: _not_after(app),
         pools=lambda: _pools(app),
     )
-    app.on_response_prepare.append(_count_response)
     app.router.add_get("/metrics", get_metrics)
-
-
-async def _count_response(request: web.Request, response: web.StreamResponse) -> None:
-    route = "(unmatched)"
-    match_info = request.match_info
-    if match_info.http_exception is None and match_info.route.resource is not None:
-        route = match_info.route.resource.canonical
-    metrics.observe_request(request.method, route, response.status)
 
 
 def _not_after(app: web.Application) -> float | None:

@@ -1,4 +1,4 @@
-"""Middlewares every request passes: request id and access log, errors as JSON, limits, headers.
+"""The middleware every request passes: request id and access log, errors as JSON, limits, headers.
 
 The access log records method, route, status and duration only: never bodies, query-string
 values, or the values of `Authorization`, `Cookie` and `Set-Cookie`.
@@ -12,14 +12,17 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
+from appliance import metrics
 from appliance.errors import ApplianceError, PayloadTooLarge, UpstreamTimeout
 from appliance.http.keys import REQUEST_ID, SETTINGS
 
 log = logging.getLogger("appliance.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Any  # aiohttp's middleware type (a decorated coroutine function)
 
 _STATUS_CODES = {
     400: "bad_request",
@@ -50,42 +53,66 @@ def new_request_id() -> str:
     return f"{_REQUEST_PREFIX}{next(_request_numbers):08x}"
 
 
-@web.middleware
-async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give the request an id, time it, and write one access-log line."""
-    request_id = new_request_id()
-    request[REQUEST_ID] = request_id
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    finally:
-        route = request.match_info.route.resource
-        log.info(
-            "request",
-            extra={
-                "request_id": request_id,
-                "method": request.method,
-                "route": route.canonical if route is not None else "<unmatched>",
-                "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                "client": request.remote,
-            },
-        )
+Guard = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
-@web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure into `{"error": {"code", "message"}}` with the right status."""
+def front(guard: Guard | None = None) -> Middleware:
+    """The one middleware every request passes (one layer, not one per concern: each layer costs
+    every request): a request id, the body-size limit and the request timer, then `guard` (the
+    access checks) and the handler; every failure as JSON; security headers; one access-log
+    line and the request counter."""
+
+    @web.middleware
+    async def front_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        request_id = new_request_id()
+        request[REQUEST_ID] = request_id
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await _answer(request, handler, guard)
+            if not response.prepared:  # a stream sets its headers itself (`secure`)
+                secure(request, response)
+            status = response.status
+            metrics.observe_request(request.method, _route_label(request), status)
+            return response
+        finally:
+            route = request.match_info.route.resource
+            log.info(
+                "request",
+                extra={
+                    "request_id": request_id,
+                    "method": request.method,
+                    "route": route.canonical if route is not None else "<unmatched>",
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "client": request.remote,
+                },
+            )
+
+    return front_middleware
+
+
+def _route_label(request: web.Request) -> str:
+    """The route's pattern for the request counter: never the path itself."""
+    match_info = request.match_info
+    resource = match_info.route.resource
+    if match_info.http_exception is not None or resource is None:
+        return "(unmatched)"
+    return resource.canonical
+
+
+async def _answer(request: web.Request, handler: Handler, guard: Guard | None
+                  ) -> web.StreamResponse:
+    """The handler's response, or `{"error": {"code", "message"}}` with the right status."""
     try:
         settings = request.app[SETTINGS]
         limit = settings.server.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
         async with asyncio.timeout(settings.server.request_timeout):
-            return await handler(request)
+            if guard is None:
+                return await handler(request)
+            return await guard(request, handler)
     except ApplianceError as exc:
         if exc.status >= 500:
             log.warning("request failed", extra={"request_id": request.get(REQUEST_ID),
@@ -94,8 +121,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         response.headers.update(exc.response_headers())
         return response
     except web.HTTPException as exc:
-        if exc.status < 400:
-            raise  # redirects and the like pass through
+        if exc.status < 400:  # a redirect and the like, as it is
+            return web.Response(status=exc.status, headers=exc.headers, body=exc.body)
         code = _STATUS_CODES.get(exc.status, "error")
         message = {
             404: "no such path",
@@ -109,10 +136,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return response
     except TimeoutError:
         return error_response(UpstreamTimeout.status, "request_timeout",
-                               "the request took too long and was stopped")
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
+                              "the request took too long and was stopped")
+    except Exception as exc:  # not CancelledError: a BaseException, it propagates
         # Log where, not what: an exception message may hold data from the request.
         log.error(
             "unhandled error",
@@ -123,18 +148,26 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
                               f"internal error (request id {request.get(REQUEST_ID)})")
 
 
-async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """Headers on every response, errors and streams included."""
+_SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Frame-Options", "DENY"),
+    ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+    ("Cross-Origin-Resource-Policy", "same-origin"),
+)
+_HSTS = "max-age=63072000; includeSubDomains"
+
+
+def secure(request: web.Request, response: web.StreamResponse) -> None:
+    """Headers on every response, errors and streams included: `front` sets them on what a
+    handler returns; a handler that prepares its response itself calls this first."""
     headers = response.headers
     headers["Server"] = "appliance"
     headers.setdefault("X-Request-Id", request.get(REQUEST_ID, ""))
-    headers.setdefault("X-Content-Type-Options", "nosniff")
-    headers.setdefault("Referrer-Policy", "no-referrer")
-    headers.setdefault("X-Frame-Options", "DENY")
-    headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
-    headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
-    headers.setdefault("Cross-Origin-Resource-Policy", "same-origin")
+    for name, value in _SECURITY_HEADERS:
+        headers.setdefault(name, value)
     if request.path.startswith("/api/"):
         headers.setdefault("Cache-Control", "no-store")
     if not request.app[SETTINGS].dev:
-        headers.setdefault("Strict-Transport-Security", "max-age=63072000; includeSubDomains")
+        headers.setdefault("Strict-Transport-Security", _HSTS)

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from appliance.datasources.values import dumps
 from appliance.errors import ApplianceError, BadRequest
-from appliance.http import access
+from appliance.http import access, middleware
 from appliance.http.json_body import read_object
 from appliance.http.keys import QUERIES, RUNNER
 from appliance.queries import Run
@@ -112,18 +112,13 @@ async def run_query(request: web.Request) -> web.StreamResponse:
         params = await _params(request)
         if NDJSON in request.headers.get("Accept", ""):
             return await _stream(request, params)
-        async with request.app[RUNNER].run(request.match_info["id"], params,
-                                           context=access.context(request), stream=False,
-                                           mode="json") as run:
-            rows: list[bytes] = []
-            async for batch in run.lines():
-                rows.extend(batch)
-        summary = _summary(run)
+        run = await request.app[RUNNER].answer(request.match_info["id"], params,
+                                               context=access.context(request))
         body = b"".join((
-            b'{"columns":', dumps(run.columns).encode(), b',"rows":[', b",".join(rows),
-            b'],"row_count":', str(summary["row_count"]).encode(),
-            b',"truncated":', b"true" if summary["truncated"] else b"false",
-            b',"duration_ms":', str(summary["duration_ms"]).encode(), b"}"))
+            b'{"columns":', dumps(run.columns).encode(), b',"rows":[', b",".join(run.rows),
+            b'],"row_count":', str(run.row_count).encode(),
+            b',"truncated":', b"true" if run.truncated else b"false",
+            b',"duration_ms":', str(run.duration_ms).encode(), b"}"))
         return web.Response(body=body, content_type="application/json", charset="utf-8")
     except ApplianceError as exc:
         raise exc if developer else for_viewer(exc) from None
@@ -134,12 +129,12 @@ async def _stream(request: web.Request, params: Any) -> web.StreamResponse:
     (`row_count, truncated, duration_ms`) or `{"error": {...}}` if the run failed midway."""
     developer = _is_developer(request)
     response = web.StreamResponse(headers={"Content-Type": f"{NDJSON}; charset=utf-8"})
+    middleware.secure(request, response)  # prepared here, before `front` sees it
     failure: ApplianceError | None = None
     started = False
     try:
-        async with request.app[RUNNER].run(request.match_info["id"], params,
-                                           context=access.context(request), stream=True,
-                                           mode="ndjson") as run:
+        async with request.app[RUNNER].stream(request.match_info["id"], params,
+                                              context=access.context(request)) as run:
             await response.prepare(request)
             started = True
             await response.write(dumps({"columns": run.columns}).encode() + b"\n")

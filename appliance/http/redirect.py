@@ -29,10 +29,9 @@ def build_redirect_app(settings: Settings, https_port: int,
             authority += f":{https_port}"
         raise web.HTTPPermanentRedirect(f"https://{authority}{request.rel_url.path_qs}")
 
-    app = web.Application(middlewares=[middleware.request_context, middleware.errors],
+    app = web.Application(middlewares=[middleware.front()],
                           client_max_size=1024)
     app[SETTINGS] = settings
-    app.on_response_prepare.append(middleware.security_headers)
     if http01 is not None:
         app.router.add_get(PATH_PREFIX + "{token}", http01.handle)
     app.router.add_route("*", "/{tail:.*}", redirect)

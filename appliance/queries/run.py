@@ -16,47 +16,62 @@ from typing import Any
 
 from appliance import metrics
 from appliance.audit import Context
+from appliance.datasources.engine import Engine
 from appliance.datasources.values import dumps
 from appliance.errors import ApplianceError
 from appliance.queries.service import CompiledQuery, QueryService
+from appliance.query import Bound
 
 
 @dataclass
 class Run:
-    """One run in progress: `columns`, then `lines()` gives each row as encoded JSON (bytes)."""
+    """One run: `columns`, and its rows as encoded JSON (bytes): all of them in `rows` for an
+    answer (`Runner.answer`), batch by batch from `lines()` for a stream (`Runner.stream`)."""
 
     query: CompiledQuery
     datasource: str
-    columns: list[str]
     max_rows: int
     max_bytes: int
-    _batches: AsyncIterator[list[Any]]
     started: float = field(default_factory=time.perf_counter)
+    columns: list[str] = field(default_factory=list)
+    rows: list[bytes] = field(default_factory=list)
     row_count: int = 0
     byte_count: int = 0
     truncated: bool = False
     finished: float | None = None
+    _batches: AsyncIterator[list[Any]] | None = None
+
+    def encode(self, batch: list[Any]) -> list[bytes]:
+        """The batch's rows as JSON, stopping at `max_rows` or `max_bytes` (then `truncated`)."""
+        out: list[bytes] = []
+        budget = self.max_bytes
+        for row in batch:
+            if self.row_count >= self.max_rows:
+                self.truncated = True
+                break
+            line = dumps(list(row)).encode("utf-8")
+            if self.byte_count + len(line) + 1 > budget:
+                self.truncated = True
+                break
+            self.byte_count += len(line) + 1
+            self.row_count += 1
+            out.append(line)
+        return out
+
+    def take(self, batch: list[Any]) -> bool:
+        """Keep the batch's rows (encoded); whether more are wanted."""
+        self.rows.extend(self.encode(batch))
+        return not self.truncated
 
     async def lines(self) -> AsyncIterator[list[bytes]]:
-        """Encoded rows in batches, stopping at `max_rows` or `max_bytes` (then `truncated`)."""
-        budget = self.max_bytes
-        async for batch in self._batches:
-            out: list[bytes] = []
-            for row in batch:
-                if self.row_count >= self.max_rows:
-                    self.truncated = True
+        """A stream's encoded rows in batches, up to the limits."""
+        if self._batches is not None:
+            async for batch in self._batches:
+                out = self.encode(batch)
+                if out:
+                    yield out
+                if self.truncated:
                     break
-                line = dumps(list(row)).encode("utf-8")
-                if self.byte_count + len(line) + 1 > budget:
-                    self.truncated = True
-                    break
-                self.byte_count += len(line) + 1
-                self.row_count += 1
-                out.append(line)
-            if out:
-                yield out
-            if self.truncated:
-                break
         self.finished = time.perf_counter()
 
     @property
@@ -65,8 +80,21 @@ class Run:
         return round((end - self.started) * 1000, 3)
 
 
+@dataclass
+class _Prepared:
+    bound: Bound
+    engine: Engine
+    run: Run
+    timeout: float
+
+
 class Runner:
-    """Runs compiled queries against their datasources' engines."""
+    """Runs compiled queries against their datasources' engines.
+
+    Fail-closed: no row leaves before the audit log holds an entry for its run. An answer's
+    entry (outcome, row count) is committed before `answer` returns; a stream's start is
+    committed before its first row, and its outcome when it ends.
+    """
 
     def __init__(self, queries: QueryService) -> None:
         self.queries = queries
@@ -74,66 +102,82 @@ class Runner:
         self.audit = queries.audit
         self._in_flight = 0  # runs between bind and their audit entry
 
-    @contextlib.asynccontextmanager
-    async def run(self, query_id: str, params: Any, *, context: Context, stream: bool,
-                  mode: str) -> AsyncIterator[Run]:
-        """Bind, open, yield the run; record it in the audit log (metadata only).
-
-        Fail-closed: a JSON run's entry is committed before the context exits normally, so a
-        caller that sends the result after the block never sends one that was not audited. A
-        stream's rows are sent inside the block: its start is committed before the run is
-        yielded, and the entry with the outcome and row count when it ends.
-        """
+    async def answer(self, query_id: str, params: Any, *, context: Context) -> Run:
+        """Run the query and read all its rows (up to the limits); return once it is recorded."""
         started = time.perf_counter()
         compiled = await self.queries.compiled(query_id)
-        run: Run | None = None
-        datasource: str | None = None
-        recorded = False  # an entry is attempted once, whatever happens after
+        prepared: _Prepared | None = None
         self._in_flight += 1
         try:
-            bound = compiled.template.bind(params)  # InvalidParameter (422) names the parameter
-            engine = await self.datasources.engine(compiled.datasource_id)
-            datasource = engine.target.name
-            limits = engine.target.limits
-            max_rows = min(compiled.max_rows or limits.max_rows, limits.max_rows)
-            timeout_ms = min(compiled.timeout_ms or limits.statement_timeout_ms,
-                             limits.statement_timeout_ms)
-            async with engine.open(bound, timeout=timeout_ms / 1000, fetch=max_rows + 1,
-                                   stream=stream) as rows:  # type: ignore[call-arg]
-                run = Run(compiled, engine.target.name, rows.columns, max_rows,
-                          limits.max_response_bytes, rows.batches, started=started)
-                if stream:
-                    # Rows leave before the run ends: its start is audited first (fail-closed).
+            try:
+                prepared = await self._prepare(compiled, params, started)
+                run = prepared.run
+                run.columns = await prepared.engine.collect(
+                    prepared.bound, timeout=prepared.timeout, fetch=run.max_rows + 1,
+                    take=run.take)
+                run.finished = time.perf_counter()
+            except BaseException as exc:
+                await self._failed(compiled, prepared, context, started, exc, "json")
+                raise
+            await self._record(compiled, run, context, started, "ok", None, "json")
+        finally:
+            self._in_flight -= 1
+        return run
+
+    @contextlib.asynccontextmanager
+    async def stream(self, query_id: str, params: Any, *, context: Context
+                     ) -> AsyncIterator[Run]:
+        """Bind, open, record the start, yield the run (rows from `run.lines()`, sent inside
+        the block); record the outcome once the statement's transaction has ended."""
+        started = time.perf_counter()
+        compiled = await self.queries.compiled(query_id)
+        prepared: _Prepared | None = None
+        self._in_flight += 1
+        try:
+            try:
+                prepared = await self._prepare(compiled, params, started)
+                run = prepared.run
+                async with prepared.engine.open(  # type: ignore[call-arg]
+                        prepared.bound, timeout=prepared.timeout, fetch=run.max_rows + 1,
+                        stream=True) as rows:
+                    run.columns, run._batches = rows.columns, rows.batches
+                    # Rows leave before the run ends: its start is audited first.
                     await self.audit.record_run_start(
                         actor=context.actor, query_id=compiled.id, client=context.client,
                         request_id=context.request_id,
-                        details={"datasource": compiled.datasource_id, "mode": mode})
-                yield run
-                if not stream:
-                    # All rows are read and nothing is left to fail: record the run before the
-                    # engine lets go of its connection, so the answer leaves first.
-                    recorded = True
-                    await self._record(compiled, run, context, started, "ok", None, mode)
-            if not recorded:  # a stream, once its transaction has committed
-                recorded = True
-                await self._record(compiled, run, context, started, "ok", None, mode)
-        except ApplianceError as exc:
-            if datasource is not None and not getattr(exc, "datasource", None):
-                exc.datasource = datasource  # type: ignore[attr-defined]  # e.g. egress denials
-            if not recorded:
-                recorded = True
-                outcome = "denied" if exc.status in (401, 403) else "failed"
-                await self._record(compiled, run, context, started, outcome, exc.code, mode)
-            raise
-        except BaseException:
-            if not recorded:
-                recorded = True
-                with contextlib.suppress(ApplianceError):
-                    await self._record(compiled, run, context, started, "error",
-                                       "internal_error", mode)
-            raise
+                        details={"datasource": compiled.datasource_id, "mode": "ndjson"})
+                    yield run
+            except BaseException as exc:
+                await self._failed(compiled, prepared, context, started, exc, "ndjson")
+                raise
+            await self._record(compiled, run, context, started, "ok", None, "ndjson")
         finally:
             self._in_flight -= 1
+
+    async def _prepare(self, compiled: CompiledQuery, params: Any, started: float) -> _Prepared:
+        bound = compiled.template.bind(params)  # InvalidParameter (422) names the parameter
+        engine = await self.datasources.engine(compiled.datasource_id)
+        limits = engine.target.limits
+        max_rows = min(compiled.max_rows or limits.max_rows, limits.max_rows)
+        timeout_ms = min(compiled.timeout_ms or limits.statement_timeout_ms,
+                         limits.statement_timeout_ms)
+        run = Run(compiled, engine.target.name, max_rows, limits.max_response_bytes,
+                  started=started)
+        return _Prepared(bound, engine, run, timeout_ms / 1000)
+
+    async def _failed(self, compiled: CompiledQuery, prepared: _Prepared | None,
+                      context: Context, started: float, exc: BaseException, mode: str) -> None:
+        """Record a run that did not succeed (not one whose own entry failed: that is it)."""
+        run = prepared.run if prepared is not None else None
+        if isinstance(exc, ApplianceError):
+            if run is not None and not getattr(exc, "datasource", None):
+                exc.datasource = run.datasource  # type: ignore[attr-defined]  # egress denials
+            outcome = "denied" if exc.status in (401, 403) else "failed"
+            await self._record(compiled, run, context, started, outcome, exc.code, mode)
+        else:
+            with contextlib.suppress(ApplianceError):
+                await self._record(compiled, run, context, started, "error", "internal_error",
+                                   mode)
 
     async def _record(self, compiled: CompiledQuery, run: Run | None, context: Context,
                       started: float, outcome: str, code: str | None, mode: str) -> None:
