@@ -154,6 +154,10 @@ async def test_plain_http_listener_answers_challenges_and_redirects(tmp_path: Pa
                                 allow_redirects=False) as resp:
                 assert resp.status == 308
                 assert resp.headers["Location"] == "https://a.test:8443/x?y=1"
+                # a redirect is a response like any other: the security headers are on it
+                assert resp.headers["X-Content-Type-Options"] == "nosniff"
+                assert resp.headers["Server"] == "appliance"
+                assert len(resp.headers["X-Request-Id"]) == 16
         responder.remove("TOKEN123")
         async with aiohttp.ClientSession() as http, http.get(
                 f"{base}/.well-known/acme-challenge/TOKEN123") as resp:

@@ -144,6 +144,11 @@ def test_security_headers_and_request_id(dev_server: ServerProcess) -> None:
     assert headers["referrer-policy"] == "no-referrer"
     assert headers["server"] == "appliance"  # no version banner
     assert "strict-transport-security" not in headers  # --dev: no HSTS
+    status, headers, _ = get(dev_server, "/api/v1/queries")  # an error has them too
+    assert status == 401
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["cache-control"] == "no-store"
+    assert len(headers["x-request-id"]) == 16
 
 
 def test_hsts_outside_dev(tmp_path: Path) -> None:

@@ -67,6 +67,10 @@ async def test_crud_typed_runs_and_streaming(tmp_path: Path, db: Path) -> None:
                                           "Accept": "application/x-ndjson"},
                                  ssl=appliance.ssl) as r:
             assert r.status == 200 and r.content_type == "application/x-ndjson"
+            # prepared by the handler itself, and still with the security headers
+            assert r.headers["X-Content-Type-Options"] == "nosniff"
+            assert r.headers["Cache-Control"] == "no-store"
+            assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
             lines = [json.loads(line) for line in (await r.text()).splitlines()]
         assert lines[0] == {"columns": ["name"]}
         assert lines[1:4] == [["mug"], ["pen"], ["Café"]]
