@@ -128,3 +128,32 @@ async def test_bad_token_requests(tmp_path: Path) -> None:
             assert resp.status == status, body
         missing = await dev.request("DELETE", "/api/v1/users/me/tokens/0000000000000000")
         assert missing.status == 404
+
+
+async def test_a_change_by_another_process_counts_from_the_next_request(tmp_path: Path) -> None:
+    """Token rows are kept between requests until the store changes: a change written by another
+    connection (the CLI, a separate process) must count at once, each kind of change."""
+    async with running(tmp_path / "state", require_2fa="", tokens=True) as appliance:
+        bearer = appliance.client(token=appliance.tokens["developer"])
+        for _ in range(3):  # read once, then served from memory
+            me = await bearer.request("GET", "/api/v1/session")
+            assert me.status == 200 and me.body["role"] == "developer"
+
+        appliance.execute("UPDATE users SET role = 'viewer' WHERE username = 'developer'")
+        assert (await bearer.request("GET", "/api/v1/session")).body["role"] == "viewer"
+        appliance.execute("UPDATE users SET disabled = 1 WHERE username = 'developer'")
+        assert (await bearer.request("GET", "/api/v1/session")).status == 401
+        appliance.execute("UPDATE users SET disabled = 0 WHERE username = 'developer'")
+        assert (await bearer.request("GET", "/api/v1/session")).status == 200
+        appliance.execute("UPDATE api_tokens SET revoked_at = 1 WHERE id = ?",
+                          (appliance.tokens["developer"][4:20],))
+        dead = await bearer.request("GET", "/api/v1/session")
+        assert dead.status == 401 and dead.code == "invalid_token"
+
+        # Query runs commit audit entries in between: they neither hide a change nor break it.
+        admin = appliance.client(token=appliance.tokens["admin"])
+        assert (await admin.request("GET", "/api/v1/session")).status == 200
+        await admin.request("GET", "/api/v1/queries")
+        appliance.execute("UPDATE api_tokens SET expires_at = 1 WHERE id = ?",
+                          (appliance.tokens["admin"][4:20],))
+        assert (await admin.request("GET", "/api/v1/session")).status == 401

@@ -25,6 +25,7 @@ from appliance.store import Store
 PREFIX = "apl_"
 _TOKEN_RE = re.compile(r"apl_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 MAX_EXPIRY_DAYS = 3650
+_RECENT_MAX = 1024  # token rows kept between store changes (hashes and roles, no secret)
 
 
 def _hash(secret: str) -> str:
@@ -63,6 +64,7 @@ class Tokens:
     def __init__(self, store: Store, audit: AuditLog) -> None:
         self.store = store
         self.audit = audit
+        self._recent: dict[str, tuple[int, dict[str, Any]]] = {}  # token id: (version, row)
 
     async def create(self, owner: User, *, name: str, role: str | None,
                      expires_days: float | None, context: Context) -> tuple[Secret[str], TokenInfo]:
@@ -130,16 +132,31 @@ class Tokens:
         assert info is not None
         return info
 
+    async def _record(self, token_id: str) -> dict[str, Any] | None:
+        """The token's row joined with its owner's, read again whenever the store has changed
+        since it was last read (`Store.version`): a revocation, a disabled owner or a lowered
+        role, from this process or the CLI, counts from the next request."""
+        version = self.store.version()
+        cached = self._recent.get(token_id)
+        if cached is not None and version is not None and cached[0] == version:
+            return cached[1]
+        row = await self.store.lookup(
+            "SELECT t.secret_hash, t.role AS token_role, t.expires_at, t.revoked_at,"
+            " t.last_used_at, u.id AS user_id, u.username, u.role, u.disabled"
+            " FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.id = ?", (token_id,))
+        if row is not None and version is not None:
+            if len(self._recent) >= _RECENT_MAX:
+                self._recent.clear()
+            self._recent[token_id] = (version, row)
+        return row
+
     async def authenticate(self, raw: str) -> Principal | None:
         """The principal a bearer token acts as, or None. Constant-time secret comparison."""
         match = _TOKEN_RE.fullmatch(raw.strip())
         if match is None:
             return None
         token_id, secret = match.groups()
-        row = await self.store.lookup(
-            "SELECT t.secret_hash, t.role AS token_role, t.expires_at, t.revoked_at,"
-            " t.last_used_at, u.id AS user_id, u.username, u.role, u.disabled"
-            " FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.id = ?", (token_id,))
+        row = await self._record(token_id)
         expected = row["secret_hash"] if row else _hash("no-such-token")
         if not hmac.compare_digest(expected.encode(), _hash(secret).encode()) or row is None:
             return None

@@ -40,6 +40,11 @@ class Store(Protocol):
         implementation offers (SQLite: on the event loop's thread, no thread hop)."""
         ...
 
+    def version(self) -> int | None:
+        """A number that changes whenever a record that `lookup` reads may have changed, for
+        caching lookups; None when it cannot tell (then nothing may be cached)."""
+        ...
+
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         """Commit when the block ends, roll back if it raises."""
         ...

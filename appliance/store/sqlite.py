@@ -124,6 +124,16 @@ class SQLiteStore:
             raise StoreError(f"store read failed: {exc}") from exc
         return dict(row) if row is not None else None
 
+    def version(self) -> int | None:
+        """SQLite's `data_version` on the inline connection: it changes whenever another
+        connection commits, this process's writer or another process (the CLI). The inline
+        connection's own commits do not change it: they are `write(durable=False)`, which only
+        appends query-run audit entries, never a record a lookup reads."""
+        try:
+            return int(self._inline.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error:
+            return None
+
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SQLiteTransaction]:
         async with self._write_lock:
