@@ -12,9 +12,9 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from appliance import metrics
 from appliance.errors import ApplianceError, PayloadTooLarge, UpstreamTimeout
@@ -22,7 +22,6 @@ from appliance.http.keys import REQUEST_ID, SETTINGS
 
 log = logging.getLogger("appliance.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Any  # aiohttp's middleware type (a decorated coroutine function)
 
 _STATUS_CODES = {
     400: "bad_request",
