@@ -173,18 +173,16 @@ def test_redaction() -> None:
 
 
 async def test_record_run_group_commits_and_stays_ordered(tmp_path: Path) -> None:
-    store = await open_sqlite_store(tmp_path / "runs.db")
-    log = AuditLog(store)
-    commits = 0
-    original = store.write
+    async with audit_log(tmp_path, entries=0) as (store, log):
+        commits = 0
+        original = store.write
 
-    async def counting(fn, **kwargs: bool):
-        nonlocal commits
-        commits += 1
-        return await original(fn, **kwargs)
+        async def counting(fn, **kwargs: bool):
+            nonlocal commits
+            commits += 1
+            return await original(fn, **kwargs)
 
-    store.write = counting  # type: ignore[method-assign]
-    try:
+        store.write = counting  # type: ignore[method-assign]
         count = 200
         positions = await asyncio.gather(*[
             log.record_run(actor="viewer", query_id=f"q{i}", duration_ms=1.5, row_count=i,
@@ -197,23 +195,18 @@ async def test_record_run_group_commits_and_stays_ordered(tmp_path: Path) -> Non
         row = await store.fetch_one("SELECT * FROM audit_log WHERE request_id = 'r7'")
         assert row is not None and row["action"] == "query.run" and row["target"] == "query:q7"
         assert json.loads(row["details"]) == {"duration_ms": 1.5, "row_count": 7}
-    finally:
-        await log.close()
-        await store.close()
 
 
 async def test_only_query_run_batches_skip_the_fsync(tmp_path: Path) -> None:
-    store = await open_sqlite_store(tmp_path / "runs.db")
-    log = AuditLog(store)
-    seen: list[tuple[set[str], bool]] = []
-    original = store.write
+    async with audit_log(tmp_path, entries=0) as (store, log):
+        seen: list[tuple[set[str], bool]] = []
+        original = store.write
 
-    async def recording(fn, *, durable: bool = True):
-        seen.append(({e["action"] for e in fn.keywords["entries"]}, durable))
-        return await original(fn, durable=durable)
+        async def recording(fn, *, durable: bool = True):
+            seen.append(({e["action"] for e in fn.keywords["entries"]}, durable))
+            return await original(fn, durable=durable)
 
-    store.write = recording  # type: ignore[method-assign]
-    try:
+        store.write = recording  # type: ignore[method-assign]
         await log.record_run(actor="v", query_id="q", duration_ms=1, row_count=0)
         await log.submit(action="tls.certificate.issue", actor="system")
         await asyncio.gather(log.record_run(actor="v", query_id="q", duration_ms=1, row_count=0),
@@ -222,33 +215,23 @@ async def test_only_query_run_batches_skip_the_fsync(tmp_path: Path) -> None:
         assert seen[1] == ({"tls.certificate.issue"}, True)
         assert all(durable for actions, durable in seen[2:] if actions != {"query.run"})
         assert (await log.verify()).ok
-    finally:
-        await log.close()
-        await store.close()
 
 
 async def test_a_transaction_that_cannot_start_fails_the_callers(tmp_path: Path) -> None:
-    store = await open_sqlite_store(tmp_path / "runs.db")
-    log = AuditLog(store)
+    async with audit_log(tmp_path, entries=0) as (store, log):
 
-    async def broken(fn, **kwargs: bool):
-        raise RuntimeError("the store is gone")
+        async def broken(fn, **kwargs: bool):
+            raise RuntimeError("the store is gone")
 
-    store.write = broken  # type: ignore[method-assign]
-    try:
+        store.write = broken  # type: ignore[method-assign]
         results = await asyncio.wait_for(asyncio.gather(
             *[log.record_run(actor="v", query_id="q", duration_ms=1, row_count=0)
               for _ in range(5)], return_exceptions=True), timeout=5)
         assert all(isinstance(r, AuditUnavailable) for r in results), results
-    finally:
-        await log.close()
-        await store.close()
 
 
 async def test_record_run_fails_closed(tmp_path: Path) -> None:
-    store = await open_sqlite_store(tmp_path / "runs.db")
-    log = AuditLog(store)
-    try:
+    async with audit_log(tmp_path, entries=0) as (store, log):
         async with store.transaction() as tx:
             await tx.execute("CREATE TRIGGER audit_full BEFORE INSERT ON audit_log "
                              "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
@@ -267,15 +250,10 @@ async def test_record_run_fails_closed(tmp_path: Path) -> None:
                                     alone=True) == 2
         assert log._flusher is flusher  # committed in the caller's task: no new batch
         assert (await log.verify()).ok
-    finally:
-        await log.close()
-        await store.close()
 
 
 async def test_record_inside_a_failing_transaction_rolls_back(tmp_path: Path) -> None:
-    store = await open_sqlite_store(tmp_path / "tx.db")
-    log = AuditLog(store)
-    try:
+    async with audit_log(tmp_path, entries=0) as (store, log):
         async with store.transaction() as tx:
             await tx.execute("CREATE TABLE things (name TEXT) STRICT")
             await tx.execute("CREATE TRIGGER audit_full BEFORE INSERT ON audit_log "
@@ -288,6 +266,3 @@ async def test_record_inside_a_failing_transaction_rolls_back(tmp_path: Path) ->
         with pytest.raises(ValueError):
             async with store.transaction() as tx:
                 await log.record(tx, action="x", outcome="maybe")
-    finally:
-        await log.close()
-        await store.close()
