@@ -27,6 +27,13 @@ OUTPUT_DIR = ROOT / "test-output"
 # --------------------------------------------------------------------------------------------
 
 
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict:
+    """Async tests run on uvloop, the loop `appliance serve` runs on."""
+    import uvloop
+
+    return {"uvloop": uvloop.new_event_loop}
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """A store connection left open keeps a non-daemon thread alive, and the test process would
     hang after its summary: stop such connections and fail the run, naming the leak."""

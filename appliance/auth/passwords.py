@@ -6,27 +6,42 @@ Owns `users.password_hash` values. Never logs or returns a password; hashing run
 from __future__ import annotations
 
 import asyncio
-
-from argon2 import PasswordHasher, Type
-from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+import functools
+from typing import TYPE_CHECKING
 
 from appliance.errors import Unprocessable
 from appliance.secret import Secret
 
+if TYPE_CHECKING:
+    from argon2 import PasswordHasher
+
 MIN_LENGTH = 12
 MAX_LENGTH = 1024
 
-# RFC 9106's second recommended option (64 MiB, t=3, p=4): argon2-cffi's default profile.
-DEFAULT_HASHER = PasswordHasher(time_cost=3, memory_cost=65536, parallelism=4, hash_len=32,
-                                salt_len=16, type=Type.ID)
+
+
+@functools.cache
+def default_hasher() -> PasswordHasher:
+    """RFC 9106's second recommended option (64 MiB, t=3, p=4): argon2-cffi's default profile.
+    argon2 is imported at the first password operation, not when the server starts."""
+    from argon2 import PasswordHasher, Type
+
+    return PasswordHasher(time_cost=3, memory_cost=65536, parallelism=4, hash_len=32,
+                          salt_len=16, type=Type.ID)
 
 
 class Passwords:
     """Hash and check passwords with one set of Argon2id parameters."""
 
-    def __init__(self, hasher: PasswordHasher = DEFAULT_HASHER) -> None:
-        self.hasher = hasher
+    def __init__(self, hasher: PasswordHasher | None = None) -> None:
+        self._hasher = hasher
         self._dummy: str | None = None
+
+    @property
+    def hasher(self) -> PasswordHasher:
+        if self._hasher is None:
+            self._hasher = default_hasher()
+        return self._hasher
 
     @staticmethod
     def check_policy(password: Secret[str]) -> None:
@@ -53,12 +68,16 @@ class Passwords:
         return await asyncio.to_thread(self._verify, stored, password.reveal())
 
     def _verify(self, stored: str, password: str) -> bool:
+        from argon2.exceptions import InvalidHashError, VerificationError
+
         try:
             return self.hasher.verify(stored, password[:MAX_LENGTH])
-        except (VerifyMismatchError, VerificationError, InvalidHashError):
+        except (VerificationError, InvalidHashError):  # VerifyMismatchError is one
             return False
 
     def needs_rehash(self, stored: str) -> bool:
+        from argon2.exceptions import InvalidHashError
+
         try:
             return self.hasher.check_needs_rehash(stored)
         except (InvalidHashError, ValueError):

@@ -6,7 +6,8 @@ Owns the flags of the verb only; the work is in `appliance.server`.
 from __future__ import annotations
 
 import argparse
-import asyncio
+
+import uvloop
 
 from appliance import server
 from appliance.cli.common import add_state_options, load_settings
@@ -41,4 +42,6 @@ def run(args: argparse.Namespace) -> int:
     def reload_settings() -> Settings:  # SIGHUP: the same file, environment and flags
         return load(config_file=args.config, flags=flags, dev=args.dev)
 
-    return asyncio.run(server.serve(settings, reload_settings=reload_settings))
+    # uvloop: asyncio's API on libuv, about a fifth less CPU per request than asyncio's own loop
+    # (docs/performance.md). Everything in the server is plain asyncio and runs on either.
+    return int(uvloop.run(server.serve(settings, reload_settings=reload_settings)))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import decimal
 import ipaddress
 import json
 import math
@@ -27,8 +26,8 @@ def json_default(value: Any) -> Any:
     seconds (`PT1.5S`), bytes base64, UUIDs and addresses as text, records and tuples as arrays,
     sets as sorted arrays; anything else as its `str`.
     """
-    if isinstance(value, decimal.Decimal):
-        return str(value)
+    if type(value).__name__ == "Decimal" and type(value).__module__ in ("decimal", "_decimal"):
+        return str(value)  # `decimal` is imported only by the drivers that return one
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return value.isoformat()
     if isinstance(value, dt.timedelta):
