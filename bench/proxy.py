@@ -1,9 +1,10 @@
 """Query-proxy benchmark: the same parameterised PostgreSQL query (a) through asyncpg directly,
-(b) through a bare aiohttp handler using asyncpg, (c) through the appliance over HTTPS with a
-bearer token, at concurrency 1 and 32; then a 1,000,000-row NDJSON stream (rows/s against asyncpg
-directly, and the appliance's peak RSS growth). Each path is warmed up at the measured concurrency;
-the three take turns in ROUNDS rounds and the ratios are per-round medians, so a machine whose
-speed drifts during the run weighs on all three alike. Prints a Markdown table; never asserts.
+(b) through a bare aiohttp handler using asyncpg (on asyncio's own loop), (c) through the appliance
+over HTTPS with a bearer token (on uvloop, as `appliance serve` runs), at concurrency 1 and 32;
+then a 1,000,000-row NDJSON stream (rows/s against asyncpg directly, and the appliance's peak RSS
+growth). Each path is warmed up at the measured concurrency; the three take turns in ROUNDS rounds
+and the ratios are per-round medians, so a machine whose speed drifts during the run weighs on all
+three alike. Prints a Markdown table; never asserts.
 
 Usage: .venv/bin/python bench/proxy.py [--requests N] [--rows N]
 Needs PostgreSQL server binaries (initdb, pg_ctl, psql); runs them as `postgres` when root.
@@ -328,9 +329,12 @@ def _print(results: dict, requests: int, rows: int, direct_rate: float, stream_r
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] in ("--serve-bare", "--serve-appliance"):
-        target = serve_bare if sys.argv[1] == "--serve-bare" else serve_appliance
-        asyncio.run(target(int(sys.argv[2]), Path(sys.argv[3])))
+    if len(sys.argv) == 4 and sys.argv[1] == "--serve-bare":
+        asyncio.run(serve_bare(int(sys.argv[2]), Path(sys.argv[3])))  # asyncio's own loop
+    elif len(sys.argv) == 4 and sys.argv[1] == "--serve-appliance":
+        import uvloop  # the loop `appliance serve` runs on
+
+        uvloop.run(serve_appliance(int(sys.argv[2]), Path(sys.argv[3])))
     else:
         parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
         parser.add_argument("--requests", type=int, default=3000)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from appliance.audit import AuditLog, AuditUnavailable, Context, redact, verify_store
+from appliance.audit.log import _ACTION as ACTION_COLUMN  # where an entry tuple holds its action
 from appliance.secret import Secret
 from appliance.store import SQLiteStore, open_sqlite_store
 from tests.conftest import clean_env, run_cli
@@ -203,7 +204,7 @@ async def test_only_query_run_batches_skip_the_fsync(tmp_path: Path) -> None:
         original = store.write
 
         async def recording(fn, *, durable: bool = True):
-            seen.append(({e["action"] for e in fn.keywords["entries"]}, durable))
+            seen.append(({e[ACTION_COLUMN] for e in fn.keywords["entries"]}, durable))
             return await original(fn, durable=durable)
 
         store.write = recording  # type: ignore[method-assign]

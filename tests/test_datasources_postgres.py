@@ -199,6 +199,27 @@ async def test_down_slow_and_refused_datasources(tmp_path: Path, pg: PostgresSer
         assert test.status == 200 and test.body["ok"] is True
 
 
+async def test_a_run_waiting_for_a_free_connection_times_out(tmp_path: Path,
+                                                           pg: PostgresServer) -> None:
+    """With every connection busy, a run waits for one within its own time limit, then gets a
+    504 naming the datasource; the busy run is not disturbed."""
+    async with proxy(tmp_path / "state") as appliance:
+        dev = as_role(appliance, "developer")
+        ds = await pg_datasource(dev, pg, name="one slot", max_connections=1,
+                                 statement_timeout_ms=5000)
+        busy = await create_query(dev, ds["id"], "SELECT pg_sleep(1.5) AS slept", name="busy")
+        quick = await create_query(dev, ds["id"], "SELECT 1 AS one", name="quick",
+                                   timeout_ms=300)
+        holder = asyncio.ensure_future(run(dev, busy["id"]))
+        await asyncio.sleep(0.3)  # the only connection is taken
+        started = asyncio.get_running_loop().time()
+        waited = await run(dev, quick["id"])
+        assert waited.status == 504 and "'one slot'" in waited.body["error"]["message"]
+        assert asyncio.get_running_loop().time() - started < 1.0
+        assert (await holder).status == 200
+        assert (await run(dev, quick["id"])).body["rows"] == [[1]]
+
+
 async def test_a_secret_change_replaces_the_pool(tmp_path: Path, pg: PostgresServer) -> None:
     async with proxy(tmp_path / "state") as appliance:
         dev = as_role(appliance, "developer")

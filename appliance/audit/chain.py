@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +22,12 @@ _CANONICAL_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 def entry_hash(entry: Mapping[str, Any]) -> str:
     """SHA-256 over the canonical JSON of the hashed fields (including `prev_hash`)."""
-    canonical = _CANONICAL_JSON.encode([entry[name] for name in HASHED_FIELDS])
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hash_values([entry[name] for name in HASHED_FIELDS])
+
+
+def hash_values(values: Sequence[Any]) -> str:
+    """`entry_hash` of the values of HASHED_FIELDS, in that order."""
+    return hashlib.sha256(_CANONICAL_JSON.encode(values).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

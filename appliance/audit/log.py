@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.audit.chain import GENESIS, Verification, entry_hash, verify
+from appliance.audit.chain import GENESIS, Verification, hash_values, verify
 from appliance.audit.redact import redact
 from appliance.errors import ApplianceError, ServiceUnavailable
 from appliance.store import Store, Transaction
@@ -49,9 +49,15 @@ class Context:
     request_id: str = ""
 
 
-@dataclass
+# An entry before it is chained: the columns between `seq` and `prev_hash`, in table order
+# (time, actor, action, target, outcome, client, request_id, details).
+Fields = tuple[str, str, str, str, str, str, str, str]
+_ACTION = 2
+
+
+@dataclass(slots=True)
 class _Pending:
-    fields: dict[str, Any]
+    fields: Fields
     done: asyncio.Future[int]
 
 
@@ -123,18 +129,20 @@ class AuditLog:
         extra = dict(details) if details else {}
         extra["duration_ms"] = round(float(duration_ms), 3)
         extra["row_count"] = int(row_count)
-        return await self.submit(action=RUN_ACTION, actor=actor, target=f"query:{query_id}",
-                                 outcome=outcome, client=client, request_id=request_id,
-                                 details=extra, alone=alone)
+        return await self._submit(_fields(action=RUN_ACTION, actor=actor,
+                                          target=f"query:{query_id}", outcome=outcome,
+                                          client=client, request_id=request_id, details=extra),
+                                  alone=alone)
 
     async def record_run_start(self, *, actor: str, query_id: str, client: str = "",
                                request_id: str = "",
                                details: Mapping[str, Any] | None = None) -> int:
         """Record that a streamed run is about to send rows (metadata only), before the first
         row leaves; its `record_run` follows when it ends. Same durability as `record_run`."""
-        return await self.submit(action=RUN_START_ACTION, actor=actor,
-                                 target=f"query:{query_id}", client=client,
-                                 request_id=request_id, details=details)
+        return await self._submit(_fields(action=RUN_START_ACTION, actor=actor,
+                                          target=f"query:{query_id}", outcome="ok",
+                                          client=client, request_id=request_id,
+                                          details=details))
 
     async def submit(self, *, action: str, actor: str = "system", target: str = "",
                      outcome: str = "ok", client: str = "", request_id: str = "",
@@ -144,11 +152,16 @@ class AuditLog:
         `alone=True` (the caller knows no other entry is on its way, e.g. the only query run in
         flight) commits the entry at once in the caller's task when no batch is forming: there is
         nothing to group it with, so it skips the batch's task and loop turns."""
+        return await self._submit(_fields(action=action, actor=actor, target=target,
+                                          outcome=outcome, client=client,
+                                          request_id=request_id, details=details),
+                                  alone=alone)
+
+    async def _submit(self, fields: Fields, *, alone: bool = False) -> int:
         if self._closed:
             raise AuditUnavailable()
-        fields = _fields(action=action, actor=actor, target=target, outcome=outcome,
-                         client=client, request_id=request_id, details=details)
         if alone and not self._pending and (self._flusher is None or self._flusher.done()):
+            action = fields[_ACTION]
             try:
                 positions = await self.store.write(
                     functools.partial(_append_sync, entries=[fields]),
@@ -181,7 +194,7 @@ class AuditLog:
                 entries = [item.fields for item in batch]
                 # Query-run metadata may skip the flush to disk (atomic all the same, and still
                 # written before the caller answers); any other entry makes the batch durable.
-                durable = any(fields.get("action") not in _RUN_ACTIONS for fields in entries)
+                durable = any(fields[_ACTION] not in _RUN_ACTIONS for fields in entries)
                 # The whole batch is one store step: read the head, chain, insert, commit.
                 positions = await self.store.write(functools.partial(_append_sync,
                                                                      entries=entries),
@@ -203,7 +216,7 @@ class AuditLog:
                 if not item.done.done():
                     item.done.set_result(position)
 
-    async def _append(self, tx: Transaction, entries: list[dict[str, Any]]) -> list[int]:
+    async def _append(self, tx: Transaction, entries: list[Fields]) -> list[int]:
         head = await tx.fetch_one(_HEAD_SQL)
         rows = _chain(head, entries)
         for row in rows:
@@ -271,21 +284,21 @@ def _clip(value: Any) -> str:
 
 
 def _fields(*, action: str, actor: str, target: str, outcome: str, client: str,
-            request_id: str, details: Mapping[str, Any] | None) -> dict[str, Any]:
+            request_id: str, details: Mapping[str, Any] | None) -> Fields:
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}")
-    return {
-        "time": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
-        "actor": _clip(actor),
-        "action": _clip(action),
-        "target": _clip(target),
-        "outcome": outcome,
-        "client": _clip(client),
-        "request_id": _clip(request_id),
-        "details": _DETAILS_JSON.encode(
+    return (
+        dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
+        _clip(actor),
+        _clip(action),
+        _clip(target),
+        outcome,
+        _clip(client),
+        _clip(request_id),
+        _DETAILS_JSON.encode(
             details if details and details.keys() <= _RUN_DETAIL_KEYS  # type: ignore[operator]
             else redact(dict(details or {}))),
-    }
+    )
 
 
 # The details a query run's entry is made of: written by the runner, none secret-looking, so they
@@ -300,23 +313,20 @@ _INSERT_SQL = (
 )
 
 
-def _chain(head: Any, entries: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+def _chain(head: Any, entries: list[Fields]) -> list[tuple[Any, ...]]:
     """The rows that append `entries` after `head` (the last entry's seq and hash, or None)."""
     seq = int(head["seq"]) if head else 0
     prev = str(head["hash"]) if head else GENESIS
     rows = []
     for fields in entries:
         seq += 1
-        row = dict(fields, seq=seq, prev_hash=prev)
-        row["hash"] = entry_hash(row)
-        rows.append((seq, row["time"], row["actor"], row["action"], row["target"],
-                     row["outcome"], row["client"], row["request_id"], row["details"], prev,
-                     row["hash"]))
-        prev = row["hash"]
+        hashed = (seq, *fields, prev)  # HASHED_FIELDS, in order: the table's columns
+        prev = hash_values(hashed)
+        rows.append((*hashed, prev))
     return rows
 
 
-def _append_sync(conn: Any, entries: list[dict[str, Any]]) -> list[int]:
+def _append_sync(conn: Any, entries: list[Fields]) -> list[int]:
     """`_append` for `Store.write`: runs on the store's own thread, inside its transaction."""
     head = conn.execute(_HEAD_SQL).fetchone()
     rows = _chain(head, entries)

@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 
+from appliance import deadlines
 from appliance.datasources.config import CONNECT_TIMEOUT
 from appliance.datasources.engine import Engine, PoolStats, RowStream, Target
 from appliance.datasources.errors import (
@@ -103,8 +104,8 @@ class PostgresEngine(Engine):
                 # A free slot: no wait for one (and a connect has its own timeout).
                 conn = await pool.acquire()
             else:
-                # asyncio.timeout, not acquire(timeout=): asyncpg would wait in a new task.
-                async with asyncio.timeout(timeout):
+                # A limit, not acquire(timeout=): asyncpg would wait in a new task.
+                with deadlines.limit(timeout):
                     conn = await pool.acquire()
         except BaseException as exc:
             raise self.translate(exc, timeout, "connect") from None

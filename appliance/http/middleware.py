@@ -6,7 +6,6 @@ values, or the values of `Authorization`, `Cookie` and `Set-Cookie`.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import secrets
@@ -16,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from appliance import metrics
+from appliance import deadlines, metrics
 from appliance.errors import ApplianceError, PayloadTooLarge, UpstreamTimeout
 from appliance.http.keys import REQUEST_ID, SETTINGS
 
@@ -108,7 +107,7 @@ async def _answer(request: web.Request, handler: Handler, guard: Guard | None
         limit = settings.server.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
-        async with asyncio.timeout(settings.server.request_timeout):
+        with deadlines.limit(settings.server.request_timeout):
             if guard is None:
                 return await handler(request)
             return await guard(request, handler)
