@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import shutil
 import ssl
@@ -129,6 +130,7 @@ async def serve_appliance(port: int, state: Path) -> None:
         "body": "SELECT i, 'row ' || i AS name, i * 0.5 AS v "
                 "FROM generate_series(1, {{ n }}) i",
         "parameters": [{"name": "n", "type": "integer"}]}, ctx)
+    gc.freeze()  # as appliance.server.serve does once it is up
     print(json.dumps({"port": bound_ports(site)[0][1], "token": tokens["admin"],
                       "one": one["id"], "many": many["id"], "ca": str(tls.ca.cert_path)}),
           flush=True)

@@ -22,7 +22,7 @@ def rank(role: str) -> int:
 
 def at_least(role: str, needed: str) -> bool:
     """True when `role` is `needed` or above it."""
-    return rank(role) >= rank(needed) > 0
+    return _RANK.get(role, 0) >= _RANK.get(needed, 0) > 0
 
 
 def lower(a: str, b: str) -> str:
@@ -53,4 +53,4 @@ class Principal:
         return self.username
 
     def at_least(self, needed: str) -> bool:
-        return at_least(self.role, needed)
+        return _RANK.get(self.role, 0) >= _RANK.get(needed, 0) > 0  # `at_least`, on every request

@@ -64,7 +64,8 @@ class Tokens:
     def __init__(self, store: Store, audit: AuditLog) -> None:
         self.store = store
         self.audit = audit
-        self._recent: dict[str, tuple[int, dict[str, Any]]] = {}  # token id: (version, row)
+        # token id: (store version, row, the principal it acts as)
+        self._recent: dict[str, tuple[int, dict[str, Any], Principal]] = {}
 
     async def create(self, owner: User, *, name: str, role: str | None,
                      expires_days: float | None, context: Context) -> tuple[Secret[str], TokenInfo]:
@@ -132,23 +133,29 @@ class Tokens:
         assert info is not None
         return info
 
-    async def _record(self, token_id: str) -> dict[str, Any] | None:
-        """The token's row joined with its owner's, read again whenever the store has changed
-        since it was last read (`Store.version`): a revocation, a disabled owner or a lowered
-        role, from this process or the CLI, counts from the next request."""
+    async def _record(self, token_id: str) -> tuple[dict[str, Any], Principal] | None:
+        """The token's row joined with its owner's, and the principal it acts as; read again
+        whenever the store has changed since it was last read (`Store.version`): a revocation, a
+        disabled owner or a lowered role, from this process or the CLI, counts from the next
+        request."""
         version = self.store.version()
         cached = self._recent.get(token_id)
         if cached is not None and version is not None and cached[0] == version:
-            return cached[1]
+            return cached[1], cached[2]
         row = await self.store.lookup(
             "SELECT t.secret_hash, t.role AS token_role, t.expires_at, t.revoked_at,"
             " t.last_used_at, u.id AS user_id, u.username, u.role, u.disabled"
             " FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.id = ?", (token_id,))
-        if row is not None and version is not None:
+        if row is None:
+            return None
+        found = Principal(user_id=row["user_id"], username=row["username"],
+                          role=roles.lower(row["token_role"], row["role"]), via="token",
+                          credential_id=token_id)
+        if version is not None:
             if len(self._recent) >= _RECENT_MAX:
                 self._recent.clear()
-            self._recent[token_id] = (version, row)
-        return row
+            self._recent[token_id] = (version, row, found)
+        return row, found
 
     async def authenticate(self, raw: str) -> Principal | None:
         """The principal a bearer token acts as, or None. Constant-time secret comparison."""
@@ -156,10 +163,11 @@ class Tokens:
         if match is None:
             return None
         token_id, secret = match.groups()
-        row = await self._record(token_id)
-        expected = row["secret_hash"] if row else _hash("no-such-token")
-        if not hmac.compare_digest(expected.encode(), _hash(secret).encode()) or row is None:
+        record = await self._record(token_id)
+        expected = record[0]["secret_hash"] if record else _hash("no-such-token")
+        if not hmac.compare_digest(expected.encode(), _hash(secret).encode()) or record is None:
             return None
+        row, found = record
         now = time.time()
         if row["revoked_at"] is not None or row["disabled"]:
             return None
@@ -169,6 +177,4 @@ class Tokens:
             async with self.store.transaction() as tx:
                 await tx.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?",
                                  (now, token_id))
-        return Principal(user_id=row["user_id"], username=row["username"],
-                         role=roles.lower(row["token_role"], row["role"]), via="token",
-                         credential_id=token_id)
+        return found

@@ -23,7 +23,7 @@ from appliance.queries.service import CompiledQuery, QueryService
 from appliance.query import Bound
 
 
-@dataclass
+@dataclass(slots=True)
 class Run:
     """One run: `columns`, and its rows as encoded JSON (bytes): all of them in `rows` for an
     answer (`Runner.answer`), batch by batch from `lines()` for a stream (`Runner.stream`)."""
@@ -80,7 +80,7 @@ class Run:
         return round((end - self.started) * 1000, 3)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Prepared:
     bound: Bound
     engine: Engine
