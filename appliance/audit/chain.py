@@ -6,10 +6,11 @@ Owns the canonical form of an entry. Never reads or writes the store itself.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from appliance import compact_json
 
 GENESIS = "0" * 64
 
@@ -17,7 +18,7 @@ GENESIS = "0" * 64
 HASHED_FIELDS = ("seq", "time", "actor", "action", "target", "outcome", "client",
                  "request_id", "details", "prev_hash")
 
-_CANONICAL_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_CANONICAL_JSON = compact_json.encoder()  # ensure_ascii=False, separators=(",", ":")
 
 
 def entry_hash(entry: Mapping[str, Any]) -> str:
@@ -27,7 +28,7 @@ def entry_hash(entry: Mapping[str, Any]) -> str:
 
 def hash_values(values: Sequence[Any]) -> str:
     """`entry_hash` of the values of HASHED_FIELDS, in that order."""
-    return hashlib.sha256(_CANONICAL_JSON.encode(values).encode()).hexdigest()
+    return hashlib.sha256(_CANONICAL_JSON(values).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

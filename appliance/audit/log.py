@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import functools
 import json
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from appliance import compact_json
 from appliance.audit.chain import GENESIS, Verification, hash_values, verify
 from appliance.audit.redact import redact
 from appliance.errors import ApplianceError, ServiceUnavailable
@@ -278,6 +279,19 @@ def public_entry(row: Mapping[str, Any]) -> dict[str, Any]:
     return entry
 
 
+_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
+
+
+def _now() -> str:
+    """The time in UTC as `datetime.isoformat` writes it (`2026-01-31T12:00:00.123456+00:00`),
+    the whole second formatted once per second."""
+    seconds, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
+    if seconds != _second[0]:
+        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _second[0] = seconds
+    return f"{_second[1]}.{nanoseconds // 1000:06d}+00:00"
+
+
 def _clip(value: Any) -> str:
     text = "" if value is None else str(value)
     return text[:_MAX_FIELD]
@@ -288,14 +302,14 @@ def _fields(*, action: str, actor: str, target: str, outcome: str, client: str,
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}")
     return (
-        dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
+        _now(),
         _clip(actor),
         _clip(action),
         _clip(target),
         outcome,
         _clip(client),
         _clip(request_id),
-        _DETAILS_JSON.encode(
+        _DETAILS_JSON(
             details if details and details.keys() <= _RUN_DETAIL_KEYS  # type: ignore[operator]
             else redact(dict(details or {}))),
     )
@@ -305,7 +319,7 @@ def _fields(*, action: str, actor: str, target: str, outcome: str, client: str,
 # skip `redact` (any other key takes it).
 _RUN_DETAIL_KEYS = frozenset({"datasource", "mode", "truncated", "error", "duration_ms",
                               "row_count"})
-_DETAILS_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+_DETAILS_JSON = compact_json.encoder(sort_keys=True)
 _HEAD_SQL = "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1"
 _INSERT_SQL = (
     "INSERT INTO audit_log (seq, time, actor, action, target, outcome, client,"

@@ -9,14 +9,14 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import ipaddress
-import json
 import math
 import uuid
 from collections.abc import Mapping
 from typing import Any, Final
 
-_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"),
-                                   check_circular=False, default=lambda v: json_default(v))
+from appliance import compact_json
+
+_ENCODE: Final = compact_json.encoder(allow_nan=False, default=lambda v: json_default(v))
 
 
 def json_default(value: Any) -> Any:
@@ -62,9 +62,9 @@ def _finite(value: Any) -> Any:
 def dumps(value: Any) -> str:
     """Compact JSON; non-finite floats become the strings "NaN", "Infinity", "-Infinity"."""
     try:
-        return _ENCODER.encode(value)
+        return _ENCODE(value)
     except ValueError:
-        return _ENCODER.encode(_finite(_plain(value)))
+        return _ENCODE(_finite(_plain(value)))
 
 
 def _plain(value: Any) -> Any:
