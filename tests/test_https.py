@@ -238,3 +238,36 @@ async def test_json_reader_rejects_deep_nesting_without_crashing() -> None:
     request.read = read  # type: ignore[method-assign]
     with pytest.raises(BadRequest):
         await read_object(request)
+
+
+@pytest.mark.parametrize("path", ["/api/v1/queries", "/console"])
+@pytest.mark.parametrize("dev", [True, False])
+def test_security_headers_are_the_same_whatever_the_handler_set(path: str, dev: bool,
+                                                                tmp_path: Path) -> None:
+    """`secure` adds the headers in one step to a response that has only its Content-Type, and
+    one by one otherwise (keeping a header the handler set): the result is the same."""
+    import dataclasses
+
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from appliance.http import middleware
+    from appliance.http.keys import REQUEST_ID, SETTINGS
+    from tests.test_auth_support import make_settings
+
+    app = web.Application()
+    app[SETTINGS] = dataclasses.replace(make_settings(tmp_path), dev=dev)
+    request = make_mocked_request("GET", path, app=app)
+    request[REQUEST_ID] = "0123456789abcdef"
+    plain = web.Response(text="x")  # Content-Type only: the one-step path
+    middleware.secure(request, plain)
+    custom = web.Response(text="x", headers={"X-Frame-Options": "SAMEORIGIN"})
+    middleware.secure(request, custom)
+    assert len(plain.headers) == len(set(plain.headers)) == len(custom.headers)
+    for name, value in plain.headers.items():
+        expected = "SAMEORIGIN" if name == "X-Frame-Options" else value
+        assert custom.headers[name] == expected, name
+    assert plain.headers["X-Request-Id"] == "0123456789abcdef"
+    assert ("Cache-Control" in plain.headers) == path.startswith("/api/")
+    assert ("Strict-Transport-Security" in plain.headers) == (not dev)
+    assert plain.headers["X-Content-Type-Options"] == "nosniff"

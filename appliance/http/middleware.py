@@ -74,20 +74,25 @@ def front(guard: Guard | None = None) -> Middleware:
             metrics.observe_request(request.method, _route_label(request), status)
             return response
         finally:
-            route = request.match_info.route.resource
-            log.info(
-                "request",
-                extra={
-                    "request_id": request_id,
-                    "method": request.method,
-                    "route": route.canonical if route is not None else "<unmatched>",
-                    "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    "client": request.remote,
-                },
-            )
+            if log.isEnabledFor(logging.INFO):
+                _log_request(request, request_id, status, started)
 
     return front_middleware
+
+
+def _log_request(request: web.Request, request_id: str, status: int, started: float) -> None:
+    route = request.match_info.route.resource
+    log.info(
+        "request",
+        extra={
+            "request_id": request_id,
+            "method": request.method,
+            "route": route.canonical if route is not None else "<unmatched>",
+            "status": status,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            "client": request.remote,
+        },
+    )
 
 
 def _route_label(request: web.Request) -> str:
@@ -159,13 +164,31 @@ _HSTS = "max-age=63072000; includeSubDomains"
 
 def secure(request: web.Request, response: web.StreamResponse) -> None:
     """Headers on every response, errors and streams included: `front` sets them on what a
-    handler returns; a handler that prepares its response itself calls this first."""
+    handler returns; a handler that prepares its response itself calls this first. A header the
+    handler set itself is kept (the console's pages have their own policy)."""
     headers = response.headers
+    api = request.path.startswith("/api/")
+    hsts = not request.app[SETTINGS].dev
+    request_id = request.get(REQUEST_ID, "")
+    if len(headers) == 1 and "Content-Type" in headers:
+        # What most handlers return (a body and its type): every header added in one step.
+        headers.extend(_ALL_HEADERS[api, hsts])
+        headers["X-Request-Id"] = request_id
+        return
     headers["Server"] = "appliance"
-    headers.setdefault("X-Request-Id", request.get(REQUEST_ID, ""))
+    headers.setdefault("X-Request-Id", request_id)
     for name, value in _SECURITY_HEADERS:
         headers.setdefault(name, value)
-    if request.path.startswith("/api/"):
+    if api:
         headers.setdefault("Cache-Control", "no-store")
-    if not request.app[SETTINGS].dev:
+    if hsts:
         headers.setdefault("Strict-Transport-Security", _HSTS)
+
+
+# (an /api/ path, HSTS): the headers `secure` adds to a response that has none of them.
+_ALL_HEADERS = {
+    (api, hsts): (("Server", "appliance"), *_SECURITY_HEADERS,
+                  *((("Cache-Control", "no-store"),) if api else ()),
+                  *((("Strict-Transport-Security", _HSTS),) if hsts else ()))
+    for api in (False, True) for hsts in (False, True)
+}
