@@ -279,17 +279,18 @@ def public_entry(row: Mapping[str, Any]) -> dict[str, Any]:
     return entry
 
 
-_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
 
 
 def _now() -> str:
     """The time in UTC as `datetime.isoformat` writes it (`2026-01-31T12:00:00.123456+00:00`),
     the whole second formatted once per second."""
+    global _second
     seconds, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
-    if seconds != _second[0]:
-        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-        _second[0] = seconds
-    return f"{_second[1]}.{nanoseconds // 1000:06d}+00:00"
+    second = _second
+    if second[0] != seconds:  # replaced whole, so another thread never sees half of it
+        second = _second = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
+    return f"{second[1]}.{nanoseconds // 1000:06d}+00:00"
 
 
 def _clip(value: Any) -> str:

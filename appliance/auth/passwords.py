@@ -19,7 +19,6 @@ MIN_LENGTH = 12
 MAX_LENGTH = 1024
 
 
-
 @functools.cache
 def default_hasher() -> PasswordHasher:
     """RFC 9106's second recommended option (64 MiB, t=3, p=4): argon2-cffi's default profile.
