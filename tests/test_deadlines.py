@@ -17,7 +17,7 @@ from appliance.http import middleware
 from appliance.http.keys import SETTINGS
 from tests.test_auth_support import make_settings
 
-LATE = deadlines.RESOLUTION + 0.15  # how late a limit may fire on a loaded test machine
+LATE = deadlines.RESOLUTION + 0.35  # how late a limit may fire on a loaded test machine
 
 
 async def test_a_block_past_its_limit_raises_timeout_error_in_time() -> None:
