@@ -35,8 +35,7 @@ def test_options_are_kept() -> None:
         strict([float("nan")])
     assert compact_json.encoder()([float("inf")]) == "[Infinity]"
     with_default = compact_json.encoder(default=lambda value: f"<{type(value).__name__}>")
-    assert with_default({"a": {1, 2}.__class__.__name__, "b": object()}) == \
-        '{"a":"set","b":"<object>"}'
+    assert with_default({"a": 1, "b": object()}) == '{"a":1,"b":"<object>"}'
 
 
 def test_audit_times_are_iso_8601_utc_to_the_microsecond() -> None:
