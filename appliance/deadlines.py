@@ -20,18 +20,17 @@ RESOLUTION: Final = 0.05  # seconds a limit may fire late
 class _Sweeper:
     """The open limits of one event loop, and the sweep that cancels the tasks past theirs."""
 
-    __slots__ = ("_scheduled", "loop", "open")
+    __slots__ = ("loop", "open", "scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.open: set[Limit] = set()
-        self._scheduled = False
+        self.scheduled = False
 
-    def add(self, limit: Limit) -> None:
-        self.open.add(limit)
-        if not self._scheduled:
-            self._scheduled = True
-            self.loop.call_later(RESOLUTION, self._sweep)
+    def schedule(self) -> None:
+        """Sweep in `RESOLUTION` seconds (`Limit` adds itself to `open`, then calls this)."""
+        self.scheduled = True
+        self.loop.call_later(RESOLUTION, self._sweep)
 
     def _sweep(self) -> None:
         now = self.loop.time()
@@ -41,7 +40,7 @@ class _Sweeper:
         if self.open:
             self.loop.call_later(RESOLUTION, self._sweep)
         else:
-            self._scheduled = False
+            self.scheduled = False
 
 
 _current: _Sweeper | None = None
@@ -58,17 +57,17 @@ def _sweeper(loop: asyncio.AbstractEventLoop) -> _Sweeper:
 class Limit:
     """`with limit(seconds):` in a task: once `seconds` have passed, the task is cancelled where
     it waits and `TimeoutError` leaves the block (as with `asyncio.timeout`, which this replaces
-    on the request path). Limits nest; the one that expired is the one that raises."""
+    on the request path). Limits nest; the one that expired is the one that raises. The time
+    counts from entering the block."""
 
-    __slots__ = ("_cancelling", "_sweeper", "_task", "deadline", "expired")
+    __slots__ = ("_cancelling", "_seconds", "_task", "deadline", "expired")
 
     def __init__(self, seconds: float) -> None:
-        loop = asyncio.get_running_loop()
-        self.deadline = loop.time() + seconds
-        self.expired = False
-        self._sweeper = _sweeper(loop)
+        self._seconds = seconds
         self._task: asyncio.Task[object] | None = None
         self._cancelling = 0
+        self.deadline = 0.0
+        self.expired = False
 
     def __enter__(self) -> Limit:
         task = asyncio.current_task()
@@ -76,7 +75,14 @@ class Limit:
             raise RuntimeError("a time limit needs a running task")
         self._task = task
         self._cancelling = task.cancelling()
-        self._sweeper.add(self)
+        sweeper = _current
+        loop = task.get_loop()
+        if sweeper is None or sweeper.loop is not loop:
+            sweeper = _sweeper(loop)
+        self.deadline = loop.time() + self._seconds
+        sweeper.open.add(self)
+        if not sweeper.scheduled:
+            sweeper.schedule()
         return self
 
     def expire(self) -> None:
@@ -86,7 +92,9 @@ class Limit:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
-        self._sweeper.open.discard(self)
+        sweeper = _current
+        if sweeper is not None:
+            sweeper.open.discard(self)
         if self.expired and self._task is not None:
             # The same bookkeeping as asyncio.timeout: our cancellation is withdrawn, and it is
             # ours to turn into TimeoutError only if nobody else asked to cancel the task.
@@ -94,9 +102,7 @@ class Limit:
                 raise TimeoutError from exc
 
 
-def limit(seconds: float) -> Limit:
-    """A time limit of `seconds` on the block it guards (see `Limit`)."""
-    return Limit(seconds)
+limit = Limit  # `with deadlines.limit(seconds):` a time limit on the block it guards
 
 
 __all__ = ["RESOLUTION", "Limit", "limit"]

@@ -82,7 +82,7 @@ async def test_the_sweep_stops_when_no_limit_is_open() -> None:
         await asyncio.sleep(0)
     sweeper = deadlines._sweeper(asyncio.get_running_loop())
     await asyncio.sleep(deadlines.RESOLUTION * 3)
-    assert not sweeper.open and not sweeper._scheduled
+    assert not sweeper.open and not sweeper.scheduled
 
 
 async def test_a_request_past_the_request_timeout_gets_504(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ Owns the ordering of roles. Never decides which route needs which role (that is 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from appliance.errors import BadRequest
@@ -46,7 +47,7 @@ class Principal:
     credential_id: str  # the session's hash prefix or the token id: for audit, never the secret
     enrolment_required: bool = False
 
-    @property
+    @functools.cached_property  # read for every request's audit entry
     def actor(self) -> str:
         if self.via == "token":
             return f"{self.username} (token {self.credential_id})"

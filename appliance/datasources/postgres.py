@@ -98,7 +98,7 @@ class PostgresEngine(Engine):
             return self._pool
 
     async def _acquire(self, timeout: float) -> tuple[asyncpg.Pool, Any]:
-        pool = await self._get_pool()
+        pool = self._pool or await self._get_pool()
         try:
             if self._busy < self.target.limits.max_connections:
                 # A free slot: no wait for one (and a connect has its own timeout).
@@ -115,7 +115,7 @@ class PostgresEngine(Engine):
     def _release(self, pool: asyncpg.Pool, conn: Any) -> None:
         """Give the connection back without waiting for asyncpg's reset (a round trip to the
         server): it goes back to the pool while the answer is on its way. `close` waits."""
-        release = asyncio.ensure_future(pool.release(conn))
+        release = asyncio.get_running_loop().create_task(pool.release(conn))
         self._releases.add(release)
         release.add_done_callback(self._released)
 
@@ -172,7 +172,13 @@ class PostgresEngine(Engine):
     async def _answer(self, conn: Any, bound: BoundStatement, fetch: int, timeout: float
                       ) -> tuple[list[str], list[Any]]:
         try:
-            found = await _fetch_limited(conn, bound, fetch, timeout)
+            # At most `fetch` rows in one round trip: Bind and Execute with a row limit, outside
+            # any transaction (asyncpg's `fetchrow` path); fetch-and-cut if that seam moves.
+            execute = getattr(conn, "_execute", None)
+            if execute is not None:
+                found = await execute(bound.sql, bound.values, fetch, timeout)
+            else:
+                found = (await conn.fetch(bound.sql, *bound.values, timeout=timeout))[:fetch]
             if found:
                 return list(found[0].keys()), found
             statement = await conn.prepare(bound.sql, timeout=timeout)
@@ -272,18 +278,6 @@ class PostgresEngine(Engine):
         if isinstance(exc, asyncpg.InterfaceError | ConnectionError | OSError):
             return DatasourceUnreachable(name, "unreachable (the connection was lost)")
         return DatasourceUnreachable(name, f"unreachable ({type(exc).__name__})")
-
-
-async def _fetch_limited(conn: Any, bound: BoundStatement, limit: int, timeout: float
-                         ) -> list[Any]:
-    """At most `limit` rows in one round trip: Bind and Execute with a row limit, outside any
-    transaction (asyncpg's `fetchrow` path). Falls back to fetch-and-cut if the seam moves."""
-    execute = getattr(conn, "_execute", None)
-    if execute is not None:
-        result: list[Any] = await execute(bound.sql, bound.values, limit, timeout)
-        return result
-    rows: list[Any] = await conn.fetch(bound.sql, *bound.values, timeout=timeout)
-    return rows[:limit]
 
 
 async def _one_batch(rows: list[Any]) -> AsyncIterator[list[Any]]:

@@ -67,9 +67,20 @@ def front(guard: Guard | None = None) -> Middleware:
         started = time.perf_counter()
         status = 500
         try:
-            response = await _answer(request, handler, guard)
+            settings = request.app[SETTINGS]
+            try:
+                limit = settings.server.max_body_bytes
+                if request.content_length is not None and request.content_length > limit:
+                    raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+                with deadlines.limit(settings.server.request_timeout):
+                    if guard is None:
+                        response = await handler(request)
+                    else:
+                        response = await guard(request, handler)
+            except Exception as exc:  # not CancelledError: a BaseException, it propagates
+                response = _failure(request, exc)
             if not response.prepared:  # a stream sets its headers itself (`secure`)
-                secure(request, response)
+                secure(request, response, dev=settings.dev)
             status = response.status
             metrics.observe_request(request.method, _route_label(request), status)
             return response
@@ -104,26 +115,16 @@ def _route_label(request: web.Request) -> str:
     return resource.canonical
 
 
-async def _answer(request: web.Request, handler: Handler, guard: Guard | None
-                  ) -> web.StreamResponse:
-    """The handler's response, or `{"error": {"code", "message"}}` with the right status."""
-    try:
-        settings = request.app[SETTINGS]
-        limit = settings.server.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
-        with deadlines.limit(settings.server.request_timeout):
-            if guard is None:
-                return await handler(request)
-            return await guard(request, handler)
-    except ApplianceError as exc:
+def _failure(request: web.Request, exc: Exception) -> web.Response:
+    """`{"error": {"code", "message"}}` with the right status, for what a handler raised."""
+    if isinstance(exc, ApplianceError):
         if exc.status >= 500:
             log.warning("request failed", extra={"request_id": request.get(REQUEST_ID),
                                                  "code": exc.code})
         response = error_response(exc.status, exc.code, exc.message)
         response.headers.update(exc.response_headers())
         return response
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:  # a redirect and the like, as it is
             return web.Response(status=exc.status, headers=exc.headers, body=exc.body)
         code = _STATUS_CODES.get(exc.status, "error")
@@ -137,18 +138,17 @@ async def _answer(request: web.Request, handler: Handler, guard: Guard | None
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
-    except TimeoutError:
+    if isinstance(exc, TimeoutError):
         return error_response(UpstreamTimeout.status, "request_timeout",
                               "the request took too long and was stopped")
-    except Exception as exc:  # not CancelledError: a BaseException, it propagates
-        # Log where, not what: an exception message may hold data from the request.
-        log.error(
-            "unhandled error",
-            extra={"request_id": request.get(REQUEST_ID),
-                   "exception": f"{type(exc).__module__}.{type(exc).__qualname__}"},
-        )
-        return error_response(500, "internal_error",
-                              f"internal error (request id {request.get(REQUEST_ID)})")
+    # Log where, not what: an exception message may hold data from the request.
+    log.error(
+        "unhandled error",
+        extra={"request_id": request.get(REQUEST_ID),
+               "exception": f"{type(exc).__module__}.{type(exc).__qualname__}"},
+    )
+    return error_response(500, "internal_error",
+                          f"internal error (request id {request.get(REQUEST_ID)})")
 
 
 _SECURITY_HEADERS = (
@@ -162,13 +162,15 @@ _SECURITY_HEADERS = (
 _HSTS = "max-age=63072000; includeSubDomains"
 
 
-def secure(request: web.Request, response: web.StreamResponse) -> None:
+def secure(request: web.Request, response: web.StreamResponse, *,
+           dev: bool | None = None) -> None:
     """Headers on every response, errors and streams included: `front` sets them on what a
     handler returns; a handler that prepares its response itself calls this first. A header the
-    handler set itself is kept (the console's pages have their own policy)."""
+    handler set itself is kept (the console's pages have their own policy). `dev`: the
+    settings' flag, when the caller has it at hand."""
     headers = response.headers
     api = request.path.startswith("/api/")
-    hsts = not request.app[SETTINGS].dev
+    hsts = not (request.app[SETTINGS].dev if dev is None else dev)
     request_id = request.get(REQUEST_ID, "")
     if len(headers) == 1 and "Content-Type" in headers:
         # What most handlers return (a body and its type): every header added in one step.

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from appliance import metrics
@@ -23,23 +22,30 @@ from appliance.queries.service import CompiledQuery, QueryService
 from appliance.query import Bound
 
 
-@dataclass(slots=True)
 class Run:
     """One run: `columns`, and its rows as encoded JSON (bytes): all of them in `rows` for an
     answer (`Runner.answer`), batch by batch from `lines()` for a stream (`Runner.stream`)."""
 
-    query: CompiledQuery
-    datasource: str
-    max_rows: int
-    max_bytes: int
-    started: float = field(default_factory=time.perf_counter)
-    columns: list[str] = field(default_factory=list)
-    rows: list[bytes] = field(default_factory=list)
-    row_count: int = 0
-    byte_count: int = 0
-    truncated: bool = False
-    finished: float | None = None
-    _batches: AsyncIterator[list[Any]] | None = None
+    __slots__ = ("_batches", "byte_count", "columns", "datasource", "duration_ms", "finished",
+                 "max_bytes", "max_rows", "query", "row_count", "rows", "started", "timeout",
+                 "truncated")
+
+    def __init__(self, query: CompiledQuery, datasource: str, max_rows: int, max_bytes: int,
+                 timeout: float = 30.0, started: float | None = None) -> None:
+        self.query = query
+        self.datasource = datasource
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self.timeout = timeout  # seconds, for the statement and the wait for a connection
+        self.started = time.perf_counter() if started is None else started
+        self.columns: list[str] = []
+        self.rows: list[bytes] = []
+        self.row_count = 0
+        self.byte_count = 0
+        self.truncated = False
+        self.finished: float | None = None  # set with `duration_ms` by `finish`
+        self.duration_ms = 0.0
+        self._batches: AsyncIterator[list[Any]] | None = None
 
     def encode(self, batch: list[Any]) -> list[bytes]:
         """The batch's rows as JSON, stopping at `max_rows` or `max_bytes` (then `truncated`)."""
@@ -72,20 +78,12 @@ class Run:
                     yield out
                 if self.truncated:
                     break
+        self.finish()
+
+    def finish(self) -> None:
+        """The run has read its last row: its duration (milliseconds, to the microsecond)."""
         self.finished = time.perf_counter()
-
-    @property
-    def duration_ms(self) -> float:
-        end = self.finished if self.finished is not None else time.perf_counter()
-        return round((end - self.started) * 1000, 3)
-
-
-@dataclass(slots=True)
-class _Prepared:
-    bound: Bound
-    engine: Engine
-    run: Run
-    timeout: float
+        self.duration_ms = round((self.finished - self.started) * 1000, 3)
 
 
 class Runner:
@@ -105,19 +103,17 @@ class Runner:
     async def answer(self, query_id: str, params: Any, *, context: Context) -> Run:
         """Run the query and read all its rows (up to the limits); return once it is recorded."""
         started = time.perf_counter()
-        compiled = await self.queries.compiled(query_id)
-        prepared: _Prepared | None = None
+        compiled = self.queries.cached(query_id) or await self.queries.compiled(query_id)
+        run: Run | None = None
         self._in_flight += 1
         try:
             try:
-                prepared = await self._prepare(compiled, params, started)
-                run = prepared.run
-                run.columns = await prepared.engine.collect(
-                    prepared.bound, timeout=prepared.timeout, fetch=run.max_rows + 1,
-                    take=run.take)
-                run.finished = time.perf_counter()
+                bound, engine, run = await self._prepare(compiled, params, started)
+                run.columns = await engine.collect(bound, timeout=run.timeout,
+                                                   fetch=run.max_rows + 1, take=run.take)
+                run.finish()
             except BaseException as exc:
-                await self._failed(compiled, prepared, context, started, exc, "json")
+                await self._failed(compiled, run, context, started, exc, "json")
                 raise
             await self._record(compiled, run, context, started, "ok", None, "json")
         finally:
@@ -130,15 +126,14 @@ class Runner:
         """Bind, open, record the start, yield the run (rows from `run.lines()`, sent inside
         the block); record the outcome once the statement's transaction has ended."""
         started = time.perf_counter()
-        compiled = await self.queries.compiled(query_id)
-        prepared: _Prepared | None = None
+        compiled = self.queries.cached(query_id) or await self.queries.compiled(query_id)
+        run: Run | None = None
         self._in_flight += 1
         try:
             try:
-                prepared = await self._prepare(compiled, params, started)
-                run = prepared.run
-                async with prepared.engine.open(  # type: ignore[call-arg]
-                        prepared.bound, timeout=prepared.timeout, fetch=run.max_rows + 1,
+                bound, engine, run = await self._prepare(compiled, params, started)
+                async with engine.open(  # type: ignore[call-arg]
+                        bound, timeout=run.timeout, fetch=run.max_rows + 1,
                         stream=True) as rows:
                     run.columns, run._batches = rows.columns, rows.batches
                     # Rows leave before the run ends: its start is audited first.
@@ -148,27 +143,31 @@ class Runner:
                         details={"datasource": compiled.datasource_id, "mode": "ndjson"})
                     yield run
             except BaseException as exc:
-                await self._failed(compiled, prepared, context, started, exc, "ndjson")
+                await self._failed(compiled, run, context, started, exc, "ndjson")
                 raise
             await self._record(compiled, run, context, started, "ok", None, "ndjson")
         finally:
             self._in_flight -= 1
 
-    async def _prepare(self, compiled: CompiledQuery, params: Any, started: float) -> _Prepared:
+    async def _prepare(self, compiled: CompiledQuery, params: Any, started: float
+                       ) -> tuple[Bound, Engine, Run]:
         bound = compiled.template.bind(params)  # InvalidParameter (422) names the parameter
-        engine = await self.datasources.engine(compiled.datasource_id)
+        datasource_id = compiled.datasource_id
+        engine = (self.datasources.started(datasource_id)
+                  or await self.datasources.engine(datasource_id))
         limits = engine.target.limits
-        max_rows = min(compiled.max_rows or limits.max_rows, limits.max_rows)
-        timeout_ms = min(compiled.timeout_ms or limits.statement_timeout_ms,
-                         limits.statement_timeout_ms)
-        run = Run(compiled, engine.target.name, max_rows, limits.max_response_bytes,
-                  started=started)
-        return _Prepared(bound, engine, run, timeout_ms / 1000)
+        max_rows = limits.max_rows
+        timeout_ms = limits.statement_timeout_ms
+        if compiled.max_rows and compiled.max_rows < max_rows:
+            max_rows = compiled.max_rows
+        if compiled.timeout_ms and compiled.timeout_ms < timeout_ms:
+            timeout_ms = compiled.timeout_ms
+        return bound, engine, Run(compiled, engine.target.name, max_rows,
+                                  limits.max_response_bytes, timeout_ms / 1000, started)
 
-    async def _failed(self, compiled: CompiledQuery, prepared: _Prepared | None,
-                      context: Context, started: float, exc: BaseException, mode: str) -> None:
+    async def _failed(self, compiled: CompiledQuery, run: Run | None, context: Context,
+                      started: float, exc: BaseException, mode: str) -> None:
         """Record a run that did not succeed (not one whose own entry failed: that is it)."""
-        run = prepared.run if prepared is not None else None
         if isinstance(exc, ApplianceError):
             if run is not None and not getattr(exc, "datasource", None):
                 exc.datasource = run.datasource  # type: ignore[attr-defined]  # egress denials
@@ -181,7 +180,8 @@ class Runner:
 
     async def _record(self, compiled: CompiledQuery, run: Run | None, context: Context,
                       started: float, outcome: str, code: str | None, mode: str) -> None:
-        duration = run.duration_ms if run is not None else (time.perf_counter() - started) * 1000
+        duration = (run.duration_ms if run is not None and run.finished is not None
+                    else (time.perf_counter() - started) * 1000)
         metrics.observe_query_run(outcome, duration / 1000)
         details: dict[str, Any] = {"datasource": compiled.datasource_id, "mode": mode,
                                    "truncated": bool(run and run.truncated)}

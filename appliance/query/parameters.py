@@ -491,7 +491,7 @@ class ParameterSet:
         if not isinstance(values, Mapping):
             raise InvalidParameter(None, "params must be a JSON object")
         by_name = self.by_name
-        if len(values) > len(by_name) or any(k not in by_name for k in values):
+        if not values.keys() <= by_name.keys():
             _refuse_unknown(values, by_name)
         out: dict[str, Any] = {}
         for parameter in self.parameters:
