@@ -60,11 +60,12 @@ class Limit:
     on the request path). Limits nest; the one that expired is the one that raises. The time
     counts from entering the block."""
 
-    __slots__ = ("_cancelling", "_seconds", "_task", "deadline", "expired")
+    __slots__ = ("_cancelling", "_seconds", "_sweeper", "_task", "deadline", "expired")
 
     def __init__(self, seconds: float) -> None:
         self._seconds = seconds
         self._task: asyncio.Task[object] | None = None
+        self._sweeper: _Sweeper | None = None
         self._cancelling = 0
         self.deadline = 0.0
         self.expired = False
@@ -80,6 +81,7 @@ class Limit:
         if sweeper is None or sweeper.loop is not loop:
             sweeper = _sweeper(loop)
         self.deadline = loop.time() + self._seconds
+        self._sweeper = sweeper
         sweeper.open.add(self)
         if not sweeper.scheduled:
             sweeper.schedule()
@@ -92,9 +94,8 @@ class Limit:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
-        sweeper = _current
-        if sweeper is not None:
-            sweeper.open.discard(self)
+        if self._sweeper is not None:
+            self._sweeper.open.discard(self)
         if self.expired and self._task is not None:
             # The same bookkeeping as asyncio.timeout: our cancellation is withdrawn, and it is
             # ours to turn into TimeoutError only if nobody else asked to cancel the task.

@@ -118,7 +118,7 @@ class Runner:
             await self._record(compiled, run, context, started, "ok", None, "json")
         finally:
             self._in_flight -= 1
-        return run
+        return run  # type: ignore[return-value]  # set: the block above raised otherwise
 
     @contextlib.asynccontextmanager
     async def stream(self, query_id: str, params: Any, *, context: Context
