@@ -11,6 +11,7 @@ Owns nothing but the open limits of each event loop.
 from __future__ import annotations
 
 import asyncio
+import time
 from types import TracebackType
 from typing import Final
 
@@ -33,7 +34,7 @@ class _Sweeper:
         self.loop.call_later(RESOLUTION, self._sweep)
 
     def _sweep(self) -> None:
-        now = self.loop.time()
+        now = time.monotonic()
         for limit in [limit for limit in self.open if limit.deadline <= now]:
             self.open.discard(limit)
             limit.expire()
@@ -80,7 +81,9 @@ class Limit:
         loop = task.get_loop()
         if sweeper is None or sweeper.loop is not loop:
             sweeper = _sweeper(loop)
-        self.deadline = loop.time() + self._seconds
+        # The process's monotonic clock, not the loop's: uvloop's is read once per loop turn
+        # (to the millisecond), so a deadline taken from it could fall due early.
+        self.deadline = time.monotonic() + self._seconds
         self._sweeper = sweeper
         sweeper.open.add(self)
         if not sweeper.scheduled:
