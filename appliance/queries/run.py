@@ -31,13 +31,13 @@ class Run:
                  "truncated")
 
     def __init__(self, query: CompiledQuery, datasource: str, max_rows: int, max_bytes: int,
-                 timeout: float = 30.0, started: float | None = None) -> None:
+                 timeout: float, started: float) -> None:
         self.query = query
         self.datasource = datasource
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         self.timeout = timeout  # seconds, for the statement and the wait for a connection
-        self.started = time.perf_counter() if started is None else started
+        self.started = started
         self.columns: list[str] = []
         self.rows: list[bytes] = []
         self.row_count = 0
