@@ -198,6 +198,80 @@ async def test_record_run_group_commits_and_stays_ordered(tmp_path: Path) -> Non
         assert json.loads(row["details"]) == {"duration_ms": 1.5, "row_count": 7}
 
 
+def batches_of(store: SQLiteStore) -> list[list[str]]:
+    """Record the request ids of each batch the store commits."""
+    seen: list[list[str]] = []
+    original = store.write
+
+    async def recording(fn, *, durable: bool = True):
+        seen.append([entry[6] for entry in fn.keywords["entries"]])  # the request id
+        return await original(fn, durable=durable)
+
+    store.write = recording  # type: ignore[method-assign]
+    return seen
+
+
+async def _run_after(log: AuditLog, turns: int, name: str) -> int:
+    """A query run that ends `turns` loop turns from now, then records its entry."""
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    return await log.record_run(actor="v", query_id="q", duration_ms=1, row_count=0,
+                                request_id=name)
+
+
+async def test_a_batch_waits_a_few_turns_for_the_runs_in_flight(tmp_path: Path) -> None:
+    async with audit_log(tmp_path, entries=0) as (store, log):
+        seen = batches_of(store)
+        log.runs_in_flight = 3  # as the runner counts them: each will submit one entry
+        await asyncio.gather(_run_after(log, 0, "a"), _run_after(log, 3, "b"),
+                             _run_after(log, 6, "c"))
+        assert seen == [["a", "b", "c"]]  # one commit for the three
+
+        # Without runs in flight to wait for, a batch commits at once: the late run's
+        # entry makes its own batch.
+        log.runs_in_flight = 0
+        await asyncio.gather(_run_after(log, 0, "d"), _run_after(log, 3, "e"))
+        assert seen[1:] == [["d"], ["e"]]
+        assert (await log.verify()).ok
+
+
+async def test_a_batch_waits_for_runs_in_flight_no_more_than_its_turns(
+        tmp_path: Path) -> None:
+    async with audit_log(tmp_path, entries=0) as (store, log):
+        seen = batches_of(store)
+        log.runs_in_flight = 5  # four of them never end
+        turns = 0
+
+        async def count_turns() -> None:
+            nonlocal turns
+            while True:
+                await asyncio.sleep(0)
+                turns += 1
+
+        counter = asyncio.create_task(count_turns())
+        try:
+            assert await _run_after(log, 0, "a") == 1
+        finally:
+            counter.cancel()
+        assert seen == [["a"]]
+        assert log.gather_turns <= turns <= log.gather_turns + 4, turns
+
+
+async def test_a_batch_cancelled_while_it_gathers_fails_its_callers(tmp_path: Path) -> None:
+    async with audit_log(tmp_path, entries=0) as (store, log):
+        log.runs_in_flight = 5
+        run = asyncio.create_task(_run_after(log, 0, "a"))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert log._flusher is not None and not log._flusher.done()
+        log._flusher.cancel()
+        with pytest.raises(AuditUnavailable):
+            await run
+        assert await store.fetch_all("SELECT seq FROM audit_log") == []
+        log.runs_in_flight = 0
+        assert await _run_after(log, 0, "b") == 1  # the next batch starts afresh
+
+
 async def test_only_query_run_batches_skip_the_fsync(tmp_path: Path) -> None:
     async with audit_log(tmp_path, entries=0) as (store, log):
         seen: list[tuple[set[str], bool]] = []

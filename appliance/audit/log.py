@@ -60,10 +60,13 @@ _action_of = operator.itemgetter(_ACTION)
 class AuditLog:
     """`record` inside a transaction; `record_run` for the query-run hot path (group commit)."""
 
-    def __init__(self, store: Store, *, window: float = 0.0, max_batch: int = 512) -> None:
+    def __init__(self, store: Store, *, gather_turns: int = 16, max_batch: int = 512) -> None:
         self.store = store
-        self.window = window
+        self.gather_turns = gather_turns
         self.max_batch = max_batch
+        # Query runs started and not yet recorded, counted by whoever runs them (`Runner`
+        # counts its answers): each will submit an entry soon, so a batch waits for them.
+        self.runs_in_flight = 0
         self._entries: list[Fields] = []  # waiting for the next batch, in order
         self._waiters: list[asyncio.Future[int]] = []  # each entry's caller, at its index
         self._flusher: asyncio.Task[None] | None = None
@@ -183,18 +186,22 @@ class AuditLog:
 
     async def _flush_loop(self) -> None:
         # Started by the first entry's submitter, this task first runs after every callback
-        # ready in that loop iteration: the entries they submitted join the same batch. Under
-        # load (more than one entry waiting) it gives the loop one more turn to gather more.
+        # ready in that loop iteration: the entries they submitted join the same batch. While
+        # fewer entries wait than query runs are in flight (each of which submits one when it
+        # ends), it gives the loop up to `gather_turns` more turns to gather them: under load a
+        # commit then serves many runs instead of a few (its fixed cost, SQLite's locks and
+        # WAL write, is most of an entry's), and a run never waits more than those few turns.
         pending, waiting = self._entries, self._waiters  # parallel lists: entry, its future
         while pending:
-            if self.window > 0:
-                await asyncio.sleep(self.window)
-            elif len(pending) > 1:
-                await asyncio.sleep(0)
-            count = min(len(pending), self.max_batch)
-            entries, waiters = pending[:count], waiting[:count]
-            del pending[:count], waiting[:count]
+            waiters: list[asyncio.Future[int]] = []
             try:
+                turns = self.gather_turns
+                while turns and len(pending) < min(self.runs_in_flight, self.max_batch):
+                    await asyncio.sleep(0)
+                    turns -= 1
+                count = min(len(pending), self.max_batch)
+                entries, waiters = pending[:count], waiting[:count]
+                del pending[:count], waiting[:count]
                 # Query-run metadata may skip the flush to disk (atomic all the same, and still
                 # written before the caller answers); any other entry makes the batch durable.
                 durable = not _RUN_ACTIONS.issuperset(map(_action_of, entries))

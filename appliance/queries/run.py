@@ -98,14 +98,13 @@ class Runner:
         self.queries = queries
         self.datasources = queries.datasources
         self.audit = queries.audit
-        self._in_flight = 0  # runs between bind and their audit entry
 
     async def answer(self, query_id: str, params: Any, *, context: Context) -> Run:
         """Run the query and read all its rows (up to the limits); return once it is recorded."""
         started = time.perf_counter()
         compiled = self.queries.cached(query_id) or await self.queries.compiled(query_id)
         run: Run | None = None
-        self._in_flight += 1
+        self.audit.runs_in_flight += 1  # until its entry is recorded: a batch waits for it
         try:
             try:
                 bound, engine, run = await self._prepare(compiled, params, started)
@@ -117,7 +116,7 @@ class Runner:
                 raise
             await self._record(compiled, run, context, started, "ok", None, "json")
         finally:
-            self._in_flight -= 1
+            self.audit.runs_in_flight -= 1
         return run  # type: ignore[return-value]  # set: the block above raised otherwise
 
     @contextlib.asynccontextmanager
@@ -128,26 +127,24 @@ class Runner:
         started = time.perf_counter()
         compiled = self.queries.cached(query_id) or await self.queries.compiled(query_id)
         run: Run | None = None
-        self._in_flight += 1
+        # Not counted in the audit log's `runs_in_flight`: a stream's entries come when it
+        # opens and when it ends, too far apart for a batch to wait for them.
         try:
-            try:
-                bound, engine, run = await self._prepare(compiled, params, started)
-                async with engine.open(  # type: ignore[call-arg]
-                        bound, timeout=run.timeout, fetch=run.max_rows + 1,
-                        stream=True) as rows:
-                    run.columns, run._batches = rows.columns, rows.batches
-                    # Rows leave before the run ends: its start is audited first.
-                    await self.audit.record_run_start(
-                        actor=context.actor, query_id=compiled.id, client=context.client,
-                        request_id=context.request_id,
-                        details={"datasource": compiled.datasource_id, "mode": "ndjson"})
-                    yield run
-            except BaseException as exc:
-                await self._failed(compiled, run, context, started, exc, "ndjson")
-                raise
-            await self._record(compiled, run, context, started, "ok", None, "ndjson")
-        finally:
-            self._in_flight -= 1
+            bound, engine, run = await self._prepare(compiled, params, started)
+            async with engine.open(  # type: ignore[call-arg]
+                    bound, timeout=run.timeout, fetch=run.max_rows + 1,
+                    stream=True) as rows:
+                run.columns, run._batches = rows.columns, rows.batches
+                # Rows leave before the run ends: its start is audited first.
+                await self.audit.record_run_start(
+                    actor=context.actor, query_id=compiled.id, client=context.client,
+                    request_id=context.request_id,
+                    details={"datasource": compiled.datasource_id, "mode": "ndjson"})
+                yield run
+        except BaseException as exc:
+            await self._failed(compiled, run, context, started, exc, "ndjson")
+            raise
+        await self._record(compiled, run, context, started, "ok", None, "ndjson")
 
     async def _prepare(self, compiled: CompiledQuery, params: Any, started: float
                        ) -> tuple[Bound, Engine, Run]:
@@ -187,9 +184,12 @@ class Runner:
                                    "truncated": bool(run and run.truncated)}
         if code is not None:
             details["error"] = code
+        # The only run in flight commits its entry at once (an answer counts itself in
+        # `runs_in_flight`, a stream does not).
+        alone = self.audit.runs_in_flight <= (mode == "json")
         await self.audit.record_run(actor=context.actor, query_id=compiled.id,
                                     duration_ms=duration,
                                     row_count=run.row_count if run is not None else 0,
                                     outcome=outcome, client=context.client,
                                     request_id=context.request_id, details=details,
-                                    alone=self._in_flight <= 1)
+                                    alone=alone)
