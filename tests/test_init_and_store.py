@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import signal
@@ -102,6 +103,26 @@ async def test_migrations_on_an_empty_store(tmp_path: Path) -> None:
     finally:
         await store.close()
     assert mode(tmp_path / "s.db") == 0o600
+
+
+async def test_the_store_version_sees_another_process_commit_from_the_next_loop_turn(
+        tmp_path: Path) -> None:
+    """`version` (what the token cache checks) is read once per loop turn: a commit by another
+    connection (the CLI) counts from the next turn, never later."""
+    store = await open_sqlite_store(tmp_path / "s.db")
+    other = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    try:
+        for round_ in range(3):
+            first = store.version()
+            assert first is not None
+            other.execute("INSERT INTO login_throttle VALUES (?, 1, 0, 0)", (f"k{round_}",))
+            assert store.version() == first  # the same turn: its first reading stands
+            await asyncio.sleep(0)
+            assert store.version() != first  # the next turn reads again and sees the commit
+            await asyncio.sleep(0)
+    finally:
+        other.close()
+        await store.close()
 
 
 async def test_migrations_on_an_existing_store_apply_only_new_ones(

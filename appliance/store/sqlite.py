@@ -90,6 +90,7 @@ class SQLiteStore:
         self._write_lock = asyncio.Lock()
         self._inline_commits = 0
         self._checkpoint: asyncio.Task[None] | None = None
+        self._version: int | None = None  # `version`'s reading in this turn of the loop
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.path}>"
@@ -128,11 +129,28 @@ class SQLiteStore:
         """SQLite's `data_version` on the inline connection: it changes whenever another
         connection commits, this process's writer or another process (the CLI). The inline
         connection's own commits do not change it: they are `write(durable=False)`, which only
-        appends query-run audit entries, never a record a lookup reads."""
+        appends query-run audit entries, never a record a lookup reads.
+
+        Read once per turn of the event loop (the reading takes SQLite's file locks, two
+        system calls): whatever asks again in the same turn is serving a request received
+        before the turn's first reading, so a commit that reading did not see came after the
+        request arrived, as for a request already past its check. The reading is forgotten
+        before anything woken in a later turn runs."""
+        if self._version is not None:
+            return self._version
         try:
-            return int(self._inline.execute("PRAGMA data_version").fetchone()[0])
+            version = int(self._inline.execute("PRAGMA data_version").fetchone()[0])
         except sqlite3.Error:
             return None
+        try:
+            asyncio.get_running_loop().call_soon(self._forget_version)
+        except RuntimeError:  # no loop running: nothing would forget it
+            return version
+        self._version = version
+        return version
+
+    def _forget_version(self) -> None:
+        self._version = None
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SQLiteTransaction]:
