@@ -28,6 +28,8 @@ from appliance.tls import TLSManager
 log = logging.getLogger("appliance.server")
 
 DEV_ADMIN = "admin"
+# The cyclic collector's thresholds while serving (CPython's default: 700, 10, 10).
+GC_THRESHOLDS = (10_000, 10, 10)
 
 
 def bound_ports(site: web.TCPSite) -> list[tuple[str, int]]:
@@ -109,6 +111,12 @@ async def serve(settings: Settings, out: TextIO = sys.stdout, *,
     # What start-up loaded (modules, routes, settings) lives as long as the process: moved out of
     # the collector's way, so its full collections under load walk only newer objects.
     gc.freeze()
+    # A young-generation collection every 10,000 allocations instead of CPython's 700:
+    # each request allocates hundreds of objects and almost all are freed by reference
+    # counting, so collecting that often mostly walks the live objects of requests in flight
+    # (5 % of the CPU per query run at 32 in flight, measured). Only objects in reference
+    # cycles wait longer to be freed.
+    gc.set_threshold(*GC_THRESHOLDS)
     _notify(settings, b"READY=1")
 
     stop = asyncio.Event()

@@ -102,7 +102,7 @@ async def serve_appliance(port: int, state: Path) -> None:
     from appliance.audit import Context
     from appliance.http.app import build_app
     from appliance.http.keys import DATASOURCES, QUERIES
-    from appliance.server import bound_ports
+    from appliance.server import GC_THRESHOLDS, bound_ports
     from appliance.tls import TLSManager
     from tests.test_auth_support import prepare
 
@@ -131,6 +131,7 @@ async def serve_appliance(port: int, state: Path) -> None:
                 "FROM generate_series(1, {{ n }}) i",
         "parameters": [{"name": "n", "type": "integer"}]}, ctx)
     gc.freeze()  # as appliance.server.serve does once it is up
+    gc.set_threshold(*GC_THRESHOLDS)
     print(json.dumps({"port": bound_ports(site)[0][1], "token": tokens["admin"],
                       "one": one["id"], "many": many["id"], "ca": str(tls.ca.cert_path)}),
           flush=True)
