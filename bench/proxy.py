@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 PASSWORD = "bench-Pa55word"
 SQL = "SELECT id, name, v FROM bench WHERE id = $1"
-ROUNDS = 5
+ROUNDS = 9
 TEMPLATE = "SELECT id, name, v FROM bench WHERE id = {{ id }}"
 
 
@@ -340,7 +340,7 @@ if __name__ == "__main__":
         uvloop.run(serve_appliance(int(sys.argv[2]), Path(sys.argv[3])))
     else:
         parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-        parser.add_argument("--requests", type=int, default=3000)
+        parser.add_argument("--requests", type=int, default=9000)
         parser.add_argument("--rows", type=int, default=1_000_000)
         args = parser.parse_args()
         asyncio.run(run_bench(args.requests, args.rows))

@@ -133,15 +133,20 @@ class Tokens:
         assert info is not None
         return info
 
-    async def _record(self, token_id: str) -> tuple[dict[str, Any], Principal] | None:
-        """The token's row joined with its owner's, and the principal it acts as; read again
-        whenever the store has changed since it was last read (`Store.version`): a revocation, a
-        disabled owner or a lowered role, from this process or the CLI, counts from the next
-        request."""
-        version = self.store.version()
+    # A token's record: its row joined with its owner's, and the principal it acts as. Kept in
+    # memory (`_cached`, no await) until the store changes (`Store.version`), then read again
+    # (`_read`): a revocation, a disabled owner or a lowered role, from this process or the
+    # CLI, counts from the next request.
+
+    def _cached(self, token_id: str) -> tuple[dict[str, Any], Principal] | None:
+        """The kept record, if the store has not changed since it was read."""
         cached = self._recent.get(token_id)
-        if cached is not None and version is not None and cached[0] == version:
+        if cached is not None and cached[0] == self.store.version():
             return cached[1], cached[2]
+        return None
+
+    async def _read(self, token_id: str) -> tuple[dict[str, Any], Principal] | None:
+        version = self.store.version()
         row = await self.store.lookup(
             "SELECT t.secret_hash, t.role AS token_role, t.expires_at, t.revoked_at,"
             " t.last_used_at, u.id AS user_id, u.username, u.role, u.disabled"
@@ -163,7 +168,7 @@ class Tokens:
         if match is None:
             return None
         token_id, secret = match.groups()
-        record = await self._record(token_id)
+        record = self._cached(token_id) or await self._read(token_id)
         expected = record[0]["secret_hash"] if record else _hash("no-such-token")
         if not hmac.compare_digest(expected.encode(), _hash(secret).encode()) or record is None:
             return None
