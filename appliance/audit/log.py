@@ -218,7 +218,7 @@ class AuditLog:
                 raise
             except Exception as exc:
                 log.error("audit group commit failed",
-                          extra={"entries": count, "exception": type(exc).__qualname__})
+                          extra={"entries": len(waiters), "exception": type(exc).__qualname__})
                 for done in waiters:
                     if not done.done():
                         done.set_exception(AuditUnavailable())
