@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import os
 import shutil
 import ssl
 import statistics
@@ -172,6 +173,13 @@ async def load(call, requests: int, concurrency: int, *, warm: bool
     return latencies, time.perf_counter() - started
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used so far (the warm-up of a round included:
+    `load` warms up before it starts its clock, so a warm round counts a little more)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -199,10 +207,14 @@ async def run_bench(requests: int, rows: int) -> None:
         appliance_proc, app_info = spawn("appliance", state / "appliance")
         ca = Path(app_info["ca"])
         _make_bare_cert(ca.parent, state)
-        _, bare_info = spawn("bare", state)
+        bare_proc, bare_info = spawn("bare", state)
+        servers = {"b": bare_proc.pid, "c": appliance_proc.pid}
         client_ctx = ssl.create_default_context(cafile=str(ca))
         pool = await asyncpg.create_pool(**pg_kwargs(cluster.port), min_size=1, max_size=32)
         results: dict[tuple[str, int], dict] = {}
+        # Server CPU time per request, per round (b and c): steadier than q/s on a shared
+        # machine, where the load generator and PostgreSQL take turns on the same cores.
+        cpu_us: dict[tuple[str, int], list[float]] = {}
         connector = aiohttp.TCPConnector(limit=0, ssl=client_ctx)
         async with aiohttp.ClientSession(connector=connector) as http:
             async def direct(i: int) -> None:
@@ -230,8 +242,14 @@ async def run_bench(requests: int, rows: int) -> None:
                 rounds: dict[str, list[tuple[list[float], float]]] = {"a": [], "b": [], "c": []}
                 for number in range(ROUNDS):
                     for name, call in (("a", direct), ("b", bare), ("c", appliance)):
-                        rounds[name].append(await load(call, max(1, requests // ROUNDS),
-                                                       concurrency, warm=number == 0))
+                        pid = servers.get(name)
+                        before = cpu_seconds(pid) if pid else 0.0
+                        measured = await load(call, max(1, requests // ROUNDS), concurrency,
+                                              warm=number == 0)
+                        rounds[name].append(measured)
+                        if pid:
+                            cpu_us.setdefault((name, concurrency), []).append(
+                                (cpu_seconds(pid) - before) / len(measured[0]) * 1e6)
                 for name, measured in rounds.items():
                     results[(name, concurrency)] = summary(measured)
 
@@ -262,8 +280,8 @@ async def run_bench(requests: int, rows: int) -> None:
             stream_rate = (lines - 2) / (time.perf_counter() - started)
             peak = max(peak, rss_kb(appliance_proc.pid))
         await pool.close()
-        _print(results, requests, rows, direct_rate, stream_rate, (peak - base_rss) / 1024,
-               lines - 2)
+        _print(results, cpu_us, requests, rows, direct_rate, stream_rate,
+               (peak - base_rss) / 1024, lines - 2)
     finally:
         for proc in children:
             proc.terminate()
@@ -305,8 +323,8 @@ def _make_bare_cert(ca_dir: Path, state: Path) -> None:
         serialization.NoEncryption()))
 
 
-def _print(results: dict, requests: int, rows: int, direct_rate: float, stream_rate: float,
-           rss_growth_mb: float, streamed: int) -> None:
+def _print(results: dict, cpu_us: dict, requests: int, rows: int, direct_rate: float,
+           stream_rate: float, rss_growth_mb: float, streamed: int) -> None:
     print(f"\n{requests} requests per cell, in {ROUNDS} interleaved rounds; one row per query "
           f"(`{SQL}`)\n")
     print("| concurrency | path | q/s | p50 ms | p99 ms |")
@@ -325,6 +343,12 @@ def _print(results: dict, requests: int, rows: int, direct_rate: float, stream_r
         print(f"\nconcurrency {concurrency}: c/b = {statistics.median(cb):.2f} "
               f"(target >= 0.8; rounds {', '.join(f'{x:.2f}' for x in cb)}), "
               f"c/a = {statistics.median(ca):.2f}")
+        # The first round includes the warm-up: left out of the CPU figures.
+        b_cpu, c_cpu = (cpu_us[(k, concurrency)][1:] or cpu_us[(k, concurrency)]
+                        for k in ("b", "c"))
+        print(f"  server CPU per request: bare {statistics.median(b_cpu):.0f} us, appliance "
+              f"{statistics.median(c_cpu):.0f} us (ratio c/b "
+              f"{statistics.median(x / y for x, y in zip(c_cpu, b_cpu, strict=True)):.2f})")
     print(f"\nNDJSON stream of {streamed:,} rows (asked {rows:,}): appliance "
           f"{stream_rate:,.0f} rows/s, asyncpg cursor directly {direct_rate:,.0f} rows/s "
           f"(ratio {stream_rate / direct_rate:.2f}); peak RSS growth of the appliance "

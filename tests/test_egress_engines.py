@@ -111,6 +111,25 @@ async def test_asyncpg_unix_sockets_are_refused(postgres):
                                    user="postgres", database="postgres", timeout=5)
 
 
+async def test_asyncpg_loop_proxy_keeps_loop_methods_but_never_the_connect_ones():
+    loop = asyncio.get_running_loop()
+    proxy = asyncpg_hook.EgressLoop(dialer_for(), purpose="postgres")
+    assert proxy.call_later == loop.call_later  # the loop's own method, and kept
+    assert vars(proxy)["call_later"] == loop.call_later
+    assert proxy.get_debug() == loop.get_debug()
+    # A value that is not a method is read from the loop every time, never kept.
+    loop.slow_callback_duration, before = 0.25, loop.slow_callback_duration
+    try:
+        assert proxy.slow_callback_duration == 0.25
+        assert "slow_callback_duration" not in vars(proxy)
+    finally:
+        loop.slow_callback_duration = before
+    # The dialing methods are the proxy's own, however often the others are looked up.
+    assert proxy.create_connection.__func__ is asyncpg_hook.EgressLoop.create_connection
+    with pytest.raises(EgressDenied, match="unix socket not allowed"):
+        await proxy.create_unix_connection(asyncio.Protocol, "/tmp/x.sock")
+
+
 # --- MongoDB wire protocol -------------------------------------------------------------------
 
 class MongoWireServer(WireServer):

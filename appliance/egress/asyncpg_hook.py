@@ -31,7 +31,12 @@ class EgressLoop:
         self._timeout = timeout
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._loop, name)
+        # Only reached for a name this object does not have (asyncpg calls `call_later` twice
+        # per query): a method of the loop is kept, so the next lookup finds it at once.
+        value = getattr(self._loop, name)
+        if callable(value):
+            setattr(self, name, value)
+        return value
 
     async def create_connection(
         self,
