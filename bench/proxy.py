@@ -346,11 +346,14 @@ def _print(results: dict, cpu_us: dict, requests: int, rows: int, direct_rate: f
         # The first round includes the warm-up: left out of the CPU figures.
         b_cpu, c_cpu = (cpu_us[(k, concurrency)][1:] or cpu_us[(k, concurrency)]
                         for k in ("b", "c"))
-        # A round too short for the clock's ticks (a tiny --requests) reads 0: no ratio then.
-        ratios = [x / y for x, y in zip(c_cpu, b_cpu, strict=True) if y]
+        # A round too short for the clock's ticks (a small --requests) reads 0 for a server.
+        ratios = [x / y for x, y in zip(c_cpu, b_cpu, strict=True) if x and y]
+        if len(ratios) * 2 < len(c_cpu):
+            print("  server CPU per request: rounds too short to measure it (use --requests "
+                  "9000)")
+            continue
         print(f"  server CPU per request: bare {statistics.median(b_cpu):.0f} us, appliance "
-              f"{statistics.median(c_cpu):.0f} us (ratio c/b "
-              + (f"{statistics.median(ratios):.2f})" if ratios else "not measurable)"))
+              f"{statistics.median(c_cpu):.0f} us (ratio c/b {statistics.median(ratios):.2f})")
     print(f"\nNDJSON stream of {streamed:,} rows (asked {rows:,}): appliance "
           f"{stream_rate:,.0f} rows/s, asyncpg cursor directly {direct_rate:,.0f} rows/s "
           f"(ratio {stream_rate / direct_rate:.2f}); peak RSS growth of the appliance "
