@@ -77,10 +77,7 @@ class Limit:
             raise RuntimeError("a time limit needs a running task")
         self._task = task
         self._cancelling = task.cancelling()
-        sweeper = _current
-        loop = task.get_loop()
-        if sweeper is None or sweeper.loop is not loop:
-            sweeper = _sweeper(loop)
+        sweeper = _sweeper(task.get_loop())
         # The process's monotonic clock, not the loop's: uvloop's is read once per loop turn
         # (to the millisecond), so a deadline taken from it could fall due early.
         self.deadline = time.monotonic() + self._seconds
