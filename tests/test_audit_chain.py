@@ -7,11 +7,14 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from appliance.audit import AuditLog, AuditUnavailable, Context, redact, verify_store
 from appliance.audit.log import _ACTION as ACTION_COLUMN  # where an entry tuple holds its action
@@ -19,6 +22,10 @@ from appliance.secret import Secret
 from appliance.store import SQLiteStore, open_sqlite_store
 from tests.conftest import clean_env, run_cli
 from tests.test_auth_support import prepare, running
+
+# A query run's entry, as the tests record it.
+RUN = {"actor": "v", "query_id": "q", "datasource": "ds", "mode": "json", "duration_ms": 1,
+       "row_count": 0}
 
 
 @contextlib.asynccontextmanager
@@ -186,7 +193,8 @@ async def test_record_run_group_commits_and_stays_ordered(tmp_path: Path) -> Non
         store.write = counting  # type: ignore[method-assign]
         count = 200
         positions = await asyncio.gather(*[
-            log.record_run(actor="viewer", query_id=f"q{i}", duration_ms=1.5, row_count=i,
+            log.record_run(actor="viewer", query_id=f"q{i}", datasource="ds", mode="json",
+                           duration_ms=1.5, row_count=i,
                            client="127.0.0.1", request_id=f"r{i}")
             for i in range(count)])
         assert sorted(positions) == list(range(1, count + 1))
@@ -195,7 +203,8 @@ async def test_record_run_group_commits_and_stays_ordered(tmp_path: Path) -> Non
         assert result.ok and result.entries == count
         row = await store.fetch_one("SELECT * FROM audit_log WHERE request_id = 'r7'")
         assert row is not None and row["action"] == "query.run" and row["target"] == "query:q7"
-        assert json.loads(row["details"]) == {"duration_ms": 1.5, "row_count": 7}
+        assert json.loads(row["details"]) == {"datasource": "ds", "duration_ms": 1.5, "mode": "json",
+                                               "row_count": 7, "truncated": False}
 
 
 def batches_of(store: SQLiteStore) -> list[list[str]]:
@@ -215,8 +224,7 @@ async def _run_after(log: AuditLog, turns: int, name: str) -> int:
     """A query run that ends `turns` loop turns from now, then records its entry."""
     for _ in range(turns):
         await asyncio.sleep(0)
-    return await log.record_run(actor="v", query_id="q", duration_ms=1, row_count=0,
-                                request_id=name)
+    return await log.record_run(**RUN, request_id=name)
 
 
 async def test_a_batch_waits_a_few_turns_for_the_runs_in_flight(tmp_path: Path) -> None:
@@ -282,9 +290,9 @@ async def test_only_query_run_batches_skip_the_fsync(tmp_path: Path) -> None:
             return await original(fn, durable=durable)
 
         store.write = recording  # type: ignore[method-assign]
-        await log.record_run(actor="v", query_id="q", duration_ms=1, row_count=0)
+        await log.record_run(**RUN)
         await log.submit(action="tls.certificate.issue", actor="system")
-        await asyncio.gather(log.record_run(actor="v", query_id="q", duration_ms=1, row_count=0),
+        await asyncio.gather(log.record_run(**RUN),
                              log.submit(action="user.create", actor="admin"))
         assert seen[0] == ({"query.run"}, False)
         assert seen[1] == ({"tls.certificate.issue"}, True)
@@ -300,7 +308,7 @@ async def test_a_transaction_that_cannot_start_fails_the_callers(tmp_path: Path)
 
         store.write = broken  # type: ignore[method-assign]
         results = await asyncio.wait_for(asyncio.gather(
-            *[log.record_run(actor="v", query_id="q", duration_ms=1, row_count=0)
+            *[log.record_run(**RUN)
               for _ in range(5)], return_exceptions=True), timeout=5)
         assert all(isinstance(r, AuditUnavailable) for r in results), results
 
@@ -311,18 +319,16 @@ async def test_record_run_fails_closed(tmp_path: Path) -> None:
             await tx.execute("CREATE TRIGGER audit_full BEFORE INSERT ON audit_log "
                              "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
         results = await asyncio.gather(*[
-            log.record_run(actor="v", query_id="q", duration_ms=1, row_count=0)
+            log.record_run(**RUN)
             for _ in range(5)], return_exceptions=True)
         assert all(isinstance(r, AuditUnavailable) for r in results)
         with pytest.raises(AuditUnavailable):  # the only run in flight: no batch, same rule
-            await log.record_run(actor="v", query_id="q", duration_ms=1, row_count=0,
-                                 alone=True)
+            await log.record_run(**RUN, alone=True)
         async with store.transaction() as tx:
             await tx.execute("DROP TRIGGER audit_full")
-        assert await log.record_run(actor="v", query_id="q", duration_ms=1, row_count=0) == 1
+        assert await log.record_run(**RUN) == 1
         flusher = log._flusher
-        assert await log.record_run(actor="v", query_id="q", duration_ms=1, row_count=0,
-                                    alone=True) == 2
+        assert await log.record_run(**RUN, alone=True) == 2
         assert log._flusher is flusher  # committed in the caller's task: no new batch
         assert (await log.verify()).ok
 
@@ -341,3 +347,32 @@ async def test_record_inside_a_failing_transaction_rolls_back(tmp_path: Path) ->
         with pytest.raises(ValueError):
             async with store.transaction() as tx:
                 await log.record(tx, action="x", outcome="maybe")
+
+
+@settings(max_examples=int(os.environ.get("APPLIANCE_FUZZ_EXAMPLES", "200")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(datasource=st.text(), mode=st.text(max_size=10), error=st.none() | st.text(max_size=20),
+       duration=st.floats(allow_nan=True, allow_infinity=True) | st.integers(-10**6, 10**9),
+       row_count=st.integers(0, 2**63), truncated=st.booleans())
+async def test_run_details_are_the_json_of_their_fields(
+        tmp_path: Path, datasource: str, mode: str, error: str | None, duration: float,
+        row_count: int, truncated: bool) -> None:
+    """`record_run` writes its details text itself: it must be what the JSON encoder writes
+    for the same details (quotes, control characters and any Unicode in the names included)."""
+    log = AuditLog(None)  # type: ignore[arg-type]  # nothing is written: the entry is caught
+    caught: list[tuple[str, ...]] = []
+
+    async def submit(fields: tuple[str, ...], *, alone: bool = False) -> int:
+        caught.append(fields)
+        return 1
+
+    log._submit = submit  # type: ignore[method-assign]
+    await log.record_run(actor="v", query_id="q", datasource=datasource, mode=mode,
+                         duration_ms=duration, row_count=row_count, truncated=truncated,
+                         error=error)
+    expected = {"datasource": datasource, "duration_ms": round(float(duration), 3),
+                "mode": mode, "row_count": row_count, "truncated": truncated}
+    if error is not None:
+        expected["error"] = error
+    assert caught[0][-1] == json.dumps(expected, sort_keys=True, ensure_ascii=False,
+                                       separators=(",", ":"))

@@ -6,8 +6,9 @@ wrong, and never logs or audits a password, code, session id or token.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from appliance.audit import AuditLog, Context
 from appliance.auth.passwords import Passwords
@@ -163,8 +164,8 @@ class AuthService:
                                     context=context)
         return new_raw
 
-    async def authenticate_bearer(self, raw: str) -> Principal | None:
-        return await self.tokens.authenticate(raw)
+    def authenticate_bearer(self, raw: str) -> Coroutine[Any, Any, Principal | None]:
+        return self.tokens.authenticate(raw)  # its coroutine, awaited by the caller
 
     async def authenticate_session(self, raw: str) -> Principal | None:
         return await self.sessions.lookup(raw)

@@ -77,9 +77,12 @@ def declare(route: web.AbstractRoute, role: str, *, during_enrolment: bool = Fal
 
 
 def rule_of(route: web.AbstractRoute) -> Rule | None:
+    handler: Any = route.handler
+    rule = getattr(handler, _ATTR, None)  # a decorated handler: most routes, looked up first
+    if isinstance(rule, Rule):
+        return rule
     if route in _ROUTE_RULES:
         return _ROUTE_RULES[route]
-    handler: Any = route.handler
     while True:
         rule = getattr(handler, _ATTR, None)
         if isinstance(rule, Rule):

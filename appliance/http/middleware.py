@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from multidict import CIMultiDict
 
 from appliance import deadlines, metrics
 from appliance.errors import ApplianceError, PayloadTooLarge, UpstreamTimeout
@@ -70,7 +71,8 @@ def front(guard: Guard | None = None) -> Middleware:
             settings = request.app[SETTINGS]
             try:
                 limit = settings.server.max_body_bytes
-                if request.content_length is not None and request.content_length > limit:
+                length = request.content_length
+                if length is not None and length > limit:
                     raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
                 with deadlines.limit(settings.server.request_timeout):
                     if guard is None:
@@ -80,7 +82,7 @@ def front(guard: Guard | None = None) -> Middleware:
             except Exception as exc:  # not CancelledError: a BaseException, it propagates
                 response = _failure(request, exc)
             if not response.prepared:  # a stream sets its headers itself (`secure`)
-                secure(request, response, dev=settings.dev)
+                secure(request, response, dev=settings.dev, request_id=request_id)
             status = response.status
             metrics.observe_request(request.method, _route_label(request), status)
             return response
@@ -163,15 +165,16 @@ _HSTS = "max-age=63072000; includeSubDomains"
 
 
 def secure(request: web.Request, response: web.StreamResponse, *,
-           dev: bool | None = None) -> None:
+           dev: bool | None = None, request_id: str | None = None) -> None:
     """Headers on every response, errors and streams included: `front` sets them on what a
     handler returns; a handler that prepares its response itself calls this first. A header the
-    handler set itself is kept (the console's pages have their own policy). `dev`: the
-    settings' flag, when the caller has it at hand."""
+    handler set itself is kept (the console's pages have their own policy). `dev` and
+    `request_id`: the settings' flag and the request's id, when the caller has them at hand."""
     headers = response.headers
     api = request.path.startswith("/api/")
     hsts = not (request.app[SETTINGS].dev if dev is None else dev)
-    request_id = request.get(REQUEST_ID, "")
+    if request_id is None:
+        request_id = request.get(REQUEST_ID, "")
     if len(headers) == 1 and "Content-Type" in headers:
         # What most handlers return (a body and its type): every header added in one step.
         headers.extend(_ALL_HEADERS[api, hsts])
@@ -187,10 +190,11 @@ def secure(request: web.Request, response: web.StreamResponse, *,
         headers.setdefault("Strict-Transport-Security", _HSTS)
 
 
-# (an /api/ path, HSTS): the headers `secure` adds to a response that has none of them.
+# (an /api/ path, HSTS): the headers `secure` adds to a response that has none of them (a
+# multidict: extending one from another skips folding each name's case again).
 _ALL_HEADERS = {
-    (api, hsts): (("Server", "appliance"), *_SECURITY_HEADERS,
-                  *((("Cache-Control", "no-store"),) if api else ()),
-                  *((("Strict-Transport-Security", _HSTS),) if hsts else ()))
+    (api, hsts): CIMultiDict((("Server", "appliance"), *_SECURITY_HEADERS,
+                              *((("Cache-Control", "no-store"),) if api else ()),
+                              *((("Strict-Transport-Security", _HSTS),) if hsts else ())))
     for api in (False, True) for hsts in (False, True)
 }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from appliance import metrics
@@ -19,16 +19,19 @@ from appliance.datasources.engine import Engine
 from appliance.datasources.values import dumps
 from appliance.errors import ApplianceError
 from appliance.queries.service import CompiledQuery, QueryService
-from appliance.query import Bound
 
 
 class Run:
     """One run: `columns`, and its rows as encoded JSON (bytes): all of them in `rows` for an
     answer (`Runner.answer`), batch by batch from `lines()` for a stream (`Runner.stream`)."""
 
-    __slots__ = ("_batches", "byte_count", "columns", "datasource", "duration_ms", "finished",
-                 "max_bytes", "max_rows", "query", "row_count", "rows", "started", "timeout",
-                 "truncated")
+    # Counters start at the class's values (one run is made per request: fewer stores).
+    row_count = 0
+    byte_count = 0
+    truncated = False
+    finished: float | None = None  # set with `duration_ms` by `finish`
+    duration_ms = 0.0
+    _batches: AsyncIterator[list[Any]] | None = None
 
     def __init__(self, query: CompiledQuery, datasource: str, max_rows: int, max_bytes: int,
                  timeout: float, started: float) -> None:
@@ -40,28 +43,24 @@ class Run:
         self.started = started
         self.columns: list[str] = []
         self.rows: list[bytes] = []
-        self.row_count = 0
-        self.byte_count = 0
-        self.truncated = False
-        self.finished: float | None = None  # set with `duration_ms` by `finish`
-        self.duration_ms = 0.0
-        self._batches: AsyncIterator[list[Any]] | None = None
 
     def encode(self, batch: list[Any]) -> list[bytes]:
         """The batch's rows as JSON, stopping at `max_rows` or `max_bytes` (then `truncated`)."""
         out: list[bytes] = []
-        budget = self.max_bytes
+        rows, size = self.row_count, self.byte_count
+        max_rows, budget = self.max_rows, self.max_bytes
         for row in batch:
-            if self.row_count >= self.max_rows:
+            if rows >= max_rows:
                 self.truncated = True
                 break
-            line = dumps(list(row)).encode("utf-8")
-            if self.byte_count + len(line) + 1 > budget:
+            line = dumps(list(row)).encode()
+            if size + len(line) + 1 > budget:
                 self.truncated = True
                 break
-            self.byte_count += len(line) + 1
-            self.row_count += 1
+            size += len(line) + 1
+            rows += 1
             out.append(line)
+        self.row_count, self.byte_count = rows, size
         return out
 
     def take(self, batch: list[Any]) -> bool:
@@ -107,7 +106,10 @@ class Runner:
         self.audit.runs_in_flight += 1  # until its entry is recorded: a batch waits for it
         try:
             try:
-                bound, engine, run = await self._prepare(compiled, params, started)
+                bound = compiled.template.bind(params)  # InvalidParameter (422) names it
+                engine = (self.datasources.started(compiled.datasource_id)
+                          or await self.datasources.engine(compiled.datasource_id))
+                run = self._run(compiled, engine, started)
                 run.columns = await engine.collect(bound, timeout=run.timeout,
                                                    fetch=run.max_rows + 1, take=run.take)
                 run.finish()
@@ -130,7 +132,10 @@ class Runner:
         # Not counted in the audit log's `runs_in_flight`: a stream's entries come when it
         # opens and when it ends, too far apart for a batch to wait for them.
         try:
-            bound, engine, run = await self._prepare(compiled, params, started)
+            bound = compiled.template.bind(params)
+            engine = (self.datasources.started(compiled.datasource_id)
+                      or await self.datasources.engine(compiled.datasource_id))
+            run = self._run(compiled, engine, started)
             async with engine.open(  # type: ignore[call-arg]
                     bound, timeout=run.timeout, fetch=run.max_rows + 1,
                     stream=True) as rows:
@@ -146,12 +151,9 @@ class Runner:
             raise
         await self._record(compiled, run, context, started, "ok", None, "ndjson")
 
-    async def _prepare(self, compiled: CompiledQuery, params: Any, started: float
-                       ) -> tuple[Bound, Engine, Run]:
-        bound = compiled.template.bind(params)  # InvalidParameter (422) names the parameter
-        datasource_id = compiled.datasource_id
-        engine = (self.datasources.started(datasource_id)
-                  or await self.datasources.engine(datasource_id))
+    @staticmethod
+    def _run(compiled: CompiledQuery, engine: Engine, started: float) -> Run:
+        """The run's effective limits: the query's where they are tighter than its datasource's."""
         limits = engine.target.limits
         max_rows = limits.max_rows
         timeout_ms = limits.statement_timeout_ms
@@ -159,8 +161,8 @@ class Runner:
             max_rows = compiled.max_rows
         if compiled.timeout_ms and compiled.timeout_ms < timeout_ms:
             timeout_ms = compiled.timeout_ms
-        return bound, engine, Run(compiled, engine.target.name, max_rows,
-                                  limits.max_response_bytes, timeout_ms / 1000, started)
+        return Run(compiled, engine.target.name, max_rows, limits.max_response_bytes,
+                   timeout_ms / 1000, started)
 
     async def _failed(self, compiled: CompiledQuery, run: Run | None, context: Context,
                       started: float, exc: BaseException, mode: str) -> None:
@@ -175,21 +177,18 @@ class Runner:
                 await self._record(compiled, run, context, started, "error", "internal_error",
                                    mode)
 
-    async def _record(self, compiled: CompiledQuery, run: Run | None, context: Context,
-                      started: float, outcome: str, code: str | None, mode: str) -> None:
+    def _record(self, compiled: CompiledQuery, run: Run | None, context: Context,
+                started: float, outcome: str, code: str | None, mode: str
+                ) -> Coroutine[Any, Any, int]:
+        """The run's audit entry (await it: it is committed then) and its metric."""
         duration = (run.duration_ms if run is not None and run.finished is not None
                     else (time.perf_counter() - started) * 1000)
         metrics.observe_query_run(outcome, duration / 1000)
-        details: dict[str, Any] = {"datasource": compiled.datasource_id, "mode": mode,
-                                   "truncated": bool(run and run.truncated)}
-        if code is not None:
-            details["error"] = code
         # The only run in flight commits its entry at once (an answer counts itself in
         # `runs_in_flight`, a stream does not).
-        alone = self.audit.runs_in_flight <= (mode == "json")
-        await self.audit.record_run(actor=context.actor, query_id=compiled.id,
-                                    duration_ms=duration,
-                                    row_count=run.row_count if run is not None else 0,
-                                    outcome=outcome, client=context.client,
-                                    request_id=context.request_id, details=details,
-                                    alone=alone)
+        return self.audit.record_run(
+            actor=context.actor, query_id=compiled.id, datasource=compiled.datasource_id,
+            mode=mode, duration_ms=duration, row_count=run.row_count if run is not None else 0,
+            outcome=outcome, truncated=run is not None and run.truncated, error=code,
+            client=context.client, request_id=context.request_id,
+            alone=self.audit.runs_in_flight <= (mode == "json"))

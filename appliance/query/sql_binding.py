@@ -82,6 +82,7 @@ class SqlTemplate:
     static_sql: str | None  # the whole statement, when no run-time value changes the text
     order: tuple[str, ...]  # parameter name per value, for static statements
     quoted: Mapping[str, Mapping[str, str]]  # identifier parameter -> choice -> quoted
+    as_is: bool = False  # the values go to the driver unconverted (see `compile_sql`)
 
     def bind(self, params: Any) -> BoundStatement:
         """Validate the run-time values strictly, then build the statement and its values."""
@@ -89,6 +90,8 @@ class SqlTemplate:
 
     def bind_values(self, values: Mapping[str, Any]) -> BoundStatement:
         """Bind already-validated values (from `parameters.validate`)."""
+        if self.static_sql is not None and self.as_is:
+            return BoundStatement(self.static_sql, tuple(map(values.__getitem__, self.order)))
         convert = _to_postgres if self.dialect == "postgres" else _to_sqlite
         types = self.parameters.by_name
         if self.static_sql is not None:
@@ -431,9 +434,11 @@ def compile_sql(text: Any, dialect: Dialect, parameters: ParameterSet) -> SqlTem
         static_sql = "".join(
             p if isinstance(p, str) else (f"${p.number}" if dialect == "postgres" else "?")
             for p in pieces)
+    # PostgreSQL takes every value as validated, except json (sent as text).
+    as_is = dialect == "postgres" and all(parameters[name].base != "json" for name in order)
     return SqlTemplate(dialect=dialect, parameters=parameters, source=text,
                        pieces=tuple(pieces), static_sql=static_sql, order=tuple(order),
-                       quoted=quoted)
+                       quoted=quoted, as_is=as_is)
 
 
 def _check_array_context(text: str, offset: int, name: str, before: str,
