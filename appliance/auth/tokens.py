@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from appliance.audit import AuditLog, Context
 from appliance.auth import roles
@@ -65,7 +66,7 @@ class Tokens:
         self.store = store
         self.audit = audit
         # token id: (store version, row, the principal it acts as)
-        self._recent: dict[str, tuple[int, dict[str, Any], Principal]] = {}
+        self._recent: dict[str, _Record] = {}  # token id: its kept record
 
     async def create(self, owner: User, *, name: str, role: str | None,
                      expires_days: float | None, context: Context) -> tuple[Secret[str], TokenInfo]:
@@ -133,19 +134,19 @@ class Tokens:
         assert info is not None
         return info
 
-    # A token's record: its row joined with its owner's, and the principal it acts as. Kept in
-    # memory (`_cached`, no await) until the store changes (`Store.version`), then read again
-    # (`_read`): a revocation, a disabled owner or a lowered role, from this process or the
-    # CLI, counts from the next request.
+    # A token's record: what its check needs from its row joined with its owner's, and the
+    # principal it acts as. Kept in memory (`_kept`, no await) until the store changes
+    # (`Store.version`), then read again (`_read`): a revocation, a disabled owner or a lowered
+    # role, from this process or the CLI, counts from the next request.
 
-    def _cached(self, token_id: str) -> tuple[dict[str, Any], Principal] | None:
+    def _kept(self, token_id: str) -> _Record | None:
         """The kept record, if the store has not changed since it was read."""
-        cached = self._recent.get(token_id)
-        if cached is not None and cached[0] == self.store.version():
-            return cached[1], cached[2]
+        kept = self._recent.get(token_id)
+        if kept is not None and kept.version == self.store.version():
+            return kept
         return None
 
-    async def _read(self, token_id: str) -> tuple[dict[str, Any], Principal] | None:
+    async def _read(self, token_id: str) -> _Record | None:
         version = self.store.version()
         row = await self.store.lookup(
             "SELECT t.secret_hash, t.role AS token_role, t.expires_at, t.revoked_at,"
@@ -156,11 +157,20 @@ class Tokens:
         found = Principal(user_id=row["user_id"], username=row["username"],
                           role=roles.lower(row["token_role"], row["role"]), via="token",
                           credential_id=token_id)
+        if row["revoked_at"] is not None or row["disabled"]:
+            usable_until = -math.inf
+        elif row["expires_at"] is not None:
+            usable_until = float(row["expires_at"])
+        else:
+            usable_until = math.inf
+        record = _Record(version if version is not None else -1,
+                         str(row["secret_hash"]).encode(), usable_until, row["last_used_at"],
+                         found)
         if version is not None:
             if len(self._recent) >= _RECENT_MAX:
                 self._recent.clear()
-            self._recent[token_id] = (version, row, found)
-        return row, found
+            self._recent[token_id] = record
+        return record
 
     async def authenticate(self, raw: str) -> Principal | None:
         """The principal a bearer token acts as, or None. Constant-time secret comparison."""
@@ -168,18 +178,31 @@ class Tokens:
         if match is None:
             return None
         token_id, secret = match.groups()
-        record = self._cached(token_id) or await self._read(token_id)
-        expected = record[0]["secret_hash"] if record else _hash("no-such-token")
-        if not hmac.compare_digest(expected.encode(), _hash(secret).encode()) or record is None:
+        record = self._kept(token_id) or await self._read(token_id)
+        offered = _hash(secret).encode()
+        if record is None:
+            hmac.compare_digest(_NO_SUCH_TOKEN, offered)  # the same work as for a known id
             return None
-        row, found = record
+        if not hmac.compare_digest(record.secret_hash, offered):
+            return None
         now = time.time()
-        if row["revoked_at"] is not None or row["disabled"]:
+        if now >= record.usable_until:  # revoked, owner disabled, or expired
             return None
-        if row["expires_at"] is not None and now >= row["expires_at"]:
-            return None
-        if row["last_used_at"] is None or now - row["last_used_at"] >= 60:
+        if record.last_used_at is None or now - record.last_used_at >= 60:
             async with self.store.transaction() as tx:
                 await tx.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?",
                                  (now, token_id))
-        return found
+        return record.principal
+
+
+class _Record(NamedTuple):
+    """A token's check, from its row and its owner's (`Tokens._read`)."""
+
+    version: int  # the store's `data_version` when it was read
+    secret_hash: bytes  # the SHA-256 of the secret, hex, as stored
+    usable_until: float  # `expires_at`; +inf if it never expires; -inf if revoked or disabled
+    last_used_at: float | None
+    principal: Principal
+
+
+_NO_SUCH_TOKEN = _hash("no-such-token").encode()

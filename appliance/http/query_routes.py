@@ -87,10 +87,8 @@ def for_viewer(exc: ApplianceError) -> ApplianceError:
     return safe
 
 
-async def _params(request: web.Request) -> Any:
-    if not request.body_exists:
-        return {}
-    body = await read_object(request)
+def _params(body: dict[str, Any]) -> Any:
+    """The run body's `params` (an object, or null): the body takes nothing else."""
     if len(body) > 1 or (body and "params" not in body):
         raise BadRequest("the run body takes only 'params'", code="bad_field")
     params = body.get("params", {})
@@ -107,7 +105,7 @@ def _summary(run: Run) -> dict[str, Any]:
 @access.viewer
 async def run_query(request: web.Request) -> web.StreamResponse:
     try:
-        params = await _params(request)
+        params = _params(await read_object(request)) if request.body_exists else {}
         if NDJSON in request.headers.get("Accept", ""):
             return await _stream(request, params)
         run = await request.app[RUNNER].answer(request.match_info["id"], params,
