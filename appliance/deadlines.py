@@ -65,23 +65,19 @@ class Limit:
 
     def __init__(self, seconds: float) -> None:
         self._seconds = seconds
-        self._task: asyncio.Task[object] | None = None
+        self._task: asyncio.Task[object] | None = None  # the rest is set on entering
         self._sweeper: _Sweeper | None = None
-        self._cancelling = 0
-        self.deadline = 0.0
         self.expired = False
 
     def __enter__(self) -> Limit:
-        task = asyncio.current_task()
+        self._task = task = asyncio.current_task()
         if task is None:
             raise RuntimeError("a time limit needs a running task")
-        self._task = task
         self._cancelling = task.cancelling()
-        sweeper = _sweeper(task.get_loop())
+        self._sweeper = sweeper = _sweeper(task.get_loop())
         # The process's monotonic clock, not the loop's: uvloop's is read once per loop turn
         # (to the millisecond), so a deadline taken from it could fall due early.
         self.deadline = time.monotonic() + self._seconds
-        self._sweeper = sweeper
         sweeper.open.add(self)
         if not sweeper.scheduled:
             sweeper.schedule()
