@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 PASSWORD = "bench-Pa55word"
 SQL = "SELECT id, name, v FROM bench WHERE id = $1"
-ROUNDS = 9
+ROUNDS = 15  # the ratios are medians over the rounds: more rounds, a steadier median
 TEMPLATE = "SELECT id, name, v FROM bench WHERE id = {{ id }}"
 
 
@@ -350,7 +350,7 @@ def _print(results: dict, cpu_us: dict, requests: int, rows: int, direct_rate: f
         ratios = [x / y for x, y in zip(c_cpu, b_cpu, strict=True) if x and y]
         if len(ratios) * 2 < len(c_cpu):
             print("  server CPU per request: rounds too short to measure it (use --requests "
-                  "9000)")
+                  f"{ROUNDS * 1000})")
             continue
         print(f"  server CPU per request: bare {statistics.median(b_cpu):.0f} us, appliance "
               f"{statistics.median(c_cpu):.0f} us (ratio c/b {statistics.median(ratios):.2f})")
@@ -369,7 +369,7 @@ if __name__ == "__main__":
         uvloop.run(serve_appliance(int(sys.argv[2]), Path(sys.argv[3])))
     else:
         parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-        parser.add_argument("--requests", type=int, default=9000)
+        parser.add_argument("--requests", type=int, default=ROUNDS * 1000)
         parser.add_argument("--rows", type=int, default=1_000_000)
         args = parser.parse_args()
         asyncio.run(run_bench(args.requests, args.rows))
