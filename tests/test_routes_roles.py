@@ -122,3 +122,26 @@ async def test_cookie_sessions_get_the_same_answers(tmp_path: Path) -> None:
         await admin.login("admin")
         assert (await admin.request("GET", "/api/v1/audit")).status == 200
         assert (await admin.request("GET", "/api/v1/audit/verify")).body["ok"] is True
+
+
+def test_a_route_declares_its_role_once(tmp_path: Path) -> None:
+    """`declare` gives a role to a route whose handler cannot carry one (static files), and
+    refuses a route whose handler already declares one: a route never has two rules, so the
+    order in which `rule_of` looks cannot matter."""
+    app = web.Application()
+    static = app.router.add_static("/files/", tmp_path)
+    bare = next(iter(static))
+    assert access.rule_of(bare) is None
+    access.declare(bare, "admin")
+    assert access.rule_of(bare) == access.Rule("admin")
+
+    @access.viewer
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response()
+
+    decorated = app.router.add_get("/viewer", handler)
+    with pytest.raises(ValueError, match="already declares"):
+        access.declare(decorated, "public")
+    assert access.rule_of(decorated) == access.Rule("viewer")
+    with pytest.raises(ValueError, match="already declares"):
+        access.declare(bare, "viewer")

@@ -65,7 +65,6 @@ class Tokens:
     def __init__(self, store: Store, audit: AuditLog) -> None:
         self.store = store
         self.audit = audit
-        # token id: (store version, row, the principal it acts as)
         self._recent: dict[str, _Record] = {}  # token id: its kept record
 
     async def create(self, owner: User, *, name: str, role: str | None,

@@ -71,8 +71,13 @@ _ROUTE_RULES: weakref.WeakKeyDictionary[web.AbstractRoute, Rule] = weakref.WeakK
 
 
 def declare(route: web.AbstractRoute, role: str, *, during_enrolment: bool = False) -> None:
+    """Declare the role of a route whose handler cannot carry one. A route declares its role
+    once: one whose handler already does is refused (so which `rule_of` reads first cannot
+    matter)."""
     if role not in LEVELS:
         raise ValueError(f"unknown access level {role!r}")
+    if rule_of(route) is not None:
+        raise ValueError("this route already declares its access rule")
     _ROUTE_RULES[route] = Rule(role, during_enrolment)
 
 
