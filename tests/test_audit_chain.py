@@ -203,8 +203,9 @@ async def test_record_run_group_commits_and_stays_ordered(tmp_path: Path) -> Non
         assert result.ok and result.entries == count
         row = await store.fetch_one("SELECT * FROM audit_log WHERE request_id = 'r7'")
         assert row is not None and row["action"] == "query.run" and row["target"] == "query:q7"
-        assert json.loads(row["details"]) == {"datasource": "ds", "duration_ms": 1.5, "mode": "json",
-                                               "row_count": 7, "truncated": False}
+        assert json.loads(row["details"]) == {
+            "datasource": "ds", "duration_ms": 1.5, "mode": "json", "row_count": 7,
+            "truncated": False}
 
 
 def batches_of(store: SQLiteStore) -> list[list[str]]:
