@@ -316,8 +316,9 @@ async def test_no_session_state_survives_a_run(tmp_path: Path, pg: PostgresServe
         engine = await appliance.app[DATASOURCES].engine(ds["id"])
         runs = [asyncio.ensure_future(run(dev, reader["id"])) for _ in range(5)]
         await asyncio.gather(*runs)
+        pool = engine._pool  # type: ignore[attr-defined]
         await engine.close()
-        assert not engine._releases  # type: ignore[attr-defined]
+        assert (pool.size, pool.idle) == (0, 0)
         left = pg.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = "
                       "'appliance' AND datname = 'appdb'").strip()
         assert left == "0"

@@ -1,5 +1,6 @@
-"""The PostgreSQL engine: an asyncpg pool per datasource whose every connection goes through the
-egress dialer; statements run as server-side prepared statements with their values bound.
+"""The PostgreSQL engine: a pool of asyncpg connections per datasource (`postgres_pool`) whose
+every connection goes through the egress dialer; statements run as server-side prepared
+statements with their values bound.
 
 Owns the pool, connection parameters (all explicit, so asyncpg never reads PG* variables) and the
 translation of asyncpg's errors. Never logs a value or a row, and never passes a driver message
@@ -18,7 +19,6 @@ from typing import Any
 
 import asyncpg
 
-from appliance import deadlines
 from appliance.datasources.config import CONNECT_TIMEOUT
 from appliance.datasources.engine import Engine, PoolStats, RowStream, Target
 from appliance.datasources.errors import (
@@ -29,6 +29,7 @@ from appliance.datasources.errors import (
     QueryFailed,
     connection_failure,
 )
+from appliance.datasources.postgres_pool import ConnectionPool, PoolClosed
 from appliance.egress import Dialer, asyncpg_hook
 from appliance.errors import ApplianceError
 from appliance.query import BoundStatement
@@ -52,13 +53,10 @@ class PostgresEngine(Engine):
     def __init__(self, target: Target, dialer: Dialer) -> None:
         super().__init__(target)
         self._dialer = dialer
-        self._pool: asyncpg.Pool | None = None
-        self._creating: asyncio.Lock = asyncio.Lock()
+        self._pool: ConnectionPool | None = None
         self._closed = False
-        self._releases: set[asyncio.Future[None]] = set()
-        self._busy = 0  # connections taken and not yet back (their reset included)
 
-    async def _connect(self, *_args: Any, **pool_kwargs: Any) -> Any:
+    async def _connect(self) -> Any:
         """The pool's connect function: the one place this engine opens a connection."""
         config = self.target.config
         password = self.target.secret("password")
@@ -73,8 +71,6 @@ class PostgresEngine(Engine):
             server_settings={"application_name": "appliance",
                              "statement_timeout": str(timeout_ms)},
             statement_cache_size=256,
-            connection_class=pool_kwargs.get("connection_class", asyncpg.Connection),
-            record_class=pool_kwargs.get("record_class", asyncpg.Record),
         )
         try:
             for name in ("json", "jsonb"):  # results as JSON values; json parameters are text
@@ -85,51 +81,28 @@ class PostgresEngine(Engine):
             raise
         return conn
 
-    async def _get_pool(self) -> asyncpg.Pool:
-        if self._pool is not None:
-            return self._pool
-        async with self._creating:
-            if self._closed:
-                raise DatasourceUnreachable(self.name, "being reconfigured; try again")
-            if self._pool is None:
-                self._pool = await asyncpg.create_pool(
-                    min_size=0, max_size=self.target.limits.max_connections,
-                    connect=self._connect, max_inactive_connection_lifetime=300.0)
-            return self._pool
+    def _new_pool(self) -> ConnectionPool:
+        if self._closed:
+            raise DatasourceUnreachable(self.name, "being reconfigured; try again")
+        self._pool = ConnectionPool(self._connect, max_size=self.target.limits.max_connections,
+                                    reset_timeout=CONNECT_TIMEOUT)
+        return self._pool
 
-    async def _acquire(self, timeout: float) -> tuple[asyncpg.Pool, Any]:
-        pool = self._pool or await self._get_pool()
-        try:
-            if self._busy < self.target.limits.max_connections:
-                # A free slot: no wait for one (and a connect has its own timeout).
-                conn = await pool.acquire()
-            else:
-                # A limit, not acquire(timeout=): asyncpg would wait in a new task.
-                with deadlines.limit(timeout):
-                    conn = await pool.acquire()
-        except BaseException as exc:
-            raise self.translate(exc, timeout, "connect") from None
-        self._busy += 1
+    async def _acquire(self, timeout: float) -> tuple[ConnectionPool, Any]:
+        pool = self._pool or self._new_pool()
+        conn = pool.take()  # an idle connection: no wait, no time limit
+        if conn is None:
+            try:
+                conn = await pool.acquire(timeout)
+            except BaseException as exc:
+                raise self.translate(exc, timeout, "connect") from None
         return pool, conn
-
-    def _release(self, pool: asyncpg.Pool, conn: Any) -> None:
-        """Give the connection back without waiting for asyncpg's reset (a round trip to the
-        server): it goes back to the pool while the answer is on its way. `close` waits."""
-        release = asyncio.get_running_loop().create_task(pool.release(conn))
-        self._releases.add(release)
-        release.add_done_callback(self._released)
-
-    def _released(self, release: asyncio.Future[None]) -> None:
-        self._busy -= 1
-        self._releases.discard(release)
-        if not release.cancelled():
-            release.exception()  # a connection asyncpg could not reset is closed by asyncpg
 
     def pool_stats(self) -> PoolStats | None:
         pool = self._pool
         if pool is None:
             return PoolStats(size=0, idle=0)
-        return PoolStats(size=pool.get_size(), idle=pool.get_idle_size())
+        return PoolStats(size=pool.size, idle=pool.idle)
 
     async def test(self, timeout: float) -> None:
         try:
@@ -146,15 +119,17 @@ class PostgresEngine(Engine):
     async def open(self, bound: BoundStatement, *, timeout: float, fetch: int,
                    stream: bool = False) -> AsyncIterator[RowStream]:
         pool, conn = await self._acquire(timeout)
+        clean = False  # a stream's transaction, or a failure: asyncpg's whole reset
         try:
             if stream:
                 async with self._streamed(conn, bound, timeout=timeout, fetch=fetch) as rows:
                     yield rows
                 return
             columns, found = await self._answer(conn, bound, fetch, timeout)
+            clean = True
             yield RowStream(columns, _one_batch(found))
         finally:
-            self._release(pool, conn)
+            pool.release(conn, clean=clean)
 
     async def collect(self, bound: BoundStatement, *, timeout: float, fetch: int,
                       take: Callable[[list[Any]], bool]) -> list[str]:
@@ -163,8 +138,10 @@ class PostgresEngine(Engine):
         pool, conn = await self._acquire(timeout)
         try:
             columns, found = await self._answer(conn, bound, fetch, timeout)
-        finally:
-            self._release(pool, conn)
+        except BaseException:
+            pool.release(conn, clean=False)
+            raise
+        pool.release(conn, clean=True)
         if found:
             take(found)
         return columns
@@ -225,16 +202,10 @@ class PostgresEngine(Engine):
             yield batch
 
     async def close(self) -> None:
-        async with self._creating:
-            self._closed = True
-            pool, self._pool = self._pool, None
-        if self._releases:
-            await asyncio.gather(*self._releases, return_exceptions=True)
+        self._closed = True
+        pool, self._pool = self._pool, None
         if pool is not None:
-            try:
-                await asyncio.wait_for(pool.close(), 10)
-            except (TimeoutError, Exception):
-                pool.terminate()
+            await pool.close()
 
     def translate(self, exc: BaseException, timeout: float, what: str) -> BaseException:
         """An appliance error for a driver/network failure (messages never hold values)."""
@@ -244,6 +215,8 @@ class PostgresEngine(Engine):
             return common
         if isinstance(exc, ApplianceError):
             return exc
+        if isinstance(exc, PoolClosed):
+            return DatasourceUnreachable(name, "being reconfigured; try again")
         if isinstance(exc, asyncpg.InvalidPasswordError):
             return DatasourceAuthFailed(name, "authentication failed (user or password refused)")
         if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):

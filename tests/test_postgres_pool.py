@@ -1,0 +1,248 @@
+"""The PostgreSQL engine's connection pool against a real cluster (the session fixture in
+conftest): reuse and the size limit, waiting and its time limit, the reset before reuse (settings,
+advisory locks, an open transaction, a cancelled statement), connections lost while idle or
+failing their reset, a failed connect, idle expiry, a hand-over racing a cancellation, and
+closing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from appliance.datasources.postgres_pool import ConnectionPool, PoolClosed
+from tests.conftest import PG_PASSWORD, PostgresServer
+
+asyncpg = pytest.importorskip("asyncpg")
+
+
+def connector(pg: PostgresServer, *, failures: int = 0) -> Any:
+    """A connect function for the cluster; its first `failures` calls fail as a refused
+    connection would."""
+    calls = {"n": 0}
+
+    async def connect() -> Any:
+        calls["n"] += 1
+        if calls["n"] <= failures:
+            raise ConnectionRefusedError("refused (test)")
+        return await asyncpg.connect(host="127.0.0.1", port=pg.port, user="app",
+                                     password=PG_PASSWORD, database="appdb",
+                                     server_settings={"application_name": "pool-test"})
+
+    return connect
+
+
+def pid(conn: Any) -> int:
+    return conn.get_server_pid()
+
+
+def open_backends(pg: PostgresServer) -> int:
+    return int(pg.sql("SELECT count(*) FROM pg_stat_activity "
+                      "WHERE application_name = 'pool-test'").strip())
+
+
+async def settled(pool: ConnectionPool) -> None:
+    """Until every reset under way has ended."""
+    for _ in range(200):
+        if not pool._resets:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("a reset did not end")
+
+
+async def test_connections_are_reused_and_the_size_is_capped(postgres_server: PostgresServer
+                                                               ) -> None:
+    pool = ConnectionPool(connector(postgres_server), max_size=2, reset_timeout=5)
+    try:
+        first, second = await pool.acquire(1), await pool.acquire(1)
+        assert pid(first) != pid(second) and pool.size == 2 and pool.take() is None
+        third = asyncio.ensure_future(pool.acquire(5))
+        await asyncio.sleep(0.1)
+        assert not third.done()  # both slots taken: it waits
+        pool.release(first, clean=True)
+        reused = await asyncio.wait_for(third, 5)
+        assert pid(reused) == pid(first) and pool.size == 2
+        pool.release(second, clean=True)
+        pool.release(reused, clean=True)
+        await settled(pool)
+        assert (pool.size, pool.idle) == (2, 2)
+        assert pid(pool.take()) in {pid(first), pid(second)}
+    finally:
+        await pool.close()
+
+
+async def test_a_wait_ends_at_its_time_limit_and_the_pool_keeps_working(
+        postgres_server: PostgresServer) -> None:
+    pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=5)
+    try:
+        held = await pool.acquire(1)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await pool.acquire(0.2)
+        assert 0.15 < time.monotonic() - started < 1.0
+        assert not pool._waiters or all(w.done() for w in pool._waiters)
+        pool.release(held, clean=True)
+        again = await pool.acquire(1)
+        assert pid(again) == pid(held) and await again.fetchval("SELECT 1") == 1
+        pool.release(again, clean=True)
+    finally:
+        await pool.close()
+
+
+async def test_no_session_state_reaches_the_next_caller(postgres_server: PostgresServer) -> None:
+    pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=5)
+    watcher = await connector(postgres_server)()
+    try:
+        conn = await pool.acquire(1)
+        await conn.fetchval("SELECT set_config('search_path', 'hijacked', false)")
+        await conn.fetchval("SELECT pg_advisory_lock(4242)")
+        await conn.execute("BEGIN")  # a transaction left open, by a caller that says clean
+        pool.release(conn, clean=True)
+        again = await pool.acquire(5)
+        assert pid(again) == pid(conn)
+        assert await again.fetchval("SELECT current_setting('search_path')") != "hijacked"
+        assert not again.is_in_transaction()
+        assert await watcher.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                      "AND objid = 4242") == 0
+        pool.release(again, clean=True)
+    finally:
+        await watcher.close()
+        await pool.close()
+
+
+async def test_a_statement_cut_short_leaves_a_usable_connection(postgres_server: PostgresServer
+                                                                ) -> None:
+    """asyncpg cancels a statement past its time limit on the server; the reset waits for that
+    to finish (asyncpg's protocol does), and the same connection is handed on."""
+    pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=5)
+    try:
+        conn = await pool.acquire(1)
+        with pytest.raises(TimeoutError):
+            await conn.fetchval("SELECT pg_sleep(5)", timeout=0.2)
+        pool.release(conn, clean=False)
+        again = await pool.acquire(5)
+        assert pid(again) == pid(conn) and await again.fetchval("SELECT 2") == 2
+        pool.release(again, clean=True)
+    finally:
+        await pool.close()
+
+
+async def test_a_connection_lost_while_idle_is_replaced(postgres_server: PostgresServer) -> None:
+    pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=5)
+    try:
+        conn = await pool.acquire(1)
+        pool.release(conn, clean=True)
+        await settled(pool)
+        postgres_server.sql(f"SELECT pg_terminate_backend({pid(conn)})")
+        for _ in range(100):
+            if conn.is_closed():
+                break
+            await asyncio.sleep(0.02)
+        assert conn.is_closed()
+        fresh = await pool.acquire(5)
+        assert pid(fresh) != pid(conn) and pool.size == 1
+        assert await fresh.fetchval("SELECT 3") == 3
+        pool.release(fresh, clean=True)
+    finally:
+        await pool.close()
+
+
+async def test_a_failed_reset_passes_the_slot_to_a_waiting_caller(
+        postgres_server: PostgresServer) -> None:
+    pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=5)
+    try:
+        held = await pool.acquire(1)
+        waiting = asyncio.ensure_future(pool.acquire(5))
+        await asyncio.sleep(0.05)
+        old = pid(held)
+        held.terminate()  # the reset cannot run on it
+        pool.release(held, clean=True)
+        fresh = await asyncio.wait_for(waiting, 5)
+        assert pid(fresh) != old and pool.size == 1
+        assert await fresh.fetchval("SELECT 4") == 4
+        pool.release(fresh, clean=True)
+    finally:
+        await pool.close()
+
+
+async def test_a_failed_connect_frees_its_slot(postgres_server: PostgresServer) -> None:
+    pool = ConnectionPool(connector(postgres_server, failures=1), max_size=1, reset_timeout=5)
+    try:
+        with pytest.raises(ConnectionRefusedError):
+            await pool.acquire(1)
+        assert pool.size == 0
+        conn = await pool.acquire(1)
+        assert pool.size == 1 and await conn.fetchval("SELECT 5") == 5
+        pool.release(conn, clean=True)
+    finally:
+        await pool.close()
+
+
+async def test_idle_connections_close_after_their_lifetime(postgres_server: PostgresServer
+                                                           ) -> None:
+    pool = ConnectionPool(connector(postgres_server), max_size=2, reset_timeout=5,
+                          idle_lifetime=0.3)
+    try:
+        first, second = await pool.acquire(1), await pool.acquire(1)
+        pool.release(first, clean=True)
+        await settled(pool)
+        await asyncio.sleep(0.2)
+        pool.release(second, clean=True)  # idle 0.2 s later than the first
+        await settled(pool)
+        await asyncio.sleep(0.15)
+        assert (pool.size, pool.idle) == (1, 1) and first.is_closed()
+        assert not second.is_closed()
+        await asyncio.sleep(0.3)
+        assert (pool.size, pool.idle) == (0, 0) and second.is_closed()
+    finally:
+        await pool.close()
+
+
+async def test_a_connection_handed_over_as_its_wait_is_cancelled_is_not_lost(
+        postgres_server: PostgresServer) -> None:
+    waiting: list[asyncio.Future[Any]] = []
+
+    class Racing(ConnectionPool):
+        def _give(self, conn: Any) -> None:
+            super()._give(conn)
+            for task in waiting:  # cancelled in the same loop turn as the hand-over
+                task.cancel()
+
+    pool = Racing(connector(postgres_server), max_size=1, reset_timeout=5)
+    try:
+        held = await pool.acquire(1)
+        waiting.append(asyncio.ensure_future(pool.acquire(5)))
+        await asyncio.sleep(0.05)
+        pool.release(held, clean=True)
+        with pytest.raises(asyncio.CancelledError):
+            await waiting[0]
+        await settled(pool)
+        assert (pool.size, pool.idle) == (1, 1)  # back in the pool, not in a dead waiter
+        waiting.clear()
+        assert pid(await pool.acquire(1)) == pid(held)
+    finally:
+        await pool.close()
+
+
+async def test_closing_fails_the_waiting_and_closes_every_connection(
+        postgres_server: PostgresServer) -> None:
+    pool = ConnectionPool(connector(postgres_server), max_size=2, reset_timeout=5)
+    first, held = await pool.acquire(1), await pool.acquire(1)
+    pool.release(first, clean=True)
+    await settled(pool)
+    assert pool.take() is first
+    waiting = asyncio.ensure_future(pool.acquire(5))
+    await asyncio.sleep(0.05)
+    pool.release(first, clean=True)  # its reset is under way as the pool closes
+    await pool.close()
+    with pytest.raises(PoolClosed):
+        await waiting
+    with pytest.raises(PoolClosed):
+        await pool.acquire(1)
+    assert first.is_closed() and not held.is_closed()  # still in use: closed when given back
+    pool.release(held, clean=True)
+    await settled(pool)
+    assert held.is_closed() and (pool.size, pool.idle) == (0, 0)
+    assert open_backends(postgres_server) == 0
