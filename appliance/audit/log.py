@@ -60,7 +60,7 @@ _action_of = operator.itemgetter(_ACTION)
 class AuditLog:
     """`record` inside a transaction; `record_run` for the query-run hot path (group commit)."""
 
-    def __init__(self, store: Store, *, gather_turns: int = 16, max_batch: int = 512) -> None:
+    def __init__(self, store: Store, *, gather_turns: int = 6, max_batch: int = 512) -> None:
         self.store = store
         self.gather_turns = gather_turns
         self.max_batch = max_batch
