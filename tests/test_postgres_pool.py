@@ -98,12 +98,21 @@ async def test_no_session_state_reaches_the_next_caller(postgres_server: Postgre
         conn = await pool.acquire(1)
         await conn.fetchval("SELECT set_config('search_path', 'hijacked', false)")
         await conn.fetchval("SELECT pg_advisory_lock(4242)")
-        await conn.execute("BEGIN")  # a transaction left open, by a caller that says clean
+        await conn.execute("CREATE TEMP TABLE left_behind AS SELECT 1 AS x")
         pool.release(conn, clean=True)
         again = await pool.acquire(5)
         assert pid(again) == pid(conn)
         assert await again.fetchval("SELECT current_setting('search_path')") != "hijacked"
+        assert await again.fetchval("SELECT to_regclass('pg_temp.left_behind')") is None
+        assert await watcher.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                      "AND objid = 4242") == 0
+        await again.execute("CREATE TEMP TABLE left_behind AS SELECT 1 AS x")
+        await again.execute("BEGIN")  # a transaction left open, by a caller that says clean
+        pool.release(again, clean=True)
+        again = await pool.acquire(5)
+        assert pid(again) == pid(conn)
         assert not again.is_in_transaction()
+        assert await again.fetchval("SELECT to_regclass('pg_temp.left_behind')") is None
         assert await watcher.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
                                       "AND objid = 4242") == 0
         pool.release(again, clean=True)

@@ -20,6 +20,11 @@ from appliance import deadlines
 
 Connection = Any  # an asyncpg.Connection (or a subclass the engine chose)
 
+# Added to asyncpg's reset query (advisory locks, cursors, `LISTEN`, every setting): a temporary
+# table one run made is not there for the next. Not `DISCARD ALL`, which would also drop the
+# prepared statements asyncpg keeps for each connection.
+DISCARD_TEMP = "DISCARD TEMP;"
+
 
 class PoolClosed(Exception):
     """The pool was closed (its datasource changed or was deleted, or the appliance is stopping)
@@ -126,9 +131,11 @@ class ConnectionPool:
             if self._closed:
                 raise PoolClosed()
             if clean and not conn.is_in_transaction():
-                await conn.execute(conn.get_reset_query(), timeout=self.reset_timeout)
+                await conn.execute(conn.get_reset_query() + DISCARD_TEMP,
+                                   timeout=self.reset_timeout)
             else:
                 await conn.reset(timeout=self.reset_timeout)
+                await conn.execute(DISCARD_TEMP, timeout=self.reset_timeout)
         except BaseException as exc:
             conn.terminate()
             if self._closed:
