@@ -296,22 +296,25 @@ async def test_ndjson_stream_from_postgres(tmp_path: Path, pg: PostgresServer) -
 
 async def test_no_session_state_survives_a_run(tmp_path: Path, pg: PostgresServer) -> None:
     """Connections go back to the pool after the answer is sent, but always reset: a setting
-    one stored query makes is never seen by the next run on the same connection."""
+    or a role one stored query sets is never seen by the next run on the same connection."""
     async with proxy(tmp_path / "state") as appliance:
         dev = as_role(appliance, "developer")
+        pg.sql("DROP ROLE IF EXISTS proxy_other; CREATE ROLE proxy_other; "
+               "GRANT proxy_other TO app", database="postgres")
         ds = await pg_datasource(dev, pg, max_connections=1)  # every run: the same connection
         setter = await create_query(
             dev, ds["id"], "SELECT set_config('search_path', 'hijacked', false) AS s, "
+                           "set_config('role', 'proxy_other', false) AS r, "
                            "pg_backend_pid() AS pid", name="set")
         reader = await create_query(
-            dev, ds["id"], "SELECT current_setting('search_path') AS s, pg_backend_pid() AS pid",
-            name="read")
+            dev, ds["id"], "SELECT current_setting('search_path') AS s, current_user AS r, "
+                           "pg_backend_pid() AS pid", name="read")
         for _ in range(5):
             first = await run(dev, setter["id"])
             second = await run(dev, reader["id"])
             assert first.status == second.status == 200
-            assert first.body["rows"][0][1] == second.body["rows"][0][1]  # same connection
-            assert second.body["rows"][0][0] != "hijacked"
+            assert first.body["rows"][0][2] == second.body["rows"][0][2]  # same connection
+            assert second.body["rows"][0][:2] == ["\"$user\", public", "app"]
         # Closing the engine waits for resets still under way, and leaves no connection open.
         engine = await appliance.app[DATASOURCES].engine(ds["id"])
         runs = [asyncio.ensure_future(run(dev, reader["id"])) for _ in range(5)]

@@ -91,17 +91,29 @@ async def test_a_wait_ends_at_its_time_limit_and_the_pool_keeps_working(
         await pool.close()
 
 
-async def test_no_session_state_reaches_the_next_caller(postgres_server: PostgresServer) -> None:
+@pytest.fixture(scope="module")
+def other_role(postgres_server: PostgresServer) -> str:
+    """A role `app` may switch to with `SET ROLE`."""
+    postgres_server.sql("DROP ROLE IF EXISTS pool_other; CREATE ROLE pool_other; "
+                        "GRANT pool_other TO app", database="postgres")
+    return "pool_other"
+
+
+async def test_no_session_state_reaches_the_next_caller(postgres_server: PostgresServer,
+                                                        other_role: str) -> None:
     pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=5)
     watcher = await connector(postgres_server)()
     try:
         conn = await pool.acquire(1)
+        await conn.execute(f"SET ROLE {other_role}")  # `RESET ALL` leaves a role in place
+        assert await conn.fetchval("SELECT current_user") == other_role
         await conn.fetchval("SELECT set_config('search_path', 'hijacked', false)")
         await conn.fetchval("SELECT pg_advisory_lock(4242)")
         await conn.execute("CREATE TEMP TABLE left_behind AS SELECT 1 AS x")
         pool.release(conn, clean=True)
         again = await pool.acquire(5)
         assert pid(again) == pid(conn)
+        assert await again.fetchval("SELECT current_user") == "app"
         assert await again.fetchval("SELECT current_setting('search_path')") != "hijacked"
         assert await again.fetchval("SELECT to_regclass('pg_temp.left_behind')") is None
         assert await watcher.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
@@ -113,8 +125,14 @@ async def test_no_session_state_reaches_the_next_caller(postgres_server: Postgre
         assert pid(again) == pid(conn)
         assert not again.is_in_transaction()
         assert await again.fetchval("SELECT to_regclass('pg_temp.left_behind')") is None
-        assert await watcher.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                                      "AND objid = 4242") == 0
+        # asyncpg's whole reset (after a failure or a stream) is followed by the same two steps.
+        await again.fetchval(f"SELECT set_config('role', '{other_role}', false)")
+        await again.execute("CREATE TEMP TABLE left_behind AS SELECT 1 AS x")
+        pool.release(again, clean=False)
+        again = await pool.acquire(5)
+        assert pid(again) == pid(conn)
+        assert await again.fetchval("SELECT current_user") == "app"
+        assert await again.fetchval("SELECT to_regclass('pg_temp.left_behind')") is None
         pool.release(again, clean=True)
     finally:
         await watcher.close()

@@ -20,10 +20,13 @@ from appliance import deadlines
 
 Connection = Any  # an asyncpg.Connection (or a subclass the engine chose)
 
-# Added to asyncpg's reset query (advisory locks, cursors, `LISTEN`, every setting): a temporary
-# table one run made is not there for the next. Not `DISCARD ALL`, which would also drop the
-# prepared statements asyncpg keeps for each connection.
-DISCARD_TEMP = "DISCARD TEMP;"
+# Around asyncpg's reset query (advisory locks, cursors, `LISTEN`, `RESET ALL`). `RESET ALL` leaves
+# `SET ROLE` and `SET SESSION AUTHORIZATION` in place (PostgreSQL exempts both from it), so the
+# user the connection logged in as is restored first; and the temporary tables a run made are
+# dropped last. Not `DISCARD ALL`, which would also drop the prepared statements asyncpg keeps
+# for each connection.
+RESET_FIRST = "SET SESSION AUTHORIZATION DEFAULT;"
+RESET_LAST = "DISCARD TEMP;"
 
 
 class PoolClosed(Exception):
@@ -35,11 +38,11 @@ class ConnectionPool:
     """`take()` an idle connection at once, or `await acquire(timeout)` one (new, or the next one
     given back); `release(conn, clean=...)` when done with it, always.
 
-    A released connection is reset (asyncpg's reset query: advisory locks, cursors, `LISTEN` and
-    every session setting) in a task of its own, and only then handed to a waiting run or kept
-    idle: one run's session state never reaches the next. A connection whose reset fails is
-    terminated and its slot passed on. Idle connections are closed after `idle_lifetime`
-    seconds."""
+    A released connection is reset (the role and session user, advisory locks, cursors,
+    `LISTEN`, every session setting and temporary tables) in a task of its own, and only then
+    handed to a waiting run or kept idle: one run's session state never reaches the next. A
+    connection whose reset fails is terminated and its slot passed on. Idle connections are
+    closed after `idle_lifetime` seconds."""
 
     def __init__(self, connect: Callable[[], Awaitable[Connection]], *, max_size: int,
                  reset_timeout: float, idle_lifetime: float = 300.0) -> None:
@@ -131,11 +134,11 @@ class ConnectionPool:
             if self._closed:
                 raise PoolClosed()
             if clean and not conn.is_in_transaction():
-                await conn.execute(conn.get_reset_query() + DISCARD_TEMP,
+                await conn.execute(RESET_FIRST + conn.get_reset_query() + RESET_LAST,
                                    timeout=self.reset_timeout)
             else:
                 await conn.reset(timeout=self.reset_timeout)
-                await conn.execute(DISCARD_TEMP, timeout=self.reset_timeout)
+                await conn.execute(RESET_FIRST + RESET_LAST, timeout=self.reset_timeout)
         except BaseException as exc:
             conn.terminate()
             if self._closed:
