@@ -210,18 +210,18 @@ async def test_a_failed_connect_frees_its_slot(postgres_server: PostgresServer) 
 async def test_idle_connections_close_after_their_lifetime(postgres_server: PostgresServer
                                                            ) -> None:
     pool = ConnectionPool(connector(postgres_server), max_size=2, reset_timeout=5,
-                          idle_lifetime=0.3)
+                          idle_lifetime=1.0)
     try:
         first, second = await pool.acquire(1), await pool.acquire(1)
         pool.release(first, clean=True)
         await settled(pool)
-        await asyncio.sleep(0.2)
-        pool.release(second, clean=True)  # idle 0.2 s later than the first
+        await asyncio.sleep(0.6)
+        pool.release(second, clean=True)  # idle 0.6 s later than the first
         await settled(pool)
-        await asyncio.sleep(0.15)
+        await asyncio.sleep(0.6)  # the first is past its lifetime, the second is not
         assert (pool.size, pool.idle) == (1, 1) and first.is_closed()
         assert not second.is_closed()
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.7)
         assert (pool.size, pool.idle) == (0, 0) and second.is_closed()
     finally:
         await pool.close()
@@ -253,23 +253,37 @@ async def test_a_connection_handed_over_as_its_wait_is_cancelled_is_not_lost(
         await pool.close()
 
 
-async def test_closing_fails_the_waiting_and_closes_every_connection(
+async def test_closing_fails_the_waiting_and_closes_what_is_given_back(
         postgres_server: PostgresServer) -> None:
-    pool = ConnectionPool(connector(postgres_server), max_size=2, reset_timeout=5)
-    first, held = await pool.acquire(1), await pool.acquire(1)
-    pool.release(first, clean=True)
-    await settled(pool)
-    assert pool.take() is first
+    pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=5)
+    held = await pool.acquire(1)
     waiting = asyncio.ensure_future(pool.acquire(5))
     await asyncio.sleep(0.05)
-    pool.release(first, clean=True)  # its reset is under way as the pool closes
     await pool.close()
     with pytest.raises(PoolClosed):
         await waiting
     with pytest.raises(PoolClosed):
         await pool.acquire(1)
-    assert first.is_closed() and not held.is_closed()  # still in use: closed when given back
+    assert not held.is_closed()  # still in use: closed when given back
     pool.release(held, clean=True)
     await settled(pool)
     assert held.is_closed() and (pool.size, pool.idle) == (0, 0)
+    assert open_backends(postgres_server) == 0
+
+
+async def test_closing_hands_nothing_out_and_closes_every_connection(
+        postgres_server: PostgresServer) -> None:
+    pool = ConnectionPool(connector(postgres_server), max_size=2, reset_timeout=5)
+    first, second = await pool.acquire(1), await pool.acquire(1)
+    pool.release(first, clean=True)
+    await settled(pool)
+    assert pool.idle == 1
+    pool.release(second, clean=True)  # its reset is under way as the pool closes
+    closing = asyncio.ensure_future(pool.close())
+    while not pool._closed:
+        await asyncio.sleep(0)
+    assert pool._resets and pool.idle == 1
+    assert pool.take() is None  # the idle connection is not handed out any more
+    await closing
+    assert first.is_closed() and second.is_closed() and (pool.size, pool.idle) == (0, 0)
     assert open_backends(postgres_server) == 0

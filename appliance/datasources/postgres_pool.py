@@ -70,7 +70,10 @@ class ConnectionPool:
     # -- taking ------------------------------------------------------------------------------
 
     def take(self) -> Connection | None:
-        """An idle connection, at once; None when there is none (then `acquire`)."""
+        """An idle connection, at once; None when there is none (then `acquire`) or the pool is
+        closing."""
+        if self._closed:
+            return None
         idle = self._idle
         while idle:
             conn = idle.pop()[0]
