@@ -1,8 +1,9 @@
 """The PostgreSQL engine's connection pool against a real cluster (the session fixture in
-conftest): reuse and the size limit, waiting and its time limit, the reset before reuse (settings,
-advisory locks, an open transaction, a cancelled statement), connections lost while idle or
-failing their reset, a failed connect, idle expiry, a hand-over racing a cancellation, and
-closing."""
+conftest): reuse and the size limit, waiting and its time limit; the reset before reuse (role,
+settings, advisory locks, temporary tables, sequences, open and failed transactions, a cancelled
+statement, a function shadowing the reset's); connections lost while idle, failing or timing out
+their reset, or past their lifetime; a failed connect; idle expiry; a hand-over racing a
+cancellation; and closing."""
 
 from __future__ import annotations
 
@@ -61,14 +62,16 @@ async def test_connections_are_reused_and_the_size_is_capped(postgres_server: Po
         third = asyncio.ensure_future(pool.acquire(5))
         await asyncio.sleep(0.1)
         assert not third.done()  # both slots taken: it waits
-        pool.release(first, clean=True)
+        pool.release(first)
         reused = await asyncio.wait_for(third, 5)
         assert pid(reused) == pid(first) and pool.size == 2
-        pool.release(second, clean=True)
-        pool.release(reused, clean=True)
+        pool.release(second)
+        pool.release(reused)
         await settled(pool)
         assert (pool.size, pool.idle) == (2, 2)
-        assert pid(pool.take()) in {pid(first), pid(second)}
+        taken = pool.take()
+        assert pid(taken) in {pid(first), pid(second)}
+        pool.release(taken)
     finally:
         await pool.close()
 
@@ -83,10 +86,10 @@ async def test_a_wait_ends_at_its_time_limit_and_the_pool_keeps_working(
             await pool.acquire(0.2)
         assert 0.15 < time.monotonic() - started < 1.0
         assert not pool._waiters or all(w.done() for w in pool._waiters)
-        pool.release(held, clean=True)
+        pool.release(held)
         again = await pool.acquire(1)
         assert pid(again) == pid(held) and await again.fetchval("SELECT 1") == 1
-        pool.release(again, clean=True)
+        pool.release(again)
     finally:
         await pool.close()
 
@@ -101,42 +104,91 @@ def other_role(postgres_server: PostgresServer) -> str:
 
 async def test_no_session_state_reaches_the_next_caller(postgres_server: PostgresServer,
                                                         other_role: str) -> None:
+    postgres_server.sql("CREATE SEQUENCE IF NOT EXISTS pool_seq; ALTER SEQUENCE pool_seq OWNER TO app")
     pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=5)
     watcher = await connector(postgres_server)()
+
+    async def advisory_locks() -> int:
+        return await watcher.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                      "AND objid = 4242")
+
     try:
         conn = await pool.acquire(1)
+        await conn.fetchval("SELECT nextval('public.pool_seq')")
         await conn.execute(f"SET ROLE {other_role}")  # `RESET ALL` leaves a role in place
         assert await conn.fetchval("SELECT current_user") == other_role
         await conn.fetchval("SELECT set_config('search_path', 'hijacked', false)")
         await conn.fetchval("SELECT pg_advisory_lock(4242)")
         await conn.execute("CREATE TEMP TABLE left_behind AS SELECT 1 AS x")
-        pool.release(conn, clean=True)
+        await conn.execute("LISTEN pool_channel")
+        pool.release(conn)
         again = await pool.acquire(5)
         assert pid(again) == pid(conn)
         assert await again.fetchval("SELECT current_user") == "app"
         assert await again.fetchval("SELECT current_setting('search_path')") != "hijacked"
         assert await again.fetchval("SELECT to_regclass('pg_temp.left_behind')") is None
-        assert await watcher.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                                      "AND objid = 4242") == 0
-        await again.execute("CREATE TEMP TABLE left_behind AS SELECT 1 AS x")
-        await again.execute("BEGIN")  # a transaction left open, by a caller that says clean
-        pool.release(again, clean=True)
-        again = await pool.acquire(5)
-        assert pid(again) == pid(conn)
-        assert not again.is_in_transaction()
-        assert await again.fetchval("SELECT to_regclass('pg_temp.left_behind')") is None
-        # asyncpg's whole reset (after a failure or a stream) is followed by the same two steps.
-        await again.fetchval(f"SELECT set_config('role', '{other_role}', false)")
-        await again.execute("CREATE TEMP TABLE left_behind AS SELECT 1 AS x")
-        pool.release(again, clean=False)
-        again = await pool.acquire(5)
-        assert pid(again) == pid(conn)
-        assert await again.fetchval("SELECT current_user") == "app"
-        assert await again.fetchval("SELECT to_regclass('pg_temp.left_behind')") is None
-        pool.release(again, clean=True)
+        assert await again.fetchval("SELECT count(*) FROM pg_listening_channels()") == 0
+        with pytest.raises(asyncpg.ObjectNotInPrerequisiteStateError):  # lastval() undefined
+            await again.fetchval("SELECT lastval()")
+        assert await advisory_locks() == 0
+        # A transaction left open, then one failed: rolled back in the same round trip.
+        for failing in (False, True):
+            await again.execute(f"SET ROLE {other_role}")
+            await again.execute("CREATE TEMP TABLE left_behind AS SELECT 1 AS x")
+            await again.execute("BEGIN")
+            await again.fetchval("SELECT pg_advisory_lock(4242)")
+            if failing:
+                with pytest.raises(asyncpg.DivisionByZeroError):
+                    await again.fetchval("SELECT 1 / 0")
+            pool.release(again)
+            again = await pool.acquire(5)
+            assert pid(again) == pid(conn) and not again.is_in_transaction()
+            assert await again.fetchval("SELECT current_user") == "app"
+            assert await again.fetchval("SELECT to_regclass('pg_temp.left_behind')") is None
+            assert await advisory_locks() == 0
+        pool.release(again)
     finally:
         await watcher.close()
         await pool.close()
+
+
+async def test_a_function_named_like_the_resets_cannot_run_in_it(postgres_server: PostgresServer,
+                                                                 other_role: str) -> None:
+    """A run may create a function called `pg_advisory_unlock_all` in a schema it puts first in
+    its `search_path`; the reset calls the real one by its qualified name, after `RESET ALL`."""
+    postgres_server.sql(
+        "DROP SCHEMA IF EXISTS shadow CASCADE; CREATE SCHEMA shadow AUTHORIZATION app;")
+    pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=5)
+    try:
+        conn = await pool.acquire(1)
+        await conn.execute(
+            "CREATE FUNCTION shadow.pg_advisory_unlock_all() RETURNS void LANGUAGE sql AS "
+            f"$$ SELECT set_config('role', '{other_role}', false) $$")
+        await conn.fetchval("SELECT pg_advisory_lock(77)")
+        await conn.fetchval("SELECT set_config('search_path', 'shadow, pg_catalog', false)")
+        pool.release(conn)
+        again = await pool.acquire(5)
+        assert pid(again) == pid(conn)
+        assert await again.fetchval("SELECT current_user") == "app"
+        assert await again.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                    "AND objid = 77 AND pid = $1", pid(again)) == 0
+        pool.release(again)
+        await pool.close()
+        # The same `search_path` as the user's own default (what `RESET ALL` goes back to): a
+        # user may set it for itself, for the connections opened after.
+        postgres_server.sql("ALTER ROLE app IN DATABASE appdb SET search_path = shadow, pg_catalog")
+        pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=5)
+        conn = await pool.acquire(1)
+        assert await conn.fetchval("SELECT current_setting('search_path')") == "shadow, pg_catalog"
+        pool.release(conn)
+        again = await pool.acquire(5)
+        assert pid(again) == pid(conn)
+        assert await again.fetchval("SELECT current_user") == "app"
+        pool.release(again)
+    finally:
+        await pool.close()
+        postgres_server.sql("ALTER ROLE app IN DATABASE appdb RESET search_path; "
+                            "DROP SCHEMA IF EXISTS shadow CASCADE")
 
 
 async def test_a_statement_cut_short_leaves_a_usable_connection(postgres_server: PostgresServer
@@ -148,10 +200,10 @@ async def test_a_statement_cut_short_leaves_a_usable_connection(postgres_server:
         conn = await pool.acquire(1)
         with pytest.raises(TimeoutError):
             await conn.fetchval("SELECT pg_sleep(5)", timeout=0.2)
-        pool.release(conn, clean=False)
+        pool.release(conn)
         again = await pool.acquire(5)
         assert pid(again) == pid(conn) and await again.fetchval("SELECT 2") == 2
-        pool.release(again, clean=True)
+        pool.release(again)
     finally:
         await pool.close()
 
@@ -160,7 +212,7 @@ async def test_a_connection_lost_while_idle_is_replaced(postgres_server: Postgre
     pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=5)
     try:
         conn = await pool.acquire(1)
-        pool.release(conn, clean=True)
+        pool.release(conn)
         await settled(pool)
         postgres_server.sql(f"SELECT pg_terminate_backend({pid(conn)})")
         for _ in range(100):
@@ -171,7 +223,7 @@ async def test_a_connection_lost_while_idle_is_replaced(postgres_server: Postgre
         fresh = await pool.acquire(5)
         assert pid(fresh) != pid(conn) and pool.size == 1
         assert await fresh.fetchval("SELECT 3") == 3
-        pool.release(fresh, clean=True)
+        pool.release(fresh)
     finally:
         await pool.close()
 
@@ -185,11 +237,11 @@ async def test_a_failed_reset_passes_the_slot_to_a_waiting_caller(
         await asyncio.sleep(0.05)
         old = pid(held)
         held.terminate()  # the reset cannot run on it
-        pool.release(held, clean=True)
+        pool.release(held)
         fresh = await asyncio.wait_for(waiting, 5)
         assert pid(fresh) != old and pool.size == 1
         assert await fresh.fetchval("SELECT 4") == 4
-        pool.release(fresh, clean=True)
+        pool.release(fresh)
     finally:
         await pool.close()
 
@@ -202,7 +254,7 @@ async def test_a_failed_connect_frees_its_slot(postgres_server: PostgresServer) 
         assert pool.size == 0
         conn = await pool.acquire(1)
         assert pool.size == 1 and await conn.fetchval("SELECT 5") == 5
-        pool.release(conn, clean=True)
+        pool.release(conn)
     finally:
         await pool.close()
 
@@ -213,10 +265,10 @@ async def test_idle_connections_close_after_their_lifetime(postgres_server: Post
                           idle_lifetime=1.0)
     try:
         first, second = await pool.acquire(1), await pool.acquire(1)
-        pool.release(first, clean=True)
+        pool.release(first)
         await settled(pool)
         await asyncio.sleep(0.6)
-        pool.release(second, clean=True)  # idle 0.6 s later than the first
+        pool.release(second)  # idle 0.6 s later than the first
         await settled(pool)
         await asyncio.sleep(0.6)  # the first is past its lifetime, the second is not
         assert (pool.size, pool.idle) == (1, 1) and first.is_closed()
@@ -242,31 +294,49 @@ async def test_a_connection_handed_over_as_its_wait_is_cancelled_is_not_lost(
         held = await pool.acquire(1)
         waiting.append(asyncio.ensure_future(pool.acquire(5)))
         await asyncio.sleep(0.05)
-        pool.release(held, clean=True)
+        pool.release(held)
         with pytest.raises(asyncio.CancelledError):
             await waiting[0]
         await settled(pool)
         assert (pool.size, pool.idle) == (1, 1)  # back in the pool, not in a dead waiter
         waiting.clear()
-        assert pid(await pool.acquire(1)) == pid(held)
+        again = await pool.acquire(1)
+        assert pid(again) == pid(held)
+        pool.release(again)
     finally:
         await pool.close()
 
 
-async def test_closing_fails_the_waiting_and_closes_what_is_given_back(
+async def test_closing_fails_the_waiting_and_ends_what_stays_in_use(
         postgres_server: PostgresServer) -> None:
     pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=5)
     held = await pool.acquire(1)
     waiting = asyncio.ensure_future(pool.acquire(5))
     await asyncio.sleep(0.05)
-    await pool.close()
+    started = time.monotonic()
+    await pool.close(timeout=0.3)  # `held` is not given back in time: terminated
+    assert 0.25 < time.monotonic() - started < 2.0
     with pytest.raises(PoolClosed):
         await waiting
     with pytest.raises(PoolClosed):
         await pool.acquire(1)
-    assert not held.is_closed()  # still in use: closed when given back
-    pool.release(held, clean=True)
+    assert held.is_closed()
+    pool.release(held)  # late: nothing to reset
     await settled(pool)
+    assert (pool.size, pool.idle) == (0, 0)
+    assert open_backends(postgres_server) == 0
+
+
+async def test_closing_waits_for_a_connection_given_back_in_time(
+        postgres_server: PostgresServer) -> None:
+    pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=5)
+    held = await pool.acquire(1)
+    closing = asyncio.ensure_future(pool.close(timeout=5))
+    await asyncio.sleep(0.1)
+    assert not closing.done() and not held.is_closed()  # the run in flight may finish
+    assert await held.fetchval("SELECT 6") == 6
+    pool.release(held)
+    await asyncio.wait_for(closing, 2)
     assert held.is_closed() and (pool.size, pool.idle) == (0, 0)
     assert open_backends(postgres_server) == 0
 
@@ -275,10 +345,10 @@ async def test_closing_hands_nothing_out_and_closes_every_connection(
         postgres_server: PostgresServer) -> None:
     pool = ConnectionPool(connector(postgres_server), max_size=2, reset_timeout=5)
     first, second = await pool.acquire(1), await pool.acquire(1)
-    pool.release(first, clean=True)
+    pool.release(first)
     await settled(pool)
     assert pool.idle == 1
-    pool.release(second, clean=True)  # its reset is under way as the pool closes
+    pool.release(second)  # its reset is under way as the pool closes
     closing = asyncio.ensure_future(pool.close())
     while not pool._closed:
         await asyncio.sleep(0)
@@ -287,3 +357,94 @@ async def test_closing_hands_nothing_out_and_closes_every_connection(
     await closing
     assert first.is_closed() and second.is_closed() and (pool.size, pool.idle) == (0, 0)
     assert open_backends(postgres_server) == 0
+
+
+async def test_a_cancelled_close_still_ends_every_connection(postgres_server: PostgresServer
+                                                             ) -> None:
+    pool = ConnectionPool(connector(postgres_server), max_size=2, reset_timeout=5)
+    idle, held = await pool.acquire(1), await pool.acquire(1)
+    pool.release(idle)
+    await settled(pool)
+    closing = asyncio.ensure_future(pool.close(timeout=30))
+    await asyncio.sleep(0.1)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert idle.is_closed() and held.is_closed()
+    assert open_backends(postgres_server) == 0
+
+
+async def test_a_connection_opened_while_the_pool_closes_is_not_kept(
+        postgres_server: PostgresServer) -> None:
+    gate = asyncio.Event()
+    connect = connector(postgres_server)
+    opened: list[Any] = []
+
+    async def slow_connect() -> Any:
+        conn = await connect()
+        opened.append(conn)
+        await gate.wait()
+        return conn
+
+    pool = ConnectionPool(slow_connect, max_size=1, reset_timeout=5)
+    taking = asyncio.ensure_future(pool.acquire(5))
+    while not opened:
+        await asyncio.sleep(0.01)
+    await pool.close()
+    gate.set()
+    with pytest.raises(PoolClosed):
+        await taking
+    assert opened[0].is_closed() and pool.size == 0
+    assert open_backends(postgres_server) == 0
+
+
+async def test_a_reset_that_does_not_answer_in_time_frees_the_slot(
+        postgres_server: PostgresServer, caplog: pytest.LogCaptureFixture) -> None:
+    """The server process stops answering (SIGSTOP) while the connection is being reset: after
+    `reset_timeout` the connection is terminated, a waiting run gets the slot and a new
+    connection, and one log line names the datasource and the exception type only."""
+    import os
+    import signal
+
+    pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=0.3,
+                          name="frozen db")
+    try:
+        held = await pool.acquire(1)
+        backend = pid(held)
+        waiting = asyncio.ensure_future(pool.acquire(5))
+        await asyncio.sleep(0.05)
+        os.kill(backend, signal.SIGSTOP)
+        try:
+            with caplog.at_level("WARNING", logger="appliance.datasources"):
+                pool.release(held)
+                fresh = await asyncio.wait_for(waiting, 5)
+        finally:
+            os.kill(backend, signal.SIGCONT)
+        assert pid(fresh) != backend and held.is_closed() and pool.size == 1
+        assert await fresh.fetchval("SELECT 7") == 7
+        lines = [r for r in caplog.records if r.name == "appliance.datasources"]
+        assert [(r.getMessage(), r.datasource, r.exception) for r in lines] == [
+            ("connection reset failed; the connection is closed", "frozen db", "TimeoutError")]
+        pool.release(fresh)
+    finally:
+        await pool.close()
+
+
+async def test_a_connection_past_its_lifetime_is_replaced_when_given_back(
+        postgres_server: PostgresServer) -> None:
+    pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=5,
+                          max_lifetime=0.3)
+    try:
+        old = await pool.acquire(1)
+        pool.release(old)
+        await settled(pool)
+        assert pool.take() is old  # young enough: kept
+        await asyncio.sleep(0.4)
+        pool.release(old)
+        await settled(pool)
+        assert old.is_closed() and (pool.size, pool.idle) == (0, 0)
+        fresh = await pool.acquire(1)
+        assert fresh is not old and await fresh.fetchval("SELECT 8") == 8
+        pool.release(fresh)
+    finally:
+        await pool.close()

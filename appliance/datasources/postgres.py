@@ -85,7 +85,7 @@ class PostgresEngine(Engine):
         if self._closed:
             raise DatasourceUnreachable(self.name, "being reconfigured; try again")
         self._pool = ConnectionPool(self._connect, max_size=self.target.limits.max_connections,
-                                    reset_timeout=CONNECT_TIMEOUT)
+                                    reset_timeout=CONNECT_TIMEOUT, name=self.name)
         return self._pool
 
     async def _acquire(self, timeout: float) -> tuple[ConnectionPool, Any]:
@@ -119,17 +119,15 @@ class PostgresEngine(Engine):
     async def open(self, bound: BoundStatement, *, timeout: float, fetch: int,
                    stream: bool = False) -> AsyncIterator[RowStream]:
         pool, conn = await self._acquire(timeout)
-        clean = False  # a stream's transaction, or a failure: asyncpg's whole reset
         try:
             if stream:
                 async with self._streamed(conn, bound, timeout=timeout, fetch=fetch) as rows:
                     yield rows
                 return
             columns, found = await self._answer(conn, bound, fetch, timeout)
-            clean = True
             yield RowStream(columns, _one_batch(found))
         finally:
-            pool.release(conn, clean=clean)
+            pool.release(conn)
 
     async def collect(self, bound: BoundStatement, *, timeout: float, fetch: int,
                       take: Callable[[list[Any]], bool]) -> list[str]:
@@ -138,10 +136,8 @@ class PostgresEngine(Engine):
         pool, conn = await self._acquire(timeout)
         try:
             columns, found = await self._answer(conn, bound, fetch, timeout)
-        except BaseException:
-            pool.release(conn, clean=False)
-            raise
-        pool.release(conn, clean=True)
+        finally:
+            pool.release(conn)
         if found:
             take(found)
         return columns
