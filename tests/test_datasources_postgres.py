@@ -315,6 +315,14 @@ async def test_no_session_state_survives_a_run(tmp_path: Path, pg: PostgresServe
             assert first.status == second.status == 200
             assert first.body["rows"][0][2] == second.body["rows"][0][2]  # same connection
             assert second.body["rows"][0][:2] == ["\"$user\", public", "app"]
+        # A stored query may not prepare, run or drop statements by name: they would outlive the
+        # run on its connection, where the appliance keeps its own prepared statements.
+        for text in ("PREPARE p AS SELECT 1", "DEALLOCATE ALL", "EXECUTE p", "DISCARD ALL",
+                     "DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$"):
+            refused = await dev.request("POST", "/api/v1/queries", {
+                "name": "session", "datasource_id": ds["id"], "body": text, "parameters": []})
+            assert refused.status == 422, refused.body
+            assert "is not allowed in a stored query" in refused.body["error"]["message"]
         # Closing the engine waits for resets still under way, and leaves no connection open.
         engine = await appliance.app[DATASOURCES].engine(ds["id"])
         runs = [asyncio.ensure_future(run(dev, reader["id"])) for _ in range(5)]

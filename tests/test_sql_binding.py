@@ -187,6 +187,11 @@ def test_sqlite_accepts(text):
     ("SELECT 'a'{{ s }}", 1, 11, "touches"),
     ("SELECT {{ nope }}, {{ s }}", 1, 8, "not a declared parameter"),
     (";", 1, 1, "before any statement"),
+    ("PREPARE p(text) AS SELECT {{ s }}", 1, 1, "PREPARE is not allowed"),
+    ("  -- a comment\n  execute p({{ s }})", 2, 3, "EXECUTE is not allowed"),
+    ("/* x */ Deallocate {{ s }}", 1, 9, "DEALLOCATE is not allowed"),
+    ("DISCARD {{ s }}", 1, 1, "DISCARD is not allowed"),
+    ("do {{ s }}", 1, 1, "DO is not allowed"),
 ])
 def test_postgres_refuses(text, line, column, fragment):
     e = refused(text)
@@ -212,6 +217,19 @@ def test_postgres_refuses(text, line, column, fragment):
 def test_sqlite_refuses(text, fragment):
     e = refused(text, dialect="sqlite")
     assert fragment in e.message
+
+
+def test_session_statements_are_words_not_substrings():
+    """Only a statement that is PREPARE, EXECUTE, DEALLOCATE, DISCARD or DO is refused (it could
+    act on the pooled connection's prepared statements); the words elsewhere are fine, and
+    SQLite has no such statements."""
+    for text in ("SELECT {{ s }} AS prepare", "SELECT 'EXECUTE' || {{ s }}",
+                 "WITH discard AS (SELECT {{ s }} AS x) SELECT x FROM discard",
+                 "SELECT {{ s }}::text AS executed", "PREPARED_THING {{ s }}",
+                 "DOMAIN_CHECK {{ s }}", "SELECT {{ s }} AS do"):
+        assert sql(text).source == text  # compiles
+    assert "PREPARE is not allowed" in refused("prepare p AS SELECT {{ s }}").message
+    assert sql("SELECT {{ s }} AS prepare", dialect="sqlite")
 
 
 def test_whole_query_problems():

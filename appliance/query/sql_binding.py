@@ -173,6 +173,14 @@ def _to_sqlite(value: Any, parameter: Parameter) -> Any:
 # --- the lexer and compiler -----------------------------------------------------------------
 
 
+# Statements that create, run or drop prepared statements by name (or all of them, DISCARD ALL),
+# and anonymous code blocks (DO), which can do the same through dynamic SQL: their effect would
+# outlive the run on its pooled connection, where the appliance keeps its own prepared statements
+# under names a run could take over. Refused as a stored query's statement in PostgreSQL.
+_SESSION_STATEMENTS = frozenset({"PREPARE", "EXECUTE", "DEALLOCATE", "DISCARD", "DO"})
+_WORD_RE = re.compile(r"[A-Za-z_]+")
+
+
 class _Lexer:
     """One pass over SQL text: splits it into plain text and bindings, or raises InvalidQuery."""
 
@@ -182,6 +190,7 @@ class _Lexer:
         self.pieces: list[str | tuple[str, int]] = []  # text, or (binding name, offset)
         self.semicolon: int | None = None
         self.significant = False
+        self.first: int | None = None  # where the statement's first token starts
 
     def fail(self, offset: int, problem: str, suggestion: str | None = None) -> InvalidQuery:
         line, column = _line_col(self.text, offset)
@@ -193,6 +202,8 @@ class _Lexer:
             raise self.fail(offset, "more than one statement",
                             "a stored query runs exactly one statement; save each as its own "
                             "query (one trailing ';' is allowed)")
+        if self.first is None:
+            self.first = offset
         self.significant = True
 
     def statement_end(self, offset: int) -> None:
@@ -275,6 +286,16 @@ class _Lexer:
         self.pieces.append(text[start:])
         if not self.significant:
             raise InvalidQuery("the query is empty", suggestion="write one SQL statement")
+        if postgres and self.first is not None:
+            word = _WORD_RE.match(text, self.first)
+            if word and word.group().upper() in _SESSION_STATEMENTS:
+                raise self.fail(self.first, f"{word.group().upper()} is not allowed in a stored "
+                                            "query",
+                                "the appliance prepares every stored query itself: write the "
+                                "statement with {{ name }} bindings instead of PREPARE and "
+                                "EXECUTE, and a DO block as a function (a statement prepared or "
+                                "dropped by one run would be seen by later runs on the same "
+                                "connection)")
         return self.pieces
 
     def _quoted(self, i: int, quote: str, what: str, *, backslash: bool = False) -> int:
