@@ -168,19 +168,21 @@ class ConnectionPool:
                 statements = "ROLLBACK;" + statements
             await conn.execute(statements, timeout=self.reset_timeout)
         except BaseException as exc:
-            if isinstance(exc, _Retired):
-                await _close(conn, self.reset_timeout)
-            else:
-                conn.terminate()
-                if not isinstance(exc, PoolClosed | asyncio.CancelledError):
-                    log.warning("connection reset failed; the connection is closed",
-                                extra={"datasource": self.name,
-                                       "exception": type(exc).__qualname__})
-            self._born.pop(conn, None)
-            if self._closed:
-                self._size -= 1
-            else:
-                self._give(None)
+            try:
+                if isinstance(exc, _Retired):
+                    await _close(conn, self.reset_timeout)
+                else:
+                    conn.terminate()
+                    if not isinstance(exc, PoolClosed | asyncio.CancelledError):
+                        log.warning("connection reset failed; the connection is closed",
+                                    extra={"datasource": self.name,
+                                           "exception": type(exc).__qualname__})
+            finally:  # the slot is passed on even if closing politely is cut short
+                self._born.pop(conn, None)
+                if self._closed:
+                    self._size -= 1
+                else:
+                    self._give(None)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
@@ -259,3 +261,6 @@ async def _close(conn: Connection, timeout: float) -> None:
         await conn.close(timeout=timeout)
     except Exception:
         conn.terminate()
+    except BaseException:  # cancelled: not left half closed
+        conn.terminate()
+        raise
