@@ -8,7 +8,9 @@ cancellation; and closing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -44,6 +46,16 @@ def open_backends(pg: PostgresServer) -> int:
                       "WHERE application_name = 'pool-test'").strip())
 
 
+@contextlib.asynccontextmanager
+async def opened(pg: PostgresServer, **options: Any) -> AsyncIterator[ConnectionPool]:
+    """A pool of connections to the cluster, closed after the block."""
+    pool = ConnectionPool(connector(pg), **options)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
 async def settled(pool: ConnectionPool) -> None:
     """Until every reset under way has ended."""
     for _ in range(200):
@@ -55,8 +67,7 @@ async def settled(pool: ConnectionPool) -> None:
 
 async def test_connections_are_reused_and_the_size_is_capped(postgres_server: PostgresServer
                                                                ) -> None:
-    pool = ConnectionPool(connector(postgres_server), max_size=2, reset_timeout=5)
-    try:
+    async with opened(postgres_server, max_size=2, reset_timeout=5) as pool:
         first, second = await pool.acquire(1), await pool.acquire(1)
         assert pid(first) != pid(second) and pool.size == 2 and pool.take() is None
         third = asyncio.ensure_future(pool.acquire(5))
@@ -72,14 +83,11 @@ async def test_connections_are_reused_and_the_size_is_capped(postgres_server: Po
         taken = pool.take()
         assert pid(taken) in {pid(first), pid(second)}
         pool.release(taken)
-    finally:
-        await pool.close()
 
 
 async def test_a_wait_ends_at_its_time_limit_and_the_pool_keeps_working(
         postgres_server: PostgresServer) -> None:
-    pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=5)
-    try:
+    async with opened(postgres_server, max_size=1, reset_timeout=5) as pool:
         held = await pool.acquire(1)
         started = time.monotonic()
         with pytest.raises(TimeoutError):
@@ -90,8 +98,6 @@ async def test_a_wait_ends_at_its_time_limit_and_the_pool_keeps_working(
         again = await pool.acquire(1)
         assert pid(again) == pid(held) and await again.fetchval("SELECT 1") == 1
         pool.release(again)
-    finally:
-        await pool.close()
 
 
 @pytest.fixture(scope="module")
@@ -195,8 +201,7 @@ async def test_a_statement_cut_short_leaves_a_usable_connection(postgres_server:
                                                                 ) -> None:
     """asyncpg cancels a statement past its time limit on the server; the reset waits for that
     to finish (asyncpg's protocol does), and the same connection is handed on."""
-    pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=5)
-    try:
+    async with opened(postgres_server, max_size=1, reset_timeout=5) as pool:
         conn = await pool.acquire(1)
         with pytest.raises(TimeoutError):
             await conn.fetchval("SELECT pg_sleep(5)", timeout=0.2)
@@ -204,13 +209,10 @@ async def test_a_statement_cut_short_leaves_a_usable_connection(postgres_server:
         again = await pool.acquire(5)
         assert pid(again) == pid(conn) and await again.fetchval("SELECT 2") == 2
         pool.release(again)
-    finally:
-        await pool.close()
 
 
 async def test_a_connection_lost_while_idle_is_replaced(postgres_server: PostgresServer) -> None:
-    pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=5)
-    try:
+    async with opened(postgres_server, max_size=1, reset_timeout=5) as pool:
         conn = await pool.acquire(1)
         pool.release(conn)
         await settled(pool)
@@ -224,14 +226,11 @@ async def test_a_connection_lost_while_idle_is_replaced(postgres_server: Postgre
         assert pid(fresh) != pid(conn) and pool.size == 1
         assert await fresh.fetchval("SELECT 3") == 3
         pool.release(fresh)
-    finally:
-        await pool.close()
 
 
 async def test_a_failed_reset_passes_the_slot_to_a_waiting_caller(
         postgres_server: PostgresServer) -> None:
-    pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=5)
-    try:
+    async with opened(postgres_server, max_size=1, reset_timeout=5) as pool:
         held = await pool.acquire(1)
         waiting = asyncio.ensure_future(pool.acquire(5))
         await asyncio.sleep(0.05)
@@ -242,8 +241,6 @@ async def test_a_failed_reset_passes_the_slot_to_a_waiting_caller(
         assert pid(fresh) != old and pool.size == 1
         assert await fresh.fetchval("SELECT 4") == 4
         pool.release(fresh)
-    finally:
-        await pool.close()
 
 
 async def test_a_failed_connect_frees_its_slot(postgres_server: PostgresServer) -> None:
@@ -261,9 +258,7 @@ async def test_a_failed_connect_frees_its_slot(postgres_server: PostgresServer) 
 
 async def test_idle_connections_close_after_their_lifetime(postgres_server: PostgresServer
                                                            ) -> None:
-    pool = ConnectionPool(connector(postgres_server), max_size=2, reset_timeout=5,
-                          idle_lifetime=1.0)
-    try:
+    async with opened(postgres_server, max_size=2, reset_timeout=5, idle_lifetime=1.0) as pool:
         first, second = await pool.acquire(1), await pool.acquire(1)
         pool.release(first)
         await settled(pool)
@@ -275,8 +270,6 @@ async def test_idle_connections_close_after_their_lifetime(postgres_server: Post
         assert not second.is_closed()
         await asyncio.sleep(0.7)
         assert (pool.size, pool.idle) == (0, 0) and second.is_closed()
-    finally:
-        await pool.close()
 
 
 async def test_a_connection_handed_over_as_its_wait_is_cancelled_is_not_lost(
@@ -406,9 +399,7 @@ async def test_a_reset_that_does_not_answer_in_time_frees_the_slot(
     import os
     import signal
 
-    pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=0.3,
-                          name="frozen db")
-    try:
+    async with opened(postgres_server, max_size=1, reset_timeout=0.3, name="frozen db") as pool:
         held = await pool.acquire(1)
         backend = pid(held)
         waiting = asyncio.ensure_future(pool.acquire(5))
@@ -426,15 +417,11 @@ async def test_a_reset_that_does_not_answer_in_time_frees_the_slot(
         assert [(r.getMessage(), r.datasource, r.exception) for r in lines] == [
             ("connection reset failed; the connection is closed", "frozen db", "TimeoutError")]
         pool.release(fresh)
-    finally:
-        await pool.close()
 
 
 async def test_a_connection_past_its_lifetime_is_replaced_when_given_back(
         postgres_server: PostgresServer) -> None:
-    pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=5,
-                          max_lifetime=0.3)
-    try:
+    async with opened(postgres_server, max_size=1, reset_timeout=5, max_lifetime=0.3) as pool:
         old = await pool.acquire(1)
         pool.release(old)
         await settled(pool)
@@ -446,5 +433,3 @@ async def test_a_connection_past_its_lifetime_is_replaced_when_given_back(
         fresh = await pool.acquire(1)
         assert fresh is not old and await fresh.fetchval("SELECT 8") == 8
         pool.release(fresh)
-    finally:
-        await pool.close()
