@@ -70,7 +70,7 @@ def test_nonce_is_random_and_version_byte_leads():
     a = seal_field(KEY, 7, "k", "r", "f", b"same")
     b = seal_field(KEY, 7, "k", "r", "f", b"same")
     assert a != b
-    assert a[0] == 1 and int.from_bytes(a[1:5], "big") == 7
+    assert a[0] == 2 and int.from_bytes(a[1:5], "big") == 7
     assert len(a) == 5 + 12 + 4 + 16
 
 
@@ -135,7 +135,8 @@ TAMPERS = {
     "truncated": lambda b, other: b[:-1],
     "truncated to header": lambda b, other: b[:8],
     "empty": lambda b, other: b"",
-    "wrong version byte": lambda b, other: b"\x02" + b[1:],
+    "version byte downgraded to 1": lambda b, other: b"\x01" + b[1:],
+    "unknown version byte": lambda b, other: b"\x03" + b[1:],
     "key version in blob": lambda b, other: b[:1] + (99).to_bytes(4, "big") + b[5:],
     "swapped from another record": lambda b, other: other["record"],
     "swapped from another field": lambda b, other: other["field"],

@@ -3,7 +3,8 @@ and hold one engine (connection pool) per datasource.
 
 Owns the `datasources` table and the engine registry: an engine is created on first use,
 replaced when the datasource's config or secrets change, closed on delete and at shutdown.
-Never returns or logs a secret: responses show `{"set": true}`.
+Secrets are sealed for the datasource's destination (`destination`): a change of destination
+needs them entered again. Never returns or logs a secret: responses show `{"set": true}`.
 """
 
 from __future__ import annotations
@@ -28,17 +29,23 @@ from appliance.datasources.config import (
     check_secrets,
     required_secret,
 )
+from appliance.datasources.destination import (
+    SEALED_KIND,
+    bind_legacy_secrets,
+    binding,
+    changed_keys,
+    destination,
+)
 from appliance.datasources.engine import Engine, Target
 from appliance.datasources.errors import DatasourceNotFound
 from appliance.egress import Dialer
 from appliance.errors import ApplianceError, Conflict
-from appliance.keyring import SecretVault
+from appliance.keyring import BoundElsewhere, SecretVault
 from appliance.secret import Secret
 from appliance.store import Store, Transaction
 
 log = logging.getLogger("appliance.datasources")
 
-SEALED_KIND = "datasource"
 TEST_TIMEOUT = 10.0
 
 
@@ -130,12 +137,15 @@ class DatasourceService:
                 "INSERT INTO datasources (id, name, kind, config, version, created_at, "
                 "updated_at) VALUES (?, ?, ?, ?, 1, ?, ?)",
                 (datasource_id, name, kind, json.dumps(config, sort_keys=True), now, now))
+            sealed_for = binding(kind, config)
             for field, value in values.items():
                 assert value is not None
-                await self.vault.put(tx, SEALED_KIND, datasource_id, field, value.encode())
+                await self.vault.put(tx, SEALED_KIND, datasource_id, field, value.encode(),
+                                     binding=sealed_for)
             await self.audit.record(tx, action="datasource.create",
                                     target=f"datasource:{datasource_id}", context=context,
                                     details={"name": name, "kind": kind,
+                                             "destination": destination(kind, config),
                                              "fields": sorted(values)})
         return await self.get(datasource_id)
 
@@ -150,7 +160,7 @@ class DatasourceService:
             if "kind" in body and body["kind"] != kind:
                 raise InvalidDatasource("'kind' cannot be changed: create a new datasource")
             name = check_name(body["name"]) if "name" in body else str(row["name"])
-            config = json.loads(row["config"])
+            config = before = json.loads(row["config"])
             changed: list[str] = []
             if "config" in body:
                 if not isinstance(body["config"], dict):
@@ -163,25 +173,34 @@ class DatasourceService:
                 config = new_config
             values = check_secrets(kind, config, body.get("secrets"), partial=True)
             sealed = await self.vault.fields(SEALED_KIND, datasource_id)
+            moved = changed_keys(kind, before, config)
+            if moved:
+                self._check_secrets_entered_again(moved, sealed - set(values))
             after = (sealed | {k for k, v in values.items() if v is not None}) - {
                 k for k, v in values.items() if v is None}
             self._check_auth_secret(kind, config, after)
             if name != row["name"]:
                 await self._check_unique(tx, name, datasource_id)
                 changed.append("name")
+            sealed_for = binding(kind, config)
             for field, value in values.items():
                 if value is None:
                     await self.vault.delete(tx, SEALED_KIND, datasource_id, field)
                 else:
-                    await self.vault.put(tx, SEALED_KIND, datasource_id, field, value.encode())
+                    await self.vault.put(tx, SEALED_KIND, datasource_id, field, value.encode(),
+                                         binding=sealed_for)
                 changed.append(f"secrets.{field}")
             await tx.execute(
                 "UPDATE datasources SET name = ?, config = ?, version = version + 1, "
                 "updated_at = ? WHERE id = ?",
                 (name, json.dumps(config, sort_keys=True), time.time(), datasource_id))
+            details: dict[str, Any] = {"name": name, "fields": changed}
+            if moved:
+                details["destination"] = {"from": destination(kind, before),
+                                          "to": destination(kind, config)}
             await self.audit.record(tx, action="datasource.update",
                                     target=f"datasource:{datasource_id}", context=context,
-                                    details={"name": name, "fields": changed})
+                                    details=details)
         self._retire(datasource_id)  # the next run opens a pool with the new config/secrets
         return await self.get(datasource_id)
 
@@ -201,6 +220,18 @@ class DatasourceService:
                                     details={"name": row["name"], "kind": row["kind"]})
         self._retire(datasource_id)
 
+    @staticmethod
+    def _check_secrets_entered_again(moved: list[str], kept: set[str]) -> None:
+        """A change of destination leaves no secret sealed for the old one: every secret set
+        must be entered again (or cleared) in the same change."""
+        if kept:
+            keys = ", ".join("config." + key for key in moved)
+            fields = ", ".join("secrets." + field for field in sorted(kept))
+            raise Conflict(
+                f"changing {keys} changes where this datasource's secrets are sent: enter "
+                f"{fields} again in the same change (they are sealed for the current "
+                "destination and will not be sent anywhere else)", code="secrets_required")
+
     def _check_auth_secret(self, kind: str, config: Mapping[str, Any], present: set[str]) -> None:
         needed = required_secret(kind, config)
         if needed is not None and needed not in present:
@@ -216,14 +247,25 @@ class DatasourceService:
     async def target(self, datasource_id: str) -> Target:
         """The datasource with its opened secrets (for an engine only)."""
         row = await self._row(datasource_id)
+        kind, config = str(row["kind"]), json.loads(row["config"])
+        sealed_for = binding(kind, config)
         opened: dict[str, Secret[str]] = {}
         for field in sorted(await self._sealed(datasource_id)):
-            value = await self.vault.get(SEALED_KIND, datasource_id, field)
+            try:
+                value = await self.vault.get(SEALED_KIND, datasource_id, field,
+                                             binding=sealed_for)
+            except BoundElsewhere:
+                raise Conflict(f"datasource '{row['name']}': secrets.{field} was entered for "
+                               "another destination and is not sent to this one; an admin or "
+                               "developer must enter it again", code="secrets_required") from None
             if value is not None:
                 opened[field] = Secret(value.reveal().decode("utf-8"))
-        return Target(id=str(row["id"]), name=str(row["name"]), kind=str(row["kind"]),
-                      config=json.loads(row["config"]), version=int(row["version"]),
-                      secrets=opened)
+        return Target(id=str(row["id"]), name=str(row["name"]), kind=kind, config=config,
+                      version=int(row["version"]), secrets=opened)
+
+    async def bind_legacy_secrets(self) -> int:
+        """Bind secrets sealed before destinations were bound (once, at start)."""
+        return await bind_legacy_secrets(self.store, self.vault)
 
     def open_engines(self) -> list[Engine]:
         """The engines created so far (for metrics: their pools)."""

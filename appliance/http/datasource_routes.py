@@ -80,6 +80,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     datasources = DatasourceService(app[STORE], app[KEYRING], app[EGRESS], app[AUDIT],
                                     state_dir=Path(settings.server.state_dir))
+    await datasources.bind_legacy_secrets()  # once after an upgrade; a no-op afterwards
     queries = QueryService(app[STORE], datasources, app[AUDIT])
     app[DATASOURCES] = datasources
     app[QUERIES] = queries

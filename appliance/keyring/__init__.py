@@ -7,6 +7,7 @@ The public face is small: `open_vault(settings, store)` gives a `SecretVault` wi
 
 from appliance.keyring.errors import (
     BackupError,
+    BoundElsewhere,
     InstanceSecretMissing,
     KeyringCorrupted,
     KeyringError,
@@ -21,6 +22,7 @@ from appliance.secret import Secret
 __all__ = [
     "DEFAULT_TUNING",
     "BackupError",
+    "BoundElsewhere",
     "InstanceSecretMissing",
     "KdfTuning",
     "KeyringCorrupted",

@@ -287,7 +287,7 @@ async def _check_all_fields(vault: SecretVault) -> int:
     bad: list[str] = []
     for row in rows:
         try:
-            await vault.get(str(row["kind"]), str(row["record_id"]), str(row["field"]))
+            await vault.check(str(row["kind"]), str(row["record_id"]), str(row["field"]))
         except SealedFieldError as exc:
             bad.append(exc.message)
     if bad:

@@ -48,6 +48,17 @@ class SealedFieldError(KeyringError):
         self.reason = reason
 
 
+class BoundElsewhere(SealedFieldError):
+    """A sealed field was entered for another destination than the one its record names now
+    (its binding differs): it is not opened for this one. Enter the secret again."""
+
+    status = 409
+    code = "secrets_required"
+
+    def __init__(self, kind: str, record_id: str, field: str) -> None:
+        super().__init__(kind, record_id, field, "it was entered for another destination")
+
+
 class BackupError(ApplianceError):
     """A backup cannot be written, or a file is not a backup this appliance can restore."""
 

@@ -77,7 +77,7 @@ async def rotate(vault: SecretVault, *, batch_size: int = 200,
         async with store.transaction() as tx:
             ring = await vault.current(tx)
             rows = await tx.fetch_all(
-                "SELECT kind, record_id, field, key_version, blob FROM sealed_fields "
+                "SELECT kind, record_id, field, key_version, blob, binding FROM sealed_fields "
                 "WHERE key_version != ? AND (kind, record_id, field) > (?, ?, ?) "
                 "ORDER BY kind, record_id, field LIMIT ?", (ring.active, *cursor, batch_size))
             if not rows:
@@ -87,14 +87,16 @@ async def rotate(vault: SecretVault, *, batch_size: int = 200,
                 kind, record_id, name = str(r["kind"]), str(r["record_id"]), str(r["field"])
                 cursor = (kind, record_id, name)
                 old = ring.keys.get(int(r["key_version"]))
+                binding = bytes(r["binding"] or b"")  # kept as it is: rotation changes keys only
                 try:
                     if old is None:
                         raise FormatError(f"data key v{r['key_version']} is not in the keyring")
-                    plain = open_field(old.key, kind, record_id, name, bytes(r["blob"]))
+                    plain = open_field(old.key, kind, record_id, name, bytes(r["blob"]), binding)
                 except FormatError as exc:
                     report.unreadable.append(f"{kind}/{record_id}/{name}: {exc.reason}")
                     continue
-                blob = seal_field(ring.active_key.key, ring.active, kind, record_id, name, plain)
+                blob = seal_field(ring.active_key.key, ring.active, kind, record_id, name, plain,
+                                  binding)
                 await tx.execute(
                     "UPDATE sealed_fields SET key_version = ?, blob = ?, updated_at = ? "
                     "WHERE kind = ? AND record_id = ? AND field = ?",

@@ -2,6 +2,11 @@
 
 Owns `sealed_fields` and the cached keyring of a running process (re-read when a newer
 generation appears). Never logs, returns or raises with a plaintext; values leave as `Secret`.
+
+A field may be sealed with a *binding* (a datasource's destination): it then opens only for a
+caller that presents the same binding. The binding is kept beside the blob in clear, so that key
+rotation can re-seal without knowing what it means; it is authenticated, not trusted: the
+cipher's associated data decides.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import os
 import time
 from typing import Any
 
-from appliance.keyring.errors import KeyringCorrupted, SealedFieldError
+from appliance.keyring.errors import BoundElsewhere, KeyringCorrupted, SealedFieldError
 from appliance.keyring.kdf import DEFAULT_TUNING, KdfTuning
 from appliance.keyring.ring import Keyring
 from appliance.keyring.sealing import (
@@ -55,31 +60,61 @@ class SecretVault:
     # --- the interface other modules use -----------------------------------------------------
 
     async def put(self, tx: Transaction, kind: str, record_id: str, field: str,
-                  value: bytes) -> None:
-        """Seal `value` with the active data key inside the caller's transaction."""
+                  value: bytes, *, binding: bytes = b"") -> None:
+        """Seal `value` with the active data key inside the caller's transaction; it will open
+        only for a caller presenting the same `binding`."""
         if not isinstance(value, bytes | bytearray):
             raise TypeError("SecretVault.put takes bytes")
         ring = await self._current(tx)
-        blob = seal_field(ring.active_key.key, ring.active, kind, record_id, field, bytes(value))
+        blob = seal_field(ring.active_key.key, ring.active, kind, record_id, field, bytes(value),
+                          binding)
         await tx.execute(
-            "INSERT INTO sealed_fields (kind, record_id, field, key_version, blob, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, record_id, field) DO UPDATE SET "
-            "key_version = excluded.key_version, blob = excluded.blob, "
-            "updated_at = excluded.updated_at",
-            (kind, record_id, field, ring.active, blob, time.time()),
+            "INSERT INTO sealed_fields (kind, record_id, field, key_version, blob, updated_at, "
+            "binding) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, record_id, field) DO "
+            "UPDATE SET key_version = excluded.key_version, blob = excluded.blob, "
+            "updated_at = excluded.updated_at, binding = excluded.binding",
+            (kind, record_id, field, ring.active, blob, time.time(), binding),
         )
 
-    async def get(self, kind: str, record_id: str, field: str, *,
+    async def get(self, kind: str, record_id: str, field: str, *, binding: bytes = b"",
                   tx: Transaction | None = None) -> Secret[bytes] | None:
-        """The opened field, or None if it is not set. `SealedFieldError` names the record."""
+        """The opened field, or None if it is not set. `SealedFieldError` names the record;
+        `BoundElsewhere` if the field was sealed for another binding."""
         reader: Any = tx if tx is not None else self._store
         row = await reader.fetch_one(
-            "SELECT key_version, blob FROM sealed_fields "
+            "SELECT key_version, blob, binding FROM sealed_fields "
             "WHERE kind = ? AND record_id = ? AND field = ?", (kind, record_id, field))
         if row is None:
             return None
+        stored = row["binding"]
+        if (bytes(stored) if stored is not None else b"") != binding:
+            # The clear copy tells early and plainly; the cipher would refuse anyway.
+            raise BoundElsewhere(kind, record_id, field)
         return Secret(await self._open(kind, record_id, field, int(row["key_version"]),
-                                       bytes(row["blob"]), tx))
+                                       bytes(row["blob"]), tx, binding))
+
+    async def check(self, kind: str, record_id: str, field: str) -> None:
+        """Open a field with the binding stored beside it (backup checks): `SealedFieldError`
+        if it does not open. The plaintext is dropped at once."""
+        row = await self._store.fetch_one(
+            "SELECT key_version, blob, binding FROM sealed_fields "
+            "WHERE kind = ? AND record_id = ? AND field = ?", (kind, record_id, field))
+        if row is not None:
+            await self._open(kind, record_id, field, int(row["key_version"]),
+                             bytes(row["blob"]), None, bytes(row["binding"] or b""))
+
+    async def rebind(self, tx: Transaction, kind: str, record_id: str, field: str,
+                     binding: bytes) -> None:
+        """Re-seal a field that was sealed without a binding (`binding IS NULL`) with `binding`,
+        inside the caller's transaction. `SealedFieldError` if it does not open."""
+        row = await tx.fetch_one(
+            "SELECT key_version, blob FROM sealed_fields WHERE kind = ? AND record_id = ? "
+            "AND field = ? AND binding IS NULL", (kind, record_id, field))
+        if row is None:
+            return
+        plain = await self._open(kind, record_id, field, int(row["key_version"]),
+                                 bytes(row["blob"]), tx, b"")
+        await self.put(tx, kind, record_id, field, plain, binding=binding)
 
     async def delete(self, tx: Transaction, kind: str, record_id: str,
                      field: str | None = None) -> None:
@@ -137,7 +172,7 @@ class SecretVault:
         return ring
 
     async def _open(self, kind: str, record_id: str, field: str, column_version: int,
-                    blob: bytes, tx: Transaction | None) -> bytes:
+                    blob: bytes, tx: Transaction | None, binding: bytes) -> bytes:
         try:
             version = field_key_version(blob)
         except FormatError as exc:
@@ -152,7 +187,7 @@ class SecretVault:
             raise SealedFieldError(kind, record_id, field,
                                    f"data key v{version} is not in the keyring")
         try:
-            return open_field(key.key, kind, record_id, field, blob)
+            return open_field(key.key, kind, record_id, field, blob, binding)
         except FormatError as exc:
             raise SealedFieldError(kind, record_id, field, exc.reason) from None
 

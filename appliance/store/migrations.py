@@ -183,6 +183,15 @@ MIGRATIONS: tuple[Migration, ...] = (
                ) STRICT""",
         ),
     ),
+    Migration(
+        6,
+        "sealed fields: the binding each was sealed with (a datasource secret's destination)",
+        (
+            # NULL: sealed before bindings existed. A datasource's such fields are bound to its
+            # current destination once, at the next start (datasources.destination).
+            "ALTER TABLE sealed_fields ADD COLUMN binding BLOB",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version
