@@ -229,8 +229,9 @@ class DatasourceService:
             fields = ", ".join("secrets." + field for field in sorted(kept))
             raise Conflict(
                 f"changing {keys} changes where this datasource's secrets are sent: enter "
-                f"{fields} again in the same change (they are sealed for the current "
-                "destination and will not be sent anywhere else)", code="secrets_required")
+                f"{fields} again (or clear with null) in the same change; they are sealed for "
+                "the current destination and will not be sent anywhere else",
+                code="secrets_required")
 
     def _check_auth_secret(self, kind: str, config: Mapping[str, Any], present: set[str]) -> None:
         needed = required_secret(kind, config)

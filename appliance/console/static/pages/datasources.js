@@ -1,5 +1,7 @@
 // Datasources (developer): the list, a create/edit form for each kind with write-only secrets,
 // delete, and "test connection". A secret's value never comes back: only whether it is set.
+// Fields marked `destination` say where the secrets are sent: changing one needs the secrets
+// entered again (the server seals them for their destination and answers 409 otherwise).
 
 import * as api from '../api.js';
 import {alertBox, busy, button, clearErrors, confirmButton, field, h, section, setAlert, showError, table, valueOf, when} from '../dom.js';
@@ -8,33 +10,33 @@ export const KINDS = {
   postgres: {
     title: 'PostgreSQL',
     fields: [
-      {name: 'host', label: 'Host', required: true},
-      {name: 'port', label: 'Port', type: 'number', value: 5432, min: 1, max: 65535},
-      {name: 'database', label: 'Database', required: true},
-      {name: 'user', label: 'User', required: true},
-      {name: 'tls', label: 'TLS', type: 'select', value: 'verify-full', options: ['verify-full', 'require', 'disable']},
+      {name: 'host', label: 'Host', required: true, destination: true},
+      {name: 'port', label: 'Port', type: 'number', value: 5432, min: 1, max: 65535, destination: true},
+      {name: 'database', label: 'Database', required: true, destination: true},
+      {name: 'user', label: 'User', required: true, destination: true},
+      {name: 'tls', label: 'TLS', type: 'select', value: 'verify-full', options: ['verify-full', 'require', 'disable'], destination: true},
     ],
     secrets: () => [['password', 'Password']],
   },
   mongodb: {
     title: 'MongoDB',
     fields: [
-      {name: 'host', label: 'Host', required: true},
-      {name: 'port', label: 'Port', type: 'number', value: 27017, min: 1, max: 65535},
-      {name: 'database', label: 'Database', required: true},
-      {name: 'user', label: 'User', help: 'Leave empty for no authentication.'},
-      {name: 'tls', label: 'TLS', type: 'select', value: 'verify-full', options: ['verify-full', 'disable']},
+      {name: 'host', label: 'Host', required: true, destination: true},
+      {name: 'port', label: 'Port', type: 'number', value: 27017, min: 1, max: 65535, destination: true},
+      {name: 'database', label: 'Database', required: true, destination: true},
+      {name: 'user', label: 'User', help: 'Leave empty for no authentication.', destination: true},
+      {name: 'tls', label: 'TLS', type: 'select', value: 'verify-full', options: ['verify-full', 'disable'], destination: true},
     ],
     secrets: () => [['password', 'Password']],
   },
   rest: {
     title: 'REST API',
     fields: [
-      {name: 'base_url', label: 'Base URL', type: 'url', required: true, placeholder: 'https://api.example.com/v1'},
-      {name: 'auth', label: 'Authentication', type: 'select', value: 'none', options: [
+      {name: 'base_url', label: 'Base URL', type: 'url', required: true, placeholder: 'https://api.example.com/v1', destination: 'origin'},
+      {name: 'auth', label: 'Authentication', type: 'select', value: 'none', destination: true, options: [
         ['none', 'none'], ['bearer', 'bearer token'], ['basic', 'basic (user and password)'], ['header', 'API key in a header']]},
-      {name: 'username', label: 'Username', when: (c) => c.auth === 'basic', required: true},
-      {name: 'header_name', label: 'Header name', when: (c) => c.auth === 'header', required: true, placeholder: 'X-Api-Key'},
+      {name: 'username', label: 'Username', when: (c) => c.auth === 'basic', required: true, destination: true},
+      {name: 'header_name', label: 'Header name', when: (c) => c.auth === 'header', required: true, placeholder: 'X-Api-Key', destination: true},
       {name: 'follow_redirects', label: 'Follow redirects', type: 'checkbox', value: false},
       {name: 'max_redirects', label: 'At most this many redirects', type: 'number', value: 5, min: 0, max: 20},
     ],
@@ -131,6 +133,19 @@ function secretField(name, label, state, creating) {
   return wrapper;
 }
 
+// The same destination, as the server compares it: a REST base URL by its origin only.
+function sameDestination(spec, before, after) {
+  if (before === undefined || before === null || before === '') return after === undefined || after === null || after === '';
+  if (spec.destination === 'origin') {
+    try {
+      return new URL(String(before)).origin === new URL(String(after)).origin;
+    } catch {
+      return false;
+    }
+  }
+  return String(before) === String(after);
+}
+
 function editor(ctx, ds) {
   const {main, navigate} = ctx;
   const creating = !ds;
@@ -180,6 +195,33 @@ function editor(ctx, ds) {
       return made;
     });
     limitsArea.replaceChildren(h('summary', {}, 'Limits'), ...limitFields);
+    checkDestination();
+  };
+  // Editing: which destination fields moved, and which set secrets would be kept (not allowed:
+  // they were entered for the old destination). Shown as the user types, and checked on save.
+  const destinationNote = h('div', {class: 'alert warning', id: 'destination-note', role: 'status', 'aria-live': 'polite', hidden: true});
+  const movedLabels = () => (creating ? [] : fields.filter((f) => f.spec.destination && !sameDestination(f.spec, ds.config[f.spec.name], valueOf(f)))
+    .map((f) => f.spec.label));
+  const setSecrets = () => Object.entries((ds && ds.secrets) || {}).filter(([, v]) => v && v.set).map(([k]) => k);
+  const keptSecrets = () => {
+    const shown = new Map(secretFields.map((s) => [s.secretName, s]));
+    return setSecrets().filter((n) => shown.has(n) && shown.get(n).secretValue() === undefined);
+  };
+  const checkDestination = () => {
+    const moved = movedLabels();
+    const kept = moved.length ? keptSecrets() : [];
+    if (!kept.length) {
+      destinationNote.hidden = true;
+      destinationNote.textContent = '';
+      return null;
+    }
+    const labels = new Map(secretFields.map((s) => [s.secretName, s.querySelector('label, .label-like')?.textContent.replace(/:\s*$/, '') || s.secretName]));
+    const message = `Changing ${moved.join(', ')} changes where this datasource's secrets are sent. ` +
+      `Enter ${kept.map((n) => labels.get(n) || n).join(', ')} again before you save: the stored value is sealed for the current destination and is never sent anywhere else.`;
+    destinationNote.className = 'alert warning';  // clearErrors makes every alert an error
+    destinationNote.textContent = message;
+    destinationNote.hidden = false;
+    return message;
   };
   kind.input.addEventListener('change', () => {
     fields = [];
@@ -189,10 +231,20 @@ function editor(ctx, ds) {
 
   const save = h('button', {type: 'submit', class: 'primary'}, creating ? 'Create datasource' : 'Save changes');
   const form = h('form', {novalidate: true, class: 'ds-form', id: 'datasource-form'}, alert, name, kind, kindArea, secretArea, limitsArea,
-    h('div', {class: 'actions'}, save));
+    destinationNote, h('div', {class: 'actions'}, save));
+  form.addEventListener('input', checkDestination);
+  form.addEventListener('change', checkDestination);
+  form.addEventListener('click', () => setTimeout(checkDestination));  // Replace / Keep buttons
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     clearErrors(form);
+    const refused = checkDestination();
+    if (refused) {
+      setAlert(alert, refused);
+      const first = secretFields.find((s) => keptSecrets().includes(s.secretName));
+      if (first) first.querySelector('button')?.focus();
+      return;
+    }
     const cfg = {};
     for (const f of [...fields, ...limitFields]) {
       const raw = valueOf(f);
@@ -209,6 +261,11 @@ function editor(ctx, ds) {
     for (const s of secretFields) {
       const v = s.secretValue();
       if (v !== undefined) secrets[s.secretName] = v;
+    }
+    if (movedLabels().length) {
+      // A secret the form no longer shows (e.g. the token after auth changed) was entered for
+      // the old destination: it is cleared with the move.
+      for (const n of setSecrets()) if (!(n in secrets)) secrets[n] = null;
     }
     const body = {name: valueOf(name).trim(), config: JSON.parse(JSON.stringify(cfg))};
     if (creating) body.kind = valueOf(kind);
