@@ -189,6 +189,25 @@ async def test_every_redirect_hop_passes_the_egress_policy(tmp_path: Path, home:
         assert SECRET not in str(resp.body)
 
 
+async def test_a_refused_redirect_names_the_rule_not_the_location(
+        tmp_path: Path, home: Recorder, elsewhere: Recorder) -> None:
+    home.routes = {"/userinfo": (302, f"http://{SECRET}:x@127.0.0.2:{elsewhere.port}/landing")}
+    async with proxy(tmp_path / "state") as appliance:
+        dev = as_role(appliance, "developer")
+        viewer = as_role(appliance, "viewer")
+        ds = await create_datasource(dev, name="api", kind="rest",
+                                     config={"base_url": home.origin, "follow_redirects": True})
+        q = await create_query(dev, ds["id"], {"path": "/userinfo"}, name="userinfo")
+        as_dev = await run(dev, q["id"])
+        assert as_dev.status == 502 and as_dev.code == "datasource_error", as_dev.body
+        assert "user name or password" in as_dev.body["error"]["message"]
+        as_viewer = await run(viewer, q["id"])
+        assert as_viewer.status == 502 and "'api'" in as_viewer.body["error"]["message"]
+        for response in (as_dev, as_viewer):
+            assert SECRET not in str(response.body) and "127.0.0.2" not in str(response.body)
+    assert elsewhere.seen == []
+
+
 # --- the follower itself: downgrades, odd locations, cookies -------------------------------------
 
 
