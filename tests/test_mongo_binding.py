@@ -182,7 +182,7 @@ def test_whole_argument_bindings_need_json_and_the_right_shape():
               [{"name": "f", "type": "json"}])
     assert t.bind({"f": {"status": "open"}}).arguments["filter"] == {"status": "open"}
     for bad in [[1], "x", 1]:
-        with pytest.raises(InvalidParameter, match="must be an object"):
+        with pytest.raises(InvalidParameter, match=r"must be a JSON object$"):
             t.bind({"f": bad})
     with pytest.raises(InvalidParameter, match="'\\$'"):
         t.bind({"f": {"$where": "1"}})

@@ -274,3 +274,13 @@ def test_split_bindings():
                           ("{{ b }}", "not a declared"), ("}} {{ a }}", "'}}'")]:
         with pytest.raises(InvalidQuery, match=fragment):
             split_bindings(bad, "w", ps)
+
+
+@pytest.mark.parametrize("value", [{"k": "\ud800"}, {"\udfff": 1}, ["ok", ["\ud83d"]]])
+def test_json_values_hold_only_valid_unicode(value):
+    """A lone surrogate (JSON "\\ud800") in a json value or key is refused up front, not left to
+    fail (and quote itself) in an encoder later."""
+    p = parse_parameters([{"name": "j", "type": "json"}])
+    with pytest.raises(InvalidParameter, match="not valid Unicode") as info:
+        p.validate({"j": value})
+    assert "\\ud" not in info.value.message.lower() and "\ud800" not in info.value.message

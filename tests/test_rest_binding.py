@@ -215,3 +215,13 @@ def test_identifier_in_path_is_still_encoded():
     assert t.bind({"t": "a/b"}).path == "/a%2Fb/list"
     with pytest.raises(InvalidParameter):
         t.bind({"t": "../admin"})
+
+
+def test_a_header_too_long_is_named_by_its_parameters_not_its_name():
+    t = rest({"path": "/", "headers": {"X-Hidden-Tenant": "{{ s }}-{{ o }}"}},
+             [S, {"name": "o", "type": "string"}])
+    with pytest.raises(InvalidParameter) as info:
+        t.bind({"s": "x" * 8_000, "o": "y" * 200})
+    assert info.value.message == ("parameter(s) 's', 'o' would make a header value longer than "
+                                  "8192 characters")
+    assert t.bind({"s": "x" * 4_000, "o": "y" * 4_000}).headers[0][0] == "X-Hidden-Tenant"

@@ -1,13 +1,14 @@
 """The aiohttp client's hook into the egress dialer: a connector that checks every new connection.
 
 Owns `EgressConnector`, `egress_session` and the hop-by-hop redirect follower. Never lets aiohttp
-resolve or cache a name itself, and never forwards credentials to another origin on a redirect.
+resolve or cache a name itself or keep cookies between requests, never forwards credentials to
+another origin on a redirect, and never follows a redirect from https to http.
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -20,8 +21,9 @@ from appliance.egress.dialer import DEFAULT_CONNECT_TIMEOUT, Dialer
 from appliance.errors import UpstreamError
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-# Headers that carry credentials: dropped when a redirect leaves the original origin.
-_CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "cookie")
+# Headers that always carry credentials: dropped for good once a redirect leaves the first origin
+# (with any the caller names, e.g. a datasource's API-key header).
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
 
 class EgressConnector(aiohttp.TCPConnector):
@@ -86,15 +88,35 @@ def egress_session(
     **session_kwargs: Any,
 ) -> aiohttp.ClientSession:
     """A ClientSession whose every connection goes through the dialer (no proxy from the
-    environment, connect timeout applied)."""
+    environment, connect timeout applied) and that keeps no cookies: a cookie one request
+    received is never sent by another (another user's run, or a later redirect hop)."""
+    session_kwargs.setdefault("cookie_jar", aiohttp.DummyCookieJar())
     connector = EgressConnector(dialer, purpose=purpose, datasource=datasource)
     timeout = aiohttp.ClientTimeout(total=total_timeout, sock_connect=connect_timeout)
     return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False,
                                  **session_kwargs)
 
 
-def _origin(url: URL) -> tuple[str, str, int | None]:
+def origin(url: URL) -> tuple[str, str, int | None]:
+    """(scheme, host, port) as browsers compare origins: yarl lower-cases the scheme and host and
+    fills in the default port (http 80, https 443); a trailing dot on the host is dropped."""
     return (url.scheme, (url.host or "").lower().rstrip("."), url.port)
+
+
+def _redirect_target(current: URL, location: str) -> URL:
+    """Where a Location header points, resolved against the current URL (so `//host/x` and
+    `/x` work), or UpstreamError. Only http and https, never with user:password in it."""
+    try:
+        target = current.join(URL(location))
+    except (ValueError, TypeError):
+        raise UpstreamError("redirect to an invalid location") from None
+    if target.scheme not in ("http", "https") or not target.host:
+        raise UpstreamError(f"redirect to an unsupported location ({target.scheme or 'none'}:)")
+    if target.user is not None or target.password is not None:
+        raise UpstreamError("redirect to a location with a user name or password in it")
+    if current.scheme == "https" and target.scheme == "http":
+        raise UpstreamError("redirect from https to plain http refused")
+    return target.with_fragment(None)
 
 
 async def request_following_redirects(
@@ -104,19 +126,26 @@ async def request_following_redirects(
     *,
     max_redirects: int = 5,
     headers: Mapping[str, str] | None = None,
+    credential_headers: Collection[str] = (),
     **kwargs: Any,
 ) -> aiohttp.ClientResponse:
     """Send a request and follow redirects one hop at a time, each hop a new policy check.
 
     The session must use an `EgressConnector` (so each hop's host is checked before any socket is
-    opened to it). Credential headers and `auth` are dropped once a hop leaves the first origin;
-    303 (and 301/302 after a POST) become a GET without a body. Only http and https are followed.
+    opened to it) and keep no cookies. Once a hop leaves the first origin, the credential headers
+    (Authorization, Proxy-Authorization, Cookie and every name in `credential_headers`) and
+    `auth` are dropped for the rest of the request, even if a later hop comes back to the first
+    origin. A redirect from https to http is refused, whatever its origin. 303 (and 301/302 after
+    a POST) become a GET without a body. Only http and https are followed.
     """
     if not isinstance(session.connector, EgressConnector):
         raise TypeError("redirects may only be followed through an EgressConnector session")
+    if not isinstance(session.cookie_jar, aiohttp.DummyCookieJar):
+        raise TypeError("redirects may only be followed by a session that keeps no cookies")
     current = URL(url)
-    first_origin = _origin(current)
+    first_origin = origin(current)
     send_headers: CIMultiDict[str] = CIMultiDict(headers or {})
+    secret_names = CREDENTIAL_HEADERS | {name.lower() for name in credential_headers}
     for _hop in range(max_redirects + 1):
         response = await session.request(method, current, headers=send_headers,
                                          allow_redirects=False, **kwargs)
@@ -124,15 +153,14 @@ async def request_following_redirects(
         if response.status not in REDIRECT_STATUSES or not location:
             return response
         response.release()
-        target = current.join(URL(location))
-        if target.scheme not in ("http", "https") or not target.host:
-            raise UpstreamError(f"redirect to an unsupported location ({target.scheme or 'none'}:)")
+        target = _redirect_target(current, location)
         if response.status == 303 or (response.status in (301, 302) and method.upper() == "POST"):
             method = "GET"
             for body_key in ("data", "json"):
                 kwargs.pop(body_key, None)
-        if _origin(target) != first_origin:
-            for name in _CREDENTIAL_HEADERS:
+        if origin(target) != first_origin:
+            # For good: `send_headers` is not rebuilt, so coming back home adds nothing again.
+            for name in secret_names:
                 send_headers.popall(name, None)
             kwargs.pop("auth", None)
         current = target

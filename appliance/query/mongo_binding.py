@@ -2,6 +2,7 @@
 
 Owns the save-time checks (operations, collection names, refused operators) and the per-run bind.
 Pure code: no I/O, no logging; a client value is only ever a value, never an operator or a key.
+A run-time error names the parameter and the rule, never the collection, operation or an argument.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ class MongoTemplate:
         for key, node in self.arguments:
             value = _bind(node, values, types)
             if type(node) is _Slot:
-                _check_shape(key, shapes[key], value, node.name)
+                _check_shape(shapes[key], value, node.name)
             arguments[key] = value
         return MongoCommand(collection, self.operation, arguments)
 
@@ -190,18 +191,20 @@ def _check_client_json(value: Any, name: str, expression: bool, depth: int) -> N
                                      "read as a field path or variable here")
 
 
-def _check_shape(key: str, shape: str, value: Any, name: str) -> None:
+def _check_shape(shape: str, value: Any, name: str) -> None:
+    """The value of a binding that is a whole argument. The messages never name the argument
+    (filter, limit …): a viewer learns the rule, not the shape of the query."""
     if value is None:
-        raise InvalidParameter(name, f"has no value, but {key} needs one")
+        raise InvalidParameter(name, "has no value, but this query needs one")
     if shape == "object" and not isinstance(value, dict):
-        raise InvalidParameter(name, f"must be an object to be used as {key}")
+        raise InvalidParameter(name, "must be a JSON object")
     if shape == "array" and not (isinstance(value, list)
                                  and all(isinstance(v, dict) for v in value)):
-        raise InvalidParameter(name, f"must be an array of objects to be used as {key}")
+        raise InvalidParameter(name, "must be an array of JSON objects")
     if shape == "update" and not isinstance(value, dict | list):
-        raise InvalidParameter(name, f"must be an object to be used as {key}")
+        raise InvalidParameter(name, "must be a JSON object or an array of JSON objects")
     if shape == "count" and (type(value) is not int or value < 0):
-        raise InvalidParameter(name, f"must be a non-negative integer to be used as {key}")
+        raise InvalidParameter(name, "must be a non-negative integer")
 
 
 # --- compiling ----------------------------------------------------------------------------------

@@ -113,16 +113,24 @@ class _Bad(Exception):
 # --- scalar validators: each returns the canonical Python value or raises _Bad ---------------
 
 
+def _is_unicode(text: str) -> bool:
+    """False for a string holding a lone surrogate (JSON's "\\ud800"), which no encoder takes."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _string(value: Any) -> str:
     if type(value) is not str:
         raise _Bad(f"must be a string, not {_json_kind(value)}")
     if len(value) > MAX_STRING_LENGTH:
         raise _Bad(f"is longer than {MAX_STRING_LENGTH} characters")
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise _Bad("is not valid Unicode text") from None
+    if not _is_unicode(value):
+        raise _Bad("is not valid Unicode text")
     if "\x00" in value:
         raise _Bad("contains a NUL character")
     return value
@@ -200,6 +208,8 @@ def _check_json(value: Any, depth: int, nodes: list[int]) -> None:
                 raise _Bad("has a non-string object key")
             if len(key) > MAX_STRING_LENGTH:
                 raise _Bad(f"has an object key longer than {MAX_STRING_LENGTH} characters")
+            if not _is_unicode(key):
+                raise _Bad("has an object key that is not valid Unicode text")
             _check_json(item, depth + 1, nodes)
     elif kind is list:
         for item in value:
@@ -207,6 +217,8 @@ def _check_json(value: Any, depth: int, nodes: list[int]) -> None:
     elif kind is str:
         if len(value) > MAX_STRING_LENGTH:
             raise _Bad(f"has a string longer than {MAX_STRING_LENGTH} characters")
+        if not _is_unicode(value):
+            raise _Bad("has a string that is not valid Unicode text")
     elif kind is float:
         if not math.isfinite(value):
             raise _Bad("contains a number that is not finite")

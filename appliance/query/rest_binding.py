@@ -2,6 +2,7 @@
 
 Owns the save-time checks and the per-run encoding of values. Pure code: no I/O, no logging; scheme,
 host and port never come from a template, and no value can add a path segment, query or header.
+A run-time error names the parameter and the rule, never the method, path, a header name or a key.
 """
 
 from __future__ import annotations
@@ -150,8 +151,10 @@ class RestTemplate:
                 continue  # an absent optional value drops the header
             text = _join(pieces, values, types, header=True)
             if len(text) > MAX_HEADER_LENGTH:
-                raise InvalidParameter(None, f"header '{header}' would be longer than "
-                                             f"{MAX_HEADER_LENGTH} characters")
+                # Named by its parameters: the header's name is part of the query's body.
+                names = ", ".join(f"'{p.name}'" for p in pieces if isinstance(p, Ref))
+                raise InvalidParameter(None, f"parameter(s) {names} would make a header value "
+                                             f"longer than {MAX_HEADER_LENGTH} characters")
             headers.append((header, text))
         body = self.json if self.json is NO_BODY else _bind_json(self.json, values, types)
         return RestRequest(self.method, path, tuple(query), tuple(headers), body)
