@@ -1,10 +1,11 @@
 """Query-proxy benchmark: the same parameterised PostgreSQL query (a) through asyncpg directly,
 (b) through a bare aiohttp handler using asyncpg (on asyncio's own loop), (c) through the appliance
-over HTTPS with a bearer token (on uvloop, as `appliance serve` runs), at concurrency 1 and 32;
-then a 1,000,000-row NDJSON stream (rows/s against asyncpg directly, and the appliance's peak RSS
-growth). Each path is warmed up at the measured concurrency; the three take turns in ROUNDS rounds
+over HTTPS with a bearer token (on uvloop, as `appliance serve` runs), (d) through the same bare
+handler on uvloop (the fair limit for (c): same loop), at concurrency 1 and 32; then a
+1,000,000-row NDJSON stream (rows/s against asyncpg directly, and the appliance's peak RSS
+growth). Each path is warmed up at the measured concurrency; the four take turns in ROUNDS rounds
 and the ratios are per-round medians, so a machine whose speed drifts during the run weighs on all
-three alike. Prints a Markdown table; never asserts.
+of them alike. Prints a Markdown table; never asserts.
 
 Usage: .venv/bin/python bench/proxy.py [--requests N] [--rows N]
 Needs PostgreSQL server binaries (initdb, pg_ctl, psql); runs them as `postgres` when root.
@@ -69,7 +70,8 @@ def pg_kwargs(port: int) -> dict:
 
 
 async def serve_bare(port: int, state: Path) -> None:
-    """(b): a bare aiohttp handler over HTTPS (the appliance's local CA cert) running asyncpg."""
+    """(b) and (d): a bare aiohttp handler over HTTPS (the appliance's local CA cert) running
+    asyncpg, on whichever loop runs it."""
     import asyncpg
     from aiohttp import web
 
@@ -208,7 +210,8 @@ async def run_bench(requests: int, rows: int) -> None:
         ca = Path(app_info["ca"])
         _make_bare_cert(ca.parent, state)
         bare_proc, bare_info = spawn("bare", state)
-        servers = {"b": bare_proc.pid, "c": appliance_proc.pid}
+        uv_proc, uv_info = spawn("bare-uvloop", state)
+        servers = {"b": bare_proc.pid, "c": appliance_proc.pid, "d": uv_proc.pid}
         client_ctx = ssl.create_default_context(cafile=str(ca))
         pool = await asyncpg.create_pool(**pg_kwargs(cluster.port), min_size=1, max_size=32)
         results: dict[tuple[str, int], dict] = {}
@@ -226,6 +229,12 @@ async def run_bench(requests: int, rows: int) -> None:
                     await r.read()
                     assert r.status == 200
 
+            async def bare_uvloop(i: int) -> None:
+                async with http.post(f"https://127.0.0.1:{uv_info['port']}/run",
+                                     json={"params": {"id": i}}) as r:
+                    await r.read()
+                    assert r.status == 200
+
             headers = {"Authorization": f"Bearer {app_info['token']}"}
 
             async def appliance(i: int) -> None:
@@ -239,9 +248,11 @@ async def run_bench(requests: int, rows: int) -> None:
             # The three paths take turns, ROUNDS times, so a machine that slows down or speeds
             # up during the run weighs on each of them alike; ratios are per-round medians.
             for concurrency in (1, 32):
-                rounds: dict[str, list[tuple[list[float], float]]] = {"a": [], "b": [], "c": []}
+                rounds: dict[str, list[tuple[list[float], float]]] = {
+                    "a": [], "b": [], "c": [], "d": []}
                 for number in range(ROUNDS):
-                    for name, call in (("a", direct), ("b", bare), ("c", appliance)):
+                    for name, call in (("a", direct), ("b", bare), ("c", appliance),
+                                       ("d", bare_uvloop)):
                         pid = servers.get(name)
                         before = cpu_seconds(pid) if pid else 0.0
                         measured = await load(call, max(1, requests // ROUNDS), concurrency,
@@ -330,30 +341,34 @@ def _print(results: dict, cpu_us: dict, requests: int, rows: int, direct_rate: f
     print("| concurrency | path | q/s | p50 ms | p99 ms |")
     print("|---|---|---|---|---|")
     names = {"a": "(a) asyncpg direct", "b": "(b) bare aiohttp + asyncpg, HTTPS",
-             "c": "(c) appliance, HTTPS + bearer"}
+             "c": "(c) appliance, HTTPS + bearer", "d": "(d) bare aiohttp + asyncpg on uvloop"}
     for concurrency in (1, 32):
-        for key in ("a", "b", "c"):
+        for key in ("a", "b", "c", "d"):
             r = results[(key, concurrency)]
             print(f"| {concurrency} | {names[key]} | {r['qps']:,.0f} | {r['p50']:.2f} | "
                   f"{r['p99']:.2f} |")
     for concurrency in (1, 32):
-        a, b, c = (results[(k, concurrency)]["rounds"] for k in ("a", "b", "c"))
+        a, b, c, d = (results[(k, concurrency)]["rounds"] for k in ("a", "b", "c", "d"))
         cb = [x / y for x, y in zip(c, b, strict=True)]
+        cd = [x / y for x, y in zip(c, d, strict=True)]
         ca = [x / y for x, y in zip(c, a, strict=True)]
-        print(f"\nconcurrency {concurrency}: c/b = {statistics.median(cb):.2f} "
-              f"(target >= 0.8; rounds {', '.join(f'{x:.2f}' for x in cb)}), "
-              f"c/a = {statistics.median(ca):.2f}")
+        print(f"\nconcurrency {concurrency}: c/d = {statistics.median(cd):.2f} "
+              f"(target >= 0.8, same loop; rounds {', '.join(f'{x:.2f}' for x in cd)}), "
+              f"c/b = {statistics.median(cb):.2f}, c/a = {statistics.median(ca):.2f}")
         # The first round includes the warm-up: left out of the CPU figures.
-        b_cpu, c_cpu = (cpu_us[(k, concurrency)][1:] or cpu_us[(k, concurrency)]
-                        for k in ("b", "c"))
+        b_cpu, c_cpu, d_cpu = (cpu_us[(k, concurrency)][1:] or cpu_us[(k, concurrency)]
+                               for k in ("b", "c", "d"))
         # A round too short for the clock's ticks (a small --requests) reads 0 for a server.
         ratios = [x / y for x, y in zip(c_cpu, b_cpu, strict=True) if x and y]
         if len(ratios) * 2 < len(c_cpu):
             print("  server CPU per request: rounds too short to measure it (use --requests "
                   f"{ROUNDS * 1000})")
             continue
-        print(f"  server CPU per request: bare {statistics.median(b_cpu):.0f} us, appliance "
-              f"{statistics.median(c_cpu):.0f} us (ratio c/b {statistics.median(ratios):.2f})")
+        uv_ratios = [x / y for x, y in zip(c_cpu, d_cpu, strict=True) if x and y]
+        print(f"  server CPU per request: bare {statistics.median(b_cpu):.0f} us, bare on "
+              f"uvloop {statistics.median(d_cpu):.0f} us, appliance "
+              f"{statistics.median(c_cpu):.0f} us (ratio c/b {statistics.median(ratios):.2f}, "
+              f"c/d {statistics.median(uv_ratios) if uv_ratios else float('nan'):.2f})")
     print(f"\nNDJSON stream of {streamed:,} rows (asked {rows:,}): appliance "
           f"{stream_rate:,.0f} rows/s, asyncpg cursor directly {direct_rate:,.0f} rows/s "
           f"(ratio {stream_rate / direct_rate:.2f}); peak RSS growth of the appliance "
@@ -363,6 +378,10 @@ def _print(results: dict, cpu_us: dict, requests: int, rows: int, direct_rate: f
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--serve-bare":
         asyncio.run(serve_bare(int(sys.argv[2]), Path(sys.argv[3])))  # asyncio's own loop
+    elif len(sys.argv) == 4 and sys.argv[1] == "--serve-bare-uvloop":
+        import uvloop
+
+        uvloop.run(serve_bare(int(sys.argv[2]), Path(sys.argv[3])))
     elif len(sys.argv) == 4 and sys.argv[1] == "--serve-appliance":
         import uvloop  # the loop `appliance serve` runs on
 
