@@ -176,19 +176,26 @@ def _base_url(value: Any) -> str:
     return str(url).rstrip("/")
 
 
+def in_state_dir(resolved: Path, state: Path) -> bool:
+    """Whether `resolved` (a path with every symlink resolved) is the state directory `state`
+    (resolved too) or inside it, other than under `demo/` (the demo database of `serve --dev`).
+    Checked when a SQLite datasource is saved and each time the engine opens its file."""
+    demo = state / "demo"
+    return (resolved == state or state in resolved.parents) and demo not in resolved.parents
+
+
 def _sqlite_path(value: Any, state_dir: Path | None) -> str:
     if not isinstance(value, str) or not value or "\x00" in value or len(value) > 4096:
         raise InvalidDatasource("config.path must be an absolute file path")
     path = Path(value)
     if not path.is_absolute():
         raise InvalidDatasource("config.path must be an absolute file path")
-    if state_dir is not None:
-        resolved = path.resolve()
-        state = state_dir.resolve()
-        demo = state / "demo"
-        if (resolved == state or state in resolved.parents) and demo not in resolved.parents:
-            raise InvalidDatasource("config.path cannot be inside the appliance's state "
-                                    "directory (it holds the credential store)")
+    if path.is_symlink():
+        raise InvalidDatasource("config.path cannot be a symbolic link: give the file it "
+                                "points to")
+    if state_dir is not None and in_state_dir(path.resolve(), state_dir.resolve()):
+        raise InvalidDatasource("config.path cannot be inside the appliance's state "
+                                "directory (it holds the credential store)")
     return str(path)
 
 

@@ -2,12 +2,15 @@
 timeout, a failed statement, an oversized answer.
 
 Owns the error classes and their codes. A message names the datasource and never holds a
-credential, a parameter value or a result; driver messages are reduced to what is safe to show.
+credential, a parameter value or a result: a failed statement is described from codes and schema
+names (`named`), never from a driver's message text.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
+from collections.abc import Collection, Iterable
 
 from appliance.errors import NotFound, Unprocessable, UpstreamError, UpstreamTimeout
 
@@ -60,6 +63,17 @@ class DatasourceProtocolError(UpstreamError):
         self.datasource = datasource
 
 
+class DatasourceFileRefused(UpstreamError):
+    """A SQLite datasource's file, as found when the engine opens it, is not one it may open (a
+    symbolic link, in the state directory, the same file as one there, changed while opened)."""
+
+    code = "datasource_file_refused"
+
+    def __init__(self, datasource: str, problem: str) -> None:
+        super().__init__(f"datasource '{datasource}': the database file is refused: {problem}")
+        self.datasource = datasource
+
+
 class ResponseTooLarge(UpstreamError):
     code = "response_too_large"
 
@@ -71,8 +85,9 @@ class ResponseTooLarge(UpstreamError):
 
 class QueryFailed(Unprocessable):
     """The datasource refused or failed the statement. `state` is a short code (SQLSTATE, a
-    MongoDB error code, an HTTP status); `problem` the driver's primary message, shown to
-    developers only (it may name tables or columns of the query)."""
+    MongoDB error code, an SQLite result code); `problem` a fixed sentence for that code plus the
+    names the driver reports in fields that cannot hold a value (constraint, table, column),
+    shown to developers only. Never the driver's message text: it may quote a value."""
 
     code = "query_failed"
 
@@ -82,6 +97,26 @@ class QueryFailed(Unprocessable):
         self.datasource = datasource
         self.state = state
         self.problem = problem
+
+
+_NAME_RE = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
+
+
+def named(names: Iterable[tuple[str, str | None]], hidden: Collection[str] = ()) -> str:
+    """`constraint "t_x_key", table "t"` from (what, name) pairs a driver reported in fields that
+    hold schema names. A name is left out when it is empty, long or odd, or holds one of `hidden`
+    (the run's identifier values: a constraint named after a chosen table holds it, or its first
+    16 characters when PostgreSQL shortened the name)."""
+    shown = []
+    hide = [value.casefold()[:16] for value in hidden if value]
+    for what, name in names:
+        if not name or not _NAME_RE.fullmatch(name):
+            continue
+        folded = name.casefold()
+        if any(value in folded for value in hide):
+            continue
+        shown.append(f'{what} "{name}"')
+    return ", ".join(shown)
 
 
 def connection_failure(name: str, exc: BaseException,

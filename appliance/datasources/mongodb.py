@@ -2,8 +2,9 @@
 connection through the egress dialer.
 
 Owns running a bound `MongoCommand` (find, aggregate, count, and the insert/update/delete forms)
-and translating PyMongo's errors. Documents come back whole, one per row, in a single `document`
-column. Never logs a filter, a document or a result.
+and translating PyMongo's errors (a sentence per error code, never the server's message, which
+quotes values). Documents come back whole, one per row, in a single `document` column. Never logs
+a filter, a document or a result.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Final
 
 from appliance.datasources.config import CONNECT_TIMEOUT
 from appliance.datasources.engine import Engine, RowStream, Target
@@ -32,6 +33,21 @@ BATCH = 1000
 # PyMongo's DEBUG command log quotes commands and replies (filters, documents): never below INFO.
 logging.getLogger("pymongo").setLevel(logging.INFO)
 _AUTH_CODES = frozenset({11, 13, 18})  # UserNotFound, Unauthorized, AuthenticationFailed
+# What a failed command says, by error code. Never the server's errmsg, errInfo or keyValue: they
+# quote the values of the command and of stored documents ("dup key: { x: … }").
+_SENTENCES: Final = {
+    2: "a value or option is not valid (BadValue)",
+    9: "the command could not be parsed (FailedToParse)",
+    14: "a value has the wrong type (TypeMismatch)",
+    26: "the namespace does not exist (NamespaceNotFound)",
+    28: "a path cannot be created in the document (PathNotViable)",
+    40: "an update has conflicting paths (ConflictingUpdateOperators)",
+    52: "a field name is not valid (DollarPrefixedFieldName)",
+    66: "an immutable field such as _id would change (ImmutableField)",
+    121: "a document failed the collection's validation (DocumentValidationFailure)",
+    168: "a query operator is not valid (InvalidPipelineOperator)",
+    11000: "a unique index would be violated (duplicate key)",
+}
 
 
 class MongoEngine(Engine):
@@ -163,9 +179,8 @@ class MongoEngine(Engine):
         if isinstance(exc, errors.ConnectionFailure):
             return DatasourceUnreachable(name, "unreachable (the connection was lost)")
         if isinstance(exc, errors.OperationFailure):
-            details = exc.details or {}
-            message = str(details.get("errmsg") or "the command failed")
-            return QueryFailed(name, message[:500], f"code {exc.code}")
+            code = _failure_code(exc)
+            return QueryFailed(name, _SENTENCES.get(code, "the command failed"), f"code {code}")
         if isinstance(exc, errors.PyMongoError):
             return QueryFailed(name, type(exc).__name__)
         return DatasourceUnreachable(name, f"unreachable ({type(exc).__name__})")
@@ -175,6 +190,17 @@ class MongoEngine(Engine):
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.close()
+
+
+def _failure_code(exc: Any) -> int:
+    """The error's code; for a bulk write, its first write error's (a duplicate key, say)."""
+    details = exc.details if isinstance(exc.details, dict) else {}
+    write_errors = details.get("writeErrors")
+    if isinstance(write_errors, list) and write_errors and isinstance(write_errors[0], dict):
+        first = write_errors[0].get("code")
+        if type(first) is int:
+            return first
+    return exc.code if type(exc.code) is int else 0
 
 
 async def _cursor_batches(cursor: Any, fetch: int) -> AsyncIterator[list[Any]]:

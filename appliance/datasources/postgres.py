@@ -3,8 +3,8 @@ every connection goes through the egress dialer; statements run as server-side p
 statements with their values bound.
 
 Owns the pool, connection parameters (all explicit, so asyncpg never reads PG* variables) and the
-translation of asyncpg's errors. Never logs a value or a row, and never passes a driver message
-that may hold a parameter value (client-side encoding errors) on.
+translation of asyncpg's errors. Never logs a value or a row, and never passes the text of a
+statement's error on (server and client-side messages quote values: see `postgres_errors`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -26,16 +25,15 @@ from appliance.datasources.errors import (
     DatasourceTimeout,
     DatasourceTLSError,
     DatasourceUnreachable,
-    QueryFailed,
     connection_failure,
 )
+from appliance.datasources.postgres_errors import encoding_failure, query_failed
 from appliance.datasources.postgres_pool import ConnectionPool, PoolClosed
 from appliance.egress import Dialer, asyncpg_hook
 from appliance.errors import ApplianceError
 from appliance.query import BoundStatement
 
 STREAM_BATCH = 1000
-_PLACEHOLDER_RE = re.compile(r"query argument \$(\d+)")
 
 
 def _tls_context(mode: str) -> ssl.SSLContext | bool:
@@ -157,7 +155,7 @@ class PostgresEngine(Engine):
             statement = await conn.prepare(bound.sql, timeout=timeout)
             return [a.name for a in statement.get_attributes()], found
         except BaseException as exc:
-            raise self.translate(exc, timeout, "answer") from None
+            raise self.translate(exc, timeout, "answer", bound.identifiers) from None
 
     @contextlib.asynccontextmanager
     async def _streamed(self, conn: Any, bound: BoundStatement, *, timeout: float, fetch: int
@@ -172,9 +170,9 @@ class PostgresEngine(Engine):
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 await transaction.rollback()
-            raise self.translate(exc, timeout, "answer") from None
+            raise self.translate(exc, timeout, "answer", bound.identifiers) from None
         try:
-            yield RowStream(columns, self._batches(cursor, fetch, timeout))
+            yield RowStream(columns, self._batches(cursor, fetch, timeout, bound.identifiers))
         except BaseException:
             with contextlib.suppress(Exception):
                 await transaction.rollback()
@@ -182,16 +180,16 @@ class PostgresEngine(Engine):
         try:
             await transaction.commit()  # a statement that writes keeps its effect
         except BaseException as exc:
-            raise self.translate(exc, timeout, "answer") from None
+            raise self.translate(exc, timeout, "answer", bound.identifiers) from None
 
-    async def _batches(self, cursor: Any, fetch: int, timeout: float
-                       ) -> AsyncIterator[list[Any]]:
+    async def _batches(self, cursor: Any, fetch: int, timeout: float,
+                       identifiers: tuple[str, ...]) -> AsyncIterator[list[Any]]:
         remaining = fetch
         while remaining > 0:
             try:
                 batch = await cursor.fetch(min(STREAM_BATCH, remaining), timeout=timeout)
             except BaseException as exc:
-                raise self.translate(exc, timeout, "answer") from None
+                raise self.translate(exc, timeout, "answer", identifiers) from None
             if not batch:
                 return
             remaining -= len(batch)
@@ -203,8 +201,10 @@ class PostgresEngine(Engine):
         if pool is not None:
             await pool.close()
 
-    def translate(self, exc: BaseException, timeout: float, what: str) -> BaseException:
-        """An appliance error for a driver/network failure (messages never hold values)."""
+    def translate(self, exc: BaseException, timeout: float, what: str,
+                  identifiers: tuple[str, ...] = ()) -> BaseException:
+        """An appliance error for a driver/network failure (messages never hold values; names
+        holding one of the run's `identifiers` are left out)."""
         name = self.name
         common = connection_failure(name, exc, CONNECT_TIMEOUT)
         if common is not None:
@@ -230,12 +230,12 @@ class PostgresEngine(Engine):
             return DatasourceTLSError(name, exc.reason or "handshake failed")
         if isinstance(exc, ConnectionError) and "rejected SSL upgrade" in str(exc):
             return DatasourceTLSError(name, "the server does not offer TLS")
-        if isinstance(exc, asyncpg.DataError) and not isinstance(exc, asyncpg.PostgresError):
-            # Client-side encoding: asyncpg's message quotes the value, so it is not passed on.
-            match = _PLACEHOLDER_RE.search(str(exc))
-            where = f"${match.group(1)}" if match else "a placeholder"
-            return QueryFailed(name, f"a value does not fit the type PostgreSQL expects for "
-                                     f"{where}; add a cast in the query", "22000")
+        if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+            # Client-side encoding: asyncpg raises the server's class (asyncpg.DataError,
+            # SQLSTATE 22000) with a message quoting the value; only $n is kept.
+            encoding = encoding_failure(name, exc)
+            if encoding is not None:
+                return encoding
         if isinstance(exc, asyncpg.TooManyConnectionsError | asyncpg.CannotConnectNowError):
             return DatasourceUnreachable(name, "refusing connections (too many, or starting up)")
         if isinstance(exc, asyncpg.PostgresError):
@@ -243,7 +243,7 @@ class PostgresEngine(Engine):
                 return DatasourceUnreachable(
                     name, f"refusing the connection: {exc.args[0] if exc.args else ''} "
                           f"(SQLSTATE {exc.sqlstate})")
-            return QueryFailed(name, str(exc.args[0]) if exc.args else "error", exc.sqlstate)
+            return query_failed(name, exc, identifiers)
         if isinstance(exc, asyncpg.InterfaceError | ConnectionError | OSError):
             return DatasourceUnreachable(name, "unreachable (the connection was lost)")
         return DatasourceUnreachable(name, f"unreachable ({type(exc).__name__})")

@@ -49,8 +49,9 @@ log = logging.getLogger("appliance.datasources")
 TEST_TIMEOUT = 10.0
 
 
-def make_engine(target: Target, dialer: Dialer) -> Engine:
-    """The engine for a datasource's kind (drivers are imported only when used)."""
+def make_engine(target: Target, dialer: Dialer, state_dir: Path | None = None) -> Engine:
+    """The engine for a datasource's kind (drivers are imported only when used). `state_dir`:
+    the SQLite engine refuses, each time it opens its file, one that lies in it."""
     if target.kind == "postgres":
         from appliance.datasources.postgres import PostgresEngine
 
@@ -58,7 +59,7 @@ def make_engine(target: Target, dialer: Dialer) -> Engine:
     if target.kind == "sqlite":
         from appliance.datasources.sqlite import SQLiteEngine
 
-        return SQLiteEngine(target)
+        return SQLiteEngine(target, state_dir)
     if target.kind == "rest":
         from appliance.datasources.rest import RestEngine
 
@@ -289,7 +290,7 @@ class DatasourceService:
         future: asyncio.Future[Engine] = asyncio.get_running_loop().create_future()
         self._starting[datasource_id] = future
         try:
-            engine = make_engine(await self.target(datasource_id), self.dialer)
+            engine = make_engine(await self.target(datasource_id), self.dialer, self.state_dir)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters get it, nobody logs "never retrieved"
@@ -328,7 +329,7 @@ class DatasourceService:
     async def test(self, datasource_id: str, context: Context) -> dict[str, Any]:
         """Connect with a fresh engine (not the pool) and run a trivial command."""
         target = await self.target(datasource_id)
-        engine = make_engine(target, self.dialer)
+        engine = make_engine(target, self.dialer, self.state_dir)
         started = time.perf_counter()
         outcome, error = "ok", None
         try:

@@ -55,11 +55,13 @@ class BoundStatement:
 
     postgres: `$n` placeholders, `values[n-1]` for `$n`; dates and date-times as `date`/`datetime`,
     arrays as lists, json as JSON text. sqlite: `?` placeholders in order; dates and date-times as
-    ISO-8601 text, booleans as 1/0, json as JSON text.
+    ISO-8601 text, booleans as 1/0, json as JSON text. `identifiers`: the identifier values put
+    in the text, which an engine leaves out of its error messages.
     """
 
     sql: str
     values: tuple[Any, ...]
+    identifiers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +115,11 @@ class SqlTemplate:
             else:
                 out.append(f"${piece.number}")
         return BoundStatement(
-            "".join(out), tuple(_to_postgres(values[name], types[name]) for name in self.order))
+            "".join(out), tuple(_to_postgres(values[name], types[name]) for name in self.order),
+            self._identifiers(values))
+
+    def _identifiers(self, values: Mapping[str, Any]) -> tuple[str, ...]:
+        return tuple(str(values[name]) for name in self.quoted if values.get(name) is not None)
 
     def _bind_sqlite(self, values: Mapping[str, Any], types: Mapping[str, Parameter]
                      ) -> BoundStatement:
@@ -135,7 +141,7 @@ class SqlTemplate:
             else:
                 out.append("?")
                 bound.append(_to_sqlite(values[piece.name], types[piece.name]))
-        return BoundStatement("".join(out), tuple(bound))
+        return BoundStatement("".join(out), tuple(bound), self._identifiers(values))
 
 
 def quote_identifier(name: str) -> str:
