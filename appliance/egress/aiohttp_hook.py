@@ -111,7 +111,9 @@ def _redirect_target(current: URL, location: str) -> URL:
     except (ValueError, TypeError):
         raise UpstreamError("redirect to an invalid location") from None
     if target.scheme not in ("http", "https") or not target.host:
-        raise UpstreamError(f"redirect to an unsupported location ({target.scheme or 'none'}:)")
+        # The scheme is not named: an upstream may have echoed a run's value into Location.
+        raise UpstreamError("redirect to an unsupported location (only http and https are "
+                            "followed)")
     if target.user is not None or target.password is not None:
         raise UpstreamError("redirect to a location with a user name or password in it")
     if current.scheme == "https" and target.scheme == "http":
