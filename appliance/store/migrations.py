@@ -183,6 +183,15 @@ MIGRATIONS: tuple[Migration, ...] = (
                ) STRICT""",
         ),
     ),
+    # 7, not 6: main's migration 6 (datasource destinations, from wip-rest) comes before it.
+    Migration(
+        7,
+        "API token scopes: api (the HTTP API, as before) or metrics (GET /metrics only)",
+        (
+            "ALTER TABLE api_tokens ADD COLUMN scope TEXT NOT NULL DEFAULT 'api'"
+            " CHECK (scope IN ('api', 'metrics'))",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version
