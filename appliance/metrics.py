@@ -77,7 +77,7 @@ def install_audit_counter() -> None:
 class PoolSample:
     """One datasource's connection pool at scrape time."""
 
-    datasource: str
+    datasource: str  # its id (its name only with `[metrics] datasource_names = true`)
     kind: str
     size: int | None = None  # connections open (None: the engine does not say)
     idle: int | None = None

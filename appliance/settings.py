@@ -27,6 +27,7 @@ ENV_PREFIX = "APPLIANCE_"
 ENV_NON_SETTINGS = frozenset({"APPLIANCE_ENCRYPTION_PASSWORD", "APPLIANCE_ENCRYPTION_SALT"})
 
 ROLES = ("admin", "developer", "viewer")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -49,6 +50,7 @@ class ServerSettings:
     max_body_bytes: int
     request_timeout: float
     shutdown_timeout: float
+    trusted_proxies: tuple[Network, ...] = ()  # peers whose X-Forwarded-For is believed
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,12 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    allow: tuple[Network, ...] = ()  # clients that may scrape without a token
+    datasource_names: bool = False  # label pools by datasource name (else by id)
+
+
+@dataclass(frozen=True)
 class Environment:
     """What the process was given by its environment that is not a setting."""
 
@@ -106,6 +114,7 @@ class Settings:
     egress: EgressSettings
     auth: AuthSettings
     log: LogSettings
+    metrics: MetricsSettings = MetricsSettings()
     dev: bool = False
     config_file: Path | None = None
     environment: Environment = field(default_factory=Environment)
@@ -277,6 +286,17 @@ def _ip_address(value: Any) -> str:
         raise ValueError(f"{value!r} is not an IP address") from None
 
 
+def _cidr(value: Any) -> Network:
+    """A CIDR or a single address (a /32 or /128); no zone index."""
+    text = _string(value).strip()
+    try:
+        if "%" in text:
+            raise ValueError
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a CIDR or an IP address") from None
+
+
 def _egress_rule(value: Any) -> str:
     """A CIDR, an address, a host name, or any of them with `:port`."""
     text = _string(value).strip().lower()
@@ -333,6 +353,8 @@ SCHEMA: dict[str, dict[str, _Key]] = {
                             "Plain-HTTP listener (redirects to HTTPS only); empty for none."),
         "state_dir": _Key(_path, str(DEFAULT_STATE_DIR), str(DEV_STATE_DIR),
                           "Directory for the store, the instance secret and TLS material."),
+        "trusted_proxies": _Key(_list(_cidr), [], None,
+                                "Reverse proxies (CIDRs) whose X-Forwarded-For names the client."),
         "max_body_bytes": _Key(_integer(1024, 64 * 1024 * 1024), 1024 * 1024, None,
                                "Largest request body accepted (413 above)."),
         "request_timeout": _Key(_number(1, 3600), 60, None,
@@ -375,6 +397,12 @@ SCHEMA: dict[str, dict[str, _Key]] = {
                                      "Seconds a session lives without a request."),
         "session_absolute_timeout": _Key(_number(60, 30 * 86400), 43200, None,
                                          "Seconds a session lives at most, used or not."),
+    },
+    "metrics": {
+        "allow": _Key(_list(_cidr), [], None, "Clients (CIDRs) that may read /metrics without "
+                      "a token; empty: a token with the metrics scope is needed."),
+        "datasource_names": _Key(_bool, False, None, "Label pool metrics by datasource name "
+                                 "(default: by datasource id)."),
     },
     "log": {
         "format": _Key(_choice("json", "text"), "json", "text", "json lines or text, on stderr."),
@@ -451,6 +479,7 @@ def load(
         egress=EgressSettings(**values["egress"]),
         auth=AuthSettings(**values["auth"]),
         log=LogSettings(**values["log"]),
+        metrics=MetricsSettings(**values["metrics"]),
         dev=dev,
         config_file=used_file,
         environment=_environment(env),

@@ -179,12 +179,17 @@ class Appliance:
 
 @contextlib.asynccontextmanager
 async def running(state: Path, *, egress: dict[str, Any] | None = None,
+                  server: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
                   connection_limit: int = 100, **kwargs: Any) -> AsyncIterator[Appliance]:
-    """A real appliance in this process on 127.0.0.1 (local CA); `egress` overrides egress
-    settings, `connection_limit` the client's (0: unlimited)."""
+    """A real appliance in this process on 127.0.0.1 (local CA); `egress`, `server` and
+    `metrics` override those settings, `connection_limit` the client's (0: unlimited)."""
     s, raw_tokens = await prepare(state, **kwargs)
     if egress:
         s = dataclasses.replace(s, egress=dataclasses.replace(s.egress, **egress))
+    if server:
+        s = dataclasses.replace(s, server=dataclasses.replace(s.server, **server))
+    if metrics:
+        s = dataclasses.replace(s, metrics=dataclasses.replace(s.metrics, **metrics))
     tls = TLSManager(s.tls, state)
     tls.load_initial()
     app = build_app(s, tls)

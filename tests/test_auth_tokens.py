@@ -1,5 +1,5 @@
 """API tokens: shown once, stored hashed, never above the owner's role, revocable, expiring, and
-dead at once when the owner is disabled."""
+revoked for good when the owner is disabled."""
 
 from __future__ import annotations
 
@@ -72,14 +72,29 @@ async def test_disabled_owner_token_stops_at_once(tmp_path: Path) -> None:
     async with running(tmp_path / "state", require_2fa="", tokens=True) as appliance:
         bearer = appliance.client(token=appliance.tokens["developer"])
         assert (await bearer.request("GET", "/api/v1/session")).status == 200
+        token_id = appliance.tokens["developer"][4:20]
         admin = appliance.client(token=appliance.tokens["admin"])
         resp = await admin.request("PATCH", "/api/v1/users/developer", {"disabled": True})
-        assert resp.status == 200
+        assert resp.status == 200 and resp.body["tokens_revoked"] == [token_id]
         dead = await bearer.request("GET", "/api/v1/session")
         assert dead.status == 401 and dead.code == "invalid_token"
-        # Enabled again, it works again (it was not revoked, only its owner was disabled).
-        await admin.request("PATCH", "/api/v1/users/developer", {"disabled": False})
-        assert (await bearer.request("GET", "/api/v1/session")).status == 200
+        # 4f: enabled again, the user gets no token back: disabling revoked it for good.
+        again = await admin.request("PATCH", "/api/v1/users/developer", {"disabled": False})
+        assert again.status == 200 and again.body["tokens_revoked"] == []
+        assert (await bearer.request("GET", "/api/v1/session")).status == 401
+        [row] = appliance.query("SELECT revoked_at FROM api_tokens WHERE id = ?", (token_id,))
+        assert row["revoked_at"] is not None
+        listed = await admin.request("GET", "/api/v1/users/developer/tokens")
+        assert [t["active"] for t in listed.body["tokens"]] == [False]
+        [entry] = appliance.query("SELECT details FROM audit_log WHERE action = 'user.disable'")
+        assert token_id in entry["details"]
+        # A token left live by a disable from before the rule is revoked when the user is enabled.
+        appliance.execute("UPDATE users SET disabled = 1 WHERE username = 'viewer'")
+        viewer_id = appliance.tokens["viewer"][4:20]
+        enable = await admin.request("PATCH", "/api/v1/users/viewer", {"disabled": False})
+        assert enable.status == 200 and enable.body["tokens_revoked"] == [viewer_id]
+        assert (await appliance.client(token=appliance.tokens["viewer"]).request(
+            "GET", "/api/v1/session")).status == 401
 
 
 async def test_a_token_never_acts_above_its_owner(tmp_path: Path) -> None:
@@ -117,13 +132,43 @@ async def test_a_token_never_acts_above_its_owner(tmp_path: Path) -> None:
         assert again.status == 403 and again.code == "role_above_owner"
 
 
+async def test_a_token_for_an_unenrolled_user_whose_role_requires_2fa(tmp_path: Path) -> None:
+    """The HTTP path follows the same rule as the CLI (which alone can waive it)."""
+    from appliance.audit import Context
+    from appliance.errors import Forbidden
+    from appliance.http.keys import AUTH
+
+    async with running(tmp_path / "state", require_2fa="admin,developer") as appliance:
+        auth = appliance.app[AUTH]
+        dev = await auth.users.require("developer")
+        try:
+            await auth.create_token(dev, name="x", role=None, expires_days=None,
+                                    context=Context(actor="test"))
+        except Forbidden as exc:
+            assert exc.code == "2fa_enrolment_required"
+        else:
+            raise AssertionError("a token for an unenrolled developer was created")
+        # A role that does not require 2FA, or a metrics token (admins only), is fine.
+        _, info = await auth.create_token(dev, name="ro", role="viewer", expires_days=None,
+                                          context=Context(actor="test"))
+        assert info.role == "viewer" and info.scope == "api"
+        # Over HTTP the user cannot even get that far: the session must enrol first.
+        client = appliance.client()
+        await client.login("developer")
+        resp = await client.request("POST", "/api/v1/users/me/tokens", {"name": "x"})
+        assert resp.status == 403 and resp.code == "2fa_enrolment_required"
+
+
 async def test_bad_token_requests(tmp_path: Path) -> None:
     async with running(tmp_path / "state", require_2fa="") as appliance:
         dev = appliance.client()
         await dev.login("developer")
         for body, status in (({"name": ""}, 400), ({"name": "x", "expires_days": -1}, 400),
                              ({"name": "x", "expires_days": "soon"}, 400),
-                             ({"name": "x", "role": "root"}, 400), ({}, 400)):
+                             ({"name": "x", "role": "root"}, 400), ({}, 400),
+                             ({"name": "x", "scope": "everything"}, 400),
+                             ({"name": "x", "scope": ["api"]}, 400),
+                             ({"name": "x", "scope": "metrics"}, 403)):  # not an admin
             resp = await dev.request("POST", "/api/v1/users/me/tokens", body)
             assert resp.status == status, body
         missing = await dev.request("DELETE", "/api/v1/users/me/tokens/0000000000000000")

@@ -1,19 +1,42 @@
-"""`GET /metrics` on a real appliance: who may read it, and that each family moves when the thing
+"""`GET /metrics` on a real appliance: who may read it (a metrics-scoped token, or an address in
+`[metrics] allow`; loopback is not trusted by itself), and that each family moves when the thing
 it counts happens (requests, query runs, egress decisions, certificate expiry, audit failures,
-pools)."""
+pools, labelled by datasource id unless `[metrics] datasource_names`)."""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from appliance import demo
-from appliance.http.keys import TLS
-from appliance.http.metrics_routes import _loopback
+from appliance.audit import AuditLog, Context
+from appliance.auth import AuthService
+from appliance.http.keys import DATASOURCES, TLS
+from appliance.http.metrics_routes import allowed
+from appliance.store import open_sqlite_store
 from tests.test_auth_support import Appliance, running
+
+LOOPBACK = {"allow": (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1"))}
+
+
+async def metrics_token(found: Appliance, owner: str = "admin") -> str:
+    """A token with the metrics scope, made as `appliance tokens create admin --scope metrics`
+    makes it (the store opened by a second connection, as the CLI would)."""
+    store = await open_sqlite_store(found.store_path)
+    try:
+        auth = AuthService(store, AuditLog(store), found.settings.auth)
+        raw, _ = await auth.create_token(await auth.users.require(owner), name="prometheus",
+                                         role=None, expires_days=None, scope="metrics",
+                                         context=Context(actor="test"))
+    finally:
+        await store.close()
+    return raw.reveal()
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -35,19 +58,59 @@ async def scrape(found: Appliance, token: str | None = None) -> str:
     return resp.body
 
 
-def test_loopback_detection() -> None:
+def test_the_allow_list() -> None:
+    allow = LOOPBACK["allow"]
     for remote in ("127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"):
-        assert _loopback(remote), remote
-    for remote in ("10.0.0.1", "192.168.1.1", "::ffff:10.0.0.1", "fe80::1%eth0", "", None,
-                   "localhost", "0.0.0.0"):
-        assert not _loopback(remote), remote
+        assert allowed(remote, allow), remote
+        assert not allowed(remote, ()), remote
+    for remote in ("10.0.0.1", "192.168.1.1", "::ffff:10.0.0.1", "fe80::1%eth0", "",
+                   "localhost", "0.0.0.0", "x" * 10_000):
+        assert not allowed(remote, allow), remote
 
 
-async def test_a_loopback_client_needs_no_token(tmp_path: Path) -> None:
+async def test_a_loopback_client_needs_a_metrics_token_by_default(tmp_path: Path) -> None:
+    """4e: every loopback client used to read /metrics without a token."""
     async with running(tmp_path / "state", tokens=True) as found:
+        anonymous = await found.client().request("GET", "/metrics")
+        assert anonymous.status == 401 and anonymous.code == "unauthenticated"
+        # Ordinary API tokens, an admin's included, are no metrics credential.
+        for token in (found.tokens["admin"], found.tokens["viewer"], "not-a-token",
+                      "apl_" + "0" * 16 + "_" + "A" * 43):
+            resp = await found.client(token=token).request("GET", "/metrics")
+            assert resp.status == 401 and resp.code == "invalid_token", token
+        token = await metrics_token(found)
+        assert "appliance_http_requests_total" in await scrape(found, token)
+        # ... and a metrics token is no API credential, not even for its admin owner.
+        for path in ("/api/v1/session", "/api/v1/users", "/api/v1/queries"):
+            resp = await found.client(token=token).request("GET", path)
+            assert resp.status == 401 and resp.code == "invalid_token", path
+        # The owner demoted or disabled: the token stops.
+        found.execute("UPDATE users SET role = 'developer' WHERE username = 'admin'")
+        assert (await found.client(token=token).request("GET", "/metrics")).status == 403
+        found.execute("UPDATE users SET role = 'admin', disabled = 1 WHERE username = 'admin'")
+        assert (await found.client(token=token).request("GET", "/metrics")).status == 401
+
+
+async def test_only_an_admin_owns_a_metrics_token(tmp_path: Path) -> None:
+    from appliance.errors import Forbidden
+
+    async with running(tmp_path / "state") as found:
+        with pytest.raises(Forbidden):
+            await metrics_token(found, "viewer")
+
+
+async def test_a_listed_address_needs_no_token(tmp_path: Path) -> None:
+    async with running(tmp_path / "state", tokens=True, metrics=LOOPBACK) as found:
         assert "appliance_http_requests_total" in await scrape(found)
-        for token in (found.tokens["admin"], found.tokens["viewer"], "not-a-token"):
+        for token in (found.tokens["viewer"], "not-a-token"):
             assert "appliance_http_requests_total" in await scrape(found, token)
+    # Behind a trusted proxy the address checked is the client's, not the proxy's.
+    async with running(tmp_path / "state2", metrics=LOOPBACK, server={
+            "trusted_proxies": (ipaddress.ip_network("127.0.0.1/32"),)}) as found:
+        resp = await found.client().request("GET", "/metrics",
+                                            headers={"X-Forwarded-For": "192.0.2.7"})
+        assert resp.status == 401
+        assert "appliance_http_requests_total" in await scrape(found)
 
 
 def _non_loopback_address() -> str | None:
@@ -60,15 +123,15 @@ def _non_loopback_address() -> str | None:
     return None if address.startswith("127.") else address
 
 
-async def test_a_remote_client_needs_an_admin_token(tmp_path: Path) -> None:
+async def test_a_remote_client_needs_a_metrics_token(tmp_path: Path) -> None:
     address = _non_loopback_address()
     if address is None:
-        import pytest
         pytest.skip("this host has no non-loopback IPv4 address")
     from aiohttp import web
 
     from appliance.server import bound_ports
-    async with running(tmp_path / "state", tokens=True) as found:
+    async with running(tmp_path / "state", tokens=True, metrics=LOOPBACK) as found:
+        token = await metrics_token(found)
         site = web.TCPSite(found.runner, address, 0, ssl_context=found.app[TLS].context)
         await site.start()
         port = bound_ports(site)[0][1]
@@ -77,16 +140,18 @@ async def test_a_remote_client_needs_an_admin_token(tmp_path: Path) -> None:
             async with http.get(url, ssl=False) as resp:
                 assert resp.status == 401
             async with http.get(url, ssl=False, headers={
-                    "Authorization": f"Bearer {found.tokens['viewer']}"}) as resp:
-                assert resp.status == 403
-            async with http.get(url, ssl=False, headers={
                     "Authorization": f"Bearer {found.tokens['admin']}"}) as resp:
+                assert resp.status == 401
+            async with http.get(url, ssl=False, headers={
+                    "Authorization": f"Bearer {token}"}) as resp:
                 assert resp.status == 200
                 assert "appliance_http_requests_total" in await resp.text()
 
 
-async def test_every_family_counts_what_happens(tmp_path: Path) -> None:
-    async with running(tmp_path / "state", tokens=True) as found:
+@pytest.mark.parametrize("by_name", [False, True])
+async def test_every_family_counts_what_happens(tmp_path: Path, by_name: bool) -> None:
+    options: dict[str, Any] = dict(LOOPBACK, datasource_names=by_name)
+    async with running(tmp_path / "state", tokens=True, metrics=options) as found:
         admin = found.client(token=found.tokens["admin"])
         first = await scrape(found)
 
@@ -137,9 +202,15 @@ async def test_every_family_counts_what_happens(tmp_path: Path) -> None:
         not_after = found.app[TLS].info.not_after.timestamp()  # type: ignore[union-attr]
         assert value(text, "appliance_tls_certificate_not_after_seconds") == not_after
         assert value(text, "appliance_datasource_pools", kind="sqlite") == 1
+        # Labelled by the datasource's id; by its name only when the setting says so.
+        [engine] = found.app[DATASOURCES].open_engines()
+        label = "demo" if by_name else engine.target.id
+        assert label.startswith("ds_") or by_name, label
         for state in ("open", "idle"):  # the demo's one connection, back in its pool
-            assert value(text, "appliance_datasource_pool_connections", datasource="demo",
+            assert value(text, "appliance_datasource_pool_connections", datasource=label,
                          kind="sqlite", state=state) == 1, state
+        if not by_name:
+            assert 'datasource="demo"' not in text
 
 
 def test_run_durations_land_in_the_right_buckets() -> None:

@@ -65,6 +65,24 @@ def test_lists_from_toml_and_env(tmp_path: Path) -> None:
     assert s.auth.require_2fa == ("admin", "developer")
 
 
+def test_trusted_proxies_and_metrics_access() -> None:
+    import ipaddress
+
+    s = settings.load(env={})
+    assert s.server.trusted_proxies == () and s.metrics.allow == ()
+    assert s.metrics.datasource_names is False
+    s = settings.load(env={"APPLIANCE_SERVER_TRUSTED_PROXIES": "10.0.0.5, fd00::/8",
+                           "APPLIANCE_METRICS_ALLOW": "127.0.0.1",
+                           "APPLIANCE_METRICS_DATASOURCE_NAMES": "true"})
+    assert s.server.trusted_proxies == (ipaddress.ip_network("10.0.0.5/32"),
+                                        ipaddress.ip_network("fd00::/8"))
+    assert s.metrics.allow == (ipaddress.ip_network("127.0.0.1/32"),)
+    assert s.metrics.datasource_names is True
+    with pytest.raises(ConfigError) as info:
+        settings.load(env={"APPLIANCE_SERVER_TRUSTED_PROXIES": "10.0.0.0/8,nonsense"})
+    assert info.value.key == "APPLIANCE_SERVER_TRUSTED_PROXIES"
+
+
 def test_ipv6_endpoint_and_ephemeral_port() -> None:
     s = settings.load(env={}, flags={"listen": "[::1]:0"})
     assert s.server.listen == Endpoint("::1", 0)
@@ -97,6 +115,13 @@ def test_ipv6_endpoint_and_ephemeral_port() -> None:
         ('[egress]\ndeny = ["host:99999"]\n', "egress.deny"),
         ('[egress]\nallow_private = "maybe"\n', "egress.allow_private"),
         ('[auth]\nrequire_2fa = ["root"]\n', "auth.require_2fa"),
+        ('[server]\ntrusted_proxies = "10.0.0.0/8"\n', "server.trusted_proxies"),
+        ('[server]\ntrusted_proxies = ["10.0.0.0/33"]\n', "server.trusted_proxies"),
+        ('[server]\ntrusted_proxies = ["proxy.example.com"]\n', "server.trusted_proxies"),
+        ('[server]\ntrusted_proxies = ["fe80::1%eth0"]\n', "server.trusted_proxies"),
+        ('[metrics]\nallow = ["localhost"]\n', "metrics.allow"),
+        ('[metrics]\ndatasource_names = "perhaps"\n', "metrics.datasource_names"),
+        ('[metrics]\nloopback = true\n', "metrics.loopback"),
         ('[log]\nlevel = "loud"\n', "log.level"),
         ('[log]\nformat = 3\n', "log.format"),
         ('[server]\nlisten = "127.0.0.1:1"\nunknown_key = 1\n', "server.unknown_key"),

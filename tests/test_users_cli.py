@@ -111,8 +111,9 @@ def test_users_tokens_and_audit_verbs(tmp_path: Path) -> None:
     verify = run_cli("audit", "verify", "--state-dir", str(state), env=env)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     actions = [a for (a,) in rows(state, "SELECT action FROM audit_log ORDER BY seq")]
+    # (no token.revoke: disabling dana already revoked the token, recorded in user.disable)
     assert actions == ["user.create", "user.create", "user.create", "token.create",
-                       "user.disable", "2fa.reset", "token.revoke"]
+                       "user.disable", "2fa.reset"]
     actors = {a for (a,) in rows(state, "SELECT actor FROM audit_log WHERE seq > 1")}
     assert len(actors) == 1 and actors.pop().startswith("cli:")
     shown = run_cli("audit", "list", "--limit", "2", "--state-dir", str(state), env=env)
@@ -124,3 +125,53 @@ def test_every_verb_has_help() -> None:
                  ["audit", "verify"]):
         result = run_cli(*verb, "--help")
         assert result.returncode == 0 and "usage:" in result.stdout
+
+
+def test_disable_revokes_tokens_for_good_and_2fa_rule_for_cli_tokens(tmp_path: Path) -> None:
+    """4f: a re-enabled user got their old tokens back, and `tokens create` made working tokens
+    for an admin who had not enrolled the 2FA their role requires."""
+    state = tmp_path / "state"
+    env = clean_env()
+    assert run_cli("init", "--state-dir", str(state), env=env).returncode == 0
+    pw = tmp_path / "pw"
+    pw.write_text("developer-password-1")
+    assert run_cli("users", "add", "dana", "--role", "developer", "--password-file", str(pw),
+                   "--state-dir", str(state), env=env).returncode == 0
+    made = run_cli("tokens", "create", "dana", "--state-dir", str(state), env=env)
+    assert made.returncode == 0, made.stderr
+    token_id = made.stdout.strip().splitlines()[-1][4:20]
+
+    disabled = run_cli("users", "disable", "dana", "--state-dir", str(state), env=env)
+    assert disabled.returncode == 0
+    assert f"revoked 1 API token(s) for good: {token_id}" in disabled.stdout
+    enabled = run_cli("users", "enable", "dana", "--state-dir", str(state), env=env)
+    assert enabled.returncode == 0 and "no API token comes back" in enabled.stdout
+    assert rows(state, "SELECT revoked_at IS NOT NULL FROM api_tokens") == [(1,)]
+    listed = run_cli("tokens", "list", "dana", "--state-dir", str(state), env=env)
+    assert "\tinactive\t" in listed.stdout
+
+    # The first admin has not enrolled 2FA, which the admin role requires by default.
+    refused = run_cli("tokens", "create", "admin", "--state-dir", str(state), env=env)
+    assert refused.returncode != 0
+    assert "has not enrolled two-factor login" in refused.stderr
+    assert "--allow-without-2fa" in refused.stderr and "apl_" not in refused.stdout
+    assert rows(state, "SELECT COUNT(*) FROM api_tokens") == [(1,)]
+    waived = run_cli("tokens", "create", "admin", "--allow-without-2fa", "--state-dir",
+                     str(state), env=env)
+    assert waived.returncode == 0 and "acts without it" in waived.stderr
+    [(details,)] = rows(state, "SELECT details FROM audit_log WHERE action = 'token.create'"
+                               " ORDER BY seq DESC LIMIT 1")
+    assert '"without_2fa":true' in details.replace(" ", "")
+    # A lower role that does not require 2FA, and a metrics token, need no flag.
+    assert run_cli("tokens", "create", "admin", "--role", "developer", "--state-dir",
+                   str(state), env=env).returncode == 0
+    metrics = run_cli("tokens", "create", "admin", "--scope", "metrics", "--state-dir",
+                      str(state), env=env)
+    assert metrics.returncode == 0 and "GET /metrics only" in metrics.stdout
+    assert "\tmetrics\t" in run_cli("tokens", "list", "admin", "--state-dir", str(state),
+                                   env=env).stdout
+    bad = run_cli("tokens", "create", "dana", "--scope", "metrics", "--state-dir", str(state),
+                  env=env)
+    assert bad.returncode != 0 and "must belong to an admin" in bad.stderr
+    assert run_cli("tokens", "create", "admin", "--scope", "root", "--state-dir", str(state),
+                   env=env).returncode == 2

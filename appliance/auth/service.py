@@ -12,13 +12,13 @@ from typing import Any
 
 from appliance.audit import AuditLog, Context
 from appliance.auth.passwords import Passwords
-from appliance.auth.roles import Principal
+from appliance.auth.roles import Principal, at_least
 from appliance.auth.sessions import Sessions, label
-from appliance.auth.throttle import Throttle, throttle_key
-from appliance.auth.tokens import Tokens
+from appliance.auth.throttle import Keys, Throttle, Throttled
+from appliance.auth.tokens import API, TokenInfo, Tokens
 from appliance.auth.totp import TwoFactor, Vault
 from appliance.auth.users import User, Users
-from appliance.errors import BadRequest, Conflict, ServiceUnavailable, Unauthorized
+from appliance.errors import BadRequest, Conflict, Forbidden, ServiceUnavailable, Unauthorized
 from appliance.secret import Secret
 from appliance.settings import AuthSettings
 from appliance.store import Store
@@ -72,15 +72,16 @@ class AuthService:
     async def login(self, username: str, password: Secret[str], code: str | None, *,
                     context: Context) -> LoginResult:
         name = username.strip()[:64]
-        keys = [throttle_key("user", name.lower()), throttle_key("addr", context.client)]
-        async with self.throttle.serialised(keys):
+        keys = Keys.of(name, context.client)
+        watched = await self.throttle.watched(keys)
+        async with self.throttle.serialised(watched):
             try:
-                await self.throttle.check(keys)
-            except Exception:
+                await self.throttle.check(watched)
+            except Throttled as exc:
                 async with self.store.transaction() as tx:
                     await self.audit.record(tx, action="session.create", outcome="denied",
                                             target=await self._target(name),
-                                            details={"reason": "throttled"},
+                                            details={"reason": "throttled", "limit": exc.limit},
                                             context=_anonymous(context))
                 raise
             user = await self.users.get(name) if name else None
@@ -107,7 +108,7 @@ class AuthService:
                     failed = True
                 else:
                     failed = False
-                    await self.throttle.success(tx, keys[0])
+                    await self.throttle.success(tx, keys)
                     if self.passwords.needs_rehash(user.password_hash):
                         new_hash = await self.passwords.hash(password)
                         await self.users.set_password_hash(tx, user.id, new_hash)
@@ -164,8 +165,30 @@ class AuthService:
                                     context=context)
         return new_raw
 
-    def authenticate_bearer(self, raw: str) -> Coroutine[Any, Any, Principal | None]:
-        return self.tokens.authenticate(raw)  # its coroutine, awaited by the caller
+    def authenticate_bearer(self, raw: str,
+                            scope: str = API) -> Coroutine[Any, Any, Principal | None]:
+        return self.tokens.authenticate(raw, scope)  # its coroutine, awaited by the caller
+
+    async def create_token(self, owner: User, *, name: str, role: str | None,
+                           expires_days: float | None, context: Context, scope: str = API,
+                           allow_without_2fa: bool = False) -> tuple[Secret[str], TokenInfo]:
+        """A new token (see `Tokens.create`). An API token whose role requires two-factor login,
+        for an owner who has not enrolled, would act without the second factor: refused unless
+        `allow_without_2fa` (the CLI's explicit flag; recorded in the audit). A metrics token
+        reaches no API and needs no second factor."""
+        token_role = role or owner.role
+        missing = (scope == API and token_role in self.settings.require_2fa
+                   and not owner.totp_enabled)
+        if missing and not at_least(owner.role, token_role):
+            missing = False  # a role above the owner's: `Tokens.create` refuses it, saying so
+        if missing and not allow_without_2fa:
+            raise Forbidden(
+                f"{owner.username} has not enrolled two-factor login, which the {token_role} "
+                f"role requires, and a token would act without it: enrol first (log in and set "
+                f"up TOTP), or choose a role that does not require it; from the CLI, "
+                f"--allow-without-2fa creates it anyway", code="2fa_enrolment_required")
+        return await self.tokens.create(owner, name=name, role=role, expires_days=expires_days,
+                                        context=context, scope=scope, without_2fa=missing)
 
     async def authenticate_session(self, raw: str) -> Principal | None:
         return await self.sessions.lookup(raw)

@@ -1,7 +1,11 @@
-"""Login throttling: after 5 failures per account or per client address, exponential backoff.
+"""Login throttling: per (account, address) pair first, then per address and per account at much
+higher thresholds, each with exponential backoff; the pairs that have logged in are "known".
 
-Owns the `login_throttle` table and the per-key locks that serialise concurrent attempts.
-Never stores a password or a typed user name; keys are hashes (`throttle_key`).
+Owns the `login_throttle` table and the per-key locks that serialise concurrent attempts. A known
+pair (a full login, password and second factor, from that address in the last `known_for`
+seconds) answers only to its own pair limit: failures other people cause elsewhere, on the same
+account or from the same address, never refuse it. Never stores a password, a typed user name or
+an address; keys are hashes (`throttle_key`).
 """
 
 from __future__ import annotations
@@ -13,44 +17,91 @@ import math
 import time
 import weakref
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
 from appliance.errors import TooManyRequests
 from appliance.store import Store, Transaction
 
-THRESHOLD = 5        # failures allowed before backoff starts
-BASE_DELAY = 2.0     # seconds locked after the 5th failure; doubles with each further one
+THRESHOLD = 5        # failures of one pair allowed before backoff starts
+BASE_DELAY = 2.0     # seconds locked at the threshold; doubles with each further failure
 MAX_DELAY = 900.0    # never locked longer than this at once
-FORGET_AFTER = 3600.0  # a key with no failure for this long starts again from zero
+
+
+@dataclass(frozen=True)
+class Limit:
+    """Failures a key may collect before it locks, and how long a quiet key remembers them."""
+
+    threshold: int
+    forget_after: float
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The limits, as data (see docs/users.md for why these numbers)."""
+
+    pair: Limit = Limit(THRESHOLD, 3600.0)       # one account from one address
+    address: Limit = Limit(50, 86400.0)          # one address, any accounts
+    account: Limit = Limit(100, 86400.0)         # one account, from any address
+    known_for: float = 30 * 86400.0              # a full login makes its pair known this long
 
 
 def throttle_key(kind: str, value: str) -> str:
-    """`user:<hash>` or `addr:<hash>`: a name typed at login may be a misplaced password, so
-    the table never keeps it in clear."""
+    """`<kind>:<hash>`: a name typed at login may be a misplaced password, so the table never
+    keeps it (or the address) in clear."""
     return f"{kind}:" + hashlib.sha256(f"{kind}:{value}".encode()).hexdigest()[:32]
 
 
-def delay_for(failures: int) -> float:
-    if failures < THRESHOLD:
+@dataclass(frozen=True)
+class Keys:
+    """The throttle keys of one login attempt."""
+
+    pair: str
+    address: str
+    account: str
+    known: str  # the row that says the pair has logged in (no counter)
+
+    @classmethod
+    def of(cls, username: str, address: str) -> Keys:
+        name = username.lower()
+        return cls(pair=throttle_key("pair", f"{name}\x00{address}"),
+                   address=throttle_key("addr", address),
+                   account=throttle_key("user", name),
+                   known=throttle_key("known", f"{name}\x00{address}"))
+
+
+def delay_for(failures: int, threshold: int = THRESHOLD) -> float:
+    if failures < threshold:
         return 0.0
-    return min(MAX_DELAY, BASE_DELAY * 2 ** min(failures - THRESHOLD, 20))
+    return min(MAX_DELAY, BASE_DELAY * 2 ** min(failures - threshold, 20))
 
 
 class Throttled(TooManyRequests):
-    def __init__(self, retry_after: float) -> None:
+    def __init__(self, retry_after: float, limit: str = "") -> None:
         self.retry_after = max(1, math.ceil(retry_after))
+        self.limit = limit  # which key locked: for the audit, never for the client
         super().__init__(f"too many failed logins; try again in {self.retry_after} seconds",
                          code="throttled")
 
 
 class Throttle:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, policy: Policy | None = None) -> None:
         self.store = store
+        self.policy = policy or Policy()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary())
 
+    async def watched(self, keys: Keys) -> list[str]:
+        """The keys that may refuse this attempt: the pair's only, for a known pair."""
+        row = await self.store.fetch_one(
+            "SELECT updated_at FROM login_throttle WHERE key = ?", (keys.known,))
+        if row is not None and time.time() - row["updated_at"] < self.policy.known_for:
+            return [keys.pair]
+        return [keys.pair, keys.account, keys.address]
+
     @contextlib.asynccontextmanager
     async def serialised(self, keys: Sequence[str]) -> AsyncIterator[None]:
-        """Attempts on the same account or from the same address run one at a time."""
+        """Attempts on the same watched keys run one at a time (a known pair waits only for
+        attempts of its own pair, never behind an attack on its account)."""
         locks = []
         for key in sorted(set(keys)):
             lock = self._locks.get(key)
@@ -68,22 +119,24 @@ class Throttle:
         now = time.time()
         marks = ",".join("?" for _ in keys)
         rows = await self.store.fetch_all(
-            f"SELECT locked_until FROM login_throttle WHERE key IN ({marks})", tuple(keys))
-        wait = max((row["locked_until"] - now for row in rows), default=0.0)
-        if wait > 0:
-            raise Throttled(wait)
+            f"SELECT key, locked_until FROM login_throttle WHERE key IN ({marks})", tuple(keys))
+        worst = max(rows, key=lambda row: row["locked_until"], default=None)
+        if worst is not None and worst["locked_until"] > now:
+            raise Throttled(worst["locked_until"] - now, str(worst["key"]).partition(":")[0])
 
-    async def failure(self, tx: Transaction, keys: Sequence[str]) -> float:
-        """Count a failure for each key; return the longest lock it causes (seconds)."""
+    async def failure(self, tx: Transaction, keys: Keys) -> float:
+        """Count a failure for the pair, the address and the account; return the longest lock it
+        causes (seconds)."""
         now = time.time()
         longest = 0.0
-        for key in keys:
+        for key, limit in ((keys.pair, self.policy.pair), (keys.address, self.policy.address),
+                           (keys.account, self.policy.account)):
             row = await tx.fetch_one(
                 "SELECT failures, updated_at FROM login_throttle WHERE key = ?", (key,))
             failures = 1
-            if row and now - row["updated_at"] < FORGET_AFTER:
+            if row and now - row["updated_at"] < limit.forget_after:
                 failures = int(row["failures"]) + 1
-            delay = delay_for(failures)
+            delay = delay_for(failures, limit.threshold)
             longest = max(longest, delay)
             await tx.execute(
                 "INSERT INTO login_throttle (key, failures, locked_until, updated_at)"
@@ -92,5 +145,12 @@ class Throttle:
                 (key, failures, now + delay, now))
         return longest
 
-    async def success(self, tx: Transaction, key: str) -> None:
-        await tx.execute("DELETE FROM login_throttle WHERE key = ?", (key,))
+    async def success(self, tx: Transaction, keys: Keys) -> None:
+        """A full login: the pair starts again from zero and is known from now on. The address's
+        and the account's counts stay (a login of one's own account must not buy an attacker at
+        the same address, or on the same account, a fresh allowance)."""
+        await tx.execute("DELETE FROM login_throttle WHERE key = ?", (keys.pair,))
+        await tx.execute(
+            "INSERT INTO login_throttle (key, failures, locked_until, updated_at)"
+            " VALUES (?, 0, 0, ?) ON CONFLICT (key) DO UPDATE SET updated_at = excluded.updated_at",
+            (keys.known, time.time()))

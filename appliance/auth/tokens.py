@@ -1,7 +1,9 @@
 """API tokens for automation: shown once, stored as SHA-256, never above the owner's role.
 
-Owns the `api_tokens` table. A token's effective role is the lower of its own and its owner's
-current role; a disabled owner's tokens fail at once. Never stores or logs a token's secret.
+Owns the `api_tokens` table and token scopes: an `api` token authenticates to the HTTP API, a
+`metrics` token to `GET /metrics` and nothing else. A token's effective role is the lower of its
+own and its owner's current role; a disabled owner's tokens fail at once (and disabling revokes
+them, `users.Users.change`). Never stores or logs a token's secret.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from appliance.store import Store
 PREFIX = "apl_"
 _TOKEN_RE = re.compile(r"apl_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 MAX_EXPIRY_DAYS = 3650
+API = "api"  # the HTTP API, with the token's role
+METRICS = "metrics"  # GET /metrics only; owned by an admin
+SCOPES = (API, METRICS)
 _RECENT_MAX = 1024  # token rows kept between store changes (hashes and roles, no secret)
 
 
@@ -40,6 +45,7 @@ class TokenInfo:
     username: str
     name: str
     role: str
+    scope: str
     created_at: float
     expires_at: float | None
     revoked_at: float | None
@@ -49,14 +55,15 @@ class TokenInfo:
         now = time.time()
         active = self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
         return {"id": self.id, "username": self.username, "name": self.name, "role": self.role,
-                "created_at": self.created_at, "expires_at": self.expires_at,
+                "scope": self.scope, "created_at": self.created_at, "expires_at": self.expires_at,
                 "revoked_at": self.revoked_at, "last_used_at": self.last_used_at,
                 "active": active}
 
 
 def _info(row: dict[str, Any]) -> TokenInfo:
     return TokenInfo(id=row["id"], user_id=row["user_id"], username=row["username"],
-                     name=row["name"], role=row["role"], created_at=row["created_at"],
+                     name=row["name"], role=row["role"], scope=row["scope"],
+                     created_at=row["created_at"],
                      expires_at=row["expires_at"], revoked_at=row["revoked_at"],
                      last_used_at=row["last_used_at"])
 
@@ -68,10 +75,21 @@ class Tokens:
         self._recent: dict[str, _Record] = {}  # token id: its kept record
 
     async def create(self, owner: User, *, name: str, role: str | None,
-                     expires_days: float | None, context: Context) -> tuple[Secret[str], TokenInfo]:
-        """A new token for `owner`; the raw token is returned here and never again."""
+                     expires_days: float | None, context: Context,
+                     scope: str = API,
+                     without_2fa: bool = False) -> tuple[Secret[str], TokenInfo]:
+        """A new token for `owner`; the raw token is returned here and never again. Whether the
+        owner may hold one without the second factor their role requires is the caller's rule
+        (`AuthService.create_token`); `without_2fa` records in the audit that it was waived."""
         if not isinstance(name, str) or not 1 <= len(name) <= 100 or not name.isprintable():
             raise BadRequest("token name must be 1-100 printable characters", code="bad_name")
+        if scope not in SCOPES:
+            raise BadRequest(f"scope must be one of {', '.join(SCOPES)}", code="bad_scope")
+        if scope == METRICS:
+            if role not in (None, roles.ADMIN):
+                raise BadRequest("a metrics token has no role to choose", code="bad_scope")
+            if owner.role != roles.ADMIN:
+                raise Forbidden("a metrics token must belong to an admin", code="forbidden_role")
         role = owner.role if role is None else roles.check_role(role)
         if not roles.at_least(owner.role, role):
             raise Forbidden(f"a token cannot have a role above its owner's ({owner.role})",
@@ -90,12 +108,14 @@ class Tokens:
         now = time.time()
         async with self.store.transaction() as tx:
             await tx.execute(
-                "INSERT INTO api_tokens (id, user_id, name, role, secret_hash, created_at,"
-                " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (token_id, owner.id, name, role, _hash(secret), now, expires_at))
+                "INSERT INTO api_tokens (id, user_id, name, role, scope, secret_hash, created_at,"
+                " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (token_id, owner.id, name, role, scope, _hash(secret), now, expires_at))
             await self.audit.record(tx, action="token.create", target=f"token:{token_id}",
                                     details={"owner": owner.username, "name": name, "role": role,
-                                             "expires_at": expires_at}, context=context)
+                                             "scope": scope, "expires_at": expires_at,
+                                             **({"without_2fa": True} if without_2fa else {})},
+                                    context=context)
         info = await self.get(token_id)
         assert info is not None
         return Secret(f"{PREFIX}{token_id}_{secret}"), info
@@ -148,7 +168,7 @@ class Tokens:
     async def _read(self, token_id: str) -> _Record | None:
         version = self.store.version()
         row = await self.store.lookup(
-            "SELECT t.secret_hash, t.role AS token_role, t.expires_at, t.revoked_at,"
+            "SELECT t.secret_hash, t.role AS token_role, t.scope, t.expires_at, t.revoked_at,"
             " t.last_used_at, u.id AS user_id, u.username, u.role, u.disabled"
             " FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.id = ?", (token_id,))
         if row is None:
@@ -164,15 +184,17 @@ class Tokens:
             usable_until = math.inf
         record = _Record(version if version is not None else -1,
                          str(row["secret_hash"]).encode(), usable_until, row["last_used_at"],
-                         found)
+                         str(row["scope"]), found)
         if version is not None:
             if len(self._recent) >= _RECENT_MAX:
                 self._recent.clear()
             self._recent[token_id] = record
         return record
 
-    async def authenticate(self, raw: str) -> Principal | None:
-        """The principal a bearer token acts as, or None. Constant-time secret comparison."""
+    async def authenticate(self, raw: str, scope: str = API) -> Principal | None:
+        """The principal a bearer token acts as, or None (also for a token of another scope:
+        a metrics token is no credential for the API, nor an API token for /metrics).
+        Constant-time secret comparison."""
         match = _TOKEN_RE.fullmatch(raw.strip())
         if match is None:
             return None
@@ -182,7 +204,7 @@ class Tokens:
         if record is None:
             hmac.compare_digest(_NO_SUCH_TOKEN, offered)  # the same work as for a known id
             return None
-        if not hmac.compare_digest(record.secret_hash, offered):
+        if not hmac.compare_digest(record.secret_hash, offered) or record.scope != scope:
             return None
         now = time.time()
         if now >= record.usable_until:  # revoked, owner disabled, or expired
@@ -201,6 +223,7 @@ class _Record(NamedTuple):
     secret_hash: bytes  # the SHA-256 of the secret, hex, as stored
     usable_until: float  # `expires_at`; +inf if it never expires; -inf if revoked or disabled
     last_used_at: float | None
+    scope: str  # `API` or `METRICS`: where the token is a credential
     principal: Principal
 
 

@@ -2,6 +2,7 @@
 
 Owns the `users` table. Never returns or logs a password hash outside this package; every change
 is audited in the same transaction (fail-closed) and a privilege change ends the user's sessions.
+Disabling a user also revokes their API tokens for good: enabling them again brings none back.
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ class User:
 
     def __repr__(self) -> str:
         return f"<User {self.username} {self.role}>"
+
+
+@dataclass(frozen=True)
+class Change:
+    """What `Users.change` did: the user as it is now, and the API tokens it revoked."""
+
+    user: User
+    revoked_tokens: tuple[str, ...]
 
 
 def check_username(value: object) -> str:
@@ -112,6 +121,15 @@ class Users:
                      disabled: bool | None = None,
                      password: Secret[str] | None = None) -> User:
         """Change role, disabled flag or password; a change ends the user's sessions."""
+        return (await self.change(username, context=context, role=role, disabled=disabled,
+                                  password=password)).user
+
+    async def change(self, username: str, *, context: Context, role: str | None = None,
+                     disabled: bool | None = None,
+                     password: Secret[str] | None = None) -> Change:
+        """`update`, also saying which API tokens the change revoked: disabling revokes every
+        live token of the user, and so does enabling (a token left live by a disable from before
+        this rule must not come back with its owner)."""
         if role is not None:
             roles.check_role(role)
         new_hash = await self.passwords.hash(password) if password is not None else None
@@ -125,7 +143,7 @@ class Users:
             if new_hash is not None:
                 changed["password_changed"] = True
             if not changed:
-                return user
+                return Change(user, ())
             if user.role == roles.ADMIN and ("role" in changed or changed.get("disabled")):
                 await self._keep_one_admin(tx, user)
             await tx.execute(
@@ -135,13 +153,30 @@ class Users:
                  new_hash or user.password_hash, time.time(), user.id))
             # Any privilege change (or a new password) ends every session of the user.
             await tx.execute("DELETE FROM sessions WHERE user_id = ?", (user.id,))
+            revoked: tuple[str, ...] = ()
+            if "disabled" in changed:
+                revoked = await self._revoke_tokens(tx, user.id)
             action = "user.disable" if changed.get("disabled") is True else "user.update"
             await self.audit.record(tx, action=action, target=f"user:{user.username}",
                                     details={"changed": sorted(changed), **{
                                         k: v for k, v in changed.items()
-                                        if k in ("role", "disabled")}},
+                                        if k in ("role", "disabled")},
+                                        **({"revoked": list(revoked)} if revoked else {})},
                                     context=context)
-            return await self.require(username, tx)
+            return Change(await self.require(username, tx), revoked)
+
+    @staticmethod
+    async def _revoke_tokens(tx: Transaction, user_id: str) -> tuple[str, ...]:
+        """Revoke the user's live API tokens (the `api_tokens` row's `revoked_at`, as
+        `Tokens.revoke` sets it); their ids."""
+        rows = await tx.fetch_all(
+            "SELECT id FROM api_tokens WHERE user_id = ? AND revoked_at IS NULL ORDER BY id",
+            (user_id,))
+        ids = tuple(str(row["id"]) for row in rows)
+        if ids:
+            await tx.execute("UPDATE api_tokens SET revoked_at = ? WHERE user_id = ?"
+                             " AND revoked_at IS NULL", (time.time(), user_id))
+        return ids
 
     async def _keep_one_admin(self, tx: Transaction, user: User) -> None:
         row = await tx.fetch_one(

@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import sys
 
 from appliance.auth import ROLES
+from appliance.auth.tokens import API, SCOPES
 from appliance.cli.common import add_state_options, load_settings
 from appliance.cli.users import cli_context, open_auth
 from appliance.secret import Secret
@@ -22,12 +24,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = verbs.add_parser("create", help="create a token for a user (printed once)",
                          description="Create an API token owned by user NAME and print it once. "
-                                     "Its role is the owner's unless --role gives a lower one.")
+                                     "Its role is the owner's unless --role gives a lower one. "
+                                     "A token whose role requires two-factor login is refused "
+                                     "for an owner who has not enrolled, unless "
+                                     "--allow-without-2fa. --scope metrics: a token for GET "
+                                     "/metrics only (owner: an admin; no 2FA needed).")
     add_state_options(p)
     p.add_argument("name", metavar="NAME", help="the user who owns the token")
     p.add_argument("--expires", type=float, metavar="DAYS", help="days until it expires")
     p.add_argument("--label", default="cli", help="a name for the token (default: cli)")
     p.add_argument("--role", choices=ROLES, help="a role at most the owner's")
+    p.add_argument("--scope", choices=SCOPES, default=API,
+                   help="api (the HTTP API, the default) or metrics (GET /metrics only)")
+    p.add_argument("--allow-without-2fa", action="store_true",
+                   help="create an API token even though its role requires two-factor login "
+                        "and the owner has not enrolled (the token then acts without it)")
     p.set_defaults(run=run_create)
 
     p = verbs.add_parser("list", help="list tokens (never their secrets)",
@@ -46,16 +57,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_create(args: argparse.Namespace) -> int:
     settings = load_settings(args)
 
-    async def main() -> tuple[Secret[str], str]:
+    async def main() -> tuple[Secret[str], str, bool]:
         async with open_auth(settings) as auth:
             owner = await auth.users.require(args.name)
-            raw, info = await auth.tokens.create(owner, name=args.label, role=args.role,
-                                                 expires_days=args.expires,
-                                                 context=cli_context())
-        return raw, info.id
+            raw, info = await auth.create_token(owner, name=args.label, role=args.role,
+                                                expires_days=args.expires, scope=args.scope,
+                                                allow_without_2fa=args.allow_without_2fa,
+                                                context=cli_context())
+            waived = (args.scope == API and info.role in settings.auth.require_2fa
+                      and not owner.totp_enabled)
+        return raw, info.id, waived
 
-    raw, token_id = asyncio.run(main())
-    print(f"token {token_id} for {args.name!r} (shown only now):")
+    raw, token_id, waived = asyncio.run(main())
+    if waived:
+        print(f"warning: {args.name!r} has not enrolled two-factor login, which this token's "
+              f"role requires: the token acts without it (--allow-without-2fa, audited)",
+              file=sys.stderr)
+    scope = " (metrics scope: GET /metrics only)" if args.scope != API else ""
+    print(f"token {token_id} for {args.name!r}{scope} (shown only now):")
     print(raw.reveal())
     return 0
 
@@ -77,12 +96,13 @@ def run_list(args: argparse.Namespace) -> int:
         for token in tokens:
             view = token.public()
             out.append(f"{token.id}\t{token.username}\t{token.name}\t{token.role}\t"
+                       f"{token.scope}\t"
                        f"{'active' if view['active'] else 'inactive'}\t"
                        f"{_when(token.expires_at)}")
         return out
 
     lines = asyncio.run(main())
-    print("id\towner\tname\trole\tstate\texpires")
+    print("id\towner\tname\trole\tscope\tstate\texpires")
     for line in lines:
         print(line)
     return 0

@@ -77,8 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_state_options(p)
     p.set_defaults(run=run_list)
 
-    for verb, helptext in (("disable", "disable a user: sessions and tokens stop at once"),
-                           ("enable", "enable a disabled user again")):
+    for verb, helptext in (("disable", "disable a user: sessions end and API tokens are revoked "
+                                       "for good"),
+                           ("enable", "enable a disabled user again (no token comes back)")):
         p = verbs.add_parser(verb, help=helptext, description=helptext.capitalize() + ".")
         add_state_options(p)
         p.add_argument("name", help="user name")
@@ -129,12 +130,17 @@ def run_list(args: argparse.Namespace) -> int:
 def _set_disabled(args: argparse.Namespace, disabled: bool) -> int:
     settings = load_settings(args)
 
-    async def main() -> None:
+    async def main() -> tuple[str, ...]:
         async with open_auth(settings) as auth:
-            await auth.users.update(args.name, disabled=disabled, context=cli_context())
+            change = await auth.users.change(args.name, disabled=disabled, context=cli_context())
+        return change.revoked_tokens
 
-    asyncio.run(main())
+    revoked = asyncio.run(main())
     print(f"{'disabled' if disabled else 'enabled'} user {args.name!r}")
+    if revoked:
+        print(f"revoked {len(revoked)} API token(s) for good: {', '.join(revoked)}")
+    if not disabled:
+        print("no API token comes back: disabling revoked them; create new ones if needed")
     return 0
 
 

@@ -18,6 +18,7 @@ from aiohttp import web
 from appliance.audit import AuditLog, Context
 from appliance.auth import ADMIN, COOKIE_NAME, DEVELOPER, VIEWER, AuthService, Principal
 from appliance.errors import ApplianceError, Forbidden, Unauthorized
+from appliance.http import client_address
 from appliance.http.keys import AUDIT, AUTH, KEYRING, REQUEST_ID, SETTINGS, STORE
 
 PUBLIC = "public"
@@ -166,7 +167,7 @@ def require_principal(request: web.Request) -> Principal:
 def context(request: web.Request) -> Context:
     """Actor, client address and request id, for audit entries written for this request."""
     found = request.get(PRINCIPAL)
-    return Context(actor=found.actor if found else "anonymous", client=request.remote or "",
+    return Context(actor=found.actor if found else "anonymous", client=client_address.of(request),
                    request_id=request.get(REQUEST_ID, ""))
 
 

@@ -132,9 +132,11 @@ async def update_user(request: web.Request) -> web.Response:
     role = _string(body, "role", required=False, max_length=16)
     password = _secret(body, "password") if "password" in body else None
     auth = request.app[AUTH]
-    user = await auth.users.update(request.match_info["name"], role=role, disabled=disabled,
-                                   password=password, context=access.context(request))
-    return web.json_response(user.public())
+    change = await auth.users.change(request.match_info["name"], role=role, disabled=disabled,
+                                     password=password, context=access.context(request))
+    # Disabling (or enabling) revokes the user's live API tokens for good: say which.
+    return web.json_response(dict(change.user.public(),
+                                  tokens_revoked=list(change.revoked_tokens)))
 
 
 @access.admin
@@ -223,14 +225,15 @@ async def create_my_token(request: web.Request) -> web.Response:
     body = await read_object(request)
     name = _string(body, "name", max_length=100)
     role = _string(body, "role", required=False, max_length=16)
+    scope = _string(body, "scope", required=False, max_length=16) or "api"
     expires = body.get("expires_days")
     auth = request.app[AUTH]
     owner = await auth.users.get_by_id(found.user_id)
     if owner is None:
         raise Unauthorized("the session has ended", code="session_ended")
     assert name is not None
-    raw, info = await auth.tokens.create(owner, name=name, role=role, expires_days=expires,
-                                         context=access.context(request))
+    raw, info = await auth.create_token(owner, name=name, role=role, expires_days=expires,
+                                        scope=scope, context=access.context(request))
     return web.json_response(dict(info.public(), token=raw.reveal()), status=201)
 
 

@@ -1,21 +1,25 @@
-"""`GET /metrics` (Prometheus text; an admin bearer token or a loopback client). The per-response
-counter that feeds `appliance_http_requests` is kept by `middleware.front`.
+"""`GET /metrics` (Prometheus text): a bearer token with the `metrics` scope, or a client address
+listed in `[metrics] allow` (empty by default: loopback is not trusted by itself). The
+per-response counter that feeds `appliance_http_requests` is kept by `middleware.front`.
 
 Wires the application's parts into `appliance.metrics` sources; owns no metric itself. Never uses a
-request path, a query string or a header value as a label.
+request path, a query string or a header value as a label, and labels datasources by id unless
+`[metrics] datasource_names` says otherwise.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from aiohttp import web
 
 from appliance import metrics
+from appliance.auth.tokens import METRICS
 from appliance.errors import Forbidden, Unauthorized
-from appliance.http import access
-from appliance.http.keys import AUTH, DATASOURCES, EGRESS, TLS
+from appliance.http import access, client_address
+from appliance.http.keys import AUTH, DATASOURCES, EGRESS, SETTINGS, TLS
+from appliance.settings import Network
 
 _SOURCES = web.AppKey("metrics_sources", metrics.Sources)
 
@@ -37,34 +41,43 @@ def _not_after(app: web.Application) -> float | None:
 
 def _pools(app: web.Application) -> Iterator[metrics.PoolSample]:
     service = app.get(DATASOURCES)
+    by_name = app[SETTINGS].metrics.datasource_names
     for engine in service.open_engines() if service is not None else []:
         stats = engine.pool_stats()  # None: the driver does not say
-        yield metrics.PoolSample(datasource=engine.target.name, kind=engine.target.kind,
+        target = engine.target
+        yield metrics.PoolSample(datasource=target.name if by_name else target.id,
+                                 kind=target.kind,
                                  size=stats.size if stats is not None else None,
                                  idle=stats.idle if stats is not None else None)
 
 
-def _loopback(remote: str | None) -> bool:
+def allowed(client: str, allow: Sequence[Network]) -> bool:
+    """True when the client address is in one of the `[metrics] allow` networks."""
+    if not allow:
+        return False
     try:
-        ip = ipaddress.ip_address((remote or "").split("%", 1)[0])
+        ip = ipaddress.ip_address(client)
     except ValueError:
         return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return ip.is_loopback
+    return any(ip in network for network in allow)
 
 
-@access.public  # checked here: a loopback client, or an admin's bearer token
+@access.public  # checked here: a listed client address, or a metrics-scoped bearer token
 async def get_metrics(request: web.Request) -> web.Response:
-    if not _loopback(request.remote):  # a loopback client is trusted, token or not
+    if not allowed(client_address.of(request), request.app[SETTINGS].metrics.allow):
         scheme, _, value = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
-            raise Unauthorized("metrics need an admin bearer token (or a loopback client)",
+            raise Unauthorized("metrics need a bearer token with the metrics scope "
+                               "(appliance tokens create NAME --scope metrics)",
                                code="unauthenticated")
-        found = await request.app[AUTH].authenticate_bearer(value.strip())
+        found = await request.app[AUTH].authenticate_bearer(value.strip(), METRICS)
         if found is None:
-            raise Unauthorized("invalid, expired or revoked token", code="invalid_token")
-        if not found.at_least("admin"):
-            raise Forbidden("metrics need the admin role", code="forbidden_role")
+            raise Unauthorized("invalid, expired or revoked token, or not a metrics token "
+                               "(appliance tokens create NAME --scope metrics)",
+                               code="invalid_token")
+        if not found.at_least("admin"):  # the owner is no longer an admin
+            raise Forbidden("a metrics token's owner must be an admin", code="forbidden_role")
     body = metrics.exposition(request.app[_SOURCES])
     return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})

@@ -1,7 +1,8 @@
 """The middleware every request passes: request id and access log, errors as JSON, limits, headers.
 
-The access log records method, route, status and duration only: never bodies, query-string
-values, or the values of `Authorization`, `Cookie` and `Set-Cookie`.
+The access log records method, route, status, duration and client address (`client_address`)
+only: never bodies, query-string values, or the values of `Authorization`, `Cookie` and
+`Set-Cookie`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from multidict import CIMultiDict
 
 from appliance import deadlines, metrics
 from appliance.errors import ApplianceError, PayloadTooLarge, UpstreamTimeout
+from appliance.http import client_address
 from appliance.http.keys import REQUEST_ID, SETTINGS
 
 log = logging.getLogger("appliance.http")
@@ -69,6 +71,10 @@ def front(guard: Guard | None = None) -> Middleware:
         status = 500
         try:
             settings = request.app[SETTINGS]
+            proxies = settings.server.trusted_proxies
+            if proxies:  # without the setting, forwarded headers are never read
+                request[client_address.CLIENT] = client_address.choose(
+                    request.remote, request.headers.getall("X-Forwarded-For", ()), proxies)
             try:
                 limit = settings.server.max_body_bytes
                 length = request.content_length
@@ -103,7 +109,7 @@ def _log_request(request: web.Request, request_id: str, status: int, started: fl
             "route": route.canonical if route is not None else "<unmatched>",
             "status": status,
             "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-            "client": request.remote,
+            "client": client_address.of(request),
         },
     )
 

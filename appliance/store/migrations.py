@@ -192,6 +192,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE sealed_fields ADD COLUMN binding BLOB",
         ),
     ),
+    Migration(
+        7,
+        "API token scopes: api (the HTTP API, as before) or metrics (GET /metrics only)",
+        (
+            "ALTER TABLE api_tokens ADD COLUMN scope TEXT NOT NULL DEFAULT 'api'"
+            " CHECK (scope IN ('api', 'metrics'))",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version
