@@ -124,7 +124,7 @@ async def test_the_account_limit_never_refuses_a_known_pair(tmp_path: Path) -> N
         lower_limits(appliance, account=8)
         async with from_address(appliance, "127.0.0.2") as admin:
             assert (await admin.login("admin")).status == 201  # before 2FA: the pair is known
-            _, totp, _ = await enrol(appliance)
+            _, totp, recovery = await enrol(appliance)
             step = appliance.query("SELECT totp_last_step FROM users")[0][0]
             for host in range(10, 14):  # a botnet: 2 guesses from each of 4 addresses
                 async with from_address(appliance, f"127.0.0.{host}") as bot:
@@ -132,13 +132,24 @@ async def test_the_account_limit_never_refuses_a_known_pair(tmp_path: Path) -> N
                         assert (await bot.login("admin", "wrong-password-0000",
                                                 totp="000000")).status == 401
             async with from_address(appliance, "127.0.0.20") as bot:
-                # The account is locked for a new address, even with the right credentials.
-                locked = await bot.login("admin", totp=totp.at((step + 1) * 30))
-                assert locked.status == 429 and locked.code == "throttled"
+                # The account is locked for a new address: the password alone, a wrong code or
+                # a wrong password are all the same 429 (no hint which part was right).
+                for password, code in ((None, None), (None, "000000"),
+                                       ("wrong-password-0000", totp.at((step + 1) * 30))):
+                    locked = await bot.login("admin", password, totp=code)
+                    assert locked.status == 429 and locked.code == "throttled", locked.body
             ok = await admin.login("admin", totp=totp.at((step + 1) * 30))
             assert ok.status == 201, ok.body
+            async with from_address(appliance, "127.0.0.21") as traveller:
+                # The real admin at a new address, with password and a second factor (here a
+                # recovery code: the TOTP step is spent): never refused for failures others
+                # caused.
+                ok = await traveller.login("admin", totp=recovery[0])
+                assert ok.status == 201, ok.body
+        # The wrong code was checked (a full attempt) and audited as such; the others denied.
         denied = appliance.query("SELECT details FROM audit_log WHERE outcome = 'denied'")
-        assert len(denied) == 1 and '"limit":"user"' in denied[0]["details"].replace(" ", "")
+        assert len(denied) == 2
+        assert all('"limit":"user"' in row["details"].replace(" ", "") for row in denied)
 
 
 async def test_the_address_limit_never_refuses_a_known_pair(tmp_path: Path) -> None:

@@ -76,18 +76,24 @@ class AuthService:
         watched = await self.throttle.watched(keys)
         async with self.throttle.serialised(watched):
             try:
-                await self.throttle.check(watched)
+                await self.throttle.check([keys.pair])
             except Throttled as exc:
-                async with self.store.transaction() as tx:
-                    await self.audit.record(tx, action="session.create", outcome="denied",
-                                            target=await self._target(name),
-                                            details={"reason": "throttled", "limit": exc.limit},
-                                            context=_anonymous(context))
+                await self._record_throttled(name, exc, context)
                 raise
+            # A lock on the account or the address may be others' doing: it refuses everything
+            # but a full login (the password and a second factor), and says nothing about
+            # which part of a lesser attempt was wrong.
+            shared = await self.throttle.locked([key for key in watched if key != keys.pair])
             user = await self.users.get(name) if name else None
             usable = user is not None and not user.disabled
             ok = await self.passwords.verify(user.password_hash if usable and user else None,
                                              password)
+            full = ok and user is not None and user.totp_enabled and bool(code)
+            if shared is not None and not full:
+                async with self.store.transaction() as tx:
+                    await self.throttle.failure(tx, keys)
+                await self._record_throttled(name, shared, context)
+                raise shared
             if ok and user is not None and user.totp_enabled and not code:
                 raise CodeRequired()
             vault = await self.vault() if ok and user is not None and user.totp_enabled else None
@@ -126,10 +132,19 @@ class AuthService:
                                  else f"password+{method}", "session": label(id_hash)},
                         context=_as(user, context))
             if failed:
+                if shared is not None:
+                    raise shared  # the same answer as any lesser attempt during the lock
                 raise LoginFailed()
             assert user is not None
             return LoginResult(session=raw, user=user, method=method,
                                enrolment_required=mfa_state == "enrol")
+
+    async def _record_throttled(self, name: str, exc: Throttled, context: Context) -> None:
+        async with self.store.transaction() as tx:
+            await self.audit.record(tx, action="session.create", outcome="denied",
+                                    target=await self._target(name, tx),
+                                    details={"reason": "throttled", "limit": exc.limit},
+                                    context=_anonymous(context))
 
     async def _target(self, name: str, tx: object = None) -> str:
         # An unknown name may be a password typed into the wrong field: never audit it.

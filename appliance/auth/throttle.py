@@ -114,8 +114,18 @@ class Throttle:
                 await stack.enter_async_context(lock)
             yield
 
+    async def locked(self, keys: Sequence[str]) -> Throttled | None:
+        """The lock on any of `keys` now (the longest), or None."""
+        try:
+            await self.check(keys)
+        except Throttled as exc:
+            return exc
+        return None
+
     async def check(self, keys: Sequence[str]) -> None:
         """Raise `Throttled` if any key is locked now."""
+        if not keys:
+            return
         now = time.time()
         marks = ",".join("?" for _ in keys)
         rows = await self.store.fetch_all(
