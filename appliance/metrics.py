@@ -28,6 +28,10 @@ _requests: dict[tuple[str, str, int], int] = {}
 _runs: dict[str, tuple[list[int], list[float]]] = {
     outcome: ([0] * (len(RUN_BUCKETS) + 1), [0.0]) for outcome in OUTCOMES}
 _audit_failures = [0]
+# Client connections the listeners closed on a limit, by rule (appliance.http.connection_limits).
+LISTENER_DROPS = ("max_connections", "max_connections_per_address", "handshake_timeout",
+                  "handshake_failed", "first_byte_timeout", "request_head_timeout")
+_listener_drops = dict.fromkeys(LISTENER_DROPS, 0)
 _audit_lock = threading.Lock()  # the one counter a non-loop thread may feed (through logging)
 
 
@@ -45,6 +49,12 @@ def observe_query_run(outcome: str, seconds: float) -> None:
     seconds = max(0.0, seconds)
     counts[bisect.bisect_left(RUN_BUCKETS, seconds)] += 1
     total[0] += seconds
+
+
+def listener_dropped(rule: str) -> None:
+    """A client connection refused at accept or closed on a time limit; `rule` is a setting's
+    name from LISTENER_DROPS (or `handshake_failed`)."""
+    _listener_drops[rule] += 1
 
 
 def audit_write_failed(count: int = 1) -> None:
@@ -169,6 +179,13 @@ class _ProcessCollector:
             "appliance_audit_write_failures", "Audit entries that could not be written.")
         failures.add_metric([], _audit_failures[0])
         yield failures
+        drops = CounterMetricFamily(
+            "appliance_listener_connections_dropped",
+            "Client connections refused at accept or closed on a time limit, by rule.",
+            labels=["rule"])
+        for rule, count in _listener_drops.items():
+            drops.add_metric([rule], count)
+        yield drops
 
 
 def exposition(sources: Sources | None = None) -> bytes:

@@ -18,7 +18,9 @@ from aiohttp import web
 
 from appliance import __version__, bootstrap, demo, state_dir
 from appliance import settings as settings_module
+from appliance.http import connection_limits
 from appliance.http.app import build_app
+from appliance.http.connection_limits import ConnectionGate, Listener, fit_descriptor_limit
 from appliance.http.keys import EGRESS
 from appliance.http.redirect import build_redirect_app
 from appliance.reload import Reloader
@@ -61,30 +63,40 @@ async def serve(settings: Settings, out: TextIO = sys.stdout, *,
     tls = TLSManager(settings.tls, state)
     tls.load_initial()
     app = build_app(settings, tls)
+    limits = settings.server
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           shutdown_timeout=settings.server.shutdown_timeout)
+                           shutdown_timeout=limits.shutdown_timeout,
+                           keepalive_timeout=limits.keepalive_timeout)
     await runner.setup()
     if settings.dev:
         await demo.install(app)  # a demo SQLite datasource and two queries
+    # One gate for both listeners: caps on open connections, overall and per client address.
+    gate = ConnectionGate(fit_descriptor_limit(limits.max_connections),
+                          limits.max_connections_per_address,
+                          trusted_proxies=limits.trusted_proxies)
     listen = settings.server.listen
-    site = web.TCPSite(runner, listen.host, listen.port, ssl_context=tls.context,
-                       reuse_address=True, backlog=512)
+    listeners: list[Listener] = []
     http_runner: web.AppRunner | None = None
     try:
-        await site.start()
-        own = bound_ports(site)
+        assert runner.server is not None
+        listeners.append(await connection_limits.listen(
+            runner.server, gate, limits, listen.host, listen.port, tls_context=tls.context))
+        own = listeners[0].addresses
         port = own[0][1]
         if settings.server.http_listen is not None:
             http_listen = settings.server.http_listen
             http_runner = web.AppRunner(build_redirect_app(settings, port, tls.http01),
-                                        access_log=None,
-                                        handle_signals=False, shutdown_timeout=2)
+                                        access_log=None, handle_signals=False,
+                                        shutdown_timeout=2,
+                                        keepalive_timeout=limits.keepalive_timeout)
             await http_runner.setup()
-            http_site = web.TCPSite(http_runner, http_listen.host, http_listen.port,
-                                    reuse_address=True)
-            await http_site.start()
-            own += bound_ports(http_site)
+            assert http_runner.server is not None
+            listeners.append(await connection_limits.listen(
+                http_runner.server, gate, limits, http_listen.host, http_listen.port))
+            own += listeners[-1].addresses
     except OSError as exc:
+        for listener in listeners:
+            listener.close()
         await runner.cleanup()
         if http_runner is not None:
             await http_runner.cleanup()
@@ -128,6 +140,8 @@ async def serve(settings: Settings, out: TextIO = sys.stdout, *,
     log.info("stopping: draining in-flight requests",
              extra={"timeout_s": settings.server.shutdown_timeout})
     _notify(settings, b"STOPPING=1")
+    for listener in listeners:  # stop accepting; the runners drain what was admitted
+        listener.close()
     if http_runner is not None:
         await http_runner.cleanup()
     await runner.cleanup()

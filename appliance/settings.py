@@ -51,6 +51,13 @@ class ServerSettings:
     request_timeout: float
     shutdown_timeout: float
     trusted_proxies: tuple[Network, ...] = ()  # peers whose X-Forwarded-For is believed
+    # Listener limits against idle and slow clients (appliance.http.connection_limits).
+    handshake_timeout: float = 10.0
+    first_byte_timeout: float = 10.0
+    request_head_timeout: float = 10.0
+    keepalive_timeout: float = 30.0
+    max_connections: int = 2000
+    max_connections_per_address: int = 100
 
 
 @dataclass(frozen=True)
@@ -361,6 +368,20 @@ SCHEMA: dict[str, dict[str, _Key]] = {
                                 "Seconds a request may take before it is answered with 504."),
         "shutdown_timeout": _Key(_number(0, 600), 20, None,
                                  "Seconds in-flight requests get to finish on SIGTERM."),
+        # Listener limits (docs/configuration.md says why these defaults).
+        "handshake_timeout": _Key(_number(1, 300), 10, None,
+                                  "Seconds a client gets to finish the TLS handshake."),
+        "first_byte_timeout": _Key(_number(1, 300), 10, None,
+                                   "Seconds from the handshake to the first request byte."),
+        "request_head_timeout": _Key(_number(1, 300), 10, None,
+                                     "Seconds from the first byte to the end of the request head."),
+        "keepalive_timeout": _Key(_number(1, 300), 30, None,
+                                  "Seconds an idle kept-alive connection stays open."),
+        "max_connections": _Key(_integer(1, 1_000_000), 2000, None,
+                                "Client connections open at once; more are closed at accept."),
+        "max_connections_per_address": _Key(_integer(1, 1_000_000), 100, None,
+                                            "Client connections open at once from one address "
+                                            "(IPv6: one /64)."),
     },
     "tls": {
         "mode": _Key(_choice("local", "files", "acme"), "local", "local",

@@ -104,8 +104,9 @@ async def serve_appliance(port: int, state: Path) -> None:
 
     from appliance.audit import Context
     from appliance.http.app import build_app
+    from appliance.http.connection_limits import ConnectionGate, listen
     from appliance.http.keys import DATASOURCES, QUERIES
-    from appliance.server import GC_THRESHOLDS, bound_ports
+    from appliance.server import GC_THRESHOLDS
     from appliance.tls import TLSManager
     from tests.test_auth_support import prepare
 
@@ -115,10 +116,14 @@ async def serve_appliance(port: int, state: Path) -> None:
     tls = TLSManager(s.tls, state)
     tls.load_initial()
     app = build_app(s, tls)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # As `appliance serve` runs it: its runner options and its listener (connection limits).
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           keepalive_timeout=s.server.keepalive_timeout)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls.context, backlog=512)
-    await site.start()
+    gate = ConnectionGate(s.server.max_connections, s.server.max_connections_per_address)
+    assert runner.server is not None
+    listener = await listen(runner.server, gate, s.server, "127.0.0.1", 0,
+                            tls_context=tls.context)
     ctx = Context(actor="bench")
     ds = await app[DATASOURCES].create({
         "name": "bench", "kind": "postgres",
@@ -135,7 +140,7 @@ async def serve_appliance(port: int, state: Path) -> None:
         "parameters": [{"name": "n", "type": "integer"}]}, ctx)
     gc.freeze()  # as appliance.server.serve does once it is up
     gc.set_threshold(*GC_THRESHOLDS)
-    print(json.dumps({"port": bound_ports(site)[0][1], "token": tokens["admin"],
+    print(json.dumps({"port": listener.addresses[0][1], "token": tokens["admin"],
                       "one": one["id"], "many": many["id"], "ca": str(tls.ca.cert_path)}),
           flush=True)
     await asyncio.Event().wait()
