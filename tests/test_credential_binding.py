@@ -129,6 +129,10 @@ def test_every_part_of_the_destination_counts() -> None:
         assert changed_keys("postgres", pg, {**pg, key: value}) == [key]
         assert binding("postgres", pg) != binding("postgres", {**pg, key: value})
     assert changed_keys("postgres", pg, {**pg, "max_rows": 99}) == []
+    assert changed_keys("postgres", pg, {**pg, "allow_md5": False}) == []  # the default
+    mongo = {"host": "db", "port": 27017, "database": "app", "user": "u", "tls": "disable"}
+    assert changed_keys("mongodb", mongo, {**mongo, "allow_scram_sha1": True}) == [
+        "allow_scram_sha1"]
     rest = {"base_url": "https://api.example.com/v1", "auth": "header", "header_name": "X-Key"}
     assert changed_keys("rest", rest, {**rest, "base_url": "https://api.example.com/v2"}) == []
     assert changed_keys("rest", rest, {**rest, "base_url": "https://API.example.com:443/v1"}) == []

@@ -127,3 +127,79 @@ async def test_mongodb_down(tmp_path: Path) -> None:
                                name="count")
         resp = await run(dev, q["id"])
         assert resp.status in (502, 504) and "'mongo down'" in resp.body["error"]["message"]
+
+
+class AuthWireServer(BaseWireServer):
+    """Lists only `mechanisms` for the user (saslSupportedMechs), never completes a speculative
+    authentication, refuses every saslStart (code 18), and records each mechanism the client
+    tried and every payload it sent."""
+
+    def __init__(self, mechanisms: list[str]) -> None:
+        super().__init__()
+        self.mechanisms = mechanisms
+        self.tried: list[str] = []
+        self.payloads: list[bytes] = []
+
+    def reply(self, command: dict[str, Any], sequences: dict[str, list[Any]]) -> dict[str, Any]:
+        name = next(iter(command))
+        if name.lower() in ("hello", "ismaster"):
+            answer = self.hello()
+            speculative = command.get("speculativeAuthenticate")
+            if speculative:
+                self.tried.append(str(speculative.get("mechanism", "MONGODB-X509")))
+                self.payloads.append(bytes(speculative.get("payload", b"")))
+            if "saslSupportedMechs" in command:
+                answer["saslSupportedMechs"] = self.mechanisms
+            return answer
+        if name == "saslStart":
+            self.tried.append(str(command.get("mechanism")))
+            self.payloads.append(bytes(command.get("payload", b"")))
+            return {"ok": 0.0, "errmsg": "Authentication failed.", "code": 18,
+                    "codeName": "AuthenticationFailed"}
+        return super().reply(command, sequences)
+
+
+MONGO_PASSWORD = "mongo-Pa55word-must-stay-home"
+
+
+@pytest.mark.parametrize("offered", [["SCRAM-SHA-1"], ["PLAIN"], ["PLAIN", "SCRAM-SHA-1"]])
+async def test_without_verified_tls_only_scram_sha_256_is_tried(tmp_path: Path,
+                                                                offered: list[str]) -> None:
+    """A server (or an impostor on the path) that offers only weaker mechanisms gets a
+    SCRAM-SHA-256 attempt, never SCRAM-SHA-1 nor PLAIN (which would carry the password)."""
+    server = await AuthWireServer(offered).start()
+    try:
+        async with proxy(tmp_path / "state") as appliance:
+            dev = as_role(appliance, "developer")
+            ds = await create_datasource(dev, name="mongo", kind="mongodb", config={
+                "host": "127.0.0.1", "port": server.port, "database": "app", "user": "reader",
+                "tls": "disable", "statement_timeout_ms": 3000},
+                secrets={"password": MONGO_PASSWORD})
+            tested = await dev.request("POST", f"/api/v1/datasources/{ds['id']}/test")
+    finally:
+        await server.close()
+    assert tested.status == 502 and tested.body["error"]["code"] == "datasource_auth_failed"
+    assert server.tried and set(server.tried) == {"SCRAM-SHA-256"}, server.tried
+    assert not any(MONGO_PASSWORD.encode() in p for p in server.payloads)
+    assert MONGO_PASSWORD not in str(tested.body)
+
+
+async def test_allow_scram_sha1_lets_pymongo_negotiate(tmp_path: Path) -> None:
+    server = await AuthWireServer(["SCRAM-SHA-1"]).start()
+    try:
+        async with proxy(tmp_path / "state") as appliance:
+            dev = as_role(appliance, "developer")
+            ds = await create_datasource(dev, name="mongo", kind="mongodb", config={
+                "host": "127.0.0.1", "port": server.port, "database": "app", "user": "reader",
+                "tls": "disable", "allow_scram_sha1": True, "statement_timeout_ms": 3000},
+                secrets={"password": MONGO_PASSWORD})
+            assert ds["config"]["allow_scram_sha1"] is True
+            tested = await dev.request("POST", f"/api/v1/datasources/{ds['id']}/test")
+            bad = await dev.request("POST", "/api/v1/datasources", {
+                "name": "bad", "kind": "mongodb", "config": {
+                    "host": "127.0.0.1", "database": "app", "allow_scram_sha1": "yes"}})
+    finally:
+        await server.close()
+    assert tested.status == 502 and tested.body["error"]["code"] == "datasource_auth_failed"
+    assert "SCRAM-SHA-1" in server.tried and "PLAIN" not in server.tried
+    assert bad.status == 422 and "allow_scram_sha1" in bad.body["error"]["message"]

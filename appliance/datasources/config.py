@@ -128,6 +128,10 @@ def check_config(kind: str, raw: Any, *, state_dir: Path | None = None) -> dict[
             "tls": _choice(raw, "tls", PG_TLS if kind == "postgres" else MONGO_TLS,
                            "verify-full"),
         }
+        # Weaker password methods, answered without verified TLS only when allowed.
+        weaker = "allow_md5" if kind == "postgres" else "allow_scram_sha1"
+        allowed.add(weaker)
+        out[weaker] = _boolean(raw, weaker, False)
     elif kind == "rest":
         allowed |= {"base_url", "auth", "username", "header_name", "follow_redirects",
                     "max_redirects"}

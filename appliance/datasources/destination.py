@@ -28,7 +28,7 @@ SEALED_KIND: Final = "datasource"
 # same origin reaches the same server).
 DESTINATION_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
     "postgres": ("host", "port", "database", "user", "tls", "allow_md5"),
-    "mongodb": ("host", "port", "database", "user", "tls"),
+    "mongodb": ("host", "port", "database", "user", "tls", "allow_scram_sha1"),
     "rest": ("base_url", "auth", "username", "header_name"),
     "sqlite": ("path",),
 }
@@ -46,7 +46,7 @@ def destination(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
         value = config.get(key)
         if key == "base_url" and isinstance(value, str):
             key, value = "origin", _origin(value)
-        if key == "allow_md5":
+        if key.startswith("allow_"):  # a weaker way to present the secret, allowed or not
             value = bool(value)
         if value is not None:
             out[key] = value

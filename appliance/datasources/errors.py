@@ -37,6 +37,13 @@ class DatasourceAuthFailed(UpstreamError):
         self.datasource = datasource
 
 
+class DatasourceAuthRefused(DatasourceAuthFailed):
+    """The server asked for a way of sending the password that this connection may not use (a
+    cleartext or MD5 password without verified TLS); the password was not sent."""
+
+    code = "auth_method_refused"
+
+
 class DatasourceTLSError(UpstreamError):
     code = "datasource_tls_error"
 

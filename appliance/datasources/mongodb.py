@@ -50,6 +50,16 @@ _SENTENCES: Final = {
 }
 
 
+def auth_mechanism(tls: str, *, allow_scram_sha1: bool) -> dict[str, str]:
+    """PyMongo's `authMechanism` for a password login. PyMongo never sends PLAIN (the password in
+    clear) unless asked, but by default takes SCRAM-SHA-1 from a server that does not list
+    SCRAM-SHA-256: without verified TLS, an impostor could ask for it. SCRAM-SHA-256 is pinned
+    then, unless the datasource allows SCRAM-SHA-1."""
+    if tls == "verify-full" or allow_scram_sha1:
+        return {}  # PyMongo's negotiation: SCRAM-SHA-256, or SCRAM-SHA-1 if the server lacks it
+    return {"authMechanism": "SCRAM-SHA-256"}
+
+
 class MongoEngine(Engine):
     def __init__(self, target: Target, dialer: Dialer) -> None:
         super().__init__(target)
@@ -68,8 +78,10 @@ class MongoEngine(Engine):
         }
         password = self.target.secret("password")
         if config.get("user"):
+            allow_sha1 = config.get("allow_scram_sha1") is True
             options.update(username=str(config["user"]), password=password or "",
-                           authSource=str(config["database"]))
+                           authSource=str(config["database"]),
+                           **auth_mechanism(str(config.get("tls")), allow_scram_sha1=allow_sha1))
         return await pymongo_hook.connect_client(
             self._dialer, host=str(config["host"]), port=int(config["port"]),
             datasource=self.target.id, timeout=CONNECT_TIMEOUT, **options)

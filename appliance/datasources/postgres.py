@@ -18,10 +18,12 @@ from typing import Any
 
 import asyncpg
 
+from appliance.datasources import postgres_auth
 from appliance.datasources.config import CONNECT_TIMEOUT
 from appliance.datasources.engine import Engine, PoolStats, RowStream, Target
 from appliance.datasources.errors import (
     DatasourceAuthFailed,
+    DatasourceAuthRefused,
     DatasourceTimeout,
     DatasourceTLSError,
     DatasourceUnreachable,
@@ -55,21 +57,31 @@ class PostgresEngine(Engine):
         self._closed = False
 
     async def _connect(self) -> Any:
-        """The pool's connect function: the one place this engine opens a connection."""
+        """The pool's connect function: the one place this engine opens a connection.
+
+        Unless TLS is verified, a guard reads the server's authentication requests first and
+        refuses a cleartext (or, without `allow_md5`, an MD5) one before the password is sent."""
         config = self.target.config
         password = self.target.secret("password")
         timeout_ms = self.target.limits.statement_timeout_ms
-        conn = await asyncpg_hook.connect(
-            self._dialer, host=str(config["host"]), port=int(config["port"]),
-            datasource=self.target.id, timeout=CONNECT_TIMEOUT,
-            user=str(config["user"]), password=password if password is not None else "",
-            passfile="/dev/null", database=str(config["database"]),
-            ssl=_tls_context(str(config["tls"])), direct_tls=False,
-            target_session_attrs="any", krbsrvname="postgres", gsslib="gssapi",
-            server_settings={"application_name": "appliance",
-                             "statement_timeout": str(timeout_ms)},
-            statement_cache_size=256,
-        )
+        tls = str(config["tls"])
+        policy = postgres_auth.policy_for(tls, allow_md5=config.get("allow_md5") is True)
+        try:
+            conn = await asyncpg_hook.connect(
+                self._dialer, host=str(config["host"]), port=int(config["port"]),
+                datasource=self.target.id, timeout=CONNECT_TIMEOUT, guard=policy,
+                user=str(config["user"]), password=password if password is not None else "",
+                passfile="/dev/null", database=str(config["database"]),
+                ssl=_tls_context(tls), direct_tls=False,
+                target_session_attrs="any", krbsrvname="postgres", gsslib="gssapi",
+                server_settings={"application_name": "appliance",
+                                 "statement_timeout": str(timeout_ms)},
+                statement_cache_size=256,
+            )
+        except Exception:
+            if policy is not None and policy.refused is not None:
+                raise self._refused(policy.refused, tls) from None
+            raise
         try:
             for name in ("json", "jsonb"):  # results as JSON values; json parameters are text
                 await conn.set_type_codec(name, encoder=str, decoder=json.loads,
@@ -78,6 +90,17 @@ class PostgresEngine(Engine):
             conn.terminate()
             raise
         return conn
+
+    def _refused(self, refused: postgres_auth.AuthMethodRefused, tls: str
+                 ) -> DatasourceAuthRefused:
+        if refused.code is None:  # malformed: not a method to advise on
+            return DatasourceAuthRefused(self.name, f"{refused}; the password was not sent")
+        fixes = "set password_encryption = 'scram-sha-256' on the server, set the user's " \
+                "password again and use scram-sha-256 in pg_hba.conf, or use tls = verify-full"
+        if refused.code == postgres_auth.MD5:
+            fixes += ", or set allow_md5 = true on this datasource"
+        return DatasourceAuthRefused(
+            self.name, f"{refused} (tls = {tls}); the password was not sent. To connect, {fixes}")
 
     def _new_pool(self) -> ConnectionPool:
         if self._closed:

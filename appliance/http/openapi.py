@@ -68,9 +68,9 @@ REQUEST_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PATCH", "/api/v1/datasources/{id}"): {
         "type": "object",
         "description": "A change of the destination (host, port, database, user, tls, "
-                       "allow_md5; a REST origin, auth, username or header_name) without every "
-                       "set secret entered again (or cleared) is 409 secrets_required: secrets "
-                       "are sealed for their destination.",
+                       "allow_md5, allow_scram_sha1; a REST origin, auth, username or "
+                       "header_name) without every set secret entered again (or cleared) is "
+                       "409 secrets_required: secrets are sealed for their destination.",
         "properties": {"name": _STR, "config": {"type": "object"},
                        "secrets": {"type": "object", "description": "a value replaces the "
                                    "secret, null clears it"}},

@@ -15,6 +15,7 @@ export const KINDS = {
       {name: 'database', label: 'Database', required: true, destination: true},
       {name: 'user', label: 'User', required: true, destination: true},
       {name: 'tls', label: 'TLS', type: 'select', value: 'verify-full', options: ['verify-full', 'require', 'disable'], destination: true},
+      {name: 'allow_md5', label: 'Allow MD5 passwords without verified TLS', type: 'checkbox', value: false, destination: true, help: 'Only used when TLS is not verify-full: an MD5 answer is as good as the password to whoever receives it.'},
     ],
     secrets: () => [['password', 'Password']],
   },
@@ -26,6 +27,7 @@ export const KINDS = {
       {name: 'database', label: 'Database', required: true, destination: true},
       {name: 'user', label: 'User', help: 'Leave empty for no authentication.', destination: true},
       {name: 'tls', label: 'TLS', type: 'select', value: 'verify-full', options: ['verify-full', 'disable'], destination: true},
+      {name: 'allow_scram_sha1', label: 'Allow SCRAM-SHA-1 without verified TLS', type: 'checkbox', value: false, destination: true, help: 'Only used when TLS is not verify-full.'},
     ],
     secrets: () => [['password', 'Password']],
   },
@@ -135,6 +137,7 @@ function secretField(name, label, state, creating) {
 
 // The same destination, as the server compares it: a REST base URL by its origin only.
 function sameDestination(spec, before, after) {
+  if (spec.type === 'checkbox') return Boolean(before) === Boolean(after);
   if (before === undefined || before === null || before === '') return after === undefined || after === null || after === '';
   if (spec.destination === 'origin') {
     try {
