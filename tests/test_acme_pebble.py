@@ -175,7 +175,11 @@ def _peer(sock: ssl.SSLSocket):
 def test_without_ari_the_one_third_rule_applies(tmp_path: Path, pebble: Pebble) -> None:
     with running_appliance(tmp_path, directory=pebble.directory, http_port=pebble.http_port,
                            ca_bundle=pebble.ca.ca_pem) as app:
-        status = app.wait_issued()
+        # The renewal schedule is written just after the certificate is installed: wait for it
+        # too (on a loaded machine the status can be read in between).
+        status = app.wait(lambda s: s.get("issuer") is not None and not s["temporary"]
+                          and s.get("renew_at") is not None and s.get("next_renewal") is not None,
+                          30, "an ACME certificate and its renewal schedule")
         leaf = app.served_certificate()
         lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
         expected = leaf.not_valid_after_utc - lifetime / 3
