@@ -11,9 +11,10 @@ class ApplianceError(Exception):
     """Root of the hierarchy. `code` is a stable machine-readable word; `status` the HTTP status.
 
     Where the error is about one input: `field` names it in the API's own terms (`name`,
-    `config.host`, `secrets.password`, `body`, `parameters[0].type`, `param.customer`: the scheme
-    is in docs/api-errors.md), and `line` and `column` (1-based) place it in a query body's text.
-    A field is a name the caller sent or the API defines, never a value.
+    `config.host`, `secrets.password`, `body`, `parameters[0].type`, `param.customer`; the scheme
+    is in docs/queries.md, "Where an error points"), and `line` and `column` (1-based) place it
+    in a query body's text. A field is a name the API knows (a key it takes, a declared
+    parameter), never a value and never a key the caller made up.
     """
 
     status: int = 500

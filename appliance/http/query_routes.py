@@ -106,7 +106,7 @@ def _params(body: dict[str, Any]) -> Any:
         raise BadRequest("the run body takes only 'params'", code="bad_field")
     params = body.get("params", {})
     if params is not None and not isinstance(params, dict):
-        raise BadRequest("'params' must be an object", code="bad_field")
+        raise BadRequest("'params' must be an object", code="bad_field", field="params")
     return params
 
 
