@@ -1,24 +1,40 @@
 """Every error the appliance raises on purpose: one hierarchy rooted at `ApplianceError`.
 
 The HTTP layer maps these to status codes and the JSON error model; the CLI maps them to exit
-codes. Never put a secret, a query parameter value or a result in a message.
+codes. Never put a secret, a query parameter value or a result in a message, nor in `field`.
 """
 
 from __future__ import annotations
 
 
 class ApplianceError(Exception):
-    """Root of the hierarchy. `code` is a stable machine-readable word; `status` the HTTP status."""
+    """Root of the hierarchy. `code` is a stable machine-readable word; `status` the HTTP status.
+
+    Where the error is about one input: `field` names it in the API's own terms (`name`,
+    `config.host`, `secrets.password`, `body`, `parameters[0].type`, `param.customer`; the scheme
+    is in docs/queries.md, "Where an error points"), and `line` and `column` (1-based) place it
+    in a query body's text. A field is a name the API knows (a key it takes, a declared
+    parameter), never a value and never a key the caller made up.
+    """
 
     status: int = 500
     code: str = "internal_error"
     exit_code: int = 1
+    field: str | None = None
+    line: int | None = None
+    column: int | None = None
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, field: str | None = None,
+                 line: int | None = None, column: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        if field is not None:
+            self.field = field
+        if line is not None:
+            self.line = line
+            self.column = column
 
     def response_headers(self) -> dict[str, str]:
         """Extra HTTP headers the error response carries (none by default)."""

@@ -614,3 +614,63 @@ def test_big_results_stream_in_and_each_kind_has_its_form(world: World, seeded: 
         clean(recorder)
     finally:
         context.close()
+
+
+# --- errors land where their field says -------------------------------------------------------
+
+
+def test_errors_land_on_the_input_their_field_names_never_by_their_words(
+        world: World, seeded: dict[str, str]) -> None:
+    app = world.app
+    context, page, recorder = new_page(world)
+    try:
+        login(page, app.url, "dev", DEVELOPER_PASSWORD)
+        page.get_by_role("heading", name="Queries").wait_for()
+        # A declaration without a valid name: its message says "name", but its field is the
+        # declaration (parameters[1]), so it goes on that row, not on the query's Name.
+        page.goto(f"{app.url}/#/queries/new")
+        page.get_by_label("Name", exact=True).fill("Field placement")
+        page.get_by_label("Datasource").select_option(label="Seeded warehouse (postgres)")
+        page.get_by_label("Body").fill("SELECT {{ a }}")
+        page.get_by_role("button", name="Add parameter").click()
+        page.get_by_role("button", name="Add parameter").click()
+        rows = page.locator(".param-row")
+        rows.nth(0).get_by_label("Parameter name").fill("a")
+        rows.nth(1).get_by_label("Parameter name").fill("1bad")
+        page.get_by_role("button", name="Create query").click()
+        row_error = page.locator("[data-field='parameters[1]'] .field-error").first
+        row_error.wait_for()
+        assert "invalid name" in row_error.inner_text()
+        assert page.locator("#query-form > [data-field='name'] .field-error").is_hidden()
+        # Removing the first row renumbers the rest: the API's parameters[0] is now that row.
+        rows.nth(0).get_by_role("button", name="Remove this parameter").click()
+        assert page.locator(".param-row").first.get_attribute("data-field") == "parameters[0]"
+
+        # A 409 secrets_required names config.port in its words and secrets.password in its field:
+        # it goes on the password.
+        page.goto(f"{app.url}/#/datasources/{seeded['datasource']}")
+        page.get_by_role("heading", name="Seeded warehouse").wait_for()
+        page.evaluate("""async () => {
+            const {showError} = await import('/console/dom.js');
+            const {ApiError} = await import('/console/api.js');
+            const form = document.getElementById('datasource-form');
+            showError(form, new ApiError(409, 'secrets_required',
+                'changing config.port changes where this datasource\\'s secrets are sent: enter '
+                + 'secrets.password again', {field: 'secrets.password'}));
+        }""")
+        secret_error = page.locator(".secret[data-field='secrets.password'] > .field-error")
+        secret_error.wait_for()
+        assert "config.port" in secret_error.inner_text()
+        assert page.locator("[data-field='config.port'] .field-error").is_hidden()
+        # Without a field, an error goes to the form's alert box whatever its words say.
+        page.evaluate("""async () => {
+            const {showError} = await import('/console/dom.js');
+            showError(document.getElementById('datasource-form'),
+                      new Error("'name' must be 1 to 100 characters (config.host)"));
+        }""")
+        page.locator(".ds-form > .alert", has_text="'name' must be").wait_for()
+        assert page.locator("[data-field='name'] .field-error").is_hidden()
+        assert page.locator("[data-field='config.host'] .field-error").is_hidden()
+        clean(recorder)
+    finally:
+        context.close()

@@ -37,3 +37,24 @@ def test_openapi_lists_the_public_interface_with_roles(dev_server: ServerProcess
     assert paths["/api/v1/queries/{id}/run"]["post"]["x-required-role"] == "viewer"
     assert paths["/api/v1/egress"]["put"]["x-required-role"] == "admin"
     assert "requestBody" in paths["/api/v1/datasources"]["post"]
+
+
+def test_the_error_schema_documents_field_line_and_column(dev_server: ServerProcess) -> None:
+    with tls_connection("127.0.0.1", dev_server.port, dev_server.client_context()) as sock:
+        status, _, body = http_request(sock, "GET", "/api/v1/openapi.json", "127.0.0.1")
+    assert status == 200
+    spec = json.loads(body)
+    error = spec["components"]["schemas"]["Error"]["properties"]["error"]
+    assert error["required"] == ["code", "message"]  # the others appear only when they apply
+    members = error["properties"]
+    assert members["line"]["type"] == members["column"]["type"] == "integer"
+    assert members["line"]["minimum"] == members["column"]["minimum"] == 1
+    scheme = members["field"]["description"]
+    for name in ("config.<key>", "secrets.<key>", "body", "parameters[<i>].<key>",
+                 "param.<name>", "params", "never a value"):
+        assert name in scheme, name
+    assert "field" in spec["info"]["description"]
+    # Every operation's error response is this schema.
+    run = spec["paths"]["/api/v1/queries/{id}/run"]["post"]
+    schema = run["responses"]["default"]["content"]["application/json"]["schema"]
+    assert schema["properties"]["error"]["properties"]["field"] == members["field"]

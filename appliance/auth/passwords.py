@@ -43,14 +43,15 @@ class Passwords:
         return self._hasher
 
     @staticmethod
-    def check_policy(password: Secret[str]) -> None:
+    def check_policy(password: Secret[str], *, field: str = "password") -> None:
+        """Refuse a password too short or too long; `field`: the request key it came in."""
         value = password.reveal()
         if len(value) < MIN_LENGTH:
             raise Unprocessable(f"a password must have at least {MIN_LENGTH} characters",
-                                code="weak_password")
+                                code="weak_password", field=field)
         if len(value) > MAX_LENGTH:
             raise Unprocessable(f"a password must have at most {MAX_LENGTH} characters",
-                                code="weak_password")
+                                code="weak_password", field=field)
 
     async def hash(self, password: Secret[str]) -> str:
         self.check_policy(password)

@@ -32,7 +32,7 @@ def lower(a: str, b: str) -> str:
 
 def check_role(value: object) -> str:
     if not isinstance(value, str) or value not in _RANK:
-        raise BadRequest(f"role must be one of {', '.join(ROLES)}", code="bad_role")
+        raise BadRequest(f"role must be one of {', '.join(ROLES)}", code="bad_role", field="role")
     return value
 
 

@@ -264,6 +264,7 @@ class AuthService:
                 await self.audit.record(tx, action="user.password_change", outcome="failed",
                                         target=f"user:{user.username}", context=context)
             raise Unauthorized("the current password is wrong", code="invalid_credentials")
+        self.passwords.check_policy(new, field="new_password")  # named as the request names it
         await self.users.update(user.username, password=new, context=context)
 
     async def _user(self, principal: Principal) -> User:

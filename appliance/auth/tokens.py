@@ -82,18 +82,21 @@ class Tokens:
         owner may hold one without the second factor their role requires is the caller's rule
         (`AuthService.create_token`); `without_2fa` records in the audit that it was waived."""
         if not isinstance(name, str) or not 1 <= len(name) <= 100 or not name.isprintable():
-            raise BadRequest("token name must be 1-100 printable characters", code="bad_name")
+            raise BadRequest("token name must be 1-100 printable characters", code="bad_name",
+                             field="name")
         if scope not in SCOPES:
-            raise BadRequest(f"scope must be one of {', '.join(SCOPES)}", code="bad_scope")
+            raise BadRequest(f"scope must be one of {', '.join(SCOPES)}", code="bad_scope",
+                             field="scope")
         if scope == METRICS:
             if role not in (None, roles.ADMIN):
-                raise BadRequest("a metrics token has no role to choose", code="bad_scope")
+                raise BadRequest("a metrics token has no role to choose", code="bad_scope",
+                                 field="role")
             if owner.role != roles.ADMIN:
                 raise Forbidden("a metrics token must belong to an admin", code="forbidden_role")
         role = owner.role if role is None else roles.check_role(role)
         if not roles.at_least(owner.role, role):
             raise Forbidden(f"a token cannot have a role above its owner's ({owner.role})",
-                            code="role_above_owner")
+                            code="role_above_owner", field="role")
         if owner.disabled:
             raise Forbidden("the user is disabled", code="user_disabled")
         expires_at = None
@@ -101,7 +104,7 @@ class Tokens:
             if (isinstance(expires_days, bool) or not isinstance(expires_days, int | float)
                     or not 0 < expires_days <= MAX_EXPIRY_DAYS):
                 raise BadRequest(f"expires_days must be a number of days, 1 to {MAX_EXPIRY_DAYS}",
-                                 code="bad_expiry")
+                                 code="bad_expiry", field="expires_days")
             expires_at = time.time() + float(expires_days) * 86400
         token_id = secrets.token_hex(8)
         secret = secrets.token_urlsafe(32)

@@ -62,9 +62,10 @@ class Change:
 def check_username(value: object) -> str:
     if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
         raise BadRequest("username must be 1-64 letters, digits or . _ @ - (starting with a "
-                         "letter or digit)", code="bad_username")
+                         "letter or digit)", code="bad_username", field="username")
     if value.lower() in RESERVED_NAMES:
-        raise BadRequest(f"the username {value!r} is reserved", code="bad_username")
+        raise BadRequest(f"the username {value!r} is reserved", code="bad_username",
+                         field="username")
     return value
 
 

@@ -37,10 +37,14 @@ LIMIT_DEFAULTS: Final = {"max_connections": 5, "statement_timeout_ms": 30_000,
 LIMIT_MAXIMA: Final = {"max_connections": 100, "statement_timeout_ms": 3_600_000,
                        "max_rows": 10_000_000, "max_response_bytes": 1024 * 1024 * 1024}
 CONNECT_TIMEOUT: Final = 10.0
+_BASE_URL: Final = "config.base_url"
+_PATH: Final = "config.path"
 
 
 class InvalidDatasource(Unprocessable):
-    """A datasource's name, kind, config or secrets cannot be saved (422, naming the field)."""
+    """A datasource's name, kind, config or secrets cannot be saved (422, naming the field in the
+    message and in `field`: `name`, `kind`, `config`, `config.<key>`, `secrets`, `secrets.<key>`;
+    a key only when it is one the kind takes, never one the caller made up)."""
 
     code = "invalid_datasource"
 
@@ -59,7 +63,8 @@ def _limits(raw: Mapping[str, Any]) -> dict[str, int]:
         value = raw.get(key, default)
         if type(value) is not int or not 1 <= value <= LIMIT_MAXIMA[key]:
             raise InvalidDatasource(
-                f"config.{key} must be an integer from 1 to {LIMIT_MAXIMA[key]}")
+                f"config.{key} must be an integer from 1 to {LIMIT_MAXIMA[key]}",
+                field=f"config.{key}")
         out[key] = value
     return out
 
@@ -71,13 +76,13 @@ def limits_of(config: Mapping[str, Any]) -> Limits:
 def check_name(name: Any) -> str:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidDatasource("'name' must be 1 to 100 characters: letters, digits, space, "
-                                "'_', '.', '-', starting with a letter or digit")
+                                "'_', '.', '-', starting with a letter or digit", field="name")
     return name
 
 
 def check_kind(kind: Any) -> str:
     if kind not in KINDS:
-        raise InvalidDatasource(f"'kind' must be one of {', '.join(KINDS)}")
+        raise InvalidDatasource(f"'kind' must be one of {', '.join(KINDS)}", field="kind")
     return str(kind)
 
 
@@ -86,28 +91,30 @@ def _string(raw: Mapping[str, Any], key: str, *, default: str | None = None,
     value = raw.get(key, default)
     if not isinstance(value, str) or not pattern.fullmatch(value):
         raise InvalidDatasource(f"config.{key} must be a non-empty string without control "
-                                f"characters")
+                                f"characters", field=f"config.{key}")
     return value
 
 
 def _choice(raw: Mapping[str, Any], key: str, choices: tuple[str, ...], default: str) -> str:
     value = raw.get(key, default)
     if value not in choices:
-        raise InvalidDatasource(f"config.{key} must be one of {', '.join(choices)}")
+        raise InvalidDatasource(f"config.{key} must be one of {', '.join(choices)}",
+                                field=f"config.{key}")
     return str(value)
 
 
 def _port(raw: Mapping[str, Any], default: int) -> int:
     value = raw.get("port", default)
     if type(value) is not int or not 0 < value < 65536:
-        raise InvalidDatasource("config.port must be an integer from 1 to 65535")
+        raise InvalidDatasource("config.port must be an integer from 1 to 65535",
+                                field="config.port")
     return value
 
 
 def _boolean(raw: Mapping[str, Any], key: str, default: bool) -> bool:
     value = raw.get(key, default)
     if type(value) is not bool:
-        raise InvalidDatasource(f"config.{key} must be true or false")
+        raise InvalidDatasource(f"config.{key} must be true or false", field=f"config.{key}")
     return value
 
 
@@ -115,7 +122,7 @@ def check_config(kind: str, raw: Any, *, state_dir: Path | None = None) -> dict[
     """The canonical config for `kind`, or InvalidDatasource naming the key. Unknown keys are
     refused (a misspelt limit would otherwise be silently ignored)."""
     if not isinstance(raw, dict):
-        raise InvalidDatasource("'config' must be an object")
+        raise InvalidDatasource("'config' must be an object", field="config")
     allowed = set(LIMIT_DEFAULTS)
     out: dict[str, Any]
     if kind in ("postgres", "mongodb"):
@@ -140,7 +147,8 @@ def check_config(kind: str, raw: Any, *, state_dir: Path | None = None) -> dict[
                "follow_redirects": _boolean(raw, "follow_redirects", False)}
         redirects = raw.get("max_redirects", 5)
         if type(redirects) is not int or not 0 <= redirects <= 20:
-            raise InvalidDatasource("config.max_redirects must be an integer from 0 to 20")
+            raise InvalidDatasource("config.max_redirects must be an integer from 0 to 20",
+                                    field="config.max_redirects")
         out["max_redirects"] = redirects
         if out["auth"] == "basic":
             out["username"] = _string(raw, "username")
@@ -148,7 +156,8 @@ def check_config(kind: str, raw: Any, *, state_dir: Path | None = None) -> dict[
             out["header_name"] = _string(raw, "header_name", pattern=_TOKEN_RE)
             if out["header_name"].lower() in ("host", "content-length", "transfer-encoding",
                                               "connection", "cookie"):
-                raise InvalidDatasource("config.header_name cannot be a framing header")
+                raise InvalidDatasource("config.header_name cannot be a framing header",
+                                        field="config.header_name")
     elif kind == "sqlite":
         allowed |= {"path", "read_only"}
         out = {"path": _sqlite_path(raw.get("path"), state_dir),
@@ -159,24 +168,27 @@ def check_config(kind: str, raw: Any, *, state_dir: Path | None = None) -> dict[
     if unknown:
         shown = ", ".join(repr(k)[:40] for k in unknown[:5])
         raise InvalidDatasource(f"config has unknown key(s) {shown}; allowed: "
-                                f"{', '.join(sorted(allowed))}")
+                                f"{', '.join(sorted(allowed))}", field="config")
     out.update(_limits(raw))
     return out
 
 
 def _base_url(value: Any) -> str:
     if not isinstance(value, str) or len(value) > 2048:
-        raise InvalidDatasource("config.base_url must be an http(s) URL")
+        raise InvalidDatasource("config.base_url must be an http(s) URL", field=_BASE_URL)
     try:
         url = URL(value)
     except ValueError:
-        raise InvalidDatasource("config.base_url must be an http(s) URL") from None
+        raise InvalidDatasource("config.base_url must be an http(s) URL", field=_BASE_URL) from None
     if url.scheme not in ("http", "https") or not url.host:
-        raise InvalidDatasource("config.base_url must be an absolute http or https URL")
+        raise InvalidDatasource("config.base_url must be an absolute http or https URL",
+                                field=_BASE_URL)
     if url.user is not None or url.password is not None:
-        raise InvalidDatasource("config.base_url cannot hold credentials: use 'auth' and secrets")
+        raise InvalidDatasource("config.base_url cannot hold credentials: use 'auth' and secrets",
+                                field=_BASE_URL)
     if url.query_string or url.fragment:
-        raise InvalidDatasource("config.base_url cannot have a query or a fragment")
+        raise InvalidDatasource("config.base_url cannot have a query or a fragment",
+                                field=_BASE_URL)
     return str(url).rstrip("/")
 
 
@@ -190,16 +202,16 @@ def in_state_dir(resolved: Path, state: Path) -> bool:
 
 def _sqlite_path(value: Any, state_dir: Path | None) -> str:
     if not isinstance(value, str) or not value or "\x00" in value or len(value) > 4096:
-        raise InvalidDatasource("config.path must be an absolute file path")
+        raise InvalidDatasource("config.path must be an absolute file path", field=_PATH)
     path = Path(value)
     if not path.is_absolute():
-        raise InvalidDatasource("config.path must be an absolute file path")
+        raise InvalidDatasource("config.path must be an absolute file path", field=_PATH)
     if path.is_symlink():
         raise InvalidDatasource("config.path cannot be a symbolic link: give the file it "
-                                "points to")
+                                "points to", field=_PATH)
     if state_dir is not None and in_state_dir(path.resolve(), state_dir.resolve()):
         raise InvalidDatasource("config.path cannot be inside the appliance's state "
-                                "directory (it holds the credential store)")
+                                "directory (it holds the credential store)", field=_PATH)
     return str(path)
 
 
@@ -209,21 +221,23 @@ def check_secrets(kind: str, config: Mapping[str, Any], raw: Any, *, partial: bo
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise InvalidDatasource("'secrets' must be an object")
+        raise InvalidDatasource("'secrets' must be an object", field="secrets")
     allowed = SECRET_FIELDS[kind]
     out: dict[str, str | None] = {}
     for key, value in raw.items():
         if key not in allowed:
             names = ", ".join(sorted(allowed)) or "none"
-            raise InvalidDatasource(f"{kind} datasources take these secrets: {names}")
+            raise InvalidDatasource(f"{kind} datasources take these secrets: {names}",
+                                    field="secrets")
         if value is None and partial:
             out[key] = None
             continue
         if not isinstance(value, str) or not value or len(value) > 8192:
             raise InvalidDatasource(f"secrets.{key} must be a non-empty string of at most "
-                                    f"8192 characters")
+                                    f"8192 characters", field=f"secrets.{key}")
         if any(c in value for c in "\r\n\x00"):
-            raise InvalidDatasource(f"secrets.{key} cannot contain CR, LF or NUL")
+            raise InvalidDatasource(f"secrets.{key} cannot contain CR, LF or NUL",
+                                    field=f"secrets.{key}")
         out[key] = value
     return out
 

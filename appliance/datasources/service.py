@@ -159,13 +159,14 @@ class DatasourceService:
             row = await self._row(datasource_id, tx)
             kind = str(row["kind"])
             if "kind" in body and body["kind"] != kind:
-                raise InvalidDatasource("'kind' cannot be changed: create a new datasource")
+                raise InvalidDatasource("'kind' cannot be changed: create a new datasource",
+                                        field="kind")
             name = check_name(body["name"]) if "name" in body else str(row["name"])
             config = before = json.loads(row["config"])
             changed: list[str] = []
             if "config" in body:
                 if not isinstance(body["config"], dict):
-                    raise InvalidDatasource("'config' must be an object")
+                    raise InvalidDatasource("'config' must be an object", field="config")
                 merged = {**config, **body["config"]}
                 merged = {k: v for k, v in merged.items() if v is not None}
                 new_config = check_config(kind, merged, state_dir=self.state_dir)
@@ -224,7 +225,8 @@ class DatasourceService:
     @staticmethod
     def _check_secrets_entered_again(moved: list[str], kept: set[str]) -> None:
         """A change of destination leaves no secret sealed for the old one: every secret set
-        must be entered again (or cleared) in the same change."""
+        must be entered again (or cleared) in the same change. The error's field is the first
+        of them (the message names them all)."""
         if kept:
             keys = ", ".join("config." + key for key in moved)
             fields = ", ".join("secrets." + field for field in sorted(kept))
@@ -232,17 +234,19 @@ class DatasourceService:
                 f"changing {keys} changes where this datasource's secrets are sent: enter "
                 f"{fields} again (or clear with null) in the same change; they are sealed for "
                 "the current destination and will not be sent anywhere else",
-                code="secrets_required")
+                code="secrets_required", field="secrets." + min(kept))
 
     def _check_auth_secret(self, kind: str, config: Mapping[str, Any], present: set[str]) -> None:
         needed = required_secret(kind, config)
         if needed is not None and needed not in present:
-            raise InvalidDatasource(f"auth '{config.get('auth')}' needs secrets.{needed}")
+            raise InvalidDatasource(f"auth '{config.get('auth')}' needs secrets.{needed}",
+                                    field=f"secrets.{needed}")
 
     async def _check_unique(self, tx: Transaction, name: str, own_id: str | None) -> None:
         found = await tx.fetch_one("SELECT id FROM datasources WHERE name = ?", (name,))
         if found is not None and found["id"] != own_id:
-            raise Conflict(f"a datasource named '{name}' exists", code="datasource_exists")
+            raise Conflict(f"a datasource named '{name}' exists", code="datasource_exists",
+                           field="name")
 
     # --- engines --------------------------------------------------------------------------
 
@@ -259,7 +263,8 @@ class DatasourceService:
             except BoundElsewhere:
                 raise Conflict(f"datasource '{row['name']}': secrets.{field} was entered for "
                                "another destination and is not sent to this one; an admin or "
-                               "developer must enter it again", code="secrets_required") from None
+                               "developer must enter it again", code="secrets_required",
+                               field=f"secrets.{field}") from None
             if value is not None:
                 opened[field] = Secret(value.reveal().decode("utf-8"))
         return Target(id=str(row["id"]), name=str(row["name"]), kind=kind, config=config,

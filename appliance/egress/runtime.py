@@ -52,11 +52,11 @@ def parse_changes(body: Mapping[str, Any]) -> dict[str, Any]:
             out[name] = None
             continue
         if isinstance(raw, list) and len(raw) > MAX_ENTRIES:
-            raise InvalidEgressSetting(f"{name}: at most {MAX_ENTRIES} entries")
+            raise InvalidEgressSetting(f"{name}: at most {MAX_ENTRIES} entries", field=name)
         try:
             out[name] = SCHEMA["egress"][name].parse(raw)
         except ValueError as exc:
-            raise InvalidEgressSetting(f"{name}: {exc}") from None
+            raise InvalidEgressSetting(f"{name}: {exc}", field=name) from None
     return out
 
 

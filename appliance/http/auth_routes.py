@@ -25,9 +25,9 @@ def _string(body: dict[str, Any], key: str, *, required: bool = True,
     if value is None and not required:
         return None
     if not isinstance(value, str) or (required and not value):
-        raise BadRequest(f"{key!r} must be a non-empty string", code="bad_field")
+        raise BadRequest(f"{key!r} must be a non-empty string", code="bad_field", field=key)
     if len(value) > max_length:
-        raise BadRequest(f"{key!r} is too long", code="bad_field")
+        raise BadRequest(f"{key!r} is too long", code="bad_field", field=key)
     return value
 
 

@@ -80,11 +80,13 @@ async def probe(request: web.Request) -> web.Response:
         raise BadRequest(f"unknown field {unknown[0]!r}; send host and port", code="bad_field")
     host, port = body.get("host"), body.get("port")
     if not isinstance(host, str) or not host.strip():
-        raise BadRequest("'host' must be a non-empty string", code="bad_field")
+        raise BadRequest("'host' must be a non-empty string", code="bad_field", field="host")
     if len(host) > MAX_HOST_LENGTH:
-        raise BadRequest(f"'host' is longer than {MAX_HOST_LENGTH} characters", code="bad_field")
+        raise BadRequest(f"'host' is longer than {MAX_HOST_LENGTH} characters", code="bad_field",
+                         field="host")
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port <= 65535:
-        raise BadRequest("'port' must be an integer from 1 to 65535", code="bad_field")
+        raise BadRequest("'port' must be an integer from 1 to 65535", code="bad_field",
+                         field="port")
     result = await request.app[EGRESS].probe(host.strip(), port, timeout=PROBE_TIMEOUT)
     out: dict[str, Any] = {
         "allowed": result.allowed,

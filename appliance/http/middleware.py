@@ -12,6 +12,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -42,6 +43,20 @@ _STATUS_CODES = {
 
 def error_response(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def error_body(exc: ApplianceError) -> dict[str, Any]:
+    """`{"error": {"code", "message", "field"?, "line"?, "column"?}}`: the envelope of every
+    error the API answers (and an NDJSON stream's last line when a run fails midway). The
+    optional members appear only when the error has them."""
+    error: dict[str, Any] = {"code": exc.code, "message": exc.message}
+    if exc.field is not None:
+        error["field"] = exc.field
+    if exc.line is not None:
+        error["line"] = exc.line
+        if exc.column is not None:
+            error["column"] = exc.column
+    return {"error": error}
 
 
 # Request ids: a random prefix for this process, then a counter (unique, and distinct across
@@ -124,12 +139,12 @@ def _route_label(request: web.Request) -> str:
 
 
 def _failure(request: web.Request, exc: Exception) -> web.Response:
-    """`{"error": {"code", "message"}}` with the right status, for what a handler raised."""
+    """The error envelope (`error_body`) with the right status, for what a handler raised."""
     if isinstance(exc, ApplianceError):
         if exc.status >= 500:
             log.warning("request failed", extra={"request_id": request.get(REQUEST_ID),
                                                  "code": exc.code})
-        response = error_response(exc.status, exc.code, exc.message)
+        response = web.json_response(error_body(exc), status=exc.status)
         response.headers.update(exc.response_headers())
         return response
     if isinstance(exc, web.HTTPException):

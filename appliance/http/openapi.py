@@ -22,7 +22,30 @@ _ERROR = {
         "error": {
             "type": "object",
             "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            "properties": {
+                "code": {"type": "string", "description": "stable, machine-readable"},
+                "message": {"type": "string", "description": "human text; never a secret, a "
+                            "parameter value or a result"},
+                "field": {
+                    "type": "string",
+                    "description": "the input the error is about, when there is one: a "
+                                   "request body key (name, kind, datasource_id, description, "
+                                   "timeout_ms, max_rows, username, password, ...); a "
+                                   "datasource's config.<key> or secrets.<key>, or config / "
+                                   "secrets as a whole; body (a query's body); parameters (a "
+                                   "query's declarations), parameters[<i>] (the i-th, from 0) "
+                                   "or parameters[<i>].<key> (name, type, required, default, "
+                                   "choices, description); on a run, param.<name> (one "
+                                   "parameter's value) or params (the values as a whole). "
+                                   "Names only, never a value; a viewer's run errors name at "
+                                   "most a parameter.",
+                },
+                "line": {"type": "integer", "minimum": 1,
+                         "description": "with field body: the line in the query's SQL text "
+                                        "(1-based)"},
+                "column": {"type": "integer", "minimum": 1,
+                           "description": "with line: the column, in characters (1-based)"},
+            },
         }
     },
 }
@@ -165,7 +188,9 @@ def build_spec(app: web.Application) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "Appliance API", "version": __version__,
-                 "description": "Errors are always {\"error\": {\"code\", \"message\"}}. "
+                 "description": "Errors are always {\"error\": {\"code\", \"message\"}}, "
+                                "with \"field\", \"line\" and \"column\" when the error "
+                                "is about one input (see the Error schema). "
                                 "Cookie-authenticated state-changing requests need a matching "
                                 "Origin and the header X-Appliance-CSRF: 1."},
         "components": {

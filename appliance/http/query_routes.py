@@ -64,11 +64,24 @@ async def delete_query(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+def _about_viewer_input(exc: ApplianceError) -> bool:
+    """Whether the error points at nothing but the viewer's own input: no place in the body, and
+    a field that is one run parameter (`param.<name>`), the run's values (`params`) or none."""
+    field = exc.field
+    return exc.line is None and exc.column is None and (
+        field is None or field == "params" or field.startswith("param."))
+
+
 def for_viewer(exc: ApplianceError) -> ApplianceError:
     """The same status and code with a message that shows nothing of the query or datasource
-    configuration (driver messages can quote the statement; egress errors name the host)."""
+    configuration (driver messages can quote the statement; egress errors name the host), and
+    a field only when it names the viewer's own input."""
     if exc.code in _VIEWER_VISIBLE:
-        return exc
+        if _about_viewer_input(exc):
+            return exc
+        safe = ApplianceError(exc.message, code=exc.code)
+        safe.status = exc.status
+        return safe
     datasource = getattr(exc, "datasource", None)
     where = f"datasource '{datasource}'" if datasource else "its datasource"
     if exc.code == "query_failed":
@@ -93,7 +106,7 @@ def _params(body: dict[str, Any]) -> Any:
         raise BadRequest("the run body takes only 'params'", code="bad_field")
     params = body.get("params", {})
     if params is not None and not isinstance(params, dict):
-        raise BadRequest("'params' must be an object", code="bad_field")
+        raise BadRequest("'params' must be an object", code="bad_field", field="params")
     return params
 
 
@@ -141,8 +154,7 @@ async def _stream(request: web.Request, params: Any) -> web.StreamResponse:
             raise
         failure = exc if developer else for_viewer(exc)
     if failure is not None:
-        await response.write(dumps({"error": {"code": failure.code,
-                                              "message": failure.message}}).encode() + b"\n")
+        await response.write(dumps(middleware.error_body(failure)).encode() + b"\n")
     else:
         await response.write(dumps(_summary(run)).encode() + b"\n")
     await response.write_eof()

@@ -49,14 +49,14 @@ def _limit(body: Mapping[str, Any], key: str, maximum: int) -> int | None:
     if value is None:
         return None
     if type(value) is not int or not 1 <= value <= maximum:
-        raise InvalidQuery(f"'{key}' must be an integer from 1 to {maximum}")
+        raise InvalidQuery(f"'{key}' must be an integer from 1 to {maximum}", field=key)
     return value
 
 
 def _name(value: Any) -> str:
     if not isinstance(value, str) or not NAME_RE.fullmatch(value):
         raise InvalidQuery("'name' must be 1 to 100 characters: letters, digits, space, '_', "
-                           "'.', '-', starting with a letter or digit")
+                           "'.', '-', starting with a letter or digit", field="name")
     return value
 
 
@@ -65,7 +65,7 @@ def _description(value: Any) -> str | None:
         return None
     if not isinstance(value, str) or len(value) > MAX_DESCRIPTION:
         raise InvalidQuery(f"'description' must be a string of at most {MAX_DESCRIPTION} "
-                           f"characters")
+                           f"characters", field="description")
     return value
 
 
@@ -117,14 +117,15 @@ class QueryService:
     async def _compile(self, merged: Mapping[str, Any]) -> tuple[str, Template]:
         datasource_id = merged.get("datasource_id")
         if not isinstance(datasource_id, str):
-            raise InvalidQuery("'datasource_id' must be the id of a datasource")
+            raise InvalidQuery("'datasource_id' must be the id of a datasource",
+                               field="datasource_id")
         try:
             kind = await self.datasources.kind_of(datasource_id)
         except NotFound:
             raise Unprocessable("'datasource_id' names no datasource",
-                                code="invalid_query") from None
+                                code="invalid_query", field="datasource_id") from None
         if "body" not in merged:
-            raise InvalidQuery("'body' is missing")
+            raise InvalidQuery("'body' is missing", field="body")
         return kind, compile_query(kind, merged["body"], merged.get("parameters", []))
 
     def _columns(self, merged: Mapping[str, Any], template: Template) -> tuple[Any, ...]:
@@ -198,7 +199,7 @@ class QueryService:
     async def _check_unique(self, tx: Any, name: str, own_id: str | None) -> None:
         found = await tx.fetch_one("SELECT id FROM queries WHERE name = ?", (name,))
         if found is not None and found["id"] != own_id:
-            raise Conflict(f"a query named '{name}' exists", code="query_exists")
+            raise Conflict(f"a query named '{name}' exists", code="query_exists", field="name")
 
     # --- the run-time cache -------------------------------------------------------------------
 

@@ -29,17 +29,27 @@ Bound = BoundStatement | RestRequest | MongoCommand
 def compile_query(kind: str, body: Any, declarations: Any) -> Template:
     """Check a query's parameter declarations and body for a datasource `kind`, and compile it.
 
-    Raises InvalidQuery (422) with the place and a suggestion. The result's `bind(params)` checks
-    run-time values strictly (InvalidParameter, 422, naming the parameter) and returns a
-    BoundStatement (postgres, sqlite), RestRequest (rest) or MongoCommand (mongodb).
+    Raises InvalidQuery (422) with the place and a suggestion, its `field` naming the input: a
+    declaration's (`parameters[0].type`), else "body" (with `line` and `column` in SQL text;
+    a REST or MongoDB body is a JSON value, not text: its place is named in the message). The
+    result's `bind(params)` checks run-time values strictly (InvalidParameter, 422, naming the
+    parameter) and returns a BoundStatement (postgres, sqlite), RestRequest (rest) or
+    MongoCommand (mongodb).
     """
     parameters = parse_parameters(declarations)
-    if kind == "postgres" or kind == "sqlite":
-        return compile_sql(body, kind, parameters)
-    if kind == "rest":
-        return compile_rest(body, parameters)
-    if kind == "mongodb":
-        return compile_mongo(body, parameters)
+    try:
+        if kind == "postgres" or kind == "sqlite":
+            return compile_sql(body, kind, parameters)
+        if kind == "rest":
+            return compile_rest(body, parameters)
+        if kind == "mongodb":
+            return compile_mongo(body, parameters)
+    except InvalidQuery as exc:
+        # The body compilers refuse the body, except a declaration it never uses (which they
+        # name as that declaration's field).
+        if exc.field is None:
+            exc.field = "body"
+        raise
     raise InvalidQuery(f"unknown datasource kind; use one of {', '.join(KINDS)}")
 
 

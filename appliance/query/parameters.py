@@ -47,19 +47,24 @@ _DATETIME_RE: Final = re.compile(
 class InvalidQuery(Unprocessable):
     """A query (its declarations or its body) cannot be saved. Raised at save time only.
 
-    `line` and `column` (1-based) point into the body text when the problem has a place there;
-    `suggestion` says how to fix it.
+    `line` and `column` (1-based) point into the body text when the problem has a place there
+    (`field` is then "body"); `suggestion` says how to fix it; `field` names the input otherwise
+    (`parameters[0].type`, `name`, ...; a body compiler's errors are "body", see
+    `compile_query`).
     """
 
     code = "invalid_query"
 
     def __init__(self, problem: str, *, line: int | None = None, column: int | None = None,
-                 suggestion: str | None = None, parameter: str | None = None) -> None:
+                 suggestion: str | None = None, parameter: str | None = None,
+                 field: str | None = None) -> None:
         where = f"line {line}, column {column}: " if line is not None else ""
         message = f"{where}{problem}"
         if suggestion:
             message = f"{message} — {suggestion}"
-        super().__init__(message)
+        if field is None and line is not None:
+            field = "body"
+        super().__init__(message, field=field, line=line, column=column)
         self.problem = problem
         self.line = line
         self.column = column
@@ -70,14 +75,15 @@ class InvalidQuery(Unprocessable):
 class InvalidParameter(Unprocessable):
     """A run-time parameter value is missing, unknown or not of its declared type.
 
-    The message names the parameter and never contains the value.
+    The message names the parameter and never contains the value; so does `field`:
+    `param.<name>`, or `params` (the run's values as a whole) when no one parameter is at fault.
     """
 
     code = "invalid_parameter"
 
     def __init__(self, parameter: str | None, problem: str) -> None:
         message = f"parameter '{parameter}' {problem}" if parameter else problem
-        super().__init__(message)
+        super().__init__(message, field=f"param.{parameter}" if parameter else "params")
         self.parameter = parameter
         self.problem = problem
 
@@ -341,10 +347,18 @@ def _make_check(base: str, is_array: bool, choices: tuple[Any, ...] | None
     return array
 
 
-def parse_type(declared: Any, name: str) -> tuple[str, bool]:
+def declaration_field(position: int, key: str | None = None) -> str:
+    """The error field of a query's parameter declaration (0-based): `parameters[0]`, or one of
+    its keys, `parameters[0].type`."""
+    return f"parameters[{position}]" + (f".{key}" if key else "")
+
+
+def parse_type(declared: Any, name: str, position: int = 0) -> tuple[str, bool]:
     """(base type, is_array) for a declared type string, or InvalidQuery."""
+    where = declaration_field(position, "type")
     if not isinstance(declared, str):
-        raise InvalidQuery(f"parameter '{name}': 'type' must be a string", parameter=name)
+        raise InvalidQuery(f"parameter '{name}': 'type' must be a string", parameter=name,
+                           field=where)
     if declared in TYPES:
         return declared, False
     match = _ARRAY_RE.fullmatch(declared)
@@ -355,50 +369,55 @@ def parse_type(declared: Any, name: str) -> tuple[str, bool]:
         raise InvalidQuery(
             f"parameter '{name}': arrays hold scalar types only, not '{element}'",
             suggestion=f"use one of {', '.join(f'array<{t}>' for t in ARRAY_ELEMENT_TYPES)}",
-            parameter=name)
+            parameter=name, field=where)
     raise InvalidQuery(f"parameter '{name}': unknown type",
-                       suggestion=f"use one of {', '.join(TYPES)} or array<T>", parameter=name)
+                       suggestion=f"use one of {', '.join(TYPES)} or array<T>", parameter=name,
+                       field=where)
 
 
 def parse_parameter(raw: Any, position: int) -> Parameter:
     """Check one declaration; InvalidQuery names what is wrong with it."""
     if not isinstance(raw, dict):
-        raise InvalidQuery(f"parameter {position + 1} must be an object")
+        raise InvalidQuery(f"parameter {position + 1} must be an object",
+                           field=declaration_field(position))
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidQuery(
             f"parameter {position + 1} has an invalid name",
-            suggestion="a name is 1 to 63 characters: a letter or _, then letters, digits or _")
+            suggestion="a name is 1 to 63 characters: a letter or _, then letters, digits or _",
+            field=declaration_field(position, "name"))
     unknown = sorted(k for k in raw if k not in DECLARATION_KEYS)
     if unknown:
         keys = ", ".join(repr(k) for k in unknown if isinstance(k, str) and len(k) <= 40)
         raise InvalidQuery(f"parameter '{name}': unknown key(s) {keys}",
                            suggestion=f"allowed: {', '.join(sorted(DECLARATION_KEYS))}",
-                           parameter=name)
+                           parameter=name, field=declaration_field(position))
     if "type" not in raw:
-        raise InvalidQuery(f"parameter '{name}': 'type' is missing", parameter=name)
+        raise InvalidQuery(f"parameter '{name}': 'type' is missing", parameter=name,
+                           field=declaration_field(position, "type"))
     type_name = raw["type"]
-    base, is_array = parse_type(type_name, name)
+    base, is_array = parse_type(type_name, name, position)
     canonical_type = f"array<{base}>" if is_array else base
 
     description = raw.get("description")
     if description is not None and (not isinstance(description, str)
                                     or len(description) > MAX_DESCRIPTION_LENGTH):
         raise InvalidQuery(f"parameter '{name}': 'description' must be a string of at most "
-                           f"{MAX_DESCRIPTION_LENGTH} characters", parameter=name)
+                           f"{MAX_DESCRIPTION_LENGTH} characters", parameter=name,
+                           field=declaration_field(position, "description"))
 
-    choices = _parse_choices(raw, name, base, is_array)
+    choices = _parse_choices(raw, name, base, is_array, position)
     check = _make_check(base, is_array, choices)
 
     has_default = "default" in raw
     required_raw = raw.get("required")
     if required_raw is not None and type(required_raw) is not bool:
         raise InvalidQuery(f"parameter '{name}': 'required' must be true or false",
-                           parameter=name)
+                           parameter=name, field=declaration_field(position, "required"))
     if has_default and required_raw is True:
         raise InvalidQuery(f"parameter '{name}' is required and has a default",
                            suggestion="drop one: a default is used only when no value is sent",
-                           parameter=name)
+                           parameter=name, field=declaration_field(position, "default"))
     required = (not has_default) if required_raw is None else required_raw
 
     default: Any = MISSING
@@ -409,26 +428,28 @@ def parse_parameter(raw: Any, position: int) -> Parameter:
                 default = check(default)
             except _Bad as bad:
                 raise InvalidQuery(f"parameter '{name}': the default {bad.problem}",
-                                   parameter=name) from None
+                                   parameter=name,
+                                   field=declaration_field(position, "default")) from None
     if base == "identifier" and not required and (default is MISSING or default is None):
         raise InvalidQuery(
             f"parameter '{name}': an identifier cannot be null",
             suggestion="make it required or give it a default from its choices",
-            parameter=name)
+            parameter=name, field=declaration_field(position, "default"))
     return Parameter(name=name, type=canonical_type, base=base, is_array=is_array,
                      required=required, default=default, choices=choices,
                      description=description, _check=check)
 
 
-def _parse_choices(raw: dict[str, Any], name: str, base: str, is_array: bool
+def _parse_choices(raw: dict[str, Any], name: str, base: str, is_array: bool, position: int
                    ) -> tuple[Any, ...] | None:
+    where = declaration_field(position, "choices")
     if "choices" not in raw:
         if base == "identifier":
             raise InvalidQuery(
                 f"parameter '{name}': an identifier needs a 'choices' list",
                 suggestion='list every table or column name it may take, e.g. '
                            '"choices": ["orders", "invoices"]',
-                parameter=name)
+                parameter=name, field=where)
         return None
     if base not in CHOICE_TYPES:
         raise InvalidQuery(
@@ -436,14 +457,14 @@ def _parse_choices(raw: dict[str, Any], name: str, base: str, is_array: bool
             f"{'array<' + base + '>' if is_array else base}",
             suggestion="choices apply to string, integer, number and identifier (and arrays of "
                        "the first three)",
-            parameter=name)
+            parameter=name, field=where)
     choices = raw["choices"]
     if not isinstance(choices, list) or not choices:
         raise InvalidQuery(f"parameter '{name}': 'choices' must be a non-empty list",
-                           parameter=name)
+                           parameter=name, field=where)
     if len(choices) > MAX_CHOICES:
         raise InvalidQuery(f"parameter '{name}': more than {MAX_CHOICES} choices",
-                           parameter=name)
+                           parameter=name, field=where)
     scalar = _SCALAR_VALIDATORS[base]
     out = []
     for index, choice in enumerate(choices):
@@ -451,23 +472,24 @@ def _parse_choices(raw: dict[str, Any], name: str, base: str, is_array: bool
             checked = scalar(choice)
         except _Bad as bad:
             raise InvalidQuery(f"parameter '{name}': choice {index} {bad.problem}",
-                               parameter=name) from None
+                               parameter=name, field=where) from None
         if base == "identifier":
-            _check_identifier_choice(checked, name, index)
+            _check_identifier_choice(checked, name, index, where)
         out.append(checked)
     if len(set(out)) != len(out):
-        raise InvalidQuery(f"parameter '{name}': 'choices' has duplicates", parameter=name)
+        raise InvalidQuery(f"parameter '{name}': 'choices' has duplicates", parameter=name,
+                           field=where)
     return tuple(out)
 
 
-def _check_identifier_choice(choice: str, name: str, index: int) -> None:
+def _check_identifier_choice(choice: str, name: str, index: int, where: str) -> None:
     if not choice or len(choice) > MAX_NAME_LENGTH:
         raise InvalidQuery(
             f"parameter '{name}': choice {index} must be 1 to {MAX_NAME_LENGTH} characters",
-            parameter=name)
+            parameter=name, field=where)
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in choice):
         raise InvalidQuery(f"parameter '{name}': choice {index} contains a control character",
-                           parameter=name)
+                           parameter=name, field=where)
 
 
 @dataclass(frozen=True, slots=True)
@@ -534,16 +556,17 @@ def parse_parameters(declarations: Any) -> ParameterSet:
     if declarations is None:
         declarations = []
     if not isinstance(declarations, list):
-        raise InvalidQuery("'parameters' must be a list")
+        raise InvalidQuery("'parameters' must be a list", field="parameters")
     if len(declarations) > MAX_PARAMETERS:
-        raise InvalidQuery(f"more than {MAX_PARAMETERS} parameters")
+        raise InvalidQuery(f"more than {MAX_PARAMETERS} parameters", field="parameters")
     parsed: list[Parameter] = []
     by_name: dict[str, Parameter] = {}
     for position, raw in enumerate(declarations):
         parameter = parse_parameter(raw, position)
         if parameter.name in by_name:
             raise InvalidQuery(f"parameter '{parameter.name}' is declared twice",
-                               parameter=parameter.name)
+                               parameter=parameter.name,
+                               field=declaration_field(position, "name"))
         parsed.append(parameter)
         by_name[parameter.name] = parameter
     return ParameterSet(tuple(parsed), by_name)
@@ -552,12 +575,12 @@ def parse_parameters(declarations: Any) -> ParameterSet:
 def used_check(parameters: ParameterSet, used: Iterable[str]) -> None:
     """Refuse a declared parameter that the body never binds (usually a typo)."""
     seen = set(used)
-    for parameter in parameters:
+    for position, parameter in enumerate(parameters):
         if parameter.name not in seen:
             raise InvalidQuery(
                 f"parameter '{parameter.name}' is declared but never used",
                 suggestion=f"bind it with {{{{ {parameter.name} }}}} or remove the declaration",
-                parameter=parameter.name)
+                parameter=parameter.name, field=declaration_field(position))
 
 
 # --- the `{{ name }}` syntax in string templates (REST and MongoDB bodies) ----------------------

@@ -1,14 +1,21 @@
 // The API client: same-origin fetch with the session cookie and the CSRF header the API requires
-// on every state-changing request; errors become ApiError carrying the API's code and message.
+// on every state-changing request; errors become ApiError carrying the API's code and message, and
+// the field, line and column the error is about when the API names them.
 
 const CSRF_HEADER = 'X-Appliance-CSRF';
 let unauthenticated = () => {};
 
+// `where`: the API's error object; its field (a string) and line and column (positive integers)
+// are kept, anything else is ignored.
 export class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, where) {
     super(message);
     this.status = status;
     this.code = code;
+    const at = where || {};
+    this.field = typeof at.field === 'string' ? at.field : null;
+    this.line = Number.isInteger(at.line) && at.line > 0 ? at.line : null;
+    this.column = this.line && Number.isInteger(at.column) && at.column > 0 ? at.column : null;
   }
 }
 
@@ -27,16 +34,18 @@ function headersFor(method, body, accept) {
 async function failure(response) {
   let code = `http_${response.status}`;
   let message = `the server answered ${response.status} ${response.statusText}`.trim();
+  let where = null;
   try {
     const data = await response.json();
     if (data && data.error) {
       code = data.error.code || code;
       message = data.error.message || message;
+      where = data.error;
     }
   } catch (ignored) {
     // not JSON: keep the status line
   }
-  const error = new ApiError(response.status, code, message);
+  const error = new ApiError(response.status, code, message, where);
   if (response.status === 401 && !['invalid_credentials', 'totp_required', 'throttled'].includes(code)) {
     unauthenticated(error);
   }

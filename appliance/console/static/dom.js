@@ -102,30 +102,22 @@ export function setAlert(box, message, kind) {
   box.hidden = !message;
 }
 
-// Where an API error message points: config.X, secrets.X, parameter 'X', 'X', or a body line.
-export function fieldOfMessage(message) {
-  const patterns = [
-    [/\b(config|secrets)\.([A-Za-z_]+)/, (m) => `${m[1]}.${m[2]}`],
-    [/^line \d+, column \d+:/, () => 'body'],
-    [/parameter '([^']+)'/, (m) => `param.${m[1]}`],
-    [/^'([A-Za-z_]+)'/, (m) => m[1]],
-    [/^([a-z_]+): /, (m) => m[1]],
-    [/^([a-z_]+) must /, (m) => m[1]],
-  ];
-  for (const [re, name] of patterns) {
-    const m = re.exec(message);
-    if (m) return name(m);
-  }
-  return null;
+// An error about one input of a form, found before anything is sent: the shape of the API's
+// errors (api.js's ApiError), so showError places both the same way.
+export function inputError(field, message) {
+  return Object.assign(new Error(message), {field, line: null, column: null});
 }
 
-// A field of `form` whose name appears as a word in the message ("a password must have…").
-function fieldNamedIn(form, message) {
-  const words = new Set(message.toLowerCase().split(/[^a-z_]+/));
-  return [...form.querySelectorAll('[data-field]')].find((node) => {
-    const last = node.dataset.field.split('.').pop();
-    return last.length >= 4 && words.has(last);
-  }) || null;
+// The wrapper of the input an error's `field` names (its data-field): the field itself, else the
+// nearest enclosing one (`parameters[1].type` is shown on `parameters[1]`), else null.
+export function fieldFor(form, name) {
+  if (typeof name !== 'string' || !name) return null;
+  const nodes = [...form.querySelectorAll('[data-field]')];
+  for (let key = name; key; key = key.slice(0, Math.max(0, key.lastIndexOf('.')))) {
+    const found = nodes.find((node) => node.dataset.field === key);
+    if (found) return found;
+  }
+  return null;
 }
 
 export function clearErrors(form) {
@@ -137,14 +129,12 @@ export function clearErrors(form) {
   for (const node of form.querySelectorAll('.alert')) setAlert(node, '');
 }
 
-// Show an API error in words next to the field it names, else in the form's alert box.
+// Show an error in words next to the input its `field` names, else in the form's alert box.
 export function showError(form, error, fallbackBox) {
   const message = error && error.message ? error.message : String(error);
-  const name = fieldOfMessage(message);
-  const wrapper = (name ? [...form.querySelectorAll('[data-field]')].find((node) => node.dataset.field === name) : null)
-    || fieldNamedIn(form, message);
-  if (wrapper) {
-    const slot = wrapper.querySelector('.field-error');
+  const wrapper = fieldFor(form, error ? error.field : null);
+  const slot = wrapper ? wrapper.querySelector('.field-error') : null;
+  if (slot && !slot.parentElement.closest('[hidden]')) {  // an input not shown: the alert box
     slot.textContent = message;
     slot.hidden = false;
     const input = wrapper.input || wrapper.querySelector('input, textarea, select');

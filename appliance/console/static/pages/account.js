@@ -1,7 +1,7 @@
 // My account: two-factor enrolment (QR code, setup key, recovery codes), password, API tokens.
 
 import * as api from '../api.js';
-import {alertBox, busy, button, clearErrors, field, h, section, setAlert, showError, table, valueOf, when} from '../dom.js';
+import {alertBox, busy, button, clearErrors, field, h, inputError, section, setAlert, showError, table, valueOf, when} from '../dom.js';
 
 const ROLES = ['viewer', 'developer', 'admin'];
 
@@ -68,7 +68,7 @@ function enrolment(ctx) {
       clearErrors(form);
       const value = valueOf(code).trim().replace(/\s+/g, '');
       if (!value) {
-        showError(form, new Error("'code' is required"));
+        showError(form, inputError('code', "'code' is required"));
         return;
       }
       let done;
@@ -76,7 +76,7 @@ function enrolment(ctx) {
         done = await busy(confirm, 'Checking…', () => api.post('/api/v1/users/me/2fa/confirm', {code: value}));
       } catch (error) {
         showError(form, error.status >= 400 && error.status < 500 && error.status !== 429
-          ? new Error(`'code' was not accepted: ${error.message}`) : error, alert);
+          ? inputError('code', `'code' was not accepted: ${error.message}`) : error, alert);
         return;
       }
       area.replaceChildren(
@@ -102,7 +102,7 @@ function passwordForm(ctx) {
     event.preventDefault();
     clearErrors(form);
     if (valueOf(next) !== valueOf(again)) {
-      showError(form, new Error("'again' does not match the new password"));
+      showError(form, inputError('again', "'again' does not match the new password"));
       return;
     }
     try {

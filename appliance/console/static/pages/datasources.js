@@ -125,7 +125,8 @@ function secretField(name, label, state, creating) {
   const controls = h('div', {class: 'secret-controls'}, h('span', {class: 'label-like'}, `${label}: `), stateText, ' ', replace, ' ', remove);
   input.hidden = true;
   input.append(keep);
-  wrapper.append(controls, input);
+  // Its own error slot, shown while the input is hidden (secrets_required names this secret).
+  wrapper.append(h('p', {class: 'field-error', hidden: true}), controls, input);
   wrapper.input = input.input;
   wrapper.secretValue = () => {
     if (intent === 'clear') return null;

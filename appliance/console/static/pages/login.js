@@ -1,7 +1,7 @@
 // The login page: username and password, then the TOTP (or recovery code) step when 2FA is on.
 
 import * as api from '../api.js';
-import {alertBox, busy, clearErrors, field, h, setAlert, showError, valueOf} from '../dom.js';
+import {alertBox, busy, clearErrors, field, h, inputError, setAlert, showError, valueOf} from '../dom.js';
 
 export function renderLogin({main, message, onLoggedIn}) {
   const alert = alertBox();
@@ -23,13 +23,13 @@ export function renderLogin({main, message, onLoggedIn}) {
     clearErrors(form);
     const body = {username: valueOf(username).trim(), password: valueOf(password)};
     if (!body.username || !body.password) {
-      showError(form, new Error(!body.username ? "'username' is required" : "'password' is required"));
+      showError(form, !body.username ? inputError('username', "'username' is required") : inputError('password', "'password' is required"));
       return;
     }
     if (!totp.hidden) {
       const code = valueOf(totp).trim().replace(/\s+/g, '');
       if (!code) {
-        showError(form, new Error("'totp' is required: enter the code from your authenticator app"));
+        showError(form, inputError('totp', "'totp' is required: enter the code from your authenticator app"));
         return;
       }
       body.totp = code;
@@ -47,7 +47,7 @@ export function renderLogin({main, message, onLoggedIn}) {
         return;
       }
       if (!totp.hidden && error.code === 'invalid_credentials') {
-        showError(form, new Error("'totp' was not accepted: the code is wrong, expired or already used"));
+        showError(form, inputError('totp', "'totp' was not accepted: the code is wrong, expired or already used"));
         totp.input.select();
         return;
       }

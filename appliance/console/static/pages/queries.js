@@ -3,7 +3,7 @@
 // NDJSON into a table. A viewer gets only names, parameters and run forms (the API sends no more).
 
 import * as api from '../api.js';
-import {alertBox, busy, button, clearErrors, confirmButton, field, h, section, setAlert, showError, table, uid, valueOf} from '../dom.js';
+import {alertBox, busy, button, clearErrors, confirmButton, field, h, inputError, section, setAlert, showError, table, uid, valueOf} from '../dom.js';
 
 const SCALARS = ['string', 'integer', 'number', 'boolean', 'date', 'datetime'];
 const TYPES = [...SCALARS, 'json', 'identifier', ...SCALARS.map((t) => `array<${t}>`)];
@@ -109,7 +109,8 @@ function editor(ctx, query) {
       try {
         bodyValue = JSON.parse(bodyValue);
       } catch (error) {
-        showBodyError(body, excerpt, `line ${jsonErrorLine(error, bodyValue)}: the body is not valid JSON (${error.message})`);
+        const [line, column] = jsonErrorPlace(error, bodyValue);
+        showBodyError(body, excerpt, `line ${line}, column ${column}: the body is not valid JSON (${error.message})`, line, column);
         return;
       }
     }
@@ -131,7 +132,7 @@ function editor(ctx, query) {
       saved = await busy(save, 'Saving…', () => (creating ? api.post('/api/v1/queries', payload)
         : api.patch(`/api/v1/queries/${api.enc(query.id)}`, payload)));
     } catch (error) {
-      if (/^line \d+, column \d+:/.test(error.message)) showBodyError(body, excerpt, error.message);
+      if (error.field === 'body' && error.line) showBodyError(body, excerpt, error.message, error.line, error.column);
       else showError(form, error);
       return;
     }
@@ -159,24 +160,22 @@ function offsetOf(text, line, column) {
   return Math.min(offset + column - 1, text.length);
 }
 
-function jsonErrorLine(error, text) {
+// Where the browser's JSON parser stopped, as [line, column]: its message is the only place it
+// says so (this reads the browser's own error, never the API's).
+function jsonErrorPlace(error, text) {
   const m = /position (\d+)/.exec(error.message);
-  if (!m) return '1, column 1';
-  const [line, column] = lineColumn(text, Number(m[1]));
-  return `${line}, column ${column}`;
+  return m ? lineColumn(text, Number(m[1])) : [1, 1];
 }
 
-// Show a body error at its line and column: the message, the line itself with a caret under the
-// column, and the text cursor placed there.
-function showBodyError(body, excerpt, message) {
+// Show a body error at its line and column (1-based, from the API's error or the JSON parser):
+// the message, the line itself with a caret under the column, and the text cursor placed there.
+function showBodyError(body, excerpt, message, line, column) {
   const slot = body.querySelector('.field-error');
   slot.textContent = message;
   slot.hidden = false;
   body.input.setAttribute('aria-invalid', 'true');
-  const m = /^line (\d+)(?:, column (\d+))?/.exec(message);
-  if (!m) return;
-  const line = Number(m[1]);
-  const column = Number(m[2] || 1);
+  if (!line) return;
+  column = column || 1;
   const text = body.input.value;
   const source = text.split('\n')[line - 1] ?? '';
   excerpt.textContent = `${String(line).padStart(4)} | ${source}\n       ${' '.repeat(Math.max(0, column - 1))}^`;
@@ -187,12 +186,14 @@ function showBodyError(body, excerpt, message) {
   body.input.dispatchEvent(new Event('focus'));
 }
 
-// The parameter declarations: one row per parameter, each a small labelled form.
+// The parameter declarations: one row per parameter, each a small labelled form. Row i is the
+// API's `parameters[i]` (its errors name that field), renumbered whenever rows change.
 function parameterEditor(initial, bodyText) {
   const rows = h('div', {class: 'params'});
   const node = h('fieldset', {class: 'param-editor'}, h('legend', {}, 'Parameters'), rows);
+  const renumber = () => [...rows.children].forEach((r, i) => { r.dataset.field = `parameters[${i}]`; });
   const add = (p) => {
-    const row = h('div', {class: 'param-row', dataset: {field: `param.${p.name || ''}`}});
+    const row = h('div', {class: 'param-row'});
     const pname = field({name: 'param-name', label: 'Parameter name', value: p.name || '', required: true});
     const type = field({name: 'param-type', label: 'Parameter type', type: 'select', options: TYPES, value: p.type || 'string'});
     const required = field({name: 'param-required', label: 'Required', type: 'checkbox', value: p.required ?? !('default' in p)});
@@ -200,21 +201,21 @@ function parameterEditor(initial, bodyText) {
       help: 'Empty: no default. Arrays and json: JSON text.'});
     const choices = field({name: 'param-choices', label: 'Choices', value: p.choices ? p.choices.map(display).join(', ') : '',
       help: 'Optional, comma-separated.'});
-    pname.input.addEventListener('input', () => { row.dataset.field = `param.${pname.input.value.trim()}`; });
-    const remove = button('Remove', () => row.remove(), {class: 'small danger', 'aria-label': 'Remove this parameter'});
+    const remove = button('Remove', () => { row.remove(); renumber(); }, {class: 'small danger', 'aria-label': 'Remove this parameter'});
     row.append(pname, type, required, def, choices, remove, h('p', {class: 'field-error', hidden: true}));
     row.input = pname.input;
     row.read = () => {
       const out = {name: valueOf(pname).trim(), type: valueOf(type), required: valueOf(required)};
       const t = out.type;
       if (valueOf(def) !== '') {
-        out.default = convert(t, valueOf(def), out.name);
+        out.default = convert(t, valueOf(def), out.name, row.dataset.field);
         out.required = false;
       }
-      if (valueOf(choices).trim()) out.choices = valueOf(choices).split(',').map((c) => convert(t.replace(/^array<(.*)>$/, '$1'), c.trim(), out.name));
+      if (valueOf(choices).trim()) out.choices = valueOf(choices).split(',').map((c) => convert(t.replace(/^array<(.*)>$/, '$1'), c.trim(), out.name, row.dataset.field));
       return out;
     };
     rows.append(row);
+    renumber();
     return row;
   };
   for (const p of initial || []) add(p);
@@ -229,16 +230,16 @@ function parameterEditor(initial, bodyText) {
     }
   }, {class: 'small'});
   node.append(h('div', {class: 'actions'}, addButton, detect));
-  return {node, value: () => [...rows.children].map((r) => r.read())};
+  return {node, value: () => { renumber(); return [...rows.children].map((r) => r.read()); }};
 }
 
 function display(value) {
   return typeof value === 'string' ? value : JSON.stringify(value);
 }
 
-// A typed value from a form's text; throws an error naming the parameter.
-function convert(type, text, pname) {
-  const fail = (what) => { throw new Error(`parameter '${pname}' ${what}`); };
+// A typed value from a form's text; throws an error naming the parameter, about input `where`.
+function convert(type, text, pname, where) {
+  const fail = (what) => { throw inputError(where, `parameter '${pname}' ${what}`); };
   const array = /^array<(.*)>$/.exec(type);
   if (array) {
     const trimmed = text.trim();
@@ -248,7 +249,7 @@ function convert(type, text, pname) {
       return items;
     }
     items = trimmed === '' ? [] : trimmed.split(/\r?\n/).map((s) => s.trim()).filter((s) => s !== '');
-    return items.map((item) => convert(array[1], item, pname));
+    return items.map((item) => convert(array[1], item, pname, where));
   }
   switch (type) {
     case 'integer': {
@@ -342,10 +343,10 @@ export function runPanel(query) {
         const p = input.param;
         const raw = valueOf(input);
         if (raw === '' || raw === undefined) {
-          if (p.required) throw new Error(`parameter '${p.name}' is required`);
+          if (p.required) throw inputError(`param.${p.name}`, `parameter '${p.name}' is required`);
           continue;
         }
-        params[p.name] = ['string', 'identifier', 'date', 'datetime'].includes(p.type) ? raw : convert(p.type, raw, p.name);
+        params[p.name] = ['string', 'identifier', 'date', 'datetime'].includes(p.type) ? raw : convert(p.type, raw, p.name, `param.${p.name}`);
       }
     } catch (error) {
       showError(form, error);
@@ -376,7 +377,7 @@ export function runPanel(query) {
         } else if (line.columns) {
           grid.columns(line.columns);
         } else if (line.error) {
-          throw Object.assign(new Error(line.error.message), {code: line.error.code});
+          throw new api.ApiError(200, line.error.code, line.error.message, line.error);
         } else {
           summary = line;
         }
