@@ -194,7 +194,7 @@ def test_admin_enrols_2fa_builds_a_datasource_and_a_query_and_sees_rows(world: W
         page.get_by_label("Port").fill(str(world.pg.port))
         page.get_by_label("Database").fill("postgres")
         page.get_by_label("User").fill("postgres")
-        page.get_by_label("TLS").select_option("disable")
+        page.get_by_label("TLS", exact=True).select_option("disable")
         page.get_by_label("Password", exact=True).fill(PG_PASSWORD)
         shot(page, "datasource-new-1280")
         page.get_by_role("button", name="Create datasource").click()
