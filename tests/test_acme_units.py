@@ -10,6 +10,7 @@ import json
 import threading
 from pathlib import Path
 
+import acme.client
 import aiohttp
 import pytest
 from aiohttp import web
@@ -107,6 +108,29 @@ def test_ari_cert_id_matches_the_draft_example() -> None:
             .sign(key, hashes.SHA256()))
     pem = cert.public_bytes(serialization.Encoding.PEM)
     assert ari_cert_id(pem) == "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE"
+
+
+def _cert_with(serial: int, aki: bytes) -> x509.Certificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a.test")])
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(serial)
+            .not_valid_before(NOW).not_valid_after(NOW + dt.timedelta(days=1))
+            .add_extension(x509.AuthorityKeyIdentifier(aki, None, None), critical=False)
+            .sign(key, hashes.SHA256()))
+
+
+@pytest.mark.parametrize("serial", [1, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0x87654321,
+                                    2**63, 2**152 - 1, 2**159 - 1])
+def test_ari_cert_id_agrees_with_acme(serial: int) -> None:
+    # ari_cert_id is ours (RFC 9773); acme computes the same inside its client, privately. If acme
+    # renames or drops it, only this cross-check is lost: the draft example above still holds.
+    acme_ari_id = getattr(acme.client, "_renewal_info_path_component", None)
+    if acme_ari_id is None:
+        pytest.skip("acme no longer has _renewal_info_path_component to compare with")
+    for aki in (bytes.fromhex("69885B6B87464041E1B37B847BA0AE2CDE01C8D4"), bytes(range(1, 33))):
+        cert = _cert_with(serial, aki)
+        assert ari_cert_id(cert.public_bytes(serialization.Encoding.PEM)) == acme_ari_id(cert)
 
 
 def test_keys_are_ecdsa_p256() -> None:

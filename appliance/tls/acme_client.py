@@ -6,6 +6,7 @@ order message with `replaces` (ARI). Never logs a key, a nonce, a JWS or the EAB
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
 import ipaddress
@@ -55,9 +56,24 @@ class NewOrder(messages.NewOrder):
 
 
 def ari_cert_id(cert_pem: bytes) -> str:
-    """The ARI certificate identifier: base64url(AKI keyIdentifier) '.' base64url(serial)."""
+    """The ARI certificate identifier (RFC 9773 §4.1): base64url(AKI keyIdentifier) '.'
+    base64url(the serial's DER INTEGER content octets), both unpadded.
+
+    Computed here rather than by `acme`'s private `_renewal_info_path_component`; the tests check
+    that the two agree."""
     cert = x509.load_pem_x509_certificate(cert_pem)
-    return client._renewal_info_path_component(cert)
+    aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    if aki.key_identifier is None:
+        raise ValueError("the certificate's authority key identifier has no keyIdentifier")
+    serial = cert.serial_number
+    # DER INTEGER: big-endian two's complement in the fewest octets, so one more bit for the sign
+    # (a serial whose top bit is set gets a leading zero octet).
+    serial_der = serial.to_bytes((serial.bit_length() + 8) // 8, "big", signed=True)
+    return f"{_b64url(aki.key_identifier)}.{_b64url(serial_der)}"
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def new_key_pem() -> bytes:
