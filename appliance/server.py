@@ -34,13 +34,6 @@ DEV_ADMIN = "admin"
 GC_THRESHOLDS = (10_000, 10, 10)
 
 
-def bound_ports(site: web.TCPSite) -> list[tuple[str, int]]:
-    server = site._server  # aiohttp exposes no public accessor for the bound sockets
-    if server is None:
-        return []
-    return [sock.getsockname()[:2] for sock in server.sockets]  # type: ignore[union-attr]
-
-
 def _url(endpoint: Endpoint, port: int) -> str:
     host = endpoint.host
     if host in ("0.0.0.0", "::", ""):  # noqa: S104

@@ -91,7 +91,7 @@ async def serve_bare(port: int, state: Path) -> None:
     ctx.load_cert_chain(state / "bare-cert.pem", state / "bare-key.pem")
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
     await site.start()
-    print(json.dumps({"port": site._server.sockets[0].getsockname()[1]}), flush=True)
+    print(json.dumps({"port": runner.addresses[0][1]}), flush=True)
     await asyncio.Event().wait()
 
 

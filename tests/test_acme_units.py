@@ -23,7 +23,6 @@ from appliance import settings as settings_module
 from appliance.egress import Dialer, PolicyHolder
 from appliance.http.redirect import build_redirect_app
 from appliance.secret import Secret
-from appliance.server import bound_ports
 from appliance.settings import EgressSettings
 from appliance.tls import renewal
 from appliance.tls.acme_client import ACMEClient, NewOrder, ari_cert_id, new_key_pem
@@ -158,7 +157,7 @@ async def test_plain_http_listener_answers_challenges_and_redirects(tmp_path: Pa
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = bound_ports(site)[0][1]
+    port = runner.addresses[0][1]
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:

@@ -27,7 +27,6 @@ from appliance.auth.sessions import COOKIE_NAME
 from appliance.http.app import build_app
 from appliance.keyring import KdfTuning, open_vault
 from appliance.secret import Secret
-from appliance.server import bound_ports
 from appliance.settings import Settings
 from appliance.store import open_sqlite_store
 from appliance.tls import TLSManager
@@ -198,7 +197,7 @@ async def running(state: Path, *, egress: dict[str, Any] | None = None,
     try:
         site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls.context)
         await site.start()
-        port = bound_ports(site)[0][1]
+        port = runner.addresses[0][1]
         assert tls.ca is not None
         ctx = ssl.create_default_context(cafile=str(tls.ca.cert_path))
         url = f"https://127.0.0.1:{port}"

@@ -31,7 +31,6 @@ from appliance.datasources.destination import (
 )
 from appliance.keyring import BoundElsewhere, open_vault
 from appliance.keyring.sealing import field_aad
-from appliance.server import bound_ports
 from appliance.store import open_sqlite_store
 from tests.conftest import ROOT, clean_env
 from tests.test_auth_support import TEST_TUNING, make_settings, prepare
@@ -67,7 +66,7 @@ async def upstreams() -> AsyncIterator[tuple[Recorder, Recorder]]:
         await runner.setup()
         site = web.TCPSite(runner, host, 0)
         await site.start()
-        server.url = f"http://{host}:{bound_ports(site)[0][1]}"
+        server.url = f"http://{host}:{runner.addresses[0][1]}"
         runners.append(runner)
         servers.append(server)
     yield servers[0], servers[1]

@@ -106,7 +106,7 @@ async def test_a_request_past_the_request_timeout_gets_504(tmp_path: Path) -> No
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     try:
         async with aiohttp.ClientSession() as http:
             started = time.monotonic()

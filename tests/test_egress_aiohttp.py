@@ -59,7 +59,7 @@ class Upstream:
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, 0, ssl_context=ssl_context)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = self.runner.addresses[0][1]
         return self
 
     async def close(self) -> None:

@@ -52,7 +52,7 @@ async def test_tampered_field_is_a_clear_error_and_the_server_survives(state: Pa
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     try:
         async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
             async with http.get("/probe/ds-0001") as response:

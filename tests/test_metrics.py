@@ -129,12 +129,11 @@ async def test_a_remote_client_needs_a_metrics_token(tmp_path: Path) -> None:
         pytest.skip("this host has no non-loopback IPv4 address")
     from aiohttp import web
 
-    from appliance.server import bound_ports
     async with running(tmp_path / "state", tokens=True, metrics=LOOPBACK) as found:
         token = await metrics_token(found)
         site = web.TCPSite(found.runner, address, 0, ssl_context=found.app[TLS].context)
         await site.start()
-        port = bound_ports(site)[0][1]
+        port = next(p for host, p, *_ in found.runner.addresses if host == address)
         url = f"https://{address}:{port}/metrics"
         async with aiohttp.ClientSession() as http:
             async with http.get(url, ssl=False) as resp:

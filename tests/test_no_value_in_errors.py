@@ -21,7 +21,6 @@ import pytest
 from aiohttp import web
 
 from appliance.logs import JSONFormatter
-from appliance.server import bound_ports
 from tests.conftest import PG_PASSWORD, PostgresServer
 from tests.test_auth_support import Appliance, Client
 from tests.test_queries_support import (
@@ -334,7 +333,7 @@ async def echoing_api() -> AsyncIterator[str]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    yield f"http://127.0.0.1:{bound_ports(site)[0][1]}"
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     await runner.cleanup()
 
 

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from appliance.server import bound_ports
 from tests.test_queries_support import as_role, create_datasource, create_query, proxy, run
 
 TOKEN = "upstream-bearer-TOKEN-0123"
@@ -51,7 +50,7 @@ async def upstream() -> AsyncIterator[Upstream]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    server.url = f"http://127.0.0.1:{bound_ports(site)[0][1]}"
+    server.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
     yield server
     await runner.cleanup()
 

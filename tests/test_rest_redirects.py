@@ -20,7 +20,6 @@ from yarl import URL
 from appliance.egress import Dialer, PolicyHolder, StaticResolver
 from appliance.egress.aiohttp_hook import egress_session, origin, request_following_redirects
 from appliance.errors import UpstreamError
-from appliance.server import bound_ports
 from appliance.settings import EgressSettings
 from appliance.tls import local_ca
 from tests.test_queries_support import as_role, create_datasource, create_query, proxy, run
@@ -62,7 +61,7 @@ class Recorder:
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.host, 0, ssl_context=ssl_context)
         await site.start()
-        self.port = bound_ports(site)[0][1]
+        self.port = self.runner.addresses[0][1]
         return self
 
     async def close(self) -> None:

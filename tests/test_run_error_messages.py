@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from appliance.server import bound_ports
 from tests.test_queries_support import (
     as_role,
     create_datasource,
@@ -47,7 +46,7 @@ async def upstream() -> AsyncIterator[tuple[str, list[str]]]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    yield f"http://127.0.0.1:{bound_ports(site)[0][1]}", seen
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}", seen
     await runner.cleanup()
 
 
