@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from appliance.errors import StoreError
-from appliance.store import migrations, open_sqlite_store
+from appliance.store import Step, migrations, open_sqlite_store
 from appliance.store.migrations import Migration
 
 from .conftest import clean_env, run_cli
@@ -260,28 +260,80 @@ def test_sigkill_mid_write_loop_leaves_a_consistent_store(tmp_path: Path, delay:
 async def test_write_is_one_transaction_and_restores_durability(tmp_path: Path) -> None:
     store = await open_sqlite_store(tmp_path / "s.db")
     try:
-        def half(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT INTO meta (key, value) VALUES ('w1', 'x')")
+        def half(step: Step) -> None:
+            step.insert("INSERT INTO meta (key, value) VALUES ('w1', 'x')")
             raise RuntimeError("stop half-way")
 
         with pytest.raises(RuntimeError):
             await store.write(half, durable=False)
         assert await store.fetch_one("SELECT * FROM meta WHERE key = 'w1'") is None
 
-        def whole(conn: sqlite3.Connection) -> int:
-            conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
-                             [("w2", "a"), ("w3", "b")])
-            return int(conn.execute("PRAGMA synchronous").fetchone()[0])
+        def whole(step: Step) -> int:
+            assert step.execute_many("INSERT INTO meta (key, value) VALUES (?, ?)",
+                                     [("w2", "a"), ("w3", "b")]) == 2
+            return synchronous(step)
 
         assert await store.write(whole, durable=False) == 1  # NORMAL inside the fast write
         rows = await store.fetch_all("SELECT key FROM meta WHERE key LIKE 'w%' ORDER BY key")
         assert [r["key"] for r in rows] == ["w2", "w3"]
-        assert await store.write(lambda c: int(c.execute("PRAGMA synchronous").fetchone()[0])) \
-            == 2  # FULL again for everything else
+        assert await store.write(synchronous) == 2  # FULL again for everything else
         with pytest.raises(StoreError):
-            await store.write(lambda c: c.execute("INSERT INTO no_such_table VALUES (1)"))
+            await store.write(lambda step: step.insert("INSERT INTO no_such_table VALUES (1)"))
     finally:
         await store.close()
+
+
+def synchronous(step: Step) -> int:
+    row = step.fetch_one("PRAGMA synchronous")
+    assert row is not None
+    return int(row["synchronous"])
+
+
+async def test_the_aiosqlite_private_seam_is_still_there(tmp_path: Path) -> None:
+    """aiosqlite's private `Connection._execute(fn, *args)` and `Connection._conn` (the sqlite3
+    connection), used in appliance/store/aiosqlite_private.py only: if this fails, aiosqlite
+    changed them; see that module for what they buy and the public way to replace them."""
+    import threading
+
+    import aiosqlite
+
+    from appliance.store.aiosqlite_private import run_on_thread
+
+    assert asyncio.iscoroutinefunction(aiosqlite.Connection._execute)
+    assert isinstance(aiosqlite.Connection.__dict__.get("_conn"), property)
+    conn = await aiosqlite.connect(tmp_path / "seam.db")
+    try:
+        def where(raw: sqlite3.Connection, extra: int) -> tuple[type, int, int]:
+            return type(raw), threading.get_ident(), extra
+
+        kind, thread, extra = await run_on_thread(conn, where, 7)
+        assert kind is sqlite3.Connection and extra == 7
+        assert thread != threading.get_ident()  # on the connection's own thread
+    finally:
+        await conn.close()
+
+
+async def test_snapshot_is_a_consistent_private_copy(tmp_path: Path) -> None:
+    store = await open_sqlite_store(tmp_path / "s.db")
+    try:
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO meta (key, value) VALUES ('snap', '1')")
+        await store.write(lambda step: step.insert(
+            "INSERT INTO meta (key, value) VALUES ('fast', '2')"), durable=False)
+        copy = tmp_path / "copy.db"
+        await store.snapshot(copy)
+        assert mode(copy) == 0o600
+        with pytest.raises(FileExistsError):
+            await store.snapshot(copy)
+    finally:
+        await store.close()
+    conn = sqlite3.connect(copy)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('snap', 'fast')")
+                    .fetchall()) == {"snap": "1", "fast": "2"}
+    finally:
+        conn.close()
 
 
 async def _ticking(seconds: float) -> list[float]:
@@ -302,8 +354,8 @@ async def test_point_reads_and_fast_writes_run_on_the_loop_when_the_file_is_free
 
     store = await open_sqlite_store(tmp_path / "s.db")
     try:
-        def put(conn: sqlite3.Connection) -> int:
-            conn.execute("INSERT INTO meta (key, value) VALUES ('k', 'v')")
+        def put(step: Step) -> int:
+            step.insert("INSERT INTO meta (key, value) VALUES ('k', 'v')")
             return threading.get_ident()
 
         assert await store.write(put, durable=False) == threading.get_ident()
@@ -315,7 +367,7 @@ async def test_point_reads_and_fast_writes_run_on_the_loop_when_the_file_is_free
         with pytest.raises(StoreError):
             await store.lookup("SELECT * FROM no_such_table")
         with pytest.raises(StoreError):
-            await store.write(lambda c: c.execute("INSERT INTO no_such_table VALUES (1)"),
+            await store.write(lambda step: step.insert("INSERT INTO no_such_table VALUES (1)"),
                               durable=False)
         assert await store.fetch_one("SELECT value FROM meta WHERE key = 'k'") == {"value": "v"}
     finally:
@@ -337,9 +389,9 @@ async def test_fast_paths_step_aside_while_another_process_holds_the_file(
         holder.execute("INSERT INTO meta (key, value) VALUES ('held', '1')")
         threads: list[int] = []
 
-        def put(conn: sqlite3.Connection) -> None:
+        def put(step: Step) -> None:
             threads.append(threading.get_ident())
-            conn.execute("INSERT INTO meta (key, value) VALUES ('after', '2')")
+            step.insert("INSERT INTO meta (key, value) VALUES ('after', '2')")
 
         ticker = asyncio.create_task(_ticking(0.6))
         write = asyncio.create_task(store.write(put, durable=False))
@@ -370,7 +422,7 @@ async def test_fast_writes_are_checkpointed_off_the_loop(tmp_path: Path) -> None
     try:
         size = path.stat().st_size
         for i in range(sqlite_store.CHECKPOINT_EVERY):
-            await store.write(lambda c, i=i: c.execute(
+            await store.write(lambda step, i=i: step.insert(
                 "INSERT INTO meta (key, value) VALUES (?, ?)", (f"c{i}", "x" * 2000)),
                 durable=False)
         assert store._checkpoint is not None

@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import os
-import sqlite3
 import tarfile
 import time
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from appliance.keyring.unseal import ACTIVE, derive, insert_slot
 from appliance.keyring.vault import SecretVault, load_keyring, open_vault_with
 from appliance.secret import Secret
 from appliance.settings import Settings
-from appliance.store import open_sqlite_store
+from appliance.store import Store, open_sqlite_store
 from appliance.store.migrations import LATEST
 
 FORMAT = "appliance-backup"
@@ -73,21 +72,12 @@ def read_passphrase(path: Path) -> Secret[bytes]:
 # --- backup -----------------------------------------------------------------------------------
 
 
-def _snapshot(store_path: Path, tmp: Path) -> bytes:
-    """A transactionally consistent copy of a live WAL database (SQLite's backup API)."""
-    src = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)
+async def _snapshot(store: Store, tmp: Path) -> bytes:
+    """The store's consistent copy of itself (its `snapshot`), read back and deleted."""
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, state_dir.FILE_MODE)
-        os.close(fd)
-        dst = sqlite3.connect(tmp)
-        try:
-            src.backup(dst)
-            dst.execute("PRAGMA journal_mode = DELETE")
-        finally:
-            dst.close()
+        await store.snapshot(tmp)
         return tmp.read_bytes()
     finally:
-        src.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
 
@@ -95,9 +85,8 @@ def _snapshot(store_path: Path, tmp: Path) -> bytes:
 async def write_backup(settings: Settings, vault: SecretVault, out: Path, *,
                        passphrase: Secret[bytes] | None = None,
                        tuning: KdfTuning = DEFAULT_TUNING) -> BackupReport:
-    store_path = settings.server.state_dir.absolute() / state_dir.STORE_FILE
     tmp = out.with_name(f".{out.name}.snapshot-{os.getpid()}")
-    data = await asyncio.to_thread(_snapshot, store_path, tmp)
+    data = await _snapshot(vault._store, tmp)
     row = await vault._store.fetch_one("SELECT COUNT(*) AS n FROM sealed_fields")
     fields = int(row["n"]) if row else 0
     manifest: dict[str, Any] = {

@@ -3,7 +3,7 @@
 Knows nothing of HTTP. Never stores a query's parameter values or results.
 """
 
-from appliance.store.base import Row, Store, Transaction
+from appliance.store.base import Row, Step, Store, Transaction
 from appliance.store.sqlite import SQLiteStore, open_sqlite_store
 
-__all__ = ["Row", "SQLiteStore", "Store", "Transaction", "open_sqlite_store"]
+__all__ = ["Row", "SQLiteStore", "Step", "Store", "Transaction", "open_sqlite_store"]

@@ -18,15 +18,16 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiosqlite
 
 from appliance.errors import StoreError
 from appliance.state_dir import FILE_MODE
-from appliance.store.base import Params, Row
+from appliance.store.aiosqlite_private import run_on_thread
+from appliance.store.base import Params, Row, Step
 from appliance.store.migrations import LATEST, MIGRATIONS, Migration
 
 T = TypeVar("T")
@@ -75,6 +76,34 @@ class _SQLiteTransaction:
         async with self._conn.execute(sql, tuple(params)) as cursor:
             rows = await cursor.fetchall()
         return [dict(row) for row in rows]
+
+
+class _SQLiteStep:
+    """`Step` over the sqlite3 connection `write` runs its function on."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
+        row = self._conn.execute(sql, tuple(params)).fetchone()
+        return dict(row) if row is not None else None
+
+    def insert(self, sql: str, params: Params = ()) -> int:
+        return int(self._conn.execute(sql, tuple(params)).lastrowid or 0)
+
+    def execute_many(self, sql: str, rows: Iterable[Params]) -> int:
+        return self._conn.executemany(sql, rows).rowcount
+
+    # Not `Step`: the two sqlite3 calls appliance/audit/log.py's `_append_sync` still makes
+    # (`execute(head).fetchone()`, `executemany`). Remove them once it calls `fetch_one` and
+    # `execute_many` (the audit log's rework, issue 21).
+    def execute(self, sql: str, params: Params = ()) -> Any:
+        return self._conn.execute(sql, tuple(params))
+
+    def executemany(self, sql: str, rows: Iterable[Params]) -> Any:
+        return self._conn.executemany(sql, rows)
 
 
 class SQLiteStore:
@@ -167,8 +196,8 @@ class SQLiteStore:
                 await self._writer.rollback()
                 raise StoreError(f"store commit failed: {exc}") from exc
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
-        """Run `fn(connection)` inside one transaction on the writer's own thread: the whole
+    async def write(self, fn: Callable[[Step], T], *, durable: bool = True) -> T:
+        """Run `fn(step)` inside one transaction on the writer's own thread: the whole
         write costs one thread hop, for hot paths (the audit log's group commit). `fn` must be
         quick, must not commit, and must raise to roll back. With `durable=False` the commit skips
         fsync (`synchronous = NORMAL` in WAL mode): still atomic and safe against a process crash,
@@ -181,13 +210,11 @@ class SQLiteStore:
                 return result  # type: ignore[return-value]
         async with self._write_lock:
             try:
-                # aiosqlite runs every call this way; `_execute` and `_conn` are its seam.
-                return await self._writer._execute(_run_in_transaction, self._writer._conn, fn,
-                                                   durable)
+                return await run_on_thread(self._writer, _run_in_transaction, fn, durable)
             except sqlite3.Error as exc:
                 raise StoreError(f"store write failed: {exc}") from exc
 
-    def _write_inline(self, fn: Callable[[sqlite3.Connection], T]) -> tuple[bool, T | None]:
+    def _write_inline(self, fn: Callable[[Step], T]) -> tuple[bool, T | None]:
         """(True, result) if `fn` committed on the inline connection; (False, None) if the
         file was busy before anything was written."""
         conn = self._inline
@@ -200,7 +227,7 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"store write failed: {exc}") from exc
         try:
-            result = fn(conn)
+            result = fn(_SQLiteStep(conn))
             conn.commit()
         except BaseException as exc:
             with contextlib.suppress(sqlite3.Error):  # keep the first error, not the rollback's
@@ -220,6 +247,11 @@ class SQLiteStore:
         """Copy the WAL into the database file, off the event loop; never waits for others."""
         with contextlib.suppress(sqlite3.Error, ValueError):
             await self._reader.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    async def snapshot(self, to: Path) -> None:
+        """SQLite's online backup API, on a read-only connection of its own in a worker thread:
+        a consistent copy (a rollback-journal file, no WAL beside it) while others go on."""
+        await asyncio.to_thread(_snapshot, self.path, to)
 
     async def schema_version(self) -> int:
         row = await self.fetch_one("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")
@@ -247,15 +279,14 @@ def _busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)
 
 
-def _run_in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T],
-                        durable: bool) -> T:
+def _run_in_transaction(conn: sqlite3.Connection, fn: Callable[[Step], T], durable: bool) -> T:
     """On the writer thread: BEGIN IMMEDIATE, fn, COMMIT (ROLLBACK if fn raises)."""
     if not durable:
         conn.execute("PRAGMA synchronous = NORMAL")
     try:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            result = fn(conn)
+            result = fn(_SQLiteStep(conn))
         except BaseException:
             conn.rollback()
             raise
@@ -264,6 +295,21 @@ def _run_in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connecti
     finally:
         if not durable:
             conn.execute("PRAGMA synchronous = FULL")
+
+
+def _snapshot(path: Path, to: Path) -> None:
+    src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        fd = os.open(to, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        os.close(fd)
+        dst = sqlite3.connect(to)
+        try:
+            src.backup(dst)
+            dst.execute("PRAGMA journal_mode = DELETE")
+        finally:
+            dst.close()
+    finally:
+        src.close()
 
 
 async def _connect(path: Path, *, readonly: bool = False) -> aiosqlite.Connection:
