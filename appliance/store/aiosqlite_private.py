@@ -24,5 +24,6 @@ T = TypeVar("T")
 async def run_on_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
     """`fn(sqlite3_connection, *args)` on `conn`'s thread, queued behind its other calls."""
     raw: sqlite3.Connection = conn._conn
-    result: T = await conn._execute(fn, raw, *args)
+    # aiosqlite leaves its private `_execute` unannotated.
+    result: T = await conn._execute(fn, raw, *args)  # type: ignore[no-untyped-call]
     return result
