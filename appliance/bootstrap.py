@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance import state_dir
-from appliance.audit import AuditLog, Context
+from appliance.audit import Context
 from appliance.auth import AuthService
+from appliance.core import open_core
 from appliance.errors import ConfigError
 from appliance.secret import Secret
 from appliance.settings import Settings
-from appliance.store import Store, open_sqlite_store
 
 INSTANCE_SECRET_BYTES = 32
 
@@ -55,20 +55,16 @@ async def init_state(settings: Settings, *, admin_user: str | None = None,
 
     store_path = state / state_dir.STORE_FILE
     existed = store_path.exists()
-    store = await open_sqlite_store(store_path)
-    try:
+    async with open_core(settings, unseal=False) as core:  # creates and migrates the store
         (report.existing if existed else report.created).append(f"store {store_path}")
         if admin_user is not None:
-            await ensure_first_admin(store, settings, admin_user, admin_password, report)
-    finally:
-        await store.close()
+            await ensure_first_admin(core.auth, admin_user, admin_password, report)
     return report
 
 
-async def ensure_first_admin(store: Store, settings: Settings, username: str,
-                             password: Secret[str] | None, report: InitReport) -> None:
+async def ensure_first_admin(auth: AuthService, username: str, password: Secret[str] | None,
+                             report: InitReport) -> None:
     """Create `username` as admin if the store has no user at all; otherwise change nothing."""
-    auth = AuthService(store, AuditLog(store), settings.auth)
     count = await auth.users.count()
     if count:
         report.existing.append(f"users ({count}; no admin created)")

@@ -11,10 +11,8 @@ import logging
 import sqlite3
 from pathlib import Path
 
-from aiohttp import web
-
 from appliance.audit import Context
-from appliance.http.keys import DATASOURCES, QUERIES, SETTINGS
+from appliance.core import Core
 
 log = logging.getLogger("appliance.demo")
 
@@ -57,16 +55,16 @@ def _create_database(path: Path) -> None:
         conn.close()
 
 
-async def install(app: web.Application) -> None:
+async def install(core: Core) -> None:
     """Create the demo database, datasource and queries if the datasource does not exist yet."""
-    datasources = app[DATASOURCES]
+    datasources = core.datasources
     if any(d["name"] == DATASOURCE_NAME for d in await datasources.list()):
         return
-    path = Path(app[SETTINGS].server.state_dir).absolute() / "demo" / "demo.sqlite"
+    path = Path(core.settings.server.state_dir).absolute() / "demo" / "demo.sqlite"
     _create_database(path)
     context = Context(actor="system (serve --dev)")
     created = await datasources.create(
         {"name": DATASOURCE_NAME, "kind": "sqlite", "config": {"path": str(path)}}, context)
     for query in QUERIES_TO_CREATE:
-        await app[QUERIES].create({**query, "datasource_id": created["id"]}, context)
+        await core.queries.create({**query, "datasource_id": created["id"]}, context)
     log.info("demo datasource and queries created", extra={"datasource": created["id"]})

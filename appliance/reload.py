@@ -15,7 +15,7 @@ from aiohttp import web
 
 from appliance import logs
 from appliance.errors import ApplianceError
-from appliance.http.keys import EGRESS_RUNTIME, TLS
+from appliance.http.app_keys import CORE
 from appliance.settings import SCHEMA, Settings
 
 log = logging.getLogger("appliance.reload")
@@ -80,7 +80,7 @@ class Reloader:
 
         # TLS: new file paths (files mode), then a check that re-reads the files (a renewed
         # certificate at the same path is installed too); open connections keep their session.
-        tls = self.app[TLS]
+        tls = self.app[CORE].tls
         tls_changed = [name for name in live if name.startswith("tls.")]
         if tls_changed:
             tls.settings = dataclasses.replace(
@@ -93,7 +93,7 @@ class Reloader:
         egress_changed = [name for name in live if name.startswith("egress.")]
         if egress_changed:
             try:
-                self.app[EGRESS_RUNTIME].rebase(new.egress)
+                self.app[CORE].egress_runtime.rebase(new.egress)
                 report.applied += egress_changed
             except ValueError as exc:
                 log.error("reload: egress settings refused; the old policy stays",

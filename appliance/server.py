@@ -20,8 +20,8 @@ from appliance import __version__, bootstrap, demo, state_dir
 from appliance import settings as settings_module
 from appliance.http import connection_limits
 from appliance.http.app import build_app
+from appliance.http.app_keys import CORE
 from appliance.http.connection_limits import ConnectionGate, Listener, fit_descriptor_limit
-from appliance.http.keys import EGRESS
 from appliance.http.redirect import build_redirect_app
 from appliance.reload import Reloader
 from appliance.settings import Endpoint, Settings
@@ -62,7 +62,7 @@ async def serve(settings: Settings, out: TextIO = sys.stdout, *,
                            keepalive_timeout=limits.keepalive_timeout)
     await runner.setup()
     if settings.dev:
-        await demo.install(app)  # a demo SQLite datasource and two queries
+        await demo.install(app[CORE])  # a demo SQLite datasource and two queries
     # One gate for both listeners: caps on open connections, overall and per client address.
     gate = ConnectionGate(fit_descriptor_limit(limits.max_connections),
                           limits.max_connections_per_address,
@@ -96,7 +96,7 @@ async def serve(settings: Settings, out: TextIO = sys.stdout, *,
         print(f"error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
 
-    app[EGRESS].policy.set_own_listeners(own)  # never a destination, in any spelling
+    app[CORE].egress.policy.set_own_listeners(own)  # never a destination, in any spelling
     # Before "listening" and READY=1: a SIGHUP from then on reloads, never terminates.
     reloader = Reloader(app, settings, reload_settings or _same_load(settings))
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.on_signal)

@@ -104,8 +104,8 @@ async def serve_appliance(port: int, state: Path) -> None:
 
     from appliance.audit import Context
     from appliance.http.app import build_app
+    from appliance.http.app_keys import CORE
     from appliance.http.connection_limits import ConnectionGate, listen
-    from appliance.http.keys import DATASOURCES, QUERIES
     from appliance.server import GC_THRESHOLDS
     from appliance.tls import TLSManager
     from tests.test_auth_support import prepare
@@ -125,15 +125,16 @@ async def serve_appliance(port: int, state: Path) -> None:
     listener = await listen(runner.server, gate, s.server, "127.0.0.1", 0,
                             tls_context=tls.context)
     ctx = Context(actor="bench")
-    ds = await app[DATASOURCES].create({
+    ds = await app[CORE].datasources.create({
         "name": "bench", "kind": "postgres",
         "config": {"host": "127.0.0.1", "port": port, "database": "appdb", "user": "app",
                    "tls": "disable", "max_connections": 10, "max_rows": 2_000_000,
                    "max_response_bytes": 1024 ** 3, "statement_timeout_ms": 600_000},
         "secrets": {"password": PASSWORD}}, ctx)
-    one = await app[QUERIES].create({"name": "one", "datasource_id": ds["id"], "body": TEMPLATE,
-                                     "parameters": [{"name": "id", "type": "integer"}]}, ctx)
-    many = await app[QUERIES].create({
+    one = await app[CORE].queries.create({
+        "name": "one", "datasource_id": ds["id"], "body": TEMPLATE,
+        "parameters": [{"name": "id", "type": "integer"}]}, ctx)
+    many = await app[CORE].queries.create({
         "name": "many", "datasource_id": ds["id"],
         "body": "SELECT i, 'row ' || i AS name, i * 0.5 AS v "
                 "FROM generate_series(1, {{ n }}) i",

@@ -21,14 +21,13 @@ import pyotp
 from aiohttp import web
 
 from appliance import bootstrap, settings, state_dir
-from appliance.audit import AuditLog, Context
-from appliance.auth import AuthService
+from appliance.audit import Context
 from appliance.auth.sessions import COOKIE_NAME
+from appliance.core import open_core
 from appliance.http.app import build_app
-from appliance.keyring import KdfTuning, open_vault
+from appliance.keyring import KdfTuning
 from appliance.secret import Secret
 from appliance.settings import Settings
-from appliance.store import open_sqlite_store
 from appliance.tls import TLSManager
 
 ADMIN_PASSWORD = "admin-password-0123"
@@ -51,11 +50,9 @@ async def prepare(state: Path, *, require_2fa: str = "admin",
     """State dir with the admin (and `users`, named after their role); optional tokens."""
     s = make_settings(state, auth_require_2fa=require_2fa)
     await bootstrap.init_state(s, admin_user="admin", admin_password=Secret(ADMIN_PASSWORD))
-    store = await open_sqlite_store(state / state_dir.STORE_FILE)
     raw_tokens: dict[str, str] = {}
-    try:
-        await open_vault(s, store, tuning=TEST_TUNING)
-        auth = AuthService(store, AuditLog(store), s.auth)
+    async with open_core(s, tuning=TEST_TUNING) as core:  # the keyring made with test tuning
+        auth = core.auth
         for role in users:
             await auth.users.create(username=role, role=role, password=Secret(PASSWORDS[role]),
                                     context=Context(actor="test"))
@@ -66,8 +63,6 @@ async def prepare(state: Path, *, require_2fa: str = "admin",
                                                   expires_days=None,
                                                   context=Context(actor="test"))
                 raw_tokens[role] = raw.reveal()
-    finally:
-        await store.close()
     return s, raw_tokens
 
 

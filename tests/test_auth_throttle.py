@@ -18,7 +18,7 @@ import pytest
 
 from appliance.auth.throttle import BASE_DELAY, THRESHOLD, Keys, Limit, delay_for
 from appliance.http import client_address
-from appliance.http.keys import AUTH
+from appliance.http.app_keys import CORE
 from tests.test_auth_support import PASSWORDS, Appliance, Client, running
 from tests.test_auth_totp import enrol
 
@@ -34,7 +34,7 @@ async def from_address(appliance: Appliance, address: str) -> AsyncIterator[Clie
 
 def lower_limits(appliance: Appliance, **limits: int) -> None:
     """The running appliance's throttle with lower address/account thresholds (fewer hashes)."""
-    throttle = appliance.app[AUTH].throttle
+    throttle = appliance.app[CORE].auth.throttle
     throttle.policy = dataclasses.replace(throttle.policy, **{
         name: Limit(value, 3600.0) for name, value in limits.items()})
 

@@ -136,10 +136,10 @@ async def test_a_token_for_an_unenrolled_user_whose_role_requires_2fa(tmp_path: 
     """The HTTP path follows the same rule as the CLI (which alone can waive it)."""
     from appliance.audit import Context
     from appliance.errors import Forbidden
-    from appliance.http.keys import AUTH
+    from appliance.http.app_keys import CORE
 
     async with running(tmp_path / "state", require_2fa="admin,developer") as appliance:
-        auth = appliance.app[AUTH]
+        auth = appliance.app[CORE].auth
         dev = await auth.users.require("developer")
         try:
             await auth.create_token(dev, name="x", role=None, expires_days=None,

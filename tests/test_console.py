@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from appliance.console.console import CONSOLE_CSP
+from appliance.http.console_routes import CONSOLE_CSP
 
 from .test_console_support import (
     ADMIN_PASSWORD,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.console.console import CONSOLE_CSP, load_assets
+from appliance.http.console_routes import CONSOLE_CSP, load_assets
 
 from .conftest import ROOT, ServerProcess, http_request, tls_connection
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from appliance.http.keys import DATASOURCES
+from appliance.http.app_keys import CORE
 from tests.conftest import PG_PASSWORD, PostgresServer
 from tests.test_queries_support import as_role, create_datasource, create_query, proxy, run
 
@@ -227,7 +227,7 @@ async def test_a_secret_change_replaces_the_pool(tmp_path: Path, pg: PostgresSer
         q = await create_query(dev, ds["id"], "SELECT pg_backend_pid() AS pid", name="pid")
         first = await run(dev, q["id"])
         assert first.status == 200
-        service = appliance.app[DATASOURCES]
+        service = appliance.app[CORE].datasources
         assert service.cached_version(ds["id"]) == 1
         patched = await dev.request("PATCH", f"/api/v1/datasources/{ds['id']}",
                                     {"secrets": {"password": "not-the-password"}})
@@ -258,7 +258,7 @@ async def test_concurrent_runs(tmp_path: Path, pg: PostgresServer) -> None:
                                          for i in range(count)))
         assert [r.status for r in results] == [200] * count
         assert [r.body["rows"] for r in results] == [[[2 * i]] for i in range(count)]
-        stats = (await appliance.app[DATASOURCES].engine(ds["id"])).pool_stats()
+        stats = (await appliance.app[CORE].datasources.engine(ds["id"])).pool_stats()
         assert stats is not None and 1 <= stats.size <= 10  # the datasource's limit held
 
 
@@ -324,7 +324,7 @@ async def test_no_session_state_survives_a_run(tmp_path: Path, pg: PostgresServe
             assert refused.status == 422, refused.body
             assert "is not allowed in a stored query" in refused.body["error"]["message"]
         # Closing the engine waits for resets still under way, and leaves no connection open.
-        engine = await appliance.app[DATASOURCES].engine(ds["id"])
+        engine = await appliance.app[CORE].datasources.engine(ds["id"])
         runs = [asyncio.ensure_future(run(dev, reader["id"])) for _ in range(5)]
         await asyncio.gather(*runs)
         pool = engine._pool  # type: ignore[attr-defined]

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from appliance.http.keys import EGRESS
+from appliance.http.app_keys import CORE
 from tests.test_auth_support import Appliance, running
 
 FIELDS = {"source_address", "mode", "allow", "deny", "allow_private"}
@@ -281,7 +281,7 @@ async def test_probe_reports_rule_addresses_connection_and_source(tmp_path: Path
 async def test_probe_refuses_the_appliance_itself(tmp_path: Path) -> None:
     async with appliance(tmp_path) as found:
         # `serve` tells the policy about its sockets (checked end to end in test_egress_api_serve).
-        found.app[EGRESS].policy.set_own_listeners([("127.0.0.1", int(found.url.rsplit(":", 1)[1]))])
+        found.app[CORE].egress.policy.set_own_listeners([("127.0.0.1", int(found.url.rsplit(":", 1)[1]))])
         admin = found.client(token=found.tokens["admin"])
         port = int(found.url.rsplit(":", 1)[1])
         for host in ("127.0.0.1", "127.1", "2130706433", "[::ffff:127.0.0.1]"):

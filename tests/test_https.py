@@ -252,7 +252,7 @@ def test_security_headers_are_the_same_whatever_the_handler_set(path: str, dev: 
     from aiohttp.test_utils import make_mocked_request
 
     from appliance.http import middleware
-    from appliance.http.keys import REQUEST_ID, SETTINGS
+    from appliance.http.app_keys import REQUEST_ID, SETTINGS
     from tests.test_auth_support import make_settings
 
     app = web.Application()

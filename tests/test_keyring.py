@@ -4,6 +4,7 @@ change-password, against real SQLite files in a real state directory."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -21,11 +22,11 @@ from appliance.keyring import (
     WrongInstanceSecret,
 )
 from appliance.keyring.kdf import ScryptParams
-from appliance.keyring.lifecycle import keyring_lifecycle
 from appliance.keyring.password import change_instance_secret
 from appliance.keyring.rotation import rotate, status
 from appliance.keyring.sealing import FormatError, open_field, seal_field
 from appliance.keyring.sources import SOURCE_CREDENTIAL, InstanceSecret
+from appliance.keyring.watch import watch
 from appliance.secret import Secret
 from tests.test_keyring_support import (
     TEST_TUNING,
@@ -367,17 +368,13 @@ async def test_change_password_external_source_is_two_phase(state, tmp_path):
 # --- a running server picks up a keyring rotated by another process ------------------------------
 
 
-async def test_lifecycle_picks_up_rotation_by_another_process(state):
+async def test_a_running_process_picks_up_rotation_by_another_process(state):
     s = await init_state(state)
     secrets = plaintexts(6)
     await populate(s, secrets)
-    store, _ = await open_all(s)
-    app: dict = {"settings": s, "store": store}
-    lifecycle = keyring_lifecycle("settings", "store", "vault", poll_seconds=0.05,
-                                  tuning=TEST_TUNING)(app)
-    await lifecycle.__anext__()
+    store, vault = await open_all(s)
+    watching = asyncio.create_task(watch(vault, 0.05))
     try:
-        vault = app["vault"]
         assert vault.active_version == 1
         # Another process rotates (its own store connection, its own vault).
         other_store, other_vault = await open_all(s)
@@ -397,8 +394,9 @@ async def test_lifecycle_picks_up_rotation_by_another_process(state):
         assert raw_sql(state, "SELECT key_version FROM sealed_fields "
                        "WHERE record_id = 'new'") == [(2,)]
     finally:
-        with pytest.raises(StopAsyncIteration):
-            await lifecycle.__anext__()
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
         await store.close()
 
 

@@ -1,4 +1,4 @@
-"""A real aiohttp server (ephemeral port, the product's middlewares and the keyring lifecycle):
+"""A real aiohttp server (ephemeral port, the product's middlewares and the application core):
 a tampered field gives one clear JSON error naming the record, and the server keeps serving."""
 
 from __future__ import annotations
@@ -9,11 +9,9 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from appliance import state_dir
+from appliance.core import open_core
 from appliance.http import middleware
-from appliance.http.keys import KEYRING, SETTINGS, STORE
-from appliance.keyring import keyring_lifecycle
-from appliance.store import open_sqlite_store
+from appliance.http.app_keys import CORE, SETTINGS
 from tests.test_keyring_support import (
     TEST_TUNING,
     init_state,
@@ -23,15 +21,14 @@ from tests.test_keyring_support import (
 )
 
 
-async def _store_lifecycle(app: web.Application) -> AsyncIterator[None]:
-    store = await open_sqlite_store(app[SETTINGS].server.state_dir / state_dir.STORE_FILE)
-    app[STORE] = store
-    yield
-    await store.close()
+async def _core_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    async with open_core(app[SETTINGS], serving=True, tuning=TEST_TUNING) as core:
+        app[CORE] = core
+        yield
 
 
 async def _probe(request: web.Request) -> web.Response:
-    vault = request.app[KEYRING]
+    vault = request.app[CORE].vault
     secret = await vault.get("datasource", request.match_info["record"], "password")
     return web.json_response({"set": secret is not None,
                               "length": len(secret.reveal()) if secret else 0})
@@ -45,8 +42,7 @@ async def test_tampered_field_is_a_clear_error_and_the_server_survives(state: Pa
             "WHERE record_id = 'ds-0001'")
     app = web.Application(middlewares=[middleware.front()])
     app[SETTINGS] = s
-    app.cleanup_ctx.append(_store_lifecycle)
-    app.cleanup_ctx.append(keyring_lifecycle(SETTINGS, STORE, KEYRING, tuning=TEST_TUNING))
+    app.cleanup_ctx.append(_core_lifecycle)
     app.router.add_get("/probe/{record}", _probe)
     runner = web.AppRunner(app)
     await runner.setup()

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from appliance import demo
 from appliance.audit import AuditLog, Context
 from appliance.auth import AuthService
-from appliance.http.keys import DATASOURCES, TLS
+from appliance.http.app_keys import CORE
 from appliance.http.metrics_routes import allowed
 from appliance.store import open_sqlite_store
 from tests.test_auth_support import Appliance, running
@@ -131,7 +131,7 @@ async def test_a_remote_client_needs_a_metrics_token(tmp_path: Path) -> None:
 
     async with running(tmp_path / "state", tokens=True, metrics=LOOPBACK) as found:
         token = await metrics_token(found)
-        site = web.TCPSite(found.runner, address, 0, ssl_context=found.app[TLS].context)
+        site = web.TCPSite(found.runner, address, 0, ssl_context=found.app[CORE].tls.context)
         await site.start()
         port = next(p for host, p, *_ in found.runner.addresses if host == address)
         url = f"https://{address}:{port}/metrics"
@@ -163,7 +163,7 @@ async def test_every_family_counts_what_happens(tmp_path: Path, by_name: bool) -
         # Egress decisions.
         await admin.request("POST", "/api/v1/egress/probe", {"host": "169.254.169.254", "port": 80})
         # Query runs: the demo database, one run that works and one with a bad parameter.
-        await demo.install(found.app)
+        await demo.install(found.app[CORE])
         listed = (await admin.request("GET", "/api/v1/queries")).body
         items = listed["queries"] if isinstance(listed, dict) else listed
         query = next(q for q in items if q["name"] == "demo products under a price")
@@ -198,11 +198,11 @@ async def test_every_family_counts_what_happens(tmp_path: Path, by_name: bool) -
         assert value(text, "appliance_http_requests_total", method="OTHER", route="(unmatched)",
                      status="405") >= 3
         assert value(text, "appliance_query_run_seconds_count", outcome="failed") >= 1
-        not_after = found.app[TLS].info.not_after.timestamp()  # type: ignore[union-attr]
+        not_after = found.app[CORE].tls.info.not_after.timestamp()  # type: ignore[union-attr]
         assert value(text, "appliance_tls_certificate_not_after_seconds") == not_after
         assert value(text, "appliance_datasource_pools", kind="sqlite") == 1
         # Labelled by the datasource's id; by its name only when the setting says so.
-        [engine] = found.app[DATASOURCES].open_engines()
+        [engine] = found.app[CORE].datasources.open_engines()
         label = "demo" if by_name else engine.target.id
         assert label.startswith("ds_") or by_name, label
         for state in ("open", "idle"):  # the demo's one connection, back in its pool

@@ -10,9 +10,9 @@ import asyncio
 import json
 
 from appliance import state_dir
-from appliance.audit import AuditLog, Verification
+from appliance.audit import Verification
 from appliance.cli.common import add_state_options, load_settings
-from appliance.store import open_sqlite_store
+from appliance.core import open_core
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,16 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 async def _with_log(args: argparse.Namespace, work: str, limit: int = 50) -> object:
     settings = load_settings(args)
-    path = settings.server.state_dir.absolute()
-    state_dir.check(path)
-    store = await open_sqlite_store(path / state_dir.STORE_FILE)
-    try:
-        log = AuditLog(store)
+    state_dir.check(settings.server.state_dir.absolute())
+    async with open_core(settings, unseal=False) as core:
         if work == "verify":
-            return await log.verify()
-        return await log.page(descending=True, limit=limit)
-    finally:
-        await store.close()
+            return await core.audit.verify()
+        return await core.audit.page(descending=True, limit=limit)
 
 
 def run_verify(args: argparse.Namespace) -> int:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from appliance import state_dir
 from appliance.cli.common import add_state_options, load_settings
-from appliance.errors import StoreError
-from appliance.keyring import SecretVault, open_vault
+from appliance.core import open_core
+from appliance.keyring import SecretVault
 from appliance.keyring.kdf import ScryptParams
 from appliance.keyring.password import change_instance_secret
 from appliance.keyring.rotation import rotate, status
@@ -31,7 +31,7 @@ from appliance.keyring.sources import (
 from appliance.keyring.unseal import read_slots
 from appliance.secret import Secret
 from appliance.settings import Settings
-from appliance.store import SQLiteStore, open_sqlite_store
+from appliance.store import Store
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -78,18 +78,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 @asynccontextmanager
-async def opened(settings: Settings) -> AsyncIterator[tuple[SQLiteStore, SecretVault]]:
+async def opened(settings: Settings) -> AsyncIterator[tuple[Store, SecretVault]]:
     """The existing store and its vault; never creates a state directory or a store."""
-    state = settings.server.state_dir.absolute()
-    state_dir.check(state)
-    path = state / state_dir.STORE_FILE
-    if not path.exists():
-        raise StoreError(f"no store at {path}; run `appliance init --state-dir {state}`")
-    store = await open_sqlite_store(path)
-    try:
-        yield store, await open_vault(settings, store)
-    finally:
-        await store.close()
+    state_dir.check(settings.server.state_dir.absolute())
+    async with open_core(settings, must_exist=True) as core:
+        yield core.store, core.vault
 
 
 def _when(timestamp: float) -> str:

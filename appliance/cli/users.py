@@ -16,13 +16,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from appliance import state_dir
-from appliance.audit import AuditLog, Context
+from appliance.audit import Context
 from appliance.auth import ROLES, AuthService
 from appliance.cli.common import add_state_options, load_settings
 from appliance.cli.init import read_password_file
+from appliance.core import open_core
 from appliance.secret import Secret
 from appliance.settings import Settings
-from appliance.store import open_sqlite_store
 
 
 def cli_context() -> Context:
@@ -35,25 +35,10 @@ def cli_context() -> Context:
 
 @asynccontextmanager
 async def open_auth(settings: Settings) -> AsyncIterator[AuthService]:
-    """The auth service over the state directory's store (the vault opened only if needed)."""
-    path = settings.server.state_dir.absolute()
-    state_dir.check(path)
-    store = await open_sqlite_store(path / state_dir.STORE_FILE)
-    vaults: list[object] = []
-
-    async def vault() -> object:
-        if not vaults:
-            from appliance.keyring import open_vault
-
-            vaults.append(await open_vault(settings, store))
-        return vaults[0]
-
-    audit = AuditLog(store)
-    try:
-        yield AuthService(store, audit, settings.auth, vault=vault)  # type: ignore[arg-type]
-    finally:
-        await audit.close()
-        await store.close()
+    """The auth service of the state directory's core (the keyring unsealed only if needed)."""
+    state_dir.check(settings.server.state_dir.absolute())
+    async with open_core(settings, unseal=False) as core:
+        yield core.auth
 
 
 def register(sub: argparse._SubParsersAction) -> None:

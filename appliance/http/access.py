@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -19,7 +19,7 @@ from appliance.audit import AuditLog, Context
 from appliance.auth import ADMIN, COOKIE_NAME, DEVELOPER, VIEWER, AuthService, Principal
 from appliance.errors import ApplianceError, Forbidden, Unauthorized
 from appliance.http import client_address
-from appliance.http.keys import AUDIT, AUTH, KEYRING, REQUEST_ID, SETTINGS, STORE
+from appliance.http.app_keys import CORE, REQUEST_ID
 
 PUBLIC = "public"
 LEVELS = (PUBLIC, VIEWER, DEVELOPER, ADMIN)
@@ -121,35 +121,6 @@ def check_routes(app: web.Application) -> None:
               "or @access.admin from appliance.http.access)")
 
 
-async def _check_on_startup(app: web.Application) -> None:
-    check_routes(app)
-
-
-def install(app: web.Application) -> None:
-    """Check declarations before anything starts, and open the auth service with the store."""
-    app.on_startup.insert(0, _check_on_startup)
-    app.cleanup_ctx.append(_lifecycle)
-
-
-async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    audit = AuditLog(app[STORE])
-    app[AUDIT] = audit
-    app[AUTH] = AuthService(app[STORE], audit, app[SETTINGS].auth, vault=_vault_provider(app))
-    try:
-        yield
-    finally:
-        await audit.close()
-
-
-def _vault_provider(app: web.Application) -> Callable[[], Awaitable[Any]]:
-    """The keyring's vault, as the application holds it (opened by the keyring lifecycle)."""
-
-    async def provide() -> Any:
-        return app[KEYRING]
-
-    return provide
-
-
 # -- per request ---------------------------------------------------------------------------
 
 
@@ -195,7 +166,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise Forbidden("cross-origin request refused", code="csrf")
         return await handler(request)
 
-    auth = request.app[AUTH]
+    auth = request.app[CORE].auth
     header = request.headers.get("Authorization")
     if header is not None:  # a bearer token (checked here: the hot path, one coroutine less)
         scheme, _, value = header.partition(" ")
@@ -236,4 +207,4 @@ async def _session(request: web.Request, auth: AuthService) -> Principal | None:
 
 
 def audit_of(request: web.Request) -> AuditLog:
-    return request.app[AUDIT]
+    return request.app[CORE].audit

@@ -14,8 +14,8 @@ from appliance.auth import COOKIE_NAME, Principal
 from appliance.errors import BadRequest, Forbidden, Unauthorized
 from appliance.http import access
 from appliance.http.access import SESSION_RAW
+from appliance.http.app_keys import CORE
 from appliance.http.json_body import read_object
-from appliance.http.keys import AUDIT, AUTH
 from appliance.secret import Secret
 
 
@@ -61,7 +61,7 @@ async def create_session(request: web.Request) -> web.Response:
     password = _secret(body, "password")
     code = _string(body, "totp", required=False, max_length=64)
     assert username is not None
-    auth = request.app[AUTH]
+    auth = request.app[CORE].auth
     result = await auth.login(username, password, code, context=access.context(request))
     previous = request.cookies.get(COOKIE_NAME)
     if previous:
@@ -87,7 +87,7 @@ async def delete_session(request: web.Request) -> web.Response:
     if found.via != "session" or raw is None:
         raise BadRequest("only a session can be ended here; revoke tokens instead",
                          code="not_a_session")
-    await request.app[AUTH].logout(found, raw, context=access.context(request))
+    await request.app[CORE].auth.logout(found, raw, context=access.context(request))
     response = web.Response(status=204)
     _clear_session_cookie(response)
     return response
@@ -98,7 +98,7 @@ async def delete_session(request: web.Request) -> web.Response:
 
 @access.admin
 async def list_users(request: web.Request) -> web.Response:
-    users = await request.app[AUTH].users.list()
+    users = await request.app[CORE].auth.users.list()
     return web.json_response({"users": [user.public() for user in users]})
 
 
@@ -109,14 +109,15 @@ async def create_user(request: web.Request) -> web.Response:
     role = _string(body, "role", max_length=16)
     password = _secret(body, "password")
     assert username is not None and role is not None
-    user = await request.app[AUTH].users.create(username=username, role=role, password=password,
-                                                context=access.context(request))
+    user = await request.app[CORE].auth.users.create(username=username, role=role,
+                                                     password=password,
+                                                     context=access.context(request))
     return web.json_response(user.public(), status=201)
 
 
 @access.admin
 async def get_user(request: web.Request) -> web.Response:
-    user = await request.app[AUTH].users.require(request.match_info["name"])
+    user = await request.app[CORE].auth.users.require(request.match_info["name"])
     return web.json_response(user.public())
 
 
@@ -131,7 +132,7 @@ async def update_user(request: web.Request) -> web.Response:
         raise BadRequest("'disabled' must be true or false", code="bad_field")
     role = _string(body, "role", required=False, max_length=16)
     password = _secret(body, "password") if "password" in body else None
-    auth = request.app[AUTH]
+    auth = request.app[CORE].auth
     change = await auth.users.change(request.match_info["name"], role=role, disabled=disabled,
                                      password=password, context=access.context(request))
     # Disabling (or enabling) revokes the user's live API tokens for good: say which.
@@ -141,14 +142,14 @@ async def update_user(request: web.Request) -> web.Response:
 
 @access.admin
 async def reset_user_2fa(request: web.Request) -> web.Response:
-    user = await request.app[AUTH].reset_2fa(request.match_info["name"],
+    user = await request.app[CORE].auth.reset_2fa(request.match_info["name"],
                                              context=access.context(request))
     return web.json_response(user.public())
 
 
 @access.admin
 async def list_user_tokens(request: web.Request) -> web.Response:
-    auth = request.app[AUTH]
+    auth = request.app[CORE].auth
     user = await auth.users.require(request.match_info["name"])
     tokens = await auth.tokens.list(user.id)
     return web.json_response({"tokens": [token.public() for token in tokens]})
@@ -156,7 +157,7 @@ async def list_user_tokens(request: web.Request) -> web.Response:
 
 @access.admin
 async def revoke_user_token(request: web.Request) -> web.Response:
-    auth = request.app[AUTH]
+    auth = request.app[CORE].auth
     user = await auth.users.require(request.match_info["name"])
     info = await auth.tokens.revoke(request.match_info["token_id"], owner_id=user.id,
                                     context=access.context(request))
@@ -168,7 +169,7 @@ async def revoke_user_token(request: web.Request) -> web.Response:
 
 @access.requires("viewer", during_enrolment=True)
 async def get_me(request: web.Request) -> web.Response:
-    auth = request.app[AUTH]
+    auth = request.app[CORE].auth
     found = access.require_principal(request)
     user = await auth.users.get_by_id(found.user_id)
     if user is None:
@@ -183,7 +184,7 @@ async def get_me(request: web.Request) -> web.Response:
 async def change_my_password(request: web.Request) -> web.Response:
     found = _session_only(request, "change the password")
     body = await read_object(request)
-    await request.app[AUTH].change_own_password(
+    await request.app[CORE].auth.change_own_password(
         found, _secret(body, "current_password"), _secret(body, "new_password"),
         context=access.context(request))
     response = web.json_response({"status": "changed", "relogin": True})
@@ -194,7 +195,7 @@ async def change_my_password(request: web.Request) -> web.Response:
 @access.requires("viewer", during_enrolment=True)
 async def begin_2fa(request: web.Request) -> web.Response:
     found = _session_only(request, "enrol in two-factor login")
-    uri, svg = await request.app[AUTH].begin_enrolment(found, context=access.context(request))
+    uri, svg = await request.app[CORE].auth.begin_enrolment(found, context=access.context(request))
     return web.json_response({"otpauth_uri": uri, "qr_svg": svg}, status=201)
 
 
@@ -204,7 +205,7 @@ async def confirm_2fa(request: web.Request) -> web.Response:
     body = await read_object(request)
     code = _string(body, "code", max_length=64)
     assert code is not None
-    codes, new_session = await request.app[AUTH].confirm_enrolment(
+    codes, new_session = await request.app[CORE].auth.confirm_enrolment(
         found, code, request[SESSION_RAW], context=access.context(request))
     response = web.json_response({"enabled": True,
                                   "recovery_codes": [c.reveal() for c in codes]})
@@ -215,7 +216,7 @@ async def confirm_2fa(request: web.Request) -> web.Response:
 @access.viewer
 async def list_my_tokens(request: web.Request) -> web.Response:
     found = access.require_principal(request)
-    tokens = await request.app[AUTH].tokens.list(found.user_id)
+    tokens = await request.app[CORE].auth.tokens.list(found.user_id)
     return web.json_response({"tokens": [token.public() for token in tokens]})
 
 
@@ -227,7 +228,7 @@ async def create_my_token(request: web.Request) -> web.Response:
     role = _string(body, "role", required=False, max_length=16)
     scope = _string(body, "scope", required=False, max_length=16) or "api"
     expires = body.get("expires_days")
-    auth = request.app[AUTH]
+    auth = request.app[CORE].auth
     owner = await auth.users.get_by_id(found.user_id)
     if owner is None:
         raise Unauthorized("the session has ended", code="session_ended")
@@ -240,7 +241,7 @@ async def create_my_token(request: web.Request) -> web.Response:
 @access.viewer
 async def revoke_my_token(request: web.Request) -> web.Response:
     found = access.require_principal(request)
-    info = await request.app[AUTH].tokens.revoke(request.match_info["token_id"],
+    info = await request.app[CORE].auth.tokens.revoke(request.match_info["token_id"],
                                                  owner_id=found.user_id,
                                                  context=access.context(request))
     return web.json_response(info.public())
@@ -272,7 +273,7 @@ async def list_audit(request: web.Request) -> web.Response:
     limit = _int_param(request, "limit", 100, low=1, high=1000) or 100
     after = _int_param(request, "after", None, low=0, high=2**62)
     before = _int_param(request, "before", None, low=1, high=2**62)
-    audit = request.app[AUDIT]
+    audit = request.app[CORE].audit
     if after is not None:
         entries = await audit.page(after=after, limit=limit)
         following = {"after": entries[-1]["position"]} if len(entries) == limit else None
@@ -284,7 +285,7 @@ async def list_audit(request: web.Request) -> web.Response:
 
 @access.admin
 async def verify_audit(request: web.Request) -> web.Response:
-    result = await request.app[AUDIT].verify()
+    result = await request.app[CORE].audit.verify()
     return web.json_response(result.as_dict())
 
 

@@ -1,49 +1,37 @@
 """HTTP routes for the egress policy (`GET|PUT|DELETE /api/v1/egress`) and the probe.
 
 Thin handlers: parse, authorise (admin, declared with `access`), call `RuntimeEgress` or the dialer,
-serialise. `install` builds the process's one PolicyHolder and Dialer. Never logs request bodies.
+serialise (the process's one dialer and its runtime policy are the core's). Never logs request
+bodies.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
-from appliance.egress import Dialer, PolicyHolder
-from appliance.egress.runtime import RuntimeEgress, as_json, parse_changes
+from appliance.egress.runtime import as_json, parse_changes
 from appliance.errors import BadRequest
 from appliance.http import access
+from appliance.http.app_keys import CORE
 from appliance.http.json_body import read_object
-from appliance.http.keys import AUDIT, EGRESS, EGRESS_RUNTIME, SETTINGS, STORE
 
 PROBE_TIMEOUT = 5.0
 MAX_HOST_LENGTH = 300
 
 
-def install(app: web.Application) -> None:
-    """Create the one dialer of the process (unless one is there), the runtime settings that load
-    the stored override once the store is open, and the routes. Call after the store lifecycle."""
-    if EGRESS not in app:
-        app[EGRESS] = Dialer(PolicyHolder(app[SETTINGS].egress))
-    app[EGRESS_RUNTIME] = RuntimeEgress(app[SETTINGS].egress, app[EGRESS].policy)
-    app.cleanup_ctx.append(_lifecycle)
+def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/egress", get_egress)
     app.router.add_put("/api/v1/egress", put_egress)
     app.router.add_delete("/api/v1/egress", reset_egress)
     app.router.add_post("/api/v1/egress/probe", probe)
 
 
-async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    await app[EGRESS_RUNTIME].open(app[STORE])
-    yield
-
-
 def _view(app: web.Application) -> dict[str, Any]:
-    runtime = app[EGRESS_RUNTIME]
+    runtime = app[CORE].egress_runtime
     out = as_json(runtime.effective)
-    out["addresses_to_allow"] = app[EGRESS].addresses_to_allow()
+    out["addresses_to_allow"] = app[CORE].egress.addresses_to_allow()
     out["overridden"] = sorted(runtime.override)
     return out
 
@@ -57,7 +45,7 @@ async def get_egress(request: web.Request) -> web.Response:
 async def put_egress(request: web.Request) -> web.Response:
     changes = parse_changes(await read_object(request))
     app = request.app
-    await app[EGRESS_RUNTIME].change(app[STORE], app[AUDIT], changes,
+    await app[CORE].egress_runtime.change(app[CORE].store, app[CORE].audit, changes,
                                      context=access.context(request))
     return web.json_response(_view(app))
 
@@ -66,8 +54,8 @@ async def put_egress(request: web.Request) -> web.Response:
 async def reset_egress(request: web.Request) -> web.Response:
     """Back to the settings file's values: every override removed."""
     app = request.app
-    runtime = app[EGRESS_RUNTIME]
-    await runtime.change(app[STORE], app[AUDIT], dict.fromkeys(runtime.override),
+    runtime = app[CORE].egress_runtime
+    await runtime.change(app[CORE].store, app[CORE].audit, dict.fromkeys(runtime.override),
                          context=access.context(request), action="egress.reset")
     return web.json_response(_view(app))
 
@@ -87,7 +75,7 @@ async def probe(request: web.Request) -> web.Response:
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port <= 65535:
         raise BadRequest("'port' must be an integer from 1 to 65535", code="bad_field",
                          field="port")
-    result = await request.app[EGRESS].probe(host.strip(), port, timeout=PROBE_TIMEOUT)
+    result = await request.app[CORE].egress.probe(host.strip(), port, timeout=PROBE_TIMEOUT)
     out: dict[str, Any] = {
         "allowed": result.allowed,
         "rule": result.rule,

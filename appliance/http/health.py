@@ -9,7 +9,7 @@ from aiohttp import web
 
 from appliance.errors import ApplianceError
 from appliance.http import access
-from appliance.http.keys import STORE, TLS
+from appliance.http.app_keys import CORE
 
 
 @access.public
@@ -21,11 +21,11 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     checks: dict[str, str] = {}
     try:
-        await request.app[STORE].ping()
+        await request.app[CORE].store.ping()
         checks["store"] = "ok"
     except ApplianceError as exc:
         checks["store"] = exc.message
-    ok, detail = request.app[TLS].ready()
+    ok, detail = request.app[CORE].tls.ready()
     checks["tls"] = detail if not ok else "ok"
     ready = all(value == "ok" for value in checks.values())
     return web.json_response(

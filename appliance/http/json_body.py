@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from appliance.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from appliance.http.keys import SETTINGS
+from appliance.http.app_keys import SETTINGS
 
 
 async def read_object(request: web.Request) -> dict[str, Any]:

@@ -10,14 +10,14 @@ import datetime as dt
 from aiohttp import web
 
 from appliance.http import access
-from appliance.http.keys import KEYRING
+from appliance.http.app_keys import CORE
 from appliance.keyring.rotation import status
 
 
 @access.admin
 async def get_keys(request: web.Request) -> web.Response:
     """Data key versions, which is active, and how many sealed fields each holds."""
-    keys = await status(request.app[KEYRING])
+    keys = await status(request.app[CORE].vault)
     return web.json_response({
         "keys": [
             {

@@ -18,16 +18,16 @@ from appliance import metrics
 from appliance.auth.tokens import METRICS
 from appliance.errors import Forbidden, Unauthorized
 from appliance.http import access, client_address
-from appliance.http.keys import AUTH, DATASOURCES, EGRESS, SETTINGS, TLS
+from appliance.http.app_keys import CORE, SETTINGS
 from appliance.settings import Network
 
 _SOURCES = web.AppKey("metrics_sources", metrics.Sources)
 
 
-def install(app: web.Application) -> None:
+def add_routes(app: web.Application) -> None:
     metrics.install_audit_counter()
     app[_SOURCES] = metrics.Sources(
-        egress=lambda: app[EGRESS].counters.snapshot(),
+        egress=lambda: app[CORE].egress.counters.snapshot(),
         certificate_not_after=lambda: _not_after(app),
         pools=lambda: _pools(app),
     )
@@ -35,14 +35,15 @@ def install(app: web.Application) -> None:
 
 
 def _not_after(app: web.Application) -> float | None:
-    info = app[TLS].info
+    core = app.get(CORE)
+    info = core.tls.info if core is not None else None
     return info.not_after.timestamp() if info is not None else None
 
 
 def _pools(app: web.Application) -> Iterator[metrics.PoolSample]:
-    service = app.get(DATASOURCES)
+    core = app.get(CORE)
     by_name = app[SETTINGS].metrics.datasource_names
-    for engine in service.open_engines() if service is not None else []:
+    for engine in core.open_engines() if core is not None else []:
         stats = engine.pool_stats()  # None: the driver does not say
         target = engine.target
         yield metrics.PoolSample(datasource=target.name if by_name else target.id,
@@ -72,7 +73,7 @@ async def get_metrics(request: web.Request) -> web.Response:
             raise Unauthorized("metrics need a bearer token with the metrics scope "
                                "(appliance tokens create NAME --scope metrics)",
                                code="unauthenticated")
-        found = await request.app[AUTH].authenticate_bearer(value.strip(), METRICS)
+        found = await request.app[CORE].auth.authenticate_bearer(value.strip(), METRICS)
         if found is None:
             raise Unauthorized("invalid, expired or revoked token, or not a metrics token "
                                "(appliance tokens create NAME --scope metrics)",

@@ -21,7 +21,7 @@ from multidict import CIMultiDict
 from appliance import deadlines, metrics
 from appliance.errors import ApplianceError, PayloadTooLarge, UpstreamTimeout
 from appliance.http import client_address
-from appliance.http.keys import REQUEST_ID, SETTINGS
+from appliance.http.app_keys import REQUEST_ID, SETTINGS
 
 log = logging.getLogger("appliance.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

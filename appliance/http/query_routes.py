@@ -15,8 +15,8 @@ from aiohttp import web
 from appliance.datasources.values import dumps
 from appliance.errors import ApplianceError, BadRequest
 from appliance.http import access, middleware
+from appliance.http.app_keys import CORE
 from appliance.http.json_body import read_object
-from appliance.http.keys import QUERIES, RUNNER
 from appliance.queries import Run
 
 NDJSON = "application/x-ndjson"
@@ -33,19 +33,19 @@ def _is_developer(request: web.Request) -> bool:
 @access.viewer
 async def list_queries(request: web.Request) -> web.Response:
     full = _is_developer(request)
-    return web.json_response({"queries": await request.app[QUERIES].list(full=full)})
+    return web.json_response({"queries": await request.app[CORE].queries.list(full=full)})
 
 
 @access.developer
 async def create_query(request: web.Request) -> web.Response:
     body = await read_object(request)
-    created = await request.app[QUERIES].create(body, access.context(request))
+    created = await request.app[CORE].queries.create(body, access.context(request))
     return web.json_response(created, status=201)
 
 
 @access.viewer
 async def get_query(request: web.Request) -> web.Response:
-    found = await request.app[QUERIES].get(request.match_info["id"],
+    found = await request.app[CORE].queries.get(request.match_info["id"],
                                            full=_is_developer(request))
     return web.json_response(found)
 
@@ -53,14 +53,14 @@ async def get_query(request: web.Request) -> web.Response:
 @access.developer
 async def update_query(request: web.Request) -> web.Response:
     body = await read_object(request)
-    updated = await request.app[QUERIES].update(request.match_info["id"], body,
+    updated = await request.app[CORE].queries.update(request.match_info["id"], body,
                                                 access.context(request))
     return web.json_response(updated)
 
 
 @access.developer
 async def delete_query(request: web.Request) -> web.Response:
-    await request.app[QUERIES].delete(request.match_info["id"], access.context(request))
+    await request.app[CORE].queries.delete(request.match_info["id"], access.context(request))
     return web.Response(status=204)
 
 
@@ -121,7 +121,7 @@ async def run_query(request: web.Request) -> web.StreamResponse:
         params = _params(await read_object(request)) if request.body_exists else {}
         if NDJSON in request.headers.get("Accept", ""):
             return await _stream(request, params)
-        run = await request.app[RUNNER].answer(request.match_info["id"], params,
+        run = await request.app[CORE].runner.answer(request.match_info["id"], params,
                                                context=access.context(request))
         body = b"".join((
             b'{"columns":', dumps(run.columns).encode(), b',"rows":[', b",".join(run.rows),
@@ -142,7 +142,7 @@ async def _stream(request: web.Request, params: Any) -> web.StreamResponse:
     failure: ApplianceError | None = None
     started = False
     try:
-        async with request.app[RUNNER].stream(request.match_info["id"], params,
+        async with request.app[CORE].runner.stream(request.match_info["id"], params,
                                               context=access.context(request)) as run:
             await response.prepare(request)
             started = True

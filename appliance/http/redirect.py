@@ -9,7 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from appliance.http import middleware
-from appliance.http.keys import SETTINGS
+from appliance.http.app_keys import SETTINGS
 from appliance.settings import Settings
 from appliance.tls.http01 import PATH_PREFIX, HTTP01Responder
 

@@ -10,17 +10,17 @@ from aiohttp import web
 
 from appliance.errors import Conflict
 from appliance.http import access
-from appliance.http.keys import TLS
+from appliance.http.app_keys import CORE
 
 
 @access.admin
 async def get_tls(request: web.Request) -> web.Response:
-    return web.json_response(request.app[TLS].status())
+    return web.json_response(request.app[CORE].tls.status())
 
 
 @access.admin
 async def renew(request: web.Request) -> web.Response:
-    tls = request.app[TLS]
+    tls = request.app[CORE].tls
     if tls.acme is None:
         raise Conflict(f"tls.mode is {tls.settings.mode!r}: only acme certificates are renewed "
                        "on request", code="not_acme")

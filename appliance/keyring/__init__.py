@@ -15,7 +15,6 @@ from appliance.keyring.errors import (
     WrongInstanceSecret,
 )
 from appliance.keyring.kdf import DEFAULT_TUNING, KdfTuning
-from appliance.keyring.lifecycle import keyring_lifecycle
 from appliance.keyring.vault import SecretVault, open_vault
 from appliance.secret import Secret
 
@@ -31,6 +30,5 @@ __all__ = [
     "Secret",
     "SecretVault",
     "WrongInstanceSecret",
-    "keyring_lifecycle",
     "open_vault",
 ]

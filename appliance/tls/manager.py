@@ -31,7 +31,7 @@ from appliance.tls.certificates import (
     temporary_self_signed,
 )
 from appliance.tls.http01 import HTTP01Responder
-from appliance.tls.policy import server_context
+from appliance.tls.server_context import server_context
 
 if TYPE_CHECKING:
     from appliance.egress import Dialer

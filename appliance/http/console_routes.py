@@ -1,4 +1,5 @@
-"""Serves the web console's static shell at `/` and its assets under `/console/`.
+"""Routes for the web console: its static shell at `/` and its assets under `/console/` (the files
+are package data of `appliance.console`).
 
 Owns the asset table (read once from package data), the console's Content-Security-Policy and the
 route declarations (public: the shell holds no data; every API call it makes enforces its role).

@@ -1,0 +1,165 @@
+"""The application core: every service of one appliance process, opened in one readable order by
+one function and closed in one teardown, in reverse.
+
+Owns the wiring (which service gets which) and each service's lifecycle. Never serves HTTP, parses
+input or prints: `serve`, every CLI verb and the tests open the same core; the HTTP layer is
+routes over it (`http.app`), and nothing here imports the HTTP layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from appliance import state_dir
+from appliance.audit import AuditLog
+from appliance.auth import AuthService
+from appliance.datasources import DatasourceService
+from appliance.datasources.engine import Engine
+from appliance.egress import Dialer, PolicyHolder
+from appliance.egress.runtime import RuntimeEgress
+from appliance.errors import ServiceUnavailable, StoreError
+from appliance.keyring import DEFAULT_TUNING, KdfTuning, SecretVault, open_vault
+from appliance.keyring.watch import POLL_SECONDS, watch
+from appliance.queries import QueryService, Runner
+from appliance.settings import Settings
+from appliance.store import Store, open_sqlite_store
+from appliance.tls import TLSManager
+
+log = logging.getLogger("appliance.core")
+
+
+class Core:
+    """The services of one process. Those that hold secrets (`vault`, `datasources`, `queries`,
+    `runner`) exist once the core is unsealed (`unseal()`, which `serve` does at start)."""
+
+    def __init__(self, settings: Settings, store: Store, *, tls: TLSManager | None = None,
+                 tuning: KdfTuning = DEFAULT_TUNING) -> None:
+        self.settings = settings
+        self.store = store
+        self._tls = tls
+        self._tuning = tuning
+        self.audit = AuditLog(store)
+        self.auth = AuthService(store, self.audit, settings.auth, vault=self.unseal)
+        self.egress = Dialer(PolicyHolder(settings.egress))  # the one dialer of the process
+        self.egress_runtime = RuntimeEgress(settings.egress, self.egress.policy)
+        self._vault: SecretVault | None = None
+        self._datasources: DatasourceService | None = None
+        self._queries: QueryService | None = None
+        self._runner: Runner | None = None
+        self._unsealing = asyncio.Lock()
+
+    async def unseal(self) -> SecretVault:
+        """Open the keyring with the instance secret (once) and the services that need it.
+        Raises `InstanceSecretMissing`, `WrongInstanceSecret` or `KeyringCorrupted`."""
+        async with self._unsealing:
+            if self._vault is None:
+                vault = await open_vault(self.settings, self.store, tuning=self._tuning)
+                datasources = DatasourceService(
+                    self.store, vault, self.egress, self.audit,
+                    state_dir=self.settings.server.state_dir.absolute())
+                await datasources.bind_legacy_secrets()  # once after an upgrade; then a no-op
+                self._queries = QueryService(self.store, datasources, self.audit)
+                self._runner = Runner(self._queries)
+                self._datasources = datasources
+                self._vault = vault
+            return self._vault
+
+    @property
+    def tls(self) -> TLSManager:
+        """The certificates of a serving process (CLI verbs have none)."""
+        return _opened(self._tls, "TLS")
+
+    @property
+    def vault(self) -> SecretVault:
+        return _opened(self._vault, "the keyring")
+
+    @property
+    def datasources(self) -> DatasourceService:
+        return _opened(self._datasources, "datasources")
+
+    @property
+    def queries(self) -> QueryService:
+        return _opened(self._queries, "queries")
+
+    @property
+    def runner(self) -> Runner:
+        return _opened(self._runner, "the query runner")
+
+    def open_engines(self) -> list[Engine]:
+        """The datasource engines running now (none while sealed): for metrics."""
+        return self._datasources.open_engines() if self._datasources is not None else []
+
+    async def close(self) -> None:
+        """Close what the core opened, in reverse order (the store is its opener's)."""
+        if self._datasources is not None:
+            await self._datasources.close()  # every pool; runs under way finish first
+        await self.audit.close()
+
+
+def _opened(service: Any, what: str) -> Any:
+    if service is None:
+        raise ServiceUnavailable(f"{what} is not open: the keyring is sealed",
+                                 code="keyring_unavailable")
+    return service
+
+
+@contextlib.asynccontextmanager
+async def open_core(settings: Settings, *, unseal: bool = True, tls: TLSManager | None = None,
+                    serving: bool = False, must_exist: bool = False,
+                    tuning: KdfTuning = DEFAULT_TUNING) -> AsyncIterator[Core]:
+    """The core over the state directory's store, in this order: store (migrated), audit, auth,
+    egress (with its stored policy), then, with `unseal`, the keyring, datasources (secrets
+    sealed before bindings bound once), queries and runner. `serving` adds what only a server
+    runs: the keyring watch (rotations by other processes) and, with `tls`, ACME and the
+    certificate's maintenance. `must_exist`: refuse to create a store (read-only verbs).
+    Everything is closed in reverse order, also on an error while opening."""
+    state = settings.server.state_dir.absolute()
+    path = state / state_dir.STORE_FILE
+    if must_exist and not path.exists():
+        raise StoreError(f"no store at {path}; run `appliance init --state-dir {state}`")
+    async with contextlib.AsyncExitStack() as stack:
+        store = await open_sqlite_store(path)
+        stack.push_async_callback(store.close)
+        core = Core(settings, store, tls=tls, tuning=tuning)
+        stack.push_async_callback(core.close)
+        await core.egress_runtime.open(store)
+        if unseal:
+            vault = await core.unseal()
+            log.info("keyring open", extra={"generation": vault.generation,
+                                            "active_version": vault.active_version,
+                                            "source": vault.secret_source})
+        if serving:
+            if unseal:
+                await stack.enter_async_context(_background(
+                    lambda: watch(core.vault, POLL_SECONDS), "keyring-watch"))
+            if tls is not None:
+                await _open_tls(core, tls)
+                await stack.enter_async_context(_background(tls.maintain, "tls-maintenance"))
+        yield core
+
+
+async def _open_tls(core: Core, tls: TLSManager) -> None:
+    settings = core.settings
+    if settings.tls.mode == "acme" and tls.acme is None:
+        await tls.open_acme(core.store, core.vault, core.egress, audit=lambda: core.audit,
+                            check_interval=settings.tls.renew_check_interval,
+                            has_http_listener=settings.server.http_listen is not None)
+    if tls.info is None:
+        tls.load_initial()
+
+
+@contextlib.asynccontextmanager
+async def _background(work: Callable[[], Awaitable[None]], name: str) -> AsyncIterator[None]:
+    """Run `work` as a task while the core is open; cancel it at teardown."""
+    task = asyncio.ensure_future(work())
+    task.set_name(name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
