@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 import pytest
 from bson import ObjectId
 
-from appliance.query import InvalidParameter, InvalidQuery, compile_query
+from appliance.parameters import InvalidParameter, InvalidQuery
+from appliance.queries.compile import compile_query
 
 TYPES = ["string", "integer", "number", "boolean", "date", "datetime", "json",
          "array<string>", "array<integer>"]

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 import pytest
 
 from appliance.errors import Unprocessable
-from appliance.query.parameters import (
+from appliance.parameters import (
     MAX_ARRAY_LENGTH,
     MAX_JSON_DEPTH,
     MAX_PARAMETERS,

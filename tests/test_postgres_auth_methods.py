@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
-from appliance.datasources import postgres_auth
 from appliance.datasources.config import InvalidDatasource, check_config
 from appliance.egress import Dialer, PolicyHolder, asyncpg_hook
+from appliance.kinds.postgres import auth as postgres_auth
 from appliance.settings import EgressSettings
 from tests.conftest import PostgresServer, pg_binary, postgres_cluster
 from tests.test_queries_support import as_role, create_datasource, create_query, proxy, run

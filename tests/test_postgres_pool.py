@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from appliance.datasources.postgres_pool import ConnectionPool, PoolClosed
+from appliance.kinds.postgres.pool import ConnectionPool, PoolClosed
 from tests.conftest import PG_PASSWORD, PostgresServer
 
 asyncpg = pytest.importorskip("asyncpg")

@@ -7,7 +7,9 @@ from urllib.parse import unquote
 import pytest
 import yarl
 
-from appliance.query import NO_BODY, InvalidParameter, InvalidQuery, compile_query
+from appliance.kinds.rest.binding import NO_BODY
+from appliance.parameters import InvalidParameter, InvalidQuery
+from appliance.queries.compile import compile_query
 
 S = {"name": "s", "type": "string"}
 

@@ -45,6 +45,7 @@ EXPECTED = {
     ("GET", "/readyz"): "public",
     ("GET", "/api/v1/keys"): "admin",
     ("GET", "/api/v1/openapi.json"): "public",
+    ("GET", "/api/v1/kinds"): "developer",
 }
 
 

@@ -11,8 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appliance.query import InvalidParameter, InvalidQuery, compile_query
-from appliance.query.sql_binding import compile_sql, quote_identifier
+from appliance.kinds.sql.binding import compile_sql, quote_identifier
+from appliance.parameters import InvalidParameter, InvalidQuery
+from appliance.queries.compile import compile_query
 
 EXAMPLES = int(os.environ.get("APPLIANCE_TEST_HYPOTHESIS_EXAMPLES", "150"))
 

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appliance.query import InvalidParameter, compile_query
+from appliance.parameters import InvalidParameter
+from appliance.queries.compile import compile_query
 
 from .conftest import PostgresServer
 

@@ -1,12 +1,13 @@
-"""Datasources and their engines (PostgreSQL, SQLite, MongoDB, REST): the public face.
+"""Datasources: their records, sealed secrets and engines (one per datasource), the public face.
 
-The query service uses `DatasourceService.engine(id)` and the `Engine` interface only. Nothing
-here imports the HTTP layer; engines connect only through the egress dialer.
+The query service uses `DatasourceService.engine(id)` and the `Engine` interface only; each kind's
+config, compiler and engine live in `appliance/kinds/`, asked by name. Nothing here imports the
+HTTP layer; engines connect only through the egress dialer.
 """
 
 import logging
 
-from appliance.datasources.config import KINDS, SECRET_FIELDS, InvalidDatasource, Limits
+from appliance.datasources.config import InvalidDatasource, Limits
 from appliance.datasources.engine import Engine, RowStream, Target
 from appliance.datasources.errors import (
     DatasourceAuthFailed,
@@ -26,8 +27,6 @@ for _driver in ("aiosqlite", "pymongo"):
     logging.getLogger(_driver).setLevel(logging.INFO)
 
 __all__ = [
-    "KINDS",
-    "SECRET_FIELDS",
     "DatasourceAuthFailed",
     "DatasourceNotFound",
     "DatasourceProtocolError",

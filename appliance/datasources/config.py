@@ -1,7 +1,8 @@
-"""Datasource configuration: what each kind takes, its secret fields and limits, checked on save.
+"""Datasource configuration: what every kind shares (name, limits, the shape of secrets), and the
+check on save that hands each kind's own keys to its registered `Kind`.
 
 Owns validation and the canonical shape of a datasource's `config`. Never holds a secret value:
-secrets are named here (which fields a kind takes) and sealed by the keyring elsewhere.
+secrets are named by each kind and sealed by the keyring elsewhere.
 """
 
 from __future__ import annotations
@@ -12,24 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from yarl import URL
+from appliance.kinds.registry import Kind, all_kinds, kind_named
+from appliance.kinds.schema import InvalidDatasource
 
-from appliance.errors import Unprocessable
-
-KINDS: Final = ("postgres", "mongodb", "rest", "sqlite")
-SECRET_FIELDS: Final[Mapping[str, frozenset[str]]] = {
-    "postgres": frozenset({"password"}),
-    "mongodb": frozenset({"password"}),
-    "rest": frozenset({"token", "password", "api_key"}),
-    "sqlite": frozenset(),
-}
-REST_AUTH: Final = ("none", "bearer", "basic", "header")
-PG_TLS: Final = ("disable", "require", "verify-full")
-MONGO_TLS: Final = ("disable", "verify-full")
 NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.\-]{0,99}")
-_HOST_RE: Final = re.compile(r"[A-Za-z0-9._\-:\[\]]{1,253}")
-_TOKEN_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z\-]{1,64}")
-_IDENT_RE: Final = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
 
 # Limits: defaults and the largest values an admin may set.
 LIMIT_DEFAULTS: Final = {"max_connections": 5, "statement_timeout_ms": 30_000,
@@ -37,16 +24,10 @@ LIMIT_DEFAULTS: Final = {"max_connections": 5, "statement_timeout_ms": 30_000,
 LIMIT_MAXIMA: Final = {"max_connections": 100, "statement_timeout_ms": 3_600_000,
                        "max_rows": 10_000_000, "max_response_bytes": 1024 * 1024 * 1024}
 CONNECT_TIMEOUT: Final = 10.0
-_BASE_URL: Final = "config.base_url"
-_PATH: Final = "config.path"
 
-
-class InvalidDatasource(Unprocessable):
-    """A datasource's name, kind, config or secrets cannot be saved (422, naming the field in the
-    message and in `field`: `name`, `kind`, `config`, `config.<key>`, `secrets`, `secrets.<key>`;
-    a key only when it is one the kind takes, never one the caller made up)."""
-
-    code = "invalid_datasource"
+__all__ = ["CONNECT_TIMEOUT", "LIMIT_DEFAULTS", "LIMIT_MAXIMA", "NAME_RE", "InvalidDatasource",
+           "Limits", "check_config", "check_kind", "check_name", "check_secrets", "limits_of",
+           "required_secret"]
 
 
 @dataclass(frozen=True)
@@ -81,41 +62,17 @@ def check_name(name: Any) -> str:
 
 
 def check_kind(kind: Any) -> str:
-    if kind not in KINDS:
-        raise InvalidDatasource(f"'kind' must be one of {', '.join(KINDS)}", field="kind")
+    if kind_named(kind) is None:
+        names = ", ".join(known.name for known in all_kinds())
+        raise InvalidDatasource(f"'kind' must be one of {names}", field="kind")
     return str(kind)
 
 
-def _string(raw: Mapping[str, Any], key: str, *, default: str | None = None,
-            pattern: re.Pattern[str] = _IDENT_RE) -> str:
-    value = raw.get(key, default)
-    if not isinstance(value, str) or not pattern.fullmatch(value):
-        raise InvalidDatasource(f"config.{key} must be a non-empty string without control "
-                                f"characters", field=f"config.{key}")
-    return value
-
-
-def _choice(raw: Mapping[str, Any], key: str, choices: tuple[str, ...], default: str) -> str:
-    value = raw.get(key, default)
-    if value not in choices:
-        raise InvalidDatasource(f"config.{key} must be one of {', '.join(choices)}",
-                                field=f"config.{key}")
-    return str(value)
-
-
-def _port(raw: Mapping[str, Any], default: int) -> int:
-    value = raw.get("port", default)
-    if type(value) is not int or not 0 < value < 65536:
-        raise InvalidDatasource("config.port must be an integer from 1 to 65535",
-                                field="config.port")
-    return value
-
-
-def _boolean(raw: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = raw.get(key, default)
-    if type(value) is not bool:
-        raise InvalidDatasource(f"config.{key} must be true or false", field=f"config.{key}")
-    return value
+def _kind(kind: str) -> Kind:
+    found = kind_named(kind)
+    if found is None:  # pragma: no cover - kinds are checked first
+        raise InvalidDatasource("unknown kind")
+    return found
 
 
 def check_config(kind: str, raw: Any, *, state_dir: Path | None = None) -> dict[str, Any]:
@@ -123,47 +80,9 @@ def check_config(kind: str, raw: Any, *, state_dir: Path | None = None) -> dict[
     refused (a misspelt limit would otherwise be silently ignored)."""
     if not isinstance(raw, dict):
         raise InvalidDatasource("'config' must be an object", field="config")
-    allowed = set(LIMIT_DEFAULTS)
-    out: dict[str, Any]
-    if kind in ("postgres", "mongodb"):
-        allowed |= {"host", "port", "database", "user", "tls"}
-        out = {
-            "host": _string(raw, "host", pattern=_HOST_RE),
-            "port": _port(raw, 5432 if kind == "postgres" else 27017),
-            "database": _string(raw, "database"),
-            "user": _string(raw, "user") if kind == "postgres" or "user" in raw else "",
-            "tls": _choice(raw, "tls", PG_TLS if kind == "postgres" else MONGO_TLS,
-                           "verify-full"),
-        }
-        # Weaker password methods, answered without verified TLS only when allowed.
-        weaker = "allow_md5" if kind == "postgres" else "allow_scram_sha1"
-        allowed.add(weaker)
-        out[weaker] = _boolean(raw, weaker, False)
-    elif kind == "rest":
-        allowed |= {"base_url", "auth", "username", "header_name", "follow_redirects",
-                    "max_redirects"}
-        out = {"base_url": _base_url(raw.get("base_url")),
-               "auth": _choice(raw, "auth", REST_AUTH, "none"),
-               "follow_redirects": _boolean(raw, "follow_redirects", False)}
-        redirects = raw.get("max_redirects", 5)
-        if type(redirects) is not int or not 0 <= redirects <= 20:
-            raise InvalidDatasource("config.max_redirects must be an integer from 0 to 20",
-                                    field="config.max_redirects")
-        out["max_redirects"] = redirects
-        if out["auth"] == "basic":
-            out["username"] = _string(raw, "username")
-        if out["auth"] == "header":
-            out["header_name"] = _string(raw, "header_name", pattern=_TOKEN_RE)
-            if out["header_name"].lower() in ("host", "content-length", "transfer-encoding",
-                                              "connection", "cookie"):
-                raise InvalidDatasource("config.header_name cannot be a framing header",
-                                        field="config.header_name")
-    elif kind == "sqlite":
-        allowed |= {"path", "read_only"}
-        out = {"path": _sqlite_path(raw.get("path"), state_dir),
-               "read_only": _boolean(raw, "read_only", True)}
-    else:  # pragma: no cover - kinds are checked first
-        raise InvalidDatasource("unknown kind")
+    spec = _kind(kind)
+    out = spec.check_config(raw, state_dir)
+    allowed = set(LIMIT_DEFAULTS) | {field.name for field in spec.fields}
     unknown = sorted(k for k in raw if k not in allowed)
     if unknown:
         shown = ", ".join(repr(k)[:40] for k in unknown[:5])
@@ -173,48 +92,6 @@ def check_config(kind: str, raw: Any, *, state_dir: Path | None = None) -> dict[
     return out
 
 
-def _base_url(value: Any) -> str:
-    if not isinstance(value, str) or len(value) > 2048:
-        raise InvalidDatasource("config.base_url must be an http(s) URL", field=_BASE_URL)
-    try:
-        url = URL(value)
-    except ValueError:
-        raise InvalidDatasource("config.base_url must be an http(s) URL", field=_BASE_URL) from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise InvalidDatasource("config.base_url must be an absolute http or https URL",
-                                field=_BASE_URL)
-    if url.user is not None or url.password is not None:
-        raise InvalidDatasource("config.base_url cannot hold credentials: use 'auth' and secrets",
-                                field=_BASE_URL)
-    if url.query_string or url.fragment:
-        raise InvalidDatasource("config.base_url cannot have a query or a fragment",
-                                field=_BASE_URL)
-    return str(url).rstrip("/")
-
-
-def in_state_dir(resolved: Path, state: Path) -> bool:
-    """Whether `resolved` (a path with every symlink resolved) is the state directory `state`
-    (resolved too) or inside it, other than under `demo/` (the demo database of `serve --dev`).
-    Checked when a SQLite datasource is saved and each time the engine opens its file."""
-    demo = state / "demo"
-    return (resolved == state or state in resolved.parents) and demo not in resolved.parents
-
-
-def _sqlite_path(value: Any, state_dir: Path | None) -> str:
-    if not isinstance(value, str) or not value or "\x00" in value or len(value) > 4096:
-        raise InvalidDatasource("config.path must be an absolute file path", field=_PATH)
-    path = Path(value)
-    if not path.is_absolute():
-        raise InvalidDatasource("config.path must be an absolute file path", field=_PATH)
-    if path.is_symlink():
-        raise InvalidDatasource("config.path cannot be a symbolic link: give the file it "
-                                "points to", field=_PATH)
-    if state_dir is not None and in_state_dir(path.resolve(), state_dir.resolve()):
-        raise InvalidDatasource("config.path cannot be inside the appliance's state "
-                                "directory (it holds the credential store)", field=_PATH)
-    return str(path)
-
-
 def check_secrets(kind: str, config: Mapping[str, Any], raw: Any, *, partial: bool
                   ) -> dict[str, str | None]:
     """Secret values to set (str) or clear (None). `partial`: a PATCH (null clears)."""
@@ -222,7 +99,7 @@ def check_secrets(kind: str, config: Mapping[str, Any], raw: Any, *, partial: bo
         return {}
     if not isinstance(raw, dict):
         raise InvalidDatasource("'secrets' must be an object", field="secrets")
-    allowed = SECRET_FIELDS[kind]
+    allowed = _kind(kind).secret_names
     out: dict[str, str | None] = {}
     for key, value in raw.items():
         if key not in allowed:
@@ -243,8 +120,7 @@ def check_secrets(kind: str, config: Mapping[str, Any], raw: Any, *, partial: bo
 
 
 def required_secret(kind: str, config: Mapping[str, Any]) -> str | None:
-    """The secret a REST datasource's auth mode needs (None when it needs none)."""
-    if kind != "rest":
-        return None
-    return {"bearer": "token", "basic": "password", "header": "api_key"}.get(
-        str(config.get("auth")))
+    """The secret a datasource's config cannot work without (a REST auth mode's credential), or
+    None when it needs none."""
+    needed = _kind(kind).required_secrets(config)
+    return needed[0] if needed else None

@@ -17,21 +17,19 @@ from typing import Any, Final
 from yarl import URL
 
 from appliance.keyring import SealedFieldError, SecretVault
+from appliance.kinds.registry import Kind, kind_named
 from appliance.store import Store
 
 log = logging.getLogger("appliance.datasources")
 
 SEALED_KIND: Final = "datasource"
 
-# The config keys that say where (and how) a kind's secrets are sent. A change of any of them
-# needs the secrets entered again. REST's `base_url` counts by its origin only (a path below the
-# same origin reaches the same server).
-DESTINATION_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
-    "postgres": ("host", "port", "database", "user", "tls", "allow_md5"),
-    "mongodb": ("host", "port", "database", "user", "tls", "allow_scram_sha1"),
-    "rest": ("base_url", "auth", "username", "header_name"),
-    "sqlite": ("path",),
-}
+
+def _kind(name: str) -> Kind:
+    found = kind_named(name)
+    if found is None:  # stored kinds are registered ones (the table's CHECK constraint)
+        raise KeyError(name)
+    return found
 
 
 def _origin(base_url: str) -> str:
@@ -40,13 +38,19 @@ def _origin(base_url: str) -> str:
 
 
 def destination(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
-    """The destination of a datasource's secrets, as shown in the audit log (no secret in it)."""
+    """The destination of a datasource's secrets, as shown in the audit log (no secret in it):
+    the kind and its config keys declared `destination` (a change of any of them needs the
+    secrets entered again). A URL declared `"origin"` counts by its origin only (a path below
+    the same origin reaches the same server), shown as `origin`; a boolean (a weaker way to
+    present the secret, allowed or not) as true or false."""
     out: dict[str, Any] = {"kind": kind}
-    for key in DESTINATION_KEYS[kind]:
-        value = config.get(key)
-        if key == "base_url" and isinstance(value, str):
+    for spec in _kind(kind).fields:
+        if not spec.destination:
+            continue
+        key, value = spec.name, config.get(spec.name)
+        if spec.destination == "origin" and isinstance(value, str):
             key, value = "origin", _origin(value)
-        if key.startswith("allow_"):  # a weaker way to present the secret, allowed or not
+        if spec.type == "boolean":
             value = bool(value)
         if value is not None:
             out[key] = value
@@ -62,7 +66,10 @@ def binding(kind: str, config: Mapping[str, Any]) -> bytes:
 def changed_keys(kind: str, before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
     """The config keys whose change moves the destination (empty: same destination)."""
     old, new = destination(kind, before), destination(kind, after)
-    return sorted("base_url" if key == "origin" else key
+    # Shown by the key the caller knows (REST's `base_url`), not as `origin`.
+    origin = next((spec.name for spec in _kind(kind).fields if spec.destination == "origin"),
+                  "origin")
+    return sorted(origin if key == "origin" else key
                   for key in set(old) | set(new) if old.get(key) != new.get(key))
 
 

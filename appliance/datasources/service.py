@@ -21,7 +21,6 @@ from typing import Any
 
 from appliance.audit import AuditLog, Context
 from appliance.datasources.config import (
-    SECRET_FIELDS,
     InvalidDatasource,
     check_config,
     check_kind,
@@ -41,6 +40,7 @@ from appliance.datasources.errors import DatasourceNotFound
 from appliance.egress import Dialer
 from appliance.errors import ApplianceError, Conflict
 from appliance.keyring import BoundElsewhere, SecretVault
+from appliance.kinds.registry import kind_named
 from appliance.secret import Secret
 from appliance.store import Store, Transaction
 
@@ -50,35 +50,24 @@ TEST_TIMEOUT = 10.0
 
 
 def make_engine(target: Target, dialer: Dialer, state_dir: Path | None = None) -> Engine:
-    """The engine for a datasource's kind (drivers are imported only when used). `state_dir`:
-    the SQLite engine refuses, each time it opens its file, one that lies in it."""
-    if target.kind == "postgres":
-        from appliance.datasources.postgres import PostgresEngine
-
-        return PostgresEngine(target, dialer)
-    if target.kind == "sqlite":
-        from appliance.datasources.sqlite import SQLiteEngine
-
-        return SQLiteEngine(target, state_dir)
-    if target.kind == "rest":
-        from appliance.datasources.rest import RestEngine
-
-        return RestEngine(target, dialer)
-    if target.kind == "mongodb":
-        from appliance.datasources.mongodb import MongoEngine
-
-        return MongoEngine(target, dialer)
-    raise InvalidDatasource(f"unknown kind {target.kind!r}")
+    """The engine for a datasource, made by its registered kind (whose driver is imported only
+    then). `state_dir`: a file datasource refuses, each time it opens its file, one in it."""
+    kind = kind_named(target.kind)
+    if kind is None:
+        raise InvalidDatasource(f"unknown kind {target.kind!r}")
+    return kind.make_engine(target, dialer, state_dir)
 
 
 def _row_view(row: Mapping[str, Any], sealed: set[str]) -> dict[str, Any]:
     kind = str(row["kind"])
+    found = kind_named(kind)
+    takes = found.secret_names if found is not None else frozenset(sealed)
     return {
         "id": row["id"],
         "name": row["name"],
         "kind": kind,
         "config": json.loads(row["config"]),
-        "secrets": {field: {"set": field in sealed} for field in sorted(SECRET_FIELDS[kind])},
+        "secrets": {field: {"set": field in sealed} for field in sorted(takes)},
         "version": row["version"],
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],

@@ -19,6 +19,7 @@ from appliance.http import (
     egress_routes,
     health,
     keyring_routes,
+    kind_routes,
     metrics_routes,
     middleware,
     openapi,
@@ -48,6 +49,7 @@ def build_app(settings: Settings, tls: TLSManager) -> web.Application:
     health.add_routes(app)
     auth_routes.add_routes(app)
     datasource_routes.add_routes(app)
+    kind_routes.add_routes(app)  # GET /api/v1/kinds, read from the kinds registry
     query_routes.add_routes(app)
     egress_routes.add_routes(app)
     tls_routes.add_routes(app)

@@ -13,7 +13,9 @@ from typing import Any
 from aiohttp import web
 
 from appliance import __version__
+from appliance.datasources.config import LIMIT_DEFAULTS
 from appliance.http import access
+from appliance.kinds import Kind, all_kinds
 
 _ERROR = {
     "type": "object",
@@ -69,6 +71,31 @@ _PARAMETER = {
     },
 }
 
+
+
+def _config_description() -> str:
+    """Each kind's config keys (GET /api/v1/kinds describes them in full), then the limits."""
+    kinds = "; ".join(f"{kind.name}: {', '.join(field.name for field in kind.fields)}"
+                      for kind in all_kinds())
+    return (f"{kinds}; every kind: {', '.join(LIMIT_DEFAULTS)} (GET /api/v1/kinds describes "
+            "each kind's keys)")
+
+
+def _secret_names() -> list[str]:
+    names: dict[str, None] = {}
+    for kind in all_kinds():
+        names.update(dict.fromkeys(secret.name for secret in kind.secrets))
+    return list(names)
+
+
+def _destination_description() -> str:
+    def shown(kind: Kind) -> str:
+        return ", ".join(("origin of " if field.destination == "origin" else "") + field.name
+                         for field in kind.fields if field.destination)
+
+    return "; ".join(f"{kind.name}: {shown(kind)}" for kind in all_kinds())
+
+
 # Request bodies of the public interface (PRODUCT.md), by (method, path).
 REQUEST_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/v1/session"): {
@@ -81,19 +108,17 @@ REQUEST_BODIES: dict[tuple[str, str], dict[str, Any]] = {
         "required": ["name", "kind", "config"],
         "properties": {
             "name": _STR,
-            "kind": {"enum": ["postgres", "mongodb", "rest", "sqlite"]},
-            "config": {"type": "object", "description": "postgres/mongodb: host, port, "
-                       "database, user, tls; rest: base_url, auth; sqlite: path"},
-            "secrets": {"type": "object", "description": "write-only: password, token, "
-                        "api_key; responses show {\"set\": true}"},
+            "kind": {"enum": [kind.name for kind in all_kinds()]},
+            "config": {"type": "object", "description": _config_description()},
+            "secrets": {"type": "object", "description": "write-only: "
+                        f"{', '.join(_secret_names())}; responses show {{\"set\": true}}"},
         },
     },
     ("PATCH", "/api/v1/datasources/{id}"): {
         "type": "object",
-        "description": "A change of the destination (host, port, database, user, tls, "
-                       "allow_md5, allow_scram_sha1; a REST origin, auth, username or "
-                       "header_name) without every set secret entered again (or cleared) is "
-                       "409 secrets_required: secrets are sealed for their destination.",
+        "description": f"A change of the destination ({_destination_description()}) "
+                       "without every set secret entered again (or cleared) is 409 "
+                       "secrets_required: secrets are sealed for their destination.",
         "properties": {"name": _STR, "config": {"type": "object"},
                        "secrets": {"type": "object", "description": "a value replaces the "
                                    "secret, null clears it"}},

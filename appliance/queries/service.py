@@ -18,7 +18,9 @@ from appliance.audit import AuditLog, Context
 from appliance.datasources import DatasourceService
 from appliance.datasources.config import LIMIT_MAXIMA, NAME_RE
 from appliance.errors import Conflict, NotFound, Unprocessable
-from appliance.query import InvalidQuery, Template, compile_query
+from appliance.kinds.registry import Template
+from appliance.parameters import InvalidQuery
+from appliance.queries.compile import compile_query
 
 FIELDS: Final = frozenset({"name", "datasource_id", "body", "parameters", "timeout_ms",
                            "max_rows", "description"})

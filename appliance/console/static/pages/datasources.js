@@ -6,53 +6,36 @@
 import * as api from '../api.js';
 import {alertBox, busy, button, clearErrors, confirmButton, field, h, section, setAlert, showError, table, valueOf, when} from '../dom.js';
 
-export const KINDS = {
-  postgres: {
-    title: 'PostgreSQL',
-    fields: [
-      {name: 'host', label: 'Host', required: true, destination: true},
-      {name: 'port', label: 'Port', type: 'number', value: 5432, min: 1, max: 65535, destination: true},
-      {name: 'database', label: 'Database', required: true, destination: true},
-      {name: 'user', label: 'User', required: true, destination: true},
-      {name: 'tls', label: 'TLS', type: 'select', value: 'verify-full', options: ['verify-full', 'require', 'disable'], destination: true},
-      {name: 'allow_md5', label: 'Allow MD5 passwords without verified TLS', type: 'checkbox', value: false, destination: true, help: 'Only used when TLS is not verify-full: an MD5 answer is as good as the password to whoever receives it.'},
-    ],
-    secrets: () => [['password', 'Password']],
-  },
-  mongodb: {
-    title: 'MongoDB',
-    fields: [
-      {name: 'host', label: 'Host', required: true, destination: true},
-      {name: 'port', label: 'Port', type: 'number', value: 27017, min: 1, max: 65535, destination: true},
-      {name: 'database', label: 'Database', required: true, destination: true},
-      {name: 'user', label: 'User', help: 'Leave empty for no authentication.', destination: true},
-      {name: 'tls', label: 'TLS', type: 'select', value: 'verify-full', options: ['verify-full', 'disable'], destination: true},
-      {name: 'allow_scram_sha1', label: 'Allow SCRAM-SHA-1 without verified TLS', type: 'checkbox', value: false, destination: true, help: 'Only used when TLS is not verify-full.'},
-    ],
-    secrets: () => [['password', 'Password']],
-  },
-  rest: {
-    title: 'REST API',
-    fields: [
-      {name: 'base_url', label: 'Base URL', type: 'url', required: true, placeholder: 'https://api.example.com/v1', destination: 'origin'},
-      {name: 'auth', label: 'Authentication', type: 'select', value: 'none', destination: true, options: [
-        ['none', 'none'], ['bearer', 'bearer token'], ['basic', 'basic (user and password)'], ['header', 'API key in a header']]},
-      {name: 'username', label: 'Username', when: (c) => c.auth === 'basic', required: true, destination: true},
-      {name: 'header_name', label: 'Header name', when: (c) => c.auth === 'header', required: true, placeholder: 'X-Api-Key', destination: true},
-      {name: 'follow_redirects', label: 'Follow redirects', type: 'checkbox', value: false},
-      {name: 'max_redirects', label: 'At most this many redirects', type: 'number', value: 5, min: 0, max: 20},
-    ],
-    secrets: (c) => ({bearer: [['token', 'Bearer token']], basic: [['password', 'Password']], header: [['api_key', 'API key']]}[c.auth] || []),
-  },
-  sqlite: {
-    title: 'SQLite file',
-    fields: [
-      {name: 'path', label: 'File path', required: true, placeholder: '/srv/data/sales.db', help: 'An absolute path on the appliance host.'},
-      {name: 'read_only', label: 'Read only', type: 'checkbox', value: true},
-    ],
-    secrets: () => [],
-  },
-};
+// Each kind's form, as the server declares it (GET /api/v1/kinds: the kinds registry), fetched
+// once per page load. A field or secret with `when` ({"auth": "basic"}) is shown only while the
+// form's other fields hold those values.
+const INPUT_TYPES = {integer: 'number', boolean: 'checkbox', choice: 'select', url: 'url'};
+let kindsLoading = null;
+
+export function loadKinds() {
+  if (!kindsLoading) {
+    kindsLoading = api.get('/api/v1/kinds').then(({kinds}) => Object.fromEntries(kinds.map((k) => [k.name, formOf(k)])));
+    kindsLoading.catch(() => { kindsLoading = null; });  // try again on the next visit
+  }
+  return kindsLoading;
+}
+
+const holds = (when, config) => Object.entries(when || {}).every(([key, value]) => config[key] === value);
+
+function formOf(kind) {
+  const fields = kind.fields.map((f) => ({
+    name: f.name, label: f.label, type: INPUT_TYPES[f.type], value: f.default, required: f.required,
+    min: f.min, max: f.max, help: f.help, placeholder: f.placeholder, destination: f.destination,
+    options: f.choices && f.choices.map((c) => [c.value, c.label]),
+    when: f.when && ((config) => holds(f.when, config)),
+  }));
+  // The keys other fields or secrets depend on: a change of one redraws the form.
+  const redraws = new Set([...kind.fields, ...kind.secrets].flatMap((x) => Object.keys(x.when || {})));
+  return {
+    title: kind.title, fields, redraws,
+    secrets: (config) => kind.secrets.filter((x) => holds(x.when, config)).map((x) => [x.name, x.label]),
+  };
+}
 
 const LIMITS = [
   {name: 'max_connections', label: 'Pool size (connections)', value: 5, min: 1, max: 100},
@@ -63,12 +46,13 @@ const LIMITS = [
 
 export async function renderDatasources(ctx) {
   const [id] = ctx.args;
-  if (id === 'new') return editor(ctx, null);
-  if (id) return editor(ctx, await api.get(`/api/v1/datasources/${api.enc(id)}`));
-  return list(ctx);
+  const kinds = await loadKinds();
+  if (id === 'new') return editor(ctx, kinds, null);
+  if (id) return editor(ctx, kinds, await api.get(`/api/v1/datasources/${api.enc(id)}`));
+  return list(ctx, kinds);
 }
 
-async function list(ctx) {
+async function list(ctx, kinds) {
   const {main} = ctx;
   main.append(h('div', {class: 'page-head'}, h('h1', {tabindex: '-1'}, 'Datasources'),
     h('a', {class: 'button primary', href: '#/datasources/new'}, 'New datasource')));
@@ -79,7 +63,7 @@ async function list(ctx) {
   }
   main.append(table(['Name', 'Kind', 'Where', 'Secrets', 'Updated'], data.datasources.map((ds) => [
     h('a', {href: `#/datasources/${encodeURIComponent(ds.id)}`, class: 'ds-name'}, ds.name),
-    (KINDS[ds.kind] || {title: ds.kind}).title,
+    (kinds[ds.kind] || {title: ds.kind}).title,
     where(ds),
     Object.entries(ds.secrets || {}).map(([k, v]) => `${k}: ${v.set ? 'set' : 'not set'}`).join(', ') || '—',
     when(ds.updated_at),
@@ -150,7 +134,7 @@ function sameDestination(spec, before, after) {
   return String(before) === String(after);
 }
 
-function editor(ctx, ds) {
+function editor(ctx, kinds, ds) {
   const {main, navigate} = ctx;
   const creating = !ds;
   main.append(h('p', {class: 'crumbs'}, h('a', {href: '#/datasources'}, 'Datasources'), ' / '),
@@ -159,7 +143,7 @@ function editor(ctx, ds) {
   const name = field({name: 'name', label: 'Name', required: true, value: ds ? ds.name : '',
     help: 'Letters, digits, space, _ . - (up to 100).'});
   const kind = field({name: 'kind', label: 'Kind', type: 'select', value: ds ? ds.kind : 'postgres', disabled: !creating,
-    options: Object.entries(KINDS).map(([k, v]) => [k, v.title])});
+    options: Object.entries(kinds).map(([k, v]) => [k, v.title])});
   const config = {...(ds ? ds.config : {})};
   const kindArea = h('div', {class: 'kind-fields'});
   const secretArea = h('fieldset', {class: 'secrets'}, h('legend', {}, 'Secrets'));
@@ -174,12 +158,12 @@ function editor(ctx, ds) {
     return out;
   };
   const draw = () => {
-    const spec = KINDS[valueOf(kind)];
+    const spec = kinds[valueOf(kind)];
     const values = fields.length ? current() : config;
     fields = spec.fields.filter((f) => !f.when || f.when({...defaults(spec), ...values})).map((f) => {
       const made = field({...f, field: `config.${f.name}`, value: values[f.name] ?? f.value});
       made.spec = f;
-      if (f.name === 'auth') made.input.addEventListener('change', draw);
+      if (spec.redraws.has(f.name)) made.input.addEventListener('change', draw);
       return made;
     });
     kindArea.replaceChildren(...fields);

@@ -37,7 +37,7 @@ from appliance.egress.aiohttp_hook import (
     request_following_redirects,
 )
 from appliance.errors import ApplianceError
-from appliance.query import RestRequest
+from appliance.kinds.rest.binding import RestRequest
 
 COLUMNS = ["status", "content_type", "body"]
 

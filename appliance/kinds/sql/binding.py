@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from appliance.query.parameters import (
+from appliance.parameters import (
     InvalidQuery,
     Parameter,
     ParameterSet,

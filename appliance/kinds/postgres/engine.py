@@ -1,10 +1,10 @@
-"""The PostgreSQL engine: a pool of asyncpg connections per datasource (`postgres_pool`) whose
+"""The PostgreSQL engine: a pool of asyncpg connections per datasource (`pool`) whose
 every connection goes through the egress dialer; statements run as server-side prepared
 statements with their values bound.
 
 Owns the pool, connection parameters (all explicit, so asyncpg never reads PG* variables) and the
 translation of asyncpg's errors. Never logs a value or a row, and never passes the text of a
-statement's error on (server and client-side messages quote values: see `postgres_errors`).
+statement's error on (server and client-side messages quote values: see `errors`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from typing import Any
 
 import asyncpg
 
-from appliance.datasources import postgres_auth
 from appliance.datasources.config import CONNECT_TIMEOUT
 from appliance.datasources.engine import Engine, PoolStats, RowStream, Target
 from appliance.datasources.errors import (
@@ -29,11 +28,13 @@ from appliance.datasources.errors import (
     DatasourceUnreachable,
     connection_failure,
 )
-from appliance.datasources.postgres_errors import encoding_failure, query_failed
-from appliance.datasources.postgres_pool import ConnectionPool, PoolClosed
 from appliance.egress import Dialer, asyncpg_hook
 from appliance.errors import ApplianceError
-from appliance.query import BoundStatement
+from appliance.kinds.postgres import auth
+from appliance.kinds.postgres.asyncpg_private import fetch_at_most
+from appliance.kinds.postgres.errors import encoding_failure, query_failed
+from appliance.kinds.postgres.pool import ConnectionPool, PoolClosed
+from appliance.kinds.sql.binding import BoundStatement
 
 STREAM_BATCH = 1000
 
@@ -65,7 +66,7 @@ class PostgresEngine(Engine):
         password = self.target.secret("password")
         timeout_ms = self.target.limits.statement_timeout_ms
         tls = str(config["tls"])
-        policy = postgres_auth.policy_for(tls, allow_md5=config.get("allow_md5") is True)
+        policy = auth.policy_for(tls, allow_md5=config.get("allow_md5") is True)
         try:
             conn = await asyncpg_hook.connect(
                 self._dialer, host=str(config["host"]), port=int(config["port"]),
@@ -91,13 +92,13 @@ class PostgresEngine(Engine):
             raise
         return conn
 
-    def _refused(self, refused: postgres_auth.AuthMethodRefused, tls: str
+    def _refused(self, refused: auth.AuthMethodRefused, tls: str
                  ) -> DatasourceAuthRefused:
         if refused.code is None:  # malformed: not a method to advise on
             return DatasourceAuthRefused(self.name, f"{refused}; the password was not sent")
         fixes = "set password_encryption = 'scram-sha-256' on the server, set the user's " \
                 "password again and use scram-sha-256 in pg_hba.conf, or use tls = verify-full"
-        if refused.code == postgres_auth.MD5:
+        if refused.code == auth.MD5:
             fixes += ", or set allow_md5 = true on this datasource"
         return DatasourceAuthRefused(
             self.name, f"{refused} (tls = {tls}); the password was not sent. To connect, {fixes}")
@@ -166,13 +167,8 @@ class PostgresEngine(Engine):
     async def _answer(self, conn: Any, bound: BoundStatement, fetch: int, timeout: float
                       ) -> tuple[list[str], list[Any]]:
         try:
-            # At most `fetch` rows in one round trip: Bind and Execute with a row limit, outside
-            # any transaction (asyncpg's `fetchrow` path); fetch-and-cut if that seam moves.
-            execute = getattr(conn, "_execute", None)
-            if execute is not None:
-                found = await execute(bound.sql, bound.values, fetch, timeout)
-            else:
-                found = (await conn.fetch(bound.sql, *bound.values, timeout=timeout))[:fetch]
+            # At most `fetch` rows in one round trip (asyncpg's private `_execute`, quarantined).
+            found = await fetch_at_most(conn, bound.sql, bound.values, fetch, timeout)
             if found:
                 return list(found[0].keys()), found
             statement = await conn.prepare(bound.sql, timeout=timeout)

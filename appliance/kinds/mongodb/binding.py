@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from appliance.query.parameters import (
+from appliance.parameters import (
     InvalidParameter,
     InvalidQuery,
     Parameter,

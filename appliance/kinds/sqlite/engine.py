@@ -24,7 +24,6 @@ from typing import Any, Final
 
 import aiosqlite
 
-from appliance.datasources.config import in_state_dir
 from appliance.datasources.engine import Engine, PoolStats, RowStream, Target
 from appliance.datasources.errors import (
     DatasourceFileRefused,
@@ -33,7 +32,8 @@ from appliance.datasources.errors import (
     QueryFailed,
     named,
 )
-from appliance.query import BoundStatement
+from appliance.kinds.sql.binding import BoundStatement
+from appliance.kinds.sqlite.config import in_state_dir
 
 STREAM_BATCH = 1000
 # aiosqlite's DEBUG records quote every statement with its parameter values: never below INFO.

@@ -15,7 +15,7 @@ from datetime import date, datetime
 from typing import Any, Final
 from urllib.parse import quote
 
-from appliance.query.parameters import (
+from appliance.parameters import (
     InvalidParameter,
     InvalidQuery,
     Parameter,

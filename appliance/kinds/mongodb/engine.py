@@ -27,7 +27,7 @@ from appliance.datasources.errors import (
 )
 from appliance.egress import Dialer, pymongo_hook
 from appliance.errors import ApplianceError
-from appliance.query import MongoCommand
+from appliance.kinds.mongodb.binding import MongoCommand
 
 BATCH = 1000
 # PyMongo's DEBUG command log quotes commands and replies (filters, documents): never below INFO.

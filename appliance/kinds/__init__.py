@@ -1,0 +1,14 @@
+"""Datasource kinds, one folder each (postgres, mongodb, rest, sqlite), registered by name: the
+public face. Code that needs "the PostgreSQL kind" asks `kind_named`, never an if/elif.
+
+Owns importing every kind so that each registers itself (in this order: the order the API lists
+them). Never imports a driver: each kind loads its engine only when one is made.
+"""
+
+from appliance.kinds.registry import Kind, Template, all_kinds, kind_named, register
+from appliance.kinds.schema import Field, SecretField
+
+# Registration happens on import; the order is the order of `all_kinds()`.
+from appliance.kinds import postgres, mongodb, rest, sqlite  # noqa: F401  isort: skip
+
+__all__ = ["Field", "Kind", "SecretField", "Template", "all_kinds", "kind_named", "register"]

@@ -1,0 +1,36 @@
+"""The MongoDB kind: a database on a MongoDB server (`config`), JSON command templates compiled
+by `binding`, and its engine (one PyMongo client per datasource).
+
+Owns the registered `MongoDB` kind. Never imports pymongo here: only `make_engine` loads the
+engine module (and the driver).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from appliance.kinds.mongodb import config
+from appliance.kinds.mongodb.binding import MongoTemplate, compile_mongo
+from appliance.kinds.registry import Kind, register
+from appliance.parameters import ParameterSet
+
+if TYPE_CHECKING:
+    from appliance.datasources.engine import Engine, Target
+    from appliance.egress import Dialer
+
+
+@register
+class MongoDB(Kind):
+    name = "mongodb"
+    title = "MongoDB"
+    fields = config.FIELDS
+    secrets = config.SECRETS
+
+    def compile(self, body: Any, parameters: ParameterSet) -> MongoTemplate:
+        return compile_mongo(body, parameters)
+
+    def make_engine(self, target: Target, dialer: Dialer, state_dir: Path | None) -> Engine:
+        from appliance.kinds.mongodb.engine import MongoEngine
+
+        return MongoEngine(target, dialer)

@@ -1,0 +1,27 @@
+"""A MongoDB datasource's config: where it is (host, port, database, an optional user), its TLS
+mode, and whether SCRAM-SHA-1 is allowed without verified TLS.
+
+Owns the schema of these keys (the console's form and the API read it). Never holds a secret
+value: the password is a secret field, named only.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from appliance.kinds.schema import HOST_RE, Field, SecretField
+
+TLS_MODES: Final = (("verify-full", "verify-full"), ("disable", "disable"))
+
+FIELDS: Final = (
+    Field("host", "Host", required=True, pattern=HOST_RE, destination=True),
+    Field("port", "Port", "integer", default=27017, minimum=1, maximum=65535, destination=True),
+    Field("database", "Database", required=True, destination=True),
+    Field("user", "User", default="", help="Leave empty for no authentication.",
+          destination=True),
+    Field("tls", "TLS", "choice", default="verify-full", choices=TLS_MODES, destination=True),
+    # Weaker password method, answered without verified TLS only when allowed.
+    Field("allow_scram_sha1", "Allow SCRAM-SHA-1 without verified TLS", "boolean",
+          default=False, destination=True, help="Only used when TLS is not verify-full."),
+)
+SECRETS: Final = (SecretField("password", "Password"),)
