@@ -42,7 +42,7 @@ async function failure(response) {
       message = data.error.message || message;
       where = data.error;
     }
-  } catch (ignored) {
+  } catch {
     // not JSON: keep the status line
   }
   const error = new ApiError(response.status, code, message, where);

@@ -65,7 +65,7 @@ function buildNav(current) {
 async function logout() {
   try {
     await api.del('/api/v1/session');
-  } catch (ignored) {
+  } catch {
     // the session may already have ended; the login page is shown either way
   }
   signedOut('You are logged out.');
@@ -92,7 +92,7 @@ async function loadSession() {
   try {
     const who = await api.get('/api/v1/session');
     session = {username: who.username, role: who.role, enrolment: Boolean(who['2fa_enrolment_required'])};
-  } catch (error) {
+  } catch {
     session = null;
   }
 }

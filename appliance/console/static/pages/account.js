@@ -35,7 +35,7 @@ function svgDataUrl(svg) {
 function secretOf(uri) {
   try {
     return new URL(uri).searchParams.get('secret') || '';
-  } catch (ignored) {
+  } catch {
     return '';
   }
 }

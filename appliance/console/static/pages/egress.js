@@ -2,7 +2,7 @@
 // database's firewall, and a probe that asks the policy (and tries a connection) for host:port.
 
 import * as api from '../api.js';
-import {alertBox, busy, button, clearErrors, confirmButton, field, h, section, setAlert, showError, valueOf} from '../dom.js';
+import {alertBox, busy, clearErrors, confirmButton, field, h, section, setAlert, showError, valueOf} from '../dom.js';
 
 const lines = (text) => text.split(/\r?\n/).map((s) => s.trim()).filter(Boolean);
 

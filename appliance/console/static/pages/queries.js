@@ -245,7 +245,7 @@ function convert(type, text, pname, where) {
     const trimmed = text.trim();
     let items;
     if (trimmed.startsWith('[')) {
-      try { items = JSON.parse(trimmed); } catch (e) { fail('must be a JSON array'); }
+      try { items = JSON.parse(trimmed); } catch { fail('must be a JSON array'); }
       return items;
     }
     items = trimmed === '' ? [] : trimmed.split(/\r?\n/).map((s) => s.trim()).filter((s) => s !== '');
@@ -266,7 +266,7 @@ function convert(type, text, pname, where) {
       return text.trim() === 'true';
     }
     case 'json': {
-      try { return JSON.parse(text); } catch (e) { return fail('must be JSON'); }
+      try { return JSON.parse(text); } catch { return fail('must be JSON'); }
     }
     default:
       return text;
