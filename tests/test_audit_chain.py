@@ -1,31 +1,46 @@
 """The audit log's hash chain on a real SQLite store: append-only, edits, deletions and
-reorderings found with their position (API, CLI and library), secrets redacted, group commit."""
+reorderings found with their position (API, CLI and library), secrets redacted in every entry
+(a query run's too), one write path, the runs under way and the group commit."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator
+import types
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.audit import AuditLog, AuditUnavailable, Context, redact, verify_store
+from appliance.audit import (
+    RUN_ACTION,
+    AuditLog,
+    AuditUnavailable,
+    Context,
+    redact,
+    verify_store,
+)
+from appliance.audit.chain import encode_details, hash_values
 from appliance.audit.log import _ACTION as ACTION_COLUMN  # where an entry tuple holds its action
+from appliance.errors import ApplianceError, Unprocessable
+from appliance.queries import CompiledQuery, Runner
 from appliance.secret import Secret
 from appliance.store import SQLiteStore, open_sqlite_store
 from tests.conftest import clean_env, run_cli
 from tests.test_auth_support import prepare, running
 
-# A query run's entry, as the tests record it.
-RUN = {"actor": "v", "query_id": "q", "datasource": "ds", "mode": "json", "duration_ms": 1,
-       "row_count": 0}
+# A query run's entry, as the tests record it (as the runner does: no transaction).
+RUN = {"action": RUN_ACTION, "actor": "v", "target": "query:q",
+       "details": {"datasource": "ds", "mode": "json", "duration_ms": 1, "row_count": 0,
+                   "truncated": False}}
 
 
 @contextlib.asynccontextmanager
@@ -180,7 +195,7 @@ def test_redaction() -> None:
     assert "hunter2" not in json.dumps(redact(deep)) and "<too deep>" in json.dumps(redact(deep))
 
 
-async def test_record_run_group_commits_and_stays_ordered(tmp_path: Path) -> None:
+async def test_runs_under_way_are_group_committed_and_stay_ordered(tmp_path: Path) -> None:
     async with audit_log(tmp_path, entries=0) as (store, log):
         commits = 0
         original = store.write
@@ -192,11 +207,17 @@ async def test_record_run_group_commits_and_stays_ordered(tmp_path: Path) -> Non
 
         store.write = counting  # type: ignore[method-assign]
         count = 200
-        positions = await asyncio.gather(*[
-            log.record_run(actor="viewer", query_id=f"q{i}", datasource="ds", mode="json",
-                           duration_ms=1.5, row_count=i,
-                           client="127.0.0.1", request_id=f"r{i}")
-            for i in range(count)])
+
+        async def run(i: int) -> int:
+            with log.run_under_way():  # as the runner holds it, until its entry is written
+                await asyncio.sleep(0)  # its rows are read meanwhile
+                return await log.record(
+                    action=RUN_ACTION, target=f"query:q{i}",
+                    details={"datasource": "ds", "duration_ms": 1.5, "mode": "json",
+                             "row_count": i, "truncated": False},
+                    context=Context(actor="viewer", client="127.0.0.1", request_id=f"r{i}"))
+
+        positions = await asyncio.gather(*[run(i) for i in range(count)])
         assert sorted(positions) == list(range(1, count + 1))
         assert commits < count / 4, commits  # grouped, not one transaction per entry
         result = await log.verify()
@@ -225,30 +246,40 @@ async def _run_after(log: AuditLog, turns: int, name: str) -> int:
     """A query run that ends `turns` loop turns from now, then records its entry."""
     for _ in range(turns):
         await asyncio.sleep(0)
-    return await log.record_run(**RUN, request_id=name)
+    return await log.record(**RUN, request_id=name)
 
 
-async def test_a_batch_waits_a_few_turns_for_the_runs_in_flight(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def runs_under_way(log: AuditLog, count: int) -> Iterator[None]:
+    """`count` runs under way, as the runner declares each of its own."""
+    with contextlib.ExitStack() as stack:
+        for _ in range(count):
+            stack.enter_context(log.run_under_way())
+        yield
+
+
+async def test_a_batch_waits_a_few_turns_for_the_runs_under_way(tmp_path: Path) -> None:
     async with audit_log(tmp_path, entries=0) as (store, log):
         seen = batches_of(store)
-        log.runs_in_flight = 3  # as the runner counts them: each will submit one entry
-        await asyncio.gather(_run_after(log, 0, "a"), _run_after(log, 3, "b"),
-                             _run_after(log, 6, "c"))
+        with runs_under_way(log, 3):  # each will record one entry
+            await asyncio.gather(_run_after(log, 0, "a"), _run_after(log, 3, "b"),
+                                 _run_after(log, 6, "c"))
         assert seen == [["a", "b", "c"]]  # one commit for the three
+        assert log.run_under_way().count == 0
 
-        # Without runs in flight to wait for, a batch commits at once: the late run's
-        # entry makes its own batch.
-        log.runs_in_flight = 0
+        # Without runs under way to wait for, an entry commits at once: the late run's
+        # entry makes its own commit.
         await asyncio.gather(_run_after(log, 0, "d"), _run_after(log, 3, "e"))
         assert seen[1:] == [["d"], ["e"]]
         assert (await log.verify()).ok
 
 
-async def test_a_batch_waits_for_runs_in_flight_no_more_than_its_turns(
+async def test_a_batch_waits_for_runs_under_way_no_more_than_its_turns(
         tmp_path: Path) -> None:
     async with audit_log(tmp_path, entries=0) as (store, log):
         seen = batches_of(store)
-        log.runs_in_flight = 5  # four of them never end
+        under_way = runs_under_way(log, 5)  # four of them never end
+        under_way.__enter__()
         turns = 0
 
         async def count_turns() -> None:
@@ -262,23 +293,23 @@ async def test_a_batch_waits_for_runs_in_flight_no_more_than_its_turns(
             assert await _run_after(log, 0, "a") == 1
         finally:
             counter.cancel()
+            under_way.__exit__(None, None, None)
         assert seen == [["a"]]
         assert log.gather_turns <= turns <= log.gather_turns + 4, turns
 
 
 async def test_a_batch_cancelled_while_it_gathers_fails_its_callers(tmp_path: Path) -> None:
     async with audit_log(tmp_path, entries=0) as (store, log):
-        log.runs_in_flight = 5
-        run = asyncio.create_task(_run_after(log, 0, "a"))
-        for _ in range(3):
-            await asyncio.sleep(0)
-        assert log._flusher is not None and not log._flusher.done()
-        log._flusher.cancel()
-        with pytest.raises(AuditUnavailable):
-            await run
-        assert await store.fetch_all("SELECT seq FROM audit_log") == []
-        log.runs_in_flight = 0
-        assert await _run_after(log, 0, "b") == 1  # the next batch starts afresh
+        with runs_under_way(log, 5):
+            run = asyncio.create_task(_run_after(log, 0, "a"))
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert log._flusher is not None and not log._flusher.done()
+            log._flusher.cancel()
+            with pytest.raises(AuditUnavailable):
+                await run
+            assert await store.fetch_all("SELECT seq FROM audit_log") == []
+            assert await _run_after(log, 0, "b") == 1  # the next batch starts afresh
 
 
 async def test_only_query_run_batches_skip_the_fsync(tmp_path: Path) -> None:
@@ -291,10 +322,11 @@ async def test_only_query_run_batches_skip_the_fsync(tmp_path: Path) -> None:
             return await original(fn, durable=durable)
 
         store.write = recording  # type: ignore[method-assign]
-        await log.record_run(**RUN)
-        await log.submit(action="tls.certificate.issue", actor="system")
-        await asyncio.gather(log.record_run(**RUN),
-                             log.submit(action="user.create", actor="admin"))
+        await log.record(**RUN)
+        await log.record(action="tls.certificate.issue", actor="system")
+        with runs_under_way(log, 2):
+            await asyncio.gather(log.record(**RUN), log.record(action="user.create",
+                                                               actor="admin"))
         assert seen[0] == ({"query.run"}, False)
         assert seen[1] == ({"tls.certificate.issue"}, True)
         assert all(durable for actions, durable in seen[2:] if actions != {"query.run"})
@@ -308,29 +340,30 @@ async def test_a_transaction_that_cannot_start_fails_the_callers(tmp_path: Path)
             raise RuntimeError("the store is gone")
 
         store.write = broken  # type: ignore[method-assign]
-        results = await asyncio.wait_for(asyncio.gather(
-            *[log.record_run(**RUN)
-              for _ in range(5)], return_exceptions=True), timeout=5)
+        with runs_under_way(log, 5):
+            results = await asyncio.wait_for(asyncio.gather(
+                *[log.record(**RUN) for _ in range(5)], return_exceptions=True), timeout=5)
         assert all(isinstance(r, AuditUnavailable) for r in results), results
 
 
-async def test_record_run_fails_closed(tmp_path: Path) -> None:
+async def test_a_run_entry_fails_closed(tmp_path: Path) -> None:
     async with audit_log(tmp_path, entries=0) as (store, log):
         async with store.transaction() as tx:
             await tx.execute("CREATE TRIGGER audit_full BEFORE INSERT ON audit_log "
                              "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
-        results = await asyncio.gather(*[
-            log.record_run(**RUN)
-            for _ in range(5)], return_exceptions=True)
+        with runs_under_way(log, 5):
+            results = await asyncio.gather(*[log.record(**RUN) for _ in range(5)],
+                                           return_exceptions=True)
         assert all(isinstance(r, AuditUnavailable) for r in results)
-        with pytest.raises(AuditUnavailable):  # the only run in flight: no batch, same rule
-            await log.record_run(**RUN, alone=True)
+        with log.run_under_way(), pytest.raises(AuditUnavailable):
+            await log.record(**RUN)  # the only run under way: no batch, same rule
         async with store.transaction() as tx:
             await tx.execute("DROP TRIGGER audit_full")
-        assert await log.record_run(**RUN) == 1
         flusher = log._flusher
-        assert await log.record_run(**RUN, alone=True) == 2
-        assert log._flusher is flusher  # committed in the caller's task: no new batch
+        with log.run_under_way():
+            assert await log.record(**RUN) == 1
+        assert await log.record(**RUN) == 2
+        assert log._flusher is flusher  # committed in the caller's task: no batch
         assert (await log.verify()).ok
 
 
@@ -350,30 +383,139 @@ async def test_record_inside_a_failing_transaction_rolls_back(tmp_path: Path) ->
                 await log.record(tx, action="x", outcome="maybe")
 
 
-@settings(max_examples=int(os.environ.get("APPLIANCE_FUZZ_EXAMPLES", "200")), deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(datasource=st.text(), mode=st.text(max_size=10), error=st.none() | st.text(max_size=20),
-       duration=st.floats(allow_nan=True, allow_infinity=True) | st.integers(-10**6, 10**9),
-       row_count=st.integers(0, 2**63), truncated=st.booleans())
-async def test_run_details_are_the_json_of_their_fields(
-        tmp_path: Path, datasource: str, mode: str, error: str | None, duration: float,
-        row_count: int, truncated: bool) -> None:
-    """`record_run` writes its details text itself: it must be what the JSON encoder writes
-    for the same details (quotes, control characters and any Unicode in the names included)."""
-    log = AuditLog(None)  # type: ignore[arg-type]  # nothing is written: the entry is caught
-    caught: list[tuple[str, ...]] = []
+def test_every_entry_is_redacted_a_run_s_too(tmp_path: Path) -> None:
+    """One write path: whatever the action and whether in a transaction or not, details pass
+    through `redact`. A secret-looking key among a run's details is no exception."""
 
-    async def submit(fields: tuple[str, ...], *, alone: bool = False) -> int:
-        caught.append(fields)
-        return 1
+    async def check() -> None:
+        async with audit_log(tmp_path, entries=0) as (store, log):
+            run_details = {**RUN["details"], "password": "hunter2", "params": {"id": 7},
+                           "token": Secret("s3cr3t")}
+            with log.run_under_way():
+                await log.record(**{**RUN, "details": run_details})
+            await log.record(action="query.run.start", details={"datasource": "ds",
+                                                               "api_key": "k3y"})
+            async with store.transaction() as tx:
+                await log.record(tx, action="user.create", details={"password": "hunter2"})
+            await log.record(action="tls.certificate.issue", details={"secret": "hunter2"})
+            rows = await store.fetch_all("SELECT action, details FROM audit_log ORDER BY seq")
+            text = json.dumps([dict(row) for row in rows])
+            for value in ("hunter2", "s3cr3t", "k3y", '"id"'):
+                assert value not in text
+            first = json.loads(rows[0]["details"])
+            assert first == {"datasource": "ds", "duration_ms": 1, "mode": "json",
+                             "row_count": 0, "truncated": False, "password": "<redacted>",
+                             "params": "<redacted>", "token": "<redacted>"}
+            assert (await log.verify()).ok
 
-    log._submit = submit  # type: ignore[method-assign]
-    await log.record_run(actor="v", query_id="q", datasource=datasource, mode=mode,
-                         duration_ms=duration, row_count=row_count, truncated=truncated,
-                         error=error)
-    expected = {"datasource": datasource, "duration_ms": round(float(duration), 3),
-                "mode": mode, "row_count": row_count, "truncated": truncated}
-    if error is not None:
-        expected["error"] = error
-    assert caught[0][-1] == json.dumps(expected, sort_keys=True, ensure_ascii=False,
-                                       separators=(",", ":"))
+    asyncio.run(check())
+
+
+@settings(max_examples=int(os.environ.get("APPLIANCE_FUZZ_EXAMPLES", "200")), deadline=None)
+@given(st.dictionaries(st.text(), st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1)
+                       | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+                       max_size=8))
+def test_details_are_compact_json_with_sorted_keys(details: dict[str, object]) -> None:
+    """The one encoder of entries: compact JSON, keys sorted, Unicode as it is."""
+    text = encode_details(details)
+    assert json.loads(text) == details
+    assert list(json.loads(text)) == sorted(details)
+    assert text == json.dumps(details, ensure_ascii=False, separators=(",", ":"),
+                              sort_keys=True) or any(type(v) is float for v in details.values())
+
+
+@settings(max_examples=int(os.environ.get("APPLIANCE_FUZZ_EXAMPLES", "200")), deadline=None)
+@given(st.integers(1, 2**62), st.lists(st.text(), min_size=9, max_size=9))
+def test_the_canonical_form_is_the_standard_library_s_compact_json(
+        seq: int, texts: list[str]) -> None:
+    """Entries already stored were hashed over `json.dumps(values, ensure_ascii=False,
+    separators=(",", ":"))`: the chain's encoder writes the same bytes, so they keep verifying."""
+    values = [seq, *texts]
+    expected = json.dumps(values, ensure_ascii=False, separators=(",", ":"))
+    assert hash_values(values) == hashlib.sha256(expected.encode()).hexdigest()
+
+
+def test_a_hash_written_by_the_earlier_encoder_still_verifies() -> None:
+    """This entry's hash was computed by the audit log before it used orjson (json's C encoder):
+    quotes, control characters, non-ASCII and a float's exponent in the details text."""
+    values = (7, "2026-01-31T12:00:00.123456+00:00", 'viewer "q"\n', "query.run",
+              "query:q\u00e9\U0001f600", "ok", "::1", "req-\x01\t",
+              '{"datasource":"pg","duration_ms":1e-07,"mode":"json","row_count":3,'
+              '"truncated":false}', "0" * 64)
+    assert hash_values(values) == (
+        "7f67f671e81fc7f40ebb113e47dc20c45e8a2b359f7468249b62eea1817c315a")
+
+
+class _Template:
+    def bind(self, params: dict[str, object]) -> dict[str, object]:
+        if "bad" in params:
+            raise Unprocessable("parameter 'bad' is not one of this query's",
+                                code="invalid_parameter")
+        return params
+
+
+class _Engine:
+    """Just what the runner asks of an engine; notes how many runs are under way as it reads."""
+
+    def __init__(self, log: AuditLog) -> None:
+        self.log = log
+        limits = types.SimpleNamespace(max_rows=1000, statement_timeout_ms=5000,
+                                       max_response_bytes=10**6)
+        self.target = types.SimpleNamespace(name="ds", limits=limits)
+        self.seen: list[int] = []
+
+    async def collect(self, bound: object, *, timeout: float, fetch: int,
+                      take: Callable[[list[object]], bool]) -> list[str]:
+        self.seen.append(self.log.run_under_way().count)
+        if bound == {"fail": True}:
+            raise ApplianceError("the datasource is unavailable", code="datasource_unavailable")
+        take([[1], [2]])
+        return ["n"]
+
+    @contextlib.asynccontextmanager
+    async def open(self, bound: object, *, timeout: float, fetch: int,
+                   stream: bool = False) -> AsyncIterator[types.SimpleNamespace]:
+        async def batches() -> AsyncIterator[list[object]]:
+            self.seen.append(self.log.run_under_way().count)
+            yield [[1], [2]]
+
+        yield types.SimpleNamespace(columns=["n"], batches=batches())
+
+
+def _runner(log: AuditLog) -> tuple[Runner, _Engine]:
+    engine = _Engine(log)
+    template: Any = _Template()  # a stand-in for the binding compiler's template
+    compiled = CompiledQuery(id="q", name="q", datasource_id="ds", kind="sqlite",
+                             template=template, timeout_ms=None, max_rows=None, version=1)
+    queries = types.SimpleNamespace(
+        audit=log, cached=lambda query_id: compiled,
+        datasources=types.SimpleNamespace(started=lambda datasource_id: engine))
+    return Runner(queries), engine  # type: ignore[arg-type]
+
+
+async def test_a_run_is_under_way_until_its_entry_is_written(tmp_path: Path) -> None:
+    """The contract between the runner and the audit log: a run holds `run_under_way` from its
+    binding until its entry is recorded, whichever way it delivers its rows and however it ends;
+    its details are redacted on the way like any entry's."""
+    async with audit_log(tmp_path, entries=0) as (store, log):
+        runner, engine = _runner(log)
+        context = Context(actor="viewer")
+        run = await runner.run_buffered("q", {}, context=context)
+        assert run.rows == [b"[1]", b"[2]"] and run.row_count == 2
+        with pytest.raises(ApplianceError):
+            await runner.run_buffered("q", {"fail": True}, context=context)
+        with pytest.raises(Unprocessable):
+            await runner.run_buffered("q", {"bad": 1}, context=context)
+        async with runner.run_streamed("q", {}, context=context) as streamed:
+            assert [batch async for batch in streamed.encoded_batches()] == [[b"[1]", b"[2]"]]
+        assert engine.seen == [1, 1, 1]
+        assert log.run_under_way().count == 0
+        rows = await store.fetch_all("SELECT action, outcome, details FROM audit_log "
+                                     "ORDER BY seq")
+        assert [(r["action"], r["outcome"]) for r in rows] == [
+            ("query.run", "ok"), ("query.run", "failed"), ("query.run", "failed"),
+            ("query.run.start", "ok"), ("query.run", "ok")]
+        assert json.loads(rows[1]["details"])["error"] == "datasource_unavailable"
+        assert json.loads(rows[2]["details"])["error"] == "invalid_parameter"
+        assert json.loads(rows[4]["details"])["mode"] == "ndjson"
+        assert (await log.verify()).ok

@@ -1,4 +1,5 @@
-"""The request path's JSON encoders and audit timestamps match what they replace."""
+"""The result rows' JSON encoder (CPython's private `c_make_encoder`, quarantined in
+`appliance.compact_json`) still exists and writes what `json` writes; audit timestamps."""
 
 from __future__ import annotations
 
@@ -12,6 +13,17 @@ from hypothesis import strategies as st
 
 from appliance import compact_json
 from appliance.audit import log as audit_log
+
+
+def test_the_private_encoder_is_still_there() -> None:
+    """Fails loudly when CPython drops or changes `json.encoder.c_make_encoder` (the encoder
+    would silently fall back to `json.JSONEncoder.encode`, about twice as slow)."""
+    make = json.encoder.c_make_encoder  # type: ignore[attr-defined]
+    assert make is not None, "CPython's json has no C encoder: see appliance/compact_json.py"
+    one_shot = make(None, str, json.encoder.encode_basestring, None, ":", ",", False, False,
+                    True)
+    assert "".join(one_shot({"a": [1, 2.5, None, "é"]}, 0)) == '{"a":[1,2.5,null,"é"]}'
+
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)

@@ -6,9 +6,12 @@ Public face of the package. Never records secrets, parameter values or results.
 from appliance.audit.chain import GENESIS, Verification, entry_hash, verify
 from appliance.audit.log import (
     OUTCOMES,
+    RUN_ACTION,
+    RUN_START_ACTION,
     AuditLog,
     AuditUnavailable,
     Context,
+    RunsUnderWay,
     public_entry,
     verify_store,
 )
@@ -18,9 +21,12 @@ __all__ = [
     "GENESIS",
     "OUTCOMES",
     "REDACTED",
+    "RUN_ACTION",
+    "RUN_START_ACTION",
     "AuditLog",
     "AuditUnavailable",
     "Context",
+    "RunsUnderWay",
     "Verification",
     "entry_hash",
     "public_entry",

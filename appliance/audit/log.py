@@ -1,8 +1,9 @@
 """The audit log: append-only, hash-chained entries, written in the caller's transaction.
 
-Owns `audit_log` rows and the group commit of high-rate entries (query runs). Fail-closed: when an
-entry cannot be written the caller's transaction is rolled back and the request fails. Never
-records a secret value, a query parameter value or a result (details pass through `redact`).
+Owns `audit_log` rows, their one write path (`AuditLog.record`) and the group commit of entries
+written outside a transaction (query runs). Fail-closed: when an entry cannot be written the
+caller's transaction is rolled back and the request fails. Never records a secret value, a query
+parameter value or a result (every entry's details pass through `redact`).
 """
 
 from __future__ import annotations
@@ -17,16 +18,15 @@ import time
 from collections.abc import Coroutine, Mapping
 from typing import Any, NamedTuple
 
-from appliance import compact_json
-from appliance.audit.chain import GENESIS, Verification, hash_values, verify
+from appliance.audit.chain import GENESIS, Verification, encode_details, hash_values, verify
 from appliance.audit.redact import redact
 from appliance.errors import ApplianceError, ServiceUnavailable
-from appliance.store import Store, Transaction
+from appliance.store import Step, Store, Transaction
 
 log = logging.getLogger("appliance.audit")
 RUN_ACTION = "query.run"
 RUN_START_ACTION = "query.run.start"  # a stream's entry, written before its first row leaves
-_RUN_ACTIONS = frozenset({RUN_ACTION, RUN_START_ACTION})
+RUN_ACTIONS = frozenset({RUN_ACTION, RUN_START_ACTION})  # committed without a flush to disk
 
 OUTCOMES = ("ok", "denied", "failed", "error")
 _MAX_FIELD = 500
@@ -50,6 +50,23 @@ class Context(NamedTuple):
     request_id: str = ""
 
 
+class RunsUnderWay:
+    """The query runs under way, as the audit log's group commit sees them (from
+    `AuditLog.run_under_way`): a context manager counting the runs inside it. Each will record
+    an entry soon, so a batch forming may wait a few loop turns for them."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __enter__(self) -> None:
+        self.count += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.count -= 1
+
+
 # An entry before it is chained: the columns between `seq` and `prev_hash`, in table order
 # (time, actor, action, target, outcome, client, request_id, details).
 Fields = tuple[str, str, str, str, str, str, str, str]
@@ -58,15 +75,14 @@ _action_of = operator.itemgetter(_ACTION)
 
 
 class AuditLog:
-    """`record` inside a transaction; `record_run` for the query-run hot path (group commit)."""
+    """`record` writes every entry (one path: redacted, encoded, chained); `run_under_way` tells
+    the group commit which entries are on their way."""
 
     def __init__(self, store: Store, *, gather_turns: int = 6, max_batch: int = 512) -> None:
         self.store = store
         self.gather_turns = gather_turns
         self.max_batch = max_batch
-        # Query runs started and not yet recorded, counted by whoever runs them (`Runner`
-        # counts its answers): each will submit an entry soon, so a batch waits for them.
-        self.runs_in_flight = 0
+        self._runs = RunsUnderWay()
         self._entries: list[Fields] = []  # waiting for the next batch, in order
         self._waiters: list[asyncio.Future[int]] = []  # each entry's caller, at its index
         self._flusher: asyncio.Task[None] | None = None
@@ -74,9 +90,9 @@ class AuditLog:
 
     # -- writing -----------------------------------------------------------------------------
 
-    async def record(
+    def record(
         self,
-        tx: Transaction,
+        tx: Transaction | None = None,
         *,
         action: str,
         actor: str = "system",
@@ -86,106 +102,58 @@ class AuditLog:
         request_id: str = "",
         details: Mapping[str, Any] | None = None,
         context: Context | None = None,
-    ) -> int:
-        """Append one entry inside `tx`; return its position.
+    ) -> Coroutine[Any, Any, int]:
+        """Append one entry; await what it returns for its position, once it is written.
 
-        Raises `AuditUnavailable` if it cannot be written: let it propagate out of the
-        transaction so the action is rolled back with it.
+        The one way in for every entry: its details are always redacted (`redact`) and encoded
+        by the one encoder (`chain.encode_details`). With `tx`, the entry is written inside that
+        transaction: let `AuditUnavailable` propagate out of it so the action is rolled back with
+        its entry. Without, it is committed in a transaction of its own, grouped with the
+        entries arriving meanwhile (group commit; never await it while holding a store
+        transaction: it needs the writer itself). Query runs' entries (`RUN_ACTIONS`) skip the
+        flush to disk: a power failure may lose the newest of them, never half of one.
+
+        A plain function returning the write's coroutine (one coroutine less on a run's path):
+        a bad `outcome` raises `ValueError` at the call. Raises `AuditUnavailable` (awaited) if
+        the entry cannot be written.
         """
         if context is not None:
             actor, client, request_id = context.actor, context.client, context.request_id
         fields = _fields(action=action, actor=actor, target=target, outcome=outcome,
                          client=client, request_id=request_id, details=details)
+        if tx is not None:
+            return self._write_in(tx, fields)
+        return self._commit(fields)
+
+    def run_under_way(self) -> RunsUnderWay:
+        """Hold it (`with audit.run_under_way():`) around a query run, from its start until its
+        last entry is recorded. While runs are under way a batch forming waits a few loop turns
+        for their entries, so that one commit serves many; the only run under way commits its
+        entry at once."""
+        return self._runs
+
+    async def _write_in(self, tx: Transaction, fields: Fields) -> int:
         try:
             return (await self._append(tx, [fields]))[0]
         except ApplianceError:
             raise
         except Exception as exc:
-            log.error("audit write failed", extra={"action": action,
+            log.error("audit write failed", extra={"action": fields[_ACTION],
                                                    "exception": type(exc).__qualname__})
             raise AuditUnavailable() from None
 
-    def record_run(
-        self,
-        *,
-        actor: str,
-        query_id: str,
-        datasource: str,
-        mode: str,
-        duration_ms: float,
-        row_count: int,
-        outcome: str = "ok",
-        truncated: bool = False,
-        error: str | None = None,
-        client: str = "",
-        request_id: str = "",
-        alone: bool = False,
-    ) -> Coroutine[Any, Any, int]:
-        """Record a query run (metadata only: its details are `datasource`, `mode`,
-        `duration_ms`, `row_count`, `truncated` and `error` when there is one); await what it
-        returns to know the entry is committed, without an fsync of its own (a power failure may
-        lose the newest run entries, never half of one).
-
-        Entries arriving while a batch is being committed are written together in the next one
-        (group commit). Raises `AuditUnavailable` if the batch cannot be committed. Never call it
-        while holding a store transaction: it needs the writer itself. `alone`: the caller knows
-        no other entry is on its way (see `submit`). A plain function returning the commit's
-        coroutine (one coroutine less on the hot path): a bad `outcome` raises at the call.
-        """
-        if outcome not in OUTCOMES:
-            raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}")
-        duration = round(float(duration_ms), 3)
-        if -_INFINITY < duration < _INFINITY:
-            # `_DETAILS_JSON` of these details, written directly (keys in their sorted order).
-            details = (
-                f'{{"datasource":{_json_string(str(datasource))},"duration_ms":{duration!r},'
-                + (f'"error":{_json_string(str(error))},' if error is not None else "")
-                + f'"mode":{_json_string(str(mode))},"row_count":{int(row_count)!r},'
-                  f'"truncated":{"true" if truncated else "false"}}}')
-        else:  # NaN or infinite, as json writes them
-            details = _DETAILS_JSON({"datasource": str(datasource), "duration_ms": duration,
-                                     "mode": str(mode), "row_count": int(row_count),
-                                     "truncated": bool(truncated),
-                                     **({"error": str(error)} if error is not None else {})})
-        # The entry built here in one step (the hot path): `_fields`' columns, in its order.
-        return self._submit((
-            _now(), str(actor)[:_MAX_FIELD], RUN_ACTION, f"query:{query_id}"[:_MAX_FIELD],
-            outcome, str(client)[:_MAX_FIELD], str(request_id)[:_MAX_FIELD], details),
-            alone=alone)
-
-    async def record_run_start(self, *, actor: str, query_id: str, client: str = "",
-                               request_id: str = "",
-                               details: Mapping[str, Any] | None = None) -> int:
-        """Record that a streamed run is about to send rows (metadata only), before the first
-        row leaves; its `record_run` follows when it ends. Same durability as `record_run`."""
-        return await self._submit(_fields(action=RUN_START_ACTION, actor=actor,
-                                          target=f"query:{query_id}", outcome="ok",
-                                          client=client, request_id=request_id,
-                                          details=details))
-
-    async def submit(self, *, action: str, actor: str = "system", target: str = "",
-                     outcome: str = "ok", client: str = "", request_id: str = "",
-                     details: Mapping[str, Any] | None = None, alone: bool = False) -> int:
-        """Append one entry in its own (group-committed) transaction; return its position.
-
-        `alone=True` (the caller knows no other entry is on its way, e.g. the only query run in
-        flight) commits the entry at once in the caller's task when no batch is forming: there is
-        nothing to group it with, so it skips the batch's task and loop turns."""
-        return await self._submit(_fields(action=action, actor=actor, target=target,
-                                          outcome=outcome, client=client,
-                                          request_id=request_id, details=details),
-                                  alone=alone)
-
-    async def _submit(self, fields: Fields, *, alone: bool = False) -> int:
+    async def _commit(self, fields: Fields) -> int:
+        """Commit `fields` in a transaction of its own: at once when nothing else is on its way
+        (no batch forming, no other run under way), else in the next batch."""
         if self._closed:
             raise AuditUnavailable()
         flusher = self._flusher
-        if alone and not self._entries and (flusher is None or flusher.done()):
+        if self._runs.count <= 1 and not self._entries and (flusher is None or flusher.done()):
             action = fields[_ACTION]
             try:
                 first = await self.store.write(
                     functools.partial(_append_sync, entries=[fields]),
-                    durable=action not in _RUN_ACTIONS)
+                    durable=action not in RUN_ACTIONS)
             except Exception as exc:  # not CancelledError: a BaseException, it propagates
                 log.error("audit write failed", extra={"action": action,
                                                        "exception": type(exc).__qualname__})
@@ -202,7 +170,7 @@ class AuditLog:
     async def _flush_loop(self) -> None:
         # Started by the first entry's submitter, this task first runs after every callback
         # ready in that loop iteration: the entries they submitted join the same batch. While
-        # fewer entries wait than query runs are in flight (each of which submits one when it
+        # fewer entries wait than query runs are under way (each of which submits one when it
         # ends), it gives the loop up to `gather_turns` more turns to gather them: under load a
         # commit then serves many runs instead of a few (its fixed cost, SQLite's locks and
         # WAL write, is most of an entry's), and a run never waits more than those few turns.
@@ -211,7 +179,7 @@ class AuditLog:
             waiters: list[asyncio.Future[int]] = []
             try:
                 turns = self.gather_turns
-                while turns and len(pending) < min(self.runs_in_flight, self.max_batch):
+                while turns and len(pending) < min(self._runs.count, self.max_batch):
                     await asyncio.sleep(0)
                     turns -= 1
                 count = min(len(pending), self.max_batch)
@@ -219,7 +187,7 @@ class AuditLog:
                 del pending[:count], waiting[:count]
                 # Query-run metadata may skip the flush to disk (atomic all the same, and still
                 # written before the caller answers); any other entry makes the batch durable.
-                durable = not _RUN_ACTIONS.issuperset(map(_action_of, entries))
+                durable = not RUN_ACTIONS.issuperset(map(_action_of, entries))
                 # The whole batch is one store step: read the head, chain, insert, commit.
                 first = await self.store.write(functools.partial(_append_sync,
                                                                  entries=entries),
@@ -335,19 +303,10 @@ def _fields(*, action: str, actor: str, target: str, outcome: str, client: str,
         outcome,
         _clip(client),
         _clip(request_id),
-        _DETAILS_JSON(
-            details if details and details.keys() <= _RUN_DETAIL_KEYS  # type: ignore[operator]
-            else redact(dict(details or {}))),
+        encode_details(redact(details) if details else {}),
     )
 
 
-# The details a query run's entry is made of: written by the runner, none secret-looking, so they
-# skip `redact` (any other key takes it).
-_RUN_DETAIL_KEYS = frozenset({"datasource", "mode", "truncated", "error", "duration_ms",
-                              "row_count"})
-_DETAILS_JSON = compact_json.encoder(sort_keys=True)
-_json_string = json.encoder.encode_basestring  # a JSON string, as `_DETAILS_JSON` writes one
-_INFINITY = float("inf")
 _HEAD_SQL = "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1"
 _INSERT_SQL = (
     "INSERT INTO audit_log (seq, time, actor, action, target, outcome, client,"
@@ -368,9 +327,9 @@ def _chain(head: Any, entries: list[Fields]) -> list[tuple[Any, ...]]:
     return rows
 
 
-def _append_sync(conn: Any, entries: list[Fields]) -> int:
-    """`_append` for `Store.write`, on the store's connection inside its transaction: the
-    entries take the positions from the one returned on, in order."""
-    rows = _chain(conn.execute(_HEAD_SQL).fetchone(), entries)
-    conn.executemany(_INSERT_SQL, rows)
+def _append_sync(step: Step, entries: list[Fields]) -> int:
+    """`_append` for `Store.write`, inside the store's transaction: the entries take the
+    positions from the one returned on, in order."""
+    rows = _chain(step.fetch_one(_HEAD_SQL), entries)
+    step.execute_many(_INSERT_SQL, rows)
     return int(rows[0][0])

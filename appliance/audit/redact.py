@@ -35,22 +35,28 @@ def is_secret_key(key: str) -> bool:
 
 
 def redact(value: Any, _depth: int = 0) -> Any:
-    """A JSON-safe copy of `value` with secret-looking keys and `Secret`s replaced."""
-    if isinstance(value, Secret):
-        return REDACTED
+    """A JSON-safe copy of `value` with secret-looking keys and `Secret`s replaced.
+
+    Every audit entry's details pass through here, a query run's too (a handful of flat keys):
+    plain values and short strings are kept without further checks, so that costs about a
+    microsecond (docs/performance.md, "The audit entry's JSON").
+    """
     if _depth > _MAX_DEPTH:
         return "<too deep>"
-    if isinstance(value, Mapping):
+    if type(value) is dict or (not isinstance(value, Secret) and isinstance(value, Mapping)):
         out: dict[str, Any] = {}
         for key, item in value.items():
-            name = str(key)
+            name = key if type(key) is str else str(key)
+            kind = type(item)
             if is_secret_key(name):
                 out[name] = REDACTED
-            elif type(item) in _PLAIN:
+            elif kind in _PLAIN or (kind is str and len(item) <= _MAX_STRING):
                 out[name] = item
             else:
                 out[name] = redact(item, _depth + 1)
         return out
+    if isinstance(value, Secret):
+        return REDACTED
     if isinstance(value, list | tuple | set | frozenset):
         items = sorted(value, key=str) if isinstance(value, set | frozenset) else value
         return [redact(item, _depth + 1) for item in items]

@@ -121,8 +121,8 @@ async def run_query(request: web.Request) -> web.StreamResponse:
         params = _params(await read_object(request)) if request.body_exists else {}
         if NDJSON in request.headers.get("Accept", ""):
             return await _stream(request, params)
-        run = await request.app[CORE].runner.answer(request.match_info["id"], params,
-                                               context=access.context(request))
+        run = await request.app[CORE].runner.run_buffered(request.match_info["id"], params,
+                                                          context=access.context(request))
         body = b"".join((
             b'{"columns":', dumps(run.columns).encode(), b',"rows":[', b",".join(run.rows),
             b'],"row_count":', str(run.row_count).encode(),
@@ -142,12 +142,12 @@ async def _stream(request: web.Request, params: Any) -> web.StreamResponse:
     failure: ApplianceError | None = None
     started = False
     try:
-        async with request.app[CORE].runner.stream(request.match_info["id"], params,
-                                              context=access.context(request)) as run:
+        async with request.app[CORE].runner.run_streamed(request.match_info["id"], params,
+                                                         context=access.context(request)) as run:
             await response.prepare(request)
             started = True
             await response.write(dumps({"columns": run.columns}).encode() + b"\n")
-            async for batch in run.lines():
+            async for batch in run.encoded_batches():
                 await response.write(b"\n".join(batch) + b"\n")
     except ApplianceError as exc:
         if not started:

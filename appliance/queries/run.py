@@ -14,16 +14,21 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from appliance import metrics
-from appliance.audit import Context
+from appliance.audit import RUN_ACTION, RUN_START_ACTION, Context
 from appliance.datasources.engine import Engine
 from appliance.datasources.values import dumps
 from appliance.errors import ApplianceError
 from appliance.queries.service import CompiledQuery, QueryService
 
+# A run's mode, as its audit entry names it: how its rows are delivered.
+BUFFERED = "json"  # every row read first, answered in one JSON body (`Runner.run_buffered`)
+STREAMED = "ndjson"  # rows sent as they are read (`Runner.run_streamed`)
+
 
 class Run:
-    """One run: `columns`, and its rows as encoded JSON (bytes): all of them in `rows` for an
-    answer (`Runner.answer`), batch by batch from `lines()` for a stream (`Runner.stream`)."""
+    """One run: `columns`, and its rows as encoded JSON (bytes): all of them in `rows` when
+    buffered (`Runner.run_buffered`), batch by batch from `encoded_batches()` when streamed
+    (`Runner.run_streamed`)."""
 
     # Counters start at the class's values (one run is made per request: fewer stores).
     row_count = 0
@@ -63,13 +68,13 @@ class Run:
         self.row_count, self.byte_count = rows, size
         return out
 
-    def take(self, batch: list[Any]) -> bool:
-        """Keep the batch's rows (encoded); whether more are wanted."""
+    def buffer(self, batch: list[Any]) -> bool:
+        """Add the batch's rows (encoded) to `rows`; whether more are wanted."""
         self.rows.extend(self.encode(batch))
         return not self.truncated
 
-    async def lines(self) -> AsyncIterator[list[bytes]]:
-        """A stream's encoded rows in batches, up to the limits."""
+    async def encoded_batches(self) -> AsyncIterator[list[bytes]]:
+        """A streamed run's rows, encoded, batch by batch as they are read, up to the limits."""
         if self._batches is not None:
             async for batch in self._batches:
                 out = self.encode(batch)
@@ -86,11 +91,12 @@ class Run:
 
 
 class Runner:
-    """Runs compiled queries against their datasources' engines.
+    """Runs compiled queries against their datasources' engines: one path (`_RunScope`), two
+    ways to deliver the rows (`run_buffered`, `run_streamed`).
 
-    Fail-closed: no row leaves before the audit log holds an entry for its run. An answer's
-    entry (outcome, row count) is committed before `answer` returns; a stream's start is
-    committed before its first row, and its outcome when it ends.
+    Fail-closed: no row leaves before the audit log holds an entry for its run. A buffered run's
+    entry (outcome, row count) is committed before `run_buffered` returns; a streamed run's start
+    is committed before its first row, and its outcome when it ends.
     """
 
     def __init__(self, queries: QueryService) -> None:
@@ -98,58 +104,32 @@ class Runner:
         self.datasources = queries.datasources
         self.audit = queries.audit
 
-    async def answer(self, query_id: str, params: Any, *, context: Context) -> Run:
-        """Run the query and read all its rows (up to the limits); return once it is recorded."""
-        started = time.perf_counter()
-        compiled = self.queries.cached(query_id) or await self.queries.compiled(query_id)
-        run: Run | None = None
-        self.audit.runs_in_flight += 1  # until its entry is recorded: a batch waits for it
-        try:
-            try:
-                bound = compiled.template.bind(params)  # InvalidParameter (422) names it
-                engine = (self.datasources.started(compiled.datasource_id)
-                          or await self.datasources.engine(compiled.datasource_id))
-                run = self._run(compiled, engine, started)
-                run.columns = await engine.collect(bound, timeout=run.timeout,
-                                                   fetch=run.max_rows + 1, take=run.take)
-                run.finish()
-            except BaseException as exc:
-                await self._failed(compiled, run, context, started, exc, "json")
-                raise
-            await self._record(compiled, run, context, started, "ok", None, "json")
-        finally:
-            self.audit.runs_in_flight -= 1
-        return run  # type: ignore[return-value]  # set: the block above raised otherwise
+    async def run_buffered(self, query_id: str, params: Any, *, context: Context) -> Run:
+        """Run the query and read all its rows (up to the limits) into `run.rows`; return once
+        its entry is recorded."""
+        async with _RunScope(self, query_id, params, context, BUFFERED) as scope:
+            run = scope.run
+            run.columns = await scope.engine.collect(scope.bound, timeout=run.timeout,
+                                                     fetch=run.max_rows + 1, take=run.buffer)
+            run.finish()
+        return run
 
     @contextlib.asynccontextmanager
-    async def stream(self, query_id: str, params: Any, *, context: Context
-                     ) -> AsyncIterator[Run]:
-        """Bind, open, record the start, yield the run (rows from `run.lines()`, sent inside
-        the block); record the outcome once the statement's transaction has ended."""
-        started = time.perf_counter()
-        compiled = self.queries.cached(query_id) or await self.queries.compiled(query_id)
-        run: Run | None = None
-        # Not counted in the audit log's `runs_in_flight`: a stream's entries come when it
-        # opens and when it ends, too far apart for a batch to wait for them.
-        try:
-            bound = compiled.template.bind(params)
-            engine = (self.datasources.started(compiled.datasource_id)
-                      or await self.datasources.engine(compiled.datasource_id))
-            run = self._run(compiled, engine, started)
-            async with engine.open(  # type: ignore[call-arg]
-                    bound, timeout=run.timeout, fetch=run.max_rows + 1,
+    async def run_streamed(self, query_id: str, params: Any, *, context: Context
+                           ) -> AsyncIterator[Run]:
+        """Bind, open, record the start, yield the run (its rows from `run.encoded_batches()`,
+        sent inside the block); record the outcome once the statement's transaction has ended."""
+        async with _RunScope(self, query_id, params, context, STREAMED) as scope:
+            run = scope.run
+            async with scope.engine.open(  # type: ignore[call-arg]
+                    scope.bound, timeout=run.timeout, fetch=run.max_rows + 1,
                     stream=True) as rows:
                 run.columns, run._batches = rows.columns, rows.batches
                 # Rows leave before the run ends: its start is audited first.
-                await self.audit.record_run_start(
-                    actor=context.actor, query_id=compiled.id, client=context.client,
-                    request_id=context.request_id,
-                    details={"datasource": compiled.datasource_id, "mode": "ndjson"})
+                await self.audit.record(
+                    action=RUN_START_ACTION, target=f"query:{run.query.id}", context=context,
+                    details={"datasource": run.query.datasource_id, "mode": STREAMED})
                 yield run
-        except BaseException as exc:
-            await self._failed(compiled, run, context, started, exc, "ndjson")
-            raise
-        await self._record(compiled, run, context, started, "ok", None, "ndjson")
 
     @staticmethod
     def _run(compiled: CompiledQuery, engine: Engine, started: float) -> Run:
@@ -180,15 +160,90 @@ class Runner:
     def _record(self, compiled: CompiledQuery, run: Run | None, context: Context,
                 started: float, outcome: str, code: str | None, mode: str
                 ) -> Coroutine[Any, Any, int]:
-        """The run's audit entry (await it: it is committed then) and its metric."""
+        """The run's audit entry (await it: it is committed then; metadata only) and its
+        metric."""
         duration = (run.duration_ms if run is not None and run.finished is not None
                     else (time.perf_counter() - started) * 1000)
         metrics.observe_query_run(outcome, duration / 1000)
-        # The only run in flight commits its entry at once (an answer counts itself in
-        # `runs_in_flight`, a stream does not).
-        return self.audit.record_run(
-            actor=context.actor, query_id=compiled.id, datasource=compiled.datasource_id,
-            mode=mode, duration_ms=duration, row_count=run.row_count if run is not None else 0,
-            outcome=outcome, truncated=run is not None and run.truncated, error=code,
-            client=context.client, request_id=context.request_id,
-            alone=self.audit.runs_in_flight <= (mode == "json"))
+        details: dict[str, Any] = {
+            "datasource": compiled.datasource_id, "duration_ms": round(duration, 3),
+            "mode": mode, "row_count": run.row_count if run is not None else 0,
+            "truncated": run is not None and run.truncated}
+        if code is not None:
+            details["error"] = code
+        return self.audit.record(action=RUN_ACTION, target=f"query:{compiled.id}",
+                                 outcome=outcome, details=details, context=context)
+
+
+class _RunScope:
+    """The one path of a run, whichever way its rows are delivered. Entered: the query is
+    looked up, its values bound, its engine and limits taken (a failure from the binding on is
+    recorded). Left: the outcome is recorded. In between, and until its entry is written, the
+    run is under way for the audit log (`AuditLog.run_under_way`).
+
+    A class, not a generator-based context manager: a buffered run is the hot path, and this
+    costs two coroutines where `contextlib.asynccontextmanager` costs a generator and its
+    wrappers."""
+
+    __slots__ = (
+        "bound",
+        "compiled",
+        "context",
+        "engine",
+        "mode",
+        "params",
+        "query_id",
+        "run",
+        "runner",
+        "started",
+        "under_way",
+    )
+
+    run: Run
+    engine: Engine
+    bound: Any
+
+    def __init__(self, runner: Runner, query_id: str, params: Any, context: Context,
+                 mode: str) -> None:
+        self.runner = runner
+        self.query_id = query_id
+        self.params = params
+        self.context = context
+        self.mode = mode
+        self.started = time.perf_counter()
+
+    async def __aenter__(self) -> _RunScope:
+        runner, started = self.runner, self.started
+        queries = runner.queries
+        # A query that is not found is not a run: nothing to record.
+        compiled = self.compiled = (queries.cached(self.query_id)
+                                    or await queries.compiled(self.query_id))
+        under_way = self.under_way = runner.audit.run_under_way()
+        under_way.__enter__()
+        run: Run | None = None
+        try:
+            self.bound = compiled.template.bind(self.params)  # InvalidParameter (422) names it
+            datasources = runner.datasources
+            engine = self.engine = (datasources.started(compiled.datasource_id)
+                                    or await datasources.engine(compiled.datasource_id))
+            run = self.run = runner._run(compiled, engine, started)
+        except BaseException as exc:
+            try:
+                await runner._failed(compiled, run, self.context, started, exc, self.mode)
+            finally:
+                under_way.__exit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        traceback: object) -> None:
+        runner = self.runner
+        try:
+            if exc is None:
+                await runner._record(self.compiled, self.run, self.context, self.started, "ok",
+                                     None, self.mode)
+            else:
+                await runner._failed(self.compiled, self.run, self.context, self.started, exc,
+                                     self.mode)
+        finally:
+            self.under_way.__exit__(None, None, None)

@@ -20,7 +20,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import aiosqlite
 
@@ -95,15 +95,6 @@ class _SQLiteStep:
 
     def execute_many(self, sql: str, rows: Iterable[Params]) -> int:
         return self._conn.executemany(sql, rows).rowcount
-
-    # Not `Step`: the two sqlite3 calls appliance/audit/log.py's `_append_sync` still makes
-    # (`execute(head).fetchone()`, `executemany`). Remove them once it calls `fetch_one` and
-    # `execute_many` (the audit log's rework, issue 21).
-    def execute(self, sql: str, params: Params = ()) -> Any:
-        return self._conn.execute(sql, tuple(params))
-
-    def executemany(self, sql: str, rows: Iterable[Params]) -> Any:
-        return self._conn.executemany(sql, rows)
 
 
 class SQLiteStore:
