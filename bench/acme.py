@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.conftest import clean_env  # noqa: E402
-from tests.test_acme_support import (  # noqa: E402
+from tests.support.acme import (  # noqa: E402
     NAME,
     Pebble,
     free_port,

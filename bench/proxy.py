@@ -108,7 +108,7 @@ async def serve_appliance(port: int, state: Path) -> None:
     from appliance.http.connection_limits import ConnectionGate, listen
     from appliance.server import GC_THRESHOLDS
     from appliance.tls import TLSManager
-    from tests.test_auth_support import prepare
+    from tests.support.app import prepare
 
     logging.disable(logging.WARNING)
     s, tokens = await prepare(state, require_2fa="", users=("developer",), tokens=True)

@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from appliance.tls.acme_client import ari_cert_id
-from tests.test_acme_support import (
+from tests.support.acme import (
     HAVE_PEBBLE,
     CAFront,
     Pebble,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import http_request
-from tests.test_acme_support import (
+from tests.support.acme import (
     EAB_HMAC,
     EAB_KID,
     HAVE_PEBBLE,

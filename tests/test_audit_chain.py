@@ -35,7 +35,7 @@ from appliance.queries import CompiledQuery, Runner
 from appliance.secret import Secret
 from appliance.store import SQLiteStore, open_sqlite_store
 from tests.conftest import clean_env, run_cli
-from tests.test_auth_support import prepare, running
+from tests.support.app import prepare, running
 
 # A query run's entry, as the tests record it (as the runner does: no transaction).
 RUN = {"action": RUN_ACTION, "actor": "v", "target": "query:q",

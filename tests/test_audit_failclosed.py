@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.test_auth_support import Appliance, running
+from tests.support.app import Appliance, running
 
 BREAK = ("CREATE TRIGGER audit_full BEFORE INSERT ON audit_log "
          "BEGIN SELECT RAISE(ABORT, 'disk full'); END")

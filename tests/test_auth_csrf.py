@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.test_auth_support import running
+from tests.support.app import running
 
 NEW_USER = {"username": "carol", "role": "viewer", "password": "carol-password-0123"}
 

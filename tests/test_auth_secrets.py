@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from appliance.logs import JSONFormatter, TextFormatter
-from tests.test_auth_support import PASSWORDS, running, secret_from_uri, totp_from_uri
+from tests.support.app import PASSWORDS, running, secret_from_uri, totp_from_uri
 
 
 async def test_no_secret_reaches_a_log_line_or_the_audit_log(

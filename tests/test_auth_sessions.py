@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from appliance.auth.sessions import COOKIE_NAME
-from tests.test_auth_support import PASSWORDS, running
+from tests.support.app import PASSWORDS, running
 
 
 async def test_login_sets_a_strict_cookie_stored_only_as_a_hash(tmp_path: Path) -> None:

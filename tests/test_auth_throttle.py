@@ -19,7 +19,7 @@ import pytest
 from appliance.auth.throttle import BASE_DELAY, THRESHOLD, Keys, Limit, delay_for
 from appliance.http import client_address
 from appliance.http.app_keys import CORE
-from tests.test_auth_support import PASSWORDS, Appliance, Client, running
+from tests.support.app import PASSWORDS, Appliance, Client, running
 from tests.test_auth_totp import enrol
 
 

@@ -7,7 +7,7 @@ import hashlib
 import time
 from pathlib import Path
 
-from tests.test_auth_support import running
+from tests.support.app import running
 
 
 async def test_token_lifecycle(tmp_path: Path) -> None:

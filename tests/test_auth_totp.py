@@ -10,7 +10,7 @@ import pyotp
 
 from appliance.auth.totp import matching_step
 from appliance.secret import Secret
-from tests.test_auth_support import Appliance, Client, running, secret_from_uri, totp_from_uri
+from tests.support.app import Appliance, Client, running, secret_from_uri, totp_from_uri
 
 
 async def enrol(appliance: Appliance,

@@ -17,7 +17,7 @@ from appliance import state_dir
 from appliance.keyring import WrongInstanceSecret
 from appliance.keyring.backup import restore_backup, write_backup
 from tests.conftest import run_cli
-from tests.test_keyring_support import (
+from tests.support.keyring import (
     TEST_TUNING,
     check_all,
     init_state,

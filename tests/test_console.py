@@ -20,8 +20,7 @@ from typing import Any
 import pytest
 
 from appliance.http.console_routes import CONSOLE_CSP
-
-from .test_console_support import (
+from tests.support.console import (
     ADMIN_PASSWORD,
     PG_PASSWORD,
     VIEWER_PASSWORD,

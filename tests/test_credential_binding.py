@@ -33,8 +33,8 @@ from appliance.keyring import BoundElsewhere, open_vault
 from appliance.keyring.sealing import field_aad
 from appliance.store import open_sqlite_store
 from tests.conftest import ROOT, clean_env
-from tests.test_auth_support import TEST_TUNING, make_settings, prepare
-from tests.test_queries_support import as_role, create_datasource, create_query, proxy, run
+from tests.support.app import TEST_TUNING, make_settings, prepare
+from tests.support.queries import as_role, create_datasource, create_query, proxy, run
 
 TOKEN = "bound-TOKEN-5e1f0c0a"
 PASSWORD = "bound-PASSWORD-7d3a"

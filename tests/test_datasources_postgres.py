@@ -15,7 +15,7 @@ import pytest
 
 from appliance.http.app_keys import CORE
 from tests.conftest import PG_PASSWORD, PostgresServer
-from tests.test_queries_support import as_role, create_datasource, create_query, proxy, run
+from tests.support.queries import as_role, create_datasource, create_query, proxy, run
 
 pytest.importorskip("asyncpg")
 

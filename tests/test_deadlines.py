@@ -15,7 +15,7 @@ from aiohttp import web
 from appliance import deadlines
 from appliance.http import middleware
 from appliance.http.app_keys import SETTINGS
-from tests.test_auth_support import make_settings
+from tests.support.app import make_settings
 
 LATE = deadlines.RESOLUTION + 0.35  # how late a limit may fire on a loaded test machine
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from appliance.http.app_keys import CORE
-from tests.test_auth_support import Appliance, running
+from tests.support.app import Appliance, running
 
 FIELDS = {"source_address", "mode", "allow", "deny", "allow_private"}
 

@@ -19,7 +19,7 @@ pymongo = pytest.importorskip("pymongo")
 bson = pytest.importorskip("bson")
 
 from appliance.egress import asyncpg_hook, pymongo_hook  # noqa: E402
-from tests.mongo_wire import WireServer  # noqa: E402
+from tests.support.mongo_wire import WireServer  # noqa: E402
 
 
 def egress(**overrides) -> EgressSettings:

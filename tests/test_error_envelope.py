@@ -14,7 +14,7 @@ import pytest
 from appliance.errors import ApplianceError
 from appliance.http.query_routes import for_viewer
 from tests.conftest import PG_PASSWORD, PostgresServer
-from tests.test_queries_support import as_role, create_datasource, create_query, proxy, run
+from tests.support.queries import as_role, create_datasource, create_query, proxy, run
 
 SECRET_VALUE = "hunter2-do-not-echo-7f3a"
 HOSTILE_KEY = "<img src=x onerror=alert(1)>"

@@ -253,7 +253,7 @@ def test_security_headers_are_the_same_whatever_the_handler_set(path: str, dev: 
 
     from appliance.http import middleware
     from appliance.http.app_keys import REQUEST_ID, SETTINGS
-    from tests.test_auth_support import make_settings
+    from tests.support.app import make_settings
 
     app = web.Application()
     app[SETTINGS] = dataclasses.replace(make_settings(tmp_path), dev=dev)

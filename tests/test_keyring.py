@@ -28,7 +28,7 @@ from appliance.keyring.sealing import FormatError, open_field, seal_field
 from appliance.keyring.sources import SOURCE_CREDENTIAL, InstanceSecret
 from appliance.keyring.watch import watch
 from appliance.secret import Secret
-from tests.test_keyring_support import (
+from tests.support.keyring import (
     TEST_TUNING,
     check_all,
     init_state,

@@ -12,7 +12,7 @@ from aiohttp import web
 from appliance.core import open_core
 from appliance.http import middleware
 from appliance.http.app_keys import CORE, SETTINGS
-from tests.test_keyring_support import (
+from tests.support.keyring import (
     TEST_TUNING,
     init_state,
     plaintexts,
@@ -71,7 +71,7 @@ async def test_keys_endpoint_reports_versions_and_counts_without_key_material(
     tmp_path: Path,
 ) -> None:
     """GET /api/v1/keys (admin): the same numbers as `appliance keys status`, no key bytes."""
-    from .test_auth_support import running
+    from tests.support.app import running
 
     async with running(tmp_path / "state", require_2fa="", tokens=True) as appliance:
         admin = appliance.client(token=appliance.tokens["admin"])

@@ -15,7 +15,7 @@ import pytest
 
 from appliance import state_dir
 from tests.conftest import ROOT, clean_env, run_cli
-from tests.test_keyring_support import check_all, init_state, plaintexts, populate, raw_sql
+from tests.support.keyring import check_all, init_state, plaintexts, populate, raw_sql
 
 KILL_LOOPS = int(os.environ.get("KEYRING_KILL_LOOPS", "20"))
 SEED = int(os.environ.get("KEYRING_KILL_SEED", str(time.time_ns())))

@@ -20,7 +20,7 @@ from appliance.auth import AuthService
 from appliance.http.app_keys import CORE
 from appliance.http.metrics_routes import allowed
 from appliance.store import open_sqlite_store
-from tests.test_auth_support import Appliance, running
+from tests.support.app import Appliance, running
 
 LOOPBACK = {"allow": (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1"))}
 

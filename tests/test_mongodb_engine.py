@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from tests.test_queries_support import as_role, create_datasource, create_query, proxy, run
+from tests.support.queries import as_role, create_datasource, create_query, proxy, run
 
 bson = pytest.importorskip("bson")
 pytest.importorskip("pymongo")
 
-from tests.mongo_wire import WireServer as BaseWireServer  # noqa: E402
+from tests.support.mongo_wire import WireServer as BaseWireServer  # noqa: E402
 
 DOCS = [{"_id": 1, "owner": "alice", "secret": "alice-secret"}]
 

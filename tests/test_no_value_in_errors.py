@@ -22,8 +22,8 @@ from aiohttp import web
 
 from appliance.logs import JSONFormatter
 from tests.conftest import PG_PASSWORD, PostgresServer
-from tests.test_auth_support import Appliance, Client
-from tests.test_queries_support import (
+from tests.support.app import Appliance, Client
+from tests.support.queries import (
     as_role,
     create_datasource,
     create_query,
@@ -250,7 +250,7 @@ bson = pytest.importorskip("bson")
 async def echoing_mongo() -> AsyncIterator[Any]:
     from bson import json_util
 
-    from tests.mongo_wire import WireServer
+    from tests.support.mongo_wire import WireServer
 
     class Echoing(WireServer):
         """Fails every command as MongoDB does on a duplicate key, quoting the command (and so

@@ -30,7 +30,7 @@ from appliance.egress import Dialer, PolicyHolder, asyncpg_hook
 from appliance.kinds.postgres import auth as postgres_auth
 from appliance.settings import EgressSettings
 from tests.conftest import PostgresServer, pg_binary, postgres_cluster
-from tests.test_queries_support import as_role, create_datasource, create_query, proxy, run
+from tests.support.queries import as_role, create_datasource, create_query, proxy, run
 
 asyncpg = pytest.importorskip("asyncpg")
 

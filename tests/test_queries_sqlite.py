@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_queries_support import (
+from tests.support.queries import (
     as_role,
     create_datasource,
     create_query,

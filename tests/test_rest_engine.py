@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.test_queries_support import as_role, create_datasource, create_query, proxy, run
+from tests.support.queries import as_role, create_datasource, create_query, proxy, run
 
 TOKEN = "upstream-bearer-TOKEN-0123"
 

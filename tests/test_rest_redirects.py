@@ -22,7 +22,7 @@ from appliance.egress.aiohttp_hook import egress_session, origin, request_follow
 from appliance.errors import UpstreamError
 from appliance.settings import EgressSettings
 from appliance.tls import local_ca
-from tests.test_queries_support import as_role, create_datasource, create_query, proxy, run
+from tests.support.queries import as_role, create_datasource, create_query, proxy, run
 
 SECRET = "ds-SECRET-value-7f3a"
 COOKIE_SECRET = "template-COOKIE-9b1c"

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from appliance.logs import JSONFormatter
-from tests.test_queries_support import (
+from tests.support.queries import (
     as_role,
     create_datasource,
     create_query,

@@ -12,7 +12,7 @@ from appliance.http import access
 from appliance.http.access import UndeclaredRoute
 from appliance.http.app import build_app
 from appliance.tls import TLSManager
-from tests.test_auth_support import fill_path, make_settings, running
+from tests.support.app import fill_path, make_settings, running
 
 IDENTITIES = ("anonymous", "viewer", "developer", "admin")
 RANK = {"public": 0, "viewer": 1, "developer": 2, "admin": 3}

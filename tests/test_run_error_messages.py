@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.test_queries_support import (
+from tests.support.queries import (
     as_role,
     create_datasource,
     create_query,

@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tests.test_auth_support import Appliance
-from tests.test_queries_support import (
+from tests.support.app import Appliance
+from tests.support.queries import (
     as_role,
     create_datasource,
     create_query,

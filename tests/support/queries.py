@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from tests.test_auth_support import Appliance, Client, running
+from tests.support.app import Appliance, Client, running
 
 
 @contextlib.asynccontextmanager

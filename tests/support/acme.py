@@ -31,7 +31,7 @@ from cryptography.x509.oid import NameOID
 
 from appliance.state_dir import STORE_FILE
 from tests.conftest import ServerProcess, clean_env, start_server
-from tests.test_auth_support import prepare
+from tests.support.app import prepare
 
 HAVE_PEBBLE = shutil.which("pebble") is not None and shutil.which("pebble-challtestsrv") is not None
 EAB_KID = "kid-1"

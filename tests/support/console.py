@@ -25,8 +25,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from .conftest import OUTPUT_DIR, ServerProcess, clean_env, run_cli, start_server
-from .conftest import postgres_cluster as shared_postgres_cluster
+from tests.conftest import OUTPUT_DIR, ServerProcess, clean_env, run_cli, start_server
+from tests.conftest import postgres_cluster as shared_postgres_cluster
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = OUTPUT_DIR / "console"
