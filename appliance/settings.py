@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import ConfigError
+from appliance.roles import ROLES
 from appliance.secret import Secret
 
 DEFAULT_CONFIG_FILE = Path("/etc/appliance/appliance.toml")
@@ -26,7 +27,6 @@ ENV_PREFIX = "APPLIANCE_"
 # Variables with the prefix that are not settings (read by the keyring, never logged).
 ENV_NON_SETTINGS = frozenset({"APPLIANCE_ENCRYPTION_PASSWORD", "APPLIANCE_ENCRYPTION_SALT"})
 
-ROLES = ("admin", "developer", "viewer")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOG_LEVELS = ("debug", "info", "warning", "error")
 

@@ -5,10 +5,10 @@ session id.
 """
 
 from appliance.auth.passwords import Passwords
-from appliance.auth.roles import ADMIN, DEVELOPER, ROLES, VIEWER, Principal, at_least, rank
 from appliance.auth.service import GENERIC_FAILURE, AuthService, LoginResult
 from appliance.auth.sessions import COOKIE_NAME
 from appliance.auth.users import User
+from appliance.roles import ADMIN, DEVELOPER, ROLES, VIEWER, Principal, at_least, rank
 
 __all__ = [
     "ADMIN",

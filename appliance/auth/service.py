@@ -12,13 +12,13 @@ from typing import Any
 
 from appliance.audit import AuditLog, Context
 from appliance.auth.passwords import Passwords
-from appliance.auth.roles import Principal, at_least
 from appliance.auth.sessions import Sessions, label
 from appliance.auth.throttle import Keys, Throttle, Throttled
 from appliance.auth.tokens import API, TokenInfo, Tokens
 from appliance.auth.totp import TwoFactor, Vault
 from appliance.auth.users import User, Users
 from appliance.errors import BadRequest, Conflict, Forbidden, ServiceUnavailable, Unauthorized
+from appliance.roles import Principal, at_least
 from appliance.secret import Secret
 from appliance.settings import AuthSettings
 from appliance.store import Store

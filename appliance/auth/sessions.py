@@ -10,8 +10,8 @@ import hashlib
 import secrets
 import time
 
-from appliance.auth import roles
-from appliance.auth.roles import Principal
+from appliance import roles
+from appliance.roles import Principal
 from appliance.secret import Secret
 from appliance.settings import AuthSettings
 from appliance.store import Store, Transaction

@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from appliance import roles
 from appliance.audit import AuditLog, Context
-from appliance.auth import roles
-from appliance.auth.roles import Principal
 from appliance.auth.users import User
 from appliance.errors import BadRequest, Forbidden, NotFound
+from appliance.roles import Principal
 from appliance.secret import Secret
 from appliance.store import Store
 

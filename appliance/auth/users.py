@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from appliance import roles
 from appliance.audit import AuditLog, Context
-from appliance.auth import roles
 from appliance.auth.passwords import Passwords
 from appliance.errors import BadRequest, Conflict, NotFound
 from appliance.secret import Secret

@@ -2,8 +2,8 @@
 
 import * as api from '../api.js';
 import {alertBox, busy, button, clearErrors, field, h, inputError, section, setAlert, showError, table, valueOf, when} from '../dom.js';
+import {ROLES} from '../roles.js';
 
-const ROLES = ['viewer', 'developer', 'admin'];
 
 export async function renderAccount(ctx) {
   const {main, session} = ctx;

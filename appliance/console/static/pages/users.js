@@ -3,8 +3,8 @@
 import * as api from '../api.js';
 import {alertBox, busy, button, clearErrors, confirmButton, field, h, section, setAlert, showError, table, valueOf, when} from '../dom.js';
 import {tokenTable} from './account.js';
+import {ROLES} from '../roles.js';
 
-const ROLES = ['viewer', 'developer', 'admin'];
 
 export async function renderUsers(ctx) {
   const {main} = ctx;

@@ -1,6 +1,7 @@
 """Roles and the principal a request acts as: admin > developer > viewer.
 
-Owns the ordering of roles. Never decides which route needs which role (that is http/access).
+Owns the role names and their order, for every layer (settings, auth, the HTTP layer). Never
+decides which route needs which role (that is http/access).
 """
 
 from __future__ import annotations
