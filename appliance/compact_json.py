@@ -12,7 +12,7 @@ encoder is made once: measured (docs/performance.md, "The JSON encoders"), a 3-v
 about 0.6 µs against 1.1 µs. orjson writes the same row in 0.1 µs but not the same bytes for
 every value (a non-finite float becomes `null` where the result encoding writes "NaN", `1e-07`
 is written `1e-7`, an int beyond 64 bits is refused), so the result rows stay here until their
-encoding (`datasources/values.py`) decides to take those differences. Without a circular check, a
+encoding (`queries/result_json.py`) decides to take those differences. Without a circular check, a
 value must not contain itself (rows never do).
 """
 

@@ -487,9 +487,15 @@ def _runner(log: AuditLog) -> tuple[Runner, _Engine]:
     template: Any = _Template()  # a stand-in for the binding compiler's template
     compiled = CompiledQuery(id="q", name="q", datasource_id="ds", kind="sqlite",
                              template=template, timeout_ms=None, max_rows=None, version=1)
+    async def compiled_query(query_id: str) -> CompiledQuery:
+        return compiled
+
+    async def engine_of(datasource_id: str) -> _Engine:
+        return engine
+
     queries = types.SimpleNamespace(
-        audit=log, cached=lambda query_id: compiled,
-        datasources=types.SimpleNamespace(started=lambda datasource_id: engine))
+        audit=log, compiled=compiled_query,
+        datasources=types.SimpleNamespace(engine=engine_of))
     return Runner(queries), engine  # type: ignore[arg-type]
 
 

@@ -44,7 +44,7 @@ class Target:
 class RowStream:
     """The result of one statement: its columns, then rows in batches as they arrive.
 
-    Rows are sequences of driver values (see `values.json_default` for their JSON form).
+    Rows are sequences of driver values (see `queries.result_json` for their JSON form).
     """
 
     columns: list[str]

@@ -267,10 +267,6 @@ class DatasourceService:
         """The engines created so far (for metrics: their pools)."""
         return list(self._engines.values())
 
-    def started(self, datasource_id: str) -> Engine | None:
-        """The datasource's engine if it is already running: `engine` without a wait."""
-        return self._engines.get(datasource_id)
-
     async def engine(self, datasource_id: str) -> Engine:
         """The datasource's engine, created on first use (one per datasource)."""
         found = self._engines.get(datasource_id)

@@ -12,12 +12,12 @@ from typing import Any
 
 from aiohttp import web
 
-from appliance.datasources.values import dumps
 from appliance.errors import ApplianceError, BadRequest
 from appliance.http import access, middleware
 from appliance.http.app_keys import CORE
 from appliance.http.json_body import read_object
 from appliance.queries import Run
+from appliance.queries.result_json import dumps
 
 NDJSON = "application/x-ndjson"
 # Errors a viewer sees as they are: about their own input, or the query's existence.

@@ -16,8 +16,8 @@ from typing import Any
 from appliance import metrics
 from appliance.audit import RUN_ACTION, RUN_START_ACTION, Context
 from appliance.datasources.engine import Engine
-from appliance.datasources.values import dumps
 from appliance.errors import ApplianceError
+from appliance.queries.result_json import dumps
 from appliance.queries.service import CompiledQuery, QueryService
 
 # A run's mode, as its audit entry names it: how its rows are delivered.
@@ -216,16 +216,14 @@ class _RunScope:
         runner, started = self.runner, self.started
         queries = runner.queries
         # A query that is not found is not a run: nothing to record.
-        compiled = self.compiled = (queries.cached(self.query_id)
-                                    or await queries.compiled(self.query_id))
+        compiled = self.compiled = await queries.compiled(self.query_id)
         under_way = self.under_way = runner.audit.run_under_way()
         under_way.__enter__()
         run: Run | None = None
         try:
             self.bound = compiled.template.bind(self.params)  # InvalidParameter (422) names it
             datasources = runner.datasources
-            engine = self.engine = (datasources.started(compiled.datasource_id)
-                                    or await datasources.engine(compiled.datasource_id))
+            engine = self.engine = await datasources.engine(compiled.datasource_id)
             run = self.run = runner._run(compiled, engine, started)
         except BaseException as exc:
             try:

@@ -205,10 +205,6 @@ class QueryService:
 
     # --- the run-time cache -------------------------------------------------------------------
 
-    def cached(self, query_id: str) -> CompiledQuery | None:
-        """The compiled query if it is in the cache: `compiled` without a wait."""
-        return self._cache.get(query_id)
-
     async def compiled(self, query_id: str) -> CompiledQuery:
         """The compiled query (cached; a change or delete drops the cache entry)."""
         found = self._cache.get(query_id)
