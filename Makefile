@@ -1,7 +1,7 @@
 # Appliance — the commands a self-hoster, a tester and CI type.
 #   make run     HTTPS on https://localhost:8443 with a local CA, embedded store, demo data
 #   make test    everything the tests need (Debian packages, a venv), then the whole suite
-#   make test-fast  the suite without Chromium, Pebble and the binary build (under 2 minutes)
+#   make test-fast  the suite without Chromium, Pebble and the binary build
 #   make lint    ruff, then mypy --strict on appliance/
 #   make binary  dist/appliance, one file (PyInstaller)
 
