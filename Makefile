@@ -1,6 +1,8 @@
 # Appliance — the commands a self-hoster, a tester and CI type.
 #   make run     HTTPS on https://localhost:8443 with a local CA, embedded store, demo data
 #   make test    everything the tests need (Debian packages, a venv), then the whole suite
+#   make test-fast  the suite without Chromium, Pebble and the binary build
+#   make lint    ruff, then mypy --strict on appliance/
 #   make binary  dist/appliance, one file (PyInstaller)
 
 PYTHON ?= python3
@@ -10,6 +12,11 @@ BIN    := $(VENV)/bin
 # what the test suite needs.
 RUN_DEBS  := python3-venv
 TEST_DEBS := python3-venv openssl binutils postgresql chromium pebble systemd
+FAST_DEBS := python3-venv openssl postgresql systemd
+# What test-fast leaves out: the browser tests (Chromium), the ACME tests against Pebble, and the
+# tests marked slow (the binary build).
+FAST_SKIP := --ignore=tests/test_console.py --ignore=tests/test_acme_pebble.py \
+             --ignore=tests/test_acme_ari.py -m "not slow"
 
 # $(call install_debs,PACKAGES): apt-get install those not installed yet.
 define install_debs
@@ -21,7 +28,7 @@ define install_debs
 	fi
 endef
 
-.PHONY: run test lint binary run-deps system-deps venv clean
+.PHONY: run test test-fast lint binary run-deps system-deps fast-deps venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; }
@@ -46,12 +53,20 @@ run-deps:
 system-deps:
 	$(call install_debs,$(TEST_DEBS))
 
+fast-deps:
+	$(call install_debs,$(FAST_DEBS))
+
 test: system-deps $(VENV)/.installed
 	$(BIN)/ruff check appliance tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+test-fast: fast-deps $(VENV)/.installed
+	$(BIN)/ruff check appliance tests bench
+	$(BIN)/python -m pytest $(FAST_SKIP) $(PYTEST_ARGS)
+
 lint: $(VENV)/.installed
 	$(BIN)/ruff check appliance tests bench
+	$(BIN)/mypy
 
 binary: $(VENV)/.installed
 	$(BIN)/python build/stamp_commit.py

@@ -92,7 +92,7 @@ def write_acme_settings(path: Path, domain: str, email: str) -> InitReport:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"not valid TOML: {exc}") from None
-    wanted = {
+    wanted: dict[str, dict[str, object]] = {
         "tls": {"mode": "acme", "names": [domain], "email": email},
         "server": {"http_listen": _ACME_HTTP_LISTEN},
     }

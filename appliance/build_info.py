@@ -14,7 +14,8 @@ def commit() -> str:
     root = Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():
         try:
-            from appliance._build_commit import COMMIT  # type: ignore[import-not-found]
+            # Written by build/stamp_commit.py into the binary's build only, never in a checkout.
+            from appliance._build_commit import COMMIT  # type: ignore[import-not-found]  # binary
         except ImportError:
             return "unknown"
         return str(COMMIT)

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TypeVar
 
 from appliance import state_dir
 from appliance.audit import AuditLog
@@ -30,6 +30,7 @@ from appliance.store import Store, open_sqlite_store
 from appliance.tls import TLSManager
 
 log = logging.getLogger("appliance.core")
+S = TypeVar("S")
 
 
 class Core:
@@ -100,7 +101,7 @@ class Core:
         await self.audit.close()
 
 
-def _opened(service: Any, what: str) -> Any:
+def _opened(service: S | None, what: str) -> S:
     if service is None:
         raise ServiceUnavailable(f"{what} is not open: the keyring is sealed",
                                  code="keyring_unavailable")

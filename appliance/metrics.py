@@ -194,7 +194,7 @@ def exposition(sources: Sources | None = None) -> bytes:
     from prometheus_client import CollectorRegistry, generate_latest
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ProcessCollector())  # type: ignore[arg-type]
+    registry.register(_ProcessCollector())
     if sources is not None:
-        registry.register(AppCollector(sources))  # type: ignore[arg-type]
+        registry.register(AppCollector(sources))
     return bytes(generate_latest(registry))

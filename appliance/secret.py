@@ -7,7 +7,7 @@ Owns the wrapper only. Never logs, prints or serialises the wrapped value;
 from __future__ import annotations
 
 import hmac
-from typing import Generic, TypeVar
+from typing import Generic, NoReturn, TypeVar
 
 T = TypeVar("T", str, bytes)
 
@@ -16,6 +16,7 @@ class Secret(Generic[T]):
     """Holds a sensitive value. `repr`, `str` and `format` all give `<secret>`."""
 
     __slots__ = ("_value",)
+    _value: T
 
     def __init__(self, value: T) -> None:
         self._value = value
@@ -35,18 +36,17 @@ class Secret(Generic[T]):
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Secret):
             return NotImplemented
-        a, b = self._value, other._value
-        if isinstance(a, str):
-            a = a.encode()
-        if isinstance(b, str):
-            b = b.encode()
-        return hmac.compare_digest(a, b)
+        return hmac.compare_digest(_as_bytes(self._value), _as_bytes(other._value))
 
     def __hash__(self) -> int:
         return id(self)
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> NoReturn:
         raise TypeError("a Secret cannot be pickled")
 
     def __bool__(self) -> bool:
         return bool(self._value)
+
+
+def _as_bytes(value: str | bytes) -> bytes:
+    return value.encode() if isinstance(value, str) else value

@@ -195,22 +195,22 @@ def _integer(minimum: int, maximum: int) -> Callable[[Any], int]:
     return parse
 
 
-def _list(item: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
+@dataclass(frozen=True)
+class _ListOf:
     """A TOML array (in the environment: a comma-separated string, split by `_read_env`)."""
 
-    def parse(value: Any) -> tuple[Any, ...]:
+    item: Callable[[Any], Any]
+
+    def __call__(self, value: Any) -> tuple[Any, ...]:
         if not isinstance(value, list):
             raise ValueError(f"expected a list, got {_type_name(value)}")
         out = []
         for index, element in enumerate(value):
             try:
-                out.append(item(element))
+                out.append(self.item(element))
             except ValueError as exc:
                 raise ValueError(f"item {index + 1}: {exc}") from None
         return tuple(out)
-
-    parse.is_list = True  # type: ignore[attr-defined]
-    return parse
 
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -360,7 +360,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
                             "Plain-HTTP listener (redirects to HTTPS only); empty for none."),
         "state_dir": _Key(_path, str(DEFAULT_STATE_DIR), str(DEV_STATE_DIR),
                           "Directory for the store, the instance secret and TLS material."),
-        "trusted_proxies": _Key(_list(_cidr), [], None,
+        "trusted_proxies": _Key(_ListOf(_cidr), [], None,
                                 "Reverse proxies (CIDRs) whose X-Forwarded-For names the client."),
         "max_body_bytes": _Key(_integer(1024, 64 * 1024 * 1024), 1024 * 1024, None,
                                "Largest request body accepted (413 above)."),
@@ -386,7 +386,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
     "tls": {
         "mode": _Key(_choice("local", "files", "acme"), "local", "local",
                      "local (a local CA in the state dir), files, or acme."),
-        "names": _Key(_list(_tls_name), ["localhost", "127.0.0.1", "::1"], None,
+        "names": _Key(_ListOf(_tls_name), ["localhost", "127.0.0.1", "::1"], None,
                       "Names (and addresses) the certificate covers."),
         "email": _Key(_email, "", None, "ACME account contact."),
         "directory": _Key(_directory, "production", None,
@@ -404,23 +404,23 @@ SCHEMA: dict[str, dict[str, _Key]] = {
                                      "Seconds between ACME renewal checks (acme mode)."),
     },
     "egress": {
-        "source_address": _Key(_list(_ip_address), [], None,
+        "source_address": _Key(_ListOf(_ip_address), [], None,
                                "Address(es) outbound connections leave from."),
         "mode": _Key(_choice("default", "strict"), "default", None,
                      "default (all not denied) or strict (only what allow lists)."),
-        "allow": _Key(_list(_egress_rule), [], None, "CIDRs, host names, host:port allowed."),
-        "deny": _Key(_list(_egress_rule), [], None, "CIDRs, host names, host:port denied."),
+        "allow": _Key(_ListOf(_egress_rule), [], None, "CIDRs, host names, host:port allowed."),
+        "deny": _Key(_ListOf(_egress_rule), [], None, "CIDRs, host names, host:port denied."),
         "allow_private": _Key(_bool, True, None, "Allow private (RFC 1918, ULA) destinations."),
     },
     "auth": {
-        "require_2fa": _Key(_list(_role), ["admin"], None, "Roles that must use TOTP."),
+        "require_2fa": _Key(_ListOf(_role), ["admin"], None, "Roles that must use TOTP."),
         "session_idle_timeout": _Key(_number(60, 7 * 86400), 1800, None,
                                      "Seconds a session lives without a request."),
         "session_absolute_timeout": _Key(_number(60, 30 * 86400), 43200, None,
                                          "Seconds a session lives at most, used or not."),
     },
     "metrics": {
-        "allow": _Key(_list(_cidr), [], None, "Clients (CIDRs) that may read /metrics without "
+        "allow": _Key(_ListOf(_cidr), [], None, "Clients (CIDRs) that may read /metrics without "
                       "a token; empty: a token with the metrics scope is needed."),
         "datasource_names": _Key(_bool, False, None, "Label pool metrics by datasource name "
                                  "(default: by datasource id)."),
@@ -544,7 +544,7 @@ def _read_env(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         if section not in SCHEMA or key not in SCHEMA[section]:
             raise ConfigError(name, "unknown setting in the environment")
         value: Any = env[name]
-        if getattr(SCHEMA[section][key].parse, "is_list", False):
+        if isinstance(SCHEMA[section][key].parse, _ListOf):
             value = [part.strip() for part in value.split(",") if part.strip()]
         out.setdefault(section, {})[key] = value
     return out

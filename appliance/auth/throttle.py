@@ -72,7 +72,7 @@ class Keys:
 def delay_for(failures: int, threshold: int = THRESHOLD) -> float:
     if failures < threshold:
         return 0.0
-    return min(MAX_DELAY, BASE_DELAY * 2 ** min(failures - threshold, 20))
+    return min(MAX_DELAY, BASE_DELAY * 2.0 ** min(failures - threshold, 20))
 
 
 class Throttled(TooManyRequests):

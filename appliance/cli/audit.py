@@ -15,7 +15,7 @@ from appliance.cli.common import add_state_options, load_settings
 from appliance.core import open_core
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("audit", help="verify the audit log's hash chain; list entries",
                             description="The tamper-evident audit log.")
     verbs = parser.add_subparsers(dest="audit_verb", metavar="ACTION", required=True)

@@ -12,7 +12,7 @@ from appliance.cli.common import add_state_options, load_settings
 from appliance.cli.keys import opened
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "backup", help="write one backup file (store, sealed keyring, metadata)",
         description="Write a consistent snapshot of the store (every secret still sealed, the "

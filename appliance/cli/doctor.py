@@ -30,7 +30,7 @@ class Check:
     fix: str = ""
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "doctor",
         help="check settings, state, store, TLS material and ports",
@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
             checks.extend(check(settings))
         except ApplianceError as exc:
             checks.append(Check(check.__name__.strip("_").replace("_", " "), False, exc.message))
-    for check in checks:
-        _print(check)
+    for result in checks:
+        _print(result)
     return 0 if all(c.ok for c in checks) else 1
 
 

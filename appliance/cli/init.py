@@ -16,7 +16,7 @@ from appliance.errors import BadRequest
 from appliance.secret import Secret
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "init",
         help="create the state directory, instance secret and store",

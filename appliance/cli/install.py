@@ -39,7 +39,7 @@ class InstallError(ApplianceError):
     exit_code = 2
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "install",
         help="install the binary, the systemd unit, settings and state (root)",

@@ -34,7 +34,7 @@ from appliance.settings import Settings
 from appliance.store import Store
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "keys", help="keyring status, data key rotation, instance secret change",
         description="Inspect and maintain the keyring that seals every stored credential.")

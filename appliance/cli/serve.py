@@ -14,7 +14,7 @@ from appliance.cli.common import add_state_options, load_settings
 from appliance.settings import Settings, load
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "serve",
         help="run the appliance",

@@ -17,7 +17,7 @@ from appliance.cli.users import cli_context, open_auth
 from appliance.secret import Secret
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("tokens", help="create, list and revoke API tokens",
                             description="API tokens for automation (Authorization: Bearer).")
     verbs = parser.add_subparsers(dest="tokens_verb", metavar="ACTION", required=True)

@@ -41,7 +41,7 @@ async def open_auth(settings: Settings) -> AsyncIterator[AuthService]:
         yield core.auth
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "users", help="add, list, disable users; reset their 2FA",
         description="Manage user accounts. Roles: admin (everything), developer (datasources "

@@ -15,7 +15,7 @@ from appliance.build_info import commit
 DEPENDENCIES = ("aiohttp", "aiosqlite", "cryptography")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("version", help="print version, commit and library versions",
                             description="Print the version, the git commit this build comes from, "
                                         "Python, OpenSSL and the key libraries' versions.")

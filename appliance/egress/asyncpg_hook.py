@@ -32,9 +32,9 @@ class ProtocolGuard(asyncio.Protocol):
         self.inner: asyncio.BaseProtocol | None = None
         self.transport: asyncio.BaseTransport | None = None
         self.active = True  # False once stepped out or refused
-        self.refusal: BaseException | None = None
+        self.refusal: Exception | None = None
         self._pending = bytearray()
-        self._lost: tuple[BaseException | None] | None = None
+        self._lost: tuple[Exception | None] | None = None
 
     # --- wiring (the hook's side) ---------------------------------------------------------------
 
@@ -75,7 +75,7 @@ class ProtocolGuard(asyncio.Protocol):
             return inner.eof_received()
         return None
 
-    def connection_lost(self, exc: BaseException | None) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         if self.inner is None or self.transport is None:
             self._lost = (exc,)  # told to asyncpg's protocol once it is attached
             return
@@ -116,13 +116,15 @@ class ProtocolGuard(asyncio.Protocol):
         if data:
             _deliver(inner, data)
 
-    def refuse(self, reason: BaseException) -> None:
+    def refuse(self, reason: Exception) -> None:
         """Abort the connection: nothing pending reaches asyncpg, nothing more is written."""
         self.active = False
         self.refusal = reason
         self._pending.clear()
         assert self.transport is not None
-        self.transport.abort()  # asyncpg hears of it in connection_lost, with `reason`
+        # asyncpg hears of it in connection_lost, with `reason`. Every stream transport has
+        # abort(), but uvloop's do not subclass asyncio.Transport: no isinstance to narrow with.
+        self.transport.abort()  # type: ignore[attr-defined]  # a stream transport (see above)
 
 
 def _deliver(protocol: asyncio.BaseProtocol | None, data: bytes) -> None:
@@ -235,8 +237,9 @@ class EgressLoop:
             return transport, protocol.inner  # asyncpg holds its own protocol, never the guard
         return transport, protocol
 
-    async def start_tls(self, transport: asyncio.BaseTransport, protocol: asyncio.BaseProtocol,
-                        sslcontext: ssl_module.SSLContext, **kwargs: Any) -> Any:
+    async def start_tls(self, transport: asyncio.WriteTransport, protocol: asyncio.BaseProtocol,
+                        sslcontext: ssl_module.SSLContext, **kwargs: Any
+                        ) -> asyncio.Transport | GuardedTransport | None:
         """The loop's `start_tls`; with a guard, the TLS transport's protocol is a fresh guard and
         asyncpg gets a `GuardedTransport`, so its `set_protocol` puts its protocol behind it."""
         make_guard = self._guard
@@ -265,5 +268,7 @@ async def connect(dialer: Dialer, *, host: str, port: int, purpose: str = "postg
 
     loop = EgressLoop(dialer, purpose=purpose, datasource=datasource, timeout=timeout,
                       guard=guard)
-    return await asyncpg.connect(host=host, port=port, loop=loop, timeout=timeout,
-                                 **asyncpg_kwargs)
+    # EgressLoop is the running loop by delegation (`__getattr__`), not by subclassing: a subclass
+    # of AbstractEventLoop would inherit its stubs and never reach `__getattr__`.
+    return await asyncpg.connect(  # type: ignore[call-overload]  # a loop by delegation (above)
+        host=host, port=port, loop=loop, timeout=timeout, **asyncpg_kwargs)

@@ -297,9 +297,9 @@ class EgressPolicy:
 
         candidates = [c for ip in resolved for c in addresses_to_check(ip)]
         for ip in candidates:
-            rule = _always_denied(ip)
-            if rule is not None:
-                return Decision(False, rule, shown)
+            always = _always_denied(ip)
+            if always is not None:
+                return Decision(False, always, shown)
         for ip in candidates:
             if self._is_own_listener(ip, port):
                 return Decision(False, RULE_OWN_LISTENER, shown)

@@ -11,9 +11,12 @@ import contextlib
 import contextvars
 import socket
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.egress.dialer import DEFAULT_CONNECT_TIMEOUT, Dialer
+
+if TYPE_CHECKING:
+    from pymongo.pool_options import PoolOptions
 
 _dialer: Dialer | None = None
 _original: Any = None
@@ -23,14 +26,16 @@ _attribution: contextvars.ContextVar[tuple[str, str | None]] = contextvars.Conte
 )
 
 
-async def _create_connection(address: tuple[str, int], options: Any) -> socket.socket:
+async def _create_connection(address: tuple[str, int | None],
+                             options: PoolOptions) -> socket.socket:
     if _dialer is None:  # pragma: no cover - installed before the function is reachable
         raise RuntimeError("egress hook for pymongo used before install()")
     host, port = address
     purpose, datasource = _attribution.get()
-    timeout = getattr(options, "connect_timeout", None) or DEFAULT_CONNECT_TIMEOUT
-    sock, _ = await _dialer.open_socket(host, port, purpose=purpose, datasource=datasource,
-                                        timeout=timeout)
+    timeout = options.connect_timeout or DEFAULT_CONNECT_TIMEOUT
+    # PyMongo gives no port only for a Unix socket path, which the policy refuses as malformed.
+    sock, _ = await _dialer.open_socket(host, 0 if port is None else port, purpose=purpose,
+                                        datasource=datasource, timeout=timeout)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)
     return sock
 

@@ -44,10 +44,9 @@ class StaticResolver:
     def __init__(self, table: Mapping[str, Sequence[str] | Sequence[Sequence[str]]]) -> None:
         self._table: dict[str, list[list[str]]] = {}
         for name, answers in table.items():
-            rounds = list(answers)
-            if rounds and isinstance(rounds[0], str):
-                rounds = [rounds]
-            self._table[name.lower().rstrip(".")] = [list(r) for r in rounds]
+            one_round = [a for a in answers if isinstance(a, str)]
+            rounds = [one_round] if one_round else [list(r) for r in answers]
+            self._table[name.lower().rstrip(".")] = rounds
         self.lookups: dict[str, int] = {}
 
     async def resolve(self, name: str, port: int) -> list[str]:

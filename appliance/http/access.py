@@ -11,7 +11,7 @@ import functools
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
@@ -24,10 +24,13 @@ from appliance.http.app_keys import CORE, REQUEST_ID
 PUBLIC = "public"
 LEVELS = (PUBLIC, VIEWER, DEVELOPER, ADMIN)
 CSRF_HEADER = "X-Appliance-CSRF"
-# Request keys (typed where this aiohttp has RequestKey, plain strings before 3.13).
-_RequestKey: Any = getattr(web, "RequestKey", None)
-PRINCIPAL: Any = _RequestKey("principal", Principal) if _RequestKey else "principal"
-SESSION_RAW: Any = _RequestKey("session_raw", str) if _RequestKey else "session_raw"
+# Request keys: typed where aiohttp has RequestKey, plain strings (the same at run time) before.
+if TYPE_CHECKING or hasattr(web, "RequestKey"):
+    PRINCIPAL = web.RequestKey("principal", Principal)
+    SESSION_RAW = web.RequestKey("session_raw", str)
+else:
+    PRINCIPAL = "principal"
+    SESSION_RAW = "session_raw"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 _ATTR = "__appliance_access__"
@@ -125,11 +128,12 @@ def check_routes(app: web.Application) -> None:
 
 
 def principal(request: web.Request) -> Principal | None:
-    return request.get(PRINCIPAL)
+    found: Principal | None = request.get(PRINCIPAL)  # aiohttp types get() as Any, [] by key
+    return found
 
 
 def require_principal(request: web.Request) -> Principal:
-    found = request.get(PRINCIPAL)
+    found: Principal | None = request.get(PRINCIPAL)
     if found is None:
         raise Unauthorized("authentication required", code="unauthenticated")
     return found
@@ -137,7 +141,7 @@ def require_principal(request: web.Request) -> Principal:
 
 def context(request: web.Request) -> Context:
     """Actor, client address and request id, for audit entries written for this request."""
-    found = request.get(PRINCIPAL)
+    found: Principal | None = request.get(PRINCIPAL)
     return Context(actor=found.actor if found else "anonymous", client=client_address.of(request),
                    request_id=request.get(REQUEST_ID, ""))
 

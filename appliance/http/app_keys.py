@@ -5,7 +5,7 @@ Owns the names only: the services themselves are the core's (`appliance.core`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -14,6 +14,9 @@ from appliance.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)  # known when the app is built, before the core opens
 CORE = web.AppKey("core", Core)  # every service, while the application runs
-# Typed request storage where aiohttp has it (3.13+), a plain key before.
-_RequestKey: Any = getattr(web, "RequestKey", None)
-REQUEST_ID: Any = _RequestKey("request_id", str) if _RequestKey else "request_id"
+# Typed request storage where aiohttp has it (RequestKey), a plain string key (the same at run
+# time) before; the type checker reads the typed branch.
+if TYPE_CHECKING or hasattr(web, "RequestKey"):
+    REQUEST_ID = web.RequestKey("request_id", str)
+else:
+    REQUEST_ID = "request_id"

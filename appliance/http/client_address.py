@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from appliance.settings import Network
 
-# Request key (typed where this aiohttp has RequestKey, a plain string before 3.13).
-_RequestKey: Any = getattr(web, "RequestKey", None)
-CLIENT: Any = _RequestKey("client_address", str) if _RequestKey else "client_address"
+# Request key: typed where aiohttp has RequestKey, a plain string (the same at run time) before.
+if TYPE_CHECKING or hasattr(web, "RequestKey"):
+    CLIENT = web.RequestKey("client_address", str)
+else:
+    CLIENT = "client_address"
 
 MAX_HOPS = 16  # proxies walked from the right at most; a longer trusted chain is not believed
 _MAX_ENTRY = 64  # longer than any written address (with brackets and a port)

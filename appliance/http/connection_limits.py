@@ -330,7 +330,10 @@ class _Connection(asyncio.Protocol):
             self._counted = False
             self._listener.gate.release(self._address)
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    # A stream connection's transport (uvloop's do not subclass asyncio.Transport, so no isinstance
+    # can narrow the BaseTransport that asyncio.Protocol declares).
+    def connection_made(  # type: ignore[override]  # a stream transport (see above)
+            self, transport: asyncio.Transport) -> None:
         """The connection is ready (with TLS: its handshake is done): aiohttp takes it, behind the
         first-byte timer."""
         self._transport = transport
@@ -381,7 +384,7 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._stage != _DONE:
             self._watch_head(data)
-        self._inner.data_received(data)  # type: ignore[union-attr]
+        self._inner.data_received(data)  # type: ignore[union-attr]  # set in connection_made
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received() if self._inner is not None else None

@@ -25,5 +25,6 @@ async def run_on_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args:
     """`fn(sqlite3_connection, *args)` on `conn`'s thread, queued behind its other calls."""
     raw: sqlite3.Connection = conn._conn
     # aiosqlite leaves its private `_execute` unannotated.
-    result: T = await conn._execute(fn, raw, *args)  # type: ignore[no-untyped-call]
+    result: T = await conn._execute(  # type: ignore[no-untyped-call]  # unannotated (above)
+        fn, raw, *args)
     return result

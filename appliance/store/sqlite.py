@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import os
 import sqlite3
 import time
@@ -34,6 +35,13 @@ T = TypeVar("T")
 
 CHECKPOINT_EVERY = 256
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+
+
+class _Busy(enum.Enum):
+    """What an inline write returns when the file was busy (a result of its own, never `fn`'s)."""
+
+    BUSY = enum.auto()
+
 
 _PRAGMAS = (
     "PRAGMA journal_mode = WAL",
@@ -196,24 +204,24 @@ class SQLiteStore:
         lost that way (query-run metadata). A non-durable write commits on the event loop's
         thread when the file is free at once, and takes the writer's thread otherwise."""
         if not durable and not self._write_lock.locked():
-            done, result = self._write_inline(fn)
-            if done:
-                return result  # type: ignore[return-value]
+            result = self._write_inline(fn)
+            if result is not _Busy.BUSY:
+                return result
         async with self._write_lock:
             try:
                 return await run_on_thread(self._writer, _run_in_transaction, fn, durable)
             except sqlite3.Error as exc:
                 raise StoreError(f"store write failed: {exc}") from exc
 
-    def _write_inline(self, fn: Callable[[Step], T]) -> tuple[bool, T | None]:
-        """(True, result) if `fn` committed on the inline connection; (False, None) if the
-        file was busy before anything was written."""
+    def _write_inline(self, fn: Callable[[Step], T]) -> T | _Busy:
+        """`fn`'s result if it committed on the inline connection; `_Busy.BUSY` if the file was
+        busy before anything was written."""
         conn = self._inline
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             if _busy(exc):
-                return False, None
+                return _Busy.BUSY
             raise StoreError(f"store write failed: {exc}") from exc
         except sqlite3.Error as exc:
             raise StoreError(f"store write failed: {exc}") from exc
@@ -232,7 +240,7 @@ class SQLiteStore:
             self._inline_commits = 0
             self._checkpoint = asyncio.get_running_loop().create_task(
                 self._checkpoint_wal(), name="store-wal-checkpoint")
-        return True, result
+        return result
 
     async def _checkpoint_wal(self) -> None:
         """Copy the WAL into the database file, off the event loop; never waits for others."""

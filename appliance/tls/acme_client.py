@@ -14,15 +14,17 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import josepy as jose
 import requests
 from acme import challenges, client, crypto_util, messages
 from acme import errors as acme_errors
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from josepy.errors import DeserializationError
+from josepy.json_util import field
+from josepy.jwa import ES256
+from josepy.jwk import JWKEC
 
 from appliance.egress import EgressDenied
 from appliance.secret import Secret
@@ -52,7 +54,7 @@ SHORTLIVED = "shortlived"
 class NewOrder(messages.NewOrder):
     """The package's new-order message plus ARI's `replaces` (draft-ietf-acme-ari §5)."""
 
-    replaces: str | None = jose.field("replaces", omitempty=True)
+    replaces: str | None = field("replaces", omitempty=True)
 
 
 def ari_cert_id(cert_pem: bytes) -> str:
@@ -83,11 +85,11 @@ def new_key_pem() -> bytes:
         serialization.NoEncryption())
 
 
-def _jwk(key_pem: bytes) -> jose.JWKEC:
+def _jwk(key_pem: bytes) -> JWKEC:
     key = serialization.load_pem_private_key(key_pem, password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ACMEError("the stored ACME account key is not an ECDSA key")
-    return jose.JWKEC(key=key)
+    return JWKEC(key=key)
 
 
 class ACMEClient:
@@ -104,12 +106,13 @@ class ACMEClient:
         self._eab_hmac_key = eab_hmac_key
         self._key = _jwk(account_key_pem.reveal())
         self._responder = responder
-        self._net = client.ClientNetwork(self._key, alg=jose.ES256, user_agent=USER_AGENT,
+        self._net = client.ClientNetwork(self._key, alg=ES256, user_agent=USER_AGENT,
                                          timeout=NETWORK_TIMEOUT)
         self._net.session.close()
         self._net.session, self._adapter = session_for(route)
-        # requests takes a CA bundle path where the package expects a bool.
-        self._net.verify_ssl = str(ca_bundle) if ca_bundle else True  # type: ignore[assignment]
+        # requests takes a CA bundle path where the package types a bool.
+        verify = str(ca_bundle) if ca_bundle else True
+        self._net.verify_ssl = verify  # type: ignore[assignment]  # a path or True (above)
         self._client: client.ClientV2 | None = None
         self.orders_placed = 0
 
@@ -344,7 +347,7 @@ class ACMEClient:
             raise ACMERejected(f"{doing}: the CA answered {code}: {detail}") from None
         except acme_errors.Error as exc:
             raise ACMERejected(f"{doing}: {_describe(exc)}") from None
-        except (ValueError, jose.DeserializationError) as exc:
+        except (ValueError, DeserializationError) as exc:
             raise ACMERejected(f"{doing}: the CA's answer was not understood "
                                f"({type(exc).__name__})") from None
 
@@ -392,7 +395,7 @@ def _is_ip(name: str) -> bool:
     return True
 
 
-def _utc(when: Any) -> dt.datetime:
+def _utc(when: dt.datetime) -> dt.datetime:
     """The package mixes aware UTC and naive local times: make both aware UTC (a naive time is
     read as local time by `astimezone`)."""
     return when.astimezone(dt.UTC)

@@ -110,7 +110,7 @@ class EgressAdapter(HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = _pool_classes(self._route)
         self.poolmanager.key_fn_by_scheme = dict(self.poolmanager.key_fn_by_scheme)
 
-    def send(self, request: requests.PreparedRequest, *args: Any,  # type: ignore[override]
+    def send(self, request: requests.PreparedRequest, *args: Any,
              **kwargs: Any) -> requests.Response:
         response = super().send(request, *args, **kwargs)
         if response.status_code in (429, 503) and "Retry-After" in response.headers:
