@@ -2,7 +2,7 @@
 #   make run     HTTPS on https://localhost:8443 with a local CA, embedded store, demo data
 #   make test    everything the tests need (Debian packages, a venv), then the whole suite
 #   make test-fast  the suite without Chromium, Pebble and the binary build
-#   make lint    ruff, then mypy --strict on appliance/
+#   make lint    ruff, mypy --strict on appliance/, ESLint on the console's JavaScript
 #   make binary  dist/appliance, one file (PyInstaller)
 
 PYTHON ?= python3
@@ -28,7 +28,7 @@ define install_debs
 	fi
 endef
 
-.PHONY: run test test-fast lint binary run-deps system-deps fast-deps venv clean
+.PHONY: run test test-fast lint binary run-deps system-deps fast-deps node-deps venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; }
@@ -56,17 +56,26 @@ system-deps:
 fast-deps:
 	$(call install_debs,$(FAST_DEBS))
 
-test: system-deps $(VENV)/.installed
-	$(BIN)/ruff check appliance tests bench
+test: system-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: fast-deps $(VENV)/.installed
-	$(BIN)/ruff check appliance tests bench
+test-fast: fast-deps lint
 	$(BIN)/python -m pytest $(FAST_SKIP) $(PYTEST_ARGS)
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed node_modules/.installed
 	$(BIN)/ruff check appliance tests bench
 	$(BIN)/mypy
+	node_modules/.bin/eslint appliance/console/static
+
+# The console's linter (ESLint, from the npm registry; package-lock.json pins it). Node.js and npm
+# come from Debian when the machine has none.
+node_modules/.installed: package.json package-lock.json
+	@command -v npm >/dev/null 2>&1 || $(MAKE) --no-print-directory node-deps
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+node-deps:
+	$(call install_debs,nodejs npm)
 
 binary: $(VENV)/.installed
 	$(BIN)/python build/stamp_commit.py
@@ -74,4 +83,4 @@ binary: $(VENV)/.installed
 	  status=$$?; rm -f appliance/_build_commit.py; exit $$status
 
 clean:
-	rm -rf $(VENV) dist build/build .pytest_cache
+	rm -rf $(VENV) dist build/build .pytest_cache node_modules

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from appliance import state_dir
@@ -90,9 +90,9 @@ class Core:
     def runner(self) -> Runner:
         return _opened(self._runner, "the query runner")
 
-    def open_engines(self) -> list[Engine]:
+    def open_engines(self) -> Sequence[Engine]:
         """The datasource engines running now (none while sealed): for metrics."""
-        return self._datasources.open_engines() if self._datasources is not None else []
+        return self._datasources.open_engines() if self._datasources is not None else ()
 
     async def close(self) -> None:
         """Close what the core opened, in reverse order (the store is its opener's)."""

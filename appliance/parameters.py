@@ -151,15 +151,17 @@ def _integer(value: Any) -> int:
 
 
 def _number(value: Any) -> int | float:
-    kind = type(value)
+    kind = type(value)  # exact types: a bool is not a number here
     if kind is float:
-        if not math.isfinite(value):
+        number = float(value)
+        if not math.isfinite(number):
             raise _Bad("must be a finite number")
-        return value
+        return number
     if kind is int:
-        if not INT_MIN <= value <= INT_MAX:
+        integer = int(value)
+        if not INT_MIN <= integer <= INT_MAX:
             raise _Bad("is outside the 64-bit integer range")
-        return value
+        return integer
     raise _Bad(f"must be a number, not {_json_kind(value)}")
 
 

@@ -66,11 +66,13 @@ class Engine(abc.ABC):
         """Connect and run a trivial command; raise a `DatasourceError` saying what failed."""
 
     @abc.abstractmethod
-    def open(self, bound: Any, *, timeout: float, fetch: int
+    def open(self, bound: Any, *, timeout: float, fetch: int, stream: bool = False
              ) -> AbstractAsyncContextManager[RowStream]:
-        """Run one bound statement. `fetch` is how many rows the caller wants at most (it stops
-        reading after that); `timeout` bounds the statement. Leaving the context releases the
-        connection (and cancels what is still running)."""
+        """Run one bound statement and hand its rows over batch by batch: the streamed run.
+        `fetch` is how many rows the caller wants at most (it stops reading after that);
+        `timeout` bounds the statement; `stream`: the caller sends rows on as they arrive, for as
+        long as it takes (an engine may read them through a cursor). Leaving the context releases
+        the connection (and cancels what is still running)."""
 
     async def collect(self, bound: Any, *, timeout: float, fetch: int,
                       take: Callable[[list[Any]], bool]) -> list[str]:

@@ -15,7 +15,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +212,7 @@ class DatasourceService:
         self._retire(datasource_id)
 
     @staticmethod
-    def _check_secrets_entered_again(moved: list[str], kept: set[str]) -> None:
+    def _check_secrets_entered_again(moved: Sequence[str], kept: set[str]) -> None:
         """A change of destination leaves no secret sealed for the old one: every secret set
         must be entered again (or cleared) in the same change. The error's field is the first
         of them (the message names them all)."""
@@ -263,9 +263,9 @@ class DatasourceService:
         """Bind secrets sealed before destinations were bound (once, at start)."""
         return await bind_legacy_secrets(self.store, self.vault)
 
-    def open_engines(self) -> list[Engine]:
+    def open_engines(self) -> Sequence[Engine]:
         """The engines created so far (for metrics: their pools)."""
-        return list(self._engines.values())
+        return tuple(self._engines.values())
 
     async def engine(self, datasource_id: str) -> Engine:
         """The datasource's engine, created on first use (one per datasource)."""

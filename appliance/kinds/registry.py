@@ -24,9 +24,10 @@ class Template(Protocol):
     """A compiled query of any kind: its declared parameters, and the per-run bind (which checks
     the values strictly and returns what the kind's engine runs)."""
 
-    parameters: ParameterSet
+    @property
+    def parameters(self) -> ParameterSet: ...
 
-    def bind(self, params: Mapping[str, Any]) -> Any: ...
+    def bind(self, params: Any) -> Any: ...
 
 
 class Kind(abc.ABC):

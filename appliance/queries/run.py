@@ -121,7 +121,7 @@ class Runner:
         sent inside the block); record the outcome once the statement's transaction has ended."""
         async with _RunScope(self, query_id, params, context, STREAMED) as scope:
             run = scope.run
-            async with scope.engine.open(  # type: ignore[call-arg]
+            async with scope.engine.open(
                     scope.bound, timeout=run.timeout, fetch=run.max_rows + 1,
                     stream=True) as rows:
                 run.columns, run._batches = rows.columns, rows.batches

@@ -227,7 +227,7 @@ def compile_mongo(body: Any, parameters: ParameterSet) -> MongoTemplate:
         raise InvalidQuery('the body of a MongoDB query must be an object with "collection", '
                            '"operation" and its arguments')
     operation = body.get("operation")
-    if operation not in OPERATIONS:
+    if not isinstance(operation, str) or operation not in OPERATIONS:
         raise InvalidQuery("operation must be one of " + ", ".join(OPERATIONS))
     shapes = OPERATIONS[operation]
     allowed = {"collection", "operation", *shapes}

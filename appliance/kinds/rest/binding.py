@@ -167,7 +167,7 @@ def _text(value: Any, parameter: Parameter) -> str:
     """The text form of a scalar (or json) value, for paths, query strings and headers."""
     kind = type(value)
     if kind is str:
-        return value
+        return str(value)
     if kind is bool:
         return "true" if value else "false"
     if kind is int:
