@@ -275,11 +275,13 @@ def test_connections_past_the_caps_are_closed_at_accept(capped_server: ServerPro
     assert server.proc.poll() is None
     # One log line per (address, rule) and interval, with the address and the rule only.
     lines = [line for line in server.stderr().splitlines() if "connection refused" in line]
-    per_address = [line for line in lines if "peer=127.0.0.2 " in line]
-    assert len(per_address) == 1, lines
-    assert "rule=server.max_connections_per_address" in per_address[0]
+    per_address = [line for line in lines if "rule=server.max_connections_per_address" in line]
+    assert len(per_address) == 1 and "peer=127.0.0.2 " in per_address[0], lines
+    # The overall cap refused .4 and .5 (and maybe .2 retrying before the server saw the held
+    # connections close: the client closes them, the server learns it a moment later).
     overall = [line for line in lines if "rule=server.max_connections " in line]
-    assert overall and all(re.search(r"peer=127\.0\.0\.[45] ", line) for line in overall), lines
+    assert any(re.search(r"peer=127\.0\.0\.[45] ", line) for line in overall), lines
+    assert all(re.search(r"peer=127\.0\.0\.[245] ", line) for line in overall), lines
 
 
 def healthz_refused(server: ServerProcess, source: str) -> bool:

@@ -56,6 +56,13 @@ def _trusted(address: Address, proxies: Sequence[Network]) -> bool:
     return any(address in network for network in proxies)
 
 
+def in_networks(text: str, networks: Sequence[Network]) -> bool:
+    """Whether an address (as a socket or a proxy writes it; IPv4-mapped IPv6 as IPv4) is in
+    one of `networks`. Anything that is not an address is in none."""
+    found = _address(text) if networks else None
+    return found is not None and _trusted(found, networks)
+
+
 def choose(peer: str | None, forwarded_for: Sequence[str],
            proxies: Sequence[Network]) -> str:
     """The client address for a request from `peer` carrying these `X-Forwarded-For` header

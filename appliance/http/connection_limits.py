@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from appliance import metrics
+from appliance.http.client_address import in_networks
 from appliance.settings import Network, ServerSettings
 
 log = logging.getLogger("appliance.listener")
@@ -88,16 +89,8 @@ class ConnectionGate:
 
     def is_proxy(self, peername: Any) -> bool:
         """Whether a connection's peer is a trusted reverse proxy."""
-        if not self._proxies:
-            return False
         host = peername[0] if isinstance(peername, tuple) and peername else ""
-        try:
-            ip = ipaddress.ip_address(str(host).split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in network for network in self._proxies)
+        return in_networks(str(host), self._proxies)
 
     def release(self, address: str) -> None:
         """A connection counted by `admit` is closed."""

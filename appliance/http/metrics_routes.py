@@ -9,7 +9,6 @@ request path, a query string or a header value as a label, and labels datasource
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterator, Sequence
 
 from aiohttp import web
@@ -54,15 +53,7 @@ def _pools(app: web.Application) -> Iterator[metrics.PoolSample]:
 
 def allowed(client: str, allow: Sequence[Network]) -> bool:
     """True when the client address is in one of the `[metrics] allow` networks."""
-    if not allow:
-        return False
-    try:
-        ip = ipaddress.ip_address(client)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in network for network in allow)
+    return client_address.in_networks(client, allow)
 
 
 @access.public  # checked here: a listed client address, or a metrics-scoped bearer token
