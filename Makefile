@@ -1,7 +1,7 @@
 # Appliance — the commands a self-hoster, a tester and CI type.
 #   make run     HTTPS on https://localhost:8443 with a local CA, embedded store, demo data
 #   make test    everything the tests need (Debian packages, a venv), then the whole suite
-#   make test-fast  the suite without Chromium, Pebble and the binary build
+#   make test-fast  the suite without Chromium, Pebble and the binary build, on every core
 #   make lint    ruff, mypy --strict on appliance/, ESLint on the console's JavaScript
 #   make binary  dist/appliance, one file (PyInstaller)
 
@@ -60,7 +60,7 @@ test: system-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: fast-deps lint
-	$(BIN)/python -m pytest $(FAST_SKIP) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto $(FAST_SKIP) $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed node_modules/.installed
 	$(BIN)/ruff check appliance tests bench
