@@ -72,23 +72,24 @@ class Core:
     @property
     def tls(self) -> TLSManager:
         """The certificates of a serving process (CLI verbs have none)."""
-        return _opened(self._tls, "TLS")
+        return _opened(self._tls, "TLS is not open in this process (only `serve` has it)",
+                       code="unavailable")
 
     @property
     def vault(self) -> SecretVault:
-        return _opened(self._vault, "the keyring")
+        return _opened(self._vault, "the keyring is sealed")
 
     @property
     def datasources(self) -> DatasourceService:
-        return _opened(self._datasources, "datasources")
+        return _opened(self._datasources, "datasources are not open: the keyring is sealed")
 
     @property
     def queries(self) -> QueryService:
-        return _opened(self._queries, "queries")
+        return _opened(self._queries, "queries are not open: the keyring is sealed")
 
     @property
     def runner(self) -> Runner:
-        return _opened(self._runner, "the query runner")
+        return _opened(self._runner, "the query runner is not open: the keyring is sealed")
 
     def open_engines(self) -> Sequence[Engine]:
         """The datasource engines running now (none while sealed): for metrics."""
@@ -101,10 +102,9 @@ class Core:
         await self.audit.close()
 
 
-def _opened(service: S | None, what: str) -> S:
+def _opened(service: S | None, why: str, *, code: str = "keyring_unavailable") -> S:
     if service is None:
-        raise ServiceUnavailable(f"{what} is not open: the keyring is sealed",
-                                 code="keyring_unavailable")
+        raise ServiceUnavailable(why, code=code)
     return service
 
 
