@@ -7,10 +7,8 @@ HTTP answer (developer, viewer, JSON and NDJSON), not in a log line at DEBUG, no
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import logging
 import random
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -20,9 +18,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from appliance.logs import JSONFormatter
 from tests.conftest import PG_PASSWORD, PostgresServer
 from tests.support.app import Appliance, Client
+from tests.support.logs import captured_logs
 from tests.support.queries import (
     as_role,
     create_datasource,
@@ -50,22 +48,6 @@ def _forms(values: dict[str, Any]) -> list[str]:
     """The strings a leak would show: each canary as text."""
     return [str(values[k]) for k in ("string", "integer", "number", "date", "time",
                                      "identifier")]
-
-
-@contextlib.contextmanager
-def captured_logs() -> Iterator[io.StringIO]:
-    lines = io.StringIO()
-    handler = logging.StreamHandler(lines)
-    handler.setFormatter(JSONFormatter())
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
-        yield lines
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
 
 
 async def _ndjson(appliance: Appliance, client: Client, query_id: str,

@@ -3,12 +3,10 @@ state directory (every file, raw bytes), in any log line (DEBUG and up), or in t
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 from pathlib import Path
 
-from appliance.logs import JSONFormatter
+from tests.support.logs import captured_logs
 from tests.support.queries import (
     as_role,
     create_datasource,
@@ -26,15 +24,8 @@ async def test_no_parameter_or_result_is_retained(tmp_path: Path) -> None:
     db = sqlite_database(tmp_path / "data.sqlite", [
         "CREATE TABLE t (id INTEGER, secret TEXT)",
         f"INSERT INTO t VALUES (1, '{ROW_CANARY}')"])
-    lines = io.StringIO()
-    handler = logging.StreamHandler(lines)
-    handler.setFormatter(JSONFormatter())
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
     state = tmp_path / "state"
-    try:
+    with captured_logs() as lines:
         async with proxy(state) as appliance:
             dev = as_role(appliance, "developer")
             viewer = as_role(appliance, "viewer")
@@ -71,9 +62,6 @@ async def test_no_parameter_or_result_is_retained(tmp_path: Path) -> None:
             for row in audit:
                 for value in dict(row).values():
                     assert PARAM_CANARY not in str(value) and ROW_CANARY not in str(value)
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
     text = lines.getvalue()
     assert text.count("\n") > 10  # the log did capture the requests
     assert PARAM_CANARY not in text and ROW_CANARY not in text
