@@ -107,6 +107,8 @@ class ServerProcess:
         return self.stderr_path.read_text() if self.stderr_path else ""
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Signal the process, wait for it (killing it after `timeout`), close its stdout pipe;
+        its exit code."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
@@ -114,6 +116,9 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait(5)
+        finally:
+            if self.proc.stdout:
+                self.proc.stdout.close()
 
 
 def start_server(args: list[str], *, cwd: Path, env: dict[str, str] | None = None,
@@ -164,8 +169,6 @@ def dev_server(tmp_path: Path) -> Iterator[ServerProcess]:
         yield server
     finally:
         server.stop()
-        if server.proc.stdout:
-            server.proc.stdout.close()
 
 
 @contextlib.contextmanager

@@ -81,8 +81,6 @@ def server_with_limits(tmp_path: Path) -> Iterator[tuple[ServerProcess, int]]:
         yield server, http_port
     finally:
         server.stop()
-        if server.proc.stdout:
-            server.proc.stdout.close()
 
 
 @dataclass
@@ -232,8 +230,6 @@ def capped_server(tmp_path: Path) -> Iterator[ServerProcess]:
         yield server
     finally:
         server.stop()
-        if server.proc.stdout:
-            server.proc.stdout.close()
 
 
 def test_connections_past_the_caps_are_closed_at_accept(capped_server: ServerProcess) -> None:

@@ -359,8 +359,6 @@ class AcmeAppliance:
 
     def stop(self) -> None:
         self.server.stop()
-        if self.server.proc.stdout:
-            self.server.proc.stdout.close()
 
     def db(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         import sqlite3

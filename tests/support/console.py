@@ -88,8 +88,6 @@ def appliance(root: Path) -> Iterator[Appliance]:
         yield Appliance(server, state, f"https://127.0.0.1:{server.port}", spki_sha256(der), der)
     finally:
         server.stop()
-        if server.proc.stdout:
-            server.proc.stdout.close()
 
 
 # --- PostgreSQL with a password -------------------------------------------------------------
