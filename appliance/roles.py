@@ -1,7 +1,8 @@
 """Roles and the principal a request acts as: admin > developer > viewer.
 
-Owns the role names and their order, for every layer (settings, auth, the HTTP layer). Never
-decides which route needs which role (that is http/access).
+Owns the role names and their order, for every layer (settings, auth, the HTTP layer, and the
+console, which reads them from `GET /api/v1/roles`). Never decides which route needs which role
+(that is http/access).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from appliance.errors import BadRequest
 ADMIN = "admin"
 DEVELOPER = "developer"
 VIEWER = "viewer"
-ROLES = (ADMIN, DEVELOPER, VIEWER)
-_RANK = {VIEWER: 1, DEVELOPER: 2, ADMIN: 3}
+LOWEST_FIRST = (VIEWER, DEVELOPER, ADMIN)  # the order: each may what the ones before it may
+ROLES = tuple(reversed(LOWEST_FIRST))  # as choices are offered (CLI, settings): highest first
+_RANK = {role: place for place, role in enumerate(LOWEST_FIRST, start=1)}
 
 
 def rank(role: str) -> int:
@@ -29,6 +31,11 @@ def at_least(role: str, needed: str) -> bool:
 
 def lower(a: str, b: str) -> str:
     return a if rank(a) <= rank(b) else b
+
+
+def describe() -> dict[str, list[str]]:
+    """The roles as data, lowest first, for the API and the console (which spells none)."""
+    return {"roles": list(LOWEST_FIRST)}
 
 
 def check_role(value: object) -> str:

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
 from appliance.datasources.config import check_config, check_secrets, required_secret
 from appliance.datasources.destination import binding, changed_keys
-from appliance.kinds import Kind, all_kinds, kind_named, register
+from appliance.kinds import Field, Kind, all_kinds, kind_named, register
+from appliance.kinds.registry import check_declaration
 from appliance.kinds.schema import InvalidDatasource
 from tests.conftest import ROOT
 
@@ -97,6 +99,60 @@ def test_the_description_is_data_the_console_can_draw() -> None:
     assert kinds["sqlite"]["secrets"] == []
     pg = {field["name"]: field for field in kinds["postgres"]["fields"]}
     assert [c["value"] for c in pg["tls"]["choices"]] == ["verify-full", "require", "disable"]
+
+
+def test_each_kind_says_where_it_points_and_what_its_body_is() -> None:
+    """The console's list and query editor read these instead of testing a kind's name."""
+    kinds = {kind.name: kind.describe() for kind in all_kinds()}
+    assert {name: (kind["where"], kind["body"]) for name, kind in kinds.items()} == {
+        "postgres": ("{host}:{port}/{database}", "sql"),
+        "mongodb": ("{host}:{port}/{database}", "json"),
+        "rest": ("{base_url}", "json"),
+        "sqlite": ("{path}", "sql"),
+    }
+
+
+def _kind(where: object = "{host}", body: object = "sql") -> type[Kind]:
+    """A kind as a newcomer might declare it (never registered: the registry stays as it is)."""
+
+    class Warehouse(Kind):
+        name = "warehouse"
+        title = "Warehouse"
+        fields = (Field("host", "Host"), Field("shard", "Shard", type="integer", default=1))
+
+        def compile(self, body: object, parameters: object) -> Any:
+            raise NotImplementedError
+
+        def make_engine(self, target: object, dialer: object, state_dir: object) -> Any:
+            raise NotImplementedError
+
+    Warehouse.where = where  # type: ignore[assignment]  # bad values are this test's point
+    Warehouse.body = body  # type: ignore[assignment]  # bad values are this test's point
+    return Warehouse
+
+
+def test_a_new_kind_declares_where_and_body_and_the_api_shows_them() -> None:
+    warehouse = _kind("{host} (shard {shard})", "json")
+    check_declaration(warehouse)  # does not raise
+    described = warehouse().describe()
+    assert (described["where"], described["body"]) == ("{host} (shard {shard})", "json")
+
+
+@pytest.mark.parametrize(("where", "body", "message"), [
+    ("{host}", "yaml", "body must be one of sql, json"),
+    ("{host}", None, "body must be one of sql, json"),
+    ("", "sql", "where must name its config keys"),
+    (None, "sql", "where must name its config keys"),
+    ("{hostname}", "sql", r"\{hostname\} is not one of its config keys \(host, shard\)"),
+    ("{host!r}", "sql", "is not one of its config keys"),
+    ("{shard:>5}", "sql", "is not one of its config keys"),
+    ("{host", "sql", "where '{host'"),
+])
+def test_a_kind_whose_where_or_body_the_console_cannot_use_is_refused(
+        where: object, body: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        register(_kind(where, body))
+    assert kind_named("warehouse") is None
 
 
 def test_no_driver_is_imported_until_an_engine_is_made() -> None:

@@ -37,6 +37,13 @@ def test_openapi_lists_the_public_interface_with_roles(dev_server: ServerProcess
     assert paths["/api/v1/queries/{id}/run"]["post"]["x-required-role"] == "viewer"
     assert paths["/api/v1/egress"]["put"]["x-required-role"] == "admin"
     assert "requestBody" in paths["/api/v1/datasources"]["post"]
+    # The descriptions the console draws from say what they answer.
+    ok = paths["/api/v1/roles"]["get"]["responses"]["2XX"]["content"]["application/json"]
+    assert "lowest first" in ok["schema"]["properties"]["roles"]["description"]
+    ok = paths["/api/v1/kinds"]["get"]["responses"]["2XX"]["content"]["application/json"]
+    kind = ok["schema"]["properties"]["kinds"]["items"]
+    assert {"where", "body"} <= set(kind["required"])
+    assert kind["properties"]["body"]["enum"] == ["sql", "json"]
 
 
 def test_the_error_schema_documents_field_line_and_column(dev_server: ServerProcess) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from appliance import roles
 from appliance.http import access
 from appliance.http.access import UndeclaredRoute
 from appliance.http.app import build_app
@@ -46,6 +47,7 @@ EXPECTED = {
     ("GET", "/api/v1/keys"): "admin",
     ("GET", "/api/v1/openapi.json"): "public",
     ("GET", "/api/v1/kinds"): "developer",
+    ("GET", "/api/v1/roles"): "viewer",
 }
 
 
@@ -125,6 +127,20 @@ async def test_cookie_sessions_get_the_same_answers(tmp_path: Path) -> None:
         await admin.login("admin")
         assert (await admin.request("GET", "/api/v1/audit")).status == 200
         assert (await admin.request("GET", "/api/v1/audit/verify")).body["ok"] is True
+
+
+async def test_the_roles_are_served_lowest_first_even_before_2fa_is_set_up(tmp_path: Path) -> None:
+    """The console spells no role: it reads the names and their order here, also on the page
+    where an admin who must enrol first lands (the only page such a session may open)."""
+    async with running(tmp_path / "state", require_2fa="admin") as appliance:
+        admin = appliance.client()
+        assert (await admin.login("admin")).body["2fa_enrolment_required"] is True
+        resp = await admin.request("GET", "/api/v1/roles")
+        assert resp.status == 200, resp.body
+        assert resp.body == {"roles": list(roles.LOWEST_FIRST)} == {
+            "roles": ["viewer", "developer", "admin"]}
+        assert [roles.rank(role) for role in resp.body["roles"]] == [1, 2, 3]
+        assert (await appliance.client().request("GET", "/api/v1/roles")).status == 401
 
 
 def test_a_route_declares_its_role_once(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from appliance.http import (
     middleware,
     openapi,
     query_routes,
+    role_routes,
     tls_routes,
 )
 from appliance.http.app_keys import CORE, SETTINGS
@@ -48,6 +49,7 @@ def build_app(settings: Settings, tls: TLSManager) -> web.Application:
     app.cleanup_ctx.append(core_lifecycle)
     health.add_routes(app)
     auth_routes.add_routes(app)
+    role_routes.add_routes(app)  # GET /api/v1/roles, read from appliance.roles
     datasource_routes.add_routes(app)
     kind_routes.add_routes(app)  # GET /api/v1/kinds, read from the kinds registry
     query_routes.add_routes(app)

@@ -1,5 +1,6 @@
 """HTTP route describing the datasource kinds (developers and admins): each kind's title, config
-fields and secret fields, read from the kinds registry, for the console's datasource forms.
+fields and secret fields, where a datasource of it points (`where`) and what a query's body is
+(`body`), read from the kinds registry, for the console's datasource forms, list and query editor.
 
 Thin and read-only: never a value of any datasource, never a secret (secret fields are names).
 """
@@ -22,7 +23,7 @@ def describe() -> dict[str, Any]:
 
 @access.developer
 async def list_kinds(request: web.Request) -> web.Response:
-    """The datasource kinds: config fields (with `when` conditions) and secret fields."""
+    """The datasource kinds: config fields (with `when` conditions), secret fields, where, body."""
     return web.json_response(request.app[_KINDS])
 
 

@@ -15,7 +15,7 @@ from aiohttp import web
 from appliance import __version__
 from appliance.datasources.config import LIMIT_DEFAULTS
 from appliance.http import access
-from appliance.kinds import Kind, all_kinds
+from appliance.kinds import BODY_LANGUAGES, Kind, all_kinds
 
 _ERROR = {
     "type": "object",
@@ -157,6 +157,35 @@ REQUEST_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     },
 }
 
+# Answers of the read-only descriptions the console draws from, by (method, path).
+RESPONSE_BODIES: dict[tuple[str, str], dict[str, Any]] = {
+    ("GET", "/api/v1/roles"): {
+        "type": "object",
+        "required": ["roles"],
+        "properties": {"roles": {"type": "array", "items": _STR,
+                                 "description": "the role names, lowest first: each role may "
+                                                "what the roles before it may"}},
+    },
+    ("GET", "/api/v1/kinds"): {
+        "type": "object",
+        "required": ["kinds"],
+        "properties": {"kinds": {"type": "array", "description": "in the order offered", "items": {
+            "type": "object",
+            "required": ["name", "title", "where", "body", "fields", "secrets"],
+            "properties": {
+                "name": _STR, "title": _STR,
+                "where": {"type": "string", "description": "where a datasource points, as a "
+                          "format over its config keys: {key} stands for config[key] "
+                          "(nothing when absent), e.g. {host}:{port}/{database}"},
+                "body": {"enum": list(BODY_LANGUAGES), "description": "a query's body: SQL text, "
+                         "or a JSON value"},
+                "fields": {"type": "array", "items": {"type": "object"}},
+                "secrets": {"type": "array", "items": {"type": "object"}},
+            },
+        }}},
+    },
+}
+
 _RUN_RESULT = {
     "type": "object",
     "properties": {
@@ -208,6 +237,9 @@ def build_spec(app: web.Application) -> dict[str, Any]:
                 "application/x-ndjson": {"schema": {
                     "description": "a header line {columns}, then one JSON array per row"}},
             }
+        answer = RESPONSE_BODIES.get((method, path))
+        if answer is not None:
+            ok["content"] = {"application/json": {"schema": answer}}
         operation["responses"]["2XX"] = ok
         paths.setdefault(path, {})[method.lower()] = operation
     return {

@@ -5,10 +5,18 @@ Owns importing every kind so that each registers itself (in this order: the orde
 them). Never imports a driver: each kind loads its engine only when one is made.
 """
 
-from appliance.kinds.registry import Kind, Template, all_kinds, kind_named, register
+from appliance.kinds.registry import (
+    BODY_LANGUAGES,
+    Kind,
+    Template,
+    all_kinds,
+    kind_named,
+    register,
+)
 from appliance.kinds.schema import Field, SecretField
 
 # Registration happens on import; the order is the order of `all_kinds()`.
 from appliance.kinds import postgres, mongodb, rest, sqlite  # noqa: F401  isort: skip
 
-__all__ = ["Field", "Kind", "SecretField", "Template", "all_kinds", "kind_named", "register"]
+__all__ = ["BODY_LANGUAGES", "Field", "Kind", "SecretField", "Template", "all_kinds", "kind_named",
+           "register"]

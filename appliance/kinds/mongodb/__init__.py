@@ -26,6 +26,8 @@ class MongoDB(Kind):
     title = "MongoDB"
     fields = config.FIELDS
     secrets = config.SECRETS
+    where = "{host}:{port}/{database}"
+    body = "json"
 
     def compile(self, body: Any, parameters: ParameterSet) -> MongoTemplate:
         return compile_mongo(body, parameters)

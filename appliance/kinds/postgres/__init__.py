@@ -26,6 +26,8 @@ class Postgres(Kind):
     title = "PostgreSQL"
     fields = config.FIELDS
     secrets = config.SECRETS
+    where = "{host}:{port}/{database}"
+    body = "sql"
 
     def compile(self, body: Any, parameters: ParameterSet) -> SqlTemplate:
         return compile_sql(body, "postgres", parameters)

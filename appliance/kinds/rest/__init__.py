@@ -25,6 +25,8 @@ class Rest(Kind):
     title = "REST API"
     fields = config.FIELDS
     secrets = config.SECRETS
+    where = "{base_url}"
+    body = "json"
 
     def compile(self, body: Any, parameters: ParameterSet) -> RestTemplate:
         return compile_rest(body, parameters)

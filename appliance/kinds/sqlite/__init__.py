@@ -25,6 +25,8 @@ class SQLite(Kind):
     name = "sqlite"
     title = "SQLite file"
     fields = config.FIELDS
+    where = "{path}"
+    body = "sql"
 
     def compile(self, body: Any, parameters: ParameterSet) -> SqlTemplate:
         return compile_sql(body, "sqlite", parameters)
