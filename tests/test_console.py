@@ -673,3 +673,145 @@ def test_errors_land_on_the_input_their_field_names_never_by_their_words(
         clean(recorder)
     finally:
         context.close()
+
+
+# --- the console spells no role and tests no kind by name: it reads the server's registries ---
+
+ADA_PASSWORD = "ada-admin-password-0123"
+
+
+def answer_changed(page: Any, path: str, change: Any) -> None:
+    """The page gets the server's own answer to `path` passed through `change` (routes run newest
+    first: this one before the Recorder's)."""
+    def handle(route: Any) -> None:
+        response = route.fetch()
+        route.fulfill(response=response, json=change(response.json()))
+
+    page.route(f"**{path}", handle)
+
+
+def enrolled_admin(world: World) -> str:
+    """An admin (ada) who set up 2FA through the API: the TOTP secret."""
+    add_user(world.app, world.root, "ada", "admin", ADA_PASSWORD)
+    client = ApiClient(world.app)
+    client.login("ada", ADA_PASSWORD)
+    status, begun = client.call("POST", "/api/v1/users/me/2fa")
+    assert status == 201, begun
+    secret = re.search(r"secret=([A-Z2-7]+)", begun["otpauth_uri"]).group(1)  # type: ignore[union-attr]  # asserted by the call
+    status, done = client.call("POST", "/api/v1/users/me/2fa/confirm",
+                               {"code": pyotp.TOTP(secret).now()})
+    assert status == 200, done
+    return secret
+
+
+def test_the_role_lists_are_the_servers(world: World) -> None:
+    app = world.app
+    secret = enrolled_admin(world)
+    context, page, recorder = new_page(world)
+    try:
+        # As the server names them, lowest first.
+        login(page, app.url, "ada", ADA_PASSWORD)
+        # The next step's code: the enrolment used this step's, and no code works twice.
+        page.get_by_label("Authentication code").fill(pyotp.TOTP(secret).at(time.time() + 30))
+        page.get_by_role("button", name="Verify").click()
+        page.get_by_role("heading", name="Queries").wait_for()
+        page.goto(f"{app.url}/#/users")
+        page.get_by_role("heading", name="Add a user").wait_for()
+        new_role = page.locator("#new-user select[name='role']")
+        assert new_role.locator("option").all_inner_texts() == ["viewer", "developer", "admin"]
+        assert new_role.input_value() == "viewer"
+
+        # A role only the server knows (as after an upgrade): every list shows it, in its place,
+        # and the navigation ranks by the server's order.
+        answer_changed(page, "/api/v1/roles",
+                       lambda body: {"roles": ["guest", *body["roles"][:1], "auditor",
+                                               *body["roles"][1:]]})
+        page.reload()
+        page.get_by_role("heading", name="Add a user").wait_for()
+        wanted = ["guest", "viewer", "auditor", "developer", "admin"]
+        assert new_role.locator("option").all_inner_texts() == wanted
+        assert new_role.input_value() == "guest"  # the least, as the server orders them
+        assert page.get_by_label("Role of dev").locator("option").all_inner_texts() == wanted
+        assert page.get_by_label("Role of dev").input_value() == "developer"
+        page.goto(f"{app.url}/#/account")
+        page.get_by_role("button", name="Create token").wait_for()
+        token_role = page.locator(".inline-form select[name='role']")
+        assert token_role.locator("option").all_inner_texts() == wanted  # up to mine: admin
+        assert page.locator("#nav a").all_inner_texts()[-3:] == ["Users", "Keys", "My account"]
+        clean(recorder)
+    finally:
+        context.close()
+
+    context, page, recorder = new_page(world)
+    try:
+        answer_changed(page, "/api/v1/roles",
+                       lambda body: {"roles": ["viewer", "auditor", "developer", "admin"]})
+        login(page, app.url, "dev", DEVELOPER_PASSWORD)
+        page.get_by_role("heading", name="Queries").wait_for()
+        assert page.locator("#nav a").all_inner_texts() == ["Queries", "Datasources", "My account"]
+        page.goto(f"{app.url}/#/account")
+        page.get_by_role("button", name="Create token").wait_for()
+        assert page.locator(".inline-form select[name='role'] option").all_inner_texts() == [
+            "viewer", "auditor", "developer"]
+        # The order is the server's: with developer ranked above admin, the admin pages open
+        # (the server still refuses their calls: it decides, the console only offers).
+        answer_changed(page, "/api/v1/roles",
+                       lambda body: {"roles": ["viewer", "admin", "developer"]})
+        page.reload()
+        page.get_by_role("heading", name="My account").wait_for()
+        assert "Users" in page.locator("#nav a").all_inner_texts()
+        # A role the server does not name is never enough: no page is offered.
+        answer_changed(page, "/api/v1/roles", lambda body: {"roles": ["viewer", "admin"]})
+        page.reload()
+        page.get_by_role("heading", name="Queries").wait_for()
+        assert page.locator("#nav a").all_inner_texts() == []
+        clean(recorder)
+    finally:
+        context.close()
+
+
+def test_where_a_datasource_points_and_what_a_body_is_are_each_kinds_declaration(
+        world: World, seeded: dict[str, str]) -> None:
+    app = world.app
+    context, page, recorder = new_page(world)
+    try:
+        login(page, app.url, "dev", DEVELOPER_PASSWORD)
+        page.get_by_role("heading", name="Queries").wait_for()
+        page.goto(f"{app.url}/#/datasources")
+        row = page.locator("table.datasources tr", has_text="Seeded warehouse")
+        assert row.locator("td[data-label='Where']").inner_text() == \
+            f"127.0.0.1:{world.pg.port}/postgres"
+
+        # The kinds as another server might declare them: PostgreSQL shown by its user and a
+        # body in JSON, the kinds in another order (the first is the new form's default).
+        def changed(body: dict[str, Any]) -> dict[str, Any]:
+            kinds = list(reversed(body["kinds"]))
+            for kind in kinds:
+                if kind["name"] == "postgres":
+                    kind.update(where="{user} at {host} ({database}, {missing})", body="json")
+            return {"kinds": kinds}
+
+        answer_changed(page, "/api/v1/kinds", changed)
+        page.reload()
+        assert row.locator("td[data-label='Where']").inner_text() == \
+            "postgres at 127.0.0.1 (postgres, )"
+        page.goto(f"{app.url}/#/datasources/new")
+        assert page.get_by_label("Kind").input_value() == "sqlite"
+        assert page.get_by_label("Kind").locator("option").all_inner_texts() == [
+            "SQLite file", "REST API", "MongoDB", "PostgreSQL"]
+
+        page.goto(f"{app.url}/#/queries/new")
+        assert page.locator("[data-field='body'] .help").inner_text().endswith(
+            "; for REST API, MongoDB and PostgreSQL, a JSON object.")
+        page.get_by_label("Name", exact=True).fill("Body by declaration")
+        page.get_by_label("Datasource").select_option(label="Seeded warehouse (postgres)")
+        page.get_by_label("Body").fill("SELECT 1")
+        sent = len(recorder.responses)
+        page.get_by_role("button", name="Create query").click()
+        error = page.locator("[data-field='body'] .field-error")
+        error.wait_for()
+        assert "the body is not valid JSON" in error.inner_text()
+        assert not [url for url, _, _ in recorder.responses[sent:] if url.endswith("/api/v1/queries")]
+        clean(recorder)
+    finally:
+        context.close()

@@ -13,7 +13,8 @@ import {renderQueries} from './pages/queries.js';
 import {renderTls} from './pages/tls.js';
 import {renderUsers} from './pages/users.js';
 
-const RANK = {viewer: 1, developer: 2, admin: 3};
+// Each page names the least role that may open it; the roles and their order come from the server
+// (GET /api/v1/roles, lowest first: appliance/roles.py), which also decides what each may do.
 const PAGES = [
   {path: 'queries', title: 'Queries', role: 'viewer', render: renderQueries},
   {path: 'datasources', title: 'Datasources', role: 'developer', render: renderDatasources},
@@ -25,7 +26,7 @@ const PAGES = [
   {path: 'account', title: 'My account', role: 'viewer', render: renderAccount},
 ];
 
-let session = null; // {username, role, enrolment}
+let session = null; // {username, role, enrolment, roles (every role's name, lowest first)}
 
 const main = () => document.getElementById('main');
 
@@ -33,8 +34,14 @@ export function status(message) {
   document.getElementById('status').textContent = message || '';
 }
 
+// As the server's `at_least`: a role the server did not name is never enough, nor ever needed.
+function atLeast(role, needed) {
+  const rank = (name) => session.roles.indexOf(name) + 1;
+  return rank(needed) > 0 && rank(role) >= rank(needed);
+}
+
 function allowed(page) {
-  return session && RANK[session.role] >= RANK[page.role];
+  return Boolean(session) && atLeast(session.role, page.role);
 }
 
 export function navigate(path) {
@@ -90,8 +97,8 @@ function defaultPage() {
 
 async function loadSession() {
   try {
-    const who = await api.get('/api/v1/session');
-    session = {username: who.username, role: who.role, enrolment: Boolean(who['2fa_enrolment_required'])};
+    const [who, {roles}] = await Promise.all([api.get('/api/v1/session'), api.get('/api/v1/roles')]);
+    session = {username: who.username, role: who.role, enrolment: Boolean(who['2fa_enrolment_required']), roles};
   } catch {
     session = null;
   }
@@ -117,13 +124,13 @@ async function route() {
   closeMenu();
   try {
     await page.render({
-      main: view, session, args: parts.slice(1), navigate, status,
+      main: view, session, roles: session.roles, args: parts.slice(1), navigate, status,
       refreshSession: async (then) => {
         await loadSession();
         if (then && session) navigate(then);
         else route();
       },
-      atLeast: (role) => RANK[session.role] >= RANK[role],
+      atLeast: (role) => atLeast(session.role, role),
     });
   } catch (error) {
     if (error && error.name === 'AbortError') return;

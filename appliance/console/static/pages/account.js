@@ -2,7 +2,6 @@
 
 import * as api from '../api.js';
 import {alertBox, busy, button, clearErrors, field, h, inputError, section, setAlert, showError, table, valueOf, when} from '../dom.js';
-import {ROLES} from '../roles.js';
 
 
 export async function renderAccount(ctx) {
@@ -135,8 +134,9 @@ async function tokens(ctx, me) {
     }));
   };
   const name = field({name: 'name', label: 'Name', required: true, help: 'What the token is for, e.g. "nightly export".'});
+  // A token's role is at most its owner's: the server's roles up to mine (they come lowest first).
   const role = field({name: 'role', label: 'Role', type: 'select', value: me.role,
-    options: ROLES.slice(0, ROLES.indexOf(me.role) + 1)});
+    options: ctx.roles.slice(0, ctx.roles.indexOf(me.role) + 1)});
   const days = field({name: 'expires_days', label: 'Expires after (days)', type: 'number', min: 1, step: 1, value: '90',
     help: 'Leave empty for a token that does not expire.'});
   const submit = h('button', {type: 'submit'}, 'Create token');

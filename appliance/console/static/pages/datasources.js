@@ -7,8 +7,9 @@ import * as api from '../api.js';
 import {alertBox, busy, button, clearErrors, confirmButton, field, h, section, setAlert, showError, table, valueOf, when} from '../dom.js';
 
 // Each kind's form, as the server declares it (GET /api/v1/kinds: the kinds registry), fetched
-// once per page load. A field or secret with `when` ({"auth": "basic"}) is shown only while the
-// form's other fields hold those values.
+// once per page load, in the server's order. A field or secret with `when` ({"auth": "basic"}) is
+// shown only while the form's other fields hold those values. `where` ("{host}:{port}") says how
+// the list shows where a datasource points; `body` ("sql" or "json") what a query's body is.
 const INPUT_TYPES = {integer: 'number', boolean: 'checkbox', choice: 'select', url: 'url'};
 let kindsLoading = null;
 
@@ -32,7 +33,7 @@ function formOf(kind) {
   // The keys other fields or secrets depend on: a change of one redraws the form.
   const redraws = new Set([...kind.fields, ...kind.secrets].flatMap((x) => Object.keys(x.when || {})));
   return {
-    title: kind.title, fields, redraws,
+    title: kind.title, fields, redraws, where: kind.where, body: kind.body,
     secrets: (config) => kind.secrets.filter((x) => holds(x.when, config)).map((x) => [x.name, x.label]),
   };
 }
@@ -64,17 +65,17 @@ async function list(ctx, kinds) {
   main.append(table(['Name', 'Kind', 'Where', 'Secrets', 'Updated'], data.datasources.map((ds) => [
     h('a', {href: `#/datasources/${encodeURIComponent(ds.id)}`, class: 'ds-name'}, ds.name),
     (kinds[ds.kind] || {title: ds.kind}).title,
-    where(ds),
+    where(kinds[ds.kind], ds.config || {}),
     Object.entries(ds.secrets || {}).map(([k, v]) => `${k}: ${v.set ? 'set' : 'not set'}`).join(', ') || '—',
     when(ds.updated_at),
   ]), {label: 'Datasources', class: 'datasources'}));
 }
 
-function where(ds) {
-  const c = ds.config || {};
-  if (ds.kind === 'rest') return c.base_url || '';
-  if (ds.kind === 'sqlite') return c.path || '';
-  return `${c.host || ''}:${c.port || ''}/${c.database || ''}`;
+// Where a datasource points: its kind's `where` with each {key} replaced by that config value
+// (nothing when absent). Text only: the table sets it as a text node.
+function where(kind, config) {
+  if (!kind) return '';
+  return kind.where.replace(/\{(\w+)\}/g, (_, key) => String(config[key] ?? ''));
 }
 
 // A write-only secret: on create an empty input; on edit "set"/"not set" and a Replace button.
@@ -142,7 +143,7 @@ function editor(ctx, kinds, ds) {
   const alert = alertBox();
   const name = field({name: 'name', label: 'Name', required: true, value: ds ? ds.name : '',
     help: 'Letters, digits, space, _ . - (up to 100).'});
-  const kind = field({name: 'kind', label: 'Kind', type: 'select', value: ds ? ds.kind : 'postgres', disabled: !creating,
+  const kind = field({name: 'kind', label: 'Kind', type: 'select', value: ds ? ds.kind : Object.keys(kinds)[0], disabled: !creating,
     options: Object.entries(kinds).map(([k, v]) => [k, v.title])});
   const config = {...(ds ? ds.config : {})};
   const kindArea = h('div', {class: 'kind-fields'});

@@ -4,6 +4,7 @@
 
 import * as api from '../api.js';
 import {alertBox, busy, button, clearErrors, confirmButton, field, h, inputError, section, setAlert, showError, table, uid, valueOf} from '../dom.js';
+import {loadKinds} from './datasources.js';
 
 const SCALARS = ['string', 'integer', 'number', 'boolean', 'date', 'datetime'];
 const TYPES = [...SCALARS, 'json', 'identifier', ...SCALARS.map((t) => `array<${t}>`)];
@@ -12,10 +13,10 @@ const MAX_SHOWN_ROWS = 10000;
 export async function renderQueries(ctx) {
   const [id] = ctx.args;
   const developer = ctx.atLeast('developer');
-  if (id === 'new' && developer) return editor(ctx, null);
+  if (id === 'new' && developer) return editor(ctx, await loadKinds(), null);
   if (id) {
     const query = await api.get(`/api/v1/queries/${api.enc(id)}`);
-    if (developer) return editor(ctx, query);
+    if (developer) return editor(ctx, await loadKinds(), query);
     ctx.main.append(h('p', {class: 'crumbs'}, h('a', {href: '#/queries'}, 'Queries'), ' / '), h('h1', {tabindex: '-1'}, query.name));
     ctx.main.append(runPanel(query));
     return undefined;
@@ -48,7 +49,9 @@ async function list(ctx, developer) {
 
 // --- the editor -------------------------------------------------------------------------------
 
-function editor(ctx, query) {
+// `kinds`: the datasource kinds as the server declares them (loadKinds): whether a body is SQL
+// text or JSON is the kind's `body`, never a test of its name.
+function editor(ctx, kinds, query) {
   const {main, navigate} = ctx;
   const creating = !query;
   main.append(h('p', {class: 'crumbs'}, h('a', {href: '#/queries'}, 'Queries'), ' / '),
@@ -60,7 +63,7 @@ function editor(ctx, query) {
   const body = field({
     name: 'body', label: 'Body', type: 'textarea', rows: 10, spellcheck: 'false', wrap: 'off', class: 'code',
     value: query ? (typeof query.body === 'string' ? query.body : JSON.stringify(query.body, null, 2)) : '',
-    help: 'SQL with {{ name }} bindings (each is a prepared-statement parameter); for REST and MongoDB, a JSON object.',
+    help: bodyHelp(kinds),
   });
   const caret = h('p', {class: 'caret-pos muted', 'aria-live': 'off'}, 'Line 1, column 1');
   const excerpt = h('pre', {class: 'error-excerpt', hidden: true, 'aria-hidden': 'true'});
@@ -103,9 +106,9 @@ function editor(ctx, query) {
     clearErrors(form);
     excerpt.hidden = true;
     const selected = datasource.input.selectedOptions[0];
-    const kind = selected ? selected.dataset.kind : undefined;
+    const kind = selected ? kinds[selected.dataset.kind] : undefined;
     let bodyValue = body.input.value;
-    if (kind === 'rest' || kind === 'mongodb') {
+    if (kind && kind.body === 'json') {
       try {
         bodyValue = JSON.parse(bodyValue);
       } catch (error) {
@@ -145,6 +148,14 @@ function editor(ctx, query) {
     main.append(deleteSection(query, navigate));
   }
   name.input.focus();
+}
+
+// What a body is, by the kinds' `body`: SQL text, or a JSON object for the kinds named.
+function bodyHelp(kinds) {
+  const json = Object.values(kinds).filter((k) => k.body === 'json').map((k) => k.title);
+  const named = json.length > 1 ? `${json.slice(0, -1).join(', ')} and ${json[json.length - 1]}` : json[0];
+  return 'SQL with {{ name }} bindings (each is a prepared-statement parameter)'
+    + (named ? `; for ${named}, a JSON object.` : '.');
 }
 
 function lineColumn(text, offset) {

@@ -3,7 +3,6 @@
 import * as api from '../api.js';
 import {alertBox, busy, button, clearErrors, confirmButton, field, h, section, setAlert, showError, table, valueOf, when} from '../dom.js';
 import {tokenTable} from './account.js';
-import {ROLES} from '../roles.js';
 
 
 export async function renderUsers(ctx) {
@@ -15,17 +14,18 @@ export async function renderUsers(ctx) {
   const load = async () => {
     const data = await api.get('/api/v1/users');
     list.replaceChildren(table(['User', 'Role', 'Two-factor', 'State', 'Created', ''], data.users.map((user) => [
-      user.username, roleSelect(user, alert, load), user.totp_enabled ? 'on' : 'off',
+      user.username, roleSelect(ctx.roles, user, alert, load), user.totp_enabled ? 'on' : 'off',
       user.disabled ? 'disabled' : 'active', when(user.created_at), actions(user, alert, load, detail),
     ]), {label: 'Users', class: 'users'}));
   };
-  main.append(section('All users', alert, list), detail, createForm(load));
+  main.append(section('All users', alert, list), detail, createForm(ctx.roles, load));
   await load();
 }
 
-function roleSelect(user, alert, reload) {
+// `roles`: the server's role names, lowest first (GET /api/v1/roles).
+function roleSelect(roles, user, alert, reload) {
   const select = h('select', {'aria-label': `Role of ${user.username}`, name: 'role'},
-    ROLES.map((r) => h('option', {value: r, selected: r === user.role}, r)));
+    roles.map((r) => h('option', {value: r, selected: r === user.role}, r)));
   select.addEventListener('change', async () => {
     setAlert(alert, '');
     try {
@@ -86,10 +86,10 @@ async function showTokens(user, detail) {
   detail.querySelector('h2').focus();
 }
 
-function createForm(reload) {
+function createForm(roles, reload) {
   const alert = alertBox();
   const username = field({name: 'username', label: 'Username', required: true});
-  const role = field({name: 'role', label: 'Role', type: 'select', options: ROLES, value: 'viewer'});
+  const role = field({name: 'role', label: 'Role', type: 'select', options: roles, value: roles[0]});  // the least
   const password = field({name: 'password', label: 'Initial password', type: 'password', required: true, autocomplete: 'new-password',
     help: 'Give it to the user out of band; they can change it under My account.'});
   const submit = h('button', {type: 'submit', class: 'primary'}, 'Add user');
