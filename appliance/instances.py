@@ -32,6 +32,7 @@ log = logging.getLogger("appliance.instances")
 ALIVE_BEATS = 3
 ALIVE_SLACK = 2.0
 PRUNE_AFTER = 86400.0
+REMOVE_WITHIN = 5.0  # seconds a clean stop waits to delete its row (else the row ages out)
 
 _COLUMNS = ("id, version, schema_version, hostname, address, http_address, pid, beat_interval, "
             "started_at, last_seen")
@@ -147,9 +148,9 @@ class Heartbeat:
     async def remove(self) -> None:
         """Delete this instance's row (a clean stop); a failure is logged, never raised."""
         try:
-            async with self._store.transaction() as tx:
+            async with asyncio.timeout(REMOVE_WITHIN), self._store.transaction() as tx:
                 await tx.execute("DELETE FROM instances WHERE id = ?", (self.id,))
-        except Exception as exc:
+        except Exception as exc:  # TimeoutError too: a stop never hangs on a store that does
             reason = exc.message if isinstance(exc, ApplianceError) else type(exc).__name__
             log.warning("instance heartbeat not removed; it ages out",
                         extra={"instance": self.id, "error": reason})

@@ -76,6 +76,11 @@ class SharedStore:
                                                 isolation_level=None)) as conn:
             conn.execute(sql)
 
+    def instance_ids(self) -> list[str]:
+        """The ids in the store's `instances` table, read from outside."""
+        with contextlib.closing(sqlite3.connect(self.state / "appliance.db")) as conn:
+            return [row[0] for row in conn.execute("SELECT id FROM instances")]
+
 
 @pytest.fixture(params=["sqlite"])
 def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> SharedStore:
@@ -129,7 +134,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 def doctor(store: SharedStore, listen: str) -> tuple[int, list[str]]:
     result = run_cli("doctor", "--state-dir", str(store.state),
-                     env=clean_env(APPLIANCE_SERVER_LISTEN=listen))
+                     env=store.instance_env(APPLIANCE_SERVER_LISTEN=listen))
     assert "Traceback" not in result.stderr, result.stderr
     return result.returncode, result.stdout.strip().splitlines()
 
@@ -180,14 +185,9 @@ def test_two_instances_on_one_store_both_appear_and_a_clean_stop_removes_one(
         assert set(by_id(listed(a, shared_store))) == {a_id}
         code, lines = doctor(shared_store, f"127.0.0.1:{port}")
         assert code == 0 and "1 alive" in line_of(lines, "instances"), lines
-    assert store_rows(shared_store) == []  # and A's too, when it stops
+    assert shared_store.instance_ids() == []  # and A's too, when it stops
     code, lines = doctor(shared_store, f"127.0.0.1:{port}")
     assert "none alive" in line_of(lines, "instances"), lines
-
-
-def store_rows(store: SharedStore) -> list[str]:
-    with contextlib.closing(sqlite3.connect(store.state / "appliance.db")) as conn:
-        return [row[0] for row in conn.execute("SELECT id FROM instances")]
 
 
 def test_a_sigkilled_instance_ages_out_as_not_alive(shared_store: SharedStore) -> None:
