@@ -22,6 +22,7 @@ from appliance.datasources.engine import Engine
 from appliance.egress import Dialer, PolicyHolder
 from appliance.egress.runtime import RuntimeEgress
 from appliance.errors import ServiceUnavailable, StoreError
+from appliance.instances import Heartbeat, beating
 from appliance.keyring import DEFAULT_TUNING, KdfTuning, SecretVault, open_vault
 from appliance.keyring.watch import POLL_SECONDS, watch
 from appliance.queries import QueryService, Runner
@@ -51,6 +52,7 @@ class Core:
         self._datasources: DatasourceService | None = None
         self._queries: QueryService | None = None
         self._runner: Runner | None = None
+        self._heartbeat: Heartbeat | None = None
         self._unsealing = asyncio.Lock()
 
     async def unseal(self) -> SecretVault:
@@ -73,6 +75,12 @@ class Core:
     def tls(self) -> TLSManager:
         """The certificates of a serving process (CLI verbs have none)."""
         return _opened(self._tls, "TLS is not open in this process (only `serve` has it)",
+                       code="unavailable")
+
+    @property
+    def heartbeat(self) -> Heartbeat:
+        """This process's heartbeat in the store (only `serve` has one)."""
+        return _opened(self._heartbeat, "this process records no heartbeat (only `serve` does)",
                        code="unavailable")
 
     @property
@@ -115,9 +123,10 @@ async def open_core(settings: Settings, *, unseal: bool = True, tls: TLSManager 
     """The core over the state directory's store, in this order: store (migrated), audit, auth,
     egress (with its stored policy), then, with `unseal`, the keyring, datasources (secrets
     sealed before bindings bound once), queries and runner. `serving` adds what only a server
-    runs: the keyring watch (rotations by other processes) and, with `tls`, ACME and the
-    certificate's maintenance. `must_exist`: refuse to create a store (read-only verbs).
-    Everything is closed in reverse order, also on an error while opening."""
+    runs: the instance heartbeat (`appliance.instances`), the keyring watch (rotations by other
+    processes) and, with `tls`, ACME and the certificate's maintenance. `must_exist`: refuse to
+    create a store (read-only verbs). Everything is closed in reverse order, also on an error
+    while opening."""
     state = settings.server.state_dir.absolute()
     path = state / state_dir.STORE_FILE
     if must_exist and not path.exists():
@@ -134,6 +143,11 @@ async def open_core(settings: Settings, *, unseal: bool = True, tls: TLSManager 
                                             "active_version": vault.active_version,
                                             "source": vault.secret_source})
         if serving:
+            server = settings.server
+            core._heartbeat = await stack.enter_async_context(beating(Heartbeat(
+                store, address=str(server.listen),
+                http_address=str(server.http_listen) if server.http_listen else None,
+                interval=server.heartbeat_interval)))
             if unseal:
                 await stack.enter_async_context(_background(
                     lambda: watch(core.vault, POLL_SECONDS), "keyring-watch"))

@@ -58,6 +58,7 @@ class ServerSettings:
     keepalive_timeout: float = 30.0
     max_connections: int = 2000
     max_connections_per_address: int = 100
+    heartbeat_interval: float = 10.0  # seconds between this instance's heartbeats in the store
 
 
 @dataclass(frozen=True)
@@ -382,6 +383,9 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "max_connections_per_address": _Key(_integer(1, 1_000_000), 100, None,
                                             "Client connections open at once from one address "
                                             "(IPv6: one /64)."),
+        "heartbeat_interval": _Key(_number(0.2, 3600), 10, None,
+                                   "Seconds between this instance's heartbeats in the store "
+                                   "(doctor and GET /api/v1/instances read them)."),
     },
     "tls": {
         "mode": _Key(_choice("local", "files", "acme"), "local", "local",

@@ -45,6 +45,7 @@ EXPECTED = {
     ("GET", "/healthz"): "public",
     ("GET", "/readyz"): "public",
     ("GET", "/api/v1/keys"): "admin",
+    ("GET", "/api/v1/instances"): "admin",
     ("GET", "/api/v1/openapi.json"): "public",
     ("GET", "/api/v1/kinds"): "developer",
     ("GET", "/api/v1/roles"): "viewer",

@@ -1,6 +1,7 @@
-"""`appliance doctor`: one line per check, each with what to do when it fails.
+"""`appliance doctor`: one line per check, each with what to do when it fails (or warns).
 
-Only reads: it never creates, migrates or repairs anything.
+Only reads: it never creates, migrates or repairs anything. Never prints a password: the store is
+named by its kind and location only.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ import asyncio
 import errno
 import socket
 import stat
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from appliance import state_dir
+from appliance import __version__, state_dir
 from appliance.cli.common import add_state_options, load_settings
-from appliance.errors import ApplianceError, ConfigError
+from appliance.errors import ApplianceError, ConfigError, StoreError
+from appliance.instances import Instance, list_instances
 from appliance.settings import Endpoint, Settings
 from appliance.store import open_sqlite_store
 from appliance.store.migrations import LATEST
@@ -28,15 +31,17 @@ class Check:
     ok: bool
     detail: str
     fix: str = ""
+    warn: bool = False  # passes, but deserves a look: printed as WARN, with its fix
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "doctor",
-        help="check settings, state, store, TLS material and ports",
+        help="check settings, state, store, instances, TLS material and ports",
         description="Check the settings, the state directory's modes, the store and its "
-                    "migrations, the TLS material and the listen ports. Prints one line per "
-                    "check; exits 1 if any fails.",
+                    "migrations, the other instances alive on the store (from their "
+                    "heartbeats), the TLS material and the listen ports. Prints one line per "
+                    "check (ok, WARN or FAIL); exits 1 if any fails.",
     )
     add_state_options(parser)
     parser.add_argument("--dev", action="store_true", help="check the --dev configuration")
@@ -51,19 +56,32 @@ def run(args: argparse.Namespace) -> int:
         return 2
     checks = [Check("settings", True,
                     f"valid ({settings.config_file or 'defaults and environment'})")]
-    for check in (_state_dir, _instance_secret, _store, _tls, _ports):
-        try:
-            checks.extend(check(settings))
-        except ApplianceError as exc:
-            checks.append(Check(check.__name__.strip("_").replace("_", " "), False, exc.message))
+    checks += _guarded("state dir", lambda: _state_dir(settings))
+    checks += _guarded("instance secret", lambda: _instance_secret(settings))
+    instances: list[Instance] = []
+    try:
+        store_checks, instances = _store(settings)
+    except ApplianceError as exc:
+        store_checks = [Check("store", False, exc.message)]
+    checks += store_checks
+    checks += _guarded("tls", lambda: _tls(settings))
+    checks += _guarded("ports", lambda: _ports(settings, instances))
     for result in checks:
         _print(result)
     return 0 if all(c.ok for c in checks) else 1
 
 
+def _guarded(name: str, check: Callable[[], list[Check]]) -> list[Check]:
+    try:
+        return check()
+    except ApplianceError as exc:
+        return [Check(name, False, exc.message)]
+
+
 def _print(check: Check) -> None:
-    line = f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}"
-    if not check.ok and check.fix:
+    label = "FAIL" if not check.ok else "WARN" if check.warn else "ok  "
+    line = f"{label}  {check.name}: {check.detail}"
+    if (not check.ok or check.warn) and check.fix:
         line += f" -> {check.fix}"
     print(line)
 
@@ -98,23 +116,71 @@ def _instance_secret(settings: Settings) -> list[Check]:
     return [Check("instance secret", True, f"{path} (0600)")]
 
 
-def _store(settings: Settings) -> list[Check]:
+def _store(settings: Settings) -> tuple[list[Check], list[Instance]]:
+    """The store (kind, location, schema version) and the instances its heartbeats show."""
     path = settings.server.state_dir.absolute() / state_dir.STORE_FILE
+    where = f"sqlite {path}"
     if not path.exists():
-        return [Check("store", False, f"{path} is missing", "run `appliance init`")]
+        return [Check("store", False, f"{where} is missing", "run `appliance init`")], []
 
-    async def version() -> int:
+    async def read() -> tuple[int, list[Instance]]:
         store = await open_sqlite_store(path, migrate=False)
         try:
-            return await store.schema_version()
+            current = await store.schema_version()
+            try:
+                instances = await list_instances(store)
+            except StoreError:  # a schema from before heartbeats: no instance has recorded one
+                instances = []
+            return current, instances
         finally:
             await store.close()
 
-    current = asyncio.run(version())
-    if current != LATEST:
-        return [Check("store", False, f"{path} is at schema version {current}, latest is {LATEST}",
-                      "start `appliance serve` once to migrate")]
-    return [Check("store", True, f"{path} opens, schema version {current} (latest)")]
+    current, instances = asyncio.run(read())
+    if current < LATEST:
+        store = Check("store", False, f"{where} is at schema version {current}, this appliance's "
+                      f"latest is {LATEST}", "start `appliance serve` once to migrate")
+    elif current > LATEST:
+        store = Check("store", False, f"{where} is at schema version {current}, newer than this "
+                      f"appliance's latest ({LATEST})",
+                      f"run doctor of the appliance version that migrated it (this is "
+                      f"{__version__})")
+    else:
+        store = Check("store", True, f"{where} opens, schema version {current} (latest)")
+    return [store, *_instance_checks(instances, time.time())], instances
+
+
+def _instance_checks(instances: list[Instance], now: float) -> list[Check]:
+    """One line per instance alive on the store; a WARN for another version or schema."""
+    alive = [instance for instance in instances if instance.alive(now)]
+    gone = [instance.seen_ago(now) for instance in instances if not instance.alive(now)]
+    gone_note = (f"; {len(gone)} more not seen for {_ago(min(gone))} or longer (stopped without "
+                 "a clean shutdown; pruned after a day)") if gone else ""
+    if not alive:
+        return [Check("instances", True, f"none alive on this store{gone_note}")]
+    here = socket.gethostname()
+    out = [Check("instances", True, f"{len(alive)} alive on this store{gone_note}")]
+    for instance in alive:
+        detail = (f"host {instance.hostname}{' (this host)' if instance.hostname == here else ''}, "
+                  f"{instance.address}, pid {instance.pid}, version {instance.version}, schema "
+                  f"{instance.schema_version}, last seen {_ago(instance.seen_ago(now))} ago")
+        differs = [what for what, theirs, ours in (
+            ("version", instance.version, __version__),
+            ("schema", str(instance.schema_version), str(LATEST))) if theirs != ours]
+        fix = ""
+        if differs:
+            detail += (f"; its {' and '.join(differs)} differ from this appliance's "
+                       f"({__version__}, schema {LATEST})")
+            fix = "run one appliance version on every instance of a store (upgrade them in turn)"
+        out.append(Check(f"instance {instance.id}", True, detail, fix, warn=bool(differs)))
+    return out
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.0f} h"
 
 
 def _tls(settings: Settings) -> list[Check]:
@@ -142,14 +208,32 @@ def _tls(settings: Settings) -> list[Check]:
                   f"{days:.0f} days left", "renew or replace the certificate" if not ok else "")]
 
 
-def _ports(settings: Settings) -> list[Check]:
-    out = [_port_check("https listener", settings.server.listen)]
+def _ports(settings: Settings, instances: list[Instance]) -> list[Check]:
+    now = time.time()
+    here = [instance for instance in instances
+            if instance.alive(now) and instance.hostname == socket.gethostname()]
+    out = [_port_check("https listener", settings.server.listen, here)]
     if settings.server.http_listen is not None:
-        out.append(_port_check("http listener", settings.server.http_listen))
+        out.append(_port_check("http listener", settings.server.http_listen, here))
     return out
 
 
-def _port_check(name: str, endpoint: Endpoint) -> Check:
+def _port_of(address: str | None) -> int | None:
+    """The port of a heartbeat's `HOST:PORT` (or `[V6]:PORT`) address."""
+    if not address or not address.rpartition(":")[2].isdigit():
+        return None
+    return int(address.rpartition(":")[2])
+
+
+def _serving(endpoint: Endpoint, here: Sequence[Instance]) -> Instance | None:
+    """The instance alive on this host whose heartbeat says it listens on `endpoint`'s port."""
+    for instance in here:
+        if endpoint.port in (_port_of(instance.address), _port_of(instance.http_address)):
+            return instance
+    return None
+
+
+def _port_check(name: str, endpoint: Endpoint, here: Sequence[Instance] = ()) -> Check:
     try:
         infos = socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE)
@@ -163,7 +247,12 @@ def _port_check(name: str, endpoint: Endpoint) -> Check:
             except OSError as exc:
                 hint: Callable[[], str] = lambda: "choose another port"  # noqa: E731
                 if exc.errno == errno.EADDRINUSE:
-                    detail = f"{endpoint} is in use (is the appliance already running?)"
+                    running = _serving(endpoint, here)
+                    if running is not None:  # the appliance itself, per its heartbeat
+                        return Check(name, True, f"{endpoint} is in use by the appliance running "
+                                     f"here (instance {running.id}, pid {running.pid})")
+                    detail = (f"{endpoint} is in use (by another program: no appliance on "
+                              "this host has a heartbeat for it)")
                 elif exc.errno == errno.EACCES:
                     detail = f"{endpoint}: permission denied"
                     hint = lambda: "ports below 1024 need CAP_NET_BIND_SERVICE"  # noqa: E731

@@ -18,6 +18,7 @@ from appliance.http import (
     datasource_routes,
     egress_routes,
     health,
+    instance_routes,
     keyring_routes,
     kind_routes,
     metrics_routes,
@@ -56,6 +57,7 @@ def build_app(settings: Settings, tls: TLSManager) -> web.Application:
     egress_routes.add_routes(app)
     tls_routes.add_routes(app)
     keyring_routes.add_routes(app)
+    instance_routes.add_routes(app)  # GET /api/v1/instances, from the store's heartbeats
     console_routes.add_routes(app)  # the web console's static shell at /
     metrics_routes.add_routes(app)  # GET /metrics and the per-response counter
     openapi.add_routes(app)  # GET /api/v1/openapi.json, built from the routes above

@@ -13,6 +13,7 @@ class Migration:
     version: int
     name: str
     statements: tuple[str, ...]
+    postgres: tuple[str, ...] | None = None
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -198,6 +199,42 @@ MIGRATIONS: tuple[Migration, ...] = (
         (
             "ALTER TABLE api_tokens ADD COLUMN scope TEXT NOT NULL DEFAULT 'api'"
             " CHECK (scope IN ('api', 'metrics'))",
+        ),
+    ),
+    Migration(
+        10,
+        "instance heartbeats: each serving process, its version and address, and when last seen",
+        (
+            # One row per running `appliance serve` (appliance.instances), written every
+            # server.heartbeat_interval seconds, deleted at a clean stop, pruned after a day.
+            """CREATE TABLE instances (
+                   id             TEXT PRIMARY KEY,
+                   version        TEXT NOT NULL,
+                   schema_version INTEGER NOT NULL,
+                   hostname       TEXT NOT NULL,
+                   address        TEXT NOT NULL,
+                   http_address   TEXT,
+                   pid            INTEGER NOT NULL,
+                   beat_interval  REAL NOT NULL,
+                   started_at     REAL NOT NULL,
+                   last_seen      REAL NOT NULL
+               ) STRICT""",
+            "CREATE INDEX instances_last_seen ON instances (last_seen)",
+        ),
+        postgres=(
+            """CREATE TABLE instances (
+                   id             TEXT PRIMARY KEY,
+                   version        TEXT NOT NULL,
+                   schema_version BIGINT NOT NULL,
+                   hostname       TEXT NOT NULL,
+                   address        TEXT NOT NULL,
+                   http_address   TEXT,
+                   pid            BIGINT NOT NULL,
+                   beat_interval  DOUBLE PRECISION NOT NULL,
+                   started_at     DOUBLE PRECISION NOT NULL,
+                   last_seen      DOUBLE PRECISION NOT NULL
+               )""",
+            "CREATE INDEX instances_last_seen ON instances (last_seen)",
         ),
     ),
 )

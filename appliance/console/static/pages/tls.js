@@ -1,8 +1,9 @@
 // TLS (admin): the certificate served, its names and expiry, the next renewal, the last error,
-// and a renew button (ACME mode).
+// and a renew button (ACME mode); then the instances sharing the store (pages/instances.js).
 
 import * as api from '../api.js';
 import {busy, button, h, section, when} from '../dom.js';
+import {instancesSection} from './instances.js';
 
 export async function renderTls(ctx) {
   const {main} = ctx;
@@ -37,4 +38,5 @@ export async function renderTls(ctx) {
   }, {class: 'primary', id: 'renew'});
   main.append(section('Certificate', facts, h('div', {class: 'actions'}, renew), note, result));
   draw(await api.get('/api/v1/tls'));
+  main.append(instancesSection());
 }

@@ -1,0 +1,86 @@
+"""The console's Instances section (on the TLS page), in real Chromium: two `appliance serve`
+processes on one store, both listed with "last seen … ago", the one serving the page marked; a
+clean stop of the other removes it from the list on the next refresh."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ServerProcess, clean_env, run_cli, start_server
+from tests.support.console import ADMIN_PASSWORD, launch_chromium, leaf_of, shot, spki_sha256
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def serve(root: Path, state: Path) -> ServerProcess:
+    # 2FA not required, so the admin logs in with a password alone (2FA has its own tests).
+    env = clean_env(APPLIANCE_AUTH_REQUIRE_2FA="", APPLIANCE_SERVER_HEARTBEAT_INTERVAL="0.5")
+    return start_server(["serve", "--state-dir", str(state), "--listen", "127.0.0.1:0"],
+                        cwd=root, env=env)
+
+
+def test_the_tls_page_lists_the_instances_with_this_one_marked(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    password_file = tmp_path / "admin-password"
+    password_file.write_text(ADMIN_PASSWORD + "\n")
+    done = run_cli("init", "--state-dir", str(state), "--admin-password-file", str(password_file))
+    assert done.returncode == 0, done.stderr
+    a = serve(tmp_path, state)
+    b = serve(tmp_path, state)
+    try:
+        url = f"https://127.0.0.1:{a.port}"
+        with sync_api.sync_playwright() as playwright:
+            browser = launch_chromium(playwright, spki_sha256(leaf_of(a)))
+            try:
+                for width, height, name in ((1280, 900, "instances-1280"),
+                                            (390, 844, "instances-390")):
+                    context = browser.new_context(viewport={"width": width, "height": height})
+                    page = context.new_page()
+                    page.set_default_timeout(15_000)
+                    errors: list[str] = []
+
+                    def record(error: object, errors: list[str] = errors) -> None:
+                        errors.append(str(error))
+
+                    page.on("pageerror", record)
+                    page.goto(url + "/")
+                    page.get_by_label("Username").fill("admin")
+                    page.get_by_label("Password", exact=True).fill(ADMIN_PASSWORD)
+                    page.get_by_role("button", name="Log in").click()
+                    if width < 1000:
+                        page.get_by_role("button", name="Menu").click()
+                    page.get_by_role("link", name="TLS").click()
+                    page.get_by_role("heading", name="Instances").wait_for()
+                    rows = page.locator("#instances tbody tr")
+                    rows.nth(1).wait_for()
+                    assert rows.count() == 2
+                    texts = rows.all_inner_texts()
+                    marked = [t for t in texts if "(this instance)" in t]
+                    assert len(marked) == 1 and f"127.0.0.1:{a.port}" in marked[0]
+                    assert any(f"127.0.0.1:{b.port}" in t for t in texts)
+                    assert all("alive" in t and " s ago" in t for t in texts), texts
+                    shot(page, name)
+                    assert errors == []
+                    context.close()
+
+                # A clean stop of B: gone from the list at the section's next refresh.
+                context = browser.new_context(viewport={"width": 1280, "height": 900})
+                page = context.new_page()
+                page.set_default_timeout(15_000)
+                page.goto(url + "/")
+                page.get_by_label("Username").fill("admin")
+                page.get_by_label("Password", exact=True).fill(ADMIN_PASSWORD)
+                page.get_by_role("button", name="Log in").click()
+                page.get_by_role("link", name="TLS").click()
+                page.locator("#instances tbody tr").nth(1).wait_for()
+                assert b.stop() == 0
+                sync_api.expect(page.locator("#instances tbody tr")).to_have_count(1, timeout=15_000)
+                assert "(this instance)" in page.locator("#instances tbody tr").inner_text()
+                context.close()
+            finally:
+                browser.close()
+    finally:
+        b.stop()
+        a.stop()
