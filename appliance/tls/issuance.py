@@ -157,7 +157,9 @@ class ACMEIssuer:
     def next_wake(self, now: dt.datetime) -> float:
         """Seconds until the next thing to do, at most the check interval."""
         candidates = [self.check_interval]
-        if self.busy is not None:  # another instance's lease: look again when it runs out
+        if self.busy is not None and self.busy[1] > now:
+            # Another instance's lease: look again when it runs out (once: a lease seen expired
+            # is no reason to wake again).
             candidates.append((self.busy[1] - now).total_seconds() + 0.05)
         record = self.record
         if record is not None:
