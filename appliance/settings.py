@@ -75,6 +75,7 @@ class TLSSettings:
     key_file: Path | None
     check_interval: float
     renew_check_interval: float = 600.0
+    order_lease: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -406,6 +407,9 @@ SCHEMA: dict[str, dict[str, _Key]] = {
                                "local leaf re-issued)."),
         "renew_check_interval": _Key(_number(1, 86400), 600, None,
                                      "Seconds between ACME renewal checks (acme mode)."),
+        "order_lease": _Key(_number(2, 3600), 30, None,
+                            "Seconds the ACME order lease lasts unrenewed (several instances on "
+                            "one store): a holder that dies frees it after this long."),
     },
     "egress": {
         "source_address": _Key(_ListOf(_ip_address), [], None,

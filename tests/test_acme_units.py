@@ -324,3 +324,23 @@ def test_doctor_in_acme_mode_checks_names_and_port_80(tmp_path: Path) -> None:
     assert "FAIL  acme http-01: server.http_listen is 127.0.0.1:8080, but CAs connect to port 80" \
         in out
     assert "acme certificate: none yet" in out
+
+
+def test_next_wake_after_another_instances_lease() -> None:
+    """Seen busy: wake just after the other's lease runs out, then never for it again (a lease
+    seen expired must not make the loop spin)."""
+    from typing import cast
+
+    from appliance.store import Store
+    from appliance.store.lease import Lease
+    from appliance.tls.issuance import ACMEIssuer
+    from appliance.tls.storage import ACMEStorage
+
+    settings = settings_module.load(env={"APPLIANCE_TLS_MODE": "acme"})
+    issuer = ACMEIssuer(settings.tls, cast(ACMEStorage, None), cast(Dialer, None),
+                        HTTP01Responder(), lambda *_: None,
+                        Lease(cast(Store, None), "acme:x", "me", 30), check_interval=600)
+    assert issuer.next_wake(NOW) == 600
+    issuer.busy = ("other", NOW + dt.timedelta(seconds=20))
+    assert issuer.next_wake(NOW) == pytest.approx(20.05)
+    assert issuer.next_wake(NOW + dt.timedelta(seconds=21)) == 600

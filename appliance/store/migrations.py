@@ -1,6 +1,7 @@
-"""Versioned schema migrations for the SQLite store, applied in order at start.
+"""Versioned schema migrations for the store, applied in order at start.
 
-Owns the schema. A migration, once released, is never edited: add a new one.
+Owns the schema. A migration, once released, is never edited: add a new one. `postgres` holds a
+migration's PostgreSQL statements where they differ from the SQLite ones.
 """
 
 from __future__ import annotations
@@ -199,6 +200,39 @@ MIGRATIONS: tuple[Migration, ...] = (
         (
             "ALTER TABLE api_tokens ADD COLUMN scope TEXT NOT NULL DEFAULT 'api'"
             " CHECK (scope IN ('api', 'metrics'))",
+        ),
+    ),
+    Migration(
+        9,
+        "leases (one holder at a time, freed when not renewed) and HTTP-01 answers for every "
+        "instance",
+        (
+            # A named lease: `holder` may act alone until `expires_at` (epoch seconds); renewed
+            # while it works, taken over by another once expired (a holder that died).
+            """CREATE TABLE leases (
+                   name       TEXT PRIMARY KEY,
+                   holder     TEXT NOT NULL,
+                   expires_at REAL NOT NULL
+               ) STRICT""",
+            # An ACME HTTP-01 answer (public: token and account key thumbprint, never a key),
+            # written by the ordering instance, read by whichever instance the CA reaches.
+            """CREATE TABLE acme_challenges (
+                   token             TEXT PRIMARY KEY,
+                   key_authorization TEXT NOT NULL,
+                   expires_at        REAL NOT NULL
+               ) STRICT""",
+        ),
+        postgres=(
+            """CREATE TABLE leases (
+                   name       TEXT PRIMARY KEY,
+                   holder     TEXT NOT NULL,
+                   expires_at DOUBLE PRECISION NOT NULL
+               )""",
+            """CREATE TABLE acme_challenges (
+                   token             TEXT PRIMARY KEY,
+                   key_authorization TEXT NOT NULL,
+                   expires_at        DOUBLE PRECISION NOT NULL
+               )""",
         ),
     ),
     Migration(

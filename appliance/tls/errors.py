@@ -48,6 +48,13 @@ class ACMEConfigError(ACMEError):
     code = "acme_config_error"
 
 
+class ACMEBusy(ACMEError):
+    """Another instance on the same store holds the ACME lease and is ordering right now."""
+
+    status = 409
+    code = "acme_busy"
+
+
 class ACMEChallengeFailed(ACMEError):
     """The CA could not validate the HTTP-01 challenge for a name."""
 

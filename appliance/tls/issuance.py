@@ -1,9 +1,11 @@
 """Obtaining and renewing the ACME certificate: start-up, the renewal loop, forced renewals.
 
-Owns the decision to order (due, not backing off), running the `acme` package in a worker thread,
-checking what the CA returned, persisting it and installing it in the live context. Never blocks
-the event loop, never orders a certificate that is not due, and never replaces a valid
-certificate with anything but a newer valid one.
+Owns the decision to order (due, not backing off, and holding the store's ACME lease, so one
+instance of several orders), running the `acme` package in a worker thread, checking what the CA
+returned, persisting it and installing it in the live context, and following the store: a
+certificate another instance stored is installed here within `renewal.FOLLOW_INTERVAL`. Never
+blocks the event loop, never orders without the lease or a certificate that is not due, and never
+replaces a valid certificate with anything but a newer valid one.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from appliance.egress import Dialer
 from appliance.errors import ApplianceError, TLSError
 from appliance.secret import Secret
 from appliance.settings import TLSSettings
+from appliance.store.lease import Lease
 from appliance.tls import renewal
 from appliance.tls.acme_client import ACMEClient, ari_cert_id, new_key_pem
 from appliance.tls.certificates import CertificateInfo, load_pair
-from appliance.tls.errors import ACMEConfigError, ACMEError, ACMERateLimited
+from appliance.tls.errors import ACMEBusy, ACMEConfigError, ACMEError, ACMERateLimited
 from appliance.tls.http01 import HTTP01Responder
 from appliance.tls.storage import ACMEStorage, CertRecord, names_key
 from appliance.tls.transport import EgressRoute
@@ -50,7 +53,7 @@ class ACMEIssuer:
     """Keeps a valid certificate for `settings.names` from `settings.directory`."""
 
     def __init__(self, settings: TLSSettings, storage: ACMEStorage, dialer: Dialer,
-                 responder: HTTP01Responder, install: Installer, *,
+                 responder: HTTP01Responder, install: Installer, lease: Lease, *,
                  check_interval: float = renewal.CHECK_INTERVAL,
                  has_http_listener: bool = True) -> None:
         self.settings = settings
@@ -60,9 +63,13 @@ class ACMEIssuer:
         self._install = install
         self.check_interval = check_interval
         self.has_http_listener = has_http_listener
+        self.lease = lease
         self.names = names_key(settings.names)
         self.record: CertRecord | None = None
         self.info: CertificateInfo | None = None  # the ACME certificate being served, if any
+        self._served_chain: bytes | None = None  # its chain, as stored
+        self._seen_version: float | None = None  # the record's updated_at when last read
+        self.busy: tuple[str, dt.datetime] | None = None  # another's lease: holder, until
         self.attempt_running = False
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -73,8 +80,12 @@ class ACMEIssuer:
     async def load(self) -> bool:
         """Install the stored certificate if it is valid for the names; True if one was."""
         self.record = await self.storage.ensure_record(self.names, self.settings.directory)
-        record = self.record
-        if record.chain_pem is None:
+        return await self._adopt(self.record)
+
+    async def _adopt(self, record: CertRecord) -> bool:
+        """Install the record's certificate if it is not the one served, usable, for the names,
+        and newer than the one served; True if it was installed."""
+        if record.chain_pem is None or record.chain_pem == self._served_chain:
             return False
         key = await self.storage.certificate_key(self.names)
         if key is None:
@@ -85,11 +96,42 @@ class ACMEIssuer:
         except TLSError as exc:
             log.warning("stored acme certificate unusable", extra={"error": exc.message})
             return False
-        if not info.covers(self.settings.names):
+        if not info.covers(self.settings.names) or not renewal.is_newer(info, self.info):
             return False
         self._install(record.chain_pem, key, info)
-        self.info = info
+        self.info, self._served_chain = info, record.chain_pem
         return True
+
+    async def refresh(self, *, force: bool = False) -> bool:
+        """Read the record again if it changed in the store (one indexed read; `force`: read it
+        anyway) and install a certificate another instance stored; True if the record changed.
+        """
+        version = await self.storage.certificate_version(self.names)
+        if not force and version is not None and version == self._seen_version:
+            return False
+        record = await self.storage.certificate(self.names)
+        if record is None:
+            return False
+        self._seen_version, self.record = version, record
+        if not self.attempt_running and await self._adopt(record):
+            log.info("acme certificate taken from the store",
+                     extra={"names": list(self.settings.names),
+                            "not_after": record.not_after.isoformat()
+                            if record.not_after else None})
+        return True
+
+    async def follow(self, every: float = renewal.FOLLOW_INTERVAL) -> None:
+        """Until cancelled: every `every` seconds, pick up what other instances stored (a
+        certificate, a schedule) and wake the renewal loop when something changed."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                if await self.refresh():
+                    self.wake()
+            except ApplianceError as exc:
+                log.warning("acme store check failed", extra={"error": exc.message})
+            except Exception:
+                log.exception("acme store check crashed; trying again")
 
     def listeners_ready(self) -> None:
         """The HTTP-01 listener answers: issuance may start."""
@@ -115,6 +157,10 @@ class ACMEIssuer:
     def next_wake(self, now: dt.datetime) -> float:
         """Seconds until the next thing to do, at most the check interval."""
         candidates = [self.check_interval]
+        if self.busy is not None and self.busy[1] > now:
+            # Another instance's lease: look again when it runs out (once: a lease seen expired
+            # is no reason to wake again).
+            candidates.append((self.busy[1] - now).total_seconds() + 0.05)
         record = self.record
         if record is not None:
             for when in (record.next_attempt, record.renew_at, record.ari_next_check):
@@ -141,6 +187,7 @@ class ACMEIssuer:
         now = _now()
         if self.record is None:
             await self.load()
+        await self.refresh()  # another instance may have renewed, or failed and backed off
         if self.info is not None and self._ari_due(now) and not self.due(now):
             await self._refresh_ari()
         if not self.due(now) or self.backing_off(now):
@@ -151,17 +198,35 @@ class ACMEIssuer:
         """Order now (`reason` "forced" ignores the schedule but not a CA's Retry-After);
         `actor` is who asked, for the audit log."""
         async with self._lock:
-            record = self.record or await self.storage.ensure_record(
-                self.names, self.settings.directory)
-            now = _now()
-            if (reason == "forced" and record.last_error and record.next_attempt
-                    and record.next_attempt > now and "rate limited" in record.last_error):
-                raise ACMERateLimited(
-                    f"the CA asked us to wait until {record.next_attempt:%Y-%m-%d %H:%M} UTC: "
-                    f"{record.last_error}", retry_at=record.next_attempt)
-            if reason != "forced" and not (self.due(now) and not self.backing_off(now)):
+            holding = await self.lease.acquire()
+            if holding.holder != self.lease.holder:
+                until = dt.datetime.fromtimestamp(holding.expires_at, dt.UTC)
+                self.busy = (holding.holder, until)
+                if reason == "forced":
+                    raise ACMEBusy(
+                        f"another instance ({holding.holder}) is ordering the certificate now "
+                        "(its lease runs until "
+                        f"{until:%H:%M:%S} UTC); this one serves the result within a second of "
+                        "it being stored")
                 return Outcome(False, self.info)
-            return await self._attempt(record, reason, actor)
+            self.busy = None
+            async with self.lease.keep():
+                # Read the schedule again now that no one else may order: another instance may
+                # have renewed (or failed and backed off) just before we took the lease.
+                if self.record is None:
+                    await self.storage.ensure_record(self.names, self.settings.directory)
+                await self.refresh(force=True)
+                record = self.record
+                assert record is not None  # ensured above
+                now = _now()
+                if (reason == "forced" and record.last_error and record.next_attempt
+                        and record.next_attempt > now and "rate limited" in record.last_error):
+                    raise ACMERateLimited(
+                        f"the CA asked us to wait until {record.next_attempt:%Y-%m-%d %H:%M} "
+                        f"UTC: {record.last_error}", retry_at=record.next_attempt)
+                if reason != "forced" and not (self.due(now) and not self.backing_off(now)):
+                    return Outcome(False, self.info)
+                return await self._attempt(record, reason, actor)
 
     def wake(self) -> None:
         self._wake.set()
@@ -217,7 +282,8 @@ class ACMEIssuer:
                 raise ACMEError("the CA returned a certificate that is not newer than the one "
                                 "served; keeping the current one")
             renew_at = renewal.renew_at(info, ari_time)
-            self._install(chain, cert_key, info)
+            # Stored first, then served here: the status never shows a certificate without its
+            # schedule, and other instances pick it up from the store.
             await self.storage.record_success(
                 self.names, directory=directory, chain_pem=chain, not_after=info.not_after,
                 renew_at=renew_at, ari_next_check=ari_next, orders=orders, action=action,
@@ -225,8 +291,9 @@ class ACMEIssuer:
                          "not_after": info.not_after.isoformat(),
                          "names": list(info.names), "replaces": replaced,
                          "fingerprint_sha256": info.fingerprint_sha256}, actor=actor)
-            self.info = info
             self.record = await self.storage.certificate(self.names)
+            self._install(chain, cert_key, info)
+            self.info, self._served_chain = info, chain
             log.info("acme certificate obtained",
                      extra={"names": list(info.names), "issuer": info.issuer,
                             "not_after": info.not_after.isoformat(), "reason": reason,
@@ -332,4 +399,6 @@ class ACMEIssuer:
             "next_attempt": iso(record.next_attempt) if record else None,
             "orders": record.orders if record else 0,
             "attempt_running": self.attempt_running,
+            "instance": self.lease.holder,
+            "lease_holder": self.busy[0] if self.busy and self.busy[1] > _now() else None,
         }

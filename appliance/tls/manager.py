@@ -1,8 +1,9 @@
 """The live TLS state of the process: one server context, kept current while connections stay open.
 
 Owns loading certificates into the live `SSLContext` (new handshakes get the new certificate,
-open connections keep theirs), the periodic check, and, in `acme` mode, the HTTP-01 responder and
-the issuer. Never logs key material; ACME keys reach OpenSSL through memory files only.
+open connections keep theirs), the periodic check, and, in `acme` mode, the HTTP-01 responder
+(shared with every instance through the store), the issuer and its following of the store.
+Never logs key material; ACME keys reach OpenSSL through memory files only.
 """
 
 from __future__ import annotations
@@ -162,12 +163,18 @@ class TLSManager:
                         audit: AuditProvider | None = None, check_interval: float = 600.0,
                         has_http_listener: bool = True) -> None:
         """Acme mode: create the issuer and serve the stored certificate if it is valid."""
+        from appliance.store.lease import Lease, instance_id
         from appliance.tls.issuance import ACMEIssuer
-        from appliance.tls.storage import ACMEStorage
+        from appliance.tls.storage import ACMEStorage, names_key
 
+        storage = ACMEStorage(store, vault, audit)
+        # Any instance on this store may be the one the CA reaches for an HTTP-01 answer.
+        self.http01.share(storage, asyncio.get_running_loop())
+        lease = Lease(store, f"acme:{names_key(self.settings.names)}", instance_id(),
+                      self.settings.order_lease)
         self.acme = ACMEIssuer(
-            self.settings, ACMEStorage(store, vault, audit), dialer, self.http01,
-            lambda chain, key, info: self.install_pem(chain, key, info),
+            self.settings, storage, dialer, self.http01,
+            lambda chain, key, info: self.install_pem(chain, key, info), lease,
             check_interval=check_interval, has_http_listener=has_http_listener)
         if not await self.acme.load() and self.info is None:
             self.load_initial()
@@ -183,7 +190,8 @@ class TLSManager:
         """Check every `check_interval` seconds until cancelled."""
         if self.settings.mode == "acme":
             if self.acme is not None:
-                await asyncio.gather(self.acme.run(), self._keep_temporary_fresh())
+                await asyncio.gather(self.acme.run(), self.acme.follow(),
+                                     self._keep_temporary_fresh())
             return
         while True:
             await asyncio.sleep(self.settings.check_interval)

@@ -15,6 +15,12 @@ BACKOFF: tuple[dt.timedelta, ...] = tuple(
     dt.timedelta(minutes=m) for m in (1, 2, 5, 10, 30, 60, 120, 180, 240, 300, 360))
 # Default seconds between renewal checks (`tls.renew_check_interval`).
 CHECK_INTERVAL = 600.0
+# Seconds between reads of the stored certificate's version: a certificate another instance
+# stored is served here this long after at most (one indexed read each time).
+FOLLOW_INTERVAL = 0.5
+# Default seconds an instance's ACME lease lasts unrenewed (`tls.order_lease`): renewed every
+# third of it while an order runs; a holder that dies frees it after this long.
+ORDER_LEASE = 30.0
 # After a failed renewal-information request, ask again after this long.
 ARI_RETRY = dt.timedelta(hours=1)
 

@@ -1,8 +1,9 @@
 """Where ACME state lives: account URLs, certificate chains and the renewal schedule in the store;
 the account key and certificate keys sealed by the keyring (`SecretVault`).
 
-Owns the `acme_accounts` and `acme_certificates` tables and the sealed fields of kinds
-`acme_account` and `acme_certificate`. Never writes a private key anywhere but the vault.
+Owns the `acme_accounts`, `acme_certificates` and `acme_challenges` tables and the sealed fields
+of kinds `acme_account` and `acme_certificate`. Never writes a private key anywhere but the vault
+(`acme_challenges` holds HTTP-01 answers: a token and the account key's public thumbprint).
 """
 
 from __future__ import annotations
@@ -113,6 +114,13 @@ class ACMEStorage:
                                          (names,))
         return CertRecord.from_row(row) if row else None
 
+    async def certificate_version(self, names: str) -> float | None:
+        """The record's `updated_at` (one indexed read): it changes with every write to it, by
+        any instance."""
+        row = await self.store.fetch_one(
+            "SELECT updated_at FROM acme_certificates WHERE names = ?", (names,))
+        return float(row["updated_at"]) if row else None
+
     async def certificate_key(self, names: str) -> Secret[bytes] | None:
         return await self.vault.get(CERT_KIND, names, KEY_FIELD)
 
@@ -172,6 +180,29 @@ class ACMEStorage:
                 "UPDATE acme_certificates SET renew_at = ?, ari_next_check = ?, updated_at = ? "
                 "WHERE names = ?",
                 (_epoch(renew_at), _epoch(ari_next_check), time.time(), names))
+
+    # -- HTTP-01 answers shared by every instance -------------------------------------------------
+
+    async def put_challenge(self, token: str, key_authorization: str, expires_at: float) -> None:
+        """Publish an answer (and forget expired ones: a holder that died leaves its own)."""
+        async with self.store.transaction() as tx:
+            await tx.execute("DELETE FROM acme_challenges WHERE expires_at <= ?", (time.time(),))
+            await tx.execute(
+                "INSERT INTO acme_challenges (token, key_authorization, expires_at) "
+                "VALUES (?, ?, ?) ON CONFLICT (token) DO UPDATE SET "
+                "key_authorization = excluded.key_authorization, "
+                "expires_at = excluded.expires_at", (token, key_authorization, expires_at))
+
+    async def delete_challenge(self, token: str) -> None:
+        async with self.store.transaction() as tx:
+            await tx.execute("DELETE FROM acme_challenges WHERE token = ?", (token,))
+
+    async def challenge(self, token: str) -> str | None:
+        """The answer for `token` if one is published and not expired."""
+        row = await self.store.fetch_one(
+            "SELECT key_authorization FROM acme_challenges WHERE token = ? AND expires_at > ?",
+            (token, time.time()))
+        return str(row["key_authorization"]) if row else None
 
     async def _record(self, tx: Transaction, *, action: str, target: str, outcome: str,
                       details: Mapping[str, Any], actor: str) -> None:

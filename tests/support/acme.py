@@ -112,6 +112,9 @@ class Pebble:
     ca: MiniCA
     http_port: int
     eab: bool = False
+    # Percent of valid authorizations Pebble reuses for a new order (its default: 50); 0 makes
+    # every order validate its challenge again.
+    authz_reuse: int | None = None
     port: int = field(default_factory=free_port)
     mgmt_port: int = field(default_factory=free_port)
     dns_port: int = field(default_factory=free_port)
@@ -143,6 +146,8 @@ class Pebble:
         path = self.workdir / f"pebble-{self.port}.json"
         path.write_text(json.dumps(config))
         env = clean_env(PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT="0")
+        if self.authz_reuse is not None:
+            env["PEBBLE_AUTHZREUSE"] = str(self.authz_reuse)
         self.procs["pebble"] = subprocess.Popen(
             ["pebble", "-config", str(path), "-dnsserver", f"127.0.0.1:{self.dns_port}"],
             stdout=self._log("pebble"), stderr=subprocess.STDOUT, env=env, cwd=self.workdir)
@@ -202,6 +207,11 @@ class CAFront:
         self.profiles: dict[str, str] | None = None
         self.reject_orders_429: int | None = None  # Retry-After seconds
         self.orders: list[dict[str, Any]] = []
+        self.order_times: list[float] = []  # time.time() of each newOrder
+        # While set, POSTs to challenge URLs (the client telling the CA "validate now") are
+        # held, counted in `held`, and dropped (503, never forwarded) once it is cleared.
+        self.hold_challenges = False
+        self.held = 0
         self.accounts: list[dict[str, Any]] = []
         self.ari_requests: list[str] = []
         self._loop = asyncio.new_event_loop()
@@ -245,8 +255,14 @@ class CAFront:
                                      "end": end.isoformat().replace("+00:00", "Z")}},
                 headers={"Retry-After": str(self.ari_retry_after)})
         payload = _jws_payload(body) if body else None
+        if path.startswith("/chalZ/") and request.method == "POST" and self.hold_challenges:
+            self.held += 1
+            while self.hold_challenges:
+                await asyncio.sleep(0.05)
+            return web.Response(status=503, text="challenge dropped (test)")
         if path == "/order-plz":
             self.orders.append(payload or {})
+            self.order_times.append(time.time())
             if self.reject_orders_429 is not None:
                 return web.json_response(
                     {"type": "urn:ietf:params:acme:error:rateLimited",
@@ -280,6 +296,62 @@ class CAFront:
                 f"https://127.0.0.1:{self.pebble.port}/nonce-plz",
                 headers={"Host": request.host}, ssl=self.pebble.ssl_context()) as resp:
             return resp.headers["Replay-Nonce"]
+
+
+class Balancer:
+    """A TCP load balancer in front of several instances' plain-HTTP listeners, on the port
+    Pebble sends HTTP-01 requests to: each connection goes to the next backend in turn that
+    accepts (one that refuses, like a killed instance, is skipped). `connections` counts per
+    backend port."""
+
+    def __init__(self, port: int, backends: list[int]) -> None:
+        self.port = port
+        self.backends = backends
+        self.connections: dict[int, int] = {}
+        self._next = 0
+        self._sock = socket.create_server(("127.0.0.1", port))
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def start(self) -> Balancer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+        self._sock.close()
+        self._thread.join(5)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        backends = list(self.backends)
+        start, self._next = self._next, self._next + 1
+        for i in range(len(backends)):
+            port = backends[(start + i) % len(backends)]
+            try:
+                upstream = socket.create_connection(("127.0.0.1", port), 2)
+            except OSError:
+                continue
+            self.connections[port] = self.connections.get(port, 0) + 1
+            threading.Thread(target=_pipe, args=(upstream, client), daemon=True).start()
+            _pipe(client, upstream)
+            return
+        client.close()
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := src.recv(65536):
+            dst.sendall(data)
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)
 
 
 def _jws_payload(body: bytes) -> dict[str, Any] | None:
@@ -359,6 +431,10 @@ class AcmeAppliance:
 
     def stop(self) -> None:
         self.server.stop()
+
+    @property
+    def pid(self) -> int:
+        return self.server.proc.pid
 
     def db(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         import sqlite3

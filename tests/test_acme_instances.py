@@ -1,0 +1,236 @@
+"""ACME with several instances on one store (issue 22), against real Pebble: two `appliance serve`
+processes share one store behind a TCP load balancer on the port Pebble sends HTTP-01 requests
+to. One order when they race; the CA's request answered by the instance that did not order; both
+serve a new certificate within a second of it being stored; the lease holder SIGKILLed mid-order
+and the other completes the renewal once the lease expires.
+
+The store is a fixture parameter (`SHARED_STORE_KINDS`): SQLite today (two processes on one
+file); every test here should also run on PostgreSQL once that store lands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance.state_dir import STORE_FILE
+from tests.support.acme import (
+    HAVE_PEBBLE,
+    AcmeAppliance,
+    Balancer,
+    CAFront,
+    MiniCA,
+    Pebble,
+    fingerprint,
+    free_port,
+    make_mini_ca,
+    prepare_state,
+    start_appliance,
+    write_config,
+)
+from tests.support.shared_store import SHARED_STORE_KINDS
+
+pytestmark = pytest.mark.skipif(not HAVE_PEBBLE, reason="Debian package pebble not installed")
+
+LEASE = 3  # seconds (tls.order_lease): renewed every second while an order runs
+
+
+@pytest.fixture(scope="module")
+def mini_ca(tmp_path_factory: pytest.TempPathFactory) -> MiniCA:
+    return make_mini_ca(tmp_path_factory.mktemp("acme-instances") / "front-ca")
+
+
+@pytest.fixture(scope="module")
+def pebble(tmp_path_factory: pytest.TempPathFactory, mini_ca: MiniCA) -> Iterator[Pebble]:
+    # Every order validates its challenge (no reuse of an earlier valid authorization).
+    instance = Pebble(tmp_path_factory.mktemp("pebble"), mini_ca, http_port=free_port(),
+                      authz_reuse=0).start()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+@pytest.fixture
+def front(pebble: Pebble) -> Iterator[CAFront]:
+    proxy = CAFront(pebble).start()
+    try:
+        yield proxy
+    finally:
+        proxy.hold_challenges = False
+        proxy.stop()
+
+
+@dataclass
+class Cluster:
+    a: AcmeAppliance
+    b: AcmeAppliance
+    a_http: int
+    b_http: int
+    balancer: Balancer
+    kind: str
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        return self.a.db(sql, params)
+
+    def write(self, sql: str, params: tuple[Any, ...] = ()) -> None:
+        assert self.kind == "sqlite"  # a PostgreSQL branch when that store lands
+        with contextlib.closing(sqlite3.connect(self.a.state / STORE_FILE, timeout=10)) as conn:
+            conn.execute(sql, params)
+            conn.commit()
+
+    def make_due(self) -> None:
+        """The stored schedule says: renew now (as when renew_at or an ARI window passes)."""
+        now = time.time()
+        self.write("UPDATE acme_certificates SET renew_at = ?, updated_at = ?", (now - 1, now))
+
+    def stored(self) -> tuple[float, int]:
+        """The stored certificate's last_success (epoch seconds) and its orders counter."""
+        ((last_success, orders),) = self.query(
+            "SELECT last_success, orders FROM acme_certificates")
+        return float(last_success), int(orders)
+
+
+@pytest.fixture(params=SHARED_STORE_KINDS)
+def cluster(request: pytest.FixtureRequest, tmp_path: Path, front: CAFront) -> Iterator[Cluster]:
+    pebble = front.pebble
+    state, token = prepare_state(tmp_path)
+    a_http, b_http = free_port(), free_port()
+    balancer = Balancer(pebble.http_port, [a_http, b_http]).start()
+    apps: list[AcmeAppliance] = []
+    try:
+        for name, port in (("a", a_http), ("b", b_http)):
+            config = write_config(tmp_path / f"{name}.toml", directory=front.directory,
+                                  http_port=port, ca_bundle=pebble.ca.ca_pem,
+                                  extra_tls=f"order_lease = {LEASE}\n")
+            apps.append(start_appliance(tmp_path, config, state, token))
+        yield Cluster(apps[0], apps[1], a_http, b_http, balancer, request.param)
+    finally:
+        for app in apps:
+            app.stop()
+        balancer.stop()
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str,
+          every: float = 0.02) -> float:
+    """Poll until `predicate()`; the time.time() it first held."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return time.time()
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _served(app: AcmeAppliance) -> str:
+    return fingerprint(app.served_certificate())
+
+
+def _both_serve_new(cluster: Cluster, old: str, timeout: float = 30) -> dict[str, float]:
+    """Wait until both serve a certificate other than `old` (the same one); when each was
+    first seen doing so."""
+    seen: dict[str, float] = {}
+
+    def check() -> bool:
+        for name, app in (("a", cluster.a), ("b", cluster.b)):
+            if name not in seen and _served(app) != old:
+                seen[name] = time.time()
+        return len(seen) == 2
+
+    _wait(check, timeout, "both instances serving the new certificate")
+    assert _served(cluster.a) == _served(cluster.b)
+    return seen
+
+
+def test_racing_instances_order_once_and_the_other_answers_the_ca(
+        cluster: Cluster, front: CAFront) -> None:
+    a, b = cluster.a, cluster.b
+    # First start: both find no certificate; one order, both end up serving it.
+    a.wait_issued()
+    b.wait_issued()
+    assert len(front.orders) == 1, front.orders
+    first = _served(a)
+    assert _served(b) == first
+
+    # Both find the renewal due at the same moment: one order, both serve the result.
+    cluster.make_due()
+    seen = _both_serve_new(cluster, first)
+    time.sleep(1.5)  # more renewal checks (every second) on both: still one order
+    assert len(front.orders) == 2, front.orders
+    stored_at, orders = cluster.stored()
+    assert orders == 2
+    for name, when in seen.items():
+        print(f"race: {name} served it {when - stored_at:.3f} s after it was stored")
+        assert when - stored_at < 1.0, (name, when - stored_at)
+    assert a.status()["orders"] == b.status()["orders"] == 2
+    second = _served(a)
+
+    # The CA reaches only B; A orders (a forced renewal): B answers from the store.
+    cluster.balancer.backends = [cluster.b_http]
+    before = dict(cluster.balancer.connections)
+    code, body = a.request("POST", "/api/v1/tls/renew")
+    assert code == 200, body
+    assert body["renewed"] is True
+    assert cluster.balancer.connections.get(cluster.a_http, 0) == before.get(cluster.a_http, 0)
+    assert cluster.balancer.connections[cluster.b_http] > before.get(cluster.b_http, 0)
+    b_seen = _wait(lambda: _served(b) != second, 5, "B serving A's certificate")
+    stored_at, orders = cluster.stored()
+    print(f"forced on A: B served it {b_seen - stored_at:.3f} s after it was stored")
+    assert b_seen - stored_at < 1.0, b_seen - stored_at
+    assert _served(a) == _served(b) and orders == 3 and len(front.orders) == 3
+    assert cluster.query("SELECT COUNT(*) FROM acme_challenges") == [(0,)]  # withdrawn
+    assert cluster.query("SELECT COUNT(*) FROM leases") == [(0,)]  # released
+    status = b.wait(lambda s: s["orders"] == 3, 2, "B's status following the store")
+    assert status["fingerprint_sha256"].replace(":", "").lower() == _served(b)
+    assert status["instance"] != a.status()["instance"]
+
+
+def test_holder_killed_mid_order_the_other_renews_after_the_lease(
+        cluster: Cluster, front: CAFront) -> None:
+    a, b = cluster.a, cluster.b
+    a.wait_issued()
+    b.wait_issued()
+    first = _served(a)
+    assert len(front.orders) == 1
+
+    front.hold_challenges = True  # the order stops where the CA would start validating
+    cluster.make_due()
+    _wait(lambda: front.held >= 1, 20, "an order waiting on its challenge", every=0.05)
+    ((holder, _),) = cluster.query("SELECT holder, expires_at FROM leases")
+    killed, survivor = (a, b) if holder.split(":")[1] == str(a.pid) else (b, a)
+    assert holder.split(":")[1] == str(killed.pid)
+    # The answer was published before the CA was told to validate; no key in it.
+    answers = cluster.query("SELECT token, key_authorization FROM acme_challenges")
+    assert answers and all(ka.startswith(token + ".") and "PRIVATE" not in ka
+                           for token, ka in answers)
+    # The other instance may not order now, even when an admin insists.
+    code, body = survivor.request("POST", "/api/v1/tls/renew")
+    assert code == 409 and body["error"]["code"] == "acme_busy", body
+    assert "another instance" in body["error"]["message"]
+    assert survivor.status()["lease_holder"] == holder
+
+    killed.server.stop(signal.SIGKILL)
+    ((expires_at,),) = cluster.query("SELECT expires_at FROM leases")  # its last renewal
+    front.hold_challenges = False  # the dead instance's request is dropped, never forwarded
+    assert len(front.orders) == 2
+
+    _wait(lambda: _served(survivor) != first, 30, "the survivor's renewal")
+    assert len(front.orders) == 3
+    # It ordered only once the dead holder's lease had run out.
+    assert front.order_times[-1] >= expires_at - 0.05, (front.order_times[-1], expires_at)
+    print(f"survivor ordered {front.order_times[-1] - expires_at:.3f} s after the lease expired")
+    assert front.order_times[-1] - expires_at < 3, "the survivor waited too long"
+    status = survivor.wait(lambda s: s["last_error"] is None and s["orders"] == 2, 5,
+                           "the survivor's status")
+    assert status["failures"] == 0 and status["lease_holder"] is None
+    renewals = cluster.query("SELECT outcome FROM audit_log "
+                             "WHERE action = 'tls.certificate.renew'")
+    assert renewals == [("ok",)]
