@@ -346,3 +346,52 @@ def postgres_server() -> Iterator[PostgresServer]:
         server.sql(f"CREATE ROLE app LOGIN PASSWORD '{PG_PASSWORD}'", database="postgres")
         server.sql("CREATE DATABASE appdb OWNER app", database="postgres")
         yield server
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL store fixtures (issue 22): a fresh database per test on the session's cluster
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StoreDatabase:
+    """An empty database owned by `app` for a `[store] url`, and a 0600 password file."""
+
+    server: PostgresServer
+    name: str
+    password_file: Path
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://app@127.0.0.1:{self.server.port}/{self.name}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The settings (as APPLIANCE_* variables) of a store on this database, TLS off (the
+        test cluster has none; SCRAM is still required by the auth guard)."""
+        return {"APPLIANCE_STORE_URL": self.url,
+                "APPLIANCE_STORE_PASSWORD_FILE": str(self.password_file),
+                "APPLIANCE_STORE_TLS": "disable", **extra}
+
+    def sql(self, text: str) -> str:
+        return self.server.sql(text, database=self.name)
+
+
+def new_store_database(server: PostgresServer, directory: Path) -> StoreDatabase:
+    import uuid
+
+    name = f"store_{uuid.uuid4().hex[:12]}"
+    server.sql(f"CREATE DATABASE {name} OWNER app", database="postgres")
+    password_file = directory / f"{name}.password"
+    password_file.write_text(PG_PASSWORD + "\n")
+    password_file.chmod(0o600)
+    return StoreDatabase(server, name, password_file)
+
+
+@pytest.fixture
+def store_database(postgres_server: PostgresServer, tmp_path: Path) -> Iterator[StoreDatabase]:
+    database = new_store_database(postgres_server, tmp_path)
+    try:
+        yield database
+    finally:
+        postgres_server.sql(f"DROP DATABASE IF EXISTS {database.name} WITH (FORCE)",
+                            database="postgres")

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 
 from appliance import state_dir
 from appliance.cli.common import add_state_options, load_settings
-from appliance.errors import ApplianceError, ConfigError
+from appliance.egress import Dialer, PolicyHolder
+from appliance.errors import ApplianceError, ConfigError, StoreError
 from appliance.settings import Endpoint, Settings
-from appliance.store import open_sqlite_store
+from appliance.store import open_store
 from appliance.store.migrations import LATEST
+from appliance.store.opener import describe, sqlite_path
 from appliance.tls.certificates import load_pair
 
 
@@ -99,18 +101,22 @@ def _instance_secret(settings: Settings) -> list[Check]:
 
 
 def _store(settings: Settings) -> list[Check]:
-    path = settings.server.state_dir.absolute() / state_dir.STORE_FILE
-    if not path.exists():
+    path = describe(settings)
+    sqlite_file = sqlite_path(settings)
+    if sqlite_file is not None and not sqlite_file.exists():
         return [Check("store", False, f"{path} is missing", "run `appliance init`")]
 
     async def version() -> int:
-        store = await open_sqlite_store(path, migrate=False)
+        store = await open_store(settings, Dialer(PolicyHolder(settings.egress)), migrate=False)
         try:
             return await store.schema_version()
         finally:
             await store.close()
 
-    current = asyncio.run(version())
+    try:
+        current = asyncio.run(version())
+    except StoreError as exc:
+        return [Check("store", False, exc.message, "check [store] in the settings")]
     if current != LATEST:
         return [Check("store", False, f"{path} is at schema version {current}, latest is {LATEST}",
                       "start `appliance serve` once to migrate")]

@@ -29,6 +29,7 @@ from appliance.errors import StoreError
 from appliance.state_dir import FILE_MODE
 from appliance.store.aiosqlite_private import run_on_thread
 from appliance.store.base import Params, Row, Step
+from appliance.store.listeners import Listeners
 from appliance.store.migrations import LATEST, MIGRATIONS, Migration
 
 T = TypeVar("T")
@@ -69,11 +70,9 @@ class _SQLiteTransaction:
         await cursor.close()
         return count
 
-    async def insert(self, sql: str, params: Params = ()) -> int:
+    async def insert(self, sql: str, params: Params = ()) -> None:
         cursor = await self._conn.execute(sql, tuple(params))
-        row_id = cursor.lastrowid
         await cursor.close()
-        return int(row_id or 0)
 
     async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
         async with self._conn.execute(sql, tuple(params)) as cursor:
@@ -98,8 +97,8 @@ class _SQLiteStep:
         row = self._conn.execute(sql, tuple(params)).fetchone()
         return dict(row) if row is not None else None
 
-    def insert(self, sql: str, params: Params = ()) -> int:
-        return int(self._conn.execute(sql, tuple(params)).lastrowid or 0)
+    def insert(self, sql: str, params: Params = ()) -> None:
+        self._conn.execute(sql, tuple(params))
 
     def execute_many(self, sql: str, rows: Iterable[Params]) -> int:
         return self._conn.executemany(sql, rows).rowcount
@@ -119,6 +118,7 @@ class SQLiteStore:
         self._inline_commits = 0
         self._checkpoint: asyncio.Task[None] | None = None
         self._version: int | None = None  # `version`'s reading in this turn of the loop
+        self._listeners = Listeners("store-sqlite-watch", self.version)
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.path}>"
@@ -179,6 +179,11 @@ class SQLiteStore:
 
     def _forget_version(self) -> None:
         self._version = None
+
+    def add_listener(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """`data_version` is read every second while someone listens; a change calls back (also
+        after this process's own writer commits: SQLite's counter cannot tell them apart)."""
+        return self._listeners.add(callback)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SQLiteTransaction]:
@@ -260,6 +265,7 @@ class SQLiteStore:
         await self.fetch_one("SELECT 1 AS ok")
 
     async def close(self) -> None:
+        await self._listeners.close()
         if self._checkpoint is not None:
             with contextlib.suppress(Exception):
                 await self._checkpoint
@@ -406,7 +412,7 @@ async def _apply(conn: aiosqlite.Connection, migration: Migration) -> None:
             if await cur.fetchone():
                 await conn.rollback()
                 return
-        for statement in migration.statements:
+        for statement in migration.for_dialect("sqlite"):
             await conn.execute(statement)
         await conn.execute(
             "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
