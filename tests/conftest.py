@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -395,3 +396,22 @@ def store_database(postgres_server: PostgresServer, tmp_path: Path) -> Iterator[
     finally:
         postgres_server.sql(f"DROP DATABASE IF EXISTS {database.name} WITH (FORCE)",
                             database="postgres")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """An open, migrated store of each kind: the contract tests run against both."""
+    from appliance import settings
+    from appliance.egress import Dialer, PolicyHolder
+    from appliance.store import open_store
+
+    env: dict[str, str] = {}
+    if request.param == "postgres":
+        env = request.getfixturevalue("store_database").env()
+    s = settings.load(env=env, flags={"state_dir": str(tmp_path / "state")})
+    (tmp_path / "state").mkdir(mode=0o700)
+    store = await open_store(s, Dialer(PolicyHolder(s.egress)))
+    try:
+        yield store
+    finally:
+        await store.close()

@@ -299,6 +299,7 @@ class PostgresStore:
         except BaseException as exc:
             self._drop_writer()
             if isinstance(exc, Exception):
+                log.debug("store begin failed", exc_info=True)
                 raise _failed("write", exc) from None
             raise
         return conn
@@ -364,7 +365,8 @@ class PostgresStore:
         self._wake.set()  # reconnect at once, then poll for what was missed
 
     async def start(self) -> None:
-        """Read the clock once, then keep `version()` current until `close()`."""
+        """Listen, read the clock once, then keep `version()` current until `close()`."""
+        await self._listen()
         await self._poll()
         self._watch = asyncio.get_running_loop().create_task(self._watching(),
                                                              name="store-postgres-watch")
@@ -645,7 +647,8 @@ def connect_error(target: PostgresTarget, exc: Exception) -> StoreUnavailable:
 
 
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError, TimeoutError,
+    OSError, asyncpg.InterfaceError, asyncpg.InternalClientError, asyncpg.PostgresConnectionError,
+    TimeoutError,
     asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.CannotConnectNowError)
 
 

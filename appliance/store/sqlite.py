@@ -61,27 +61,38 @@ _INLINE_PRAGMAS = (
 
 
 class _SQLiteTransaction:
+    """`Transaction` on the writer connection; a statement's error is a `StoreError` (as on
+    every store), and the block that sees it rolls back."""
+
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
 
     async def execute(self, sql: str, params: Params = ()) -> int:
-        cursor = await self._conn.execute(sql, tuple(params))
+        try:
+            cursor = await self._conn.execute(sql, tuple(params))
+        except sqlite3.Error as exc:
+            raise StoreError(f"store write failed: {exc}") from exc
         count = cursor.rowcount
         await cursor.close()
         return count
 
     async def insert(self, sql: str, params: Params = ()) -> None:
-        cursor = await self._conn.execute(sql, tuple(params))
-        await cursor.close()
+        await self.execute(sql, params)
 
     async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
-        async with self._conn.execute(sql, tuple(params)) as cursor:
-            row = await cursor.fetchone()
+        try:
+            async with self._conn.execute(sql, tuple(params)) as cursor:
+                row = await cursor.fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"store write failed: {exc}") from exc
         return dict(row) if row is not None else None
 
     async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
-        async with self._conn.execute(sql, tuple(params)) as cursor:
-            rows = await cursor.fetchall()
+        try:
+            async with self._conn.execute(sql, tuple(params)) as cursor:
+                rows = await cursor.fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"store write failed: {exc}") from exc
         return [dict(row) for row in rows]
 
 
