@@ -22,6 +22,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT_DIR = ROOT / "test-output"
+# `APPLIANCE_TEST_STORE=postgres pytest …` runs the in-process appliances (tests/support/app.py)
+# on a PostgreSQL store, a fresh database per test. Read here, before `_isolated_environment`
+# clears every APPLIANCE_* variable for the test itself.
+TEST_STORE = os.environ.get("APPLIANCE_TEST_STORE", "sqlite")
 
 # --------------------------------------------------------------------------------------------
 # Foundation fixtures
@@ -415,3 +419,23 @@ async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
         yield store
     finally:
         await store.close()
+
+
+@pytest.fixture(autouse=True)
+def _test_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[None]:
+    """With APPLIANCE_TEST_STORE=postgres: `make_settings` (tests/support/app.py) names a fresh
+    PostgreSQL database as the store."""
+    if TEST_STORE != "postgres":
+        yield
+        return
+    from tests.support import app
+
+    server = request.getfixturevalue("postgres_server")
+    database = new_store_database(server, tmp_path_factory.mktemp("store"))
+    app.STORE_ENV = {k.removeprefix("APPLIANCE_").lower(): v for k, v in database.env().items()}
+    try:
+        yield
+    finally:
+        app.STORE_ENV = {}
+        server.sql(f"DROP DATABASE IF EXISTS {database.name} WITH (FORCE)", database="postgres")

@@ -34,7 +34,7 @@ import secrets
 import sqlite3
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -211,19 +211,30 @@ class PostgresStore:
         except Exception as exc:
             raise connect_error(target, exc) from None
 
-    @contextlib.asynccontextmanager
-    async def _reader(self) -> AsyncIterator[Any]:
-        async with self._readers:
-            conn = self._idle.pop() if self._idle else await self.connect()
-            try:
-                yield conn
-            except BaseException as exc:
-                if _reusable(conn, exc):
-                    self._idle.append(conn)
-                else:
+    async def _read(self, run: Callable[[Any], Awaitable[T]]) -> T:
+        """`run(connection)` on a reader. A connection that broke while it sat idle (a restart,
+        a failover, an idle timeout) is dropped and the read tried once more on a new one:
+        reads are idempotent."""
+        for attempt in (1, 2):
+            async with self._readers:
+                fresh = not self._idle
+                conn = await self.connect() if fresh else self._idle.pop()
+                try:
+                    result = await run(conn)
+                except Exception as exc:
+                    if _reusable(conn, exc):
+                        self._idle.append(conn)
+                    else:
+                        conn.terminate()
+                    if fresh or attempt == 2 or not isinstance(exc, _CONNECTION_ERRORS):
+                        raise _failed("read", exc) from None
+                    continue
+                except BaseException:
                     conn.terminate()
-                raise
-            self._idle.append(conn)
+                    raise
+                self._idle.append(conn)
+                return result
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _writer_conn(self) -> Any:
         if self._writer is None or self._writer.is_closed():
@@ -238,19 +249,13 @@ class PostgresStore:
     # --- reads ------------------------------------------------------------------------------
 
     async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
-        try:
-            async with self._reader() as conn:
-                row = await conn.fetchrow(to_numbered(sql), *params)
-        except Exception as exc:
-            raise _failed("read", exc) from None
+        text = to_numbered(sql)
+        row = await self._read(lambda conn: conn.fetchrow(text, *params))
         return dict(row) if row is not None else None
 
     async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
-        try:
-            async with self._reader() as conn:
-                rows = await conn.fetch(to_numbered(sql), *params)
-        except Exception as exc:
-            raise _failed("read", exc) from None
+        text = to_numbered(sql)
+        rows = await self._read(lambda conn: conn.fetch(text, *params))
         return [dict(row) for row in rows]
 
     async def lookup(self, sql: str, params: Params = ()) -> Row | None:
@@ -293,16 +298,21 @@ class PostgresStore:
             return result
 
     async def _begin(self, begin: str) -> Any:
-        conn = await self._writer_conn()
-        try:
-            await conn.execute(begin)
-        except BaseException as exc:
-            self._drop_writer()
-            if isinstance(exc, Exception):
-                log.debug("store begin failed", exc_info=True)
-                raise _failed("write", exc) from None
-            raise
-        return conn
+        """BEGIN and the write lock on the writer; a writer that broke since its last use is
+        replaced once (nothing of this write was sent yet)."""
+        for attempt in (1, 2):
+            fresh = self._writer is None or self._writer.is_closed()
+            conn = await self._writer_conn()
+            try:
+                await conn.execute(begin)
+                return conn
+            except BaseException as exc:
+                self._drop_writer()
+                if not isinstance(exc, Exception):
+                    raise
+                if fresh or attempt == 2 or not isinstance(exc, _CONNECTION_ERRORS):
+                    raise _failed("write", exc) from None
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _commit(self, conn: Any, *, durable: bool) -> None:
         try:
