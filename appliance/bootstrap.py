@@ -20,6 +20,7 @@ from appliance.core import open_core
 from appliance.errors import ConfigError
 from appliance.secret import Secret
 from appliance.settings import Settings
+from appliance.store.opener import describe, sqlite_path
 
 INSTANCE_SECRET_BYTES = 32
 
@@ -53,10 +54,10 @@ async def init_state(settings: Settings, *, admin_user: str | None = None,
     except FileExistsError:
         report.existing.append(f"instance secret {secret_path} (left as it is)")
 
-    store_path = state / state_dir.STORE_FILE
-    existed = store_path.exists()
+    store_path = sqlite_path(settings)
+    existed = store_path is None or store_path.exists()  # PostgreSQL: migrated, not created
     async with open_core(settings, unseal=False) as core:  # creates and migrates the store
-        (report.existing if existed else report.created).append(f"store {store_path}")
+        (report.existing if existed else report.created).append(f"store {describe(settings)}")
         if admin_user is not None:
             await ensure_first_admin(core.auth, admin_user, admin_password, report)
     return report

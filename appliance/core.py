@@ -14,20 +14,19 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from appliance import state_dir
 from appliance.audit import AuditLog
 from appliance.auth import AuthService
 from appliance.datasources import DatasourceService
 from appliance.datasources.engine import Engine
 from appliance.egress import Dialer, PolicyHolder
 from appliance.egress.runtime import RuntimeEgress
-from appliance.errors import ServiceUnavailable, StoreError
+from appliance.errors import ServiceUnavailable
 from appliance.instances import Heartbeat, beating
 from appliance.keyring import DEFAULT_TUNING, KdfTuning, SecretVault, open_vault
 from appliance.keyring.watch import POLL_SECONDS, watch
 from appliance.queries import QueryService, Runner
 from appliance.settings import Settings
-from appliance.store import Store, open_sqlite_store
+from appliance.store import Store, open_store
 from appliance.tls import TLSManager
 
 log = logging.getLogger("appliance.core")
@@ -39,14 +38,15 @@ class Core:
     `runner`) exist once the core is unsealed (`unseal()`, which `serve` does at start)."""
 
     def __init__(self, settings: Settings, store: Store, *, tls: TLSManager | None = None,
-                 tuning: KdfTuning = DEFAULT_TUNING) -> None:
+                 tuning: KdfTuning = DEFAULT_TUNING, egress: Dialer | None = None) -> None:
         self.settings = settings
         self.store = store
         self._tls = tls
         self._tuning = tuning
         self.audit = AuditLog(store)
         self.auth = AuthService(store, self.audit, settings.auth, vault=self.unseal)
-        self.egress = Dialer(PolicyHolder(settings.egress))  # the one dialer of the process
+        # The one dialer of the process (made before the store when the store is PostgreSQL's).
+        self.egress = egress or Dialer(PolicyHolder(settings.egress))
         self.egress_runtime = RuntimeEgress(settings.egress, self.egress.policy)
         self._vault: SecretVault | None = None
         self._datasources: DatasourceService | None = None
@@ -120,21 +120,19 @@ def _opened(service: S | None, why: str, *, code: str = "keyring_unavailable") -
 async def open_core(settings: Settings, *, unseal: bool = True, tls: TLSManager | None = None,
                     serving: bool = False, must_exist: bool = False,
                     tuning: KdfTuning = DEFAULT_TUNING) -> AsyncIterator[Core]:
-    """The core over the state directory's store, in this order: store (migrated), audit, auth,
+    """The core over the settings' store (`[store] url`), in this order: egress dialer, store
+    (migrated; a PostgreSQL store connects through the dialer), audit, auth,
     egress (with its stored policy), then, with `unseal`, the keyring, datasources (secrets
     sealed before bindings bound once), queries and runner. `serving` adds what only a server
     runs: the instance heartbeat (`appliance.instances`), the keyring watch (rotations by other
     processes) and, with `tls`, ACME and the certificate's maintenance. `must_exist`: refuse to
     create a store (read-only verbs). Everything is closed in reverse order, also on an error
     while opening."""
-    state = settings.server.state_dir.absolute()
-    path = state / state_dir.STORE_FILE
-    if must_exist and not path.exists():
-        raise StoreError(f"no store at {path}; run `appliance init --state-dir {state}`")
+    dialer = Dialer(PolicyHolder(settings.egress))
     async with contextlib.AsyncExitStack() as stack:
-        store = await open_sqlite_store(path)
+        store = await open_store(settings, dialer, must_exist=must_exist)
         stack.push_async_callback(store.close)
-        core = Core(settings, store, tls=tls, tuning=tuning)
+        core = Core(settings, store, tls=tls, tuning=tuning, egress=dialer)
         stack.push_async_callback(core.close)
         await core.egress_runtime.open(store)
         if unseal:

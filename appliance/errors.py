@@ -70,6 +70,15 @@ class StoreError(ApplianceError):
     status = 503
 
 
+class StoreUnavailable(StoreError):
+    """The store named by the settings cannot be reached or used: refused, unresolvable, TLS or
+    authentication failed, not PostgreSQL, a schema newer than this appliance. At start it stops
+    the process (exit 2, one line, never a password); while serving it is a 503 until the store
+    is back (connections are made again by themselves)."""
+
+    exit_code = 2
+
+
 class TLSError(ApplianceError):
     """TLS material is missing, unreadable or invalid."""
 

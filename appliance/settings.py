@@ -107,6 +107,33 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class StoreURL:
+    """Where the store is: `sqlite` (`path`, None for the state directory's file) or `postgresql`
+    (`host`, `port`, `user`, `database`). Never holds a password (see `StoreSettings`)."""
+
+    scheme: str = "sqlite"
+    path: Path | None = None
+    host: str = ""
+    port: int = 5432
+    user: str = ""
+    database: str = ""
+
+    def __str__(self) -> str:
+        if self.scheme == "sqlite":
+            return f"sqlite://{self.path}" if self.path is not None else "sqlite (state directory)"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"postgresql://{self.user}@{host}:{self.port}/{self.database}"
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    url: StoreURL = StoreURL()
+    password_file: Path | None = None  # else the systemd credential `store-password`, if any
+    tls: str = "verify-full"
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class Environment:
     """What the process was given by its environment that is not a setting."""
 
@@ -124,6 +151,7 @@ class Settings:
     auth: AuthSettings
     log: LogSettings
     metrics: MetricsSettings = MetricsSettings()
+    store: StoreSettings = StoreSettings()
     dev: bool = False
     config_file: Path | None = None
     environment: Environment = field(default_factory=Environment)
@@ -332,6 +360,61 @@ def _egress_rule(value: Any) -> str:
     return f"{host}:{port}" if port else host
 
 
+_STORE_SCHEMES = ("sqlite", "postgresql", "postgres")
+_PG_PART = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=%-]+")
+
+
+def _store_url(value: Any) -> StoreURL:
+    """`sqlite:///ABS/PATH`, `postgresql://USER@HOST[:PORT]/DATABASE` (no password, no query), or
+    empty for the state directory's SQLite file."""
+    import urllib.parse
+
+    text = _string(value).strip()
+    if not text:
+        return StoreURL()
+    scheme, sep, rest = text.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in _STORE_SCHEMES:
+        raise ValueError("expected sqlite:///ABSOLUTE/PATH or postgresql://USER@HOST:PORT/DATABASE"
+                         f" (unknown scheme {scheme + ':' if sep else 'missing'})")
+    if "?" in rest or "#" in rest:
+        raise ValueError("takes no query parameters or fragment: use store.tls, store.ca_file "
+                         "and store.password_file")
+    if scheme == "sqlite":
+        if not rest.startswith("/") or rest.startswith("//"):
+            raise ValueError("a sqlite URL names an absolute path: sqlite:///var/lib/x/store.db")
+        return StoreURL(path=Path(urllib.parse.unquote(rest)))
+    netloc, _, database = rest.partition("/")
+    userinfo, at, hostport = netloc.rpartition("@")
+    if ":" in userinfo:
+        raise ValueError("a password in the URL is refused: put it in store.password_file (or "
+                         "the systemd credential store-password)")
+    if not at or not userinfo:
+        raise ValueError("names no user: postgresql://USER@HOST:PORT/DATABASE")
+    if not database or "/" in database or not _PG_PART.fullmatch(database):
+        raise ValueError("names no database: postgresql://USER@HOST:PORT/DATABASE")
+    if not _PG_PART.fullmatch(userinfo):
+        raise ValueError("has a user name with characters that need %-encoding")
+    try:
+        parts = urllib.parse.urlsplit(f"//{hostport}")
+        host, port = parts.hostname or "", parts.port or 5432
+    except ValueError as exc:
+        raise ValueError(f"has a bad host or port ({exc})") from None
+    if not host or not (_HOST_RE.match(host) or _is_ip(host)):
+        raise ValueError("names no usable host: postgresql://USER@HOST:PORT/DATABASE (a Unix "
+                         "socket is not allowed: connections go through the egress dialer)")
+    return StoreURL(scheme="postgresql", host=host, port=port,
+                    user=urllib.parse.unquote(userinfo), database=urllib.parse.unquote(database))
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _role(value: Any) -> str:
     return _choice(*ROLES)(value)
 
@@ -433,6 +516,16 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "datasource_names": _Key(_bool, False, None, "Label pool metrics by datasource name "
                                  "(default: by datasource id)."),
     },
+    "store": {
+        "url": _Key(_store_url, "", None, "sqlite:///ABS/PATH or postgresql://USER@HOST:PORT/DB; "
+                    "empty: the SQLite file in the state directory."),
+        "password_file": _Key(_optional_path, "", None, "File (0600) holding the PostgreSQL "
+                              "password; else the systemd credential store-password."),
+        "tls": _Key(_choice("verify-full", "require", "disable"), "verify-full", None,
+                    "PostgreSQL TLS: verify-full, require (unverified) or disable."),
+        "ca_file": _Key(_optional_path, "", None, "PEM bundle to verify the PostgreSQL server "
+                        "with (default: the system's)."),
+    },
     "log": {
         "format": _Key(_choice("json", "text"), "json", "text", "json lines or text, on stderr."),
         "level": _Key(_choice(*LOG_LEVELS), "info", None, "debug, info, warning or error."),
@@ -509,6 +602,7 @@ def load(
         auth=AuthSettings(**values["auth"]),
         log=LogSettings(**values["log"]),
         metrics=MetricsSettings(**values["metrics"]),
+        store=StoreSettings(**values["store"]),
         dev=dev,
         config_file=used_file,
         environment=_environment(env),
@@ -584,6 +678,14 @@ def _check_consistency(settings: Settings) -> None:
             raise ConfigError("tls.eab_kid", "eab_kid and eab_hmac_key go together")
     if not tls.names and tls.mode == "local":
         raise ConfigError("tls.names", "at least one name is required when tls.mode is 'local'")
+    store = settings.store
+    if store.url.scheme == "sqlite" and (store.password_file or store.ca_file
+                                         or store.tls != "verify-full"):
+        key = "store.password_file" if store.password_file else (
+            "store.ca_file" if store.ca_file else "store.tls")
+        raise ConfigError(key, "applies to a postgresql:// store.url only")
+    if store.ca_file is not None and store.tls != "verify-full":
+        raise ConfigError("store.ca_file", "is only used with store.tls = 'verify-full'")
     env = settings.environment
     if bool(env.encryption_password) != bool(env.encryption_salt):
         raise ConfigError(

@@ -16,11 +16,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT_DIR = ROOT / "test-output"
+# `APPLIANCE_TEST_STORE=postgres pytest …` runs the in-process appliances (tests/support/app.py)
+# on a PostgreSQL store, a fresh database per test. Read here, before `_isolated_environment`
+# clears every APPLIANCE_* variable for the test itself.
+TEST_STORE = os.environ.get("APPLIANCE_TEST_STORE", "sqlite")
 
 # --------------------------------------------------------------------------------------------
 # Foundation fixtures
@@ -346,3 +351,91 @@ def postgres_server() -> Iterator[PostgresServer]:
         server.sql(f"CREATE ROLE app LOGIN PASSWORD '{PG_PASSWORD}'", database="postgres")
         server.sql("CREATE DATABASE appdb OWNER app", database="postgres")
         yield server
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL store fixtures (issue 22): a fresh database per test on the session's cluster
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StoreDatabase:
+    """An empty database owned by `app` for a `[store] url`, and a 0600 password file."""
+
+    server: PostgresServer
+    name: str
+    password_file: Path
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://app@127.0.0.1:{self.server.port}/{self.name}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The settings (as APPLIANCE_* variables) of a store on this database, TLS off (the
+        test cluster has none; SCRAM is still required by the auth guard)."""
+        return {"APPLIANCE_STORE_URL": self.url,
+                "APPLIANCE_STORE_PASSWORD_FILE": str(self.password_file),
+                "APPLIANCE_STORE_TLS": "disable", **extra}
+
+    def sql(self, text: str) -> str:
+        return self.server.sql(text, database=self.name)
+
+
+def new_store_database(server: PostgresServer, directory: Path) -> StoreDatabase:
+    import uuid
+
+    name = f"store_{uuid.uuid4().hex[:12]}"
+    server.sql(f"CREATE DATABASE {name} OWNER app", database="postgres")
+    password_file = directory / f"{name}.password"
+    password_file.write_text(PG_PASSWORD + "\n")
+    password_file.chmod(0o600)
+    return StoreDatabase(server, name, password_file)
+
+
+@pytest.fixture
+def store_database(postgres_server: PostgresServer, tmp_path: Path) -> Iterator[StoreDatabase]:
+    database = new_store_database(postgres_server, tmp_path)
+    try:
+        yield database
+    finally:
+        postgres_server.sql(f"DROP DATABASE IF EXISTS {database.name} WITH (FORCE)",
+                            database="postgres")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """An open, migrated store of each kind: the contract tests run against both."""
+    from appliance import settings
+    from appliance.egress import Dialer, PolicyHolder
+    from appliance.store import open_store
+
+    env: dict[str, str] = {}
+    if request.param == "postgres":
+        env = request.getfixturevalue("store_database").env()
+    s = settings.load(env=env, flags={"state_dir": str(tmp_path / "state")})
+    (tmp_path / "state").mkdir(mode=0o700)
+    store = await open_store(s, Dialer(PolicyHolder(s.egress)))
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture(autouse=True)
+def _test_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[None]:
+    """With APPLIANCE_TEST_STORE=postgres: `make_settings` (tests/support/app.py) names a fresh
+    PostgreSQL database as the store."""
+    if TEST_STORE != "postgres":
+        yield
+        return
+    from tests.support import app
+
+    server = request.getfixturevalue("postgres_server")
+    database = new_store_database(server, tmp_path_factory.mktemp("store"))
+    app.STORE_ENV = {k.removeprefix("APPLIANCE_").lower(): v for k, v in database.env().items()}
+    try:
+        yield
+    finally:
+        app.STORE_ENV = {}
+        server.sql(f"DROP DATABASE IF EXISTS {database.name} WITH (FORCE)", database="postgres")

@@ -30,7 +30,7 @@ from appliance.audit import (
 )
 from appliance.audit.chain import encode_details, hash_values
 from appliance.audit.log import _ACTION as ACTION_COLUMN  # where an entry tuple holds its action
-from appliance.errors import ApplianceError, Unprocessable
+from appliance.errors import ApplianceError, StoreError, Unprocessable
 from appliance.queries import CompiledQuery, Runner
 from appliance.secret import Secret
 from appliance.store import SQLiteStore, open_sqlite_store
@@ -84,7 +84,7 @@ async def test_an_intact_chain_verifies(tmp_path: Path) -> None:
 async def test_the_store_refuses_updates_and_deletes(tmp_path: Path) -> None:
     async with audit_log(tmp_path) as (store, _):
         for sql in ("UPDATE audit_log SET actor = 'x'", "DELETE FROM audit_log"):
-            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            with pytest.raises(StoreError, match="append-only"):
                 async with store.transaction() as tx:
                     await tx.execute(sql)
 

@@ -220,7 +220,9 @@ WRITER = textwrap.dedent(
         while True:
             i += 1
             async with store.transaction() as tx:
-                pid = await tx.insert("INSERT INTO crash_parent (n) VALUES (?)", (10,))
+                row = await tx.fetch_one(
+                    "INSERT INTO crash_parent (n) VALUES (?) RETURNING id", (10,))
+                pid = row["id"]
                 for k in range(10):
                     await tx.execute("INSERT INTO crash_child VALUES (?, ?, ?)",
                                      (pid, k, "x" * 200))

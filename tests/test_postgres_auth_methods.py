@@ -26,8 +26,7 @@ from typing import Any
 import pytest
 
 from appliance.datasources.config import InvalidDatasource, check_config
-from appliance.egress import Dialer, PolicyHolder, asyncpg_hook
-from appliance.kinds.postgres import auth as postgres_auth
+from appliance.egress import Dialer, PolicyHolder, asyncpg_hook, postgres_auth
 from appliance.settings import EgressSettings
 from tests.conftest import PostgresServer, pg_binary, postgres_cluster
 from tests.support.queries import as_role, create_datasource, create_query, proxy, run

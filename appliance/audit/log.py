@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from appliance.audit.chain import GENESIS, Verification, encode_details, hash_values, verify
 from appliance.audit.redact import redact
-from appliance.errors import ApplianceError, ServiceUnavailable
+from appliance.errors import ApplianceError, ServiceUnavailable, StoreError
 from appliance.store import Step, Store, Transaction
 
 log = logging.getLogger("appliance.audit")
@@ -135,8 +135,12 @@ class AuditLog:
     async def _write_in(self, tx: Transaction, fields: Fields) -> int:
         try:
             return (await self._append(tx, [fields]))[0]
-        except ApplianceError:
-            raise
+        except ApplianceError as exc:
+            if not isinstance(exc, StoreError):
+                raise
+            log.error("audit write failed", extra={"action": fields[_ACTION],
+                                                   "exception": type(exc).__qualname__})
+            raise AuditUnavailable() from None
         except Exception as exc:
             log.error("audit write failed", extra={"action": fields[_ACTION],
                                                    "exception": type(exc).__qualname__})

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 
 from appliance import __version__, state_dir
 from appliance.cli.common import add_state_options, load_settings
+from appliance.egress import Dialer, PolicyHolder
 from appliance.errors import ApplianceError, ConfigError, StoreError
 from appliance.instances import Instance, list_instances
 from appliance.settings import Endpoint, Settings
-from appliance.store import open_sqlite_store
+from appliance.store import open_store
 from appliance.store.migrations import LATEST
+from appliance.store.opener import describe, sqlite_path
 from appliance.tls.certificates import load_pair
 
 
@@ -118,13 +120,13 @@ def _instance_secret(settings: Settings) -> list[Check]:
 
 def _store(settings: Settings) -> tuple[list[Check], list[Instance]]:
     """The store (kind, location, schema version) and the instances its heartbeats show."""
-    path = settings.server.state_dir.absolute() / state_dir.STORE_FILE
-    where = f"sqlite {path}"
-    if not path.exists():
+    where = describe(settings)
+    sqlite_file = sqlite_path(settings)
+    if sqlite_file is not None and not sqlite_file.exists():
         return [Check("store", False, f"{where} is missing", "run `appliance init`")], []
 
     async def read() -> tuple[int, list[Instance]]:
-        store = await open_sqlite_store(path, migrate=False)
+        store = await open_store(settings, Dialer(PolicyHolder(settings.egress)), migrate=False)
         try:
             current = await store.schema_version()
             try:
@@ -135,7 +137,10 @@ def _store(settings: Settings) -> tuple[list[Check], list[Instance]]:
         finally:
             await store.close()
 
-    current, instances = asyncio.run(read())
+    try:
+        current, instances = asyncio.run(read())
+    except StoreError as exc:
+        return [Check("store", False, exc.message, "check [store] in the settings")], []
     if current < LATEST:
         store = Check("store", False, f"{where} is at schema version {current}, this appliance's "
                       f"latest is {LATEST}", "start `appliance serve` once to migrate")

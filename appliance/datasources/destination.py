@@ -100,8 +100,8 @@ async def bind_legacy_secrets(store: Store, vault: SecretVault, *, batch_size: i
                                 extra={"datasource": record_id, "field": field,
                                        "reason": exc.reason})
                     await tx.execute(
-                        "UPDATE sealed_fields SET binding = x'' WHERE kind = ? AND record_id = ? "
-                        "AND field = ?", (SEALED_KIND, record_id, field))
+                        "UPDATE sealed_fields SET binding = ? WHERE kind = ? AND record_id = ? "
+                        "AND field = ?", (b"", SEALED_KIND, record_id, field))
                     continue
                 bound += 1
     if bound:

@@ -29,6 +29,7 @@ from appliance.secret import Secret
 from appliance.settings import Settings
 from appliance.store import Store, open_sqlite_store
 from appliance.store.migrations import LATEST
+from appliance.store.opener import sqlite_path
 
 FORMAT = "appliance-backup"
 FORMAT_VERSION = 1
@@ -209,6 +210,10 @@ async def restore_backup(settings: Settings, path: Path, *, force: bool = False,
     has been opened with the instance secret (or the passphrase) and every field checked.
     """
     target = settings.server.state_dir.absolute()
+    live = sqlite_path(settings)
+    if live is None:
+        raise BackupError("restoring into a PostgreSQL store ([store] url) is not supported: "
+                          "restore into a SQLite store, then copy it over with `store migrate`")
     check_target(target, force=force)
     archive = _read_archive(path)
     if passphrase is not None and archive.recovery is None:
@@ -245,7 +250,6 @@ async def restore_backup(settings: Settings, path: Path, *, force: bool = False,
             await store.close()
         if new_secret is not None:
             state_dir.write_private(secret_file(settings), new_secret, exclusive=True)
-        live = state / state_dir.STORE_FILE
         for suffix in ("-wal", "-shm", "-journal"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{live}{suffix}")

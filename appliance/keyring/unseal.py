@@ -90,12 +90,14 @@ async def open_root(slots: list[Slot], secret: InstanceSecret) -> tuple[bytes, S
 
 async def insert_slot(tx: Transaction, *, state: str, source: str, params: ScryptParams,
                       derived: DerivedKey, root_key: bytes) -> int:
-    return await tx.insert(
+    row = await tx.fetch_one(
         "INSERT INTO keyring_unseal (state, source, kdf, verifier, wrapped_root, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
+        "VALUES (?, ?, ?, ?, ?, ?) RETURNING slot",
         (state, source, params.to_json(), unseal_verifier(derived),
          wrap(derived.wrap_key, root_key, ROOT_AAD), time.time()),
     )
+    assert row is not None  # an INSERT … RETURNING of one row returns it
+    return int(row["slot"])
 
 
 async def promote(tx: Transaction, slot: int) -> bool:

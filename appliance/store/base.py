@@ -1,7 +1,12 @@
 """What every store offers: reads, and writes inside a transaction that commits whole or not at all.
 
-Owns the interface only; implementations live beside it. Never names a driver's type: no
-connection or cursor crosses it, so a PostgreSQL store can honour it as the SQLite one does.
+Owns the interface only; implementations live beside it (`sqlite`, `postgres`). Never names a
+driver's type: no connection or cursor crosses it. SQL crosses it in one portable dialect: `?`
+placeholders, ON CONFLICT … DO UPDATE, RETURNING; no row ids, no SQLite-only functions.
+
+Writes are serialised across every process on the store (SQLite: BEGIN IMMEDIATE; PostgreSQL: an
+advisory lock taken first in each write), so a read-modify-write inside one `transaction()` or
+`write()` never loses an update, however many instances share the store.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ class Transaction(Protocol):
         """Run one statement; return the number of rows changed."""
         ...
 
-    async def insert(self, sql: str, params: Params = ()) -> int:
-        """Run one INSERT; return the new row id."""
+    async def insert(self, sql: str, params: Params = ()) -> None:
+        """Run one INSERT. To learn a key the store chose, use `INSERT … RETURNING` with
+        `fetch_one` (both stores have it): a row id is not portable."""
         ...
 
     async def fetch_one(self, sql: str, params: Params = ()) -> Row | None: ...
@@ -39,8 +45,8 @@ class Step(Protocol):
 
     def fetch_one(self, sql: str, params: Params = ()) -> Row | None: ...
 
-    def insert(self, sql: str, params: Params = ()) -> int:
-        """Run one INSERT; return the new row id."""
+    def insert(self, sql: str, params: Params = ()) -> None:
+        """Run one INSERT (for a key the store chose: `INSERT … RETURNING` with `fetch_one`)."""
         ...
 
     def execute_many(self, sql: str, rows: Iterable[Params]) -> int:
@@ -60,7 +66,16 @@ class Store(Protocol):
 
     def version(self) -> int | None:
         """A number that changes whenever a record that `lookup` reads may have changed, for
-        caching lookups; None when it cannot tell (then nothing may be cached)."""
+        caching lookups; None when it cannot tell (then nothing may be cached). It moves at once
+        after this process's own durable commit, and within a second of another process's."""
+        ...
+
+    def add_listener(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback()` on the event loop whenever `version()` moved because another process
+        (another instance, a CLI verb) committed; return the function that removes it. Calls are
+        coalesced (one per change seen, within about a second) and may also follow this
+        process's own writes (SQLite cannot tell them apart): a callback reloads, idempotently.
+        A callback must be quick and must not raise (what it raises is logged and dropped)."""
         ...
 
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:

@@ -29,6 +29,7 @@ from appliance.errors import StoreError
 from appliance.state_dir import FILE_MODE
 from appliance.store.aiosqlite_private import run_on_thread
 from appliance.store.base import Params, Row, Step
+from appliance.store.listeners import Listeners
 from appliance.store.migrations import LATEST, MIGRATIONS, Migration
 
 T = TypeVar("T")
@@ -60,29 +61,38 @@ _INLINE_PRAGMAS = (
 
 
 class _SQLiteTransaction:
+    """`Transaction` on the writer connection; a statement's error is a `StoreError` (as on
+    every store), and the block that sees it rolls back."""
+
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
 
     async def execute(self, sql: str, params: Params = ()) -> int:
-        cursor = await self._conn.execute(sql, tuple(params))
+        try:
+            cursor = await self._conn.execute(sql, tuple(params))
+        except sqlite3.Error as exc:
+            raise StoreError(f"store write failed: {exc}") from exc
         count = cursor.rowcount
         await cursor.close()
         return count
 
-    async def insert(self, sql: str, params: Params = ()) -> int:
-        cursor = await self._conn.execute(sql, tuple(params))
-        row_id = cursor.lastrowid
-        await cursor.close()
-        return int(row_id or 0)
+    async def insert(self, sql: str, params: Params = ()) -> None:
+        await self.execute(sql, params)
 
     async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
-        async with self._conn.execute(sql, tuple(params)) as cursor:
-            row = await cursor.fetchone()
+        try:
+            async with self._conn.execute(sql, tuple(params)) as cursor:
+                row = await cursor.fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"store write failed: {exc}") from exc
         return dict(row) if row is not None else None
 
     async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
-        async with self._conn.execute(sql, tuple(params)) as cursor:
-            rows = await cursor.fetchall()
+        try:
+            async with self._conn.execute(sql, tuple(params)) as cursor:
+                rows = await cursor.fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"store write failed: {exc}") from exc
         return [dict(row) for row in rows]
 
 
@@ -98,8 +108,8 @@ class _SQLiteStep:
         row = self._conn.execute(sql, tuple(params)).fetchone()
         return dict(row) if row is not None else None
 
-    def insert(self, sql: str, params: Params = ()) -> int:
-        return int(self._conn.execute(sql, tuple(params)).lastrowid or 0)
+    def insert(self, sql: str, params: Params = ()) -> None:
+        self._conn.execute(sql, tuple(params))
 
     def execute_many(self, sql: str, rows: Iterable[Params]) -> int:
         return self._conn.executemany(sql, rows).rowcount
@@ -119,6 +129,7 @@ class SQLiteStore:
         self._inline_commits = 0
         self._checkpoint: asyncio.Task[None] | None = None
         self._version: int | None = None  # `version`'s reading in this turn of the loop
+        self._listeners = Listeners("store-sqlite-watch", self.version)
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.path}>"
@@ -179,6 +190,11 @@ class SQLiteStore:
 
     def _forget_version(self) -> None:
         self._version = None
+
+    def add_listener(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """`data_version` is read every second while someone listens; a change calls back (also
+        after this process's own writer commits: SQLite's counter cannot tell them apart)."""
+        return self._listeners.add(callback)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SQLiteTransaction]:
@@ -260,6 +276,7 @@ class SQLiteStore:
         await self.fetch_one("SELECT 1 AS ok")
 
     async def close(self) -> None:
+        await self._listeners.close()
         if self._checkpoint is not None:
             with contextlib.suppress(Exception):
                 await self._checkpoint
@@ -406,7 +423,7 @@ async def _apply(conn: aiosqlite.Connection, migration: Migration) -> None:
             if await cur.fetchone():
                 await conn.rollback()
                 return
-        for statement in migration.statements:
+        for statement in migration.for_dialect("sqlite"):
             await conn.execute(statement)
         await conn.execute(
             "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",

@@ -11,11 +11,12 @@ import datetime as dt
 import http.client
 import ipaddress
 import socket
-from pathlib import Path
 
-from appliance import state_dir
+from appliance.egress import Dialer, PolicyHolder
+from appliance.errors import StoreError
 from appliance.settings import Settings
-from appliance.store import open_sqlite_store
+from appliance.store import open_store
+from appliance.store.opener import sqlite_path
 from appliance.tls.http01 import PATH_PREFIX
 
 # (name, ok, detail, fix)
@@ -74,13 +75,17 @@ def _port80(settings: Settings) -> Finding:
 
 
 def _stored(settings: Settings) -> Finding:
-    path = Path(settings.server.state_dir).absolute() / state_dir.STORE_FILE
+    path = sqlite_path(settings)
     name = "acme certificate"
-    if not path.exists():
+    if path is not None and not path.exists():
         return (name, True, "none yet: obtained at the first `appliance serve`", "")
 
     async def read() -> dict[str, object] | None:
-        store = await open_sqlite_store(path, migrate=False)
+        try:
+            store = await open_store(settings, Dialer(PolicyHolder(settings.egress)),
+                                     migrate=False)
+        except StoreError:
+            return None  # the store check says why
         try:
             return await store.fetch_one(
                 "SELECT not_after, renew_at, last_error, failures, next_attempt "

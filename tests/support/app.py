@@ -37,10 +37,13 @@ PASSWORDS = {
     "developer": "developer-password-0123",
 }
 TEST_TUNING = KdfTuning.fixed(log2_n=10)
+# Settings every `make_settings` adds (tests/conftest.py's `_test_store` names a PostgreSQL
+# store here under APPLIANCE_TEST_STORE=postgres).
+STORE_ENV: dict[str, str] = {}
 
 
 def make_settings(state: Path, **env: str) -> Settings:
-    return settings.load(env={f"APPLIANCE_{k.upper()}": v for k, v in env.items()},
+    return settings.load(env={f"APPLIANCE_{k.upper()}": v for k, v in {**STORE_ENV, **env}.items()},
                          flags={"state_dir": str(state)})
 
 

@@ -28,26 +28,14 @@ from appliance.datasources.errors import (
     DatasourceUnreachable,
     connection_failure,
 )
-from appliance.egress import Dialer, asyncpg_hook
+from appliance.egress import Dialer, postgres_auth
 from appliance.errors import ApplianceError
-from appliance.kinds.postgres import auth
 from appliance.kinds.postgres.asyncpg_private import fetch_at_most
 from appliance.kinds.postgres.errors import encoding_failure, query_failed
 from appliance.kinds.postgres.pool import ConnectionPool, PoolClosed
 from appliance.kinds.sql.binding import BoundStatement
 
 STREAM_BATCH = 1000
-
-
-def _tls_context(mode: str) -> ssl.SSLContext | bool:
-    if mode == "disable":
-        return False
-    if mode == "require":  # encrypted, not verified (libpq's sslmode=require)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-    return ssl.create_default_context()  # verify-full
 
 
 class PostgresEngine(Engine):
@@ -66,23 +54,19 @@ class PostgresEngine(Engine):
         password = self.target.secret("password")
         timeout_ms = self.target.limits.statement_timeout_ms
         tls = str(config["tls"])
-        policy = auth.policy_for(tls, allow_md5=config.get("allow_md5") is True)
         try:
-            conn = await asyncpg_hook.connect(
+            conn = await postgres_auth.connect(
                 self._dialer, host=str(config["host"]), port=int(config["port"]),
-                datasource=self.target.id, timeout=CONNECT_TIMEOUT, guard=policy,
+                datasource=self.target.id, timeout=CONNECT_TIMEOUT, purpose="postgres",
                 user=str(config["user"]), password=password if password is not None else "",
-                passfile="/dev/null", database=str(config["database"]),
-                ssl=_tls_context(tls), direct_tls=False,
-                target_session_attrs="any", krbsrvname="postgres", gsslib="gssapi",
+                database=str(config["database"]), tls=tls,
+                allow_md5=config.get("allow_md5") is True,
                 server_settings={"application_name": "appliance",
                                  "statement_timeout": str(timeout_ms)},
                 statement_cache_size=256,
             )
-        except Exception:
-            if policy is not None and policy.refused is not None:
-                raise self._refused(policy.refused, tls) from None
-            raise
+        except postgres_auth.AuthMethodRefused as refused:
+            raise self._refused(refused, tls) from None
         try:
             for name in ("json", "jsonb"):  # results as JSON values; json parameters are text
                 await conn.set_type_codec(name, encoder=str, decoder=json.loads,
@@ -92,13 +76,13 @@ class PostgresEngine(Engine):
             raise
         return conn
 
-    def _refused(self, refused: auth.AuthMethodRefused, tls: str
+    def _refused(self, refused: postgres_auth.AuthMethodRefused, tls: str
                  ) -> DatasourceAuthRefused:
         if refused.code is None:  # malformed: not a method to advise on
             return DatasourceAuthRefused(self.name, f"{refused}; the password was not sent")
         fixes = "set password_encryption = 'scram-sha-256' on the server, set the user's " \
                 "password again and use scram-sha-256 in pg_hba.conf, or use tls = verify-full"
-        if refused.code == auth.MD5:
+        if refused.code == postgres_auth.MD5:
             fixes += ", or set allow_md5 = true on this datasource"
         return DatasourceAuthRefused(
             self.name, f"{refused} (tls = {tls}); the password was not sent. To connect, {fixes}")

@@ -1,17 +1,25 @@
-"""Which PostgreSQL authentication methods a connection may answer, and the guard that enforces it
-by reading the server's messages before asyncpg does.
+"""How every PostgreSQL connection of the process is opened (a datasource's and the store's): the
+TLS context of a mode, which authentication methods a connection may answer, and the guard that
+enforces it by reading the server's messages before asyncpg does.
 
 Owns the rule (a connection that is not TLS-verified never answers a cleartext-password request,
-nor an MD5 one unless the datasource allows MD5) and the small parser of the backend messages
-that come before authentication ends. Never sees or handles a password: a refused request is
-dropped before asyncpg's protocol, which holds the password, can answer it.
+nor an MD5 one unless the datasource allows MD5), the small parser of the backend messages that
+come before authentication ends, and `connect` (every parameter explicit, so asyncpg never reads
+PG* variables or ~/.pgpass). Never sees or handles a password beyond passing it to asyncpg: a
+refused request is dropped before asyncpg's protocol, which holds the password, can answer it.
 """
 
 from __future__ import annotations
 
-from typing import Final
+import ssl
+from pathlib import Path
+from typing import Any, Final
 
+from appliance.egress import asyncpg_hook
 from appliance.egress.asyncpg_hook import ProtocolGuard
+from appliance.egress.dialer import Dialer
+
+TLS_MODES: Final = ("verify-full", "require", "disable")
 
 # AuthenticationXXX request codes (the Int32 after 'R'); see the protocol's message formats.
 AUTH_OK: Final = 0
@@ -115,3 +123,42 @@ def _refusal_text(code: int) -> str:
         return ("the server asked for MD5 password authentication; refused because the "
                 "connection is not TLS-verified")
     return f"the server asked for an unsupported authentication method (code {code})"
+
+
+def tls_context(mode: str, ca_file: Path | None = None) -> ssl.SSLContext | bool:
+    """The TLS of a mode: `verify-full` (the system's CAs, or `ca_file`; the name is checked),
+    `require` (encrypted, not verified: libpq's sslmode=require) or `disable` (False)."""
+    if mode == "disable":
+        return False
+    if mode == "require":
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    if mode != "verify-full":
+        raise ValueError(f"unknown TLS mode {mode!r}")
+    return ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+
+
+async def connect(dialer: Dialer, *, host: str, port: int, user: str, password: str,
+                  database: str, tls: str, purpose: str, timeout: float,
+                  ca_file: Path | None = None, allow_md5: bool = False,
+                  datasource: str | None = None, server_settings: dict[str, str] | None = None,
+                  statement_cache_size: int = 256) -> Any:
+    """An asyncpg connection through the dialer. Unless TLS is verified, a guard reads the
+    server's authentication requests first and refuses a cleartext (or, without `allow_md5`, an
+    MD5) one before the password is sent: `AuthMethodRefused` is raised then."""
+    policy = policy_for(tls, allow_md5=allow_md5)
+    try:
+        return await asyncpg_hook.connect(
+            dialer, host=host, port=port, purpose=purpose, datasource=datasource,
+            timeout=timeout, guard=policy, user=user, password=password,
+            passfile="/dev/null", database=database, ssl=tls_context(tls, ca_file),
+            direct_tls=False, target_session_attrs="any", krbsrvname="postgres",
+            gsslib="gssapi", server_settings=server_settings or {},
+            statement_cache_size=statement_cache_size,
+        )
+    except Exception:
+        if policy is not None and policy.refused is not None:
+            raise policy.refused from None
+        raise
