@@ -152,10 +152,10 @@ def test_security_headers_and_request_id(dev_server: ServerProcess) -> None:
 
 
 def test_hsts_outside_dev(tmp_path: Path) -> None:
-    from .conftest import run_cli
+    from .support.cli import run_verb
 
     state = tmp_path / "state"
-    assert run_cli("init", "--state-dir", str(state)).returncode == 0
+    assert run_verb("init", "--state-dir", str(state)).returncode == 0
     server = start_server(["serve", "--state-dir", str(state), "--listen", "127.0.0.1:0"],
                           cwd=tmp_path)
     try:

@@ -15,6 +15,7 @@ import pytest
 
 from appliance import state_dir
 from tests.conftest import ROOT, clean_env, run_cli
+from tests.support.cli import run_verb
 from tests.support.keyring import check_all, init_state, plaintexts, populate, raw_sql
 
 KILL_LOOPS = int(os.environ.get("KEYRING_KILL_LOOPS", "20"))
@@ -35,7 +36,7 @@ def populated(state: Path):
 
 def test_every_keys_verb_has_help():
     for verb in ("status", "rotate", "change-password"):
-        result = run_cli("keys", verb, "--help")
+        result = run_verb("keys", verb, "--help")
         assert result.returncode == 0 and "--state-dir" in result.stdout, verb
 
 
@@ -56,10 +57,10 @@ def test_status_and_rotate(populated, state):
 def test_rotate_refuses_a_missing_store_and_bad_batch(tmp_path):
     state = tmp_path / "nothing"
     state.mkdir(mode=0o700)
-    result = run_cli("keys", "rotate", "--state-dir", str(state))
+    result = run_verb("keys", "rotate", "--state-dir", str(state))
     assert result.returncode != 0 and "appliance init" in result.stderr
     assert not (state / state_dir.STORE_FILE).exists()
-    result = run_cli("keys", "rotate", "--state-dir", str(state), "--batch-size", "0")
+    result = run_verb("keys", "rotate", "--state-dir", str(state), "--batch-size", "0")
     assert result.returncode == 2
 
 
@@ -146,8 +147,8 @@ def test_change_password_needs_the_new_secret_for_external_sources(populated, st
     creds.mkdir()
     (creds / "encryption-key").write_bytes(os.urandom(32))
     env = clean_env(CREDENTIALS_DIRECTORY=str(creds))
-    result = run_cli("keys", "change-password", "--state-dir", str(state), env=env)
+    result = run_verb("keys", "change-password", "--state-dir", str(state), env=env)
     # This store was sealed with the file, not with this credential: refused before anything.
     assert result.returncode == 2 and "systemd credential" in result.stderr
-    result = run_cli("keys", "change-password", "--state-dir", str(state), "--new-salt", "x")
+    result = run_verb("keys", "change-password", "--state-dir", str(state), "--new-salt", "x")
     assert result.returncode == 2
