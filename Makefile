@@ -56,8 +56,12 @@ system-deps:
 fast-deps:
 	$(call install_debs,$(FAST_DEBS))
 
+# The kill-at-random runs of `appliance keys` (tests/test_keys_cli.py): 8 kills each by default,
+# 20 in `make test` (KEYRING_KILL_LOOPS=N on the command line for more).
+KEYRING_KILL_LOOPS ?= 20
+
 test: system-deps lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	KEYRING_KILL_LOOPS=$(KEYRING_KILL_LOOPS) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: fast-deps lint
 	$(BIN)/python -m pytest -n auto $(FAST_SKIP) $(PYTEST_ARGS)
