@@ -2,10 +2,11 @@
 (build_app on 127.0.0.1:0, local CA, TLS) in this process, seeded users and tokens, a client
 that handles the session cookie and the CSRF headers explicitly.
 
-Such an appliance hashes passwords with Argon2id at a test cost (`TEST_PASSWORD_HASHER`, about
-1 ms instead of 0.22 s of CPU): these tests are about sessions, roles and errors, not the
+`prepare` and `running` hash passwords with Argon2id at a test cost (`TEST_PASSWORD_HASHER`,
+about 1 ms instead of 0.22 s of CPU): these tests are about sessions, roles and errors, not the
 hash's cost. The production parameters are tested where they are the subject
-(tests/test_users_passwords.py) and in every `appliance` subprocess, which never gets this.
+(tests/test_users_passwords.py: a login rehashes to them) and every `appliance` subprocess
+uses them (it would rehash a test-cost hash at login, as after any parameter change).
 """
 
 from __future__ import annotations
@@ -71,7 +72,14 @@ def make_settings(state: Path, **env: str) -> Settings:
 async def prepare(state: Path, *, require_2fa: str = "admin",
                   users: tuple[str, ...] = ("viewer", "developer"),
                   tokens: bool = False) -> tuple[Settings, dict[str, str]]:
-    """State dir with the admin (and `users`, named after their role); optional tokens."""
+    """State dir with the admin (and `users`, named after their role); optional tokens. The
+    passwords are hashed at the test cost (`cheap_password_hashing`)."""
+    with cheap_password_hashing():
+        return await _prepare(state, require_2fa=require_2fa, users=users, tokens=tokens)
+
+
+async def _prepare(state: Path, *, require_2fa: str, users: tuple[str, ...],
+                   tokens: bool) -> tuple[Settings, dict[str, str]]:
     s = make_settings(state, auth_require_2fa=require_2fa)
     await bootstrap.init_state(s, admin_user="admin", admin_password=Secret(ADMIN_PASSWORD))
     raw_tokens: dict[str, str] = {}
