@@ -2,7 +2,7 @@
 #   make run     HTTPS on https://localhost:8443 with a local CA, embedded store, demo data
 #   make test    everything the tests need (Debian packages, a venv), then the whole suite
 #   make test-fast  the suite without Chromium, Pebble and the binary build, on every core
-#                (about 110 s of CPU in all)
+#                (about 70 s on 2 cores, 100 s of CPU)
 #   make lint    ruff, mypy --strict on appliance/, ESLint on the console's JavaScript
 #   make binary  dist/appliance, one file (PyInstaller)
 
