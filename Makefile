@@ -2,6 +2,7 @@
 #   make run     HTTPS on https://localhost:8443 with a local CA, embedded store, demo data
 #   make test    everything the tests need (Debian packages, a venv), then the whole suite
 #   make test-fast  the suite without Chromium, Pebble and the binary build, on every core
+#                (about 70 s on 2 cores, 100 s of CPU)
 #   make lint    ruff, mypy --strict on appliance/, ESLint on the console's JavaScript
 #   make binary  dist/appliance, one file (PyInstaller)
 
@@ -56,11 +57,17 @@ system-deps:
 fast-deps:
 	$(call install_debs,$(FAST_DEBS))
 
-test: system-deps lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# The kill-at-random runs of `appliance keys` (tests/test_keys_cli.py): 8 kills each by default,
+# 20 in `make test` (KEYRING_KILL_LOOPS=N on the command line for more).
+KEYRING_KILL_LOOPS ?= 20
 
+test: system-deps lint
+	KEYRING_KILL_LOOPS=$(KEYRING_KILL_LOOPS) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# worksteal: a worker that runs out of tests takes some of the other's, so that the slow
+# subprocess tests (they cluster in a few files) do not leave a core idle at the end.
 test-fast: fast-deps lint
-	$(BIN)/python -m pytest -n auto $(FAST_SKIP) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto --dist worksteal $(FAST_SKIP) $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed node_modules/.installed
 	$(BIN)/ruff check appliance tests bench

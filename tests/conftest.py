@@ -176,6 +176,18 @@ def dev_server(tmp_path: Path) -> Iterator[ServerProcess]:
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def shared_dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One `appliance serve --dev` for a whole module, for tests that only send it requests and
+    read answers (no restart, no log assertions, nothing that changes its state for the next)."""
+    cwd = tmp_path_factory.mktemp("shared-dev-server")
+    server = start_server(["serve", "--dev", "--listen", "127.0.0.1:0"], cwd=cwd)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @contextlib.contextmanager
 def tls_connection(host: str, port: int, ctx: ssl.SSLContext,
                    server_hostname: str | None = None) -> Iterator[ssl.SSLSocket]:

@@ -30,7 +30,8 @@ from appliance.tls.certificates import CertificateInfo
 from appliance.tls.errors import ACMEEgressDenied, ACMEUnreachable
 from appliance.tls.http01 import HTTP01Responder
 from appliance.tls.transport import EgressRoute, parse_retry_after
-from tests.conftest import clean_env, run_cli
+from tests.conftest import clean_env
+from tests.support.cli import run_verb
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 
@@ -250,7 +251,7 @@ def test_init_domain_writes_acme_settings_and_keeps_the_rest(tmp_path: Path) -> 
     config.write_text('# mine\n[server]\nlisten = "127.0.0.1:8443"\n\n[tls]\nmode = "local"\n'
                       '[log]\nlevel = "warning"\n')
     before = config.read_text()
-    result = run_cli("init", "--state-dir", str(tmp_path / "state"), "--config", str(config),
+    result = run_verb("init", "--state-dir", str(tmp_path / "state"), "--config", str(config),
                      "--domain", "Data.Example.COM", "--email", "ops@example.com",
                      env=clean_env())
     assert result.returncode == 0, result.stderr
@@ -266,7 +267,7 @@ def test_init_domain_writes_acme_settings_and_keeps_the_rest(tmp_path: Path) -> 
     assert loaded.log.level == "warning"
     assert "tls.mode = \"local\"" in result.stdout and "left as it is" in result.stdout
     # Idempotent: a second run changes nothing.
-    again = run_cli("init", "--state-dir", str(tmp_path / "state"), "--config", str(config),
+    again = run_verb("init", "--state-dir", str(tmp_path / "state"), "--config", str(config),
                     "--domain", "data.example.com", "--email", "ops@example.com",
                     env=clean_env())
     assert again.returncode == 0, again.stderr
@@ -275,7 +276,7 @@ def test_init_domain_writes_acme_settings_and_keeps_the_rest(tmp_path: Path) -> 
 
 def test_init_domain_creates_the_config_file(tmp_path: Path) -> None:
     config = tmp_path / "etc" / "appliance.toml"
-    result = run_cli("init", "--state-dir", str(tmp_path / "state"), "--config", str(config),
+    result = run_verb("init", "--state-dir", str(tmp_path / "state"), "--config", str(config),
                      "--domain", "203.0.113.7", "--email", "ops@example.com", env=clean_env())
     assert result.returncode == 0, result.stderr
     loaded = settings_module.load(config_file=config, env={})
@@ -290,7 +291,7 @@ def test_init_domain_creates_the_config_file(tmp_path: Path) -> None:
 ])
 def test_init_domain_bad_input(tmp_path: Path, args: list[str], message: str) -> None:
     config = tmp_path / "appliance.toml"
-    result = run_cli("init", "--state-dir", str(tmp_path / "state"), "--config", str(config),
+    result = run_verb("init", "--state-dir", str(tmp_path / "state"), "--config", str(config),
                      *args, env=clean_env())
     assert result.returncode == 2
     assert message in result.stderr
@@ -312,9 +313,9 @@ def test_doctor_in_acme_mode_checks_names_and_port_80(tmp_path: Path) -> None:
                       '[tls]\nmode = "acme"\nnames = ["localhost", "no-such-name.invalid", '
                       '"192.0.2.1"]\n')
     state = tmp_path / "state"
-    assert run_cli("init", "--state-dir", str(state), "--config", str(config),
+    assert run_verb("init", "--state-dir", str(state), "--config", str(config),
                    env=clean_env()).returncode == 0
-    result = run_cli("doctor", "--state-dir", str(state), "--config", str(config),
+    result = run_verb("doctor", "--state-dir", str(state), "--config", str(config),
                      env=clean_env())
     out = result.stdout
     assert result.returncode == 1, out

@@ -17,6 +17,7 @@ from appliance import state_dir
 from appliance.keyring import WrongInstanceSecret
 from appliance.keyring.backup import restore_backup, write_backup
 from tests.conftest import run_cli
+from tests.support.cli import run_verb
 from tests.support.keyring import (
     TEST_TUNING,
     check_all,
@@ -76,14 +77,14 @@ def test_backup_and_restore_with_the_instance_secret(populated, state, tmp_path)
 
 def test_restore_without_the_secret_explains(populated, state, tmp_path):
     out = tmp_path / "b.tar"
-    assert run_cli("backup", "--state-dir", str(state), "--out", str(out)).returncode == 0
+    assert run_verb("backup", "--state-dir", str(state), "--out", str(out)).returncode == 0
     target = tmp_path / "empty"
-    result = run_cli("restore", "--state-dir", str(target), str(out))
+    result = run_verb("restore", "--state-dir", str(target), str(out))
     assert result.returncode != 0 and "--passphrase-file" in result.stderr
     assert not (target / state_dir.STORE_FILE).exists()
     # With some other installation's secret: refused, nothing left behind.
     state_dir.write_private(target / state_dir.INSTANCE_SECRET_FILE, os.urandom(32))
-    result = run_cli("restore", "--state-dir", str(target), str(out))
+    result = run_verb("restore", "--state-dir", str(target), str(out))
     assert result.returncode != 0 and "does not open" in result.stderr
     assert sorted(p.name for p in target.iterdir()) == [state_dir.INSTANCE_SECRET_FILE]
 
@@ -93,7 +94,7 @@ def test_passphrase_recovery_into_a_fresh_state_dir(populated, state, tmp_path):
     passphrase = tmp_path / "pass"
     passphrase.write_text("a long recovery passphrase\n")
     out = tmp_path / "b.tar"
-    result = run_cli("backup", "--state-dir", str(state), "--out", str(out),
+    result = run_verb("backup", "--state-dir", str(state), "--out", str(out),
                      "--passphrase-file", str(passphrase))
     assert result.returncode == 0, result.stderr
     _assert_no_plaintext(out.read_bytes(), secrets, "the backup")
@@ -101,10 +102,10 @@ def test_passphrase_recovery_into_a_fresh_state_dir(populated, state, tmp_path):
     wrong = tmp_path / "wrong"
     wrong.write_text("not the recovery passphrase")
     target = tmp_path / "fresh"
-    result = run_cli("restore", "--state-dir", str(target), str(out),
+    result = run_verb("restore", "--state-dir", str(target), str(out),
                      "--passphrase-file", str(wrong))
     assert result.returncode != 0 and "passphrase does not open" in result.stderr
-    result = run_cli("restore", "--state-dir", str(target), str(out),
+    result = run_verb("restore", "--state-dir", str(target), str(out),
                      "--passphrase-file", str(passphrase))
     assert result.returncode == 0, result.stderr
     assert "new instance secret" in result.stdout
@@ -118,13 +119,13 @@ def test_passphrase_recovery_into_a_fresh_state_dir(populated, state, tmp_path):
 def test_restore_refuses_a_non_empty_state_dir_without_force(populated, state, tmp_path):
     s, secrets = populated
     out = tmp_path / "b.tar"
-    assert run_cli("backup", "--state-dir", str(state), "--out", str(out)).returncode == 0
-    result = run_cli("restore", "--state-dir", str(state), str(out))
+    assert run_verb("backup", "--state-dir", str(state), "--out", str(out)).returncode == 0
+    result = run_verb("restore", "--state-dir", str(state), str(out))
     assert result.returncode != 0 and "not empty" in result.stderr and "--force" in result.stderr
     # Change the live store, then restore over it with --force: the backup's content returns.
     extra = {("datasource", "after-backup", "password"): b"PLAINTEXT-after"}
     asyncio.run(populate(s, extra))
-    result = run_cli("restore", "--state-dir", str(state), str(out), "--force")
+    result = run_verb("restore", "--state-dir", str(state), str(out), "--force")
     assert result.returncode == 0, result.stderr
     vault = asyncio.run(check_all(s, secrets))
     assert vault is not None
@@ -143,7 +144,7 @@ def test_restore_refuses_a_non_empty_state_dir_without_force(populated, state, t
                                     "newer schema"])
 def test_bad_backup_files_are_refused(populated, state, tmp_path, damage):
     out = tmp_path / "b.tar"
-    assert run_cli("backup", "--state-dir", str(state), "--out", str(out)).returncode == 0
+    assert run_verb("backup", "--state-dir", str(state), "--out", str(out)).returncode == 0
     data = out.read_bytes()
     args = []
     if damage == "garbage":
@@ -174,7 +175,7 @@ def test_bad_backup_files_are_refused(populated, state, tmp_path, damage):
     state_dir.ensure(target)
     (target / state_dir.INSTANCE_SECRET_FILE).write_bytes(
         (state / state_dir.INSTANCE_SECRET_FILE).read_bytes())
-    result = run_cli("restore", "--state-dir", str(target), str(out), *args)
+    result = run_verb("restore", "--state-dir", str(target), str(out), *args)
     assert result.returncode != 0, damage
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
     assert not (target / state_dir.STORE_FILE).exists()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .conftest import ServerProcess, http_request, run_cli, start_server, tls_connection
+from .conftest import ServerProcess, http_request, start_server, tls_connection
+from .support.cli import run_verb
 
 
 def call(server: ServerProcess, token: str, method: str, path: str,
@@ -22,8 +23,8 @@ def call(server: ServerProcess, token: str, method: str, path: str,
 def test_dev_demo_queries_run_with_typed_parameters(tmp_path: Path) -> None:
     first = start_server(["serve", "--dev", "--listen", "127.0.0.1:0"], cwd=tmp_path)
     first.stop()
-    made = run_cli("tokens", "create", "admin", "--role", "viewer", "--state-dir",
-                   str(tmp_path / ".appliance"), cwd=tmp_path)
+    made = run_verb("tokens", "create", "admin", "--role", "viewer", "--state-dir",
+                    str(tmp_path / ".appliance"), cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     token = next(word for word in made.stdout.split() if word.startswith("apl_"))
 

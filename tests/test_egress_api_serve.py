@@ -13,10 +13,10 @@ from .conftest import (
     ServerProcess,
     clean_env,
     http_request,
-    run_cli,
     start_server,
     tls_connection,
 )
+from .support.cli import run_verb
 
 PASSWORD = "admin-password-0123"
 
@@ -33,9 +33,9 @@ def init_with_token(tmp_path: Path, config: Path, env: dict[str, str] | None = N
     password_file.write_text(PASSWORD)
     state = tmp_path / "state"
     common = ["--state-dir", str(state), "--config", str(config)]
-    done = run_cli("init", *common, "--admin-password-file", str(password_file), env=env)
+    done = run_verb("init", *common, "--admin-password-file", str(password_file), env=env)
     assert done.returncode == 0, done.stderr
-    made = run_cli("tokens", "create", "admin", "--allow-without-2fa", *common, env=env)
+    made = run_verb("tokens", "create", "admin", "--allow-without-2fa", *common, env=env)
     assert made.returncode == 0, made.stderr
     return made.stdout.strip().splitlines()[-1].strip()
 

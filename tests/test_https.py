@@ -17,41 +17,45 @@ from .conftest import ServerProcess, http_request, start_server, tls_connection
 pytestmark = pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")
 
 
+# Every test here but the log test shares one `serve --dev` (`shared_dev_server`): they only send
+# requests and read the answers.
+
+
 def get(server: ServerProcess, path: str, method: str = "GET", body: bytes = b"",
         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     with tls_connection("127.0.0.1", server.port, server.client_context()) as sock:
         return http_request(sock, method, path, "127.0.0.1", headers, body)
 
 
-def test_handshake_verifies_against_the_local_ca(dev_server: ServerProcess) -> None:
-    ctx = dev_server.client_context()  # CERT_REQUIRED + hostname check against the local CA only
+def test_handshake_verifies_against_the_local_ca(shared_dev_server: ServerProcess) -> None:
+    ctx = shared_dev_server.client_context()  # CERT_REQUIRED + hostname check against the local CA only
     assert ctx.verify_mode == ssl.CERT_REQUIRED
     for name in ("127.0.0.1", "localhost"):
-        with tls_connection("127.0.0.1", dev_server.port, ctx, server_hostname=name) as sock:
+        with tls_connection("127.0.0.1", shared_dev_server.port, ctx, server_hostname=name) as sock:
             assert sock.version() in ("TLSv1.2", "TLSv1.3")
             status, _, body = http_request(sock, "GET", "/healthz", name)
             assert status == 200 and json.loads(body) == {"status": "ok"}
 
 
 def test_handshake_fails_without_the_local_ca_or_for_another_name(
-    dev_server: ServerProcess,
+    shared_dev_server: ServerProcess,
 ) -> None:
     with pytest.raises(ssl.SSLCertVerificationError):
-        with tls_connection("127.0.0.1", dev_server.port, ssl.create_default_context()):
+        with tls_connection("127.0.0.1", shared_dev_server.port, ssl.create_default_context()):
             pass
     with pytest.raises(ssl.SSLCertVerificationError):
-        with tls_connection("127.0.0.1", dev_server.port, dev_server.client_context(),
+        with tls_connection("127.0.0.1", shared_dev_server.port, shared_dev_server.client_context(),
                             server_hostname="example.com"):
             pass
 
 
-def test_ca_path_and_fingerprint_are_printed(dev_server: ServerProcess) -> None:
+def test_ca_path_and_fingerprint_are_printed(shared_dev_server: ServerProcess) -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
 
-    out = "".join(dev_server.stdout_lines)
-    assert dev_server.ca_file is not None and dev_server.ca_file.exists()
-    cert = x509.load_pem_x509_certificate(dev_server.ca_file.read_bytes())
+    out = "".join(shared_dev_server.stdout_lines)
+    assert shared_dev_server.ca_file is not None and shared_dev_server.ca_file.exists()
+    cert = x509.load_pem_x509_certificate(shared_dev_server.ca_file.read_bytes())
     expected = cert.fingerprint(hashes.SHA256()).hex().upper()
     printed = out.split("fingerprint: ")[1].split()[0].replace(":", "")
     assert printed == expected
@@ -68,10 +72,10 @@ def _old_protocol_context(version: ssl.TLSVersion) -> ssl.SSLContext:
 
 
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1])
-def test_tls_1_0_and_1_1_are_refused(dev_server: ServerProcess, version: ssl.TLSVersion) -> None:
+def test_tls_1_0_and_1_1_are_refused(shared_dev_server: ServerProcess, version: ssl.TLSVersion) -> None:
     ctx = _old_protocol_context(version)
     with pytest.raises((ssl.SSLError, ConnectionResetError)):
-        with tls_connection("127.0.0.1", dev_server.port, ctx):
+        with tls_connection("127.0.0.1", shared_dev_server.port, ctx):
             pass
 
 
@@ -112,31 +116,31 @@ def test_the_old_protocol_client_itself_works(tmp_path: Path) -> None:
         listener.close()
 
 
-def test_cbc_suites_are_refused_and_aead_accepted(dev_server: ServerProcess) -> None:
+def test_cbc_suites_are_refused_and_aead_accepted(shared_dev_server: ServerProcess) -> None:
     cbc = _old_protocol_context(ssl.TLSVersion.TLSv1_2)
     cbc.set_ciphers("ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA384:ECDHE-ECDSA-AES128-SHA256")
     with pytest.raises((ssl.SSLError, ConnectionResetError)):
-        with tls_connection("127.0.0.1", dev_server.port, cbc):
+        with tls_connection("127.0.0.1", shared_dev_server.port, cbc):
             pass
     aead = _old_protocol_context(ssl.TLSVersion.TLSv1_2)
     aead.set_ciphers("ECDHE-ECDSA-AES128-GCM-SHA256")
-    with tls_connection("127.0.0.1", dev_server.port, aead) as sock:
+    with tls_connection("127.0.0.1", shared_dev_server.port, aead) as sock:
         cipher = sock.cipher()
         assert cipher is not None and "GCM" in cipher[0]
 
 
-def test_unknown_path_and_method_give_json_errors(dev_server: ServerProcess) -> None:
-    status, headers, body = get(dev_server, "/no/such/path")
+def test_unknown_path_and_method_give_json_errors(shared_dev_server: ServerProcess) -> None:
+    status, headers, body = get(shared_dev_server, "/no/such/path")
     assert status == 404
     assert headers["content-type"].startswith("application/json")
     assert json.loads(body)["error"]["code"] == "not_found"
-    status, _, body = get(dev_server, "/healthz", method="DELETE")
+    status, _, body = get(shared_dev_server, "/healthz", method="DELETE")
     assert status == 405
     assert json.loads(body)["error"]["code"] == "method_not_allowed"
 
 
-def test_security_headers_and_request_id(dev_server: ServerProcess) -> None:
-    status, headers, _ = get(dev_server, "/healthz")
+def test_security_headers_and_request_id(shared_dev_server: ServerProcess) -> None:
+    status, headers, _ = get(shared_dev_server, "/healthz")
     assert status == 200
     assert len(headers["x-request-id"]) == 16
     assert headers["x-content-type-options"] == "nosniff"
@@ -144,7 +148,7 @@ def test_security_headers_and_request_id(dev_server: ServerProcess) -> None:
     assert headers["referrer-policy"] == "no-referrer"
     assert headers["server"] == "appliance"  # no version banner
     assert "strict-transport-security" not in headers  # --dev: no HSTS
-    status, headers, _ = get(dev_server, "/api/v1/queries")  # an error has them too
+    status, headers, _ = get(shared_dev_server, "/api/v1/queries")  # an error has them too
     assert status == 401
     assert headers["x-content-type-options"] == "nosniff"
     assert headers["cache-control"] == "no-store"
@@ -152,10 +156,10 @@ def test_security_headers_and_request_id(dev_server: ServerProcess) -> None:
 
 
 def test_hsts_outside_dev(tmp_path: Path) -> None:
-    from .conftest import run_cli
+    from .support.cli import run_verb
 
     state = tmp_path / "state"
-    assert run_cli("init", "--state-dir", str(state)).returncode == 0
+    assert run_verb("init", "--state-dir", str(state)).returncode == 0
     server = start_server(["serve", "--state-dir", str(state), "--listen", "127.0.0.1:0"],
                           cwd=tmp_path)
     try:
@@ -166,19 +170,19 @@ def test_hsts_outside_dev(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_readyz_reports_store_and_tls(dev_server: ServerProcess) -> None:
-    status, _, body = get(dev_server, "/readyz")
+def test_readyz_reports_store_and_tls(shared_dev_server: ServerProcess) -> None:
+    status, _, body = get(shared_dev_server, "/readyz")
     assert status == 200
     assert json.loads(body)["checks"] == {"store": "ok", "tls": "ok"}
 
 
-def test_oversized_body_is_413_and_the_process_survives(dev_server: ServerProcess) -> None:
+def test_oversized_body_is_413_and_the_process_survives(shared_dev_server: ServerProcess) -> None:
     big = b"{" + b" " * (2 * 1024 * 1024) + b"}"
-    status, _, body = get(dev_server, "/api/v1/session", method="POST", body=big,
+    status, _, body = get(shared_dev_server, "/api/v1/session", method="POST", body=big,
                           headers={"Content-Type": "application/json"})
     assert status == 413
     assert json.loads(body)["error"]["code"] == "payload_too_large"
-    assert get(dev_server, "/healthz")[0] == 200
+    assert get(shared_dev_server, "/healthz")[0] == 200
 
 
 @pytest.mark.parametrize(
@@ -186,16 +190,16 @@ def test_oversized_body_is_413_and_the_process_survives(dev_server: ServerProces
     [b"{not json", b"\xff\xfe\x00", b"[1, 2]", b'{"a": NaN}', b"", b"[" * 100_000,
      '{"username": "a"}'.encode("utf-16")],  # JSON is UTF-8 (RFC 8259)
 )
-def test_malformed_json_is_400(dev_server: ServerProcess, body: bytes) -> None:
-    status, _, raw = get(dev_server, "/api/v1/session", method="POST", body=body,
+def test_malformed_json_is_400(shared_dev_server: ServerProcess, body: bytes) -> None:
+    status, _, raw = get(shared_dev_server, "/api/v1/session", method="POST", body=body,
                          headers={"Content-Type": "application/json"})
     assert status == 400, raw
     assert json.loads(raw)["error"]["code"] == "malformed_json"
-    assert get(dev_server, "/healthz")[0] == 200
+    assert get(shared_dev_server, "/healthz")[0] == 200
 
 
-def test_wrong_content_type_is_415(dev_server: ServerProcess) -> None:
-    status, _, raw = get(dev_server, "/api/v1/session", method="POST", body=b"username=a",
+def test_wrong_content_type_is_415(shared_dev_server: ServerProcess) -> None:
+    status, _, raw = get(shared_dev_server, "/api/v1/session", method="POST", body=b"username=a",
                          headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert status == 415
     assert json.loads(raw)["error"]["code"] == "unsupported_media_type"

@@ -21,6 +21,7 @@ from appliance.store import Step, migrations, open_sqlite_store
 from appliance.store.migrations import Migration
 
 from .conftest import clean_env, run_cli
+from .support.cli import run_verb
 
 
 def mode(path: Path) -> int:
@@ -41,11 +42,11 @@ def test_init_creates_private_state(state: Path) -> None:
 
 
 def test_init_is_idempotent_and_never_overwrites_the_secret(state: Path) -> None:
-    assert run_cli("init", "--state-dir", str(state)).returncode == 0
+    assert run_verb("init", "--state-dir", str(state)).returncode == 0
     secret = (state / "instance.key").read_bytes()
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in state.rglob("*")
               if p.is_file() and not p.name.endswith(("-wal", "-shm"))}
-    second = run_cli("init", "--state-dir", str(state))
+    second = run_verb("init", "--state-dir", str(state))
     assert second.returncode == 0
     assert "nothing to do" in second.stdout
     assert "exists" in second.stdout and "instance secret" in second.stdout
@@ -65,10 +66,10 @@ def test_init_with_umask_000_still_private(state: Path) -> None:
 
 @pytest.mark.parametrize("bad_mode", [0o750, 0o705, 0o777])
 def test_refuses_group_or_world_accessible_state_dir(state: Path, bad_mode: int) -> None:
-    assert run_cli("init", "--state-dir", str(state)).returncode == 0
+    assert run_verb("init", "--state-dir", str(state)).returncode == 0
     os.chmod(state, bad_mode)
-    for verb in (["init"], ["serve", "--listen", "127.0.0.1:0"]):
-        result = run_cli(*verb, "--state-dir", str(state), timeout=30)
+    for run, verb in ((run_verb, ["init"]), (run_cli, ["serve", "--listen", "127.0.0.1:0"])):
+        result = run(*verb, "--state-dir", str(state))
         assert result.returncode != 0
         assert "accessible to group or others" in result.stderr
         assert "chmod 700" in result.stderr
@@ -84,7 +85,7 @@ def test_serve_without_init_says_what_to_do(state: Path) -> None:
 def test_state_dir_that_is_a_file(tmp_path: Path) -> None:
     target = tmp_path / "file"
     target.write_text("x")
-    result = run_cli("init", "--state-dir", str(target))
+    result = run_verb("init", "--state-dir", str(target))
     assert result.returncode == 2
     assert "not a directory" in result.stderr
 

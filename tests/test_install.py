@@ -11,6 +11,7 @@ from pathlib import Path
 from appliance import settings
 
 from .conftest import ROOT, run_cli
+from .support.cli import run_verb
 
 
 def mode(path: Path) -> int:
@@ -31,7 +32,7 @@ def tree(root: Path) -> set[str]:
 def test_dry_run_prints_every_step_and_changes_nothing(tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
-    done = run_cli("install", "--dry-run", "--root", str(root),
+    done = run_verb("install", "--dry-run", "--root", str(root),
                    "--binary", str(fake_binary(tmp_path)))
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith("would ")]
@@ -89,14 +90,14 @@ def test_install_into_a_root_writes_every_file_with_its_mode(tmp_path: Path) -> 
 def test_a_second_install_keeps_settings_and_key_and_replaces_the_binary(tmp_path: Path) -> None:
     root = tmp_path / "root"
     binary = fake_binary(tmp_path)
-    assert run_cli("install", "--root", str(root), "--binary", str(binary)).returncode == 0
+    assert run_verb("install", "--root", str(root), "--binary", str(binary)).returncode == 0
     config = root / "etc/appliance/appliance.toml"
     key = root / "etc/appliance/encryption-key"
     config.write_text('[log]\nlevel = "debug"\n')
     secret = key.read_bytes()
     binary.write_bytes(b"#!/bin/sh\necho appliance v2\n")
 
-    again = run_cli("install", "--root", str(root), "--binary", str(binary))
+    again = run_verb("install", "--root", str(root), "--binary", str(binary))
     assert again.returncode == 0, again.stderr
     assert "left as it is" in again.stdout
     assert config.read_text() == '[log]\nlevel = "debug"\n'
@@ -107,7 +108,7 @@ def test_a_second_install_keeps_settings_and_key_and_replaces_the_binary(tmp_pat
 
 def test_install_with_a_domain_sets_up_acme(tmp_path: Path) -> None:
     root = tmp_path / "root"
-    done = run_cli("install", "--root", str(root), "--binary", str(fake_binary(tmp_path)),
+    done = run_verb("install", "--root", str(root), "--binary", str(fake_binary(tmp_path)),
                    "--domain", "data.example.com", "--email", "ops@example.com")
     assert done.returncode == 0, done.stderr
     loaded = settings.load(config_file=root / "etc/appliance/appliance.toml", env={})
@@ -117,13 +118,13 @@ def test_install_with_a_domain_sets_up_acme(tmp_path: Path) -> None:
 
 def test_refusals(tmp_path: Path) -> None:
     root = tmp_path / "root"
-    from_python = run_cli("install", "--root", str(root))
+    from_python = run_verb("install", "--root", str(root))
     assert from_python.returncode == 2
     assert "not running from the appliance binary" in from_python.stderr
     assert "--binary" in from_python.stderr
-    missing = run_cli("install", "--root", str(root), "--binary", str(tmp_path / "nope"))
+    missing = run_verb("install", "--root", str(root), "--binary", str(tmp_path / "nope"))
     assert missing.returncode == 2 and "no such file" in missing.stderr
-    half = run_cli("install", "--root", str(root), "--binary", str(fake_binary(tmp_path)),
+    half = run_verb("install", "--root", str(root), "--binary", str(fake_binary(tmp_path)),
                    "--domain", "data.example.com")
     assert half.returncode != 0 and "--email" in half.stderr
     assert not (root / "usr").exists()

@@ -1,5 +1,6 @@
 """`appliance keys …` as a real subprocess: status, rotate, change-password, and both killed with
-SIGKILL at random points then run again (KEYRING_KILL_LOOPS=N runs more than the default 20)."""
+SIGKILL at random points then run again (KEYRING_KILL_LOOPS=N runs more than the default 8;
+`make test` runs 20, KEYRING_KILL_SEED=S repeats a run's points)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import pytest
 
 from appliance import state_dir
 from tests.conftest import ROOT, clean_env, run_cli
+from tests.support.cli import run_verb
 from tests.support.keyring import check_all, init_state, plaintexts, populate, raw_sql
 
-KILL_LOOPS = int(os.environ.get("KEYRING_KILL_LOOPS", "20"))
+KILL_LOOPS = int(os.environ.get("KEYRING_KILL_LOOPS", "8"))
 SEED = int(os.environ.get("KEYRING_KILL_SEED", str(time.time_ns())))
 
 
@@ -35,7 +37,7 @@ def populated(state: Path):
 
 def test_every_keys_verb_has_help():
     for verb in ("status", "rotate", "change-password"):
-        result = run_cli("keys", verb, "--help")
+        result = run_verb("keys", verb, "--help")
         assert result.returncode == 0 and "--state-dir" in result.stdout, verb
 
 
@@ -56,10 +58,10 @@ def test_status_and_rotate(populated, state):
 def test_rotate_refuses_a_missing_store_and_bad_batch(tmp_path):
     state = tmp_path / "nothing"
     state.mkdir(mode=0o700)
-    result = run_cli("keys", "rotate", "--state-dir", str(state))
+    result = run_verb("keys", "rotate", "--state-dir", str(state))
     assert result.returncode != 0 and "appliance init" in result.stderr
     assert not (state / state_dir.STORE_FILE).exists()
-    result = run_cli("keys", "rotate", "--state-dir", str(state), "--batch-size", "0")
+    result = run_verb("keys", "rotate", "--state-dir", str(state), "--batch-size", "0")
     assert result.returncode == 2
 
 
@@ -82,10 +84,13 @@ def _spawn(*args: str) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True, env=clean_env(), cwd=ROOT)
 
 
-def _kill_at_random(proc: subprocess.Popen[str], rng: random.Random, horizon: float) -> str:
-    """SIGKILL after a random number of progress lines or a random delay; returns the output."""
+def _kill_at_random(proc: subprocess.Popen[str], rng: random.Random, horizon: float,
+                    loop: int) -> str:
+    """SIGKILL after a random number of progress lines (even loops) or a random delay (odd
+    loops: also before the first line); returns the output. Alternating, not a coin toss, so
+    that a short run has both kinds of kill."""
     assert proc.stdout is not None
-    if rng.random() < 0.5:
+    if loop % 2 == 0:
         lines = rng.randint(1, 30)
         out = []
         for _ in range(lines):
@@ -108,7 +113,7 @@ def test_rotate_killed_at_random_points_then_resumed(populated, state):
     killed_mid_reseal = 0
     for loop in range(KILL_LOOPS):
         proc = _spawn("keys", "rotate", "--state-dir", str(state), "--batch-size", "9")
-        out = _kill_at_random(proc, rng, horizon=1.5)
+        out = _kill_at_random(proc, rng, horizon=1.5, loop=loop)
         if "re-sealed" in out and "is active (was" not in out and "resumed" not in out:
             killed_mid_reseal += 1
         vault = asyncio.run(check_all(s, secrets))  # every secret opens, at every point
@@ -130,7 +135,7 @@ def test_change_password_killed_at_random_points(populated, state):
     for loop in range(KILL_LOOPS):
         before = secret_path.read_bytes()
         proc = _spawn("keys", "change-password", "--state-dir", str(state))
-        _kill_at_random(proc, rng, horizon=1.2)
+        _kill_at_random(proc, rng, horizon=1.2, loop=loop)
         changed += secret_path.read_bytes() != before
         asyncio.run(check_all(s, secrets))  # the file's secret, old or new, always opens
         slots = raw_sql(state, "SELECT state FROM keyring_unseal")
@@ -146,8 +151,8 @@ def test_change_password_needs_the_new_secret_for_external_sources(populated, st
     creds.mkdir()
     (creds / "encryption-key").write_bytes(os.urandom(32))
     env = clean_env(CREDENTIALS_DIRECTORY=str(creds))
-    result = run_cli("keys", "change-password", "--state-dir", str(state), env=env)
+    result = run_verb("keys", "change-password", "--state-dir", str(state), env=env)
     # This store was sealed with the file, not with this credential: refused before anything.
     assert result.returncode == 2 and "systemd credential" in result.stderr
-    result = run_cli("keys", "change-password", "--state-dir", str(state), "--new-salt", "x")
+    result = run_verb("keys", "change-password", "--state-dir", str(state), "--new-salt", "x")
     assert result.returncode == 2

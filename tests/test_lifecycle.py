@@ -18,6 +18,7 @@ import pytest
 from appliance.cli import VERBS, build_parser
 
 from .conftest import ServerProcess, clean_env, http_request, run_cli, start_server, tls_connection
+from .support.cli import run_verb
 
 # A real `serve` process with one extra slow route, to have something in flight at SIGTERM.
 SLOW_SERVER = textwrap.dedent(
@@ -166,8 +167,8 @@ def test_every_verb_has_help() -> None:
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
     verbs = sorted(sub.choices)  # type: ignore[attr-defined]
     assert len(verbs) >= len(VERBS)
-    for verb in verbs:
-        result = run_cli(verb, "--help")
+    for verb in verbs:  # in this process: `--help` as a real process is tested below
+        result = run_verb(verb, "--help")
         assert result.returncode == 0, verb
         assert "usage: appliance" in result.stdout
         assert len(sub.choices[verb].description or "") > 20, f"{verb} has no description"  # type: ignore[attr-defined]

@@ -21,8 +21,8 @@ PUBLIC_INTERFACE = [
 ]
 
 
-def test_openapi_lists_the_public_interface_with_roles(dev_server: ServerProcess) -> None:
-    with tls_connection("127.0.0.1", dev_server.port, dev_server.client_context()) as sock:
+def test_openapi_lists_the_public_interface_with_roles(shared_dev_server: ServerProcess) -> None:
+    with tls_connection("127.0.0.1", shared_dev_server.port, shared_dev_server.client_context()) as sock:
         status, _, body = http_request(sock, "GET", "/api/v1/openapi.json", "127.0.0.1")
     assert status == 200
     spec = json.loads(body)
@@ -46,8 +46,8 @@ def test_openapi_lists_the_public_interface_with_roles(dev_server: ServerProcess
     assert kind["properties"]["body"]["enum"] == ["sql", "json"]
 
 
-def test_the_error_schema_documents_field_line_and_column(dev_server: ServerProcess) -> None:
-    with tls_connection("127.0.0.1", dev_server.port, dev_server.client_context()) as sock:
+def test_the_error_schema_documents_field_line_and_column(shared_dev_server: ServerProcess) -> None:
+    with tls_connection("127.0.0.1", shared_dev_server.port, shared_dev_server.client_context()) as sock:
         status, _, body = http_request(sock, "GET", "/api/v1/openapi.json", "127.0.0.1")
     assert status == 200
     spec = json.loads(body)

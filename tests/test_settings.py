@@ -11,6 +11,7 @@ from appliance.errors import ConfigError
 from appliance.settings import Endpoint
 
 from .conftest import clean_env, run_cli
+from .support.cli import run_verb
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -199,7 +200,8 @@ def test_eab_hmac_key_is_a_secret(tmp_path: Path) -> None:
 def test_cli_exits_2_with_one_line_naming_the_key(tmp_path: Path, verb: str) -> None:
     cfg = write(tmp_path, '[server]\nlisten = "127.0.0.1:1"\nstate_dir = "%s"\n[tls]\nmode = "x"\n'
                 % (tmp_path / "state"))
-    result = run_cli(verb, "--config", str(cfg))
+    run = run_cli if verb == "serve" else run_verb  # serve as a real process; the rest here
+    result = run(verb, "--config", str(cfg))
     assert result.returncode == 2, result
     output = (result.stderr + result.stdout).strip().splitlines()
     assert len(output) == 1, output

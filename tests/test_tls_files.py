@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from .conftest import clean_env, http_request, run_cli, start_server, tls_connection
+from .support.cli import run_verb
 
 
 class TestCA:
@@ -81,7 +82,7 @@ def test_files_mode_reloads_without_dropping_open_connections(tmp_path: Path) ->
     cert_file.write_bytes(cert_a)
     key_file.write_bytes(key_a)
     state = tmp_path / "state"
-    assert run_cli("init", "--state-dir", str(state)).returncode == 0
+    assert run_verb("init", "--state-dir", str(state)).returncode == 0
     env = clean_env(APPLIANCE_TLS_MODE="files", APPLIANCE_TLS_CERT_FILE=str(cert_file),
                     APPLIANCE_TLS_KEY_FILE=str(key_file), APPLIANCE_TLS_CHECK_INTERVAL="0.3",
                     APPLIANCE_LOG_FORMAT="text")
@@ -123,7 +124,7 @@ def test_files_mode_reloads_without_dropping_open_connections(tmp_path: Path) ->
 
 def test_files_mode_with_bad_files_refuses_to_start(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    assert run_cli("init", "--state-dir", str(state)).returncode == 0
+    assert run_verb("init", "--state-dir", str(state)).returncode == 0
     ca = TestCA()
     cert, _ = ca.leaf("x")
     _, other_key = ca.leaf("y")

@@ -1,4 +1,5 @@
-"""`appliance init` (first admin), `users`, `tokens` and `audit` verbs as real subprocesses."""
+"""`appliance init` (first admin), `users`, `tokens` and `audit` verbs: each family at least once
+as a real subprocess (`run_cli`), the other calls in this process (`run_verb`, the same `main`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from argon2 import PasswordHasher
 
 from tests.conftest import clean_env, run_cli
+from tests.support.cli import run_verb
 
 
 def rows(state: Path, sql: str) -> list[tuple]:
@@ -55,11 +57,11 @@ def test_init_refuses_a_short_password(tmp_path: Path) -> None:
     state = tmp_path / "state"
     short = tmp_path / "pw"
     short.write_text("short\n")
-    result = run_cli("init", "--state-dir", str(state), "--admin-password-file", str(short))
+    result = run_verb("init", "--state-dir", str(state), "--admin-password-file", str(short))
     assert result.returncode != 0
     assert "at least 12 characters" in result.stderr
     assert rows(state, "SELECT COUNT(*) FROM users") == [(0,)]
-    missing = run_cli("init", "--state-dir", str(state), "--admin-password-file",
+    missing = run_verb("init", "--state-dir", str(state), "--admin-password-file",
                       str(tmp_path / "nope"))
     assert missing.returncode != 0 and "cannot read password file" in missing.stderr
 
@@ -74,16 +76,16 @@ def test_users_tokens_and_audit_verbs(tmp_path: Path) -> None:
                   "--state-dir", str(state), env=env)
     assert add.returncode == 0, add.stderr
     assert "one-time password" not in add.stdout
-    generated = run_cli("users", "add", "vic", "--role", "viewer", "--state-dir", str(state),
+    generated = run_verb("users", "add", "vic", "--role", "viewer", "--state-dir", str(state),
                         env=env)
     assert generated.returncode == 0 and "one-time password" in generated.stdout
-    dup = run_cli("users", "add", "dana", "--role", "viewer", "--password-file", str(pw),
+    dup = run_verb("users", "add", "dana", "--role", "viewer", "--password-file", str(pw),
                   "--state-dir", str(state), env=env)
     assert dup.returncode != 0 and "already exists" in dup.stderr
-    bad_role = run_cli("users", "add", "x", "--role", "root", "--state-dir", str(state), env=env)
+    bad_role = run_verb("users", "add", "x", "--role", "root", "--state-dir", str(state), env=env)
     assert bad_role.returncode == 2
 
-    listing = run_cli("users", "list", "--state-dir", str(state), env=env)
+    listing = run_verb("users", "list", "--state-dir", str(state), env=env)
     assert re.search(r"^dana\tdeveloper\tenabled\t2fa=off$", listing.stdout, re.M)
 
     token = run_cli("tokens", "create", "dana", "--expires", "7", "--state-dir", str(state),
@@ -92,20 +94,20 @@ def test_users_tokens_and_audit_verbs(tmp_path: Path) -> None:
     raw = token.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"apl_[0-9a-f]{16}_[A-Za-z0-9_-]{43}", raw)
     token_id = raw[4:20]
-    listed = run_cli("tokens", "list", "dana", "--state-dir", str(state), env=env)
+    listed = run_verb("tokens", "list", "dana", "--state-dir", str(state), env=env)
     assert token_id in listed.stdout and raw not in listed.stdout and "\tactive\t" in listed.stdout
-    above = run_cli("tokens", "create", "dana", "--role", "admin", "--state-dir", str(state),
+    above = run_verb("tokens", "create", "dana", "--role", "admin", "--state-dir", str(state),
                     env=env)
     assert above.returncode != 0 and "above its owner" in above.stderr
 
-    assert run_cli("users", "disable", "dana", "--state-dir", str(state),
+    assert run_verb("users", "disable", "dana", "--state-dir", str(state),
                    env=env).returncode == 0
     assert rows(state, "SELECT disabled FROM users WHERE username = 'dana'") == [(1,)]
-    assert run_cli("users", "reset-2fa", "dana", "--state-dir", str(state),
+    assert run_verb("users", "reset-2fa", "dana", "--state-dir", str(state),
                    env=env).returncode == 0
-    revoke = run_cli("tokens", "revoke", token_id, "--state-dir", str(state), env=env)
+    revoke = run_verb("tokens", "revoke", token_id, "--state-dir", str(state), env=env)
     assert revoke.returncode == 0
-    missing = run_cli("users", "disable", "nobody", "--state-dir", str(state), env=env)
+    missing = run_verb("users", "disable", "nobody", "--state-dir", str(state), env=env)
     assert missing.returncode != 0 and "no user named" in missing.stderr
 
     verify = run_cli("audit", "verify", "--state-dir", str(state), env=env)
@@ -116,14 +118,14 @@ def test_users_tokens_and_audit_verbs(tmp_path: Path) -> None:
                        "user.disable", "2fa.reset"]
     actors = {a for (a,) in rows(state, "SELECT actor FROM audit_log WHERE seq > 1")}
     assert len(actors) == 1 and actors.pop().startswith("cli:")
-    shown = run_cli("audit", "list", "--limit", "2", "--state-dir", str(state), env=env)
+    shown = run_verb("audit", "list", "--limit", "2", "--state-dir", str(state), env=env)
     assert shown.returncode == 0 and shown.stdout.count("\n") == 2
 
 
 def test_every_verb_has_help() -> None:
     for verb in (["users"], ["users", "add"], ["users", "reset-2fa"], ["tokens", "create"],
                  ["audit", "verify"]):
-        result = run_cli(*verb, "--help")
+        result = run_verb(*verb, "--help")
         assert result.returncode == 0 and "usage:" in result.stdout
 
 
@@ -132,46 +134,46 @@ def test_disable_revokes_tokens_for_good_and_2fa_rule_for_cli_tokens(tmp_path: P
     for an admin who had not enrolled the 2FA their role requires."""
     state = tmp_path / "state"
     env = clean_env()
-    assert run_cli("init", "--state-dir", str(state), env=env).returncode == 0
+    assert run_verb("init", "--state-dir", str(state), env=env).returncode == 0
     pw = tmp_path / "pw"
     pw.write_text("developer-password-1")
-    assert run_cli("users", "add", "dana", "--role", "developer", "--password-file", str(pw),
+    assert run_verb("users", "add", "dana", "--role", "developer", "--password-file", str(pw),
                    "--state-dir", str(state), env=env).returncode == 0
-    made = run_cli("tokens", "create", "dana", "--state-dir", str(state), env=env)
+    made = run_verb("tokens", "create", "dana", "--state-dir", str(state), env=env)
     assert made.returncode == 0, made.stderr
     token_id = made.stdout.strip().splitlines()[-1][4:20]
 
-    disabled = run_cli("users", "disable", "dana", "--state-dir", str(state), env=env)
+    disabled = run_verb("users", "disable", "dana", "--state-dir", str(state), env=env)
     assert disabled.returncode == 0
     assert f"revoked 1 API token(s) for good: {token_id}" in disabled.stdout
-    enabled = run_cli("users", "enable", "dana", "--state-dir", str(state), env=env)
+    enabled = run_verb("users", "enable", "dana", "--state-dir", str(state), env=env)
     assert enabled.returncode == 0 and "no API token comes back" in enabled.stdout
     assert rows(state, "SELECT revoked_at IS NOT NULL FROM api_tokens") == [(1,)]
-    listed = run_cli("tokens", "list", "dana", "--state-dir", str(state), env=env)
+    listed = run_verb("tokens", "list", "dana", "--state-dir", str(state), env=env)
     assert "\tinactive\t" in listed.stdout
 
     # The first admin has not enrolled 2FA, which the admin role requires by default.
-    refused = run_cli("tokens", "create", "admin", "--state-dir", str(state), env=env)
+    refused = run_verb("tokens", "create", "admin", "--state-dir", str(state), env=env)
     assert refused.returncode != 0
     assert "has not enrolled two-factor login" in refused.stderr
     assert "--allow-without-2fa" in refused.stderr and "apl_" not in refused.stdout
     assert rows(state, "SELECT COUNT(*) FROM api_tokens") == [(1,)]
-    waived = run_cli("tokens", "create", "admin", "--allow-without-2fa", "--state-dir",
+    waived = run_verb("tokens", "create", "admin", "--allow-without-2fa", "--state-dir",
                      str(state), env=env)
     assert waived.returncode == 0 and "acts without it" in waived.stderr
     [(details,)] = rows(state, "SELECT details FROM audit_log WHERE action = 'token.create'"
                                " ORDER BY seq DESC LIMIT 1")
     assert '"without_2fa":true' in details.replace(" ", "")
     # A lower role that does not require 2FA, and a metrics token, need no flag.
-    assert run_cli("tokens", "create", "admin", "--role", "developer", "--state-dir",
+    assert run_verb("tokens", "create", "admin", "--role", "developer", "--state-dir",
                    str(state), env=env).returncode == 0
-    metrics = run_cli("tokens", "create", "admin", "--scope", "metrics", "--state-dir",
+    metrics = run_verb("tokens", "create", "admin", "--scope", "metrics", "--state-dir",
                       str(state), env=env)
     assert metrics.returncode == 0 and "GET /metrics only" in metrics.stdout
-    assert "\tmetrics\t" in run_cli("tokens", "list", "admin", "--state-dir", str(state),
+    assert "\tmetrics\t" in run_verb("tokens", "list", "admin", "--state-dir", str(state),
                                    env=env).stdout
-    bad = run_cli("tokens", "create", "dana", "--scope", "metrics", "--state-dir", str(state),
+    bad = run_verb("tokens", "create", "dana", "--scope", "metrics", "--state-dir", str(state),
                   env=env)
     assert bad.returncode != 0 and "must belong to an admin" in bad.stderr
-    assert run_cli("tokens", "create", "admin", "--scope", "root", "--state-dir", str(state),
+    assert run_verb("tokens", "create", "admin", "--scope", "root", "--state-dir", str(state),
                    env=env).returncode == 2

@@ -1,6 +1,12 @@
 """Helpers for the auth, audit, users and route-role tests (no tests here): a real appliance
 (build_app on 127.0.0.1:0, local CA, TLS) in this process, seeded users and tokens, a client
 that handles the session cookie and the CSRF headers explicitly.
+
+`prepare` and `running` hash passwords with Argon2id at a test cost (`TEST_PASSWORD_HASHER`,
+about 1 ms instead of 0.22 s of CPU): these tests are about sessions, roles and errors, not the
+hash's cost. The production parameters are tested where they are the subject
+(tests/test_users_passwords.py: a login rehashes to them) and every `appliance` subprocess
+uses them (it would rehash a test-cost hash at login, as after any parameter change).
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import re
 import sqlite3
 import ssl
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +25,11 @@ from typing import Any
 import aiohttp
 import pyotp
 from aiohttp import web
+from argon2 import PasswordHasher, Type
 
 from appliance import bootstrap, settings, state_dir
 from appliance.audit import Context
+from appliance.auth import passwords
 from appliance.auth.sessions import COOKIE_NAME
 from appliance.core import open_core
 from appliance.http.app import build_app
@@ -40,6 +48,23 @@ TEST_TUNING = KdfTuning.fixed(log2_n=10)
 # Settings every `make_settings` adds (tests/conftest.py's `_test_store` names a PostgreSQL
 # store here under APPLIANCE_TEST_STORE=postgres).
 STORE_ENV: dict[str, str] = {}
+# Argon2id still (same encoding, same verify path), at the smallest memory cost argon2 accepts
+# for one lane; the production profile is `passwords.default_hasher()`.
+TEST_PASSWORD_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1,
+                                      hash_len=32, salt_len=16, type=Type.ID)
+
+
+@contextlib.contextmanager
+def cheap_password_hashing() -> Iterator[None]:
+    """While open, every `Passwords` made without a hasher in this process (the core's
+    AuthService) uses TEST_PASSWORD_HASHER. The core takes no hasher (it takes a KDF `tuning`):
+    this swaps the one function it asks, and puts it back."""
+    original = passwords.default_hasher
+    passwords.default_hasher = lambda: TEST_PASSWORD_HASHER
+    try:
+        yield
+    finally:
+        passwords.default_hasher = original
 
 
 def make_settings(state: Path, **env: str) -> Settings:
@@ -50,7 +75,14 @@ def make_settings(state: Path, **env: str) -> Settings:
 async def prepare(state: Path, *, require_2fa: str = "admin",
                   users: tuple[str, ...] = ("viewer", "developer"),
                   tokens: bool = False) -> tuple[Settings, dict[str, str]]:
-    """State dir with the admin (and `users`, named after their role); optional tokens."""
+    """State dir with the admin (and `users`, named after their role); optional tokens. The
+    passwords are hashed at the test cost (`cheap_password_hashing`)."""
+    with cheap_password_hashing():
+        return await _prepare(state, require_2fa=require_2fa, users=users, tokens=tokens)
+
+
+async def _prepare(state: Path, *, require_2fa: str, users: tuple[str, ...],
+                   tokens: bool) -> tuple[Settings, dict[str, str]]:
     s = make_settings(state, auth_require_2fa=require_2fa)
     await bootstrap.init_state(s, admin_user="admin", admin_password=Secret(ADMIN_PASSWORD))
     raw_tokens: dict[str, str] = {}
@@ -179,7 +211,18 @@ async def running(state: Path, *, egress: dict[str, Any] | None = None,
                   server: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
                   connection_limit: int = 100, **kwargs: Any) -> AsyncIterator[Appliance]:
     """A real appliance in this process on 127.0.0.1 (local CA); `egress`, `server` and
-    `metrics` override those settings, `connection_limit` the client's (0: unlimited)."""
+    `metrics` override those settings, `connection_limit` the client's (0: unlimited). Passwords
+    are hashed at the test cost (`cheap_password_hashing`) while it runs."""
+    with cheap_password_hashing():
+        async with _running(state, egress=egress, server=server, metrics=metrics,
+                            connection_limit=connection_limit, **kwargs) as appliance:
+            yield appliance
+
+
+@contextlib.asynccontextmanager
+async def _running(state: Path, *, egress: dict[str, Any] | None,
+                   server: dict[str, Any] | None, metrics: dict[str, Any] | None,
+                   connection_limit: int, **kwargs: Any) -> AsyncIterator[Appliance]:
     s, raw_tokens = await prepare(state, **kwargs)
     if egress:
         s = dataclasses.replace(s, egress=dataclasses.replace(s.egress, **egress))
