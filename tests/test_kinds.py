@@ -59,6 +59,9 @@ def test_rest_checks_by_its_fields_and_conditions() -> None:
     assert caught.value.field == "config.username"
     with pytest.raises(InvalidDatasource, match="framing header"):
         check_config("rest", {**base, "auth": "header", "header_name": "Cookie"})
+    with pytest.raises(InvalidDatasource) as caught:  # RFC 7617: no colon in a user-id
+        check_config("rest", {**base, "auth": "basic", "username": "ad:min"})
+    assert caught.value.field == "config.username"
     with pytest.raises(InvalidDatasource, match="max_redirects must be an integer from 0 to 20"):
         check_config("rest", {**base, "max_redirects": 21})
     assert required_secret("rest", check_config("rest", {**base, "auth": "bearer"})) == "token"

@@ -153,3 +153,51 @@ async def test_rest_denied_and_down(tmp_path: Path, upstream: Upstream) -> None:
         resp = await run(viewer, q["id"])
         assert resp.status == 403 and "127.0.0.1" not in str(resp.body)
         assert "private" in resp.body["error"]["message"]
+
+
+def test_basic_credentials_are_rfc_7617_utf8() -> None:
+    # RFC 7617 section 2.1's example, and a UTF-8 password (the charset the engine declares).
+    from appliance.kinds.rest.engine import basic_authorization
+
+    assert basic_authorization("Aladdin", "open sesame") == "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+    assert basic_authorization("test", "123£") == "Basic dGVzdDoxMjPCow=="
+
+
+async def test_max_connections_caps_the_upstream_connections(tmp_path: Path) -> None:
+    """A datasource's `max_connections` is its connector's limit: eight runs at once reach the
+    upstream over at most two connections, two requests at a time."""
+    import asyncio
+
+    peers: set[int] = set()
+    busy = peak = 0
+
+    async def slow(request: web.Request) -> web.Response:
+        nonlocal busy, peak
+        assert request.transport is not None
+        peers.add(request.transport.get_extra_info("peername")[1])
+        busy += 1
+        peak = max(peak, busy)
+        await asyncio.sleep(0.2)
+        busy -= 1
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        async with proxy(tmp_path / "state") as appliance:
+            dev = as_role(appliance, "developer")
+            ds = await create_datasource(dev, name="capped", kind="rest",
+                                         config={"base_url": url, "max_connections": 2})
+            q = await create_query(dev, ds["id"], {"method": "GET", "path": "/slow"},
+                                   name="slow")
+            answers = await asyncio.gather(*(run(dev, q["id"], {}) for _ in range(8)))
+            assert [a.status for a in answers] == [200] * 8
+    finally:
+        await runner.cleanup()
+    assert peak == 2
+    assert len(peers) == 2

@@ -85,13 +85,14 @@ def egress_session(
     datasource: str | None = None,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     total_timeout: float | None = None,
+    limit: int = 100,
     **session_kwargs: Any,
 ) -> aiohttp.ClientSession:
     """A ClientSession whose every connection goes through the dialer (no proxy from the
     environment, connect timeout applied) and that keeps no cookies: a cookie one request
     received is never sent by another (another user's run, or a later redirect hop)."""
     session_kwargs.setdefault("cookie_jar", aiohttp.DummyCookieJar())
-    connector = EgressConnector(dialer, purpose=purpose, datasource=datasource)
+    connector = EgressConnector(dialer, purpose=purpose, datasource=datasource, limit=limit)
     timeout = aiohttp.ClientTimeout(total=total_timeout, sock_connect=connect_timeout)
     return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False,
                                  **session_kwargs)

@@ -47,13 +47,18 @@ def check_header_name(value: str, state_dir: Path | None = None) -> str:
     return value
 
 
+_BASIC_USER_RE: Final = re.compile(r"[^\x00-\x1f\x7f:]{1,128}")
+
+
 FIELDS: Final = (
     Field("base_url", "Base URL", "url", required=True, check=check_base_url,
           placeholder="https://api.example.com/v1", destination="origin"),
     Field("auth", "Authentication", "choice", default="none", destination=True, choices=(
         ("none", "none"), ("bearer", "bearer token"), ("basic", "basic (user and password)"),
         ("header", "API key in a header"))),
-    Field("username", "Username", when={"auth": "basic"}, required=True, destination=True),
+    # RFC 7617: a user-id cannot contain a colon (the server splits the pair at the first one).
+    Field("username", "Username", when={"auth": "basic"}, required=True, destination=True,
+          pattern=_BASIC_USER_RE),
     Field("header_name", "Header name", when={"auth": "header"}, required=True,
           pattern=_TOKEN_RE, check=check_header_name, placeholder="X-Api-Key",
           destination=True),
