@@ -214,6 +214,10 @@ def test_unreachable_non_tls_and_wrong_password(store_database: StoreDatabase,
     line = one_line(migrate(state, config, store_database,
                             to=f"postgresql://app@127.0.0.1:{free}/x"))
     assert line.startswith(f"error: cannot connect to the store postgresql://app@127.0.0.1:{free}/x")
+    port = store_database.server.port
+    line = one_line(migrate(state, config, store_database,
+                            to=f"postgresql://app@127.0.0.1:{port}/no_such_database"))
+    assert line.endswith("database 'no_such_database' does not exist")
     # The test cluster has no TLS: the default (verify-full) refuses it before any password.
     line = one_line(migrate(state, config, store_database, tls="verify-full"))
     assert "does not offer TLS" in line

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from appliance.errors import StoreError
+from appliance.errors import ApplianceError, StoreError
 from appliance.store import copy
 from appliance.store.base import Params, Row, Step, Store, Transaction
 from appliance.store.migrations import LATEST, MIGRATIONS
@@ -81,7 +81,7 @@ async def move_into(snapshot: Path, target: PostgresStore, check: Check) -> Move
                 rows = await copy.copy_tables(source, _InTransaction(conn), tables)
                 await _restart_identities(conn)
                 await check(TransactionView(conn, where))
-        except StoreError:
+        except ApplianceError:  # a refusal, a check that failed, a wrong instance secret
             raise
         except Exception as exc:
             raise _failed(str(target.target), exc) from None
