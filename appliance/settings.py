@@ -407,6 +407,13 @@ def _store_url(value: Any) -> StoreURL:
                     user=urllib.parse.unquote(userinfo), database=urllib.parse.unquote(database))
 
 
+
+def parse_store_url(text: str) -> StoreURL:
+    """A store URL given outside the settings (`store migrate --to`), by the same rules as
+    `[store] url`; `ValueError` says what is wrong (never quoting the URL: it may hold a
+    password)."""
+    return _store_url(text)
+
 def _is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)

@@ -3,11 +3,13 @@
 over HTTPS with a bearer token (on uvloop, as `appliance serve` runs), (d) through the same bare
 handler on uvloop (the fair limit for (c): same loop), at concurrency 1 and 32; then a
 1,000,000-row NDJSON stream (rows/s against asyncpg directly, and the appliance's peak RSS
-growth). Each path is warmed up at the measured concurrency; the four take turns in ROUNDS rounds
+growth). With --pg-store, (e): the appliance as (c) but on a PostgreSQL store ([store] url, a
+database of the same cluster), so c/d and e/d come from the same run. Each path is warmed up at
+the measured concurrency; the paths take turns in ROUNDS rounds
 and the ratios are per-round medians, so a machine whose speed drifts during the run weighs on all
 of them alike. Prints a Markdown table; never asserts.
 
-Usage: .venv/bin/python bench/proxy.py [--requests N] [--rows N]
+Usage: .venv/bin/python bench/proxy.py [--requests N] [--rows N] [--pg-store]
 Needs PostgreSQL server binaries (initdb, pg_ctl, psql); runs them as `postgres` when root.
 """
 
@@ -95,12 +97,20 @@ async def serve_bare(port: int, state: Path) -> None:
     await asyncio.Event().wait()
 
 
-async def serve_appliance(port: int, state: Path) -> None:
-    """(c): the appliance (build_app, local CA, TLS) with a PostgreSQL datasource and a query."""
+async def serve_appliance(port: int, state: Path, store: str = "") -> None:
+    """(c): the appliance (build_app, local CA, TLS) with a PostgreSQL datasource and a query;
+    (e) with `store` (`DATABASE:PASSWORD_FILE`): the same on a PostgreSQL store."""
     import dataclasses
     import logging
 
     from aiohttp import web
+
+    from tests.support import app as test_app
+
+    if store:
+        database, _, password_file = store.partition(":")
+        test_app.STORE_ENV = {"store_url": f"postgresql://app@127.0.0.1:{port}/{database}",
+                              "store_password_file": password_file, "store_tls": "disable"}
 
     from appliance.audit import Context
     from appliance.http.app import build_app
@@ -195,7 +205,7 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-async def run_bench(requests: int, rows: int) -> None:
+async def run_bench(requests: int, rows: int, pg_store: bool = False) -> None:
     import aiohttp
     import asyncpg
 
@@ -204,9 +214,10 @@ async def run_bench(requests: int, rows: int) -> None:
     state = Path(tempfile.mkdtemp(prefix="bench-state-"))
     children: list[subprocess.Popen[str]] = []
     try:
-        def spawn(kind: str, where: Path) -> tuple[subprocess.Popen[str], dict]:
+        def spawn(kind: str, where: Path, *extra: str) -> tuple[subprocess.Popen[str], dict]:
             proc = subprocess.Popen([sys.executable, __file__, f"--serve-{kind}",
-                                     str(cluster.port), str(where)], stdout=subprocess.PIPE,
+                                     str(cluster.port), str(where), *extra],
+                                    stdout=subprocess.PIPE,
                                     text=True, cwd=ROOT)
             children.append(proc)
             assert proc.stdout is not None
@@ -218,6 +229,15 @@ async def run_bench(requests: int, rows: int) -> None:
         bare_proc, bare_info = spawn("bare", state)
         uv_proc, uv_info = spawn("bare-uvloop", state)
         servers = {"b": bare_proc.pid, "c": appliance_proc.pid, "d": uv_proc.pid}
+        pg_info: dict = {}
+        if pg_store:
+            cluster.sql("CREATE DATABASE store OWNER app", database="postgres")
+            password_file = state / "store.password"
+            password_file.write_text(PASSWORD + "\n")
+            password_file.chmod(0o600)
+            pg_proc, pg_info = spawn("appliance", state / "appliance-pg",
+                                     f"store:{password_file}")
+            servers["e"] = pg_proc.pid
         client_ctx = ssl.create_default_context(cafile=str(ca))
         pool = await asyncpg.create_pool(**pg_kwargs(cluster.port), min_size=1, max_size=32)
         results: dict[tuple[str, int], dict] = {}
@@ -251,14 +271,28 @@ async def run_bench(requests: int, rows: int) -> None:
                     await r.read()
                     assert r.status == 200, await r.text()
 
-            # The three paths take turns, ROUNDS times, so a machine that slows down or speeds
+            # (e)'s own local CA (its own state directory): one context, so connections are kept.
+            pg_ctx = ssl.create_default_context(cafile=pg_info["ca"]) if pg_store else None
+
+            async def appliance_pg(i: int) -> None:
+                async with http.post(
+                        f"https://127.0.0.1:{pg_info['port']}/api/v1/queries/"
+                        f"{pg_info['one']}/run", json={"params": {"id": i}},
+                        headers={"Authorization": f"Bearer {pg_info['token']}"},
+                        ssl=pg_ctx) as r:
+                    await r.read()
+                    assert r.status == 200, await r.text()
+
+            paths = [("a", direct), ("b", bare), ("c", appliance), ("d", bare_uvloop)]
+            if pg_store:
+                paths.append(("e", appliance_pg))
+            # The paths take turns, ROUNDS times, so a machine that slows down or speeds
             # up during the run weighs on each of them alike; ratios are per-round medians.
             for concurrency in (1, 32):
                 rounds: dict[str, list[tuple[list[float], float]]] = {
-                    "a": [], "b": [], "c": [], "d": []}
+                    name: [] for name, _ in paths}
                 for number in range(ROUNDS):
-                    for name, call in (("a", direct), ("b", bare), ("c", appliance),
-                                       ("d", bare_uvloop)):
+                    for name, call in paths:
                         pid = servers.get(name)
                         before = cpu_seconds(pid) if pid else 0.0
                         measured = await load(call, max(1, requests // ROUNDS), concurrency,
@@ -347,9 +381,11 @@ def _print(results: dict, cpu_us: dict, requests: int, rows: int, direct_rate: f
     print("| concurrency | path | q/s | p50 ms | p99 ms |")
     print("|---|---|---|---|---|")
     names = {"a": "(a) asyncpg direct", "b": "(b) bare aiohttp + asyncpg, HTTPS",
-             "c": "(c) appliance, HTTPS + bearer", "d": "(d) bare aiohttp + asyncpg on uvloop"}
+             "c": "(c) appliance, HTTPS + bearer", "d": "(d) bare aiohttp + asyncpg on uvloop",
+             "e": "(e) appliance as (c), PostgreSQL store"}
+    keys = [k for k in names if (k, 1) in results]
     for concurrency in (1, 32):
-        for key in ("a", "b", "c", "d"):
+        for key in keys:
             r = results[(key, concurrency)]
             print(f"| {concurrency} | {names[key]} | {r['qps']:,.0f} | {r['p50']:.2f} | "
                   f"{r['p99']:.2f} |")
@@ -361,6 +397,14 @@ def _print(results: dict, cpu_us: dict, requests: int, rows: int, direct_rate: f
         print(f"\nconcurrency {concurrency}: c/d = {statistics.median(cd):.2f} "
               f"(target >= 0.8, same loop; rounds {', '.join(f'{x:.2f}' for x in cd)}), "
               f"c/b = {statistics.median(cb):.2f}, c/a = {statistics.median(ca):.2f}")
+        if ("e", concurrency) in results:
+            e = results[("e", concurrency)]["rounds"]
+            ed = [x / y for x, y in zip(e, d, strict=True)]
+            ec = [x / y for x, y in zip(e, c, strict=True)]
+            e_cpu = cpu_us[("e", concurrency)][1:] or cpu_us[("e", concurrency)]
+            print(f"  PostgreSQL store: e/d = {statistics.median(ed):.2f} (rounds "
+                  f"{', '.join(f'{x:.2f}' for x in ed)}), e/c = {statistics.median(ec):.2f}; "
+                  f"server CPU per request {statistics.median(e_cpu):.0f} us")
         # The first round includes the warm-up: left out of the CPU figures.
         b_cpu, c_cpu, d_cpu = (cpu_us[(k, concurrency)][1:] or cpu_us[(k, concurrency)]
                                for k in ("b", "c", "d"))
@@ -388,13 +432,15 @@ if __name__ == "__main__":
         import uvloop
 
         uvloop.run(serve_bare(int(sys.argv[2]), Path(sys.argv[3])))
-    elif len(sys.argv) == 4 and sys.argv[1] == "--serve-appliance":
+    elif len(sys.argv) in (4, 5) and sys.argv[1] == "--serve-appliance":
         import uvloop  # the loop `appliance serve` runs on
 
-        uvloop.run(serve_appliance(int(sys.argv[2]), Path(sys.argv[3])))
+        uvloop.run(serve_appliance(int(sys.argv[2]), Path(sys.argv[3]), *sys.argv[4:]))
     else:
         parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
         parser.add_argument("--requests", type=int, default=ROUNDS * 1000)
         parser.add_argument("--rows", type=int, default=1_000_000)
+        parser.add_argument("--pg-store", action="store_true",
+                            help="add (e): the appliance on a PostgreSQL store")
         args = parser.parse_args()
-        asyncio.run(run_bench(args.requests, args.rows))
+        asyncio.run(run_bench(args.requests, args.rows, args.pg_store))

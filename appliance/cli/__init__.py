@@ -19,13 +19,14 @@ from appliance.cli import (
     install,
     keys,
     serve,
+    store,
     tokens,
     users,
     version,
 )
 from appliance.errors import ApplianceError
 
-VERBS = (init, serve, doctor, version, keys, backup, users, tokens, audit, install)
+VERBS = (init, serve, doctor, version, keys, backup, store, users, tokens, audit, install)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,11 +10,13 @@ migrations; `store_clock`, each store's own) and never logs a row.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Sequence
-from typing import Protocol
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Protocol, TypeVar
 
 from appliance.errors import StoreError
-from appliance.store.base import Row, Step, Store
+from appliance.store.base import Params, Row, Step
+
+T = TypeVar("T")
 
 BATCH = 1000
 NOT_COPIED = frozenset({"schema_migrations", "store_clock"})
@@ -29,7 +31,20 @@ class RowSource(Protocol):
     def batches(self, table: str, size: int) -> AsyncIterator[list[Row]]: ...
 
 
-async def copy_tables(source: RowSource, target: Store, tables: Sequence[str]) -> dict[str, int]:
+class RowSink(Protocol):
+    """Where the rows go: a `Store`, or one transaction seen as its `write` (`store migrate`)."""
+
+    async def write(self, fn: Callable[[Step], T], *, durable: bool = True) -> T: ...
+
+
+class Reader(Protocol):
+    """What ordering the tables reads: a `Store`, or any reader of a SQLite file."""
+
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]: ...
+
+
+async def copy_tables(source: RowSource, target: RowSink, tables: Sequence[str]
+                      ) -> dict[str, int]:
     """Copy `tables` (in this order) that exist in `source` into `target`, `BATCH` rows per
     write; return the rows copied per table. The target's tables must be empty."""
     have = await source.tables()
@@ -42,7 +57,8 @@ async def copy_tables(source: RowSource, target: Store, tables: Sequence[str]) -
             if not batch:
                 continue
             columns = list(batch[0])
-            sql = (f"INSERT INTO {_quoted(table)} ({', '.join(_quoted(c) for c in columns)}) "
+            names = ", ".join(quoted_name(c) for c in columns)
+            sql = (f"INSERT INTO {quoted_name(table)} ({names}) "
                    f"VALUES ({', '.join('?' for _ in columns)})")
             rows = [tuple(row[c] for c in columns) for row in batch]
 
@@ -54,7 +70,7 @@ async def copy_tables(source: RowSource, target: Store, tables: Sequence[str]) -
     return copied
 
 
-async def sqlite_tables_in_order(store: Store) -> list[str]:
+async def sqlite_tables_in_order(store: Reader) -> list[str]:
     """A SQLite store's tables, each after every table its foreign keys point at."""
     rows = await store.fetch_all(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
@@ -73,11 +89,12 @@ async def sqlite_tables_in_order(store: Store) -> list[str]:
     return ordered
 
 
-def _quoted(name: str) -> str:
+def quoted_name(name: str) -> str:
+    """A table or column name of ours, double-quoted; anything unexpected is refused."""
     if not _NAME.fullmatch(name):
         raise StoreError(f"unexpected table or column name {name!r} in the store")
     return f'"{name}"'
 
 
 def _literal(name: str) -> str:
-    return "'" + _quoted(name)[1:-1] + "'"
+    return "'" + quoted_name(name)[1:-1] + "'"
