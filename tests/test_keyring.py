@@ -4,7 +4,6 @@ change-password, against real SQLite files in a real state directory."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from appliance.keyring.password import change_instance_secret
 from appliance.keyring.rotation import rotate, status
 from appliance.keyring.sealing import FormatError, open_field, seal_field
 from appliance.keyring.sources import SOURCE_CREDENTIAL, InstanceSecret
-from appliance.keyring.watch import watch
+from appliance.propagation import ChangeFollower
 from appliance.secret import Secret
 from tests.support.keyring import (
     TEST_TUNING,
@@ -373,7 +372,8 @@ async def test_a_running_process_picks_up_rotation_by_another_process(state):
     secrets = plaintexts(6)
     await populate(s, secrets)
     store, vault = await open_all(s)
-    watching = asyncio.create_task(watch(vault, 0.05))
+    follower = ChangeFollower(store, [("keyring", vault.refresh)])  # as `serve` follows it
+    follower.start()
     try:
         assert vault.active_version == 1
         # Another process rotates (its own store connection, its own vault).
@@ -394,9 +394,7 @@ async def test_a_running_process_picks_up_rotation_by_another_process(state):
         assert raw_sql(state, "SELECT key_version FROM sealed_fields "
                        "WHERE record_id = 'new'") == [(2,)]
     finally:
-        watching.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watching
+        await follower.close()
         await store.close()
 
 
