@@ -23,7 +23,7 @@ from appliance.egress.runtime import RuntimeEgress
 from appliance.errors import ServiceUnavailable
 from appliance.instances import Heartbeat, beating
 from appliance.keyring import DEFAULT_TUNING, KdfTuning, SecretVault, open_vault
-from appliance.keyring.watch import POLL_SECONDS, watch
+from appliance.propagation import ChangeFollower, Check
 from appliance.queries import QueryService, Runner
 from appliance.settings import Settings
 from appliance.store import Store, open_store
@@ -47,12 +47,16 @@ class Core:
         self.auth = AuthService(store, self.audit, settings.auth, vault=self.unseal)
         # The one dialer of the process (made before the store when the store is PostgreSQL's).
         self.egress = egress or Dialer(PolicyHolder(settings.egress))
-        self.egress_runtime = RuntimeEgress(settings.egress, self.egress.policy)
+        url = settings.store.url
+        self.egress_runtime = RuntimeEgress(
+            settings.egress, self.egress,
+            store_at=(url.host, url.port) if url.scheme != "sqlite" else None)
         self._vault: SecretVault | None = None
         self._datasources: DatasourceService | None = None
         self._queries: QueryService | None = None
         self._runner: Runner | None = None
         self._heartbeat: Heartbeat | None = None
+        self._follower: ChangeFollower | None = None
         self._unsealing = asyncio.Lock()
 
     async def unseal(self) -> SecretVault:
@@ -99,6 +103,26 @@ class Core:
     def runner(self) -> Runner:
         return _opened(self._runner, "the query runner is not open: the keyring is sealed")
 
+    @property
+    def follower(self) -> ChangeFollower:
+        """What follows other instances' changes (only `serve` has one)."""
+        return _opened(self._follower, "this process follows no store changes (only `serve` "
+                       "does)", code="unavailable")
+
+    def checks(self) -> list[tuple[str, Check]]:
+        """Every cache of this process and how it checks itself against the store after
+        another instance's change, in order: the keyring first (what the others open), then
+        egress, engines and compiled queries. Token records follow `Store.version()` and
+        sessions, users and throttling are read on every request: nothing to check."""
+        out: list[tuple[str, Check]] = [("egress", lambda: self.egress_runtime.follow(self.store))]
+        if self._vault is not None:
+            out.insert(0, ("keyring", self._vault.refresh))
+        if self._datasources is not None:
+            out.append(("datasources", self._datasources.follow))
+        if self._queries is not None:
+            out.append(("queries", self._queries.follow))
+        return out
+
     def open_engines(self) -> Sequence[Engine]:
         """The datasource engines running now (none while sealed): for metrics."""
         return self._datasources.open_engines() if self._datasources is not None else ()
@@ -124,8 +148,9 @@ async def open_core(settings: Settings, *, unseal: bool = True, tls: TLSManager 
     (migrated; a PostgreSQL store connects through the dialer), audit, auth,
     egress (with its stored policy), then, with `unseal`, the keyring, datasources (secrets
     sealed before bindings bound once), queries and runner. `serving` adds what only a server
-    runs: the instance heartbeat (`appliance.instances`), the keyring watch (rotations by other
-    processes) and, with `tls`, ACME and the certificate's maintenance. `must_exist`: refuse to
+    runs: the instance heartbeat (`appliance.instances`), the change follower (other instances'
+    and CLI verbs' changes reach every cache: `appliance.propagation`) and, with `tls`, ACME and
+    the certificate's maintenance. `must_exist`: refuse to
     create a store (read-only verbs). Everything is closed in reverse order, also on an error
     while opening."""
     dialer = Dialer(PolicyHolder(settings.egress))
@@ -146,9 +171,9 @@ async def open_core(settings: Settings, *, unseal: bool = True, tls: TLSManager 
                 store, address=str(server.listen),
                 http_address=str(server.http_listen) if server.http_listen else None,
                 interval=server.heartbeat_interval)))
-            if unseal:
-                await stack.enter_async_context(_background(
-                    lambda: watch(core.vault, POLL_SECONDS), "keyring-watch"))
+            core._follower = ChangeFollower(store, core.checks())
+            core._follower.start()
+            stack.push_async_callback(core._follower.close)
             if tls is not None:
                 await _open_tls(core, tls)
                 await stack.enter_async_context(_background(tls.maintain, "tls-maintenance"))

@@ -4,8 +4,9 @@ change-password, against real SQLite files in a real state directory."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
+import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -20,14 +21,17 @@ from appliance.keyring import (
     KeyringCorrupted,
     SealedFieldError,
     WrongInstanceSecret,
+    maintenance,
 )
 from appliance.keyring.kdf import ScryptParams
+from appliance.keyring.maintenance import KeyringBusy, exclusive
 from appliance.keyring.password import change_instance_secret
 from appliance.keyring.rotation import rotate, status
 from appliance.keyring.sealing import FormatError, open_field, seal_field
 from appliance.keyring.sources import SOURCE_CREDENTIAL, InstanceSecret
-from appliance.keyring.watch import watch
+from appliance.propagation import ChangeFollower
 from appliance.secret import Secret
+from appliance.store.lease import Lease
 from tests.support.keyring import (
     TEST_TUNING,
     check_all,
@@ -373,7 +377,8 @@ async def test_a_running_process_picks_up_rotation_by_another_process(state):
     secrets = plaintexts(6)
     await populate(s, secrets)
     store, vault = await open_all(s)
-    watching = asyncio.create_task(watch(vault, 0.05))
+    follower = ChangeFollower(store, [("keyring", vault.refresh)])  # as `serve` follows it
+    follower.start()
     try:
         assert vault.active_version == 1
         # Another process rotates (its own store connection, its own vault).
@@ -394,9 +399,7 @@ async def test_a_running_process_picks_up_rotation_by_another_process(state):
         assert raw_sql(state, "SELECT key_version FROM sealed_fields "
                        "WHERE record_id = 'new'") == [(2,)]
     finally:
-        watching.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watching
+        await follower.close()
         await store.close()
 
 
@@ -417,3 +420,48 @@ async def test_put_never_uses_a_stale_key(state):
     finally:
         await store_a.close()
         await store_b.close()
+
+
+# --- one keyring maintenance at a time across instances ----------------------------------------
+
+
+async def test_a_rotation_or_secret_change_is_refused_while_another_holds_the_lease(state):
+    s = await init_state(state)
+    await populate(s, plaintexts(3))
+    store, vault = await open_all(s)
+    try:
+        async with exclusive(store, "a test"):  # another instance's rotation, in effect
+            with pytest.raises(KeyringBusy, match="another keyring maintenance") as busy:
+                await rotate(vault)
+            assert busy.value.status == 409
+            with pytest.raises(KeyringBusy):
+                await change_instance_secret(s, vault, tuning=TEST_TUNING)
+            assert vault.active_version == 1 and sorted(vault.keyring.keys) == [1]
+            assert raw_sql(state, "SELECT count(*) FROM keyring_unseal") == [(1,)]
+        report = await rotate(vault)  # released at the end of the block
+        assert report.active == 2 and report.retired == [1]
+        assert raw_sql(state, "SELECT count(*) FROM leases") == [(0,)]
+    finally:
+        await store.close()
+
+
+async def test_a_lease_left_by_a_dead_process_on_this_machine_is_taken_at_once(state):
+    s = await init_state(state)
+    store, vault = await open_all(s)
+    try:
+        holder = f"{socket.gethostname()}:{_a_dead_pid()}:0000"
+        far = Lease(store, maintenance.LEASE_NAME, holder, 3600)
+        assert (await far.acquire()).holder == holder
+        assert (await rotate(vault)).active == 2
+        elsewhere = Lease(store, maintenance.LEASE_NAME, f"other-host:{os.getpid()}:1", 3600)
+        assert (await elsewhere.acquire()).holder.startswith("other-host")
+        with pytest.raises(KeyringBusy, match="other-host"):
+            await rotate(vault)
+    finally:
+        await store.close()
+
+
+def _a_dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid

@@ -29,6 +29,14 @@ class DatasourceUnreachable(UpstreamError):
         self.datasource = datasource
 
 
+class EngineRetired(DatasourceUnreachable):
+    """The engine was retired (its datasource changed, here or on another instance) after a run
+    took it and before the run got a connection: the runner takes the new engine once."""
+
+    def __init__(self, datasource: str) -> None:
+        super().__init__(datasource, "being reconfigured; try again")
+
+
 class DatasourceAuthFailed(UpstreamError):
     code = "datasource_auth_failed"
 

@@ -2,7 +2,8 @@
 and hold one engine (connection pool) per datasource.
 
 Owns the `datasources` table and the engine registry: an engine is created on first use,
-replaced when the datasource's config or secrets change, closed on delete and at shutdown.
+replaced when the datasource's config or secrets change (here, or on another instance: `follow`),
+closed on delete and at shutdown.
 Secrets are sealed for the datasource's destination (`destination`): a change of destination
 needs them entered again. Never returns or logs a secret: responses show `{"set": true}`.
 """
@@ -85,7 +86,8 @@ class DatasourceService:
         self._engines: dict[str, Engine] = {}
         self._starting: dict[str, asyncio.Future[Engine]] = {}
         self._retiring: set[asyncio.Task[None]] = set()
-        self._closed = False
+        self._changes = 0  # bumped by every retirement and check: an engine built meanwhile
+        self._closed = False  # is kept only if its datasource's version is still current
 
     # --- records --------------------------------------------------------------------------
 
@@ -280,7 +282,7 @@ class DatasourceService:
         future: asyncio.Future[Engine] = asyncio.get_running_loop().create_future()
         self._starting[datasource_id] = future
         try:
-            engine = make_engine(await self.target(datasource_id), self.dialer, self.state_dir)
+            engine = await self._build(datasource_id)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters get it, nobody logs "never retrieved"
@@ -288,10 +290,44 @@ class DatasourceService:
         finally:
             if self._starting.get(datasource_id) is future:
                 del self._starting[datasource_id]
+        kept = self._engines.get(datasource_id)
+        if kept is not None and kept.target.version >= engine.target.version:
+            # Another build finished first (this one's start was retired meanwhile): keep one.
+            self._keep_closing(engine)
+            engine = kept
+        elif kept is not None:
+            self._keep_closing(kept)
         if not future.done():
             future.set_result(engine)
         self._engines[datasource_id] = engine
         return engine
+
+    async def _build(self, datasource_id: str) -> Engine:
+        """A new engine from the datasource as stored now. If the datasource changed while it
+        was being built (a retirement or a check ran meanwhile and its version moved), the
+        engine is closed unused and built again: a stale engine is never kept."""
+        while True:
+            mark = self._changes
+            engine = make_engine(await self.target(datasource_id), self.dialer, self.state_dir)
+            if mark == self._changes:
+                return engine
+            row = await self.store.fetch_one("SELECT version FROM datasources WHERE id = ?",
+                                             (datasource_id,))
+            if row is not None and int(row["version"]) == engine.target.version:
+                return engine
+            await self._close_engine(engine)
+
+    async def follow(self) -> None:
+        """Drop the engines whose datasource another instance (or a CLI verb) changed or
+        deleted, with one query: runs under way on them finish, the next run opens a new one."""
+        self._changes += 1
+        if not self._engines:
+            return
+        rows = await self.store.fetch_all("SELECT id, version FROM datasources")
+        current = {str(row["id"]): int(row["version"]) for row in rows}
+        for datasource_id, engine in list(self._engines.items()):
+            if current.get(datasource_id) != engine.target.version:
+                self._retire(datasource_id)
 
     def cached_version(self, datasource_id: str) -> int | None:
         """The version of the datasource the live engine was built from (tests, metrics)."""
@@ -299,12 +335,16 @@ class DatasourceService:
         return engine.target.version if engine is not None else None
 
     def _retire(self, datasource_id: str) -> None:
+        self._changes += 1
         engine = self._engines.pop(datasource_id, None)
         self._starting.pop(datasource_id, None)
-        if engine is None:
-            return
+        if engine is not None:
+            self._keep_closing(engine)
+
+    def _keep_closing(self, engine: Engine) -> None:
+        """Close `engine` in the background (runs under way on it finish first)."""
         task = asyncio.get_running_loop().create_task(self._close_engine(engine),
-                                                      name=f"close-engine-{datasource_id}")
+                                                      name=f"close-engine-{engine.target.id}")
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 

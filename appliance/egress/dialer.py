@@ -25,7 +25,13 @@ from appliance.egress.addresses import (
     parse_host,
     parse_ip,
 )
-from appliance.egress.policy import RULE_MALFORMED, RULE_NO_ADDRESS, Decision, PolicyHolder
+from appliance.egress.policy import (
+    RULE_MALFORMED,
+    RULE_NO_ADDRESS,
+    Decision,
+    EgressPolicy,
+    PolicyHolder,
+)
 from appliance.egress.resolver import Resolver, SystemResolver
 from appliance.errors import Forbidden, UpstreamError, UpstreamTimeout
 
@@ -175,12 +181,19 @@ class Dialer:
             server_hostname=parsed.name,
         )
 
-    async def _decide(self, host: str, port: int) -> tuple[Decision, Host | None]:
+    async def decide_under(self, policy: EgressPolicy, host: str, port: int) -> Decision:
+        """The decision `policy` (not the live one) would take for `host:port`, resolving a name
+        once: for refusing a policy change before it is stored. Neither logged nor counted."""
+        decision, _ = await self._decide(host, port, policy)
+        return decision
+
+    async def _decide(self, host: str, port: int,
+                      policy: EgressPolicy | None = None) -> tuple[Decision, Host | None]:
         try:
             parsed = parse_host(host)
         except AddressError:
             return Decision(False, RULE_MALFORMED), None
-        policy = self.policy.policy
+        policy = policy or self.policy.policy
         if parsed.ip is not None:
             return policy.decide(parsed, port), parsed
         early = policy.decide_name(parsed, port)

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from appliance.egress.runtime import as_json, parse_changes
+from appliance.egress.runtime import FIELDS, as_json, parse_changes
 from appliance.errors import BadRequest
 from appliance.http import access
 from appliance.http.app_keys import CORE
@@ -55,7 +55,7 @@ async def reset_egress(request: web.Request) -> web.Response:
     """Back to the settings file's values: every override removed."""
     app = request.app
     runtime = app[CORE].egress_runtime
-    await runtime.change(app[CORE].store, app[CORE].audit, dict.fromkeys(runtime.override),
+    await runtime.change(app[CORE].store, app[CORE].audit, dict.fromkeys(FIELDS),
                          context=access.context(request), action="egress.reset")
     return web.json_response(_view(app))
 

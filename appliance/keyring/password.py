@@ -1,5 +1,7 @@
 """Changing the instance secret: the root key is re-wrapped under the new secret (one row, the
 same cost for 10 or 100,000 secrets); at every moment the old secret, the new one, or both work.
+One change (or rotation) at a time across every instance on the store (`keyring.maintenance`):
+two changes at once would each drop the other's pending slot.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 from appliance import state_dir
 from appliance.keyring.errors import InstanceSecretMissing
 from appliance.keyring.kdf import DEFAULT_TUNING, KdfTuning
+from appliance.keyring.maintenance import exclusive
 from appliance.keyring.sources import (
     SOURCE_FILE,
     SOURCE_PASSWORD,
@@ -40,6 +43,12 @@ async def change_instance_secret(settings: Settings, vault: SecretVault, *,
     `new`: the new secret (required unless the current one comes from the file, in which case
     32 fresh random bytes are used).
     """
+    async with exclusive(vault._store, "an instance secret change"):
+        return await _change(settings, vault, new, tuning)
+
+
+async def _change(settings: Settings, vault: SecretVault, new: InstanceSecret | None,
+                  tuning: KdfTuning) -> ChangeReport:
     store = vault._store
     if new is None:
         if vault.secret_source != SOURCE_FILE:

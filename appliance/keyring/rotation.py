@@ -1,5 +1,10 @@
 """Key rotation and status: a new active data key at once, then every sealed field re-sealed in
 small transactions (resumable after a SIGKILL), and a version retired only when nothing uses it.
+
+One rotation at a time across every instance on the store (the `keyring.maintenance` lease,
+`keyring.maintenance`). Meanwhile every instance opens fields sealed with the old key and the new
+one: both stay in the keyring until no field uses the old one, and an instance reloads the
+keyring when the store reports a change, or when a field names a key it does not hold yet.
 """
 
 from __future__ import annotations
@@ -8,8 +13,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from appliance.keyring.maintenance import LeaseLost, exclusive
 from appliance.keyring.sealing import FormatError, open_field, seal_field
 from appliance.keyring.vault import SecretVault
+from appliance.store.lease import KeptLease
 
 Progress = Callable[[int, int], None]
 
@@ -61,9 +68,16 @@ async def begin(vault: SecretVault) -> tuple[int, bool]:
 
 async def rotate(vault: SecretVault, *, batch_size: int = 200,
                  progress: Progress | None = None) -> RotationReport:
-    """Begin (or resume) a rotation, re-seal every field under the active key, retire old keys."""
+    """Begin (or resume) a rotation, re-seal every field under the active key, retire old keys.
+    `KeyringBusy` (nothing done) if another process is rotating or changing the secret."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    async with exclusive(vault._store, "a key rotation") as kept:
+        return await _rotate(vault, batch_size, progress, kept)
+
+
+async def _rotate(vault: SecretVault, batch_size: int, progress: Progress | None,
+                  kept: KeptLease) -> RotationReport:
     active, resumed = await begin(vault)
     report = RotationReport(active=active, resumed=resumed)
     store = vault._store
@@ -74,6 +88,10 @@ async def rotate(vault: SecretVault, *, batch_size: int = 200,
         progress(0, total)
     cursor = ("", "", "")
     while True:
+        if kept.lost:
+            raise LeaseLost("the key rotation lost its lease (the store was unreachable too "
+                            "long); what is re-sealed stays so: run `appliance keys rotate` "
+                            "again to resume")
         async with store.transaction() as tx:
             ring = await vault.current(tx)
             rows = await tx.fetch_all(

@@ -81,17 +81,26 @@ class SecretVault:
         """The opened field, or None if it is not set. `SealedFieldError` names the record;
         `BoundElsewhere` if the field was sealed for another binding."""
         reader: Any = tx if tx is not None else self._store
-        row = await reader.fetch_one(
-            "SELECT key_version, blob, binding FROM sealed_fields "
-            "WHERE kind = ? AND record_id = ? AND field = ?", (kind, record_id, field))
-        if row is None:
-            return None
-        stored = row["binding"]
-        if (bytes(stored) if stored is not None else b"") != binding:
-            # The clear copy tells early and plainly; the cipher would refuse anyway.
-            raise BoundElsewhere(kind, record_id, field)
-        return Secret(await self._open(kind, record_id, field, int(row["key_version"]),
-                                       bytes(row["blob"]), tx, binding))
+        for last in (False, True):
+            row = await reader.fetch_one(
+                "SELECT key_version, blob, binding FROM sealed_fields "
+                "WHERE kind = ? AND record_id = ? AND field = ?", (kind, record_id, field))
+            if row is None:
+                return None
+            stored = row["binding"]
+            if (bytes(stored) if stored is not None else b"") != binding:
+                # The clear copy tells early and plainly; the cipher would refuse anyway.
+                raise BoundElsewhere(kind, record_id, field)
+            version = int(row["key_version"])
+            try:
+                return Secret(await self._open(kind, record_id, field, version,
+                                               bytes(row["blob"]), tx, binding))
+            except SealedFieldError:
+                # A rotation on another instance may have re-sealed this field and retired its
+                # old key between our read and the keyring's reload: read it once more.
+                if last or tx is not None or version in self._ring.keys:
+                    raise
+        raise AssertionError("unreachable")
 
     async def check(self, kind: str, record_id: str, field: str) -> None:
         """Open a field with the binding stored beside it (backup checks): `SealedFieldError`
@@ -147,7 +156,8 @@ class SecretVault:
         return self._ring.generation
 
     async def refresh(self, tx: Transaction | None = None) -> bool:
-        """Re-read the sealed keyring if a newer generation was written; True if it changed."""
+        """Re-read the sealed keyring if a newer generation was written (by another instance or
+        `keys rotate`: called when the store reports a change); True if it changed."""
         reader: Any = tx if tx is not None else self._store
         row = await reader.fetch_one("SELECT generation FROM keyring WHERE id = 1")
         if row is None or int(row["generation"]) == self._ring.generation:

@@ -16,9 +16,14 @@ from typing import Any
 from appliance import metrics
 from appliance.audit import RUN_ACTION, RUN_START_ACTION, Context
 from appliance.datasources.engine import Engine
+from appliance.datasources.errors import EngineRetired
 from appliance.errors import ApplianceError
 from appliance.queries.result_json import dumps
 from appliance.queries.service import CompiledQuery, QueryService
+
+# How many engines a run may take when each is retired (its datasource changed, here or on
+# another instance) before the run got a connection; then it fails with "being reconfigured".
+ENGINE_TAKES = 3
 
 # A run's mode, as its audit entry names it: how its rows are delivered.
 BUFFERED = "json"  # every row read first, answered in one JSON body (`Runner.run_buffered`)
@@ -109,8 +114,16 @@ class Runner:
         its entry is recorded."""
         async with _RunScope(self, query_id, params, context, BUFFERED) as scope:
             run = scope.run
-            run.columns = await scope.engine.collect(scope.bound, timeout=run.timeout,
-                                                     fetch=run.max_rows + 1, take=run.buffer)
+            for attempt in range(ENGINE_TAKES):
+                try:
+                    run.columns = await scope.engine.collect(
+                        scope.bound, timeout=run.timeout, fetch=run.max_rows + 1,
+                        take=run.buffer)
+                    break
+                except EngineRetired:
+                    if run.row_count or attempt == ENGINE_TAKES - 1:
+                        raise
+                    await scope.take_new_engine()
             run.finish()
         return run
 
@@ -119,17 +132,24 @@ class Runner:
                            ) -> AsyncIterator[Run]:
         """Bind, open, record the start, yield the run (its rows from `run.encoded_batches()`,
         sent inside the block); record the outcome once the statement's transaction has ended."""
-        async with _RunScope(self, query_id, params, context, STREAMED) as scope:
+        async with _RunScope(self, query_id, params, context, STREAMED) as scope, \
+                contextlib.AsyncExitStack() as stack:
             run = scope.run
-            async with scope.engine.open(
-                    scope.bound, timeout=run.timeout, fetch=run.max_rows + 1,
-                    stream=True) as rows:
-                run.columns, run._batches = rows.columns, rows.batches
-                # Rows leave before the run ends: its start is audited first.
-                await self.audit.record(
-                    action=RUN_START_ACTION, target=f"query:{run.query.id}", context=context,
-                    details={"datasource": run.query.datasource_id, "mode": STREAMED})
-                yield run
+            for attempt in range(ENGINE_TAKES):
+                try:
+                    rows = await stack.enter_async_context(scope.engine.open(
+                        scope.bound, timeout=run.timeout, fetch=run.max_rows + 1, stream=True))
+                    break
+                except EngineRetired:
+                    if attempt == ENGINE_TAKES - 1:
+                        raise
+                    await scope.take_new_engine()
+            run.columns, run._batches = rows.columns, rows.batches
+            # Rows leave before the run ends: its start is audited first.
+            await self.audit.record(
+                action=RUN_START_ACTION, target=f"query:{run.query.id}", context=context,
+                details={"datasource": run.query.datasource_id, "mode": STREAMED})
+            yield run
 
     @staticmethod
     def _run(compiled: CompiledQuery, engine: Engine, started: float) -> Run:
@@ -232,6 +252,11 @@ class _RunScope:
                 under_way.__exit__(None, None, None)
             raise
         return self
+
+    async def take_new_engine(self) -> None:
+        """The engine this run took was retired before the run got a connection (its
+        datasource changed): take the one that replaced it."""
+        self.engine = await self.runner.datasources.engine(self.compiled.datasource_id)
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                         traceback: object) -> None:

@@ -1,5 +1,6 @@
 """Stored queries: create, read, change and delete them (compiled when saved), and the cache of
-compiled queries that runs use, invalidated on every change.
+compiled queries that runs use, invalidated on every change (here, or on another instance:
+`follow`).
 
 Owns the `queries` table and the two views of a query: the full one for developers, and
 `id, name, parameters` for viewers. Never stores, logs or caches a parameter value or a result.
@@ -222,6 +223,18 @@ class QueryService:
         if generation == self._generation:
             self._cache[query_id] = compiled
         return compiled
+
+    async def follow(self) -> None:
+        """Drop the compiled queries another instance (or a CLI verb) changed or deleted, with
+        one query. A compilation under way meanwhile is used once, not cached."""
+        self._generation += 1
+        if not self._cache:
+            return
+        rows = await self.store.fetch_all("SELECT id, version FROM queries")
+        current = {str(row["id"]): int(row["version"]) for row in rows}
+        for query_id, compiled in list(self._cache.items()):
+            if current.get(query_id) != compiled.version:
+                self.forget(query_id)
 
     def forget(self, query_id: str) -> None:
         self._generation += 1

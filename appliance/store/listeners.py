@@ -1,5 +1,5 @@
 """Who wants to hear that the store changed under this process (`Store.add_listener`), and the
-once-a-second poll that tells them when the store has no notifications of its own (SQLite).
+twice-a-second poll that tells them when the store has no notifications of its own (SQLite).
 
 Owns the callbacks and the poll task (alive only while someone listens). Never reads the store
 itself: the poll reads a `version` function it is given; never lets a callback's error escape.
@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 log = logging.getLogger("appliance.store")
 
-POLL_SECONDS = 1.0
+POLL_SECONDS = 0.5  # seen within half a second, so that the caches follow within one
 
 
 class Listeners:

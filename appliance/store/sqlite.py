@@ -192,7 +192,7 @@ class SQLiteStore:
         self._version = None
 
     def add_listener(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """`data_version` is read every second while someone listens; a change calls back (also
+        """`data_version` is read twice a second while someone listens; a change calls back (also
         after this process's own writer commits: SQLite's counter cannot tell them apart)."""
         return self._listeners.add(callback)
 

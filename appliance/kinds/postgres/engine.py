@@ -26,6 +26,7 @@ from appliance.datasources.errors import (
     DatasourceTimeout,
     DatasourceTLSError,
     DatasourceUnreachable,
+    EngineRetired,
     connection_failure,
 )
 from appliance.egress import Dialer, postgres_auth
@@ -89,7 +90,7 @@ class PostgresEngine(Engine):
 
     def _new_pool(self) -> ConnectionPool:
         if self._closed:
-            raise DatasourceUnreachable(self.name, "being reconfigured; try again")
+            raise EngineRetired(self.name)
         self._pool = ConnectionPool(self._connect, max_size=self.target.limits.max_connections,
                                     reset_timeout=CONNECT_TIMEOUT, name=self.name)
         return self._pool
@@ -215,7 +216,7 @@ class PostgresEngine(Engine):
         if isinstance(exc, ApplianceError):
             return exc
         if isinstance(exc, PoolClosed):
-            return DatasourceUnreachable(name, "being reconfigured; try again")
+            return EngineRetired(name)
         if isinstance(exc, asyncpg.InvalidPasswordError):
             return DatasourceAuthFailed(name, "authentication failed (user or password refused)")
         if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):

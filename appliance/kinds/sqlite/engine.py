@@ -29,6 +29,7 @@ from appliance.datasources.errors import (
     DatasourceFileRefused,
     DatasourceTimeout,
     DatasourceUnreachable,
+    EngineRetired,
     QueryFailed,
     named,
 )
@@ -160,7 +161,7 @@ class SQLiteEngine(Engine):
         healthy = False
         try:
             if self._closed:
-                raise DatasourceUnreachable(self.name, "being reconfigured; try again")
+                raise EngineRetired(self.name)
             conn = self._idle.pop() if self._idle else await self._open_connection()
             self._all.add(conn)
             yield conn
