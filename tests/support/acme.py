@@ -445,10 +445,11 @@ class AcmeAppliance:
             outside.close()
 
 
-def prepare_state(workdir: Path) -> tuple[Path, str]:
-    """A state dir with an admin and its API token (2FA not required)."""
+def prepare_state(workdir: Path, store: dict[str, str] | None = None) -> tuple[Path, str]:
+    """A state dir with an admin and its API token (2FA not required); on `store`
+    (APPLIANCE_STORE_* variables) when given."""
     state = workdir / "state"
-    _, tokens = asyncio.run(prepare(state, require_2fa="", users=(), tokens=True))
+    _, tokens = asyncio.run(prepare(state, require_2fa="", users=(), tokens=True, store=store))
     return state, tokens["admin"]
 
 

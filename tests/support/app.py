@@ -74,24 +74,30 @@ def store_env(state: Path) -> dict[str, str]:
     return {} if STORE_FOR is None else STORE_FOR(state)
 
 
-def make_settings(state: Path, **env: str) -> Settings:
-    return settings.load(env={**store_env(state),
+def make_settings(state: Path, *, store: Mapping[str, str] | None = None, **env: str
+                  ) -> Settings:
+    """The settings of `state`, on its store (`store`: the APPLIANCE_STORE_* of another)."""
+    return settings.load(env={**(store_env(state) if store is None else store),
                               **{f"APPLIANCE_{k.upper()}": v for k, v in env.items()}},
                          flags={"state_dir": str(state)})
 
 
 async def prepare(state: Path, *, require_2fa: str = "admin",
                   users: tuple[str, ...] = ("viewer", "developer"),
-                  tokens: bool = False) -> tuple[Settings, dict[str, str]]:
-    """State dir with the admin (and `users`, named after their role); optional tokens. The
-    passwords are hashed at the test cost (`cheap_password_hashing`)."""
+                  tokens: bool = False, store: Mapping[str, str] | None = None
+                  ) -> tuple[Settings, dict[str, str]]:
+    """State dir with the admin (and `users`, named after their role); optional tokens; on
+    `store` (APPLIANCE_STORE_* variables) when given. The passwords are hashed at the test cost
+    (`cheap_password_hashing`)."""
     with cheap_password_hashing():
-        return await _prepare(state, require_2fa=require_2fa, users=users, tokens=tokens)
+        return await _prepare(state, require_2fa=require_2fa, users=users, tokens=tokens,
+                              store=store)
 
 
 async def _prepare(state: Path, *, require_2fa: str, users: tuple[str, ...],
-                   tokens: bool) -> tuple[Settings, dict[str, str]]:
-    s = make_settings(state, auth_require_2fa=require_2fa)
+                   tokens: bool, store: Mapping[str, str] | None
+                   ) -> tuple[Settings, dict[str, str]]:
+    s = make_settings(state, store=store, auth_require_2fa=require_2fa)
     await bootstrap.init_state(s, admin_user="admin", admin_password=Secret(ADMIN_PASSWORD))
     raw_tokens: dict[str, str] = {}
     async with open_core(s, tuning=TEST_TUNING) as core:  # the keyring made with test tuning
