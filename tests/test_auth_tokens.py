@@ -3,7 +3,6 @@ revoked for good when the owner is disabled."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from collections.abc import Callable
@@ -67,7 +66,8 @@ async def test_expired_token_is_refused(tmp_path: Path) -> None:
         bearer = appliance.client(token=appliance.tokens["developer"])
         assert (await bearer.request("GET", "/api/v1/session")).status == 200
         appliance.execute("UPDATE api_tokens SET expires_at = ?", (time.time() - 1,))
-        assert (await bearer.request("GET", "/api/v1/session")).status == 401
+        assert (await bearer.request_until("GET", "/api/v1/session",
+                                           lambda r: r.status == 401)).status == 401
 
 
 async def test_disabled_owner_token_stops_at_once(tmp_path: Path) -> None:
@@ -183,16 +183,8 @@ async def test_a_change_by_another_process_counts_from_the_next_request(tmp_path
     (the file's data_version is read per request), within the second the Store interface
     promises on PostgreSQL (a notification, or the once-a-second poll)."""
     async with running(tmp_path / "state", require_2fa="", tokens=True) as appliance:
-        within = 0.0 if appliance.outside.dialect == "sqlite" else 1.0
-
         async def soon(client: Client, check: Callable[[Response], bool]) -> Response:
-            """The answer to GET /api/v1/session once `check` holds (at most `within` s)."""
-            deadline = time.monotonic() + within
-            while True:
-                resp = await client.request("GET", "/api/v1/session")
-                if check(resp) or time.monotonic() >= deadline:
-                    return resp
-                await asyncio.sleep(0.02)
+            return await client.request_until("GET", "/api/v1/session", check)
 
         bearer = appliance.client(token=appliance.tokens["developer"])
         for _ in range(3):  # read once, then served from memory

@@ -11,10 +11,12 @@ uses them (it would rehash a test-cost hash at login, as after any parameter cha
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import re
 import ssl
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -170,6 +172,17 @@ class Client:
                 body = text
             return Response(resp.status, body, resp.headers, resp.headers.getall("Set-Cookie", []))
 
+    async def request_until(self, method: str, path: str, check: Callable[[Response], bool]
+                            ) -> Response:
+        """The answer once `check` holds, asking again for at most the time a change made by
+        another process may take to count here (`Appliance.change_latency`); else the last."""
+        deadline = time.monotonic() + self.appliance.change_latency
+        while True:
+            resp = await self.request(method, path)
+            if check(resp) or time.monotonic() >= deadline:
+                return resp
+            await asyncio.sleep(0.02)
+
     async def login(self, username: str, password: str | None = None,
                     totp: str | None = None) -> Response:
         payload: dict[str, Any] = {"username": username,
@@ -203,6 +216,13 @@ class Appliance:
     def client(self, *, token: str | None = None) -> Client:
         assert self._http is not None
         return Client(self, self._http, token=token)
+
+    @property
+    def change_latency(self) -> float:
+        """How long a change committed by another process may take to count here: none on
+        SQLite (its data_version is read per request), the second the Store interface promises
+        on PostgreSQL (a notification, or the once-a-second poll when one is lost)."""
+        return 0.0 if self.outside.dialect == "sqlite" else 1.0
 
     @property
     def outside(self) -> OutsideStore:
