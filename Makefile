@@ -3,6 +3,9 @@
 #   make test    everything the tests need (Debian packages, a venv), then the whole suite
 #   make test-fast  the suite without Chromium, Pebble and the binary build, on every core
 #                (about 70 s on 2 cores, 100 s of CPU)
+#   make test-postgres  the tests of the in-process appliance (tests/support/app.py) again, on a
+#                PostgreSQL store (APPLIANCE_TEST_STORE=postgres: a fresh database per state dir;
+#                3 to 6 min on 2 cores, so not part of `make test`)
 #   make lint    ruff, mypy --strict on appliance/, ESLint on the console's JavaScript
 #   make binary  dist/appliance, one file (PyInstaller)
 
@@ -29,7 +32,7 @@ define install_debs
 	fi
 endef
 
-.PHONY: run test test-fast lint binary run-deps system-deps fast-deps node-deps venv clean
+.PHONY: run test test-fast test-postgres lint binary run-deps system-deps fast-deps node-deps venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; }
@@ -68,6 +71,15 @@ test: system-deps lint
 # subprocess tests (they cluster in a few files) do not leave a core idle at the end.
 test-fast: fast-deps lint
 	$(BIN)/python -m pytest -n auto --dist worksteal $(FAST_SKIP) $(PYTEST_ARGS)
+
+# The files that start an appliance through tests/support/ (app, acme, queries): the ones
+# APPLIANCE_TEST_STORE=postgres moves onto a PostgreSQL store. Tests about the SQLite file itself
+# are marked `sqlite_store` and skipped there.
+POSTGRES_STORE_TESTS = $(shell grep -l 'tests\.support\.\(app\|acme\|queries\)' tests/test_*.py)
+
+test-postgres: fast-deps $(VENV)/.installed
+	APPLIANCE_TEST_STORE=postgres $(BIN)/python -m pytest -n auto --dist worksteal \
+	  $(POSTGRES_STORE_TESTS) $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed node_modules/.installed
 	$(BIN)/ruff check appliance tests bench

@@ -433,21 +433,44 @@ async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
         await store.close()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under APPLIANCE_TEST_STORE=postgres, a test marked `sqlite_store(reason)` (about the
+    SQLite store itself: its file, its links) is skipped, with its reason."""
+    if TEST_STORE != "postgres":
+        return
+    for item in items:
+        marker = item.get_closest_marker("sqlite_store")
+        if marker is not None:
+            reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
+            assert reason, f"{item.nodeid}: sqlite_store needs a reason"
+            item.add_marker(pytest.mark.skip(reason=f"SQLite store only: {reason}"))
+
+
 @pytest.fixture(autouse=True)
 def _test_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
                 ) -> Iterator[None]:
-    """With APPLIANCE_TEST_STORE=postgres: `make_settings` (tests/support/app.py) names a fresh
-    PostgreSQL database as the store."""
+    """With APPLIANCE_TEST_STORE=postgres: `make_settings` and `store_env` (tests/support/app.py)
+    name a fresh PostgreSQL database per state directory, as SQLite has a file per one."""
     if TEST_STORE != "postgres":
         yield
         return
     from tests.support import app
 
     server = request.getfixturevalue("postgres_server")
-    database = new_store_database(server, tmp_path_factory.mktemp("store"))
-    app.STORE_ENV = {k.removeprefix("APPLIANCE_").lower(): v for k, v in database.env().items()}
+    directory = tmp_path_factory.mktemp("store")
+    databases: dict[Path, StoreDatabase] = {}
+
+    def store_for(state: Path) -> dict[str, str]:
+        key = state.absolute()
+        if key not in databases:
+            databases[key] = new_store_database(server, directory)
+        return databases[key].env()
+
+    app.STORE_FOR = store_for
     try:
         yield
     finally:
-        app.STORE_ENV = {}
-        server.sql(f"DROP DATABASE IF EXISTS {database.name} WITH (FORCE)", database="postgres")
+        app.STORE_FOR = None
+        for database in databases.values():
+            server.sql(f"DROP DATABASE IF EXISTS {database.name} WITH (FORCE)",
+                       database="postgres")

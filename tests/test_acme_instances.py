@@ -4,15 +4,13 @@ to. One order when they race; the CA's request answered by the instance that did
 serve a new certificate within a second of it being stored; the lease holder SIGKILLed mid-order
 and the other completes the renewal once the lease expires.
 
-The store is a fixture parameter (`SHARED_STORE_KINDS`): SQLite today (two processes on one
-file); every test here should also run on PostgreSQL once that store lands.
+The store is a fixture parameter (`SHARED_STORE_KINDS`): SQLite (two processes on one file) and
+PostgreSQL (two processes, each with a state directory of its own, on one database).
 """
 
 from __future__ import annotations
 
-import contextlib
 import signal
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from appliance.state_dir import STORE_FILE
 from tests.support.acme import (
     HAVE_PEBBLE,
     AcmeAppliance,
@@ -36,7 +33,9 @@ from tests.support.acme import (
     start_appliance,
     write_config,
 )
-from tests.support.shared_store import SHARED_STORE_KINDS
+from tests.support.app import make_settings
+from tests.support.outside_store import OutsideStore
+from tests.support.shared_store import SHARED_STORE_KINDS, instance_state, new_store
 
 pytestmark = pytest.mark.skipif(not HAVE_PEBBLE, reason="Debian package pebble not installed")
 
@@ -77,15 +76,13 @@ class Cluster:
     b_http: int
     balancer: Balancer
     kind: str
+    outside: OutsideStore  # the shared store, from a handle of the test's own
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        return self.a.db(sql, params)
+        return self.outside.query(sql, params)
 
     def write(self, sql: str, params: tuple[Any, ...] = ()) -> None:
-        assert self.kind == "sqlite"  # a PostgreSQL branch when that store lands
-        with contextlib.closing(sqlite3.connect(self.a.state / STORE_FILE, timeout=10)) as conn:
-            conn.execute(sql, params)
-            conn.commit()
+        self.outside.execute(sql, params)
 
     def make_due(self) -> None:
         """The stored schedule says: renew now (as when renew_at or an ARI window passes)."""
@@ -102,21 +99,28 @@ class Cluster:
 @pytest.fixture(params=SHARED_STORE_KINDS)
 def cluster(request: pytest.FixtureRequest, tmp_path: Path, front: CAFront) -> Iterator[Cluster]:
     pebble = front.pebble
-    state, token = prepare_state(tmp_path)
-    a_http, b_http = free_port(), free_port()
-    balancer = Balancer(pebble.http_port, [a_http, b_http]).start()
-    apps: list[AcmeAppliance] = []
-    try:
-        for name, port in (("a", a_http), ("b", b_http)):
-            config = write_config(tmp_path / f"{name}.toml", directory=front.directory,
-                                  http_port=port, ca_bundle=pebble.ca.ca_pem,
-                                  extra_tls=f"order_lease = {LEASE}\n")
-            apps.append(start_appliance(tmp_path, config, state, token))
-        yield Cluster(apps[0], apps[1], a_http, b_http, balancer, request.param)
-    finally:
-        for app in apps:
-            app.stop()
-        balancer.stop()
+    kind = request.param
+    with new_store(kind, request, tmp_path) as store:
+        state, token = prepare_state(tmp_path, store)
+        a_http, b_http = free_port(), free_port()
+        balancer = Balancer(pebble.http_port, [a_http, b_http]).start()
+        apps: list[AcmeAppliance] = []
+        outside = OutsideStore(make_settings(state, store=store))
+        try:
+            for name, port in (("a", a_http), ("b", b_http)):
+                config = write_config(tmp_path / f"{name}.toml", directory=front.directory,
+                                      http_port=port, ca_bundle=pebble.ca.ca_pem,
+                                      extra_tls=f"order_lease = {LEASE}\n")
+                apps.append(start_appliance(tmp_path, config,
+                                            state if name == "a" else
+                                            instance_state(kind, state, name),
+                                            token, store))
+            yield Cluster(apps[0], apps[1], a_http, b_http, balancer, kind, outside)
+        finally:
+            for app in apps:
+                app.stop()
+            balancer.stop()
+            outside.close()
 
 
 def _wait(predicate: Callable[[], bool], timeout: float, what: str,

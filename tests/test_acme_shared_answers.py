@@ -43,7 +43,7 @@ class CountingStorage(ACMEStorage):
 @pytest.fixture(params=SHARED_STORE_KINDS)
 async def two(request: pytest.FixtureRequest, tmp_path: Path
               ) -> AsyncIterator[tuple[CountingStorage, CountingStorage]]:
-    async with open_twice(request.param, tmp_path) as (one, other):
+    async with open_twice(request.param, tmp_path, request) as (one, other):
         yield CountingStorage(one), CountingStorage(other)
 
 

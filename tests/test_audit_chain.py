@@ -35,7 +35,7 @@ from appliance.queries import CompiledQuery, Runner
 from appliance.secret import Secret
 from appliance.store import SQLiteStore, open_sqlite_store
 from tests.conftest import clean_env, run_cli
-from tests.support.app import prepare, running
+from tests.support.app import prepare, running, store_env
 
 # A query run's entry, as the tests record it (as the runner does: no transaction).
 RUN = {"action": RUN_ACTION, "actor": "v", "target": "query:q",
@@ -132,12 +132,16 @@ async def test_server_and_cli_report_the_broken_link(tmp_path: Path) -> None:
         ok = await admin.request("GET", "/api/v1/audit/verify")
         assert ok.status == 200 and ok.body["ok"] is True and ok.body["first_broken"] is None
         total = ok.body["entries"]
-        tamper(appliance.store_path, "UPDATE audit_log SET details = '{}' WHERE seq = 5")
+        # Someone with the store's credentials drops the append-only triggers and edits a row.
+        on = " ON audit_log" if appliance.outside.dialect == "postgresql" else ""
+        for trigger in ("audit_log_no_update", "audit_log_no_delete"):
+            appliance.execute(f"DROP TRIGGER IF EXISTS {trigger}{on}")
+        appliance.execute("UPDATE audit_log SET details = '{}' WHERE seq = 5")
         broken = await admin.request("GET", "/api/v1/audit/verify")
         assert broken.body["ok"] is False
         assert broken.body["first_broken"]["position"] == 5
         assert total >= 7
-    cli = run_cli("audit", "verify", "--state-dir", str(state), env=clean_env())
+    cli = run_cli("audit", "verify", "--state-dir", str(state), env=clean_env(**store_env(state)))
     assert cli.returncode == 1
     assert "position 5" in cli.stdout
 
@@ -145,7 +149,7 @@ async def test_server_and_cli_report_the_broken_link(tmp_path: Path) -> None:
 async def test_cli_verify_ok(tmp_path: Path) -> None:
     state = tmp_path / "state"
     await prepare(state)
-    cli = run_cli("audit", "verify", "--state-dir", str(state), env=clean_env())
+    cli = run_cli("audit", "verify", "--state-dir", str(state), env=clean_env(**store_env(state)))
     assert cli.returncode == 0, cli.stderr
     assert cli.stdout.startswith("ok: 3 entries")
 

@@ -7,10 +7,6 @@ from pathlib import Path
 
 from tests.support.app import Appliance, running
 
-BREAK = ("CREATE TRIGGER audit_full BEFORE INSERT ON audit_log "
-         "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
-MEND = "DROP TRIGGER audit_full"
-
 
 def count(appliance: Appliance, sql: str) -> int:
     return int(appliance.query(sql)[0][0])
@@ -22,7 +18,7 @@ async def test_actions_do_not_happen_when_the_audit_cannot_be_written(tmp_path: 
         viewer = appliance.client()
         assert (await viewer.login("viewer")).status == 201
         entries_before = count(appliance, "SELECT COUNT(*) FROM audit_log")
-        appliance.execute(BREAK)
+        appliance.outside.refuse_audit()
 
         created = await admin.request("POST", "/api/v1/users", {
             "username": "ghost", "role": "viewer", "password": "ghost-password-0123"})
@@ -38,7 +34,7 @@ async def test_actions_do_not_happen_when_the_audit_cannot_be_written(tmp_path: 
         logout = await viewer.request("DELETE", "/api/v1/session")
         assert logout.status == 503
 
-        appliance.execute(MEND)
+        appliance.outside.allow_audit()
         assert count(appliance, "SELECT COUNT(*) FROM users WHERE username = 'ghost'") == 0
         row = appliance.query("SELECT role, disabled FROM users WHERE username = 'viewer'")[0]
         assert (row["role"], row["disabled"]) == ("viewer", 0)
@@ -56,8 +52,8 @@ async def test_actions_do_not_happen_when_the_audit_cannot_be_written(tmp_path: 
 
 async def test_failed_logins_are_not_counted_without_their_audit_entry(tmp_path: Path) -> None:
     async with running(tmp_path / "state", require_2fa="") as appliance:
-        appliance.execute(BREAK)
+        appliance.outside.refuse_audit()
         resp = await appliance.client().login("viewer", "wrong-password-0000")
         assert resp.status == 503
-        appliance.execute(MEND)
+        appliance.outside.allow_audit()
         assert count(appliance, "SELECT COUNT(*) FROM login_throttle") == 0

@@ -25,7 +25,7 @@ async def test_login_sets_a_strict_cookie_stored_only_as_a_hash(tmp_path: Path) 
         assert raw is not None and len(raw) >= 22  # >= 128 bits in URL-safe base64
         stored = [row["id_hash"] for row in appliance.query("SELECT id_hash FROM sessions")]
         assert stored == [hashlib.sha256(raw.encode()).hexdigest()]
-        assert raw.encode() not in appliance.store_path.read_bytes()
+        assert raw.encode() not in appliance.stored_bytes()
         me = await client.request("GET", "/api/v1/session")
         assert me.status == 200 and me.body["username"] == "viewer" and me.body["role"] == "viewer"
 

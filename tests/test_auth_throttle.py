@@ -125,7 +125,8 @@ async def test_the_account_limit_never_refuses_a_known_pair(tmp_path: Path) -> N
         async with from_address(appliance, "127.0.0.2") as admin:
             assert (await admin.login("admin")).status == 201  # before 2FA: the pair is known
             _, totp, recovery = await enrol(appliance)
-            step = appliance.query("SELECT totp_last_step FROM users")[0][0]
+            step = appliance.query(
+                "SELECT totp_last_step FROM users WHERE username = 'admin'")[0][0]
             for host in range(10, 14):  # a botnet: 2 guesses from each of 4 addresses
                 async with from_address(appliance, f"127.0.0.{host}") as bot:
                     for _ in range(2):

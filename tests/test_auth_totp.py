@@ -57,7 +57,7 @@ async def test_required_enrolment_blocks_everything_else_until_done(tmp_path: Pa
         assert start.body["qr_svg"].lstrip().startswith("<svg")
         secret = secret_from_uri(uri)
         # Sealed by the keyring: not in the store in clear.
-        assert secret.encode() not in appliance.store_path.read_bytes()
+        assert secret.encode() not in appliance.stored_bytes()
         assert appliance.query("SELECT field FROM sealed_fields WHERE kind = 'user'")[0][
             "field"] == "totp_pending"
 
@@ -81,7 +81,7 @@ async def test_required_enrolment_blocks_everything_else_until_done(tmp_path: Pa
         # Recovery codes are stored hashed only.
         stored = appliance.query("SELECT code_hash FROM recovery_codes")
         assert len(stored) == 10
-        dump = appliance.store_path.read_bytes()
+        dump = appliance.stored_bytes()
         assert not any(code.encode() in dump for code in codes)
         assert {"2fa.enrol_start", "2fa.enable", "session.rotate"} <= set(
             appliance.audit_actions())

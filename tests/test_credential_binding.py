@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import signal
-import sqlite3
 import struct
 import subprocess
 import sys
@@ -29,11 +28,13 @@ from appliance.datasources.destination import (
     changed_keys,
     destination,
 )
+from appliance.egress import Dialer, PolicyHolder
 from appliance.keyring import BoundElsewhere, open_vault
 from appliance.keyring.sealing import field_aad
-from appliance.store import open_sqlite_store
+from appliance.store import Store, open_store
 from tests.conftest import ROOT, clean_env
-from tests.support.app import TEST_TUNING, make_settings, prepare
+from tests.support.app import TEST_TUNING, make_settings, prepare, store_env
+from tests.support.outside_store import OutsideStore
 from tests.support.queries import as_role, create_datasource, create_query, proxy, run
 
 TOKEN = "bound-TOKEN-5e1f0c0a"
@@ -263,7 +264,7 @@ async def test_postgres_destination_changes_need_the_password(
 async def test_the_cipher_refuses_another_binding_even_if_the_clear_copy_is_changed(
         tmp_path: Path) -> None:
     s, _ = await prepare(tmp_path / "state")
-    store = await open_sqlite_store(tmp_path / "state" / "appliance.db")
+    store = await _open(tmp_path / "state")
     try:
         vault = await open_vault(s, store, tuning=TEST_TUNING)
         async with store.transaction() as tx:
@@ -294,58 +295,59 @@ def _legacy_blob(key: bytes, key_version: int, record_id: str, field: str,
     return header + nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
 
 
+async def _open(state: Path) -> Store:
+    """The store of `state` (SQLite or PostgreSQL), opened as another process would."""
+    s = make_settings(state)
+    return await open_store(s, Dialer(PolicyHolder(s.egress)), must_exist=True)
+
+
 async def _legacy_store(state: Path, count: int) -> dict[str, tuple[str, dict[str, Any]]]:
     """`count` REST datasources whose tokens are sealed as before bindings existed."""
     s, _ = await prepare(state, users=())
-    store = await open_sqlite_store(state / "appliance.db")
+    store = await _open(state)
     try:
         vault = await open_vault(s, store, tuning=TEST_TUNING)
         ring = vault.keyring
         key, version = ring.active_key.key, ring.active
+        expected: dict[str, tuple[str, dict[str, Any]]] = {}
+        now = time.time()
+        async with store.transaction() as tx:
+            for n in range(count):
+                ds_id = f"ds_{n:016x}"
+                config = {"base_url": f"http://127.0.0.{1 + n % 3}:{1000 + n}", "auth": "bearer",
+                          "follow_redirects": False, "max_redirects": 5}
+                token = f"legacy-token-{n}-{os.urandom(4).hex()}"
+                await tx.execute(
+                    "INSERT INTO datasources (id, name, kind, config, version, created_at, "
+                    "updated_at) VALUES (?, ?, 'rest', ?, 1, ?, ?)",
+                    (ds_id, f"legacy {n}", json.dumps(config), now, now))
+                await tx.execute(
+                    "INSERT INTO sealed_fields (kind, record_id, field, key_version, blob, "
+                    "updated_at) VALUES (?, ?, 'token', ?, ?, ?)",
+                    (SEALED_KIND, ds_id, version,
+                     _legacy_blob(key, version, ds_id, "token", token.encode()), now))
+                expected[ds_id] = (token, config)
     finally:
         await store.close()
-    expected: dict[str, tuple[str, dict[str, Any]]] = {}
-    conn = sqlite3.connect(state / "appliance.db")
-    try:
-        now = time.time()
-        for n in range(count):
-            ds_id = f"ds_{n:016x}"
-            config = {"base_url": f"http://127.0.0.{1 + n % 3}:{1000 + n}", "auth": "bearer",
-                      "follow_redirects": False, "max_redirects": 5}
-            token = f"legacy-token-{n}-{os.urandom(4).hex()}"
-            conn.execute("INSERT INTO datasources (id, name, kind, config, version, created_at, "
-                         "updated_at) VALUES (?, ?, 'rest', ?, 1, ?, ?)",
-                         (ds_id, f"legacy {n}", json.dumps(config), now, now))
-            conn.execute("INSERT INTO sealed_fields (kind, record_id, field, key_version, blob, "
-                         "updated_at) VALUES (?, ?, 'token', ?, ?, ?)",
-                         (SEALED_KIND, ds_id, version,
-                          _legacy_blob(key, version, ds_id, "token", token.encode()), now))
-            expected[ds_id] = (token, config)
-        conn.commit()
-    finally:
-        conn.close()
     return expected
 
 
-def _bound_count(state: Path) -> int:
-    conn = sqlite3.connect(state / "appliance.db", timeout=10)
-    try:
-        return int(conn.execute("SELECT count(*) FROM sealed_fields WHERE kind = 'datasource' "
-                                "AND binding IS NOT NULL").fetchone()[0])
-    finally:
-        conn.close()
+def _bound_count(store: OutsideStore) -> int:
+    return int(store.query("SELECT count(*) FROM sealed_fields WHERE kind = 'datasource' "
+                           "AND binding IS NOT NULL")[0][0])
 
 
 _BIND_SCRIPT = """
-import asyncio, sys
+import asyncio, os, sys
 from appliance import settings
 from appliance.datasources.destination import bind_legacy_secrets
+from appliance.egress import Dialer, PolicyHolder
 from appliance.keyring import KdfTuning, open_vault
-from appliance.store import open_sqlite_store
+from appliance.store import open_store
 
 async def main():
-    s = settings.load(env={}, flags={"state_dir": sys.argv[1]})
-    store = await open_sqlite_store(s.server.state_dir / "appliance.db")
+    s = settings.load(env=dict(os.environ), flags={"state_dir": sys.argv[1]})
+    store = await open_store(s, Dialer(PolicyHolder(s.egress)), must_exist=True)
     vault = await open_vault(s, store, tuning=KdfTuning.fixed(log2_n=10))
     print("open", flush=True)
     await bind_legacy_secrets(store, vault, batch_size=1)
@@ -357,7 +359,7 @@ asyncio.run(main())
 
 async def _check_all_open(state: Path, expected: dict[str, tuple[str, dict[str, Any]]]) -> None:
     s = make_settings(state)
-    store = await open_sqlite_store(state / "appliance.db")
+    store = await _open(state)
     try:
         vault = await open_vault(s, store, tuning=TEST_TUNING)
         assert await bind_legacy_secrets(store, vault) >= 0
@@ -383,13 +385,16 @@ async def test_legacy_secrets_are_bound_once_at_start_and_keep_working(
     # One legacy datasource pointing at the real upstream, run through the API after start.
     ds_id, (token, config) = next(iter(expected.items()))
     config = {**config, "base_url": api.url}
-    conn = sqlite3.connect(state / "appliance.db")
-    conn.execute("UPDATE datasources SET config = ? WHERE id = ?", (json.dumps(config), ds_id))
-    conn.commit()
-    conn.close()
+    store = await _open(state)
+    try:
+        async with store.transaction() as tx:
+            await tx.execute("UPDATE datasources SET config = ? WHERE id = ?",
+                             (json.dumps(config), ds_id))
+    finally:
+        await store.close()
     expected[ds_id] = (token, config)
     async with proxy(state) as appliance:  # `prepare` again: users exist, nothing overwritten
-        assert _bound_count(state) == 3
+        assert _bound_count(appliance.outside) == 3
         admin = as_role(appliance, "admin")
         q = await create_query(admin, ds_id, {"path": "/legacy"}, name="legacy")
         assert (await run(admin, q["id"])).status == 200
@@ -402,17 +407,19 @@ def test_binding_legacy_secrets_survives_sigkill(tmp_path: Path) -> None:
     total = int(os.environ.get("APPLIANCE_TEST_LEGACY_FIELDS", "1500"))
     expected = asyncio.run(_legacy_store(state, total))
     proc = subprocess.Popen([sys.executable, "-c", _BIND_SCRIPT, str(state)],
-                            stdout=subprocess.PIPE, env=clean_env(), cwd=ROOT)
+                            stdout=subprocess.PIPE, env=clean_env(**store_env(state)), cwd=ROOT)
+    outside = OutsideStore(make_settings(state))
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == b"open"
         deadline = time.monotonic() + 60
-        while _bound_count(state) < total // 10 and time.monotonic() < deadline:
+        while _bound_count(outside) < total // 10 and time.monotonic() < deadline:
             time.sleep(0.005)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
+        done = _bound_count(outside)
     finally:
+        outside.close()
         if proc.poll() is None:
             proc.kill()
-    done = _bound_count(state)
     assert 0 < done < total, f"the kill should land mid-way ({done} of {total} bound)"
     asyncio.run(_check_all_open(state, expected))

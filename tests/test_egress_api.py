@@ -227,12 +227,11 @@ async def test_null_resets_a_field_and_delete_resets_all(tmp_path: Path) -> None
 async def test_the_audit_is_fail_closed(tmp_path: Path) -> None:
     async with appliance(tmp_path) as found:
         admin = found.client(token=found.tokens["admin"])
-        found.execute("CREATE TRIGGER audit_full BEFORE INSERT ON audit_log "
-                      "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+        found.outside.refuse_audit()
         resp = await admin.request("PUT", "/api/v1/egress", {"mode": "strict"})
         assert resp.status == 503 and resp.code == "audit_unavailable", resp.body
         assert found.query("SELECT * FROM meta WHERE key = 'egress.runtime'") == []
-        found.execute("DROP TRIGGER audit_full")
+        found.outside.allow_audit()
         view = (await admin.request("GET", "/api/v1/egress")).body
         assert view["mode"] == "default" and view["overridden"] == []
         with tcp_listener() as (port, _):

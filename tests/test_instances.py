@@ -3,11 +3,10 @@ record a heartbeat that the API and `doctor` read; a SIGKILLed one ages out, a c
 its row, a store outage during a heartbeat neither stops the server nor floods its log, and only
 admins may list instances.
 
-The multi-instance tests take the store as a fixture parameter (`shared_store`). Today it yields
-SQLite only: every instance serves from one state directory, and SQLite serialises their writes
-across processes. The PostgreSQL store (`[store] url`) adds a parameter whose instances each have
-a state directory of their own (the same instance secret) and the one store URL; these tests then
-run unchanged on it.
+The multi-instance tests take the store as a fixture parameter (`shared_store`,
+tests/support/shared_store.py): SQLite, where every instance serves from one state directory and
+SQLite serialises their writes across processes; PostgreSQL, where each instance has a state
+directory of its own (the same instance secret) and the one store URL.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import contextlib
 import json
 import signal
 import socket
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,8 +24,8 @@ from typing import Any
 import pytest
 
 from appliance import instances as instances_module
+from appliance import settings
 from appliance.instances import PRUNE_AFTER, Heartbeat, list_instances
-from appliance.store import open_sqlite_store
 from appliance.store.migrations import LATEST
 from tests.conftest import (
     ServerProcess,
@@ -38,6 +36,13 @@ from tests.conftest import (
     tls_connection,
 )
 from tests.support.app import running
+from tests.support.outside_store import OutsideStore
+from tests.support.shared_store import (
+    SHARED_STORE_KINDS,
+    instance_state,
+    new_store,
+    open_twice,
+)
 
 PASSWORD = "admin-password-0123"
 INTERVAL = 0.4  # seconds between heartbeats in these tests
@@ -57,42 +62,60 @@ class SharedStore:
 
     kind: str
     root: Path
+    env: dict[str, str]  # the store's settings (APPLIANCE_STORE_*)
     token: str  # an admin API token, valid on every instance
+    instances: int = 0
 
     @property
     def state(self) -> Path:
         return self.root / "state"
 
     def instance_args(self, listen: str) -> list[str]:
-        """`serve` arguments for one more instance of this store."""
-        return ["serve", "--state-dir", str(self.state), "--listen", listen]
+        """`serve` arguments for one more instance of this store (the first serves from the
+        state directory `init` made, where `doctor` looks)."""
+        self.instances += 1
+        state = self.state if self.instances == 1 else instance_state(self.kind, self.state,
+                                                                       str(self.instances))
+        return ["serve", "--state-dir", str(state), "--listen", listen]
 
     def instance_env(self, **extra: str) -> dict[str, str]:
-        return clean_env(APPLIANCE_SERVER_HEARTBEAT_INTERVAL=str(INTERVAL), **extra)
+        return clean_env(APPLIANCE_SERVER_HEARTBEAT_INTERVAL=str(INTERVAL), **self.env, **extra)
+
+    def _outside(self) -> OutsideStore:
+        return OutsideStore(settings.load(env=self.env, flags={"state_dir": str(self.state)}))
 
     def execute(self, sql: str) -> None:
         """One statement on the store, from another connection (another process would)."""
-        with contextlib.closing(sqlite3.connect(self.state / "appliance.db", timeout=10,
-                                                isolation_level=None)) as conn:
-            conn.execute(sql)
+        outside = self._outside()
+        try:
+            outside.execute(sql)
+        finally:
+            outside.close()
 
     def instance_ids(self) -> list[str]:
         """The ids in the store's `instances` table, read from outside."""
-        with contextlib.closing(sqlite3.connect(self.state / "appliance.db")) as conn:
-            return [row[0] for row in conn.execute("SELECT id FROM instances")]
+        outside = self._outside()
+        try:
+            return [row[0] for row in outside.query("SELECT id FROM instances")]
+        finally:
+            outside.close()
 
 
-@pytest.fixture(params=["sqlite"])
-def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> SharedStore:
-    """A store initialised with an admin and an admin token. Today: SQLite (one state dir)."""
+@pytest.fixture(params=SHARED_STORE_KINDS)
+def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SharedStore]:
+    """A store initialised with an admin and an admin token."""
     password_file = tmp_path / "password"
     password_file.write_text(PASSWORD)
     state = tmp_path / "state"
-    done = run_cli("init", "--state-dir", str(state), "--admin-password-file", str(password_file))
-    assert done.returncode == 0, done.stderr
-    made = run_cli("tokens", "create", "admin", "--allow-without-2fa", "--state-dir", str(state))
-    assert made.returncode == 0, made.stderr
-    return SharedStore(request.param, tmp_path, made.stdout.strip().splitlines()[-1].strip())
+    with new_store(request.param, request, tmp_path) as env:
+        done = run_cli("init", "--state-dir", str(state), "--admin-password-file",
+                       str(password_file), env=clean_env(**env))
+        assert done.returncode == 0, done.stderr
+        made = run_cli("tokens", "create", "admin", "--allow-without-2fa", "--state-dir",
+                       str(state), env=clean_env(**env))
+        assert made.returncode == 0, made.stderr
+        yield SharedStore(request.param, tmp_path, env,
+                          made.stdout.strip().splitlines()[-1].strip())
 
 
 @contextlib.contextmanager
@@ -260,9 +283,10 @@ async def test_the_instances_api_is_admin_only(tmp_path: Path) -> None:
 # --- the heartbeat against a store file, in process ----------------------------------------
 
 
-async def test_a_beat_prunes_rows_not_seen_for_a_day_and_keeps_the_rest(tmp_path: Path) -> None:
-    store = await open_sqlite_store(tmp_path / "store.db")
-    try:
+@pytest.mark.parametrize("kind", SHARED_STORE_KINDS)
+async def test_a_beat_prunes_rows_not_seen_for_a_day_and_keeps_the_rest(
+        kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    async with open_twice(kind, tmp_path, request) as (store, _):
         now = time.time()
         async with store.transaction() as tx:
             for an_id, seen in (("long-gone", now - PRUNE_AFTER - 60), ("recent", now - 600)):
@@ -284,8 +308,6 @@ async def test_a_beat_prunes_rows_not_seen_for_a_day_and_keeps_the_rest(tmp_path
         await beat.remove()
         assert {row.id for row in await list_instances(store)} == {"recent"}
         assert beat.id in repr(beat) and len(beat.id) == 12
-    finally:
-        await store.close()
 
 
 def test_an_instance_of_another_version_is_a_warning(shared_store: SharedStore) -> None:
@@ -299,66 +321,3 @@ def test_an_instance_of_another_version_is_a_warning(shared_store: SharedStore) 
     line = line_of(lines, "instance 0ld0ld0ld0ld")
     assert line.startswith("WARN") and "host other-host," in line
     assert "version and schema differ" in line and line.count("->") == 1
-
-
-# --- the same SQL on PostgreSQL: migration 10's dialect and the heartbeat's statements -----
-
-
-class _PostgresStore:
-    """Just enough of the Store interface over one asyncpg connection, to run the heartbeat's
-    real statements (`?` placeholders numbered as PostgreSQL wants) on a real server until the
-    PostgreSQL store lands; then the `shared_store` parameter replaces this."""
-
-    def __init__(self, conn: Any) -> None:
-        self._conn = conn
-
-    @staticmethod
-    def _sql(sql: str) -> str:
-        parts = sql.split("?")
-        return parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], start=1))
-
-    async def fetch_all(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
-        return [dict(row) for row in await self._conn.fetch(self._sql(sql), *params)]
-
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> Any:
-        conn, sql = self._conn, self._sql
-
-        class Tx:
-            async def execute(self, text: str, params: Any = ()) -> int:
-                status = await conn.execute(sql(text), *params)
-                return int(status.rsplit(" ", 1)[-1]) if status[-1].isdigit() else 0
-
-        async with conn.transaction():
-            yield Tx()
-
-
-async def test_migration_10_and_the_heartbeat_run_on_postgresql(postgres_server: Any) -> None:
-    asyncpg = pytest.importorskip("asyncpg")
-    from appliance.store.migrations import MIGRATIONS
-
-    (migration,) = [m for m in MIGRATIONS if m.version == 10]
-    assert migration.postgres is not None  # both dialects
-    postgres_server.sql("DROP DATABASE IF EXISTS heartbeats", database="postgres")
-    postgres_server.sql("CREATE DATABASE heartbeats", database="postgres")
-    conn = await asyncpg.connect(host=str(postgres_server.root), port=postgres_server.port,
-                                 user="postgres", database="heartbeats")
-    try:
-        for statement in migration.postgres:
-            await conn.execute(statement)
-        store: Any = _PostgresStore(conn)
-        now = time.time()
-        await conn.execute(
-            "INSERT INTO instances VALUES ('long-gone', '0.0.1', 1, 'h', 'a:1', NULL, 1, 10, "
-            "$1, $1)", now - PRUNE_AFTER - 60)
-        beat = Heartbeat(store, address="127.0.0.1:8443", interval=10)
-        await beat.beat()  # the upsert (ON CONFLICT … excluded) and the prune
-        beat.serving_on("127.0.0.1:9443")
-        await beat.beat()
-        (mine,) = await list_instances(store)
-        assert (mine.id, mine.address, mine.schema_version) == (beat.id, "127.0.0.1:9443", LATEST)
-        assert mine.alive(time.time()) and mine.pid > 0
-        await beat.remove()
-        assert await list_instances(store) == []
-    finally:
-        await conn.close()

@@ -218,11 +218,9 @@ async def test_no_result_leaves_before_its_audit_entry(tmp_path: Path, db: Path)
                                [{"name": "id", "type": "integer"}], name="one")
 
         def refuse(action: str | None) -> None:
-            appliance.execute("DROP TRIGGER IF EXISTS refuse_runs")
+            appliance.outside.allow_audit()
             if action is not None:
-                appliance.execute(
-                    "CREATE TRIGGER refuse_runs BEFORE INSERT ON audit_log WHEN NEW.action = "
-                    f"'{action}' BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+                appliance.outside.refuse_audit(action)
 
         async def stream() -> tuple[int, str]:
             async with dev.http.post(appliance.url + f"/api/v1/queries/{q['id']}/run",

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.support.app import Appliance
 from tests.support.queries import (
     as_role,
@@ -61,6 +63,8 @@ async def test_a_file_replaced_by_a_symlink_to_the_store_is_refused(tmp_path: Pa
         assert resp.status == 422 and "symbolic link" in resp.body["error"]["message"]
 
 
+@pytest.mark.sqlite_store(reason="links to the SQLite store's file in the state directory; a "
+                                   "PostgreSQL store has no file there")
 async def test_a_directory_replaced_by_a_link_into_the_state_directory_is_refused(
         tmp_path: Path) -> None:
     path = _data(tmp_path / "data" / "appliance.db")
@@ -71,6 +75,8 @@ async def test_a_directory_replaced_by_a_link_into_the_state_directory_is_refuse
         await _assert_refused(appliance, query, "state directory")
 
 
+@pytest.mark.sqlite_store(reason="links to the SQLite store's file in the state directory; a "
+                                   "PostgreSQL store has no file there")
 async def test_a_hard_link_to_the_store_is_refused(tmp_path: Path) -> None:
     path = _data(tmp_path / "data" / "users.sqlite")
     async with proxy(tmp_path / "state") as appliance:

@@ -17,7 +17,7 @@ from tests.support.shared_store import SHARED_STORE_KINDS, open_twice
 @pytest.fixture(params=SHARED_STORE_KINDS)
 async def stores(request: pytest.FixtureRequest, tmp_path: Path
                  ) -> AsyncIterator[tuple[Store, Store]]:
-    async with open_twice(request.param, tmp_path) as pair:
+    async with open_twice(request.param, tmp_path, request) as pair:
         yield pair
 
 

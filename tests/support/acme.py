@@ -29,9 +29,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from appliance.state_dir import STORE_FILE
 from tests.conftest import ServerProcess, clean_env, start_server
-from tests.support.app import prepare
+from tests.support.app import make_settings, prepare, store_env
+from tests.support.outside_store import OutsideStore
 
 HAVE_PEBBLE = shutil.which("pebble") is not None and shutil.which("pebble-challtestsrv") is not None
 EAB_KID = "kid-1"
@@ -437,16 +437,19 @@ class AcmeAppliance:
         return self.server.proc.pid
 
     def db(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        import sqlite3
+        """The rows of one read of the store, from a handle of its own (as another process)."""
+        outside = OutsideStore(make_settings(self.state))
+        try:
+            return outside.query(sql, params)
+        finally:
+            outside.close()
 
-        with contextlib.closing(sqlite3.connect(self.state / STORE_FILE, timeout=10)) as conn:
-            return conn.execute(sql, params).fetchall()
 
-
-def prepare_state(workdir: Path) -> tuple[Path, str]:
-    """A state dir with an admin and its API token (2FA not required)."""
+def prepare_state(workdir: Path, store: dict[str, str] | None = None) -> tuple[Path, str]:
+    """A state dir with an admin and its API token (2FA not required); on `store`
+    (APPLIANCE_STORE_* variables) when given."""
     state = workdir / "state"
-    _, tokens = asyncio.run(prepare(state, require_2fa="", users=(), tokens=True))
+    _, tokens = asyncio.run(prepare(state, require_2fa="", users=(), tokens=True, store=store))
     return state, tokens["admin"]
 
 
@@ -470,8 +473,10 @@ def write_config(path: Path, *, directory: str, http_port: int, names: tuple[str
     return path
 
 
-def start_appliance(workdir: Path, config: Path, state: Path, token: str) -> AcmeAppliance:
-    env = clean_env(APPLIANCE_TLS_MODE="acme")
+def start_appliance(workdir: Path, config: Path, state: Path, token: str,
+                    store: dict[str, str] | None = None) -> AcmeAppliance:
+    """`serve` on the store of `state` (`store`: the APPLIANCE_STORE_* variables of another)."""
+    env = clean_env(APPLIANCE_TLS_MODE="acme", **(store_env(state) if store is None else store))
     server = start_server(["serve", "--config", str(config), "--state-dir", str(state)],
                           cwd=workdir, env=env)
     return AcmeAppliance(server, token, state, config)

@@ -11,13 +11,14 @@ uses them (it would rehash a test-cost hash at login, as after any parameter cha
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import re
-import sqlite3
 import ssl
+import time
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from appliance.keyring import KdfTuning
 from appliance.secret import Secret
 from appliance.settings import Settings
 from appliance.tls import TLSManager
+from tests.support.outside_store import OutsideStore, Record
 
 ADMIN_PASSWORD = "admin-password-0123"
 PASSWORDS = {
@@ -45,9 +47,10 @@ PASSWORDS = {
     "developer": "developer-password-0123",
 }
 TEST_TUNING = KdfTuning.fixed(log2_n=10)
-# Settings every `make_settings` adds (tests/conftest.py's `_test_store` names a PostgreSQL
-# store here under APPLIANCE_TEST_STORE=postgres).
-STORE_ENV: dict[str, str] = {}
+# The store of a state directory, as APPLIANCE_STORE_* variables (None: SQLite in the state
+# directory). Under APPLIANCE_TEST_STORE=postgres, tests/conftest.py's `_test_store` sets it to
+# a fresh PostgreSQL database per state directory (as SQLite has a file per state directory).
+STORE_FOR: Callable[[Path], dict[str, str]] | None = None
 # Argon2id still (same encoding, same verify path), at the smallest memory cost argon2 accepts
 # for one lane; the production profile is `passwords.default_hasher()`.
 TEST_PASSWORD_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1,
@@ -67,23 +70,36 @@ def cheap_password_hashing() -> Iterator[None]:
         passwords.default_hasher = original
 
 
-def make_settings(state: Path, **env: str) -> Settings:
-    return settings.load(env={f"APPLIANCE_{k.upper()}": v for k, v in {**STORE_ENV, **env}.items()},
+def store_env(state: Path) -> dict[str, str]:
+    """The environment naming the store of `state` for `appliance` subprocesses and CLI verbs
+    (empty: SQLite in the state directory)."""
+    return {} if STORE_FOR is None else STORE_FOR(state)
+
+
+def make_settings(state: Path, *, store: Mapping[str, str] | None = None, **env: str
+                  ) -> Settings:
+    """The settings of `state`, on its store (`store`: the APPLIANCE_STORE_* of another)."""
+    return settings.load(env={**(store_env(state) if store is None else store),
+                              **{f"APPLIANCE_{k.upper()}": v for k, v in env.items()}},
                          flags={"state_dir": str(state)})
 
 
 async def prepare(state: Path, *, require_2fa: str = "admin",
                   users: tuple[str, ...] = ("viewer", "developer"),
-                  tokens: bool = False) -> tuple[Settings, dict[str, str]]:
-    """State dir with the admin (and `users`, named after their role); optional tokens. The
-    passwords are hashed at the test cost (`cheap_password_hashing`)."""
+                  tokens: bool = False, store: Mapping[str, str] | None = None
+                  ) -> tuple[Settings, dict[str, str]]:
+    """State dir with the admin (and `users`, named after their role); optional tokens; on
+    `store` (APPLIANCE_STORE_* variables) when given. The passwords are hashed at the test cost
+    (`cheap_password_hashing`)."""
     with cheap_password_hashing():
-        return await _prepare(state, require_2fa=require_2fa, users=users, tokens=tokens)
+        return await _prepare(state, require_2fa=require_2fa, users=users, tokens=tokens,
+                              store=store)
 
 
 async def _prepare(state: Path, *, require_2fa: str, users: tuple[str, ...],
-                   tokens: bool) -> tuple[Settings, dict[str, str]]:
-    s = make_settings(state, auth_require_2fa=require_2fa)
+                   tokens: bool, store: Mapping[str, str] | None
+                   ) -> tuple[Settings, dict[str, str]]:
+    s = make_settings(state, store=store, auth_require_2fa=require_2fa)
     await bootstrap.init_state(s, admin_user="admin", admin_password=Secret(ADMIN_PASSWORD))
     raw_tokens: dict[str, str] = {}
     async with open_core(s, tuning=TEST_TUNING) as core:  # the keyring made with test tuning
@@ -156,6 +172,17 @@ class Client:
                 body = text
             return Response(resp.status, body, resp.headers, resp.headers.getall("Set-Cookie", []))
 
+    async def request_until(self, method: str, path: str, check: Callable[[Response], bool]
+                            ) -> Response:
+        """The answer once `check` holds, asking again for at most the time a change made by
+        another process may take to count here (`Appliance.change_latency`); else the last."""
+        deadline = time.monotonic() + self.appliance.change_latency
+        while True:
+            resp = await self.request(method, path)
+            if check(resp) or time.monotonic() >= deadline:
+                return resp
+            await asyncio.sleep(0.02)
+
     async def login(self, username: str, password: str | None = None,
                     totp: str | None = None) -> Response:
         payload: dict[str, Any] = {"username": username,
@@ -179,28 +206,48 @@ class Appliance:
     ssl: ssl.SSLContext
     tokens: dict[str, str] = field(default_factory=dict)
     _http: aiohttp.ClientSession | None = None
+    _outside: OutsideStore | None = None
 
     @property
     def store_path(self) -> Path:
+        """The SQLite store's file (tests about that file are SQLite-only: `sqlite_store_only`)."""
         return self.state / state_dir.STORE_FILE
 
     def client(self, *, token: str | None = None) -> Client:
         assert self._http is not None
         return Client(self, self._http, token=token)
 
-    def db(self) -> sqlite3.Connection:
-        """A separate connection to the live store file (as another process would have)."""
-        conn = sqlite3.connect(self.store_path, timeout=10, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        return conn
+    @property
+    def change_latency(self) -> float:
+        """How long a change committed by another process may take to count here: none on
+        SQLite (its data_version is read per request), the second the Store interface promises
+        on PostgreSQL (a notification, or the once-a-second poll when one is lost)."""
+        return 0.0 if self.outside.dialect == "sqlite" else 1.0
 
-    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with contextlib.closing(self.db()) as conn:
-            return conn.execute(sql, params).fetchall()
+    @property
+    def outside(self) -> OutsideStore:
+        """A separate handle on the live store (as another process would have), opened once."""
+        if self._outside is None:
+            self._outside = OutsideStore(self.settings)
+        return self._outside
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Record]:
+        return self.outside.query(sql, params)
 
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> None:
-        with contextlib.closing(self.db()) as conn:
-            conn.execute(sql, params)
+        self.outside.execute(sql, params)
+
+    def stored_bytes(self) -> bytes:
+        """What the store holds on disk, to look for a secret in: the SQLite file itself, or a
+        snapshot of every PostgreSQL table (in the backup's SQLite format)."""
+        if self.outside.dialect == "sqlite":
+            return self.store_path.read_bytes()
+        return self.outside.snapshot_bytes(self.state)
+
+    def close_outside(self) -> None:
+        outside, self._outside = self._outside, None
+        if outside is not None:
+            outside.close()
 
     def audit_actions(self) -> list[str]:
         return [row["action"] for row in self.query("SELECT action FROM audit_log ORDER BY seq")]
@@ -230,6 +277,7 @@ async def _running(state: Path, *, egress: dict[str, Any] | None,
         s = dataclasses.replace(s, server=dataclasses.replace(s.server, **server))
     if metrics:
         s = dataclasses.replace(s, metrics=dataclasses.replace(s.metrics, **metrics))
+    s = _allow_the_store(s)
     tls = TLSManager(s.tls, state)
     tls.load_initial()
     app = build_app(s, tls)
@@ -247,9 +295,25 @@ async def _running(state: Path, *, egress: dict[str, Any] | None,
         async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(),
                                          connector=connector) as http:
             appliance._http = http
-            yield appliance
+            try:
+                yield appliance
+            finally:
+                appliance.close_outside()
     finally:
         await runner.cleanup()
+
+
+def _allow_the_store(s: Settings) -> Settings:
+    """A PostgreSQL store's address added to the egress allow list, as its operator must when
+    private destinations are denied (the store's connections pass the egress policy too)."""
+    url = s.store.url
+    if url.scheme == "sqlite" or (s.egress.allow_private and s.egress.mode != "strict"):
+        return s
+    rule = f"{url.host}:{url.port}"
+    if rule in s.egress.allow:
+        return s
+    return dataclasses.replace(s, egress=dataclasses.replace(s.egress,
+                                                             allow=(*s.egress.allow, rule)))
 
 
 def totp_from_uri(uri: str) -> pyotp.TOTP:

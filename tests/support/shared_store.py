@@ -1,35 +1,75 @@
 """Helpers for tests of several instances on one store (no tests here): the store kinds those
-tests run on, and one store opened twice, as two instances would open it.
+tests run on, a new store of each kind, one store opened twice as two instances would open it,
+and the state directories of instances that share one.
 
-Today only SQLite (several processes, or connections, on one file: SQLite serialises their writers
-as a shared PostgreSQL store does with its advisory lock). When the PostgreSQL store lands, add
-"postgresql" to `SHARED_STORE_KINDS` and a branch to `open_twice` (a cluster from the fixtures in
-tests/conftest.py), and every test parametrised on it runs there too.
+SQLite: several processes (or connections) on one file; SQLite serialises their writers as the
+PostgreSQL store does with its advisory lock, and every instance serves from one state directory.
+PostgreSQL: a fresh database per test on the session's cluster (tests/conftest.py's
+`postgres_server`: one cluster for the whole run); each instance has a state directory of its
+own holding the same instance secret, as a real deployment on several machines would.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import shutil
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-from appliance.store import Store, open_sqlite_store
+import pytest
 
-SHARED_STORE_KINDS = ("sqlite",)
+from appliance import settings, state_dir
+from appliance.egress import Dialer, PolicyHolder
+from appliance.store import Store, open_store
+
+SHARED_STORE_KINDS = ("sqlite", "postgresql")
+
+
+@contextlib.contextmanager
+def new_store(kind: str, request: pytest.FixtureRequest, where: Path) -> Iterator[dict[str, str]]:
+    """The settings (APPLIANCE_STORE_* variables) of a new, empty store of `kind`; SQLite: the
+    file `where/state/appliance.db` (where the first instance's state directory keeps it)."""
+    if kind == "sqlite":
+        yield {"APPLIANCE_STORE_URL": f"sqlite://{(where / 'state' / state_dir.STORE_FILE).absolute()}"}
+        return
+    if kind != "postgresql":
+        raise AssertionError(f"no shared store of kind {kind!r} in the tests")
+    from tests.conftest import new_store_database
+
+    server = request.getfixturevalue("postgres_server")
+    database = new_store_database(server, where)
+    try:
+        yield database.env()
+    finally:
+        server.sql(f"DROP DATABASE IF EXISTS {database.name} WITH (FORCE)", database="postgres")
 
 
 @contextlib.asynccontextmanager
-async def open_twice(kind: str, where: Path) -> AsyncIterator[tuple[Store, Store]]:
-    """Two independent handles on one new store (own connections each), migrated."""
-    if kind != "sqlite":
-        raise AssertionError(f"no shared store of kind {kind!r} in the tests yet")
-    path = where / "shared.db"
-    first = await open_sqlite_store(path)
-    try:
-        second = await open_sqlite_store(path)
+async def open_twice(kind: str, where: Path, request: pytest.FixtureRequest
+                     ) -> AsyncIterator[tuple[Store, Store]]:
+    """Two independent handles on one new store of `kind` (own connections each), migrated."""
+    with new_store(kind, request, where) as env:
+        s = settings.load(env=env, flags={"state_dir": str(state_dir.ensure(where / "state"))})
+        first = await open_store(s, Dialer(PolicyHolder(s.egress)))
         try:
-            yield first, second
+            second = await open_store(s, Dialer(PolicyHolder(s.egress)))
+            try:
+                yield first, second
+            finally:
+                await second.close()
         finally:
-            await second.close()
-    finally:
-        await first.close()
+            await first.close()
+
+
+def instance_state(kind: str, first: Path, name: str) -> Path:
+    """The state directory of one more instance of the store `first` (an initialised state
+    directory) serves: SQLite, `first` itself (the store is its file); PostgreSQL, a new one
+    beside it holding only the same instance secret."""
+    if kind == "sqlite":
+        return first
+    state = first.parent / f"state-{name}"
+    state_dir.ensure(state)
+    key = state / state_dir.INSTANCE_SECRET_FILE
+    shutil.copyfile(first / state_dir.INSTANCE_SECRET_FILE, key)
+    key.chmod(state_dir.FILE_MODE)
+    return state
