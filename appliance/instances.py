@@ -88,7 +88,6 @@ class Heartbeat:
         self._clock = clock
         self._address = address
         self._http_address = http_address
-        self._wake = asyncio.Event()
         self._failing = False
 
     def __repr__(self) -> str:
@@ -98,10 +97,11 @@ class Heartbeat:
     def address(self) -> str:
         return self._address
 
-    def serving_on(self, address: str, http_address: str | None = None) -> None:
-        """The listeners' real addresses, once bound (port 0 is only known then): beat now."""
+    async def serving_on(self, address: str, http_address: str | None = None) -> None:
+        """The listeners' real addresses, once bound (port 0 is only known then): beat now, so
+        the row names them before the server says it listens (a failure is logged, as ever)."""
         self._address, self._http_address = address, http_address
-        self._wake.set()
+        await self.beat_or_log()
 
     async def beat(self) -> None:
         """Write this instance's row and prune long-dead ones, in one short transaction."""
@@ -138,11 +138,9 @@ class Heartbeat:
             log.info("instance heartbeat recovered", extra={"instance": self.id})
 
     async def run(self) -> None:
-        """Beat every `interval` seconds, and at once when `serving_on` is told an address."""
+        """Beat every `interval` seconds."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
-            self._wake.clear()
+            await asyncio.sleep(self.interval)
             await self.beat_or_log()
 
     async def remove(self) -> None:

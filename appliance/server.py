@@ -97,7 +97,7 @@ async def serve(settings: Settings, out: TextIO = sys.stdout, *,
         return 1
 
     app[CORE].egress.policy.set_own_listeners(own)  # never a destination, in any spelling
-    app[CORE].heartbeat.serving_on(  # the ports really bound (port 0 is only known now)
+    await app[CORE].heartbeat.serving_on(  # the ports really bound (port 0 is only known now)
         str(Endpoint(listen.host, port)),
         str(Endpoint(settings.server.http_listen.host, listeners[-1].addresses[0][1]))
         if settings.server.http_listen is not None else None)

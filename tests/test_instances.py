@@ -300,8 +300,7 @@ async def test_a_beat_prunes_rows_not_seen_for_a_day_and_keeps_the_rest(
         rows = {row.id: row for row in await list_instances(store)}
         assert set(rows) == {"recent", beat.id}
         assert rows[beat.id].alive(time.time()) and not rows["recent"].alive(time.time())
-        beat.serving_on("127.0.0.1:9443", "127.0.0.1:8080")
-        await beat.beat()
+        await beat.serving_on("127.0.0.1:9443", "127.0.0.1:8080")  # beats at once
         mine = {row.id: row for row in await list_instances(store)}[beat.id]
         assert (mine.address, mine.http_address) == ("127.0.0.1:9443", "127.0.0.1:8080")
         assert mine.started_at == rows[beat.id].started_at  # an update, not a new row
