@@ -451,3 +451,10 @@ def _test_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     finally:
         app.STORE_ENV = {}
         server.sql(f"DROP DATABASE IF EXISTS {database.name} WITH (FORCE)", database="postgres")
+
+
+# --------------------------------------------------------------------------------------------
+# MySQL/MariaDB fixtures (issue 23): one real MariaDB for the session (tests/support/mariadb.py)
+# --------------------------------------------------------------------------------------------
+
+from tests.support.mariadb import mariadb_server  # noqa: E402, F401
