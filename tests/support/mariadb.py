@@ -107,7 +107,7 @@ class MariaDBServer:
         """Run `text` as root over the Unix socket; its tab-separated output without headers."""
         out = subprocess.run(
             [self.client, "--no-defaults", f"--socket={self.socket}", "--user=root",
-             "--batch", "--skip-column-names", "--raw", database, "-e", text],
+             "--default-character-set=utf8mb4", "--batch", "--skip-column-names", "--raw", database, "-e", text],
             capture_output=True, text=True, timeout=60)
         if out.returncode != 0:
             raise AssertionError(out.stderr)
@@ -217,6 +217,7 @@ def mariadb(*, name: str = "mariadb", timeout: float = 60) -> Iterator[MariaDBSe
              f"--general-log-file={root / 'general.log'}", "--log-output=FILE",
              f"--ssl-ca={ca.ca_pem}", f"--ssl-cert={ca.cert_pem}", f"--ssl-key={ca.key_pem}",
              "--innodb-buffer-pool-size=16M", "--innodb-flush-log-at-trx-commit=0",
+             "--character-set-server=utf8mb4", "--collation-server=utf8mb4_unicode_ci",
              # The server allows LOAD DATA LOCAL: refusing it is the client's job, and tested.
              "--max-connections=300", "--skip-log-bin", "--local-infile=1"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
