@@ -15,8 +15,8 @@ BIN    := $(VENV)/bin
 # Debian packages (installed with apt-get when missing; root or sudo): what `make run` needs, and
 # what the test suite needs.
 RUN_DEBS  := python3-venv
-TEST_DEBS := python3-venv openssl binutils postgresql chromium pebble systemd
-FAST_DEBS := python3-venv openssl postgresql systemd
+TEST_DEBS := python3-venv openssl binutils postgresql mariadb-server chromium pebble systemd
+FAST_DEBS := python3-venv openssl postgresql mariadb-server systemd
 # What test-fast leaves out: the browser tests (Chromium), the ACME tests against Pebble, and the
 # tests marked slow (the binary build).
 FAST_SKIP := --ignore=tests/test_console.py --ignore=tests/test_acme_pebble.py \

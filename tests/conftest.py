@@ -474,3 +474,11 @@ def _test_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         for database in databases.values():
             server.sql(f"DROP DATABASE IF EXISTS {database.name} WITH (FORCE)",
                        database="postgres")
+
+
+
+# --------------------------------------------------------------------------------------------
+# MySQL/MariaDB fixtures (issue 23): one real MariaDB for the session (tests/support/mariadb.py)
+# --------------------------------------------------------------------------------------------
+
+from tests.support.mariadb import mariadb_server  # noqa: E402, F401
