@@ -476,7 +476,6 @@ def _test_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
                        database="postgres")
 
 
-
 # --------------------------------------------------------------------------------------------
 # MySQL/MariaDB fixtures (issue 23): one real MariaDB for the session (tests/support/mariadb.py)
 # --------------------------------------------------------------------------------------------
