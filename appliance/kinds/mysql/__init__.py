@@ -1,6 +1,8 @@
-"""The MySQL/MariaDB datasource kind (issue 23), in progress: its binding compiler only.
+"""The MySQL/MariaDB datasource kind (issue 23), in progress: its binding compiler (`binding`), its
+config (`config`) and its engine (`engine`, over asyncmy's private names in `asyncmy_private`).
 
 Owns nothing registered yet: the kind is NOT registered (no `@register`, and it is absent from
-`appliance/kinds/__init__.py`) until its engine keeps every promise of the issue against a real
-server. Never imports a driver.
+`appliance/kinds/__init__.py`) until the store migration widening `datasources.kind` lands and
+the engine's remaining promises are tested (see docs/datasources.md, "MySQL/MariaDB"). Never
+imports a driver.
 """

@@ -1,0 +1,384 @@
+"""The MySQL/MariaDB engine: a pool of asyncmy connections per datasource, each opened on a socket
+from the egress dialer, each reset (COM_RESET_CONNECTION) before the next run gets it; every
+statement a server-side prepared statement (COM_STMT_PREPARE/EXECUTE) read through a server-side
+cursor (COM_STMT_FETCH), a batch at a time.
+
+Owns the connection options (TLS, LOAD DATA LOCAL off, the session's settings), the time limit
+(the server's own, and KILL QUERY from a second connection when the client's passes) and the
+translation of asyncmy's errors. Never logs a value or a row, never sends a value in SQL text,
+and never passes a server error's message on (MySQL quotes values there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import ssl
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final
+
+from asyncmy import errors as asyncmy_errors
+
+from appliance.datasources.config import CONNECT_TIMEOUT
+from appliance.datasources.engine import Engine, PoolStats, RowStream, Target
+from appliance.datasources.errors import (
+    DatasourceAuthFailed,
+    DatasourceAuthRefused,
+    DatasourceTimeout,
+    DatasourceTLSError,
+    DatasourceUnreachable,
+    EngineRetired,
+    QueryFailed,
+    connection_failure,
+)
+from appliance.egress import Dialer
+from appliance.egress.postgres_auth import tls_context
+from appliance.errors import ApplianceError
+from appliance.kinds.mysql.asyncmy_private import (
+    DialedConnection,
+    ServerCursor,
+    ServerRefusedTLS,
+    apply_settings,
+    reset_session,
+)
+from appliance.kinds.postgres.pool import ConnectionPool, PoolClosed
+from appliance.kinds.sql.binding import BoundStatement
+
+STREAM_BATCH: Final = 1000
+_JSON, _BIT, _LONGLONG = 245, 16, 8  # asyncmy's FIELD_TYPE codes that need a JSON form here
+_EXACT_INT: Final = 2**53  # beyond it a JSON number loses digits in a browser: sent as text
+
+# A fixed sentence per MySQL/MariaDB error number (the message itself may quote values).
+SENTENCES: Final[dict[int, str]] = {
+    1044: "access to the database was denied",
+    1046: "no database is selected",
+    1048: "a NOT NULL column would get NULL",
+    1054: "a column named in the statement does not exist",
+    1062: "a unique key would be violated (the key exists)",
+    1064: "syntax error",
+    1142: "permission denied for this statement on a table",
+    1143: "permission denied for a column",
+    1146: "a table named in the statement does not exist",
+    1148: "the command is not allowed (LOAD DATA LOCAL is always off)",
+    1210: "wrong arguments for the statement",
+    1264: "a number is out of the range of its column",
+    1292: "a value is not valid for its type",
+    1295: "the statement cannot be a prepared statement",
+    1365: "division by zero",
+    1366: "a value is not valid for its column",
+    1406: "a value is too long for its column",
+    1451: "a row still referenced by a foreign key would go",
+    1452: "a foreign key would point at no row",
+    1792: "the datasource is read-only (set read_only = false on it to allow writes)",
+    3140: "a JSON value is not valid",
+    4025: "a check constraint would be violated",
+}
+_TIMED_OUT: Final = frozenset({1317, 1969, 3024})  # interrupted; MariaDB's, MySQL's time limit
+_LOST: Final = frozenset({2006, 2013, 2055, 1927, 1053})  # gone away, lost, killed, shutdown
+_AUTH: Final = frozenset({1045, 1698, 2059})
+
+
+class _Session:
+    """An asyncmy connection as the shared pool handles it: `execute` is the pool's reset (the
+    PostgreSQL text it passes is not sent: the MySQL session is reset with
+    COM_RESET_CONNECTION and its settings are set again)."""
+
+    __slots__ = ("conn", "setup")
+
+    def __init__(self, conn: Any, setup: str) -> None:
+        self.conn = conn
+        self.setup = setup
+
+    def is_closed(self) -> bool:
+        return not self.conn.connected
+
+    def is_in_transaction(self) -> bool:
+        return False  # COM_RESET_CONNECTION rolls an open transaction back
+
+    def terminate(self) -> None:
+        self.conn.close()
+
+    async def execute(self, _postgres_reset: str, timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            await reset_session(self.conn)
+            await apply_settings(self.conn, self.setup)
+
+    async def close(self, timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            await self.conn.ensure_closed()
+
+
+class MysqlEngine(Engine):
+    def __init__(self, target: Target, dialer: Dialer) -> None:
+        super().__init__(target)
+        self._dialer = dialer
+        self._pool: ConnectionPool | None = None
+        self._closed = False
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _tls(self) -> ssl.SSLContext | None:
+        context = tls_context(str(self.target.config["tls"]))
+        return context if isinstance(context, ssl.SSLContext) else None
+
+    def _setup(self, mariadb: bool) -> str:
+        """The session's settings, set after connecting and after every reset. Constants and an
+        integer only: no value of a run ever reaches this text."""
+        seconds = self.target.limits.statement_timeout_ms / 1000
+        limit = (f"max_statement_time = {seconds:.3f}" if mariadb
+                 else f"max_execution_time = {self.target.limits.statement_timeout_ms}")
+        access = "READ ONLY" if self.target.config.get("read_only", True) is not False \
+            else "READ WRITE"
+        return (f"SET SESSION TRANSACTION {access};"
+                f"SET NAMES utf8mb4, time_zone = '+00:00', autocommit = 1, {limit}")
+
+    async def _open_connection(self) -> Any:
+        """One asyncmy connection through the dialer; the password is sent only over verified
+        TLS unless the datasource allows otherwise."""
+        config = self.target.config
+        tls = str(config["tls"])
+        if tls != "verify-full" and config.get("allow_password_without_verified_tls") is not True:
+            raise DatasourceAuthRefused(
+                self.name, f"the password is sent only over verified TLS (tls = {tls}); it was "
+                           "not sent. To connect, use tls = verify-full, or set "
+                           "allow_password_without_verified_tls = true on this datasource")
+        host, port = str(config["host"]), int(config["port"])
+        sock, _checked = await self._dialer.open_socket(
+            host, port, purpose="mysql", datasource=self.target.id, timeout=CONNECT_TIMEOUT)
+        password = self.target.secret("password") or ""
+        try:
+            conn = DialedConnection(
+                tls=self._tls(), host=host, port=port, sock=sock, user=str(config["user"]),
+                password=password.encode("utf-8"), database=str(config["database"]),
+                connect_timeout=CONNECT_TIMEOUT, autocommit=None, charset="utf8mb4",
+                program_name="appliance")
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await conn.connect()
+        except BaseException:
+            sock.close()
+            raise
+        return conn
+
+    async def _connect(self) -> _Session:
+        """The pool's connect function: a connection with the session's settings."""
+        conn = await self._open_connection()
+        try:
+            setup = self._setup("MariaDB" in str(conn.get_server_info()))
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await apply_settings(conn, setup)
+        except BaseException:
+            conn.close()
+            raise
+        return _Session(conn, setup)
+
+    def _new_pool(self) -> ConnectionPool:
+        if self._closed:
+            raise EngineRetired(self.name)
+        self._pool = ConnectionPool(self._connect, max_size=self.target.limits.max_connections,
+                                    reset_timeout=CONNECT_TIMEOUT, name=self.name)
+        return self._pool
+
+    async def _acquire(self, timeout: float) -> tuple[ConnectionPool, _Session]:
+        pool = self._pool or self._new_pool()
+        session = pool.take()
+        if session is None:
+            try:
+                session = await pool.acquire(timeout)
+            except BaseException as exc:
+                raise self.translate(exc, timeout, "connect") from None
+        return pool, session
+
+    def pool_stats(self) -> PoolStats | None:
+        pool = self._pool
+        if pool is None:
+            return PoolStats(size=0, idle=0)
+        return PoolStats(size=pool.size, idle=pool.idle)
+
+    async def test(self, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                session = await self._connect()
+                try:
+                    await session.conn.ping(reconnect=False)
+                finally:
+                    session.terminate()
+        except BaseException as exc:
+            raise self.translate(exc, timeout, "connect") from None
+
+    async def close(self) -> None:
+        self._closed = True
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    # -- runs --------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def open(self, bound: BoundStatement, *, timeout: float, fetch: int,
+                   stream: bool = False) -> AsyncIterator[RowStream]:
+        pool, session = await self._acquire(timeout)
+        try:
+            cursor = await self._limited(session, timeout, bound, self._start(session, bound))
+            columns, convert = _columns(cursor)
+            yield RowStream(columns, self._batches(session, cursor, bound, timeout, fetch,
+                                                   convert))
+        finally:
+            pool.release(session)
+
+    async def collect(self, bound: BoundStatement, *, timeout: float, fetch: int,
+                      take: Callable[[list[Any]], bool]) -> list[str]:
+        pool, session = await self._acquire(timeout)
+        try:
+            deadline = asyncio.get_running_loop().time() + timeout
+            cursor = await self._limited(session, timeout, bound, self._start(session, bound),
+                                         deadline)
+            columns, convert = _columns(cursor)
+            rows = await self._limited(session, timeout, bound, cursor.fetch(max(1, fetch)),
+                                       deadline)
+        finally:
+            pool.release(session)
+        if rows:
+            take(convert(rows))
+        return columns
+
+    async def _start(self, session: _Session, bound: BoundStatement) -> ServerCursor:
+        """Prepare and execute with a cursor (the statement is deallocated by the reset)."""
+        statement = await session.conn.prepare(bound.sql)
+        cursor = ServerCursor(session.conn, statement)
+        await cursor.execute(tuple(bound.values))
+        return cursor
+
+    async def _batches(self, session: _Session, cursor: ServerCursor, bound: BoundStatement,
+                       timeout: float, fetch: int,
+                       convert: Callable[[tuple[Any, ...]], list[Any]]
+                       ) -> AsyncIterator[list[Any]]:
+        remaining = fetch
+        while remaining > 0 and not cursor.done:  # each batch within `timeout`
+            rows = await self._limited(session, timeout, bound,
+                                       cursor.fetch(min(STREAM_BATCH, remaining)))
+            if not rows:
+                return
+            remaining -= len(rows)
+            yield convert(rows)
+
+    async def _limited(self, session: _Session, timeout: float, bound: BoundStatement,
+                       step: Any, deadline: float | None = None) -> Any:
+        """Await one step of a run within `timeout` (or by the run's `deadline`, loop time);
+        when the time passes, or the run is cancelled, the statement is killed on the server
+        (KILL QUERY from a second connection) and this connection is closed."""
+        try:
+            async with (asyncio.timeout(timeout) if deadline is None
+                        else asyncio.timeout_at(deadline)):
+                return await step
+        except TimeoutError:
+            await self._kill(session)
+            raise DatasourceTimeout(self.name, timeout, "finish the statement") from None
+        except asyncio.CancelledError:
+            await asyncio.shield(self._kill(session))
+            raise
+        except BaseException as exc:
+            raise self.translate(exc, timeout, "answer", bound.identifiers) from None
+
+    async def _kill(self, session: _Session) -> None:
+        """KILL QUERY the session's statement from a new connection; close the session's."""
+        thread_id = int(session.conn.thread_id())
+        session.terminate()
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                killer = await self._open_connection()
+                try:
+                    await killer.query(f"KILL QUERY {thread_id:d}")
+                finally:
+                    killer.close()
+        except Exception:  # noqa: S110 - the statement's own time limit ends it anyway
+            pass
+
+    # -- errors ------------------------------------------------------------------------------
+
+    def translate(self, exc: BaseException, timeout: float, what: str,
+                  identifiers: tuple[str, ...] = ()) -> BaseException:
+        """An appliance error for a driver/network failure; a server error by its number, never
+        its message."""
+        name = self.name
+        common = connection_failure(name, exc, CONNECT_TIMEOUT)
+        if common is not None:
+            return common
+        if isinstance(exc, ApplianceError):
+            return exc
+        if isinstance(exc, PoolClosed):
+            return EngineRetired(name)
+        if isinstance(exc, asyncmy_errors.Error) and isinstance(exc.__cause__, ssl.SSLError):
+            exc = exc.__cause__  # asyncmy wraps a failed handshake as "can't connect" (2003)
+        if isinstance(exc, ServerRefusedTLS):
+            return DatasourceTLSError(name, "the server does not offer TLS; the password was "
+                                            "not sent")
+        if isinstance(exc, TimeoutError):
+            return DatasourceTimeout(name, timeout, what)
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return DatasourceTLSError(name, f"certificate not trusted "
+                                            f"({exc.verify_message or 'verification failed'})")
+        if isinstance(exc, ssl.SSLError):
+            return DatasourceTLSError(name, exc.reason or "handshake failed")
+        if isinstance(exc, asyncmy_errors.Error):
+            code = _code(exc)
+            if code in _AUTH:
+                return DatasourceAuthFailed(
+                    name, "authentication failed (user, password, source address or the "
+                          "account's TLS requirement refused)")
+            if code in _TIMED_OUT:
+                return DatasourceTimeout(name, timeout, "finish the statement")
+            if code in _LOST or code == 2003 or what == "connect":
+                return DatasourceUnreachable(
+                    name, f"unreachable (MySQL error {code})" if code else "unreachable")
+            return QueryFailed(name, SENTENCES.get(code, "the statement failed")
+                               + (f" (MySQL error {code})" if code else ""), str(code or ""))
+        if isinstance(exc, ConnectionError | OSError | RuntimeError):
+            return DatasourceUnreachable(name, "unreachable (the connection was lost)")
+        return DatasourceUnreachable(name, f"unreachable ({type(exc).__name__})")
+
+
+def _code(exc: BaseException) -> int:
+    first = exc.args[0] if exc.args else None
+    return first if isinstance(first, int) and 0 < first < 100_000 else 0
+
+
+def _columns(cursor: ServerCursor) -> tuple[list[str], Callable[[tuple[Any, ...]], list[Any]]]:
+    """The column names, and the rows' conversion to values `result_json` writes as the kind
+    promises (docs/datasources.md): JSON parsed, BIT as an integer, integers beyond 2^53 as
+    text. DECIMAL (Decimal), dates, times and bytes are left to `result_json`."""
+    fixes: list[tuple[int, Callable[[Any], Any]]] = []
+    for index, field in enumerate(cursor.fields):
+        code = int(field.type_code)
+        if code == _JSON:
+            fixes.append((index, _json))
+        elif code == _BIT:
+            fixes.append((index, _bit))
+        elif code == _LONGLONG:
+            fixes.append((index, _wide))
+    if not fixes:
+        return cursor.columns, list
+
+    def convert(rows: tuple[Any, ...]) -> list[Any]:
+        out = []
+        for row in rows:
+            values = list(row)
+            for index, fix in fixes:
+                if values[index] is not None:
+                    values[index] = fix(values[index])
+            out.append(values)
+        return out
+
+    return cursor.columns, convert
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+def _bit(value: Any) -> Any:
+    return _wide(int.from_bytes(value, "big")) if isinstance(value, bytes) else value
+
+
+def _wide(value: Any) -> Any:
+    return str(value) if isinstance(value, int) and abs(value) > _EXACT_INT else value
