@@ -1,11 +1,14 @@
 """SIGHUP: re-read the settings; apply what can change live (TLS files, egress policy, log level).
 
 Owns the list of live-changeable settings and the comparison of old and new settings. Never drops a
-connection, never applies half of a bad file, and logs setting names only, never their values.
+connection, never applies half of a bad file, never an egress policy that would deny the
+PostgreSQL store's own destination (refused and logged, as `PUT /api/v1/egress` refuses it), and
+logs setting names only, never their values.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable
@@ -56,16 +59,29 @@ class Reloader:
         self.app = app
         self.current = current
         self.load = load
+        self._one_at_a_time = asyncio.Lock()  # SIGHUPs in a row: each reload after the last
+        self._running: set[asyncio.Task[None]] = set()
 
     def on_signal(self) -> None:
-        """The SIGHUP handler: a reload that can never take the process down."""
+        """The SIGHUP handler: starts a reload on the loop (the egress check may resolve the
+        store's name)."""
+        task = asyncio.get_running_loop().create_task(self._reload_safely(), name="reload")
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _reload_safely(self) -> None:
+        """A reload that can never take the process down."""
         try:
-            self.reload()
+            await self.reload()
         except Exception as exc:  # a bug here must not end the server
             log.error("reload failed; running settings unchanged",
                       extra={"exception": type(exc).__qualname__})
 
-    def reload(self) -> Report:
+    async def reload(self) -> Report:
+        async with self._one_at_a_time:
+            return await self._reload()
+
+    async def _reload(self) -> Report:
         report = Report()
         try:
             new = self.load()
@@ -93,11 +109,15 @@ class Reloader:
         egress_changed = [name for name in live if name.startswith("egress.")]
         if egress_changed:
             try:
-                self.app[CORE].egress_runtime.rebase(new.egress)
+                await self.app[CORE].egress_runtime.rebase(new.egress)
                 report.applied += egress_changed
-            except ValueError as exc:
+            except (ValueError, ApplianceError) as exc:  # invalid, or StoreCutOff: the store
+                # every instance needs would be denied here
+                message = exc.message if isinstance(exc, ApplianceError) else str(exc)
+                report.error = message
                 log.error("reload: egress settings refused; the old policy stays",
-                          extra={"error": str(exc)})
+                          extra={"error": message,
+                                 "code": getattr(exc, "code", "invalid_setting")})
                 new = dataclasses.replace(new, egress=self.current.egress)
 
         if "log.level" in live:

@@ -2,7 +2,8 @@
 processes share one store behind a TCP load balancer on the port Pebble sends HTTP-01 requests
 to. One order when they race; the CA's request answered by the instance that did not order; both
 serve a new certificate within a second of it being stored; the lease holder SIGKILLed mid-order
-and the other completes the renewal once the lease expires.
+and the other completes the renewal once the lease expires; the CA's renewal information (ARI)
+asked by one instance at a time, its schedule followed by both.
 
 The store is a fixture parameter (`SHARED_STORE_KINDS`): SQLite (two processes on one file) and
 PostgreSQL (two processes, each with a state directory of its own, on one database).
@@ -10,6 +11,7 @@ PostgreSQL (two processes, each with a state directory of its own, on one databa
 
 from __future__ import annotations
 
+import datetime as dt
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -238,3 +240,37 @@ def test_holder_killed_mid_order_the_other_renews_after_the_lease(
     renewals = cluster.query("SELECT outcome FROM audit_log "
                              "WHERE action = 'tls.certificate.renew'")
     assert renewals == [("ok",)]
+
+
+def test_renewal_information_is_asked_by_one_instance_and_followed_by_both(
+        cluster: Cluster, front: CAFront) -> None:
+    """ARI lookups under the ordering lease: when the stored schedule says "ask the CA again"
+    both instances wake at that moment, one asks and writes the schedule (its random point in
+    the CA's window), the other reads it from the store instead of asking and writing its own."""
+    a, b = cluster.a, cluster.b
+    a.wait_issued()
+    b.wait_issued()
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    front.ari_window = (now + dt.timedelta(days=1), now + dt.timedelta(days=2))
+    front.ari_retry_after = 3600
+    for _ in range(3):
+        before = len(front.ari_requests)
+        at = time.time()
+        # Both follow the stored schedule within half a second, then wake when it says.
+        cluster.write("UPDATE acme_certificates SET ari_next_check = ?, updated_at = ?",
+                      (at + 1.5, at))
+        _wait(lambda n=before: len(front.ari_requests) > n, 15,
+              "a renewal-information request", every=0.05)
+        time.sleep(1.5)  # both have woken and looked by now
+        assert len(front.ari_requests) == before + 1, front.ari_requests[before:]
+        ((renew_at, next_check),) = cluster.query(
+            "SELECT renew_at, ari_next_check FROM acme_certificates")
+        start, end = (w.timestamp() for w in front.ari_window)
+        assert start <= float(renew_at) <= end
+        assert float(next_check) > at + 3000  # the CA's Retry-After
+        stored = dt.datetime.fromtimestamp(float(renew_at), dt.UTC)
+        for app in (a, b):  # both serve the one stored schedule
+            app.wait(lambda s, w=stored: dt.datetime.fromisoformat(s["renew_at"]) == w, 5,
+                     "the stored renewal time")
+    assert cluster.query("SELECT COUNT(*) FROM leases") == [(0,)]  # released
+    assert len(front.orders) == 1  # asking is not ordering

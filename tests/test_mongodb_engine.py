@@ -5,6 +5,7 @@ never reaches the server, values arrive as values, results come back as document
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,52 @@ async def test_operator_injection_through_every_type(tmp_path: Path, mongo: Wire
             "body": {"collection": "vault", "operation": "find",
                      "filter": {"$where": "this.a == 1"}}})
         assert refused.status == 422
+
+
+async def test_a_run_that_took_a_retired_engine_takes_its_replacement(
+        tmp_path: Path, mongo: WireServer) -> None:
+    """A datasource changed (here, or on another instance) just after a run took its engine:
+    the run is sent by the new engine with the new config, never by a client the old engine
+    would open again with the old config (and never close)."""
+    from appliance.datasources.engine import Engine
+    from appliance.http.app_keys import CORE
+
+    async with proxy(tmp_path / "state") as appliance:
+        dev = as_role(appliance, "developer")
+        ds = await create_datasource(dev, name="mongo", kind="mongodb",
+                                     config={"host": "127.0.0.1", "port": mongo.port,
+                                             "database": "app", "tls": "disable"})
+        q = await create_query(dev, ds["id"], {"collection": "vault", "operation": "find",
+                                               "filter": {}}, name="all")
+        assert (await run(dev, q["id"])).status == 200
+        assert mongo.commands[-1]["$db"] == "app"
+        service = appliance.app[CORE].datasources
+        old = await service.engine(ds["id"])
+        # Another instance changes the database: its row moves, this one follows the store.
+        ((config,),) = appliance.outside.query("SELECT config FROM datasources WHERE id = ?",
+                                               (ds["id"],))
+        appliance.outside.execute(
+            "UPDATE datasources SET config = ?, version = version + 1 WHERE id = ?",
+            (json.dumps({**json.loads(config), "database": "app2"}), ds["id"]))
+        await service.follow()
+        assert service.cached_version(ds["id"]) is None  # retired; the next run builds anew
+        real_engine = service.engine
+        handed: list[Engine] = []
+
+        async def took_it_just_before(datasource_id: str) -> Engine:
+            engine = old if not handed else await real_engine(datasource_id)
+            handed.append(engine)
+            return engine
+
+        service.engine = took_it_just_before  # type: ignore[method-assign]  # the race, made certain
+        try:
+            resp = await run(dev, q["id"])
+        finally:
+            service.engine = real_engine  # type: ignore[method-assign]  # restored
+        assert resp.status == 200, resp.body
+        assert [engine is old for engine in handed] == [True, False]  # moved to the new one
+        assert mongo.commands[-1]["$db"] == "app2"
+        assert old._client is None  # type: ignore[attr-defined]  # nothing reopened on it
 
 
 async def test_mongodb_down(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """SIGHUP on a real `appliance serve`: live settings (egress policy, log level, TLS files) apply
 without a restart and without dropping an open connection; settings that need a restart are named
-in the log; a bad file changes nothing."""
+in the log; a bad file changes nothing, nor does one whose egress policy would deny the PostgreSQL
+store's own destination."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import signal
 import time
 from pathlib import Path
 
-from .conftest import ServerProcess, clean_env, http_request, tls_connection
+from .conftest import ServerProcess, StoreDatabase, clean_env, http_request, tls_connection
 from .test_egress_api_serve import api, init_with_token, probe, serve
 from .test_tls_files import TestCA, fingerprint, peer_fingerprint
 
@@ -102,6 +103,45 @@ def test_a_bad_file_on_sighup_changes_nothing(tmp_path: Path) -> None:
         assert server.proc.poll() is None
     finally:
         assert server.stop() == 0
+
+
+def test_sighup_that_would_deny_the_store_is_refused_and_logged(store_database: StoreDatabase,
+                                                                tmp_path: Path) -> None:
+    config = tmp_path / "appliance.toml"
+    config.write_text('[log]\nformat = "json"\nlevel = "info"\n')
+    env = clean_env(**store_database.env())
+    token = init_with_token(tmp_path, config, env=env)
+    server = serve(tmp_path, config, env=env)
+    store_at = f"127.0.0.1:{store_database.server.port}"
+    try:
+        # strict: only what `allow` names, and the store is not in it.
+        config.write_text('[log]\nformat = "json"\nlevel = "info"\n[egress]\nmode = "strict"\n')
+        text = hup_and_wait(server, "reload: egress settings refused")
+        refused = [e for e in log_lines(text)
+                   if e.get("message") == "reload: egress settings refused; the old policy stays"]
+        assert refused[-1]["code"] == "egress_denies_store", refused
+        assert refused[-1]["error"].startswith(
+            f"the reloaded settings would deny the store's own destination {store_at} (rule "
+            "'strict: not in allow list')"), refused
+        reloaded = [e for e in log_lines(text) if e.get("message") == "settings reloaded"]
+        assert reloaded and reloaded[-1]["applied"] == []
+        # The old policy stays: not strict, and the store is written to as before.
+        assert probe(server, token, "10.81.0.1", 5432)["rule"] == "default: allowed"
+        status, view = api(server, "PUT", "/api/v1/egress", token, {"deny": ["10.82.0.0/16"]})
+        assert status == 200 and view["mode"] == "default", view
+
+        # Strict with the store allowed is applied.
+        config.write_text('[log]\nformat = "json"\nlevel = "info"\n[egress]\nmode = "strict"\n'
+                          f'allow = ["{store_at}"]\n')
+        text = hup_and_wait(server, "settings reloaded", count=2)
+        reloaded = [e for e in log_lines(text) if e.get("message") == "settings reloaded"]
+        assert sorted(reloaded[-1]["applied"]) == ["egress.allow", "egress.mode"]
+        assert probe(server, token, "10.81.0.1", 5432)["allowed"] is False
+        status, view = api(server, "GET", "/api/v1/egress", token)
+        assert status == 200 and view["mode"] == "strict"
+    finally:
+        assert server.stop() == 0
+    assert "Traceback" not in server.stderr()
 
 
 def test_sighup_installs_new_tls_files_and_keeps_open_connections(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ followed unless enabled, and a viewer never sees the URL, headers or body templa
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -33,6 +34,8 @@ class Upstream:
             for _ in range(64):
                 await response.write(b"x" * 65536)
             return response
+        if request.path.startswith("/slow"):
+            await asyncio.sleep(0.5)
         if request.path.startswith("/redirect"):
             raise web.HTTPFound("/landing")
         if request.path == "/landing":
@@ -153,6 +156,54 @@ async def test_rest_denied_and_down(tmp_path: Path, upstream: Upstream) -> None:
         resp = await run(viewer, q["id"])
         assert resp.status == 403 and "127.0.0.1" not in str(resp.body)
         assert "private" in resp.body["error"]["message"]
+
+
+async def test_a_changed_datasource_moves_runs_to_its_new_engine(tmp_path: Path,
+                                                                 upstream: Upstream) -> None:
+    """A datasource changed (here, or on another instance): a request under way on the old
+    engine ends normally; a run that took the old engine just before the change is sent with
+    the new credentials by the new engine, never by the old one's config (nor a session it
+    would open again and never close)."""
+    from appliance.datasources.engine import Engine
+    from appliance.http.app_keys import CORE
+
+    async with proxy(tmp_path / "state") as appliance:
+        dev = as_role(appliance, "developer")
+        ds = await create_datasource(dev, name="api", kind="rest",
+                                     config={"base_url": upstream.url, "auth": "bearer"},
+                                     secrets={"token": TOKEN})
+        slow = await create_query(dev, ds["id"], {"path": "/slow"}, name="slow")
+        fast = await create_query(dev, ds["id"], {"path": "/fast"}, name="fast")
+        service = appliance.app[CORE].datasources
+        old = await service.engine(ds["id"])
+
+        under_way = asyncio.ensure_future(run(dev, slow["id"]))
+        while not upstream.seen:  # the request has reached the upstream
+            await asyncio.sleep(0.01)
+        changed = await dev.request("PATCH", f"/api/v1/datasources/{ds['id']}",
+                                    {"secrets": {"token": "new-" + TOKEN}})
+        assert changed.status == 200, changed.body
+        finished = await under_way
+        assert finished.status == 200, finished.body  # not cut off by the change
+
+        real_engine = service.engine
+        handed: list[Engine] = []
+
+        async def took_it_just_before(datasource_id: str) -> Engine:
+            engine = old if not handed else await real_engine(datasource_id)
+            handed.append(engine)
+            return engine
+
+        service.engine = took_it_just_before  # type: ignore[method-assign]  # the race, made certain
+        try:
+            resp = await run(dev, fast["id"])
+        finally:
+            service.engine = real_engine  # type: ignore[method-assign]  # restored
+        assert resp.status == 200, resp.body
+        assert [engine is old for engine in handed] == [True, False]  # moved to the new one
+        assert upstream.seen[-1]["path"] == "/fast"
+        assert upstream.seen[-1]["headers"]["Authorization"] == f"Bearer new-{TOKEN}"
+        assert old._session is None  # type: ignore[attr-defined]  # nothing reopened on it
 
 
 def test_basic_credentials_are_rfc_7617_utf8() -> None:

@@ -282,6 +282,32 @@ def test_a_source_whose_audit_chain_is_broken_is_not_copied(
     assert tables_of(store_database) == []
 
 
+def test_a_store_a_serve_is_running_on_is_refused_naming_it(store_database: StoreDatabase,
+                                                            tmp_path: Path) -> None:
+    config = tmp_path / "appliance.toml"
+    config.write_text("")
+    env = clean_env()
+    token = init_with_token(tmp_path, config, env=env)
+    state = tmp_path / "state"
+    server = serve(tmp_path, config, env=env)
+    try:
+        status, listed = api(server, "GET", "/api/v1/instances", token)
+        assert status == 200, listed
+        (instance,) = listed["instances"]
+        line = one_line(migrate(state, config, store_database))
+        assert line.startswith("error: `appliance serve` is running on this store (instance "
+                               f"{instance['id']} on {instance['hostname']}, pid "
+                               f"{server.proc.pid}, 127.0.0.1:{server.port}"), line
+        assert "stop it, then migrate" in line and "Nothing was copied" in line
+        assert tables_of(store_database) == []
+    finally:
+        assert server.stop() == 0
+    # Stopped cleanly, its heartbeat is gone: the same command now copies.
+    done = migrate(state, config, store_database)
+    assert done.returncode == 0, done.stderr
+    assert int(store_database.sql("SELECT count(*) FROM users")) == 1
+
+
 # --- one transaction: a failed check leaves no table behind -------------------------------------
 
 

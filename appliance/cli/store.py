@@ -3,7 +3,9 @@ database, check the copy there (every sealed field opens, the audit chain is int
 commits, and print the settings to change.
 
 Owns the verb's options, the checks it asks of the copy and the settings it prints. Never prints,
-logs or accepts in the URL the PostgreSQL password; never writes to a target that is not empty.
+logs or accepts in the URL the PostgreSQL password; never writes to a target that is not empty,
+and never copies a store an `appliance serve` is alive on (what it writes after the snapshot would
+be lost).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from appliance import settings as settings_module
@@ -21,7 +24,8 @@ from appliance import state_dir
 from appliance.audit import verify_store
 from appliance.cli.common import add_state_options, load_settings
 from appliance.core import open_core
-from appliance.errors import ConfigError, StoreUnavailable
+from appliance.errors import ConfigError, StoreError, StoreUnavailable
+from appliance.instances import list_instances
 from appliance.keyring import SecretVault
 from appliance.keyring.errors import SealedFieldError
 from appliance.keyring.sources import resolve
@@ -31,6 +35,27 @@ from appliance.store import Store
 from appliance.store.opener import postgres_target, sqlite_path
 
 TLS_MODES = ("verify-full", "require", "disable")
+
+
+class StoreInUse(StoreError):
+    """An `appliance serve` on the source store is alive (its heartbeat is recent): what it
+    writes after the snapshot would not be copied. Stop it first; a crashed one's heartbeat
+    ages out by itself within a few of its intervals, so no override is offered."""
+
+    code = "store_in_use"
+    exit_code = 2
+
+
+async def refuse_if_served(store: Store) -> None:
+    """`StoreInUse` naming the first instance whose heartbeat says it is alive."""
+    now = time.time()
+    for instance in await list_instances(store):
+        if instance.alive(now):
+            raise StoreInUse(
+                f"`appliance serve` is running on this store (instance {instance.id} on "
+                f"{instance.hostname}, pid {instance.pid}, {instance.address}, seen "
+                f"{instance.seen_ago(now):.0f} s ago): stop it, then migrate; what it wrote "
+                "after the copy would be lost. Nothing was copied")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,10 +69,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     "database holds a fresh one), every row, then on the target, before it "
                     "commits, every sealed field opened with the instance secret and the audit "
                     "chain verified. A database holding any appliance row, an older schema or "
-                    "other tables is refused and left untouched. Stop `serve` first: what it "
-                    "writes after the snapshot is not copied. Prints the [store] settings to "
-                    "use. Exit 2: bad URL or options, unreachable or non-TLS server, target not "
-                    "empty, no source store; exit 1: a check failed (nothing was committed).")
+                    "other tables is refused and left untouched. Refused while an `appliance "
+                    "serve` on this store is alive (its heartbeat says so): stop it first. "
+                    "Prints the [store] settings to use. Exit 2: bad URL or options, "
+                    "unreachable or non-TLS server, target not empty, no source store, a serve "
+                    "still running on it; exit 1: a check failed (nothing was committed).")
     add_state_options(p)
     p.add_argument("--to", required=True, metavar="URL",
                    help="postgresql://USER@HOST:PORT/DATABASE (no password in it)")
@@ -100,6 +126,7 @@ async def _migrate(settings: Settings, target: Settings) -> int:
 
     where = postgres_target(target)  # reads the password (file or credential) now
     async with open_core(settings, must_exist=True) as core:
+        await refuse_if_served(core.store)
         vault = core.vault
         fields = await _open_every_field(vault, "this store")
         audit = await core.audit.verify()
@@ -110,6 +137,8 @@ async def _migrate(settings: Settings, target: Settings) -> int:
         secret = resolve(settings)
 
         async def check(copied: Store) -> None:
+            # Once more before the commit: a serve started since the first look is refused too.
+            await refuse_if_served(core.store)
             opened = await open_vault_with(secret, copied)
             count = await _open_every_field(opened, "the copy")
             if count != fields:

@@ -1,7 +1,8 @@
 """The one interface every datasource kind implements: test, open a result stream, collect a
 whole result, close.
 
-Owns `Engine`, `Target` (what an engine knows of its datasource) and `RowStream`. The query
+Owns `Engine`, `Target` (what an engine knows of its datasource), `RowStream`, and `RunsUnderWay`
+(for engines whose driver has no pool that closes gracefully). The query
 service talks only to this interface and never knows which kind is behind it. Engines open their
 network connections only through the egress dialer, and never log values or results.
 """
@@ -9,13 +10,16 @@ network connections only through the egress dialer, and never log values or resu
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
 import functools
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.datasources.config import Limits, limits_of
+from appliance.datasources.errors import EngineRetired
 from appliance.secret import Secret
 
 
@@ -93,6 +97,40 @@ class Engine(abc.ABC):
         """Connections open and idle now, for metrics; None where the driver does not say.
         Never blocks."""
         return None
+
+
+class RunsUnderWay:
+    """An engine's runs under way and whether it was retired, for a driver whose pool does not
+    close gracefully by itself (an aiohttp session, a PyMongo client): a retired engine starts
+    nothing more (`EngineRetired`: the runner takes the engine that replaced it, never this one's
+    old config and secrets), and its pool is closed only once the runs under way have ended."""
+
+    def __init__(self, datasource: str) -> None:
+        self._datasource = datasource
+        self._count = 0
+        self._none = asyncio.Event()
+        self._none.set()
+        self.retired = False
+
+    @contextlib.contextmanager
+    def run(self) -> Iterator[None]:
+        """One run (or test) on the engine, from before it takes a connection to its end."""
+        if self.retired:
+            raise EngineRetired(self._datasource)
+        self._count += 1
+        self._none.clear()
+        try:
+            yield
+        finally:
+            self._count -= 1
+            if self._count == 0:
+                self._none.set()
+
+    async def retire(self) -> None:
+        """No new run from now on; return once the runs under way have ended (each is bounded
+        by its own time limit)."""
+        self.retired = True
+        await self._none.wait()
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ overrides it, field by field, until it is reset (set to null, or `DELETE /api/v1
 override is shared by every instance on the store: a change is merged into the stored row (not
 this process's copy), and each instance applies another's change when the store reports it
 (`follow`). A change that would deny the PostgreSQL store's own destination is refused
-(`StoreCutOff`, 409): stored, it would cut every instance off its store.
+(`StoreCutOff`, 409): stored, it would cut every instance off its store; so is a reloaded
+settings file (SIGHUP, `rebase`) that would deny it here.
 """
 
 from __future__ import annotations
@@ -150,13 +151,17 @@ class RuntimeEgress:
                      extra={"overridden": sorted(override)})
             return True
 
-    def rebase(self, base: EgressSettings) -> EgressSettings:
-        """A new base from a reloaded settings file (SIGHUP); the override still wins. Raises
-        ValueError, keeping the old policy, if the result is invalid."""
-        effective = merge(base, self.override)
-        self.holder.update(effective)
-        self.base = base
-        return effective
+    async def rebase(self, base: EgressSettings) -> EgressSettings:
+        """A new base from a reloaded settings file (SIGHUP); the override still wins. Raises,
+        keeping the old policy, `InvalidEgressSetting` if the result is invalid and
+        `StoreCutOff` if it would deny the store's own destination."""
+        async with self._lock:
+            await self._check_store_allowed(self.override, base=base,
+                                            what="the reloaded settings")
+            effective = merge(base, self.override)
+            self.holder.update(effective)
+            self.base = base
+            return effective
 
     async def change(self, store: Store, audit: AuditLog, changes: Mapping[str, Any], *,
                      context: Context, action: str = "egress.update") -> EgressSettings:
@@ -208,11 +213,14 @@ class RuntimeEgress:
         except (ValueError, BadRequest):
             return {}
 
-    async def _check_store_allowed(self, override: Mapping[str, Any]) -> None:
-        """`InvalidEgressSetting` if the result is no valid policy; `StoreCutOff` if it would
-        deny the store's destination (resolving its name once, as a connection would)."""
+    async def _check_store_allowed(self, override: Mapping[str, Any], *,
+                                   base: EgressSettings | None = None,
+                                   what: str = "this change") -> None:
+        """`InvalidEgressSetting` if the result (over `base`, else this one's) is no valid
+        policy; `StoreCutOff` if it would deny the store's destination (resolving its name
+        once, as a connection would)."""
         try:
-            policy = EgressPolicy(merge(self.base, override))
+            policy = EgressPolicy(merge(base or self.base, override))
         except ValueError as exc:
             raise InvalidEgressSetting(str(exc)) from None
         if self.store_at is None:
@@ -222,7 +230,7 @@ class RuntimeEgress:
         if not decision.allowed:
             where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             raise StoreCutOff(
-                f"this change would deny the store's own destination {where} (rule "
+                f"{what} would deny the store's own destination {where} (rule "
                 f"'{decision.rule}'), cutting every instance off its store; nothing was changed. "
                 f"Allow {where} in the same change (e.g. add it to 'allow').")
 

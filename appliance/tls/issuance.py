@@ -1,11 +1,13 @@
 """Obtaining and renewing the ACME certificate: start-up, the renewal loop, forced renewals.
 
 Owns the decision to order (due, not backing off, and holding the store's ACME lease, so one
-instance of several orders), running the `acme` package in a worker thread, checking what the CA
-returned, persisting it and installing it in the live context, and following the store: a
-certificate another instance stored is installed here within `renewal.FOLLOW_INTERVAL`. Never
-blocks the event loop, never orders without the lease or a certificate that is not due, and never
-replaces a valid certificate with anything but a newer valid one.
+instance of several orders; the renewal-information (ARI) lookups too, so one instance writes
+the schedule every instance follows), running the `acme` package in a worker thread, checking
+what the CA returned, persisting it and installing it in the live context, and following the
+store: a certificate another instance stored is installed here within
+`renewal.FOLLOW_INTERVAL`. Never blocks the event loop, never orders or writes an ARI schedule
+without the lease, never orders a certificate that is not due, and never replaces a valid
+certificate with anything but a newer valid one.
 """
 
 from __future__ import annotations
@@ -157,14 +159,17 @@ class ACMEIssuer:
     def next_wake(self, now: dt.datetime) -> float:
         """Seconds until the next thing to do, at most the check interval."""
         candidates = [self.check_interval]
-        if self.busy is not None and self.busy[1] > now:
+        elsewhere = self.busy is not None and self.busy[1] > now
+        if self.busy is not None and elsewhere:
             # Another instance's lease: look again when it runs out (once: a lease seen expired
             # is no reason to wake again).
             candidates.append((self.busy[1] - now).total_seconds() + 0.05)
         record = self.record
         if record is not None:
             for when in (record.next_attempt, record.renew_at, record.ari_next_check):
-                if when is not None:
+                # A time already past is the lease holder's to act on, meanwhile (what it
+                # stores wakes this loop through `follow`): no waking every 50 ms until then.
+                if when is not None and not (elsewhere and when <= now):
                     candidates.append((when - now).total_seconds())
         return max(0.05, min(candidates))
 
@@ -189,7 +194,7 @@ class ACMEIssuer:
             await self.load()
         await self.refresh()  # another instance may have renewed, or failed and backed off
         if self.info is not None and self._ari_due(now) and not self.due(now):
-            await self._refresh_ari()
+            await self._refresh_ari_alone()
         if not self.due(now) or self.backing_off(now):
             return None
         return await self.renew(reason="due")
@@ -346,14 +351,42 @@ class ACMEIssuer:
         record = self.record
         return bool(record and record.ari_next_check and now >= record.ari_next_check)
 
-    async def _refresh_ari(self) -> None:
+    async def _refresh_ari_alone(self) -> None:
+        """Ask the CA for its renewal window under the ordering lease, so that of several
+        instances one asks and writes the schedule (a random point in the window: the last
+        writer's would win) and the others follow it from the store. With another holding the
+        lease (ordering, or asking), this one leaves it to that one."""
+        async with self._lock:
+            holding = await self.lease.acquire()
+            if holding.holder != self.lease.holder:
+                self.busy = (holding.holder, dt.datetime.fromtimestamp(holding.expires_at, dt.UTC))
+                return
+            self.busy = None
+            async with self.lease.keep() as kept:
+                # Read the schedule again now that no one else may write it: another instance
+                # may have asked just before we took the lease.
+                await self.refresh(force=True)
+                now = _now()
+                if self.info is None or not self._ari_due(now) or self.due(now):
+                    return
+                schedule = await self._ask_ari()
+                if schedule is None or kept.lost:
+                    return
+                renew, again = schedule
+                await self.storage.save_schedule(self.names, renew_at=renew,
+                                                 ari_next_check=again)
+                self.record = await self.storage.certificate(self.names)
+
+    async def _ask_ari(self) -> tuple[dt.datetime | None, dt.datetime] | None:
+        """(renew_at, when to ask again) from the CA's renewal window; None without a
+        certificate or an account to ask with."""
         record = self.record
         if record is None or record.chain_pem is None or self.info is None:
-            return
+            return None
         settings = self.settings
         account_key, account_uri = await self.storage.account(settings.directory)
         if account_key is None:
-            return
+            return None
         client = ACMEClient(
             directory_url=settings.directory, account_key_pem=account_key,
             account_uri=account_uri, email=settings.email, eab_kid=settings.eab_kid,
@@ -371,8 +404,7 @@ class ACMEIssuer:
             renew = renewal.renew_at(self.info, when)
         finally:
             client.close()
-        await self.storage.save_schedule(self.names, renew_at=renew, ari_next_check=again)
-        self.record = await self.storage.certificate(self.names)
+        return renew, again
 
     # -- status ---------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Final
 
 from appliance.datasources.config import CONNECT_TIMEOUT
-from appliance.datasources.engine import Engine, RowStream, Target
+from appliance.datasources.engine import Engine, RowStream, RunsUnderWay, Target
 from appliance.datasources.errors import (
     DatasourceAuthFailed,
     DatasourceTimeout,
@@ -66,6 +66,7 @@ class MongoEngine(Engine):
         self._dialer = dialer
         self._client: Any = None
         self._creating = asyncio.Lock()
+        self._runs = RunsUnderWay(target.name)
 
     async def _new_client(self) -> Any:
         config = self.target.config
@@ -109,14 +110,15 @@ class MongoEngine(Engine):
     @contextlib.asynccontextmanager
     async def open(self, bound: MongoCommand, *, timeout: float, fetch: int,
                    stream: bool = False) -> AsyncIterator[RowStream]:
-        try:
-            async with asyncio.timeout(timeout):
-                client = await self._get_client()
-                collection = client[str(self.target.config["database"])][bound.collection]
-                columns, batches = await self._start(collection, bound, fetch, timeout)
-        except BaseException as exc:
-            raise self.translate(exc, timeout) from None
-        yield RowStream(columns, self._guard(batches, timeout))
+        with self._runs.run():  # EngineRetired once retired: never the old config's client
+            try:
+                async with asyncio.timeout(timeout):
+                    client = await self._get_client()
+                    collection = client[str(self.target.config["database"])][bound.collection]
+                    columns, batches = await self._start(collection, bound, fetch, timeout)
+            except BaseException as exc:
+                raise self.translate(exc, timeout) from None
+            yield RowStream(columns, self._guard(batches, timeout))
 
     async def _start(self, collection: Any, command: MongoCommand, fetch: int, timeout: float
                      ) -> tuple[list[str], AsyncIterator[list[Any]]]:
@@ -198,6 +200,7 @@ class MongoEngine(Engine):
         return DatasourceUnreachable(name, f"unreachable ({type(exc).__name__})")
 
     async def close(self) -> None:
+        await self._runs.retire()  # the commands under way (and their cursors) end first
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(Exception):

@@ -21,7 +21,7 @@ import aiohttp
 from yarl import URL
 
 from appliance.datasources.config import CONNECT_TIMEOUT
-from appliance.datasources.engine import Engine, RowStream, Target
+from appliance.datasources.engine import Engine, RowStream, RunsUnderWay, Target
 from appliance.datasources.errors import (
     DatasourceAuthFailed,
     DatasourceProtocolError,
@@ -48,6 +48,7 @@ class RestEngine(Engine):
         super().__init__(target)
         self._dialer = dialer
         self._session: aiohttp.ClientSession | None = None
+        self._runs = RunsUnderWay(target.name)
         self._base = str(target.config["base_url"]).rstrip("/")
 
     def _get_session(self) -> aiohttp.ClientSession:
@@ -127,9 +128,10 @@ class RestEngine(Engine):
 
     async def test(self, timeout: float) -> None:
         try:
-            async with asyncio.timeout(timeout):
-                response = await self._send(RestRequest("HEAD", "/", (), ()), timeout)
-                response.release()
+            with self._runs.run():
+                async with asyncio.timeout(timeout):
+                    response = await self._send(RestRequest("HEAD", "/", (), ()), timeout)
+                    response.release()
         except BaseException as exc:
             raise self.translate(exc, timeout) from None
         if response.status in (401, 403):
@@ -139,16 +141,17 @@ class RestEngine(Engine):
     @contextlib.asynccontextmanager
     async def open(self, bound: RestRequest, *, timeout: float, fetch: int,
                    stream: bool = False) -> AsyncIterator[RowStream]:
-        try:
-            async with asyncio.timeout(timeout):
-                response = await self._send(bound, timeout)
-                try:
-                    content_type, body = await self._read(response)
-                finally:
-                    response.release()
-        except BaseException as exc:
-            raise self.translate(exc, timeout) from None
-        yield RowStream(list(COLUMNS), _one_batch([[response.status, content_type, body]]))
+        with self._runs.run():  # EngineRetired once retired: never the old config's session
+            try:
+                async with asyncio.timeout(timeout):
+                    response = await self._send(bound, timeout)
+                    try:
+                        content_type, body = await self._read(response)
+                    finally:
+                        response.release()
+            except BaseException as exc:
+                raise self.translate(exc, timeout) from None
+            yield RowStream(list(COLUMNS), _one_batch([[response.status, content_type, body]]))
 
     def translate(self, exc: BaseException, timeout: float) -> BaseException:
         name = self.name
@@ -175,6 +178,7 @@ class RestEngine(Engine):
         return DatasourceUnreachable(name, f"unreachable ({type(exc).__name__})")
 
     async def close(self) -> None:
+        await self._runs.retire()  # the requests under way end first
         session, self._session = self._session, None
         if session is not None:
             await session.close()
