@@ -85,6 +85,9 @@ async def test_only_an_admin_may_read_change_or_probe(tmp_path: Path, role: str 
         assert audit_rows(found) == []
 
 
+@pytest.mark.sqlite_store(reason="sets an egress policy that denies loopback, where the test's "
+                          "PostgreSQL store listens: refused there as egress_denies_store, "
+                          "which tests/test_propagation.py tests")
 async def test_a_change_applies_to_the_next_connection_and_is_audited(tmp_path: Path) -> None:
     async with appliance(tmp_path) as found:
         admin = found.client(token=found.tokens["admin"])
@@ -129,6 +132,9 @@ async def test_a_change_applies_to_the_next_connection_and_is_audited(tmp_path: 
         assert verify.status == 200 and verify.body.get("ok", True) is True
 
 
+@pytest.mark.sqlite_store(reason="sets an egress policy that denies loopback, where the test's "
+                          "PostgreSQL store listens: refused there as egress_denies_store, "
+                          "which tests/test_propagation.py tests")
 async def test_values_are_normalised_like_the_settings_file(tmp_path: Path) -> None:
     async with appliance(tmp_path) as found:
         admin = found.client(token=found.tokens["admin"])
@@ -211,6 +217,9 @@ async def test_malformed_and_oversized_bodies(tmp_path: Path) -> None:
         assert audit_rows(found) == []
 
 
+@pytest.mark.sqlite_store(reason="sets an egress policy that denies loopback, where the test's "
+                          "PostgreSQL store listens: refused there as egress_denies_store, "
+                          "which tests/test_propagation.py tests")
 async def test_null_resets_a_field_and_delete_resets_all(tmp_path: Path) -> None:
     async with appliance(tmp_path) as found:
         admin = found.client(token=found.tokens["admin"])
@@ -224,6 +233,9 @@ async def test_null_resets_a_field_and_delete_resets_all(tmp_path: Path) -> None
             "egress.update", "egress.update", "egress.reset"]
 
 
+@pytest.mark.sqlite_store(reason="sets an egress policy that denies loopback, where the test's "
+                          "PostgreSQL store listens: refused there as egress_denies_store, "
+                          "which tests/test_propagation.py tests")
 async def test_the_audit_is_fail_closed(tmp_path: Path) -> None:
     async with appliance(tmp_path) as found:
         admin = found.client(token=found.tokens["admin"])

@@ -153,6 +153,9 @@ async def test_a_remote_client_needs_a_metrics_token(tmp_path: Path) -> None:
                 assert "appliance_http_requests_total" in await resp.text()
 
 
+@pytest.mark.sqlite_store(reason="sets an egress policy that denies loopback, where the test's "
+                          "PostgreSQL store listens: refused there as egress_denies_store, "
+                          "which tests/test_propagation.py tests")
 @pytest.mark.parametrize("by_name", [False, True])
 async def test_every_family_counts_what_happens(tmp_path: Path, by_name: bool) -> None:
     options: dict[str, Any] = dict(LOOPBACK, datasource_names=by_name)
