@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import Any, Final, Literal
 
-from appliance.kinds.sql.binding import MAX_SQL_LENGTH, BoundStatement
+from appliance.kinds.sql.binding import MAX_SQL_LENGTH, BoundStatement, bind_question_marks
 from appliance.parameters import InvalidQuery, ParameterSet, used_check
 
 _BINDING_RE: Final = re.compile(r"\{\{[ \t]*([A-Za-z_][A-Za-z0-9_]{0,62})[ \t]*\}\}")
@@ -92,27 +92,7 @@ class MysqlTemplate:
             return BoundStatement(self.static_sql,
                                   tuple(_to_mysql(values[name], types[name].base)
                                         for name in self.order))
-        out: list[str] = []
-        bound: list[Any] = []
-        for piece in self.pieces:
-            if isinstance(piece, str):
-                out.append(piece)
-            elif piece.kind == "identifier":
-                out.append(self.quoted[piece.name][values[piece.name]])
-            elif piece.kind == "array":
-                items = values[piece.name]
-                if not items:
-                    out.append("NULL")
-                else:
-                    out.append(", ".join("?" * len(items)))
-                    base = types[piece.name].base
-                    bound.extend(_to_mysql(item, base) for item in items)
-            else:
-                out.append("?")
-                bound.append(_to_mysql(values[piece.name], types[piece.name].base))
-        identifiers = tuple(str(values[name]) for name in self.quoted
-                            if values.get(name) is not None)
-        return BoundStatement("".join(out), tuple(bound), identifiers)
+        return bind_question_marks(self.pieces, self.quoted, values, types, _to_mysql)
 
 
 def _to_mysql(value: Any, base: str) -> Any:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 from appliance.parameters import (
     InvalidQuery,
@@ -102,7 +102,7 @@ class SqlTemplate:
                 tuple(convert(values[name], types[name]) for name in self.order))
         if self.dialect == "postgres":
             return self._bind_postgres(values, types)
-        return self._bind_sqlite(values, types)
+        return bind_question_marks(self.pieces, self.quoted, values, types, _sqlite_value)
 
     def _bind_postgres(self, values: Mapping[str, Any], types: Mapping[str, Parameter]
                        ) -> BoundStatement:
@@ -121,27 +121,6 @@ class SqlTemplate:
     def _identifiers(self, values: Mapping[str, Any]) -> tuple[str, ...]:
         return tuple(str(values[name]) for name in self.quoted if values.get(name) is not None)
 
-    def _bind_sqlite(self, values: Mapping[str, Any], types: Mapping[str, Parameter]
-                     ) -> BoundStatement:
-        out: list[str] = []
-        bound: list[Any] = []
-        for piece in self.pieces:
-            if isinstance(piece, str):
-                out.append(piece)
-            elif piece.kind == "identifier":
-                out.append(self.quoted[piece.name][values[piece.name]])
-            elif piece.kind == "array":
-                items = values[piece.name]
-                if not items:
-                    out.append("NULL")
-                else:
-                    out.append(", ".join("?" * len(items)))
-                    base = types[piece.name].base
-                    bound.extend(_sqlite_scalar(item, base) for item in items)
-            else:
-                out.append("?")
-                bound.append(_to_sqlite(values[piece.name], types[piece.name]))
-        return BoundStatement("".join(out), tuple(bound), self._identifiers(values))
 
 
 def quote_identifier(name: str) -> str:
@@ -170,10 +149,50 @@ def _sqlite_scalar(value: Any, base: str) -> Any:
     return value
 
 
+def _sqlite_value(value: Any, base: str) -> Any:
+    return None if value is None else _sqlite_scalar(value, base)
+
+
 def _to_sqlite(value: Any, parameter: Parameter) -> Any:
-    if value is None:
-        return None
-    return _sqlite_scalar(value, parameter.base)
+    return _sqlite_value(value, parameter.base)
+
+
+class Slot(Protocol):
+    """Where a binding stands in a compiled statement: its parameter and how it is bound."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+
+def bind_question_marks(pieces: Sequence[str | Slot], quoted: Mapping[str, Mapping[str, str]],
+                        values: Mapping[str, Any], types: Mapping[str, Parameter],
+                        convert: Callable[[Any, str], Any]) -> BoundStatement:
+    """A statement with `?` placeholders (SQLite's and MySQL's): one per value, in order; an
+    array as one per element (`NULL` when empty); an identifier as its quoted choice in the
+    text. `convert(value, base type)` makes each value the driver's."""
+    out: list[str] = []
+    bound: list[Any] = []
+    for piece in pieces:
+        if isinstance(piece, str):
+            out.append(piece)
+        elif piece.kind == "identifier":
+            out.append(quoted[piece.name][values[piece.name]])
+        elif piece.kind == "array":
+            items = values[piece.name]
+            if not items:
+                out.append("NULL")
+            else:
+                out.append(", ".join("?" * len(items)))
+                base = types[piece.name].base
+                bound.extend(convert(item, base) for item in items)
+        else:
+            out.append("?")
+            bound.append(convert(values[piece.name], types[piece.name].base))
+    identifiers = tuple(str(values[name]) for name in quoted if values.get(name) is not None)
+    return BoundStatement("".join(out), tuple(bound), identifiers)
 
 
 # --- the lexer and compiler -----------------------------------------------------------------
