@@ -607,6 +607,12 @@ def test_big_results_stream_in_and_each_kind_has_its_form(world: World, seeded: 
         page.goto(f"{app.url}/#/datasources/new")
         page.get_by_label("Kind").select_option("mongodb")
         assert page.get_by_label("Port").input_value() == "27017"
+        page.get_by_label("Kind").select_option("mysql")
+        assert page.get_by_label("Port").input_value() == "3306"
+        assert page.get_by_label("TLS", exact=True).input_value() == "verify-full"
+        assert page.get_by_label("Read only").is_checked()
+        assert not page.get_by_label("Allow the password without verified TLS").is_checked()
+        assert page.get_by_label("Password", exact=True).is_visible()
         page.get_by_label("Kind").select_option("sqlite")
         assert page.get_by_label("Read only").is_checked()
         assert page.get_by_text("This kind takes no secret.").is_visible()
@@ -796,9 +802,9 @@ def test_where_a_datasource_points_and_what_a_body_is_are_each_kinds_declaration
         assert row.locator("td[data-label='Where']").inner_text() == \
             "postgres at 127.0.0.1 (postgres, )"
         page.goto(f"{app.url}/#/datasources/new")
-        assert page.get_by_label("Kind").input_value() == "sqlite"
+        assert page.get_by_label("Kind").input_value() == "mysql"
         assert page.get_by_label("Kind").locator("option").all_inner_texts() == [
-            "SQLite file", "REST API", "MongoDB", "PostgreSQL"]
+            "MySQL / MariaDB", "SQLite file", "REST API", "MongoDB", "PostgreSQL"]
 
         page.goto(f"{app.url}/#/queries/new")
         assert page.locator("[data-field='body'] .help").inner_text().endswith(

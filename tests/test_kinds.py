@@ -31,13 +31,17 @@ SEALED_FOR = {
              b'{"auth":"header","header_name":"X-Key","kind":"rest",'
              b'"origin":"https://api.example.com:8443"}'),
     "sqlite": ({"path": "/srv/x.db"}, b'{"kind":"sqlite","path":"/srv/x.db"}'),
+    "mysql": ({"host": "db.example", "database": "app", "user": "u"},
+              b'{"allow_password_without_verified_tls":false,"database":"app","host":"db.example",'
+              b'"kind":"mysql","port":3306,"tls":"verify-full","user":"u"}'),
 }
 
 
 def test_every_kind_is_registered_once_in_the_api_order() -> None:
-    assert [kind.name for kind in all_kinds()] == ["postgres", "mongodb", "rest", "sqlite"]
+    assert [kind.name for kind in all_kinds()] == ["postgres", "mongodb", "rest", "sqlite",
+                                                   "mysql"]
     assert kind_named("postgres") is all_kinds()[0]
-    assert kind_named("mysql") is None and kind_named(None) is None
+    assert kind_named("oracle") is None and kind_named(None) is None
     with pytest.raises(ValueError, match="registered twice"):
         @register
         class Again(Kind):  # refused before it is kept
@@ -90,7 +94,7 @@ def test_shared_checks_name_the_key() -> None:
 def test_the_description_is_data_the_console_can_draw() -> None:
     kinds = {kind.name: kind.describe() for kind in all_kinds()}
     assert [kinds[name]["title"] for name in kinds] == [
-        "PostgreSQL", "MongoDB", "REST API", "SQLite file"]
+        "PostgreSQL", "MongoDB", "REST API", "SQLite file", "MySQL / MariaDB"]
     rest = {field["name"]: field for field in kinds["rest"]["fields"]}
     assert rest["username"]["when"] == {"auth": "basic"}
     assert rest["base_url"]["destination"] == "origin"
@@ -102,6 +106,11 @@ def test_the_description_is_data_the_console_can_draw() -> None:
     assert kinds["sqlite"]["secrets"] == []
     pg = {field["name"]: field for field in kinds["postgres"]["fields"]}
     assert [c["value"] for c in pg["tls"]["choices"]] == ["verify-full", "require", "disable"]
+    my = {field["name"]: field for field in kinds["mysql"]["fields"]}
+    assert [c["value"] for c in my["tls"]["choices"]] == ["verify-full", "require", "disable"]
+    assert my["tls"]["default"] == "verify-full" and my["port"]["default"] == 3306
+    assert my["read_only"]["default"] is True
+    assert kinds["mysql"]["secrets"] == [{"name": "password", "label": "Password"}]
 
 
 def test_each_kind_says_where_it_points_and_what_its_body_is() -> None:
@@ -112,6 +121,7 @@ def test_each_kind_says_where_it_points_and_what_its_body_is() -> None:
         "mongodb": ("{host}:{port}/{database}", "json"),
         "rest": ("{base_url}", "json"),
         "sqlite": ("{path}", "sql"),
+        "mysql": ("{host}:{port}/{database}", "sql"),
     }
 
 
@@ -160,7 +170,7 @@ def test_a_kind_whose_where_or_body_the_console_cannot_use_is_refused(
 
 def test_no_driver_is_imported_until_an_engine_is_made() -> None:
     code = ("import sys, appliance.http.app, appliance.kinds\n"
-            "print(sorted(m for m in ('asyncpg', 'pymongo') if m in sys.modules))")
+            "print(sorted(m for m in ('asyncpg', 'pymongo', 'asyncmy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, check=True, env={"PYTHONPATH": str(ROOT)})
     assert out.stdout.strip() == "[]"

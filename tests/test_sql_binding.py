@@ -243,7 +243,8 @@ def test_whole_query_problems():
     with pytest.raises(InvalidQuery, match="longer than"):
         compile_query("sqlite", "SELECT 1 " + " " * 1_000_000, [])
     with pytest.raises(InvalidQuery, match="unknown datasource kind"):
-        compile_query("mysql", "SELECT 1", [])
+        compile_query("oracle", "SELECT 1", [])
+    assert compile_query("mysql", "SELECT 1", []).bind({}).sql == "SELECT 1"  # its own lexer
     with pytest.raises(InvalidQuery, match="dialect"):
         compile_sql("SELECT 1", "mysql", compile_query("sqlite", "SELECT 1", []).parameters)
 

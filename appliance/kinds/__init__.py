@@ -1,5 +1,5 @@
-"""Datasource kinds, one folder each (postgres, mongodb, rest, sqlite), registered by name: the
-public face. Code that needs "the PostgreSQL kind" asks `kind_named`, never an if/elif.
+"""Datasource kinds, one folder each (postgres, mongodb, rest, sqlite, mysql), registered by
+name: the public face. Code that needs "the PostgreSQL kind" asks `kind_named`, never an if/elif.
 
 Owns importing every kind so that each registers itself (in this order: the order the API lists
 them). Never imports a driver: each kind loads its engine only when one is made.
@@ -16,7 +16,7 @@ from appliance.kinds.registry import (
 from appliance.kinds.schema import Field, SecretField
 
 # Registration happens on import; the order is the order of `all_kinds()`.
-from appliance.kinds import postgres, mongodb, rest, sqlite  # noqa: F401  isort: skip
+from appliance.kinds import postgres, mongodb, rest, sqlite, mysql  # noqa: F401  isort: skip
 
 __all__ = ["BODY_LANGUAGES", "Field", "Kind", "SecretField", "Template", "all_kinds", "kind_named",
            "register"]

@@ -452,6 +452,63 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX instances_last_seen ON instances (last_seen)",
         ),
     ),
+    Migration(
+        11,
+        "datasources: the mysql kind (MySQL and MariaDB)",
+        # SQLite cannot alter a CHECK: its table rebuild (lang_altertable.html, "Making Other
+        # Kinds Of Table Schema Changes"), with every column, collation, STRICT and index kept.
+        # It runs inside the store's BEGIN IMMEDIATE with foreign keys on, where PRAGMA
+        # foreign_keys cannot change, and `defer_foreign_keys` does not help: dropping the old
+        # datasources table counts its referencing queries as violations that the rename never
+        # uncounts, so COMMIT fails. So `queries` is rebuilt too, referencing the new table, and
+        # the old tables go child first: nothing ever references a row that is not there. The
+        # rename of datasources_new then rewrites the reference to `datasources` (SQLite always
+        # does when foreign keys are on).
+        (
+            """CREATE TABLE datasources_new (
+                   id         TEXT PRIMARY KEY,
+                   name       TEXT NOT NULL UNIQUE COLLATE NOCASE,
+                   kind       TEXT NOT NULL CHECK (kind IN ('postgres', 'mongodb', 'rest',
+                                                            'sqlite', 'mysql')),
+                   config     TEXT NOT NULL,
+                   version    INTEGER NOT NULL,
+                   created_at REAL NOT NULL,
+                   updated_at REAL NOT NULL
+               ) STRICT""",
+            """INSERT INTO datasources_new (id, name, kind, config, version, created_at,
+                                           updated_at)
+               SELECT id, name, kind, config, version, created_at, updated_at FROM datasources""",
+            """CREATE TABLE queries_new (
+                   id            TEXT PRIMARY KEY,
+                   name          TEXT NOT NULL UNIQUE COLLATE NOCASE,
+                   datasource_id TEXT NOT NULL REFERENCES datasources_new(id)
+                                      ON DELETE RESTRICT,
+                   body          TEXT NOT NULL,
+                   parameters    TEXT NOT NULL,
+                   timeout_ms    INTEGER,
+                   max_rows      INTEGER,
+                   version       INTEGER NOT NULL,
+                   created_at    REAL NOT NULL,
+                   updated_at    REAL NOT NULL
+               ) STRICT""",
+            """INSERT INTO queries_new (id, name, datasource_id, body, parameters, timeout_ms,
+                                       max_rows, version, created_at, updated_at)
+               SELECT id, name, datasource_id, body, parameters, timeout_ms, max_rows, version,
+                      created_at, updated_at FROM queries""",
+            "DROP TABLE queries",
+            "DROP TABLE datasources",
+            "ALTER TABLE datasources_new RENAME TO datasources",
+            "ALTER TABLE queries_new RENAME TO queries",
+            "CREATE INDEX queries_datasource ON queries (datasource_id)",
+        ),
+        postgres=(
+            # The column CHECK of migration 4, under the name PostgreSQL gave it.
+            """ALTER TABLE datasources
+                   DROP CONSTRAINT datasources_kind_check,
+                   ADD CONSTRAINT datasources_kind_check
+                       CHECK (kind IN ('postgres', 'mongodb', 'rest', 'sqlite', 'mysql'))""",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -94,6 +95,24 @@ class MariaDBServer:
     ca: TestCA
     process: subprocess.Popen[bytes]
     client: str  # the `mariadb` command-line client
+    launch: dict[str, Any]  # how `process` was started (Popen's arguments): `start` reuses it
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Take the server down (SIGTERM: a clean shutdown that closes every connection;
+        SIGKILL: a crash); its data, port and accounts stay for `start`."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+    def start(self, timeout: float = 60) -> None:
+        """Start the stopped server again, as before, and wait for its greeting."""
+        assert self.process.poll() is not None, "the server is running"
+        self.process = subprocess.Popen(**self.launch)
+        _wait_ready(self, timeout)
 
     @property
     def general_log(self) -> Path:
@@ -201,6 +220,7 @@ def mariadb(*, name: str = "mariadb", timeout: float = 60) -> Iterator[MariaDBSe
     ca.key_pem.chmod(0o600)
     data = root / "data"
     process: subprocess.Popen[bytes] | None = None
+    server: MariaDBServer | None = None
     try:
         installed = subprocess.run(
             [install_db, "--no-defaults", f"--datadir={data}", "--auth-root-authentication-method"
@@ -210,24 +230,27 @@ def mariadb(*, name: str = "mariadb", timeout: float = 60) -> Iterator[MariaDBSe
             pytest.fail(f"mariadb-install-db failed: {installed.stdout}\n{installed.stderr}")
         port = _free_port()
         sock = root / "mysqld.sock"
-        process = subprocess.Popen(
-            [mariadbd, "--no-defaults", f"--datadir={data}", f"--port={port}",
-             "--bind-address=127.0.0.1", f"--socket={sock}", f"--pid-file={root / 'mysqld.pid'}",
-             f"--log-error={root / 'error.log'}", "--skip-name-resolve", "--general-log=1",
-             f"--general-log-file={root / 'general.log'}", "--log-output=FILE",
-             f"--ssl-ca={ca.ca_pem}", f"--ssl-cert={ca.cert_pem}", f"--ssl-key={ca.key_pem}",
-             "--innodb-buffer-pool-size=16M", "--innodb-flush-log-at-trx-commit=0",
-             "--character-set-server=utf8mb4", "--collation-server=utf8mb4_unicode_ci",
-             # The server allows LOAD DATA LOCAL: refusing it is the client's job, and tested.
-             "--max-connections=300", "--skip-log-bin", "--local-infile=1"],
+        launch: dict[str, Any] = dict(
+            args=[mariadbd, "--no-defaults", f"--datadir={data}", f"--port={port}",
+                  "--bind-address=127.0.0.1", f"--socket={sock}", f"--pid-file={root / 'mysqld.pid'}",
+                  f"--log-error={root / 'error.log'}", "--skip-name-resolve", "--general-log=1",
+                  f"--general-log-file={root / 'general.log'}", "--log-output=FILE",
+                  f"--ssl-ca={ca.ca_pem}", f"--ssl-cert={ca.cert_pem}", f"--ssl-key={ca.key_pem}",
+                  "--innodb-buffer-pool-size=16M", "--innodb-flush-log-at-trx-commit=0",
+                  "--character-set-server=utf8mb4", "--collation-server=utf8mb4_unicode_ci",
+                  # The server allows LOAD DATA LOCAL: refusing it is the client's job, and tested.
+                  "--max-connections=300", "--skip-log-bin", "--local-infile=1"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             user=uid, group=gid, extra_groups=groups)
-        server = MariaDBServer(root, port, sock, ca, process, client)
+        process = subprocess.Popen(**launch)
+        server = MariaDBServer(root, port, sock, ca, process, client, launch)
         _wait_ready(server, timeout)
         server.sql(_accounts_sql(), database="mysql")
         yield server
     finally:
-        if process is not None and process.poll() is None:
+        if server is not None:
+            server.stop()  # the process running now (a test may have restarted it)
+        elif process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
                 process.wait(30)

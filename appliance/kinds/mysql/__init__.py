@@ -1,8 +1,39 @@
-"""The MySQL/MariaDB datasource kind (issue 23), in progress: its binding compiler (`binding`), its
-config (`config`) and its engine (`engine`, over asyncmy's private names in `asyncmy_private`).
+"""The MySQL/MariaDB kind (issue 23): its config (`config`), SQL with `{{ name }}` bindings
+compiled by its own lexer to `?` placeholders (`binding`), and its engine (`engine`, over asyncmy's
+private names in `asyncmy_private`).
 
-Owns nothing registered yet: the kind is NOT registered (no `@register`, and it is absent from
-`appliance/kinds/__init__.py`) until the store migration widening `datasources.kind` lands and
-the engine's remaining promises are tested (see docs/datasources.md, "MySQL/MariaDB"). Never
-imports a driver.
+Owns the registered `Mysql` kind. Never imports asyncmy here: only `make_engine` loads the engine
+module (and the driver), so start time and idle memory do not pay for an unused kind.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from appliance.kinds.mysql import config
+from appliance.kinds.mysql.binding import MysqlTemplate, compile_mysql
+from appliance.kinds.registry import Kind, register
+from appliance.parameters import ParameterSet
+
+if TYPE_CHECKING:
+    from appliance.datasources.engine import Engine, Target
+    from appliance.egress import Dialer
+
+
+@register
+class Mysql(Kind):
+    name = "mysql"
+    title = "MySQL / MariaDB"
+    fields = config.FIELDS
+    secrets = config.SECRETS
+    where = "{host}:{port}/{database}"
+    body = "sql"
+
+    def compile(self, body: Any, parameters: ParameterSet) -> MysqlTemplate:
+        return compile_mysql(body, parameters)
+
+    def make_engine(self, target: Target, dialer: Dialer, state_dir: Path | None) -> Engine:
+        from appliance.kinds.mysql.engine import MysqlEngine
+
+        return MysqlEngine(target, dialer)
