@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import json
 import os
@@ -85,6 +86,14 @@ async def serve_bare(port: int, state: Path) -> None:
         return web.json_response({"columns": ["id", "name", "v"],
                                   "rows": [list(r) for r in rows], "row_count": len(rows)})
 
+    await serve_https(handler, state)
+
+
+async def serve_https(handler: Any, state: Path) -> None:
+    """A bare aiohttp server for `handler` at POST /run, over HTTPS with the certificate that
+    `_make_bare_cert` left in `state`; prints {"port": N} and serves until killed."""
+    from aiohttp import web
+
     app = web.Application()
     app.router.add_post("/run", handler)
     runner = web.AppRunner(app, access_log=None)
@@ -100,11 +109,6 @@ async def serve_bare(port: int, state: Path) -> None:
 async def serve_appliance(port: int, state: Path, store: str = "") -> None:
     """(c): the appliance (build_app, local CA, TLS) with a PostgreSQL datasource and a query;
     (e) with `store` (`DATABASE:PASSWORD_FILE`): the same on a PostgreSQL store."""
-    import dataclasses
-    import logging
-
-    from aiohttp import web
-
     from tests.support import app as test_app
 
     if store:
@@ -113,27 +117,10 @@ async def serve_appliance(port: int, state: Path, store: str = "") -> None:
                               "store_password_file": password_file, "store_tls": "disable"}
 
     from appliance.audit import Context
-    from appliance.http.app import build_app
     from appliance.http.app_keys import CORE
-    from appliance.http.connection_limits import ConnectionGate, listen
-    from appliance.server import GC_THRESHOLDS
-    from appliance.tls import TLSManager
-    from tests.support.app import prepare
 
-    logging.disable(logging.WARNING)
-    s, tokens = await prepare(state, require_2fa="", users=("developer",), tokens=True)
-    s = dataclasses.replace(s, egress=dataclasses.replace(s.egress, allow_private=True))
-    tls = TLSManager(s.tls, state)
-    tls.load_initial()
-    app = build_app(s, tls)
-    # As `appliance serve` runs it: its runner options and its listener (connection limits).
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           keepalive_timeout=s.server.keepalive_timeout)
-    await runner.setup()
-    gate = ConnectionGate(s.server.max_connections, s.server.max_connections_per_address)
-    assert runner.server is not None
-    listener = await listen(runner.server, gate, s.server, "127.0.0.1", 0,
-                            tls_context=tls.context)
+    served = await start_appliance(state)
+    app = served.app
     ctx = Context(actor="bench")
     ds = await app[CORE].datasources.create({
         "name": "bench", "kind": "postgres",
@@ -149,12 +136,59 @@ async def serve_appliance(port: int, state: Path, store: str = "") -> None:
         "body": "SELECT i, 'row ' || i AS name, i * 0.5 AS v "
                 "FROM generate_series(1, {{ n }}) i",
         "parameters": [{"name": "n", "type": "integer"}]}, ctx)
-    gc.freeze()  # as appliance.server.serve does once it is up
-    gc.set_threshold(*GC_THRESHOLDS)
-    print(json.dumps({"port": listener.addresses[0][1], "token": tokens["admin"],
-                      "one": one["id"], "many": many["id"], "ca": str(tls.ca.cert_path)}),
-          flush=True)
-    await asyncio.Event().wait()
+    await served.announce(one=one["id"], many=many["id"])
+
+
+@dataclasses.dataclass
+class RunningAppliance:
+    """The appliance `start_appliance` built and listens with (the runner and listener are held
+    here so that they live as long as the process serves)."""
+
+    app: Any
+    runner: Any
+    listener: Any
+    token: str  # the admin's bearer token
+    ca: str  # the local CA's certificate, for the client
+
+    async def announce(self, **ids: str) -> None:
+        """Freeze the collector as `appliance serve` does once it is up, print the port, token,
+        CA and `ids` as one JSON line for the parent, and serve until killed."""
+        from appliance.server import GC_THRESHOLDS
+
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
+        print(json.dumps({"port": self.listener.addresses[0][1], "token": self.token,
+                          "ca": self.ca, **ids}), flush=True)
+        await asyncio.Event().wait()
+
+
+async def start_appliance(state: Path) -> RunningAppliance:
+    """The appliance (build_app, local CA, TLS) in `state` with users and tokens, private egress
+    allowed, served as `appliance serve` serves it: its runner options and its listener
+    (connection limits)."""
+    import logging
+
+    from aiohttp import web
+
+    from appliance.http.app import build_app
+    from appliance.http.connection_limits import ConnectionGate, listen
+    from appliance.tls import TLSManager
+    from tests.support.app import prepare
+
+    logging.disable(logging.WARNING)
+    s, tokens = await prepare(state, require_2fa="", users=("developer",), tokens=True)
+    s = dataclasses.replace(s, egress=dataclasses.replace(s.egress, allow_private=True))
+    tls = TLSManager(s.tls, state)
+    tls.load_initial()
+    app = build_app(s, tls)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           keepalive_timeout=s.server.keepalive_timeout)
+    await runner.setup()
+    gate = ConnectionGate(s.server.max_connections, s.server.max_connections_per_address)
+    assert runner.server is not None
+    listener = await listen(runner.server, gate, s.server, "127.0.0.1", 0,
+                            tls_context=tls.context)
+    return RunningAppliance(app, runner, listener, tokens["admin"], str(tls.ca.cert_path))
 
 
 # --- load ---------------------------------------------------------------------------------------
@@ -191,6 +225,45 @@ async def load(call, requests: int, concurrency: int, *, warm: bool
     return latencies, time.perf_counter() - started
 
 
+async def interleave(paths: list[tuple[str, Any]], servers: dict[str, int], requests: int,
+                     concurrency: int) -> tuple[dict[str, dict], dict[str, list[float]]]:
+    """`requests` calls per path at `concurrency`, the paths taking turns in ROUNDS rounds (the
+    first warmed up); each path's `summary`, and for each path with a server process (`servers`:
+    its pid) that server's CPU microseconds per request in each round."""
+    rounds: dict[str, list[tuple[list[float], float]]] = {name: [] for name, _ in paths}
+    cpu_us: dict[str, list[float]] = {}
+    for number in range(ROUNDS):
+        for name, call in paths:
+            pid = servers.get(name)
+            before = cpu_seconds(pid) if pid else 0.0
+            measured = await load(call, max(1, requests // ROUNDS), concurrency,
+                                  warm=number == 0)
+            rounds[name].append(measured)
+            if pid:
+                cpu_us.setdefault(name, []).append(
+                    (cpu_seconds(pid) - before) / len(measured[0]) * 1e6)
+    return {name: summary(measured) for name, measured in rounds.items()}, cpu_us
+
+
+def spawn(script: str, kind: str, *args: str) -> tuple[subprocess.Popen[str], dict]:
+    """Start `script --serve-KIND ARGS...` (a server of this benchmark in its own process); the
+    process and the JSON line it prints once it listens. The caller stops it."""
+    proc = subprocess.Popen([sys.executable, script, f"--serve-{kind}", *args],
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait(10)
+        raise SystemExit(f"the {kind} server did not start (exit {proc.returncode})")
+    return proc, json.loads(line)
+
+
+def stop(children: list[subprocess.Popen[str]]) -> None:
+    for proc in children:
+        proc.terminate()
+        proc.wait(10)
+
+
 def cpu_seconds(pid: int) -> float:
     """User and system CPU time a process has used so far (the warm-up of a round included:
     `load` warms up before it starts its clock, so a warm round counts a little more)."""
@@ -214,20 +287,16 @@ async def run_bench(requests: int, rows: int, pg_store: bool = False) -> None:
     state = Path(tempfile.mkdtemp(prefix="bench-state-"))
     children: list[subprocess.Popen[str]] = []
     try:
-        def spawn(kind: str, where: Path, *extra: str) -> tuple[subprocess.Popen[str], dict]:
-            proc = subprocess.Popen([sys.executable, __file__, f"--serve-{kind}",
-                                     str(cluster.port), str(where), *extra],
-                                    stdout=subprocess.PIPE,
-                                    text=True, cwd=ROOT)
+        def server(kind: str, where: Path, *extra: str) -> tuple[subprocess.Popen[str], dict]:
+            proc, info = spawn(__file__, kind, str(cluster.port), str(where), *extra)
             children.append(proc)
-            assert proc.stdout is not None
-            return proc, json.loads(proc.stdout.readline())
+            return proc, info
 
-        appliance_proc, app_info = spawn("appliance", state / "appliance")
+        appliance_proc, app_info = server("appliance", state / "appliance")
         ca = Path(app_info["ca"])
         _make_bare_cert(ca.parent, state)
-        bare_proc, bare_info = spawn("bare", state)
-        uv_proc, uv_info = spawn("bare-uvloop", state)
+        bare_proc, bare_info = server("bare", state)
+        uv_proc, uv_info = server("bare-uvloop", state)
         servers = {"b": bare_proc.pid, "c": appliance_proc.pid, "d": uv_proc.pid}
         pg_info: dict = {}
         if pg_store:
@@ -235,7 +304,7 @@ async def run_bench(requests: int, rows: int, pg_store: bool = False) -> None:
             password_file = state / "store.password"
             password_file.write_text(PASSWORD + "\n")
             password_file.chmod(0o600)
-            pg_proc, pg_info = spawn("appliance", state / "appliance-pg",
+            pg_proc, pg_info = server("appliance", state / "appliance-pg",
                                      f"store:{password_file}")
             servers["e"] = pg_proc.pid
         client_ctx = ssl.create_default_context(cafile=str(ca))
@@ -289,20 +358,9 @@ async def run_bench(requests: int, rows: int, pg_store: bool = False) -> None:
             # The paths take turns, ROUNDS times, so a machine that slows down or speeds
             # up during the run weighs on each of them alike; ratios are per-round medians.
             for concurrency in (1, 32):
-                rounds: dict[str, list[tuple[list[float], float]]] = {
-                    name: [] for name, _ in paths}
-                for number in range(ROUNDS):
-                    for name, call in paths:
-                        pid = servers.get(name)
-                        before = cpu_seconds(pid) if pid else 0.0
-                        measured = await load(call, max(1, requests // ROUNDS), concurrency,
-                                              warm=number == 0)
-                        rounds[name].append(measured)
-                        if pid:
-                            cpu_us.setdefault((name, concurrency), []).append(
-                                (cpu_seconds(pid) - before) / len(measured[0]) * 1e6)
-                for name, measured in rounds.items():
-                    results[(name, concurrency)] = summary(measured)
+                summaries, cpu = await interleave(paths, servers, requests, concurrency)
+                results.update({(name, concurrency): r for name, r in summaries.items()})
+                cpu_us.update({(name, concurrency): us for name, us in cpu.items()})
 
             # 1,000,000-row stream: asyncpg directly (cursor) vs the appliance (NDJSON)
             started = time.perf_counter()
@@ -334,9 +392,7 @@ async def run_bench(requests: int, rows: int, pg_store: bool = False) -> None:
         _print(results, cpu_us, requests, rows, direct_rate, stream_rate,
                (peak - base_rss) / 1024, lines - 2)
     finally:
-        for proc in children:
-            proc.terminate()
-            proc.wait(10)
+        stop(children)
         cleanup.close()
         shutil.rmtree(state, ignore_errors=True)
 
