@@ -259,7 +259,7 @@ def test_admin_enrols_2fa_builds_a_datasource_and_a_query_and_sees_rows(world: W
         page.get_by_role("heading", name="Orders by customer").wait_for()
 
         # Run it from the form generated from the declared parameter.
-        page.get_by_label("customer").fill("acme")
+        page.get_by_label("customer", exact=True).fill("acme")
         page.get_by_role("button", name="Run", exact=True).click()
         page.get_by_text("3 rows in").wait_for()
         rows = page.locator("#results tbody tr")
@@ -270,7 +270,7 @@ def test_admin_enrols_2fa_builds_a_datasource_and_a_query_and_sees_rows(world: W
         assert rows.nth(2).locator("td .null").inner_text() == "null"
         shot(page, "query-run-1280")
         # A wrong-typed run says which parameter, next to it.
-        page.get_by_label("customer").fill("")
+        page.get_by_label("customer", exact=True).fill("")
         page.get_by_role("button", name="Run", exact=True).click()
         page.get_by_text("parameter 'customer' is required").wait_for()
 
@@ -361,7 +361,7 @@ def test_admin_enrols_2fa_builds_a_datasource_and_a_query_and_sees_rows(world: W
             shot(page, f"{name}-390")
         page.goto(f"{app.url}/#/queries")
         page.get_by_role("link", name="Orders by customer").first.click()
-        page.get_by_label("customer").fill("acme")
+        page.get_by_label("customer", exact=True).fill("acme")
         page.get_by_role("button", name="Run", exact=True).click()
         page.get_by_text("3 rows in").wait_for()
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
@@ -407,8 +407,8 @@ def test_viewer_runs_a_query_and_the_browser_never_holds_sql_or_password(
         assert page.locator("#nav a").all_inner_texts() == ["Queries", "My account"]
         shot(page, "viewer-queries-1280")
         page.get_by_role("link", name="Run Seeded orders").click()
-        page.get_by_label("customer").fill("acme")
-        page.get_by_label("customer").press("Enter")
+        page.get_by_label("customer", exact=True).fill("acme")
+        page.get_by_label("customer", exact=True).press("Enter")
         page.get_by_text("3 rows in").wait_for()
         assert page.locator("#results tbody tr").count() == 3
         assert page.locator("#results tbody tr").nth(1).locator("td").nth(2).inner_text() == HOSTILE_ROW
@@ -421,7 +421,7 @@ def test_viewer_runs_a_query_and_the_browser_never_holds_sql_or_password(
 
         page.set_viewport_size({"width": 390, "height": 844})
         page.goto(f"{app.url}/#/queries/{seeded['query']}")
-        page.get_by_label("customer").fill("acme")
+        page.get_by_label("customer", exact=True).fill("acme")
         page.get_by_role("button", name="Run", exact=True).click()
         page.get_by_text("3 rows in").wait_for()
         shot(page, "viewer-run-390")
@@ -497,7 +497,7 @@ def test_hostile_names_and_rows_render_as_text_and_run_nothing(world: World, see
         assert page.get_by_label("p", exact=True).get_attribute("placeholder") == "default: \"><img src=x onerror=alert(5)>"
         page.get_by_role("link", name="Queries").first.click()
         page.get_by_role("link", name="Edit and run Seeded orders").click()
-        page.get_by_label("customer").fill("acme")
+        page.get_by_label("customer", exact=True).fill("acme")
         page.get_by_role("button", name="Run", exact=True).click()
         page.get_by_text("3 rows in").wait_for()
         assert page.locator("#results script, #results img").count() == 0
