@@ -134,6 +134,31 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
+class SinkSpec:
+    """One audit sink (`[audit] sinks`): `kind` is journal, syslog or file; `target` the socket
+    or file path ("" for the kind's default socket); `required` makes it fail-closed: an entry
+    that cannot be written to it is not written at all (the action fails)."""
+
+    kind: str
+    target: str = ""
+    required: bool = True
+
+    @property
+    def name(self) -> str:
+        """As the settings spell it (`file:/var/log/appliance/audit.jsonl`): the sink's name in
+        logs, metrics and the store's delivery records."""
+        return f"{self.kind}:{self.target}" if self.target else self.kind
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    keep_days: int = 0  # 0: keep every entry (as before retention existed)
+    sinks: tuple[SinkSpec, ...] = ()
+    anchor_interval: float = 60.0  # seconds between anchors of the chain's head
+    verify_interval: float = 60.0  # seconds between background verifications of new entries
+
+
+@dataclass(frozen=True)
 class Environment:
     """What the process was given by its environment that is not a setting."""
 
@@ -152,6 +177,7 @@ class Settings:
     log: LogSettings
     metrics: MetricsSettings = MetricsSettings()
     store: StoreSettings = StoreSettings()
+    audit: AuditSettings = AuditSettings()
     dev: bool = False
     config_file: Path | None = None
     environment: Environment = field(default_factory=Environment)
@@ -422,6 +448,51 @@ def _is_ip(text: str) -> bool:
     return True
 
 
+SINK_KINDS = ("journal", "syslog", "file")
+
+
+def _sink(value: Any) -> SinkSpec:
+    """`journal`, `syslog`, `syslog:/path/to/socket`, `file:/abs/path.jsonl`, or an inline table
+    `{ sink = "…", required = false }` (sinks are required unless they say otherwise)."""
+    required = True
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {"sink", "required"})
+        if unknown:
+            raise ValueError(f"unknown key {unknown[0]!r} (a sink table has sink and required)")
+        if "sink" not in value:
+            raise ValueError("a sink table needs sink = \"journal\" | \"syslog\" | \"file:PATH\"")
+        if "required" in value:
+            required = _bool(value["required"])
+        value = value["sink"]
+    text = _string(value).strip()
+    kind, _, target = text.partition(":")
+    if kind not in SINK_KINDS:
+        raise ValueError(f"unknown sink {text!r}: expected journal, syslog, syslog:SOCKET or "
+                         "file:/ABSOLUTE/PATH")
+    if kind == "journal" and target:
+        raise ValueError("the journal sink takes no path (it writes to systemd-journald)")
+    if kind == "file" and not target:
+        raise ValueError("a file sink needs a path: file:/var/log/appliance/audit.jsonl")
+    if target:
+        if "\x00" in target or not target.startswith("/"):
+            raise ValueError(f"{kind} sink path must be absolute: {target!r}")
+        if any(part == ".." for part in target.split("/")):
+            raise ValueError(f"{kind} sink path may not contain '..': {target!r}")
+    return SinkSpec(kind, target, required)
+
+
+class _SinkList(_ListOf):
+    """`[audit] sinks`: a list of `_sink`, each named once."""
+
+    def __call__(self, value: Any) -> tuple[Any, ...]:
+        sinks = super().__call__(value)
+        names = [sink.name for sink in sinks]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"sink {name!r} is listed twice")
+        return sinks
+
+
 def _role(value: Any) -> str:
     return _choice(*ROLES)(value)
 
@@ -533,6 +604,18 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "ca_file": _Key(_optional_path, "", None, "PEM bundle to verify the PostgreSQL server "
                         "with (default: the system's)."),
     },
+    "audit": {
+        "keep_days": _Key(_integer(0, 36500), 0, None,
+                          "Days audit entries are kept (pruned behind a checkpoint once every "
+                          "required sink has them); 0 keeps everything."),
+        "sinks": _Key(_SinkList(_sink), [], None,
+                      "Where every entry is also written as a JSON line: journal, syslog, "
+                      "syslog:SOCKET, file:/ABS/PATH, or { sink = ..., required = false }."),
+        "anchor_interval": _Key(_number(1, 86400), 60, None,
+                                "Seconds between anchors of the chain's head (log and sinks)."),
+        "verify_interval": _Key(_number(1, 86400), 60, None,
+                                "Seconds between background verifications of new entries."),
+    },
     "log": {
         "format": _Key(_choice("json", "text"), "json", "text", "json lines or text, on stderr."),
         "level": _Key(_choice(*LOG_LEVELS), "info", None, "debug, info, warning or error."),
@@ -610,6 +693,7 @@ def load(
         log=LogSettings(**values["log"]),
         metrics=MetricsSettings(**values["metrics"]),
         store=StoreSettings(**values["store"]),
+        audit=AuditSettings(**values["audit"]),
         dev=dev,
         config_file=used_file,
         environment=_environment(env),
