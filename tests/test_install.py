@@ -36,13 +36,26 @@ def test_dry_run_prints_every_step_and_changes_nothing(tmp_path: Path) -> None:
                    "--binary", str(fake_binary(tmp_path)))
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith("would ")]
-    assert len(lines) == 7
+    assert len(lines) == 8
     for expected in ("usr/local/bin/appliance", "etc/systemd/system/appliance.service",
+                     "usr/local/share/doc/appliance/install.md",
                      "etc/appliance/appliance.toml", "var/lib/appliance", "run init",
                      "etc/appliance/encryption-key"):
         assert any(expected in line for line in lines), expected
     assert "nothing was changed" in done.stdout
     assert tree(root) == set()
+
+
+def test_dry_run_from_python_without_binary(tmp_path: Path) -> None:
+    """A venv install has no binary to copy: the dry run still shows every step, and says what
+    a real run needs (issue 25, bug 10)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    done = run_verb("install", "--dry-run", "--root", str(root))
+    assert done.returncode == 0, done.stderr
+    first = done.stdout.splitlines()[0]
+    assert "usr/local/bin/appliance" in first and "--binary PATH" in first
+    assert "nothing was changed" in done.stdout and tree(root) == set()
 
 
 def test_install_into_a_root_writes_every_file_with_its_mode(tmp_path: Path) -> None:
@@ -63,6 +76,12 @@ def test_install_into_a_root_writes_every_file_with_its_mode(tmp_path: Path) -> 
     unit = root / "etc/systemd/system/appliance.service"
     assert unit.read_text() == (ROOT / "systemd/appliance.service").read_text()
     assert mode(unit) == 0o644
+    # The unit's Documentation= names a file install wrote.
+    documentation = next(line.partition("=")[2] for line in unit.read_text().splitlines()
+                         if line.startswith("Documentation="))
+    assert documentation.startswith("file:///")
+    guide = root / documentation.removeprefix("file:///")
+    assert guide.read_text() == (ROOT / "docs/install.md").read_text() and mode(guide) == 0o644
 
     config = root / "etc/appliance/appliance.toml"
     assert mode(config) == 0o640 and mode(config.parent) == 0o755

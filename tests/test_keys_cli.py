@@ -134,13 +134,13 @@ def test_change_password_killed_at_random_points(populated, state):
     changed = 0
     for loop in range(KILL_LOOPS):
         before = secret_path.read_bytes()
-        proc = _spawn("keys", "change-password", "--state-dir", str(state))
+        proc = _spawn("keys", "change-password", "--yes", "--state-dir", str(state))
         _kill_at_random(proc, rng, horizon=1.2, loop=loop)
         changed += secret_path.read_bytes() != before
         asyncio.run(check_all(s, secrets))  # the file's secret, old or new, always opens
         slots = raw_sql(state, "SELECT state FROM keyring_unseal")
         assert ("active",) in slots or slots == [("pending",)], f"loop {loop} (seed {SEED})"
-    result = run_cli("keys", "change-password", "--state-dir", str(state))
+    result = run_cli("keys", "change-password", "--yes", "--state-dir", str(state))
     assert result.returncode == 0, result.stderr
     asyncio.run(check_all(s, secrets))
     assert raw_sql(state, "SELECT state FROM keyring_unseal") == [("active",)]

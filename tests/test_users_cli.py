@@ -86,7 +86,7 @@ def test_users_tokens_and_audit_verbs(tmp_path: Path) -> None:
     assert bad_role.returncode == 2
 
     listing = run_verb("users", "list", "--state-dir", str(state), env=env)
-    assert re.search(r"^dana\tdeveloper\tenabled\t2fa=off$", listing.stdout, re.M)
+    assert re.search(r"^dana\tdeveloper\tenabled\toff$", listing.stdout, re.M)
 
     token = run_cli("tokens", "create", "dana", "--expires", "7", "--state-dir", str(state),
                     env=env)

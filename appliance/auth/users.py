@@ -190,3 +190,30 @@ class Users:
     async def set_password_hash(self, tx: Transaction, user_id: str, password_hash: str) -> None:
         await tx.execute("UPDATE users SET password_hash = ?, updated_at = ? WHERE id = ?",
                          (password_hash, time.time(), user_id))
+
+    async def reset_password(self, username: str, password: Secret[str], *,
+                             context: Context) -> Reset:
+        """An administrator's reset (a lost password): the new password, every session of the
+        user ended and every live API token revoked, audited as `user.password.reset`, all in
+        one transaction."""
+        self.passwords.check_policy(password)
+        new_hash = await self.passwords.hash(password)
+        async with self.store.transaction() as tx:
+            user = await self.require(username, tx)
+            await self.set_password_hash(tx, user.id, new_hash)
+            sessions = await tx.execute("DELETE FROM sessions WHERE user_id = ?", (user.id,))
+            revoked = await self._revoke_tokens(tx, user.id)
+            await self.audit.record(tx, action="user.password.reset",
+                                    target=f"user:{user.username}",
+                                    details={"sessions_ended": sessions,
+                                             **({"revoked": list(revoked)} if revoked else {})},
+                                    context=context)
+        return Reset(sessions, revoked)
+
+
+@dataclass(frozen=True)
+class Reset:
+    """What `Users.reset_password` ended: how many sessions, which API tokens."""
+
+    sessions_ended: int
+    revoked_tokens: tuple[str, ...]

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from pathlib import Path
 
 from appliance.cli.common import add_state_options, load_settings
 from appliance.cli.keys import opened
+from appliance.errors import BadRequest
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,6 +48,7 @@ def run_backup(args: argparse.Namespace) -> int:
     from appliance.keyring.backup import read_passphrase, write_backup  # tarfile: only here
 
     settings = load_settings(args)
+    check_out(args.out)
     passphrase = read_passphrase(args.passphrase_file) if args.passphrase_file else None
 
     async def main() -> int:
@@ -59,6 +62,19 @@ def run_backup(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(main())
+
+
+def check_out(out: Path) -> None:
+    """Refuse, before any work, an `--out` that cannot be written: a missing or unwritable
+    directory, or a directory given as the file (`BadRequest`: exit 2)."""
+    folder = out.absolute().parent
+    if not folder.is_dir():
+        raise BadRequest(f"--out {out}: the directory {folder} does not exist (create it first, "
+                         "preferably apart from the state directory and the instance secret)")
+    if out.is_dir():
+        raise BadRequest(f"--out {out} is a directory: name the backup file")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BadRequest(f"--out {out}: the directory {folder} is not writable by this user")
 
 
 def run_restore(args: argparse.Namespace) -> int:

@@ -1,16 +1,25 @@
-"""What several verbs share: the `--config`/`--state-dir` options and building the settings.
+"""What several verbs share: the `--config`/`--state-dir`/`--dev` options, building the settings,
+and the `--json` output of read verbs.
 
-Owns the one call that hands the process environment to the settings loader.
+Owns the one call that hands the process environment to the settings loader. Never prints a
+secret: `emit_json` is given public views only.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from appliance import logs, settings
-from appliance.settings import Settings
+from appliance.settings import LOG_LEVELS, Settings
+
+# A verb that is not `serve` reports through its own output: the process log (stderr) shows
+# only what needs a look, so a log line never lands in a verb's report.
+CLI_LOG_LEVEL = "warning"
 
 
 def add_state_options(parser: argparse.ArgumentParser) -> None:
@@ -18,15 +27,48 @@ def add_state_options(parser: argparse.ArgumentParser) -> None:
                         help="settings file (default /etc/appliance/appliance.toml when present)")
     parser.add_argument("--state-dir", metavar="DIR",
                         help="state directory (default /var/lib/appliance)")
+    parser.add_argument("--dev", action="store_true",
+                        help="dev mode, as `serve --dev` and `make run`: state in ./.appliance, a "
+                             "local CA, localhost:8443; no settings file unless --config")
 
 
-def load_settings(args: argparse.Namespace, *, dev: bool = False, **flags: Any) -> Settings:
-    """Settings from the file, the environment and the flags; `ConfigError` names a bad key."""
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON document for scripts instead of text")
+
+
+def load_settings(args: argparse.Namespace, *, dev: bool | None = None,
+                  serving: bool = False, **flags: Any) -> Settings:
+    """Settings from the file, the environment and the flags; `ConfigError` names a bad key.
+    `dev`: default `args.dev`. `serving`: the log level of the settings applies (else at least
+    warning: a verb's report is its output, not its log)."""
     flags.setdefault("state_dir", getattr(args, "state_dir", None))
     loaded = settings.load(
         config_file=getattr(args, "config", None),
         flags=flags,
-        dev=dev,
+        dev=bool(getattr(args, "dev", False)) if dev is None else dev,
     )
-    logs.configure(loaded.log.format, loaded.log.level)
+    level = loaded.log.level
+    if not serving and LOG_LEVELS.index(level) < LOG_LEVELS.index(CLI_LOG_LEVEL):
+        level = CLI_LOG_LEVEL
+    logs.configure(loaded.log.format, level)
     return loaded
+
+
+def emit_json(document: Any) -> None:
+    """One JSON document on stdout (sorted keys, UTF-8 kept), for `--json`."""
+    json.dump(document, sys.stdout, ensure_ascii=False, sort_keys=True, indent=2)
+    sys.stdout.write("\n")
+
+
+def plural(count: int, noun: str) -> str:
+    """`1 field`, `2 fields`."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def rfc3339(timestamp: float | None) -> str | None:
+    """An epoch time as an RFC 3339 UTC string (`2026-01-02T03:04:05Z`); None stays None."""
+    if not timestamp:
+        return None
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(
+        timespec="seconds").replace("+00:00", "Z")

@@ -14,12 +14,23 @@ import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from appliance import __version__, state_dir
-from appliance.cli.common import add_state_options, load_settings
+from appliance.cli import unit_credential
+from appliance.cli.common import add_json_option, add_state_options, emit_json, load_settings
 from appliance.egress import Dialer, PolicyHolder
 from appliance.errors import ApplianceError, ConfigError, StoreError
 from appliance.instances import Instance, list_instances
+from appliance.keyring.errors import WrongInstanceSecret
+from appliance.keyring.sources import (
+    MIN_SECRET_BYTES,
+    SOURCE_CREDENTIAL,
+    InstanceSecret,
+    secret_file,
+)
+from appliance.keyring.unseal import open_root, read_slots
+from appliance.secret import Secret
 from appliance.settings import Endpoint, Settings
 from appliance.store import open_store
 from appliance.store.migrations import LATEST
@@ -42,19 +53,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="check settings, state, store, instances, TLS material and ports",
         description="Check the settings, the state directory's modes, the store and its "
                     "migrations, the other instances alive on the store (from their "
-                    "heartbeats), the TLS material and the listen ports. Prints one line per "
-                    "check (ok, WARN or FAIL); exits 1 if any fails.",
+                    "heartbeats), the TLS material, the listen ports (one an appliance on this "
+                    "host listens on is ok) and, when the systemd unit is installed, that the "
+                    "credential it hands the service opens this store's keyring. Prints one "
+                    "line per check (ok, WARN or FAIL), or --json; exits 1 if any fails.",
     )
     add_state_options(parser)
-    parser.add_argument("--dev", action="store_true", help="check the --dev configuration")
+    add_json_option(parser)
+    parser.add_argument("--root", type=Path, default=Path("/"), metavar="DIR",
+                        help="the system root where the installed systemd unit is looked for "
+                             "(default /)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        settings = load_settings(args, dev=args.dev)
+        settings = load_settings(args)
     except ConfigError as exc:
-        _print(Check("settings", False, exc.message, "fix the named key, then run doctor again"))
+        _report([Check("settings", False, exc.message,
+                       "fix the named key, then run doctor again")], args.json)
         return 2
     checks = [Check("settings", True,
                     f"valid ({settings.config_file or 'defaults and environment'})")]
@@ -68,9 +85,19 @@ def run(args: argparse.Namespace) -> int:
     checks += store_checks
     checks += _guarded("tls", lambda: _tls(settings))
     checks += _guarded("ports", lambda: _ports(settings, instances))
+    checks += _guarded("unit credential", lambda: _unit_credential(settings, args.root))
+    _report(checks, args.json)
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def _report(checks: list[Check], as_json: bool) -> None:
+    if as_json:
+        emit_json({"ok": all(c.ok for c in checks), "checks": [
+            {"name": c.name, "status": _label(c).strip().lower(), "detail": c.detail,
+             "fix": c.fix if (not c.ok or c.warn) and c.fix else None} for c in checks]})
+        return
     for result in checks:
         _print(result)
-    return 0 if all(c.ok for c in checks) else 1
 
 
 def _guarded(name: str, check: Callable[[], list[Check]]) -> list[Check]:
@@ -80,10 +107,13 @@ def _guarded(name: str, check: Callable[[], list[Check]]) -> list[Check]:
         return [Check(name, False, exc.message)]
 
 
+def _label(check: Check) -> str:
+    return "FAIL" if not check.ok else "WARN" if check.warn else "ok  "
+
+
 def _print(check: Check) -> None:
-    label = "FAIL" if not check.ok else "WARN" if check.warn else "ok  "
-    line = f"{label}  {check.name}: {check.detail}"
-    if (not check.ok or check.warn) and check.fix:
+    line = f"{_label(check)}  {check.name}: {check.detail}"
+    if (not check.ok or check.warn) and check.fix and check.fix not in check.detail:
         line += f" -> {check.fix}"
     print(line)
 
@@ -93,7 +123,7 @@ def _state_dir(settings: Settings) -> list[Check]:
     try:
         state_dir.check(path)
     except ApplianceError as exc:
-        return [Check("state directory", False, exc.message,
+        return [Check("state directory", False, exc.message.partition("; run ")[0],
                       f"run `appliance init --state-dir {path}`" if not path.exists() else
                       f"chmod 700 {path}")]
     problems = state_dir.file_mode_problems(path)
@@ -107,7 +137,8 @@ def _instance_secret(settings: Settings) -> list[Check]:
     path = settings.server.state_dir.absolute() / state_dir.INSTANCE_SECRET_FILE
     if not path.exists():
         return [Check("instance secret", False, f"{path} is missing",
-                      "run `appliance init` (or restore the file from your backup)")]
+                      f"run `appliance init --state-dir {path.parent}` (or restore the file "
+                      "from your backup)")]
     info = path.stat()
     if stat.S_IMODE(info.st_mode) & 0o077:
         return [Check("instance secret", False, f"{path} is readable by others",
@@ -123,7 +154,9 @@ def _store(settings: Settings) -> tuple[list[Check], list[Instance]]:
     where = describe(settings)
     sqlite_file = sqlite_path(settings)
     if sqlite_file is not None and not sqlite_file.exists():
-        return [Check("store", False, f"{where} is missing", "run `appliance init`")], []
+        state = settings.server.state_dir.absolute()
+        return [Check("store", False, f"{where} is missing",
+                      f"run `appliance init --state-dir {state}`")], []
 
     async def read() -> tuple[int, list[Instance]]:
         store = await open_store(settings, Dialer(PolicyHolder(settings.egress)), migrate=False)
@@ -267,3 +300,60 @@ def _port_check(name: str, endpoint: Endpoint, here: Sequence[Instance] = ()) ->
     return Check(name, True, f"{endpoint} is free")
 
 
+
+
+def _unit_credential(settings: Settings, root: Path) -> list[Check]:
+    """The installed unit's `encryption-key` credential opens this store's keyring: else the
+    service cannot start (e.g. `keys change-password` of an older version left it behind)."""
+    credential = unit_credential.find(root)
+    if credential is None:
+        return []  # no unit installed here (or it names no such credential): nothing to compare
+    name = "unit credential"
+    if credential.encrypted:
+        return [Check(name, True, f"{credential.path} is an encrypted credential: doctor cannot "
+                      "compare it with the keyring", "after a secret change, check that "
+                      "`systemctl restart appliance` succeeds", warn=True)]
+    data = credential.reads()
+    here = secret_file(settings)
+    if data is None:
+        return [Check(name, False, f"{credential.path} (named in {credential.unit}) is missing "
+                      "or unreadable: the service cannot start",
+                      f"install -m 600 {here} {credential.path}")]
+    if len(data) < MIN_SECRET_BYTES:
+        return [Check(name, False, f"{credential.path} holds {len(data)} bytes: the service "
+                      "cannot start", f"install -m 600 {here} {credential.path}")]
+    sqlite_file = sqlite_path(settings)
+    if sqlite_file is not None and not sqlite_file.exists():
+        return []  # the store check says it is missing
+
+    async def opens() -> bool | None:
+        store = await open_store(settings, Dialer(PolicyHolder(settings.egress)), migrate=False)
+        try:
+            slots = await read_slots(store)
+            if not slots:
+                return None
+            try:
+                await open_root(slots, InstanceSecret(SOURCE_CREDENTIAL, str(credential.path),
+                                                      Secret(data)))
+            except WrongInstanceSecret:
+                return False
+            return True
+        finally:
+            await store.close()
+
+    try:
+        result = asyncio.run(opens())
+    except StoreError:
+        return []  # the store check already says why it does not open
+    if result is None:
+        return [Check(name, True, f"{credential.path}: no keyring yet (the first start creates "
+                      "it with this credential)")]
+    if result:
+        return [Check(name, True, f"{credential.path} (named in {credential.unit}) opens this "
+                      "store's keyring")]
+    same_as_file = here.exists() and here.read_bytes() == data
+    return [Check(name, False, f"{credential.path} (named in {credential.unit}) does not open "
+                  "this store's keyring: the service will not start",
+                  "restore the credential from your backup" if same_as_file else
+                  f"if `appliance keys status` opens the store with {here}: "
+                  f"install -m 600 {here} {credential.path}")]

@@ -32,6 +32,7 @@ CONFIG_PATH = CONFIG_DIR / "appliance.toml"
 KEY_PATH = CONFIG_DIR / CREDENTIAL_NAME
 STATE_PATH = Path("var/lib/appliance")
 UNIT_NAME = "appliance.service"
+DOC_PATH = Path("usr/local/share/doc/appliance/install.md")  # the unit's Documentation=
 
 
 class InstallError(ApplianceError):
@@ -48,7 +49,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     "/etc/appliance/appliance.toml (never overwritten), create the system user "
                     "'appliance' and the state directory /var/lib/appliance, run init, and put "
                     "the instance secret where the unit's LoadCredential= reads it "
-                    "(/etc/appliance/encryption-key). Then: systemctl daemon-reload && "
+                    "(/etc/appliance/encryption-key), and the install guide the unit's "
+                    "Documentation= names (/usr/local/share/doc/appliance/install.md). "
+                    "Then: systemctl daemon-reload && "
                     "systemctl enable --now appliance.",
     )
     parser.add_argument("--dry-run", action="store_true", help="print each step, change nothing")
@@ -76,16 +79,22 @@ class Step:
     action: Callable[[], str | None] | None = None
 
 
-def source_binary(explicit: Path | None) -> Path:
+NOT_THE_BINARY = ("not running from the appliance binary (this is {python} running Python); "
+                  "build it with `make binary` and run dist/appliance install, or pass "
+                  "--binary PATH")
+
+
+def source_binary(explicit: Path | None, *, dry_run: bool = False) -> Path | None:
+    """The binary to copy; None only in a dry run from Python (the step says what is missing)."""
     if explicit is not None:
         if not explicit.is_file():
             raise InstallError(f"--binary {explicit}: no such file")
         return explicit
     if getattr(sys, "frozen", False):
         return Path(sys.executable)
-    raise InstallError("not running from the appliance binary (this is "
-                       f"{sys.executable} running Python); build it with `make binary` and run "
-                       "dist/appliance install, or pass --binary PATH")
+    if dry_run:
+        return None
+    raise InstallError(NOT_THE_BINARY.format(python=sys.executable))
 
 
 def unit_source() -> Path:
@@ -96,6 +105,16 @@ def unit_source() -> Path:
         if candidate.is_file():
             return candidate
     raise InstallError(f"the unit file {UNIT_NAME} is not packaged with this build")
+
+
+def doc_source() -> Path:
+    """The install guide (docs/install.md): packaged in the binary, or in a source checkout."""
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[1] / "docs" / "install.md",
+                      here.parents[2] / "docs" / "install.md"):
+        if candidate.is_file():
+            return candidate
+    raise InstallError("the install guide docs/install.md is not packaged with this build")
 
 
 def settings_template() -> str:
@@ -131,19 +150,27 @@ def _toml(value: object) -> str:
 def plan(args: argparse.Namespace) -> list[Step]:
     root: Path = args.root
     real = root.resolve() == Path("/")
-    binary = source_binary(args.binary)
+    binary = source_binary(args.binary, dry_run=args.dry_run)
     unit = unit_source()
+    guide = doc_source()
     at = {name: root / rel for name, rel in (("bin", BIN_PATH), ("unit", UNIT_PATH),
                                               ("config", CONFIG_PATH), ("key", KEY_PATH),
-                                              ("state", STATE_PATH), ("etc", CONFIG_DIR))}
-    steps = [Step(f"copy {binary} to {at['bin']} (mode 0755)",
-                  lambda: _copy(binary, at["bin"], 0o755))]
+                                              ("state", STATE_PATH), ("etc", CONFIG_DIR),
+                                              ("doc", DOC_PATH))}
+    if binary is None:  # a dry run from Python: say what a real run needs
+        steps = [Step(f"copy the appliance binary to {at['bin']} (mode 0755): a real run needs "
+                      "it: " + NOT_THE_BINARY.format(python=sys.executable))]
+    else:
+        steps = [Step(f"copy {binary} to {at['bin']} (mode 0755)",
+                      lambda: _copy(binary, at["bin"], 0o755))]
     if real:
         steps.append(Step(f"create the system user {USER!r} (no login, no home)", _create_user))
     else:
         steps.append(Step(f"skip the system user {USER!r} (--root: create it in the target)"))
     steps.append(Step(f"write the systemd unit {at['unit']} (mode 0644)",
                       lambda: _copy(unit, at["unit"], 0o644)))
+    steps.append(Step(f"write the install guide {at['doc']} (mode 0644; the unit's "
+                      "Documentation=)", lambda: _copy(guide, at["doc"], 0o644)))
     steps.append(Step(f"write a commented settings file {at['config']} (mode 0640; an existing "
                       "one is left as it is)",
                       lambda: _write_config(at["config"], at["etc"], real)))
@@ -189,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
 # -- the actions ---------------------------------------------------------------------------------
 
 
-def _mkdirs(path: Path) -> None:
+def mkdirs(path: Path) -> None:
     """Create missing directories as 0755 (the process umask is 077): bin, unit and /etc dirs."""
     missing = []
     while not path.exists():
@@ -201,7 +228,7 @@ def _mkdirs(path: Path) -> None:
 
 
 def _copy(source: Path, target: Path, mode: int) -> str | None:
-    _mkdirs(target.parent)
+    mkdirs(target.parent)
     if source.resolve() == target.resolve():
         os.chmod(target, mode)
         return "already in place"
@@ -229,7 +256,7 @@ def _create_user() -> str | None:
 
 
 def _write_config(path: Path, directory: Path, real: bool) -> str | None:
-    _mkdirs(directory)
+    mkdirs(directory)
     os.chmod(directory, 0o755)  # noqa: S103 - /etc/appliance: the unit reads it as its user
     if path.exists():
         return f"{path} exists: left as it is"
@@ -243,7 +270,7 @@ def _write_config(path: Path, directory: Path, real: bool) -> str | None:
 
 
 def _init(args: argparse.Namespace, config: Path, state: Path) -> str | None:
-    _mkdirs(state.parent)
+    mkdirs(state.parent)
     init_args = argparse.Namespace(
         config=config, state_dir=str(state), admin_user=args.admin_user,
         admin_password_file=args.admin_password_file, domain=args.domain, email=args.email)
@@ -257,7 +284,7 @@ def _copy_key(state: Path, key: Path) -> str | None:
     if key.exists():
         return f"{key} exists: left as it is (it must be the secret this store was created with)"
     data = (state / state_dir.INSTANCE_SECRET_FILE).read_bytes()
-    _mkdirs(key.parent)
+    mkdirs(key.parent)
     fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)

@@ -6,19 +6,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from appliance import state_dir
-from appliance.cli.common import add_state_options, load_settings
+from appliance.cli import unit_credential
+from appliance.cli.common import (
+    add_json_option,
+    add_state_options,
+    emit_json,
+    load_settings,
+    rfc3339,
+)
+from appliance.cli.unit_credential import UnitCredential
 from appliance.core import open_core
+from appliance.errors import ApplianceError
 from appliance.keyring import SecretVault
+from appliance.keyring.errors import InstanceSecretMissing
 from appliance.keyring.kdf import ScryptParams
 from appliance.keyring.password import change_instance_secret
-from appliance.keyring.rotation import rotate, status
+from appliance.keyring.rotation import KeyStatus, rotate, status
 from appliance.keyring.sources import (
     SOURCE_CREDENTIAL,
     SOURCE_FILE,
@@ -26,12 +36,21 @@ from appliance.keyring.sources import (
     InstanceSecret,
     password_material,
     read_secret_file,
+    resolve,
     secret_file,
 )
-from appliance.keyring.unseal import read_slots
+from appliance.keyring.unseal import Slot, open_root, read_slots
+from appliance.keyring.vault import load_keyring
 from appliance.secret import Secret
 from appliance.settings import Settings
 from appliance.store import Store
+
+
+class ChangeRefused(ApplianceError):
+    """`keys change-password` was not confirmed, or would leave the unit with the wrong secret."""
+
+    code = "change_refused"
+    exit_code = 2
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,6 +64,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Show the instance secret's source, the KDF parameters, every data key "
                     "version, which one is active and how many sealed fields each holds.")
     add_state_options(p)
+    add_json_option(p)
     p.set_defaults(run=run_status)
 
     p = verbs.add_parser(
@@ -64,7 +84,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     "takes the same time for 10 or 100,000 secrets. With the secret in the state "
                     "directory's file, a new random secret replaces it atomically. With a "
                     "systemd credential or the environment password, give the new secret: it "
-                    "works at once, the old one keeps working until the new one is first used.")
+                    "works at once, the old one keeps working until the new one is first used. "
+                    "When the installed systemd unit reads the secret from a credential file "
+                    "(LoadCredential=), that file is replaced too; for an encrypted one "
+                    "(LoadCredentialEncrypted=) the systemd-creds command to run is printed. "
+                    "Asks for confirmation on a terminal (--yes for scripts).")
     add_state_options(p)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--new-secret-file", type=Path, metavar="FILE",
@@ -74,6 +98,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        help="the new APPLIANCE_ENCRYPTION_PASSWORD (file contents, trailing "
                             "newline removed); needs --new-salt")
     p.add_argument("--new-salt", metavar="SALT", help="the new APPLIANCE_ENCRYPTION_SALT")
+    p.add_argument("--yes", action="store_true",
+                   help="do not ask for confirmation (scripts); without a terminal it is needed")
+    p.add_argument("--root", type=Path, default=Path("/"), metavar="DIR",
+                   help="the system root where the installed unit is looked for (default /)")
     p.set_defaults(run=run_change_password)
 
 
@@ -85,33 +113,70 @@ async def opened(settings: Settings) -> AsyncIterator[tuple[Store, SecretVault]]
         yield core.store, core.vault
 
 
-def _when(timestamp: float) -> str:
-    if not timestamp:
-        return "-"
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+def _when(rfc3339: str | None) -> str:
+    return "-" if rfc3339 is None else rfc3339.replace("T", " ")
 
 
 def run_status(args: argparse.Namespace) -> int:
+    """Only reads: a store without a keyring yet says so (the keyring is created by the first
+    `serve` or stored secret, never by looking at it)."""
     settings = load_settings(args)
 
-    async def main() -> int:
-        async with opened(settings) as (store, vault):
+    async def main() -> dict[str, Any]:
+        state_dir.check(settings.server.state_dir.absolute())
+        async with open_core(settings, unseal=False, must_exist=True) as core:
+            slots = await read_slots(core.store)
+            if not slots:
+                return {"keyring": None, "unseal_slots": [], "keys": [],
+                        "instance_secret": None, "rotation_unfinished": False}
+            vault = await read_vault(core.store, resolve(settings), slots)
             keys = await status(vault)
-            slots = await read_slots(store)
-        print(f"instance secret: {vault.secret_where}")
-        for slot in slots:
-            print(f"unseal slot {slot.slot}: {slot.state}, source {slot.source}, "
-                  f"{ScryptParams.from_json(slot.kdf).describe()}")
-        print(f"keyring generation {vault.generation}, active key v{vault.active_version}")
-        print(f"{'version':<8} {'state':<9} {'created':<21} fields")
-        for key in keys:
-            state = "active" if key.active else ("retiring" if key.created_at else "MISSING")
-            print(f"v{key.version:<7} {state:<9} {_when(key.created_at):<21} {key.fields}")
-        if len(vault.keyring.keys) > 1:
-            print("a rotation is unfinished: run `appliance keys rotate` to complete it")
-        return 0
+            unfinished = len(vault.keyring.keys) > 1
+        return {
+            "instance_secret": {"source": vault.secret_source, "where": vault.secret_where},
+            "unseal_slots": [{"slot": slot.slot, "state": slot.state, "source": slot.source,
+                              "kdf": ScryptParams.from_json(slot.kdf).describe()}
+                             for slot in slots],
+            "keyring": {"generation": vault.generation, "active_version": vault.active_version},
+            "keys": [{"version": key.version, "state": _state(key), "fields": key.fields,
+                      "created_at": rfc3339(key.created_at)} for key in keys],
+            "rotation_unfinished": unfinished,
+        }
 
-    return asyncio.run(main())
+    report = asyncio.run(main())
+    if args.json:
+        emit_json(report)
+        return 0
+    if report["keyring"] is None:
+        print("no keyring yet: it is created when `appliance serve` first starts on this store "
+              "(or a secret is first stored); nothing is sealed")
+        return 0
+    print(f"instance secret: {report['instance_secret']['where']}")
+    for slot in report["unseal_slots"]:
+        print(f"unseal slot {slot['slot']}: {slot['state']}, source {slot['source']}, "
+              f"{slot['kdf']}")
+    keyring = report["keyring"]
+    print(f"keyring generation {keyring['generation']}, active key v{keyring['active_version']}")
+    print(f"{'version':<8} {'state':<9} {'created':<21} sealed fields")
+    for key in report["keys"]:
+        print(f"v{key['version']:<7} {key['state']:<9} {_when(key['created_at']):<21} "
+              f"{key['fields']}")
+    if report["rotation_unfinished"]:
+        print("a rotation is unfinished: run `appliance keys rotate` to complete it")
+    return 0
+
+
+async def read_vault(store: Store, secret: InstanceSecret, slots: list[Slot]) -> SecretVault:
+    """The vault as it is, opened for reading: unlike `open_vault`, never creates a keyring nor
+    completes a pending secret change (a read-only verb changes nothing)."""
+    root, slot = await open_root(slots, secret)
+    row = await store.fetch_one(
+        "SELECT generation, root_verifier, sealed FROM keyring WHERE id = 1")
+    return SecretVault(store, root, load_keyring(root, row), secret, slot.slot)
+
+
+def _state(key: KeyStatus) -> str:
+    return "active" if key.active else ("retiring" if key.created_at else "MISSING")
 
 
 def run_rotate(args: argparse.Namespace) -> int:
@@ -157,6 +222,7 @@ def run_change_password(args: argparse.Namespace) -> int:
     if args.new_salt and args.new_password_file is None:
         print("error: --new-salt goes with --new-password-file", file=sys.stderr)
         return 2
+    credential = unit_credential.find(args.root)
 
     async def main() -> int:
         async with opened(settings) as (_, vault):
@@ -172,15 +238,82 @@ def run_change_password(args: argparse.Namespace) -> int:
                 new = InstanceSecret(SOURCE_PASSWORD, "new password", Secret(password_material(
                     password.rstrip(b"\r\n").decode("utf-8", "surrogateescape"),
                     args.new_salt)))
+            elif vault.secret_source != SOURCE_FILE:
+                raise InstanceSecretMissing(
+                    f"the instance secret comes from {vault.secret_where}; give the new one with "
+                    "--new-secret-file FILE, or --new-password-file FILE --new-salt SALT")
+            follows = _credential_plan(settings, vault.secret_source, credential, new)
+            _confirm(args, vault.secret_where, follows)
             report = await change_instance_secret(settings, vault, new=new)
-        if report.completed:
-            print(f"the instance secret was replaced in {secret_file(settings)}; the old one "
-                  "no longer opens the store. Back up the new file now.")
-        else:
-            print("the new instance secret is registered and works now; the old one keeps "
-                  "working until the appliance first starts with the new one. Now put the new "
-                  "secret in place (the systemd credential, or APPLIANCE_ENCRYPTION_PASSWORD and "
-                  "APPLIANCE_ENCRYPTION_SALT) and restart.")
-        return 0
+        return _finish(settings, report.completed, credential, follows, new)
 
     return asyncio.run(main())
+
+
+def _credential_plan(settings: Settings, source: str, credential: UnitCredential | None,
+                     new: InstanceSecret | None) -> str:
+    """What happens to the unit's credential: "" (no unit, or the secret is not kept in a
+    file), "write" (a plain file: replaced too) or "encrypted" (printed: what to run).
+    Refuses (exit 2, nothing changed) a unit credential that already differs from the
+    secret this store opens with: that needs a look first (`appliance doctor`)."""
+    if credential is None or (new is not None and new.source == SOURCE_PASSWORD):
+        return ""
+    if credential.encrypted:
+        return "encrypted"
+    current = credential.reads()
+    if source == SOURCE_FILE and current is not None:
+        here = secret_file(settings)
+        if current != here.read_bytes() and not unit_credential.same_file(credential.path, here):
+            raise ChangeRefused(
+                f"the unit's credential {credential.path} (named in {credential.unit}) does not "
+                f"hold the secret in {here} that this command opens the store with: find out "
+                "which one the store needs (`appliance doctor`), make them the same, then run "
+                "this again. Nothing was changed")
+    return "write"
+
+
+def _confirm(args: argparse.Namespace, where: str, follows: str) -> None:
+    """Ask on a terminal; `--yes` for scripts; with neither, refuse (exit 2)."""
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise ChangeRefused("keys change-password replaces the instance secret: confirm with "
+                            "--yes (no terminal to ask on). Nothing was changed")
+    extra = {"write": " and the systemd unit's credential", "encrypted": "",
+             "": ""}[follows]
+    print(f"This replaces the instance secret (now: {where}){extra}. Keep the backup of the old "
+          "one until the service has restarted with the new one.", file=sys.stderr)
+    answer = input("Replace it? [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise ChangeRefused("not confirmed: nothing was changed")
+
+
+def _finish(settings: Settings, completed: bool, credential: UnitCredential | None,
+            follows: str, new: InstanceSecret | None) -> int:
+    source: Path | None
+    if completed:
+        print(f"the instance secret was replaced in {secret_file(settings)}; the old one "
+              "no longer opens the store. Back up the new file now.")
+        source = secret_file(settings)
+    else:
+        print("the new instance secret is registered and works now; the old one keeps "
+              "working until the appliance first starts with the new one.")
+        source = args_source(new)
+    if credential is not None and follows == "write" and source is not None:
+        credential.replace(source.read_bytes())
+        print(f"the systemd unit's credential {credential.path} holds the new secret too: "
+              "`systemctl restart appliance` to use it")
+    elif credential is not None and follows == "encrypted" and source is not None:
+        print(f"the systemd unit reads an encrypted credential ({credential.path}): write the "
+              f"new secret into it, then restart:\n  {credential.how_to_encrypt(source)}")
+    elif not completed:
+        print("Now put the new secret in place (the systemd credential, or "
+              "APPLIANCE_ENCRYPTION_PASSWORD and APPLIANCE_ENCRYPTION_SALT) and restart.")
+    return 0
+
+
+def args_source(new: InstanceSecret | None) -> Path | None:
+    """The file a new secret given on the command line was read from (not for a password)."""
+    if new is None or new.source == SOURCE_PASSWORD:
+        return None
+    return Path(new.where)

@@ -26,8 +26,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--listen", metavar="HOST:PORT", help="HTTPS listener")
     parser.add_argument("--http-listen", metavar="HOST:PORT",
                         help="plain-HTTP listener (redirects only)")
-    parser.add_argument("--dev", action="store_true",
-                        help="tester mode: ./.appliance, local CA, localhost:8443, no HSTS")
     parser.add_argument("--log-format", choices=("json", "text"), help="log format on stderr")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     parser.set_defaults(run=run)
@@ -37,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     flags = {"listen": args.listen, "http_listen": args.http_listen,
              "log_format": args.log_format, "log_level": args.log_level,
              "state_dir": args.state_dir}
-    settings = load_settings(args, dev=args.dev, **flags)
+    settings = load_settings(args, serving=True, **flags)
 
     def reload_settings() -> Settings:  # SIGHUP: the same file, environment and flags
         return load(config_file=args.config, flags=flags, dev=args.dev)

@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import sys
+from typing import Any
 
 from appliance.auth import ROLES
 from appliance.auth.tokens import API, SCOPES
-from appliance.cli.common import add_state_options, load_settings
+from appliance.cli.common import (
+    add_json_option,
+    add_state_options,
+    emit_json,
+    load_settings,
+    rfc3339,
+)
 from appliance.cli.users import cli_context, open_auth
 from appliance.secret import Secret
 
@@ -42,8 +48,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(run=run_create)
 
     p = verbs.add_parser("list", help="list tokens (never their secrets)",
-                         description="List tokens, optionally of one user.")
+                         description="List tokens, optionally of one user (or --json). Only "
+                                     "reads.")
     add_state_options(p)
+    add_json_option(p)
     p.add_argument("name", nargs="?", metavar="NAME", help="only this user's tokens")
     p.set_defaults(run=run_list)
 
@@ -79,32 +87,30 @@ def run_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _when(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%dT%H:%MZ")
+def _when(rfc3339_time: str | None) -> str:
+    return "-" if rfc3339_time is None else rfc3339_time[:16] + "Z"
 
 
 def run_list(args: argparse.Namespace) -> int:
     settings = load_settings(args)
 
-    async def main() -> list[str]:
+    async def main() -> list[dict[str, Any]]:
         async with open_auth(settings) as auth:
             user_id = (await auth.users.require(args.name)).id if args.name else None
             tokens = await auth.tokens.list(user_id)
-        out = []
-        for token in tokens:
-            view = token.public()
-            out.append(f"{token.id}\t{token.username}\t{token.name}\t{token.role}\t"
-                       f"{token.scope}\t"
-                       f"{'active' if view['active'] else 'inactive'}\t"
-                       f"{_when(token.expires_at)}")
-        return out
+        return [{"id": token.id, "owner": token.username, "name": token.name,
+                 "role": token.role, "scope": token.scope,
+                 "state": "active" if token.public()["active"] else "inactive",
+                 "expires_at": rfc3339(token.expires_at)} for token in tokens]
 
-    lines = asyncio.run(main())
+    rows = asyncio.run(main())
+    if args.json:
+        emit_json(rows)
+        return 0
     print("id\towner\tname\trole\tscope\tstate\texpires")
-    for line in lines:
-        print(line)
+    for row in rows:
+        print(f"{row['id']}\t{row['owner']}\t{row['name']}\t{row['role']}\t{row['scope']}\t"
+              f"{row['state']}\t{_when(row['expires_at'])}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""`appliance users add | list | disable | enable | reset-2fa`: manage accounts from the shell.
+"""`appliance users add | list | disable | enable | reset-2fa | reset-password`: manage accounts
+from the shell.
 
 Every change is audited (actor `cli:<os user>`). Never prints a password, except a generated
 one-time password, once.
@@ -18,7 +19,15 @@ from pathlib import Path
 from appliance import state_dir
 from appliance.audit import Context
 from appliance.auth import ROLES, AuthService
-from appliance.cli.common import add_state_options, load_settings
+from appliance.auth.users import Reset, User
+from appliance.cli.common import (
+    add_json_option,
+    add_state_options,
+    emit_json,
+    load_settings,
+    plural,
+    rfc3339,
+)
 from appliance.cli.init import read_password_file
 from appliance.core import open_core
 from appliance.secret import Secret
@@ -58,8 +67,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="read the password (at least 12 characters) from FILE")
     p.set_defaults(run=run_add)
 
-    p = verbs.add_parser("list", help="list users", description="List users, one per line.")
+    p = verbs.add_parser("list", help="list users",
+                         description="List users, one per line (or --json). Only reads.")
     add_state_options(p)
+    add_json_option(p)
     p.set_defaults(run=run_list)
 
     for verb, helptext in (("disable", "disable a user: sessions end and API tokens are revoked "
@@ -76,6 +87,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_state_options(p)
     p.add_argument("name", help="user name")
     p.set_defaults(run=run_reset_2fa)
+
+    p = verbs.add_parser(
+        "reset-password", help="set a new password for a user who lost theirs",
+        description="Set a new password for a user (e.g. a lost admin password). Without "
+                    "--password-file a one-time password is generated and printed once: give "
+                    "it to the user and have them change it after logging in. Every session of "
+                    "the user ends and every live API token of theirs is revoked for good. "
+                    "Audited as user.password.reset (actor cli:<OS user>).")
+    add_state_options(p)
+    p.add_argument("name", help="user name")
+    p.add_argument("--password-file", type=Path, metavar="FILE",
+                   help="read the new password (at least 12 characters) from FILE")
+    p.set_defaults(run=run_reset_password)
 
 
 def run_add(args: argparse.Namespace) -> int:
@@ -99,16 +123,20 @@ def run_add(args: argparse.Namespace) -> int:
 def run_list(args: argparse.Namespace) -> int:
     settings = load_settings(args)
 
-    async def main() -> list[str]:
+    async def main() -> list[User]:
         async with open_auth(settings) as auth:
-            users = await auth.users.list()
-        return [f"{u.username}\t{u.role}\t{'disabled' if u.disabled else 'enabled'}\t"
-                f"2fa={'on' if u.totp_enabled else 'off'}" for u in users]
+            return await auth.users.list()
 
-    lines = asyncio.run(main())
+    users = asyncio.run(main())
+    if args.json:
+        emit_json([{"name": u.username, "role": u.role, "disabled": u.disabled,
+                    "totp_enabled": u.totp_enabled, "created_at": rfc3339(u.created_at)}
+                   for u in users])
+        return 0
     print("name\trole\tstate\t2fa")
-    for line in lines:
-        print(line)
+    for u in users:
+        print(f"{u.username}\t{u.role}\t{'disabled' if u.disabled else 'enabled'}\t"
+              f"{'on' if u.totp_enabled else 'off'}")
     return 0
 
 
@@ -146,4 +174,24 @@ def run_reset_2fa(args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     print(f"two-factor login reset for {args.name!r}; they enrol again at the next login")
+    return 0
+
+
+def run_reset_password(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    generated = args.password_file is None
+    password = (Secret(secrets.token_urlsafe(18)) if generated
+                else read_password_file(args.password_file))
+
+    async def main() -> Reset:
+        async with open_auth(settings) as auth:
+            return await auth.users.reset_password(args.name, password, context=cli_context())
+
+    reset = asyncio.run(main())
+    print(f"new password set for {args.name!r}; {plural(reset.sessions_ended, 'session')} "
+          f"ended, {plural(len(reset.revoked_tokens), 'API token')} revoked for good"
+          + (f" ({', '.join(reset.revoked_tokens)})" if reset.revoked_tokens else ""))
+    if generated:
+        print(f"one-time password (shown only now; have them change it after logging in): "
+              f"{password.reveal()}")
     return 0
