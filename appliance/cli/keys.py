@@ -300,7 +300,14 @@ def _finish(settings: Settings, completed: bool, credential: UnitCredential | No
               "working until the appliance first starts with the new one.")
         source = args_source(new)
     if credential is not None and follows == "write" and source is not None:
-        credential.replace(source.read_bytes())
+        try:
+            credential.replace(source.read_bytes())
+        except OSError as exc:  # e.g. run as the service user: /etc/appliance is root's
+            print(f"the systemd unit's credential {credential.path} could not be written "
+                  f"({exc.strerror}): the service will not start until it is. As root, run:\n"
+                  f"  install -m 600 {source} {credential.path} && systemctl restart appliance",
+                  file=sys.stderr)
+            return 1
         print(f"the systemd unit's credential {credential.path} holds the new secret too: "
               "`systemctl restart appliance` to use it")
     elif credential is not None and follows == "encrypted" and source is not None:
