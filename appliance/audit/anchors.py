@@ -3,9 +3,10 @@ them, and compared with the store to detect a cut tail or a rolled-back store.
 
 Owns the anchor schedule (`Anchorer`), the anchor's log line (logger `appliance.audit.anchor`,
 message `audit anchor`), the reading of anchors from sink files, the appliance's JSON log and
-`journalctl -o json` (`parse_anchors`), and the comparison (`check_anchors`). Never reads or
-writes the store itself (the caller passes `head` and `lookup`), never logs anything of an entry
-but its position and MAC, and never raises on a malformed line (it is counted).
+`journalctl -o json` (`parse_anchors`, `read_anchor_file`, `read_journal_anchors`), and the
+comparison (`check_anchors`, pure; `check_store_anchors` reads the positions it needs). Never
+writes the store, never logs anything of an entry but its position and MAC, and never raises on
+a malformed line (it is counted).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -21,7 +23,9 @@ from typing import Any
 
 import orjson
 
-from appliance.audit.sinks import Sinks
+from appliance.audit.sinks import IDENTIFIER, Sinks
+from appliance.errors import ApplianceError
+from appliance.store import Store
 
 log = logging.getLogger("appliance.audit.anchor")
 # An anchor is written whatever `log.level` says: it is evidence, not chatter.
@@ -31,6 +35,15 @@ ANCHOR_MESSAGE = "audit anchor"
 _HASH = re.compile(r"[0-9a-f]{64}")
 
 Head = Callable[[], Awaitable[tuple[int, str] | None]]
+UNIT = "appliance.service"  # whose log lines `--anchors journal` reads besides the sink's
+
+
+class AnchorSourceError(ApplianceError):
+    """The anchors cannot be read at all (a file that is not there or not readable, no
+    journal): nothing was compared."""
+
+    code = "anchors_unreadable"
+    exit_code = 2
 
 
 class Anchorer:
@@ -232,3 +245,56 @@ def _utc_now() -> str:
     seconds, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
     return (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
             + f".{nanoseconds // 1000:06d}+00:00")
+
+
+def read_anchor_file(path: str) -> Anchors:
+    """The anchors of a file (a file sink, the appliance's JSON log, saved `journalctl -o json`
+    output). Raises `AnchorSourceError` if it cannot be read."""
+    try:
+        with open(path, "rb") as file:
+            return parse_anchors(file)
+    except OSError as exc:
+        raise AnchorSourceError(f"cannot read anchors from {path}: "
+                                f"{exc.strerror or type(exc).__name__}") from None
+
+
+def read_journal_anchors(*, namespace: str | None = None, unit: str = UNIT) -> Anchors:
+    """The anchors in the systemd journal: the journal sink's records and the unit's `audit
+    anchor` log lines (`journalctl -a -o json`). Raises `AnchorSourceError` without a journal."""
+    command = ["journalctl", "--all", "--output=json", "--no-pager", "--quiet"]
+    if namespace is not None:
+        command.append(f"--namespace={namespace}")
+    command += [f"SYSLOG_IDENTIFIER={IDENTIFIER}", "+", f"_SYSTEMD_UNIT={unit}"]
+    try:
+        done = subprocess.run(command, capture_output=True, check=False, timeout=600)
+    except FileNotFoundError:
+        raise AnchorSourceError("--anchors journal: journalctl is not installed here (no "
+                                "systemd journal); give a file of anchors instead") from None
+    except subprocess.TimeoutExpired:
+        raise AnchorSourceError("--anchors journal: journalctl did not finish in 10 "
+                                "minutes") from None
+    if done.returncode != 0:
+        said = done.stderr.decode(errors="replace").strip().splitlines()
+        raise AnchorSourceError(f"--anchors journal: journalctl failed: "
+                                f"{said[0] if said else f'exit {done.returncode}'}")
+    return parse_anchors(done.stdout.splitlines())
+
+
+async def check_store_anchors(store: Store, anchors: Anchors, *, chunk: int = 500
+                              ) -> AnchorResult:
+    """`check_anchors` against the audit log of `store`: reads its head, its first retained
+    position and the MACs at the anchored positions (in chunks), nothing else."""
+    head_row = await store.fetch_one("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+    first_row = await store.fetch_one("SELECT seq FROM audit_log ORDER BY seq LIMIT 1")
+    head = (int(head_row["seq"]), str(head_row["hash"])) if head_row else None
+    first = int(first_row["seq"]) if first_row else 1
+    end = head[0] if head else 0
+    wanted = sorted({a.position for a in anchors.anchors if first <= a.position <= end})
+    stored: dict[int, str] = {}
+    for start in range(0, len(wanted), chunk):
+        part = wanted[start:start + chunk]
+        rows = await store.fetch_all(
+            "SELECT seq, hash FROM audit_log WHERE seq IN "
+            f"({', '.join('?' * len(part))})", tuple(part))
+        stored.update((int(row["seq"]), str(row["hash"])) for row in rows)
+    return check_anchors(anchors, stored.get, head=head, first=first)
