@@ -188,6 +188,15 @@ async def test_withdrawn_lines_are_not_the_store_s(tmp_path: Path) -> None:
     assert not result.ok and result.position == 6
 
 
+async def anchored(anchorer: Anchorer, position: int, timeout: float = 20) -> None:
+    """Until the anchorer's schedule has anchored `position` (a loaded machine may be slow)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while anchorer.last is None or anchorer.last[0] != position:
+        assert loop.time() < deadline, f"no anchor at {position}: {anchorer.last}"
+        await asyncio.sleep(0.02)
+
+
 async def test_the_anchorer_logs_and_writes_to_every_sink_when_the_head_moved(
         tmp_path: Path) -> None:
     stream = io.StringIO()
@@ -203,9 +212,10 @@ async def test_the_anchorer_logs_and_writes_to_every_sink_when_the_head_moved(
             app.anchorer.interval = 0.05
             app.anchorer.start()
             await app.record(3)
-            await asyncio.sleep(0.3)  # several intervals: one anchor, the head moved once
+            await anchored(app.anchorer, 3)
+            await asyncio.sleep(0.3)  # several intervals more: the head did not move
             await app.record(2)
-            await asyncio.sleep(0.3)
+            await anchored(app.anchorer, 5)
             await app.record(1)
             await app.anchorer.stop()  # the last head, once more at shutdown
             await app.anchorer.stop()  # nothing moved: nothing written
@@ -214,7 +224,11 @@ async def test_the_anchorer_logs_and_writes_to_every_sink_when_the_head_moved(
         root.setLevel(saved)
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     anchors = [line for line in lines if line["message"] == ANCHOR_MESSAGE]
-    assert [a["position"] for a in anchors] == [3, 5, 6]
+    positions = [a["position"] for a in anchors]
+    # each time the head moved (a loaded machine may anchor between two entries of a batch),
+    # never twice the same head, and the last one at stop
+    assert positions == sorted(set(positions)) and {3, 5} <= set(positions)
+    assert positions[-1] == 6
     assert all(a["logger"] == "appliance.audit.anchor" and a["instance"] == "i-1"
                and len(a["hash"]) == 64 for a in anchors)
     records = [json.loads(line) for line in sink.read_text().splitlines()
