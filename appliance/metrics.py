@@ -33,6 +33,10 @@ LISTENER_DROPS = ("max_connections", "max_connections_per_address", "handshake_t
                   "handshake_failed", "first_byte_timeout", "request_head_timeout")
 _listener_drops = dict.fromkeys(LISTENER_DROPS, 0)
 _audit_lock = threading.Lock()  # the one counter a non-loop thread may feed (through logging)
+# Audit sinks (`[audit] sinks`, by their settings name): [lines written, lines failed]. Fed from
+# the store's writer thread, under their own lock.
+_audit_sinks: dict[str, list[int]] = {}
+_sinks_lock = threading.Lock()
 
 
 def observe_request(method: str, route: str, status: int) -> None:
@@ -60,6 +64,16 @@ def listener_dropped(rule: str) -> None:
 def audit_write_failed(count: int = 1) -> None:
     with _audit_lock:
         _audit_failures[0] += count
+
+
+def audit_sink_written(sink: str, count: int) -> None:
+    with _sinks_lock:
+        _audit_sinks.setdefault(sink, [0, 0])[0] += count
+
+
+def audit_sink_failed(sink: str, count: int) -> None:
+    with _sinks_lock:
+        _audit_sinks.setdefault(sink, [0, 0])[1] += count
 
 
 class AuditFailureCounter(logging.Handler):
@@ -179,6 +193,18 @@ class _ProcessCollector:
             "appliance_audit_write_failures", "Audit entries that could not be written.")
         failures.add_metric([], _audit_failures[0])
         yield failures
+        sink_lines = CounterMetricFamily(
+            "appliance_audit_sink_lines", "Audit lines (entries, anchors) written to each sink.",
+            labels=["sink"])
+        sink_failures = CounterMetricFamily(
+            "appliance_audit_sink_failures", "Audit lines a sink did not take.", labels=["sink"])
+        with _sinks_lock:
+            sinks = sorted((name, list(counts)) for name, counts in _audit_sinks.items())
+        for name, (written, failed) in sinks:
+            sink_lines.add_metric([name], written)
+            sink_failures.add_metric([name], failed)
+        yield sink_lines
+        yield sink_failures
         drops = CounterMetricFamily(
             "appliance_listener_connections_dropped",
             "Client connections refused at accept or closed on a time limit, by rule.",

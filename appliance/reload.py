@@ -1,4 +1,5 @@
-"""SIGHUP: re-read the settings; apply what can change live (TLS files, egress policy, log level).
+"""SIGHUP: re-read the settings; apply what can change live (TLS files, egress policy, log level);
+reopen the audit file sinks (logrotate).
 
 Owns the list of live-changeable settings and the comparison of old and new settings. Never drops a
 connection, never applies half of a bad file, never an egress policy that would deny the
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from appliance import logs
+from appliance.audit.sinks import Sinks
 from appliance.errors import ApplianceError
 from appliance.http.app_keys import CORE
 from appliance.settings import SCHEMA, Settings
@@ -49,6 +51,12 @@ def changed_settings(old: Settings, new: Settings) -> list[str]:
             if getattr(old_section, key) != getattr(new_section, key):
                 out.append(f"{section}.{key}")
     return out
+
+
+def audit_sinks(core: object) -> Sinks | None:
+    """The core's audit sinks (`Core.audit_sinks`, once the core opens them), or None."""
+    sinks = getattr(core, "audit_sinks", None)
+    return sinks if isinstance(sinks, Sinks) else None
 
 
 class Reloader:
@@ -122,6 +130,13 @@ class Reloader:
 
         if "log.level" in live:
             report.applied.append("log.level")
+
+        # Audit file sinks: every SIGHUP reopens them (logrotate moved the file away), in a
+        # thread: each waits for its sink's lock, which a batch being written holds.
+        sinks = audit_sinks(self.app[CORE])
+        if sinks:
+            await asyncio.to_thread(sinks.reopen)
+            report.applied.append("audit.sinks (reopened)")
 
         # What needs a restart keeps its old value here, so it is named again on the next reload.
         kept = {section: getattr(self.current, section) for section in ("server", "auth")}

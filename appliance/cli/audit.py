@@ -8,9 +8,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 
 from appliance import state_dir
 from appliance.audit import Verification
+from appliance.audit.anchors import (
+    AnchorResult,
+    Anchors,
+    AnchorSourceError,
+    check_store_anchors,
+    read_anchor_file,
+    read_journal_anchors,
+)
 from appliance.cli.common import add_state_options, load_settings
 from appliance.core import open_core
 
@@ -25,6 +34,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                      "link, naming its position.")
     add_state_options(p)
     p.set_defaults(run=run_verify)
+    p.add_argument("--anchors", metavar="FILE|journal", action=_AnchorsFlag,
+                   help="also compare the store with anchors of its head: a file sink, the "
+                        "appliance's JSON log or `journalctl -o json` output, or `journal`")
     p = verbs.add_parser("list", help="print the newest entries as JSON lines",
                          description="Print the newest entries, one JSON object per line.")
     add_state_options(p)
@@ -58,3 +70,46 @@ def run_list(args: argparse.Namespace) -> int:
     for entry in entries:
         print(json.dumps(entry, ensure_ascii=False, sort_keys=True))
     return 0
+
+
+# -- verify --anchors (issue 24): the chain's own check, then the anchors against the store ----
+
+
+class _AnchorsFlag(argparse.Action):
+    """`--anchors X`: verify runs `run_verify_anchors` (the chain, then the anchors)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.run = run_verify_anchors
+
+
+def run_verify_anchors(args: argparse.Namespace) -> int:
+    """Exit 0 when the chain and every anchor agree, 1 when either is broken, 2 when the anchors
+    cannot be read (nothing was compared)."""
+    try:
+        found = (read_journal_anchors() if args.anchors == "journal"
+                 else read_anchor_file(args.anchors))
+    except AnchorSourceError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    if not found.anchors:
+        print(f"error: no anchor in {args.anchors} ({found.lines} lines, {found.malformed} "
+              "malformed): nothing to compare", file=sys.stderr)
+        return 2
+    chain = run_verify(args)
+    result = asyncio.run(_check_anchors(args, found))
+    skipped = (f"; {result.pruned} before the first retained entry skipped" if result.pruned
+               else "") + (f"; {result.malformed} malformed lines skipped" if result.malformed
+                           else "")
+    if result.ok:
+        print(f"ok: {result.checked} anchors agree with the store{skipped}")
+        return chain
+    print(f"ANCHOR MISMATCH at position {result.position}: {result.reason}{skipped}")
+    return max(chain, 1)
+
+
+async def _check_anchors(args: argparse.Namespace, found: Anchors) -> AnchorResult:
+    settings = load_settings(args)
+    async with open_core(settings, unseal=False) as core:
+        return await check_store_anchors(core.store, found)
