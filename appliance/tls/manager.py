@@ -24,6 +24,7 @@ from appliance import state_dir
 from appliance.errors import TLSError
 from appliance.secret import Secret
 from appliance.settings import TLSSettings
+from appliance.timestamps import rfc3339
 from appliance.tls import local_ca
 from appliance.tls.certificates import (
     CertificateInfo,
@@ -221,23 +222,23 @@ class TLSManager:
         info = self.info
         next_renewal = None
         if info is not None and self.settings.mode == "local":
-            next_renewal = info.renewal_due_at().isoformat()
+            next_renewal = rfc3339(info.renewal_due_at())
         acme = self.acme.status() if self.acme is not None else {}
         out = {
             "mode": self.settings.mode,
             "names": list(info.names if info else self.settings.names),
             "issuer": info.issuer if info else None,
-            "not_after": info.not_after.isoformat() if info else None,
+            "not_after": rfc3339(info.not_after) if info else None,
             "fingerprint_sha256": info.fingerprint_sha256 if info else None,
             "next_renewal": next_renewal,
-            "last_check": self.last_check.isoformat() if self.last_check else None,
+            "last_check": rfc3339(self.last_check),
             "last_error": self.last_error,
             "temporary": self.temporary,
         }
         if self.settings.mode == "acme":
             out.update(acme)
             out["names"] = list(self.settings.names)
-            out["not_after"] = info.not_after.isoformat() if info and not self.temporary else None
+            out["not_after"] = rfc3339(info.not_after) if info and not self.temporary else None
             out["issuer"] = info.issuer if info and not self.temporary else None
         return out
 
