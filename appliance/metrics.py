@@ -30,7 +30,8 @@ _runs: dict[str, tuple[list[int], list[float]]] = {
 _audit_failures = [0]
 # Client connections the listeners closed on a limit, by rule (appliance.http.connection_limits).
 LISTENER_DROPS = ("max_connections", "max_connections_per_address", "handshake_timeout",
-                  "handshake_failed", "first_byte_timeout", "request_head_timeout")
+                  "handshake_failed", "first_byte_timeout", "request_head_timeout",
+                  "plain_http")
 _listener_drops = dict.fromkeys(LISTENER_DROPS, 0)
 _audit_lock = threading.Lock()  # the one counter a non-loop thread may feed (through logging)
 
