@@ -28,5 +28,6 @@ def load_settings(args: argparse.Namespace, *, dev: bool = False, **flags: Any) 
         flags=flags,
         dev=dev,
     )
-    logs.configure(loaded.log.format, loaded.log.level)
+    logs.configure(loaded.log.format, loaded.log.level,
+                   journal_stream=loaded.environment.journal_stream)
     return loaded
