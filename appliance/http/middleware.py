@@ -88,6 +88,7 @@ def front(guard: Guard | None = None) -> Middleware:
         request[REQUEST_ID] = request_id
         started = time.perf_counter()
         status = 500
+        metrics.request_started()
         try:
             settings = request.app[SETTINGS]
             proxies = settings.server.trusted_proxies
@@ -109,9 +110,11 @@ def front(guard: Guard | None = None) -> Middleware:
             if not response.prepared:  # a stream sets its headers itself (`secure`)
                 secure(request, response, dev=settings.dev, request_id=request_id)
             status = response.status
-            metrics.observe_request(request.method, _route_label(request), status)
+            metrics.observe_request(request.method, _route_label(request), status,
+                                    time.perf_counter() - started)
             return response
         finally:
+            metrics.request_ended()
             if log.isEnabledFor(logging.INFO):
                 _log_request(request, request_id, status, started)
 

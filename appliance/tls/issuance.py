@@ -409,17 +409,22 @@ class ACMEIssuer:
 
     # -- status ---------------------------------------------------------------------------------
 
+    def next_renewal(self) -> dt.datetime | None:
+        """When the certificate is next ordered: its renewal time, or the next attempt after a
+        failure (now, when there is no certificate for this directory yet)."""
+        record = self.record
+        if record is None:
+            return None
+        candidates = [w for w in (record.renew_at, record.next_attempt) if w is not None]
+        if self.info is None or record.directory != self.settings.directory:
+            candidates = [record.next_attempt or _now()]
+        return max(candidates) if candidates else None
+
     def status(self) -> dict[str, Any]:
         record = self.record
-        next_renewal = None
-        if record is not None:
-            candidates = [w for w in (record.renew_at, record.next_attempt) if w is not None]
-            if self.info is None or record.directory != self.settings.directory:
-                candidates = [record.next_attempt or _now()]
-            next_renewal = max(candidates) if candidates else None
         return {
             "directory": self.settings.directory,
-            "next_renewal": rfc3339(next_renewal),
+            "next_renewal": rfc3339(self.next_renewal()),
             "renew_at": rfc3339(record.renew_at) if record else None,
             "last_attempt": rfc3339(record.last_attempt) if record else None,
             "last_success": rfc3339(record.last_success) if record else None,

@@ -218,6 +218,19 @@ class TLSManager:
             return False, f"certificate expires in {days:.1f} days"
         return True, "ok"
 
+    def times(self) -> tuple[dt.datetime | None, dt.datetime | None, dt.datetime | None]:
+        """The served certificate's expiry, its next renewal (local CA and ACME modes) and the
+        last successful ACME order: what metrics graph."""
+        info = None if self.temporary else self.info
+        next_renewal = last_success = None
+        if info is not None and self.settings.mode == "local":
+            next_renewal = info.renewal_due_at()
+        if self.acme is not None:
+            next_renewal = self.acme.next_renewal()
+            record = self.acme.record
+            last_success = record.last_success if record is not None else None
+        return (info.not_after if info is not None else None), next_renewal, last_success
+
     def status(self) -> dict[str, Any]:
         info = self.info
         next_renewal = None
