@@ -90,7 +90,7 @@ def observe_query_run(outcome: str, seconds: float) -> None:
 
 
 def observe_query_result(datasource_id: str, *, rows: int, error: str | None) -> None:
-    """A run's rows sent back, and its error code when it did not succeed (`query_timeout`,
+    """A run's rows sent back, and its error code when it did not succeed (`datasource_timeout`,
     `invalid_parameter`, …: the code the API answered, a constant of the code base)."""
     if rows:
         _query_rows[datasource_id] = _query_rows.get(datasource_id, 0) + rows
@@ -261,7 +261,7 @@ class AppCollector:
             by_code[key] = by_code.get(key, 0) + count
         errors = CounterMetricFamily(
             "appliance_query_errors", "Query runs that did not succeed, by datasource and error "
-            "code (query_timeout: the statement's time limit).", labels=["datasource", "code"])
+            "code (datasource_timeout: a time limit).", labels=["datasource", "code"])
         for (label, code), count in sorted(by_code.items()):
             errors.add_metric([label, code], count)
         yield errors
