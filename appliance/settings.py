@@ -164,6 +164,7 @@ class Environment:
 
     credentials_directory: Path | None = None
     notify_socket: str | None = None
+    journal_stream: str | None = None  # `DEVICE:INODE` of the journal's stream (appliance.logs)
     encryption_password: Secret[str] | None = None
     encryption_salt: Secret[str] | None = None
 
@@ -750,6 +751,7 @@ def _environment(env: Mapping[str, str]) -> Environment:
     return Environment(
         credentials_directory=Path(credentials) if credentials else None,
         notify_socket=env.get("NOTIFY_SOCKET") or None,
+        journal_stream=env.get("JOURNAL_STREAM") or None,
         encryption_password=Secret(password) if password else None,
         encryption_salt=Secret(salt) if salt else None,
     )

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from appliance import timestamps
 from tests.support.app import Client, Response, running
 
 
@@ -20,7 +21,7 @@ async def test_token_lifecycle(tmp_path: Path) -> None:
         assert created.status == 201, created.body
         raw = created.body["token"]
         assert raw.startswith("apl_") and created.body["role"] == "developer"
-        assert created.body["expires_at"] > time.time() + 29 * 86400
+        assert timestamps.parse(created.body["expires_at"]) > time.time() + 29 * 86400
         # Shown once: never in a listing, stored only as a hash.
         listing = await dev.request("GET", "/api/v1/users/me/tokens")
         assert listing.status == 200 and raw not in str(listing.body)

@@ -190,7 +190,7 @@ def test_two_instances_on_one_store_both_appear_and_a_clean_stop_removes_one(
         assert row_a["hostname"] == socket.gethostname()
         assert row_a["pid"] == a.proc.pid and row_b["pid"] == b.proc.pid
         assert row_a["schema_version"] == LATEST and row_a["version"]
-        assert row_a["last_seen"].endswith("+00:00") and row_a["seen_seconds_ago"] < AGE_OUT
+        assert row_a["last_seen"].endswith("Z") and row_a["seen_seconds_ago"] < AGE_OUT
 
         # doctor lists both, and A holding the configured port is no failure (issue 25, item 4).
         code, lines = doctor(shared_store, f"127.0.0.1:{port}")

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from appliance import demo
+from appliance import __version__, demo
 from appliance.audit import AuditLog, Context
 from appliance.auth import AuthService
 from appliance.egress import Dialer, PolicyHolder
@@ -182,6 +182,10 @@ async def test_every_family_counts_what_happens(tmp_path: Path, by_name: bool) -
         bad = await admin.request("POST", f"/api/v1/queries/{query['id']}/run",
                                   {"params": {"max_price": "cheap"}})
         assert bad.status == 422, bad.body
+        # A refused login, counted by reason (never by name).
+        refused = await found.client().request("POST", "/api/v1/session",
+                                                {"username": "nobody-here", "password": "x"})
+        assert refused.status == 401, refused.body
         # Audit write failures: the audit cannot be written, so the change fails.
         found.outside.refuse_audit()
         assert (await admin.request("PUT", "/api/v1/egress", {"mode": "strict"})).status == 503
@@ -199,6 +203,11 @@ async def test_every_family_counts_what_happens(tmp_path: Path, by_name: bool) -
                                                   "rule": "always-deny: cloud metadata"}),
             ("appliance_query_run_seconds_count", {"outcome": "ok"}),
             ("appliance_audit_write_failures_total", {}),
+            ("appliance_http_request_duration_seconds_count", {"route": "/healthz",
+                                                              "status_class": "2xx"}),
+            ("appliance_http_request_duration_seconds_bucket", {
+                "route": "/api/v1/queries/{id}", "status_class": "4xx", "le": "+Inf"}),
+            ("appliance_login_failures_total", {"reason": "bad_credentials"}),
         ):
             assert value(text, name, **labels) >= value(first, name, **labels) + 1, (name, labels)
         assert "/no/such/path" not in text and "does-not-exist" not in text
@@ -216,6 +225,23 @@ async def test_every_family_counts_what_happens(tmp_path: Path, by_name: bool) -
         for state in ("open", "idle"):  # the demo's one connection, back in its pool
             assert value(text, "appliance_datasource_pool_connections", datasource=label,
                          kind="sqlite", state=state) == 1, state
+        # Rows sent back and errors by datasource and code, labelled the same way.
+        assert value(text, "appliance_query_rows_total", datasource=label) >= 1
+        assert value(text, "appliance_query_errors_total", datasource=label,
+                     code="invalid_parameter") >= 1
+        # The scrape itself is in flight; the build and the process are described.
+        assert value(text, "appliance_http_requests_in_flight") >= 1
+        [build] = [labels for (name, labels) in samples(text) if name == "appliance_build_info"]
+        assert dict(build)["version"] == __version__ and dict(build)["python"]
+        assert dict(build)["commit"]
+        for name in ("process_cpu_seconds_total", "process_resident_memory_bytes",
+                     "process_open_fds"):
+            assert value(text, name) > 0, name
+        # Local CA mode: the next renewal is known (no ACME success to report).
+        due = found.app[CORE].tls.info.renewal_due_at().timestamp()  # type: ignore[union-attr]
+        assert value(text, "appliance_tls_next_renewal_seconds") == due
+        assert "appliance_acme_last_success_seconds" not in text
+        assert "nobody-here" not in text
         if not by_name:
             assert 'datasource="demo"' not in text
 

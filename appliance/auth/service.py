@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from appliance import metrics
 from appliance.audit import AuditLog, Context
 from appliance.auth.passwords import Passwords
 from appliance.auth.sessions import Sessions, label
@@ -105,12 +106,13 @@ class AuthService:
                     ok = bool(method)
                 if not ok or user is None:
                     await self.throttle.failure(tx, keys)
+                    reason = ("bad code" if usable and method == "" and user
+                              and user.totp_enabled else "bad credentials")
                     await self.audit.record(
                         tx, action="session.create", outcome="failed",
-                        target=await self._target(name, tx),
-                        details={"reason": "bad code" if usable and method == "" and user
-                                 and user.totp_enabled else "bad credentials"},
+                        target=await self._target(name, tx), details={"reason": reason},
                         context=_anonymous(context))
+                    metrics.login_failed(reason.replace(" ", "_"))
                     failed = True
                 else:
                     failed = False
@@ -140,6 +142,7 @@ class AuthService:
                                enrolment_required=mfa_state == "enrol")
 
     async def _record_throttled(self, name: str, exc: Throttled, context: Context) -> None:
+        metrics.login_throttled()
         async with self.store.transaction() as tx:
             await self.audit.record(tx, action="session.create", outcome="denied",
                                     target=await self._target(name, tx),

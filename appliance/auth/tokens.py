@@ -24,6 +24,7 @@ from appliance.errors import BadRequest, Forbidden, NotFound
 from appliance.roles import Principal
 from appliance.secret import Secret
 from appliance.store import Store
+from appliance.timestamps import rfc3339
 
 PREFIX = "apl_"
 _TOKEN_RE = re.compile(r"apl_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
@@ -55,8 +56,9 @@ class TokenInfo:
         now = time.time()
         active = self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
         return {"id": self.id, "username": self.username, "name": self.name, "role": self.role,
-                "scope": self.scope, "created_at": self.created_at, "expires_at": self.expires_at,
-                "revoked_at": self.revoked_at, "last_used_at": self.last_used_at,
+                "scope": self.scope, "created_at": rfc3339(self.created_at),
+                "expires_at": rfc3339(self.expires_at), "revoked_at": rfc3339(self.revoked_at),
+                "last_used_at": rfc3339(self.last_used_at),
                 "active": active}
 
 

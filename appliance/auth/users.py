@@ -19,6 +19,7 @@ from appliance.auth.passwords import Passwords
 from appliance.errors import BadRequest, Conflict, NotFound
 from appliance.secret import Secret
 from appliance.store import Store, Transaction
+from appliance.timestamps import rfc3339
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 RESERVED_NAMES = frozenset({"me"})
@@ -45,7 +46,7 @@ class User:
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "username": self.username, "role": self.role,
                 "disabled": self.disabled, "totp_enabled": self.totp_enabled,
-                "created_at": self.created_at}
+                "created_at": rfc3339(self.created_at)}
 
     def __repr__(self) -> str:
         return f"<User {self.username} {self.role}>"

@@ -8,7 +8,6 @@ secret: `emit_json` is given public views only.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
 from pathlib import Path
@@ -51,7 +50,7 @@ def load_settings(args: argparse.Namespace, *, dev: bool | None = None,
     level = loaded.log.level
     if not serving and LOG_LEVELS.index(level) < LOG_LEVELS.index(CLI_LOG_LEVEL):
         level = CLI_LOG_LEVEL
-    logs.configure(loaded.log.format, level)
+    logs.configure(loaded.log.format, level, journal_stream=loaded.environment.journal_stream)
     return loaded
 
 
@@ -65,10 +64,3 @@ def plural(count: int, noun: str) -> str:
     """`1 field`, `2 fields`."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
-
-def rfc3339(timestamp: float | None) -> str | None:
-    """An epoch time as an RFC 3339 UTC string (`2026-01-02T03:04:05Z`); None stays None."""
-    if not timestamp:
-        return None
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(
-        timespec="seconds").replace("+00:00", "Z")

@@ -19,7 +19,6 @@ from appliance.cli.common import (
     add_state_options,
     emit_json,
     load_settings,
-    rfc3339,
 )
 from appliance.cli.unit_credential import UnitCredential
 from appliance.core import open_core
@@ -44,6 +43,7 @@ from appliance.keyring.vault import load_keyring
 from appliance.secret import Secret
 from appliance.settings import Settings
 from appliance.store import Store
+from appliance.timestamps import rfc3339
 
 
 class ChangeRefused(ApplianceError):

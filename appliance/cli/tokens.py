@@ -17,10 +17,10 @@ from appliance.cli.common import (
     add_state_options,
     emit_json,
     load_settings,
-    rfc3339,
 )
 from appliance.cli.users import cli_context, open_auth
 from appliance.secret import Secret
+from appliance.timestamps import rfc3339
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

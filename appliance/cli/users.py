@@ -26,12 +26,12 @@ from appliance.cli.common import (
     emit_json,
     load_settings,
     plural,
-    rfc3339,
 )
 from appliance.cli.init import read_password_file
 from appliance.core import open_core
 from appliance.secret import Secret
 from appliance.settings import Settings
+from appliance.timestamps import rfc3339
 
 
 def cli_context() -> Context:

@@ -137,3 +137,5 @@ class RunsUnderWay:
 class PoolStats:
     size: int  # connections open
     idle: int  # of which not in use
+    waiting: int | None = None  # runs waiting for a connection now (None: the driver does not say)
+    waits: int | None = None  # runs that had to wait for one, since the pool opened

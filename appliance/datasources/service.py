@@ -44,6 +44,7 @@ from appliance.keyring import BoundElsewhere, SecretVault
 from appliance.kinds.registry import kind_named
 from appliance.secret import Secret
 from appliance.store import Store, Transaction
+from appliance.timestamps import rfc3339
 
 log = logging.getLogger("appliance.datasources")
 
@@ -70,8 +71,8 @@ def _row_view(row: Mapping[str, Any], sealed: set[str]) -> dict[str, Any]:
         "config": json.loads(row["config"]),
         "secrets": {field: {"set": field in sealed} for field in sorted(takes)},
         "version": row["version"],
-        "created_at": row["created_at"],
-        "updated_at": row["updated_at"],
+        "created_at": rfc3339(row["created_at"]),
+        "updated_at": rfc3339(row["updated_at"]),
     }
 
 

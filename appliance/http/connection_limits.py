@@ -2,8 +2,10 @@
 and how long each may take over its TLS handshake, its first request byte and its request head.
 
 Owns the listening sockets and their accept loop, the accounting at accept (overall and per client
-address: a refused connection is closed before any TLS) and the per-connection timers. Never reads
-request content beyond looking for the blank line that ends the first request head; logs peer
+address: a refused connection is closed before any TLS), the per-connection timers, and the one-line
+hint a plain-HTTP request to the HTTPS port gets. Never reads request content beyond looking for
+the blank line that ends the first request head (and, where a TLS ClientHello was expected, the
+first bytes and the Host header of a plain-HTTP request, to answer with the hint); logs peer
 addresses and rule names, never a byte the client sent.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 import resource
 import socket
 import ssl
@@ -37,6 +40,16 @@ DESCRIPTOR_RESERVE = 1024
 # want of descriptors or memory (instead of spinning on it).
 ACCEPT_BATCH = 64
 ACCEPT_BACKOFF = 0.5
+# Where a TLS ClientHello is expected: how much of a plain-HTTP request is looked at (its request
+# line and Host header) and how long the hint's connection waits for the client to close after it.
+PLAIN_HTTP_PEEK = 4096
+PLAIN_HTTP_LINGER = 1.0
+# A request line's start (a TLS record starts with the byte 0x16, never with a capital letter).
+_HTTP_METHOD = re.compile(rb"[A-Z]{3,10} ")
+# A Host header whose value may be written into the hint: a name, an IPv4 or a bracketed IPv6
+# address, and an optional port (replaced by the listener's own).
+_HOST_HEADER = re.compile(rb"\r\nhost:[ \t]*([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])"
+                          rb"(?::[0-9]{1,5})?[ \t]*\r\n", re.IGNORECASE)
 
 
 def client_address(peername: Any) -> str:
@@ -221,6 +234,23 @@ class Listener:
         tls = self.tls_context
         timeout = self.limits.handshake_timeout
         started = loop.time()
+        if tls is not None:
+            first = await _first_bytes(loop, sock, timeout)
+            if first is None or not first:  # late, or the client left without a byte
+                metrics.listener_dropped("handshake_timeout" if first is None
+                                         else "handshake_failed")
+                sock.close()
+                conn.release()
+                return
+            if _HTTP_METHOD.match(first):
+                metrics.listener_dropped("plain_http")
+                try:
+                    await _plain_http_hint(loop, sock, first)
+                finally:
+                    sock.close()
+                    conn.release()
+                return
+            timeout = max(0.001, timeout - (loop.time() - started))
         try:
             if tls is None:
                 await loop.connect_accepted_socket(lambda: conn, sock)
@@ -239,6 +269,91 @@ class Listener:
             return
         if not conn.opened:  # the client left during the handshake: no connection_lost comes
             conn.release()
+
+
+async def _first_bytes(loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                       timeout: float) -> bytes | None:
+    """The first bytes the client sent, left unread for the TLS handshake (b"": it closed; None:
+    nothing came within `timeout`)."""
+    try:
+        return sock.recv(PLAIN_HTTP_PEEK, socket.MSG_PEEK)
+    except (BlockingIOError, InterruptedError):
+        pass
+    except OSError:
+        return b""
+    if not await _readable(loop, sock, timeout):
+        return None
+    try:
+        return sock.recv(PLAIN_HTTP_PEEK, socket.MSG_PEEK)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                    timeout: float) -> bool:
+    """Wait until `sock` has something to read (or its peer closed), at most `timeout` s."""
+    ready = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(sock.fileno(), wake)
+    timer = loop.call_later(timeout, wake)
+    try:
+        await ready
+    finally:
+        timer.cancel()
+        loop.remove_reader(sock.fileno())
+    try:
+        sock.recv(1, socket.MSG_PEEK)  # a byte, or b"" when the peer closed: readable both ways
+    except (BlockingIOError, InterruptedError):
+        return False  # the timer woke us
+    except OSError:
+        pass  # reset: the next read says so
+    return True
+
+
+def hint_for(first: bytes, local: Any) -> bytes:
+    """The whole reply to a plain-HTTP request on the HTTPS port: `HTTP/1.0 400` and one line
+    naming the https:// URL (the request's Host when it is a plain name or address, else the
+    listener's own address; always the listener's port)."""
+    host_port = local[:2] if isinstance(local, tuple) else ("localhost", 0)
+    found = _HOST_HEADER.search(first.split(b"\r\n\r\n", 1)[0] + b"\r\n")
+    if found is not None:
+        host = found.group(1).decode("ascii")
+    else:
+        host = str(host_port[0])
+        if host in ("0.0.0.0", "::", ""):  # noqa: S104 (a wildcard bind: name no address)
+            host = "localhost"
+        elif ":" in host:
+            host = f"[{host.split('%', 1)[0]}]"
+    body = f"This is an HTTPS port: use https://{host}:{host_port[1]}/\n".encode("ascii")
+    return (b"HTTP/1.0 400 Bad Request\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\n"
+            b"X-Content-Type-Options: nosniff\r\n"
+            b"Connection: close\r\n"
+            b"Content-Length: " + str(len(body)).encode("ascii") + b"\r\n\r\n" + body)
+
+
+async def _plain_http_hint(loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                           first: bytes) -> None:
+    """Answer a plain-HTTP request with `hint_for`, then close gently: what the client sent is
+    read and dropped (unread bytes at close would reset the connection and could lose the reply),
+    and the client gets PLAIN_HTTP_LINGER seconds to close first."""
+    try:
+        reply = hint_for(first, sock.getsockname())
+        sock.recv(PLAIN_HTTP_PEEK)  # what was peeked
+        sock.send(reply)  # a few hundred bytes into an empty send buffer
+        sock.shutdown(socket.SHUT_WR)
+        deadline = loop.time() + PLAIN_HTTP_LINGER
+        while (left := deadline - loop.time()) > 0 and await _readable(loop, sock, left):
+            if not sock.recv(PLAIN_HTTP_PEEK):
+                return  # the client closed: nothing unread is left behind
+    except OSError:
+        return
 
 
 async def _bind(loop: asyncio.AbstractEventLoop, host: str, port: int,

@@ -6,7 +6,6 @@ Admin only. A thin handler: never writes, and returns no secret (an instance id 
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 
 from aiohttp import web
@@ -14,10 +13,7 @@ from aiohttp import web
 from appliance.http import access
 from appliance.http.app_keys import CORE
 from appliance.instances import ALIVE_BEATS, ALIVE_SLACK, list_instances
-
-
-def _rfc3339(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds")
+from appliance.timestamps import rfc3339
 
 
 @access.admin
@@ -42,8 +38,8 @@ async def get_instances(request: web.Request) -> web.Response:
                 "http_address": instance.http_address,
                 "pid": instance.pid,
                 "heartbeat_interval_s": instance.beat_interval,
-                "started_at": _rfc3339(instance.started_at),
-                "last_seen": _rfc3339(instance.last_seen),
+                "started_at": rfc3339(instance.started_at),
+                "last_seen": rfc3339(instance.last_seen),
                 "seen_seconds_ago": round(instance.seen_ago(now), 1),
             }
             for instance in await list_instances(core.store)

@@ -5,13 +5,12 @@ Admin only. Never returns key material; rotation and password change stay CLI ve
 
 from __future__ import annotations
 
-import datetime as dt
-
 from aiohttp import web
 
 from appliance.http import access
 from appliance.http.app_keys import CORE
 from appliance.keyring.rotation import status
+from appliance.timestamps import rfc3339
 
 
 @access.admin
@@ -23,8 +22,7 @@ async def get_keys(request: web.Request) -> web.Response:
             {
                 "version": key.version,
                 "active": key.active,
-                "created_at": (dt.datetime.fromtimestamp(key.created_at, dt.UTC).isoformat()
-                               if key.created_at else None),
+                "created_at": rfc3339(key.created_at) if key.created_at else None,
                 "fields": key.fields,
             }
             for key in keys

@@ -1,14 +1,18 @@
-"""The middleware every request passes: request id and access log, errors as JSON, limits, headers.
+"""The middleware every request passes: request id and access log, errors as JSON, limits, headers,
+and the request metrics (duration by route and status class, in flight).
 
-The access log records method, route, status, duration and client address (`client_address`)
-only: never bodies, query-string values, or the values of `Authorization`, `Cookie` and
-`Set-Cookie`.
+The access log records method, route, status, duration, client address (`client_address`), the
+user's name and the query id of a query route: never bodies, query-string values, parameter
+values, tokens, or the values of `Authorization`, `Cookie` and `Set-Cookie`. A failure is logged
+with its type and the request id; its message only when it is one of our own errors
+(`ApplianceError`, whose messages never hold a value).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -20,7 +24,7 @@ from multidict import CIMultiDict
 
 from appliance import deadlines, metrics
 from appliance.errors import ApplianceError, PayloadTooLarge, UpstreamTimeout
-from appliance.http import client_address
+from appliance.http import access, client_address
 from appliance.http.app_keys import REQUEST_ID, SETTINGS
 
 log = logging.getLogger("appliance.http")
@@ -84,6 +88,7 @@ def front(guard: Guard | None = None) -> Middleware:
         request[REQUEST_ID] = request_id
         started = time.perf_counter()
         status = 500
+        metrics.request_started()
         try:
             settings = request.app[SETTINGS]
             proxies = settings.server.trusted_proxies
@@ -105,28 +110,44 @@ def front(guard: Guard | None = None) -> Middleware:
             if not response.prepared:  # a stream sets its headers itself (`secure`)
                 secure(request, response, dev=settings.dev, request_id=request_id)
             status = response.status
-            metrics.observe_request(request.method, _route_label(request), status)
+            metrics.observe_request(request.method, _route_label(request), status,
+                                    time.perf_counter() - started)
             return response
         finally:
+            metrics.request_ended()
             if log.isEnabledFor(logging.INFO):
                 _log_request(request, request_id, status, started)
 
     return front_middleware
 
 
+# A query id as the store makes them (`queries.service`): only such an id is logged, never
+# whatever else a client wrote in its place in the path.
+_QUERY_ID = re.compile(r"q_[0-9a-f]{16}")
+_QUERY_ROUTE = "/api/v1/queries/{id}"
+
+
 def _log_request(request: web.Request, request_id: str, status: int, started: float) -> None:
     route = request.match_info.route.resource
-    log.info(
-        "request",
-        extra={
-            "request_id": request_id,
-            "method": request.method,
-            "route": route.canonical if route is not None else "<unmatched>",
-            "status": status,
-            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-            "client": client_address.of(request),
-        },
-    )
+    canonical = route.canonical if route is not None else "<unmatched>"
+    extra: dict[str, Any] = {
+        "request_id": request_id,
+        "method": request.method,
+        "route": canonical,
+        "status": status,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+        "client": client_address.of(request),
+    }
+    found = access.principal(request)
+    if found is not None:
+        extra["user"] = found.username  # the name only: never the session or the token
+        if found.via == "token":
+            extra["token_id"] = found.credential_id  # the token's id, not its secret
+    if canonical.startswith(_QUERY_ROUTE):
+        query_id = request.match_info.get("id", "")
+        if _QUERY_ID.fullmatch(query_id):
+            extra["query_id"] = query_id
+    log.info("request", extra=extra)
 
 
 def _route_label(request: web.Request) -> str:
@@ -141,9 +162,11 @@ def _route_label(request: web.Request) -> str:
 def _failure(request: web.Request, exc: Exception) -> web.Response:
     """The error envelope (`error_body`) with the right status, for what a handler raised."""
     if isinstance(exc, ApplianceError):
-        if exc.status >= 500:
-            log.warning("request failed", extra={"request_id": request.get(REQUEST_ID),
-                                                 "code": exc.code})
+        if exc.status >= 500:  # our own message: written for the client, never holds a value
+            log.warning("request failed", extra={
+                "request_id": request.get(REQUEST_ID), "code": exc.code,
+                "exception": f"{type(exc).__module__}.{type(exc).__qualname__}",
+                "error": exc.message})
         response = web.json_response(error_body(exc), status=exc.status)
         response.headers.update(exc.response_headers())
         return response
@@ -164,7 +187,8 @@ def _failure(request: web.Request, exc: Exception) -> web.Response:
     if isinstance(exc, TimeoutError):
         return error_response(UpstreamTimeout.status, "request_timeout",
                               "the request took too long and was stopped")
-    # Log where, not what: an exception message may hold data from the request.
+    # Its type and the request id, never its message: a driver's or the runtime's message may
+    # quote data from the request (a value, a row, a secret).
     log.error(
         "unhandled error",
         extra={"request_id": request.get(REQUEST_ID),

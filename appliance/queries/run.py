@@ -185,6 +185,8 @@ class Runner:
         duration = (run.duration_ms if run is not None and run.finished is not None
                     else (time.perf_counter() - started) * 1000)
         metrics.observe_query_run(outcome, duration / 1000)
+        metrics.observe_query_result(compiled.datasource_id,
+                                     rows=run.row_count if run is not None else 0, error=code)
         details: dict[str, Any] = {
             "datasource": compiled.datasource_id, "duration_ms": round(duration, 3),
             "mode": mode, "row_count": run.row_count if run is not None else 0,

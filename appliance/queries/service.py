@@ -22,6 +22,7 @@ from appliance.errors import Conflict, NotFound, Unprocessable
 from appliance.kinds.registry import Template
 from appliance.parameters import InvalidQuery
 from appliance.queries.compile import compile_query
+from appliance.timestamps import rfc3339
 
 FIELDS: Final = frozenset({"name", "datasource_id", "body", "parameters", "timeout_ms",
                            "max_rows", "description"})
@@ -96,8 +97,8 @@ class QueryService:
             "timeout_ms": row["timeout_ms"],
             "max_rows": row["max_rows"],
             "version": row["version"],
-            "created_at": row["created_at"],
-            "updated_at": row["updated_at"],
+            "created_at": rfc3339(row["created_at"]),
+            "updated_at": rfc3339(row["updated_at"]),
         })
         return out
 

@@ -25,6 +25,7 @@ from appliance.errors import ApplianceError, TLSError
 from appliance.secret import Secret
 from appliance.settings import TLSSettings
 from appliance.store.lease import Lease
+from appliance.timestamps import rfc3339
 from appliance.tls import renewal
 from appliance.tls.acme_client import ACMEClient, ari_cert_id, new_key_pem
 from appliance.tls.certificates import CertificateInfo, load_pair
@@ -408,27 +409,28 @@ class ACMEIssuer:
 
     # -- status ---------------------------------------------------------------------------------
 
+    def next_renewal(self) -> dt.datetime | None:
+        """When the certificate is next ordered: its renewal time, or the next attempt after a
+        failure (now, when there is no certificate for this directory yet)."""
+        record = self.record
+        if record is None:
+            return None
+        candidates = [w for w in (record.renew_at, record.next_attempt) if w is not None]
+        if self.info is None or record.directory != self.settings.directory:
+            candidates = [record.next_attempt or _now()]
+        return max(candidates) if candidates else None
+
     def status(self) -> dict[str, Any]:
         record = self.record
-
-        def iso(value: dt.datetime | None) -> str | None:
-            return value.isoformat() if value else None
-
-        next_renewal = None
-        if record is not None:
-            candidates = [w for w in (record.renew_at, record.next_attempt) if w is not None]
-            if self.info is None or record.directory != self.settings.directory:
-                candidates = [record.next_attempt or _now()]
-            next_renewal = max(candidates) if candidates else None
         return {
             "directory": self.settings.directory,
-            "next_renewal": iso(next_renewal),
-            "renew_at": iso(record.renew_at) if record else None,
-            "last_attempt": iso(record.last_attempt) if record else None,
-            "last_success": iso(record.last_success) if record else None,
+            "next_renewal": rfc3339(self.next_renewal()),
+            "renew_at": rfc3339(record.renew_at) if record else None,
+            "last_attempt": rfc3339(record.last_attempt) if record else None,
+            "last_success": rfc3339(record.last_success) if record else None,
             "last_error": record.last_error if record else None,
             "failures": record.failures if record else 0,
-            "next_attempt": iso(record.next_attempt) if record else None,
+            "next_attempt": rfc3339(record.next_attempt) if record else None,
             "orders": record.orders if record else 0,
             "attempt_running": self.attempt_running,
             "instance": self.lease.holder,

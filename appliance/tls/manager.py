@@ -24,6 +24,7 @@ from appliance import state_dir
 from appliance.errors import TLSError
 from appliance.secret import Secret
 from appliance.settings import TLSSettings
+from appliance.timestamps import rfc3339
 from appliance.tls import local_ca
 from appliance.tls.certificates import (
     CertificateInfo,
@@ -217,27 +218,40 @@ class TLSManager:
             return False, f"certificate expires in {days:.1f} days"
         return True, "ok"
 
+    def times(self) -> tuple[dt.datetime | None, dt.datetime | None, dt.datetime | None]:
+        """The served certificate's expiry, its next renewal (local CA and ACME modes) and the
+        last successful ACME order: what metrics graph."""
+        info = None if self.temporary else self.info
+        next_renewal = last_success = None
+        if info is not None and self.settings.mode == "local":
+            next_renewal = info.renewal_due_at()
+        if self.acme is not None:
+            next_renewal = self.acme.next_renewal()
+            record = self.acme.record
+            last_success = record.last_success if record is not None else None
+        return (info.not_after if info is not None else None), next_renewal, last_success
+
     def status(self) -> dict[str, Any]:
         info = self.info
         next_renewal = None
         if info is not None and self.settings.mode == "local":
-            next_renewal = info.renewal_due_at().isoformat()
+            next_renewal = rfc3339(info.renewal_due_at())
         acme = self.acme.status() if self.acme is not None else {}
         out = {
             "mode": self.settings.mode,
             "names": list(info.names if info else self.settings.names),
             "issuer": info.issuer if info else None,
-            "not_after": info.not_after.isoformat() if info else None,
+            "not_after": rfc3339(info.not_after) if info else None,
             "fingerprint_sha256": info.fingerprint_sha256 if info else None,
             "next_renewal": next_renewal,
-            "last_check": self.last_check.isoformat() if self.last_check else None,
+            "last_check": rfc3339(self.last_check),
             "last_error": self.last_error,
             "temporary": self.temporary,
         }
         if self.settings.mode == "acme":
             out.update(acme)
             out["names"] = list(self.settings.names)
-            out["not_after"] = info.not_after.isoformat() if info and not self.temporary else None
+            out["not_after"] = rfc3339(info.not_after) if info and not self.temporary else None
             out["issuer"] = info.issuer if info and not self.temporary else None
         return out
 

@@ -169,9 +169,10 @@ export async function busy(btn, label, work) {
   }
 }
 
+// A time as the API writes it (RFC 3339 UTC, `2026-12-03T12:00:00.123Z`) as `2026-12-03 12:00:00 UTC`.
 export function when(value) {
   if (value === null || value === undefined || value === '') return '—';
-  const date = typeof value === 'number' ? new Date(value * (value < 1e11 ? 1000 : 1)) : new Date(value);
+  const date = new Date(value);
   if (Number.isNaN(date.getTime())) return String(value);
   return date.toISOString().replace('T', ' ').replace(/\.\d+Z$/, ' UTC').replace(/Z$/, ' UTC');
 }

@@ -193,7 +193,8 @@ class MysqlEngine(Engine):
         pool = self._pool
         if pool is None:
             return PoolStats(size=0, idle=0)
-        return PoolStats(size=pool.size, idle=pool.idle)
+        return PoolStats(size=pool.size, idle=pool.idle, waiting=pool.waiting,
+                         waits=pool.waits)
 
     async def test(self, timeout: float) -> None:
         try:

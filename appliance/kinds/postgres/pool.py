@@ -79,6 +79,7 @@ class ConnectionPool:
         self._born: dict[Connection, float] = {}  # every open connection, and when it opened
         self._idle: list[tuple[Connection, float]] = []  # (connection, idle since), newest last
         self._waiters: collections.deque[asyncio.Future[Connection | None]] = collections.deque()
+        self.waits = 0  # acquires that had to wait for a connection (metrics)
         self._resets: set[asyncio.Task[None]] = set()
         self._expiry: asyncio.TimerHandle | None = None
         self._closed = False
@@ -91,6 +92,11 @@ class ConnectionPool:
     @property
     def idle(self) -> int:
         return len(self._idle)
+
+    @property
+    def waiting(self) -> int:
+        """Acquires waiting for a connection now."""
+        return sum(1 for waiter in self._waiters if not waiter.done())
 
     # -- taking ------------------------------------------------------------------------------
 
@@ -122,6 +128,7 @@ class ConnectionPool:
             return await self._open()
         waiter: asyncio.Future[Connection | None] = self._loop.create_future()
         self._waiters.append(waiter)
+        self.waits += 1
         try:
             with deadlines.limit(timeout):
                 conn = await waiter
