@@ -54,6 +54,7 @@ class Principal:
     via: str  # "session" or "token"
     credential_id: str  # the session's hash prefix or the token id: for audit, never the secret
     enrolment_required: bool = False
+    password_change_required: bool = False  # a session after an administrator's reset
 
     @functools.cached_property  # read for every request's audit entry
     def actor(self) -> str:

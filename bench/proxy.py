@@ -4,7 +4,9 @@ over HTTPS with a bearer token (on uvloop, as `appliance serve` runs), (d) throu
 handler on uvloop (the fair limit for (c): same loop), at concurrency 1 and 32; then a
 1,000,000-row NDJSON stream (rows/s against asyncpg directly, and the appliance's peak RSS
 growth). With --pg-store, (e): the appliance as (c) but on a PostgreSQL store ([store] url, a
-database of the same cluster), so c/d and e/d come from the same run. Each path is warmed up at
+database of the same cluster), so c/d and e/d come from the same run. (f): the appliance as (c)
+with a viewer's token on a copy of the query visible to one group only (the viewer's): the
+cost of the visibility check (two indexed point reads per run), as f/c. Each path is warmed up at
 the measured concurrency; the paths take turns in ROUNDS rounds
 and the ratios are per-round medians, so a machine whose speed drifts during the run weighs on all
 of them alike. Prints a Markdown table; never asserts.
@@ -131,12 +133,16 @@ async def serve_appliance(port: int, state: Path, store: str = "") -> None:
     one = await app[CORE].queries.create({
         "name": "one", "datasource_id": ds["id"], "body": TEMPLATE,
         "parameters": [{"name": "id", "type": "integer"}]}, ctx)
+    grouped = await app[CORE].queries.create({
+        "name": "one for bench", "datasource_id": ds["id"], "body": TEMPLATE,
+        "parameters": [{"name": "id", "type": "integer"}], "groups": ["bench"]}, ctx)
+    await app[CORE].auth.users.change("viewer", groups=["bench"], context=ctx)
     many = await app[CORE].queries.create({
         "name": "many", "datasource_id": ds["id"],
         "body": "SELECT i, 'row ' || i AS name, i * 0.5 AS v "
                 "FROM generate_series(1, {{ n }}) i",
         "parameters": [{"name": "n", "type": "integer"}]}, ctx)
-    await served.announce(one=one["id"], many=many["id"])
+    await served.announce(one=one["id"], many=many["id"], grouped=grouped["id"])
 
 
 @dataclasses.dataclass
@@ -149,6 +155,7 @@ class RunningAppliance:
     listener: Any
     token: str  # the admin's bearer token
     ca: str  # the local CA's certificate, for the client
+    viewer_token: str  # the viewer's, in the group "bench"
 
     async def announce(self, **ids: str) -> None:
         """Freeze the collector as `appliance serve` does once it is up, print the port, token,
@@ -158,6 +165,7 @@ class RunningAppliance:
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
         print(json.dumps({"port": self.listener.addresses[0][1], "token": self.token,
+                          "viewer_token": self.viewer_token,
                           "ca": self.ca, **ids}), flush=True)
         await asyncio.Event().wait()
 
@@ -176,7 +184,8 @@ async def start_appliance(state: Path) -> RunningAppliance:
     from tests.support.app import prepare
 
     logging.disable(logging.WARNING)
-    s, tokens = await prepare(state, require_2fa="", users=("developer",), tokens=True)
+    s, tokens = await prepare(state, require_2fa="", users=("developer", "viewer"),
+                              tokens=True)
     s = dataclasses.replace(s, egress=dataclasses.replace(s.egress, allow_private=True))
     tls = TLSManager(s.tls, state)
     tls.load_initial()
@@ -188,7 +197,8 @@ async def start_appliance(state: Path) -> RunningAppliance:
     assert runner.server is not None
     listener = await listen(runner.server, gate, s.server, "127.0.0.1", 0,
                             tls_context=tls.context)
-    return RunningAppliance(app, runner, listener, tokens["admin"], str(tls.ca.cert_path))
+    return RunningAppliance(app, runner, listener, tokens["admin"], str(tls.ca.cert_path),
+                            tokens["viewer"])
 
 
 # --- load ---------------------------------------------------------------------------------------
@@ -297,7 +307,8 @@ async def run_bench(requests: int, rows: int, pg_store: bool = False) -> None:
         _make_bare_cert(ca.parent, state)
         bare_proc, bare_info = server("bare", state)
         uv_proc, uv_info = server("bare-uvloop", state)
-        servers = {"b": bare_proc.pid, "c": appliance_proc.pid, "d": uv_proc.pid}
+        servers = {"b": bare_proc.pid, "c": appliance_proc.pid, "d": uv_proc.pid,
+                   "f": appliance_proc.pid}
         pg_info: dict = {}
         if pg_store:
             cluster.sql("CREATE DATABASE store OWNER app", database="postgres")
@@ -340,6 +351,16 @@ async def run_bench(requests: int, rows: int, pg_store: bool = False) -> None:
                     await r.read()
                     assert r.status == 200, await r.text()
 
+            viewer_headers = {"Authorization": f"Bearer {app_info['viewer_token']}"}
+
+            async def appliance_viewer(i: int) -> None:
+                async with http.post(
+                        f"https://127.0.0.1:{app_info['port']}/api/v1/queries/"
+                        f"{app_info['grouped']}/run", json={"params": {"id": i}},
+                        headers=viewer_headers) as r:
+                    await r.read()
+                    assert r.status == 200, await r.text()
+
             # (e)'s own local CA (its own state directory): one context, so connections are kept.
             pg_ctx = ssl.create_default_context(cafile=pg_info["ca"]) if pg_store else None
 
@@ -352,7 +373,8 @@ async def run_bench(requests: int, rows: int, pg_store: bool = False) -> None:
                     await r.read()
                     assert r.status == 200, await r.text()
 
-            paths = [("a", direct), ("b", bare), ("c", appliance), ("d", bare_uvloop)]
+            paths = [("a", direct), ("b", bare), ("c", appliance), ("d", bare_uvloop),
+                     ("f", appliance_viewer)]
             if pg_store:
                 paths.append(("e", appliance_pg))
             # The paths take turns, ROUNDS times, so a machine that slows down or speeds
@@ -438,7 +460,8 @@ def _print(results: dict, cpu_us: dict, requests: int, rows: int, direct_rate: f
     print("|---|---|---|---|---|")
     names = {"a": "(a) asyncpg direct", "b": "(b) bare aiohttp + asyncpg, HTTPS",
              "c": "(c) appliance, HTTPS + bearer", "d": "(d) bare aiohttp + asyncpg on uvloop",
-             "e": "(e) appliance as (c), PostgreSQL store"}
+             "e": "(e) appliance as (c), PostgreSQL store",
+             "f": "(f) appliance as (c), a viewer on a query for their group"}
     keys = [k for k in names if (k, 1) in results]
     for concurrency in (1, 32):
         for key in keys:
@@ -453,6 +476,14 @@ def _print(results: dict, cpu_us: dict, requests: int, rows: int, direct_rate: f
         print(f"\nconcurrency {concurrency}: c/d = {statistics.median(cd):.2f} "
               f"(target >= 0.8, same loop; rounds {', '.join(f'{x:.2f}' for x in cd)}), "
               f"c/b = {statistics.median(cb):.2f}, c/a = {statistics.median(ca):.2f}")
+        f = results[("f", concurrency)]["rounds"]
+        fc = [x / y for x, y in zip(f, c, strict=True)]
+        f_cpu, c_cpu = (cpu_us[(k, concurrency)][1:] or cpu_us[(k, concurrency)]
+                        for k in ("f", "c"))
+        print(f"  groups: f/c = {statistics.median(fc):.2f} (rounds "
+              f"{', '.join(f'{x:.2f}' for x in fc)}; the viewer's visibility check); server "
+              f"CPU per request {statistics.median(f_cpu):.0f} us against "
+              f"{statistics.median(c_cpu):.0f} us")
         if ("e", concurrency) in results:
             e = results[("e", concurrency)]["rounds"]
             ed = [x / y for x, y in zip(e, d, strict=True)]

@@ -57,6 +57,7 @@ class AuthService:
         self.settings = settings
         self.passwords = passwords or Passwords()
         self.users = Users(store, audit, self.passwords)
+        self.groups = self.users.groups
         self.sessions = Sessions(store, settings)
         self.tokens = Tokens(store, audit)
         self.throttle = Throttle(store)
@@ -268,7 +269,8 @@ class AuthService:
                                         target=f"user:{user.username}", context=context)
             raise Unauthorized("the current password is wrong", code="invalid_credentials")
         self.passwords.check_policy(new, field="new_password")  # named as the request names it
-        await self.users.update(user.username, password=new, context=context)
+        await self.users.update(user.username, password=new, must_change_password=False,
+                                context=context)
 
     async def _user(self, principal: Principal) -> User:
         user = await self.users.get_by_id(principal.user_id)

@@ -56,7 +56,8 @@ class Sessions:
         id_hash = hash_id(raw)
         row = await self.store.lookup(
             "SELECT s.id_hash, s.role AS session_role, s.last_seen, s.expires_at,"
-            " u.id AS user_id, u.username, u.role, u.disabled, u.totp_enabled"
+            " u.id AS user_id, u.username, u.role, u.disabled, u.totp_enabled,"
+            " u.must_change_password"
             " FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id_hash = ?",
             (id_hash,))
         if row is None:
@@ -75,7 +76,8 @@ class Sessions:
         enrol = row["role"] in self.settings.require_2fa and not row["totp_enabled"]
         return Principal(user_id=row["user_id"], username=row["username"], role=row["role"],
                          via="session", credential_id=label(id_hash),
-                         enrolment_required=enrol)
+                         enrolment_required=enrol,
+                         password_change_required=bool(row["must_change_password"]))
 
     async def delete(self, tx: Transaction, raw: str) -> bool:
         return await tx.execute("DELETE FROM sessions WHERE id_hash = ?", (hash_id(raw),)) > 0

@@ -1,8 +1,10 @@
-"""User accounts: create, list, change role, disable, change password.
+"""User accounts: create, list, change role, groups, disable, change or reset a password.
 
-Owns the `users` table. Never returns or logs a password hash outside this package; every change
-is audited in the same transaction (fail-closed) and a privilege change ends the user's sessions.
-Disabling a user also revokes their API tokens for good: enabling them again brings none back.
+Owns the `users` table (its `must_change_password` flag: set by an administrator's reset, cleared
+by the user's own change). Never returns or logs a password hash outside this package; every
+change is audited in the same transaction (fail-closed) and a privilege change ends the user's
+sessions. Disabling a user also revokes their API tokens for good: enabling them again brings
+none back.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from appliance import roles
 from appliance.audit import AuditLog, Context
+from appliance.auth.membership import Membership
 from appliance.auth.passwords import Passwords
 from appliance.errors import BadRequest, Conflict, NotFound
+from appliance.groups import check_groups
 from appliance.secret import Secret
 from appliance.store import Store, Transaction
 from appliance.timestamps import rfc3339
@@ -35,17 +40,20 @@ class User:
     totp_last_step: int
     created_at: float
     password_hash: str
+    must_change_password: bool = False
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> User:
         return cls(id=row["id"], username=row["username"], role=row["role"],
                    disabled=bool(row["disabled"]), totp_enabled=bool(row["totp_enabled"]),
                    totp_last_step=int(row["totp_last_step"]), created_at=row["created_at"],
-                   password_hash=row["password_hash"])
+                   password_hash=row["password_hash"],
+                   must_change_password=bool(row["must_change_password"]))
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "username": self.username, "role": self.role,
                 "disabled": self.disabled, "totp_enabled": self.totp_enabled,
+                "must_change_password": self.must_change_password,
                 "created_at": rfc3339(self.created_at)}
 
     def __repr__(self) -> str:
@@ -75,6 +83,7 @@ class Users:
         self.store = store
         self.audit = audit
         self.passwords = passwords
+        self.groups = Membership(store)
 
     async def get(self, username: str, tx: Transaction | None = None) -> User | None:
         sql, params = "SELECT * FROM users WHERE username = ?", (username,)
@@ -101,9 +110,10 @@ class Users:
         return int(row["n"]) if row else 0
 
     async def create(self, *, username: str, role: str, password: Secret[str],
-                     context: Context) -> User:
+                     context: Context, groups: Sequence[str] = ()) -> User:
         check_username(username)
         roles.check_role(role)
+        member_of = check_groups(list(groups))
         password_hash = await self.passwords.hash(password)
         now = time.time()
         user_id = "u_" + secrets.token_hex(8)
@@ -114,26 +124,38 @@ class Users:
                 "INSERT INTO users (id, username, role, password_hash, created_at, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (user_id, username, role, password_hash, now, now))
+            await self.groups.replace(tx, user_id, member_of)
             await self.audit.record(tx, action="user.create", target=f"user:{username}",
-                                    details={"role": role}, context=context)
+                                    details={"role": role,
+                                             **({"groups": list(member_of)} if member_of
+                                                else {})},
+                                    context=context)
             user = await self.require(username, tx)
         return user
 
     async def update(self, username: str, *, context: Context, role: str | None = None,
                      disabled: bool | None = None,
-                     password: Secret[str] | None = None) -> User:
+                     password: Secret[str] | None = None,
+                     must_change_password: bool | None = None) -> User:
         """Change role, disabled flag or password; a change ends the user's sessions."""
         return (await self.change(username, context=context, role=role, disabled=disabled,
-                                  password=password)).user
+                                  password=password,
+                                  must_change_password=must_change_password)).user
 
     async def change(self, username: str, *, context: Context, role: str | None = None,
                      disabled: bool | None = None,
-                     password: Secret[str] | None = None) -> Change:
+                     password: Secret[str] | None = None,
+                     must_change_password: bool | None = None,
+                     groups: Sequence[str] | None = None) -> Change:
         """`update`, also saying which API tokens the change revoked: disabling revokes every
         live token of the user, and so does enabling (a token left live by a disable from before
-        this rule must not come back with its owner)."""
+        this rule must not come back with its owner). `groups`: the user's groups, all of them
+        (a change of groups alone keeps the sessions: it counts from the next request anyway).
+        `must_change_password`: set with an administrator's new password, cleared with the
+        user's own."""
         if role is not None:
             roles.check_role(role)
+        member_of = check_groups(list(groups)) if groups is not None else None
         new_hash = await self.passwords.hash(password) if password is not None else None
         async with self.store.transaction() as tx:
             user = await self.require(username, tx)
@@ -144,17 +166,27 @@ class Users:
                 changed["disabled"] = disabled
             if new_hash is not None:
                 changed["password_changed"] = True
+            if (must_change_password is not None
+                    and must_change_password != user.must_change_password):
+                changed["must_change_password"] = must_change_password
+            if member_of is not None:
+                moved = await self.groups.replace(tx, user.id, member_of)
+                if moved["added"] or moved["removed"]:
+                    changed["groups"] = {k: v for k, v in moved.items() if v}
             if not changed:
                 return Change(user, ())
             if user.role == roles.ADMIN and ("role" in changed or changed.get("disabled")):
                 await self._keep_one_admin(tx, user)
             await tx.execute(
-                "UPDATE users SET role = ?, disabled = ?, password_hash = ?, updated_at = ?"
-                " WHERE id = ?",
+                "UPDATE users SET role = ?, disabled = ?, password_hash = ?,"
+                " must_change_password = ?, updated_at = ? WHERE id = ?",
                 (role or user.role, int(user.disabled if disabled is None else disabled),
-                 new_hash or user.password_hash, time.time(), user.id))
-            # Any privilege change (or a new password) ends every session of the user.
-            await tx.execute("DELETE FROM sessions WHERE user_id = ?", (user.id,))
+                 new_hash or user.password_hash,
+                 int(user.must_change_password if must_change_password is None
+                     else must_change_password), time.time(), user.id))
+            if set(changed) - {"groups"}:
+                # Any privilege change (or a new password) ends every session of the user.
+                await tx.execute("DELETE FROM sessions WHERE user_id = ?", (user.id,))
             revoked: tuple[str, ...] = ()
             if "disabled" in changed:
                 revoked = await self._revoke_tokens(tx, user.id)
@@ -162,7 +194,8 @@ class Users:
             await self.audit.record(tx, action=action, target=f"user:{user.username}",
                                     details={"changed": sorted(changed), **{
                                         k: v for k, v in changed.items()
-                                        if k in ("role", "disabled")},
+                                        if k in ("role", "disabled", "groups",
+                                                 "must_change_password")},
                                         **({"revoked": list(revoked)} if revoked else {})},
                                     context=context)
             return Change(await self.require(username, tx), revoked)
@@ -194,14 +227,15 @@ class Users:
 
     async def reset_password(self, username: str, password: Secret[str], *,
                              context: Context) -> Reset:
-        """An administrator's reset (a lost password): the new password, every session of the
-        user ended and every live API token revoked, audited as `user.password.reset`, all in
-        one transaction."""
+        """An administrator's reset (a lost password): the new password, to be changed at the
+        next login (`must_change_password`), every session of the user ended and every live API
+        token revoked, audited as `user.password.reset`, all in one transaction."""
         self.passwords.check_policy(password)
         new_hash = await self.passwords.hash(password)
         async with self.store.transaction() as tx:
             user = await self.require(username, tx)
-            await self.set_password_hash(tx, user.id, new_hash)
+            await tx.execute("UPDATE users SET password_hash = ?, must_change_password = 1,"
+                             " updated_at = ? WHERE id = ?", (new_hash, time.time(), user.id))
             sessions = await tx.execute("DELETE FROM sessions WHERE user_id = ?", (user.id,))
             revoked = await self._revoke_tokens(tx, user.id)
             await self.audit.record(tx, action="user.password.reset",

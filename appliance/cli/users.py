@@ -1,5 +1,5 @@
-"""`appliance users add | list | disable | enable | reset-2fa | reset-password`: manage accounts
-from the shell.
+"""`appliance users add | list | groups | disable | enable | reset-2fa | reset-password`: manage
+accounts from the shell.
 
 Every change is audited (actor `cli:<os user>`). Never prints a password, except a generated
 one-time password, once.
@@ -29,6 +29,8 @@ from appliance.cli.common import (
 )
 from appliance.cli.init import read_password_file
 from appliance.core import open_core
+from appliance.errors import BadRequest
+from appliance.groups import check_group
 from appliance.secret import Secret
 from appliance.settings import Settings
 from appliance.timestamps import rfc3339
@@ -65,6 +67,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--role", required=True, choices=ROLES)
     p.add_argument("--password-file", type=Path, metavar="FILE",
                    help="read the password (at least 12 characters) from FILE")
+    p.add_argument("--group", action="append", default=[], metavar="GROUP",
+                   help="a group the user belongs to (repeat for more): a viewer sees the "
+                        "queries of their groups and those for every viewer")
     p.set_defaults(run=run_add)
 
     p = verbs.add_parser("list", help="list users",
@@ -72,6 +77,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_state_options(p)
     add_json_option(p)
     p.set_defaults(run=run_list)
+
+    p = verbs.add_parser(
+        "groups", help="show or change a user's groups",
+        description="Show a user's groups, or add and remove some (names are compared without "
+                    "case). A viewer sees the queries listed for one of their groups and those "
+                    "for every viewer; the change counts from the user's next request. "
+                    "Audited as user.update.")
+    add_state_options(p)
+    add_json_option(p)
+    p.add_argument("name", help="user name")
+    p.add_argument("--add", action="append", default=[], metavar="GROUP",
+                   help="add the user to GROUP (repeat for more)")
+    p.add_argument("--remove", action="append", default=[], metavar="GROUP",
+                   help="remove the user from GROUP (repeat for more)")
+    p.set_defaults(run=run_groups)
 
     for verb, helptext in (("disable", "disable a user: sessions end and API tokens are revoked "
                                        "for good"),
@@ -92,7 +112,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "reset-password", help="set a new password for a user who lost theirs",
         description="Set a new password for a user (e.g. a lost admin password). Without "
                     "--password-file a one-time password is generated and printed once: give "
-                    "it to the user and have them change it after logging in. Every session of "
+                    "it to the user, who must change it at their next login (until then their "
+                    "session reaches nothing else). Every session of "
                     "the user ends and every live API token of theirs is revoked for good. "
                     "Audited as user.password.reset (actor cli:<OS user>).")
     add_state_options(p)
@@ -111,10 +132,11 @@ def run_add(args: argparse.Namespace) -> int:
     async def main() -> None:
         async with open_auth(settings) as auth:
             await auth.users.create(username=args.name, role=args.role, password=password,
-                                    context=cli_context())
+                                    groups=args.group, context=cli_context())
 
     asyncio.run(main())
-    print(f"created user {args.name!r} ({args.role})")
+    print(f"created user {args.name!r} ({args.role})"
+          + (f" in {', '.join(sorted({g.lower() for g in args.group}))}" if args.group else ""))
     if generated:
         print(f"one-time password (shown only now): {password.reveal()}")
     return 0
@@ -123,20 +145,50 @@ def run_add(args: argparse.Namespace) -> int:
 def run_list(args: argparse.Namespace) -> int:
     settings = load_settings(args)
 
-    async def main() -> list[User]:
+    async def main() -> list[tuple[User, tuple[str, ...]]]:
         async with open_auth(settings) as auth:
-            return await auth.users.list()
+            return [(u, await auth.groups.of(u.id)) for u in await auth.users.list()]
 
-    users = asyncio.run(main())
+    listed = asyncio.run(main())
+    users = [u for u, _ in listed]
     if args.json:
         emit_json([{"name": u.username, "role": u.role, "disabled": u.disabled,
-                    "totp_enabled": u.totp_enabled, "created_at": rfc3339(u.created_at)}
-                   for u in users])
+                    "totp_enabled": u.totp_enabled, "groups": list(member_of),
+                    "must_change_password": u.must_change_password,
+                    "created_at": rfc3339(u.created_at)}
+                   for u, member_of in listed])
         return 0
     print("name\trole\tstate\t2fa")
     for u in users:
         print(f"{u.username}\t{u.role}\t{'disabled' if u.disabled else 'enabled'}\t"
               f"{'on' if u.totp_enabled else 'off'}")
+    return 0
+
+
+def run_groups(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    add = {check_group(g, field="--add") for g in args.add}
+    remove = {check_group(g, field="--remove") for g in args.remove}
+    if add & remove:
+        raise BadRequest(f"a group cannot be added and removed at once: "
+                         f"{', '.join(sorted(add & remove))}", code="bad_group")
+
+    async def main() -> tuple[str, ...]:
+        async with open_auth(settings) as auth:
+            user = await auth.users.require(args.name)
+            if add or remove:
+                now = (set(await auth.groups.of(user.id)) | add) - remove
+                await auth.users.change(args.name, groups=sorted(now), context=cli_context())
+            return await auth.groups.of(user.id)
+
+    member_of = asyncio.run(main())
+    if args.json:
+        emit_json({"name": args.name, "groups": list(member_of)})
+    elif member_of:
+        print(f"{args.name} is in: {', '.join(member_of)}")
+    else:
+        print(f"{args.name} is in no group (a viewer then sees only the queries for every "
+              f"viewer)")
     return 0
 
 
@@ -192,6 +244,6 @@ def run_reset_password(args: argparse.Namespace) -> int:
           f"ended, {plural(len(reset.revoked_tokens), 'API token')} revoked for good"
           + (f" ({', '.join(reset.revoked_tokens)})" if reset.revoked_tokens else ""))
     if generated:
-        print(f"one-time password (shown only now; have them change it after logging in): "
+        print(f"one-time password (shown only now; they must change it at their next login): "
               f"{password.reveal()}")
     return 0

@@ -40,10 +40,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @dataclass(frozen=True)
 class Rule:
-    """The role a route needs. `during_enrolment`: reachable before required 2FA is set up."""
+    """The role a route needs. `during_enrolment`: reachable before required 2FA is set up.
+    `during_password_change`: reachable by a session whose user must first change the password
+    an administrator reset (reading the own account, changing the password, logging out)."""
 
     role: str
     during_enrolment: bool = False
+    during_password_change: bool = False
 
 
 class UndeclaredRoute(ApplianceError):
@@ -53,13 +56,14 @@ class UndeclaredRoute(ApplianceError):
     exit_code = 1
 
 
-def requires(role: str, *, during_enrolment: bool = False) -> Callable[[F], F]:
+def requires(role: str, *, during_enrolment: bool = False,
+             during_password_change: bool = False) -> Callable[[F], F]:
     """Declare the role a handler needs: `public`, `viewer`, `developer` or `admin`."""
     if role not in LEVELS:
         raise ValueError(f"unknown access level {role!r}; use one of {', '.join(LEVELS)}")
 
     def decorate(handler: F) -> F:
-        setattr(handler, _ATTR, Rule(role, during_enrolment))
+        setattr(handler, _ATTR, Rule(role, during_enrolment, during_password_change))
         return handler
 
     return decorate
@@ -191,7 +195,12 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
                             f"{request.method} needs a same-origin Origin header and "
                             f"{CSRF_HEADER}: 1", code="csrf")
     request[PRINCIPAL] = found
-    if found.enrolment_required and not rule.during_enrolment:
+    if found.password_change_required:
+        # The password first (a route for it is one for this), then any 2FA enrolment.
+        if not rule.during_password_change:
+            raise Forbidden("your password was reset: change it first "
+                            "(POST /api/v1/users/me/password)", code="password_change_required")
+    elif found.enrolment_required and not rule.during_enrolment:
         raise Forbidden("your role requires two-factor login: enrol first "
                         "(POST /api/v1/users/me/2fa)", code="2fa_enrolment_required")
     if not found.at_least(rule.role):

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from appliance.auth import COOKIE_NAME, Principal
+from appliance.auth import COOKIE_NAME, AuthService, Principal, User
 from appliance.errors import BadRequest, Forbidden, Unauthorized
 from appliance.http import access
 from appliance.http.access import SESSION_RAW
@@ -48,7 +48,13 @@ def _clear_session_cookie(response: web.StreamResponse) -> None:
 
 def _principal_view(found: Principal) -> dict[str, Any]:
     return {"username": found.username, "role": found.role, "via": found.via,
-            "2fa_enrolment_required": found.enrolment_required}
+            "2fa_enrolment_required": found.enrolment_required,
+            "password_change_required": found.password_change_required}
+
+
+async def _user_view(auth: AuthService, user: User) -> dict[str, Any]:
+    """A user as the API shows it: the public fields and the user's groups."""
+    return dict(user.public(), groups=list(await auth.groups.of(user.id)))
 
 
 # -- session ---------------------------------------------------------------------------------
@@ -70,17 +76,18 @@ async def create_session(request: web.Request) -> web.Response:
     response = web.json_response({
         "user": result.user.public(),
         "2fa_enrolment_required": result.enrolment_required,
+        "password_change_required": result.user.must_change_password,
     }, status=201)
     _set_session_cookie(response, result.session)
     return response
 
 
-@access.requires("viewer", during_enrolment=True)
+@access.requires("viewer", during_enrolment=True, during_password_change=True)
 async def get_session(request: web.Request) -> web.Response:
     return web.json_response(_principal_view(access.require_principal(request)))
 
 
-@access.requires("viewer", during_enrolment=True)
+@access.requires("viewer", during_enrolment=True, during_password_change=True)
 async def delete_session(request: web.Request) -> web.Response:
     found = access.require_principal(request)
     raw = request.get(SESSION_RAW)
@@ -98,8 +105,9 @@ async def delete_session(request: web.Request) -> web.Response:
 
 @access.admin
 async def list_users(request: web.Request) -> web.Response:
-    users = await request.app[CORE].auth.users.list()
-    return web.json_response({"users": [user.public() for user in users]})
+    auth = request.app[CORE].auth
+    users = await auth.users.list()
+    return web.json_response({"users": [await _user_view(auth, user) for user in users]})
 
 
 @access.admin
@@ -109,22 +117,34 @@ async def create_user(request: web.Request) -> web.Response:
     role = _string(body, "role", max_length=16)
     password = _secret(body, "password")
     assert username is not None and role is not None
-    user = await request.app[CORE].auth.users.create(username=username, role=role,
-                                                     password=password,
-                                                     context=access.context(request))
-    return web.json_response(user.public(), status=201)
+    auth = request.app[CORE].auth
+    user = await auth.users.create(username=username, role=role, password=password,
+                                   groups=_groups(body) or (), context=access.context(request))
+    return web.json_response(await _user_view(auth, user), status=201)
+
+
+def _groups(body: dict[str, Any]) -> list[str] | None:
+    """The body's `groups` (checked by the service), or None when it has none."""
+    value = body.get("groups")
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise BadRequest("'groups' must be a list of group names", code="bad_group",
+                         field="groups")
+    return value
 
 
 @access.admin
 async def get_user(request: web.Request) -> web.Response:
-    user = await request.app[CORE].auth.users.require(request.match_info["name"])
-    return web.json_response(user.public())
+    auth = request.app[CORE].auth
+    user = await auth.users.require(request.match_info["name"])
+    return web.json_response(await _user_view(auth, user))
 
 
 @access.admin
 async def update_user(request: web.Request) -> web.Response:
     body = await read_object(request)
-    unknown = set(body) - {"role", "disabled", "password"}
+    unknown = set(body) - {"role", "disabled", "password", "groups"}
     if unknown:
         raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}", code="bad_field")
     disabled = body.get("disabled")
@@ -133,18 +153,21 @@ async def update_user(request: web.Request) -> web.Response:
     role = _string(body, "role", required=False, max_length=16)
     password = _secret(body, "password") if "password" in body else None
     auth = request.app[CORE].auth
+    # A password an administrator sets is one to change at the next login.
     change = await auth.users.change(request.match_info["name"], role=role, disabled=disabled,
-                                     password=password, context=access.context(request))
+                                     password=password, groups=_groups(body),
+                                     must_change_password=True if password else None,
+                                     context=access.context(request))
     # Disabling (or enabling) revokes the user's live API tokens for good: say which.
-    return web.json_response(dict(change.user.public(),
+    return web.json_response(dict(await _user_view(auth, change.user),
                                   tokens_revoked=list(change.revoked_tokens)))
 
 
 @access.admin
 async def reset_user_2fa(request: web.Request) -> web.Response:
-    user = await request.app[CORE].auth.reset_2fa(request.match_info["name"],
-                                             context=access.context(request))
-    return web.json_response(user.public())
+    auth = request.app[CORE].auth
+    user = await auth.reset_2fa(request.match_info["name"], context=access.context(request))
+    return web.json_response(await _user_view(auth, user))
 
 
 @access.admin
@@ -167,20 +190,20 @@ async def revoke_user_token(request: web.Request) -> web.Response:
 # -- the caller's own account ----------------------------------------------------------------
 
 
-@access.requires("viewer", during_enrolment=True)
+@access.requires("viewer", during_enrolment=True, during_password_change=True)
 async def get_me(request: web.Request) -> web.Response:
     auth = request.app[CORE].auth
     found = access.require_principal(request)
     user = await auth.users.get_by_id(found.user_id)
     if user is None:
         raise Unauthorized("the session has ended", code="session_ended")
-    out = user.public()
+    out = await _user_view(auth, user)  # the own groups: read-only here
     out["recovery_codes_left"] = await auth.two_factor.remaining_recovery_codes(user.id)
     out["2fa_enrolment_required"] = found.enrolment_required
     return web.json_response(out)
 
 
-@access.viewer
+@access.requires("viewer", during_password_change=True)
 async def change_my_password(request: web.Request) -> web.Response:
     found = _session_only(request, "change the password")
     body = await read_object(request)

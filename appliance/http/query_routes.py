@@ -12,11 +12,12 @@ from typing import Any
 
 from aiohttp import web
 
+from appliance import groups
 from appliance.errors import ApplianceError, BadRequest
 from appliance.http import access, middleware
 from appliance.http.app_keys import CORE
 from appliance.http.json_body import read_object
-from appliance.queries import Run
+from appliance.queries import QueryNotFound, Run
 from appliance.queries.result_json import dumps
 
 NDJSON = "application/x-ndjson"
@@ -30,10 +31,30 @@ def _is_developer(request: web.Request) -> bool:
     return access.require_principal(request).at_least("developer")
 
 
+async def _check_visible(request: web.Request, query_id: str) -> None:
+    """A query the caller may not see is answered exactly as one that does not exist (404,
+    the same error): its name, even its existence, is not revealed. Developers and admins see
+    every query (no store read); a viewer's check reads the query's groups and, when it has
+    some, the viewer's membership (one indexed point read each), never a cache."""
+    found = access.require_principal(request)
+    if groups.sees_every_query(found):
+        return
+    core = request.app[CORE]
+    wanted = await core.queries.groups(query_id)
+    if wanted and not await core.auth.groups.may_see(found, wanted):
+        raise QueryNotFound("no such query")
+
+
 @access.viewer
 async def list_queries(request: web.Request) -> web.Response:
-    full = _is_developer(request)
-    return web.json_response({"queries": await request.app[CORE].queries.list(full=full)})
+    found = access.require_principal(request)
+    core = request.app[CORE]
+    if groups.sees_every_query(found):
+        return web.json_response({"queries": await core.queries.list(full=True)})
+    member_of = frozenset(await core.auth.groups.of(found.user_id))
+    listed = await core.queries.list(
+        full=False, shown=lambda wanted: groups.visible(wanted, member_of))
+    return web.json_response({"queries": listed})
 
 
 @access.developer
@@ -45,8 +66,9 @@ async def create_query(request: web.Request) -> web.Response:
 
 @access.viewer
 async def get_query(request: web.Request) -> web.Response:
-    found = await request.app[CORE].queries.get(request.match_info["id"],
-                                           full=_is_developer(request))
+    query_id = request.match_info["id"]
+    await _check_visible(request, query_id)
+    found = await request.app[CORE].queries.get(query_id, full=_is_developer(request))
     return web.json_response(found)
 
 
@@ -118,6 +140,7 @@ def _summary(run: Run) -> dict[str, Any]:
 @access.viewer
 async def run_query(request: web.Request) -> web.StreamResponse:
     try:
+        await _check_visible(request, request.match_info["id"])
         params = _params(await read_object(request)) if request.body_exists else {}
         if NDJSON in request.headers.get("Accept", ""):
             return await _stream(request, params)

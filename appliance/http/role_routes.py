@@ -16,7 +16,7 @@ from appliance.http import access
 _ROLES: Final = web.AppKey("roles_description", dict)
 
 
-@access.requires(roles.VIEWER, during_enrolment=True)
+@access.requires(roles.VIEWER, during_enrolment=True, during_password_change=True)
 async def list_roles(request: web.Request) -> web.Response:
     """The roles, lowest first: each may what the roles before it may."""
     return web.json_response(request.app[_ROLES])

@@ -3,7 +3,9 @@ compiled queries that runs use, invalidated on every change (here, or on another
 `follow`).
 
 Owns the `queries` table and the two views of a query: the full one for developers, and
-`id, name, parameters` for viewers. Never stores, logs or caches a parameter value or a result.
+`id, name, parameters` for viewers; a query's `groups` (who may see it: `appliance.groups`) are
+kept with it and in its compiled form, and the lists take a filter over them. Never stores, logs
+or caches a parameter value or a result.
 """
 
 from __future__ import annotations
@@ -11,21 +13,22 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from appliance.audit import AuditLog, Context
 from appliance.datasources import DatasourceService
 from appliance.datasources.config import LIMIT_MAXIMA, NAME_RE
-from appliance.errors import Conflict, NotFound, Unprocessable
+from appliance.errors import BadRequest, Conflict, NotFound, Unprocessable
+from appliance.groups import check_groups
 from appliance.kinds.registry import Template
 from appliance.parameters import InvalidQuery
 from appliance.queries.compile import compile_query
 from appliance.timestamps import rfc3339
 
 FIELDS: Final = frozenset({"name", "datasource_id", "body", "parameters", "timeout_ms",
-                           "max_rows", "description"})
+                           "max_rows", "description", "groups"})
 VIEWER_FIELDS: Final = ("id", "name", "parameters")
 MAX_DESCRIPTION: Final = 2000
 
@@ -46,6 +49,7 @@ class CompiledQuery:
     timeout_ms: int | None
     max_rows: int | None
     version: int
+    groups: tuple[str, ...] = ()  # who may see it (`appliance.groups`): () = every viewer
 
 
 def _limit(body: Mapping[str, Any], key: str, maximum: int) -> int | None:
@@ -62,6 +66,19 @@ def _name(value: Any) -> str:
         raise InvalidQuery("'name' must be 1 to 100 characters: letters, digits, space, '_', "
                            "'.', '-', starting with a letter or digit", field="name")
     return value
+
+
+def _groups(value: Any) -> str:
+    """The query's groups as stored: a sorted JSON list of kept names ([] = every viewer)."""
+    try:
+        names = check_groups([] if value is None else value)
+    except BadRequest as exc:
+        raise InvalidQuery(exc.message, field="groups") from None
+    return json.dumps(list(names))
+
+
+def groups_of(row: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(json.loads(row["groups"]))
 
 
 def _description(value: Any) -> str | None:
@@ -96,6 +113,7 @@ class QueryService:
             "description": stored.get("description"),
             "timeout_ms": row["timeout_ms"],
             "max_rows": row["max_rows"],
+            "groups": list(groups_of(row)),
             "version": row["version"],
             "created_at": rfc3339(row["created_at"]),
             "updated_at": rfc3339(row["updated_at"]),
@@ -109,12 +127,24 @@ class QueryService:
             raise QueryNotFound("no such query")
         return dict(row)
 
-    async def list(self, *, full: bool) -> list[dict[str, Any]]:
+    async def list(self, *, full: bool,
+                   shown: Callable[[tuple[str, ...]], bool] | None = None
+                   ) -> list[dict[str, Any]]:
+        """Every query, or those whose groups `shown` accepts."""
         rows = await self.store.fetch_all("SELECT * FROM queries ORDER BY name")
-        return [self.view(row, full=full) for row in rows]
+        return [self.view(row, full=full) for row in rows
+                if shown is None or shown(groups_of(row))]
 
     async def get(self, query_id: str, *, full: bool) -> dict[str, Any]:
         return self.view(await self._row(query_id), full=full)
+
+    async def groups(self, query_id: str) -> tuple[str, ...]:
+        """The query's groups as stored now (one indexed point read, never the cache: a change
+        here or on another instance counts from the next request); QueryNotFound if none."""
+        row = await self.store.lookup("SELECT groups FROM queries WHERE id = ?", (query_id,))
+        if row is None:
+            raise QueryNotFound("no such query")
+        return groups_of(row)
 
     # --- changes --------------------------------------------------------------------------
 
@@ -142,6 +172,7 @@ class QueryService:
             json.dumps(template.parameters.to_json(), ensure_ascii=False),
             _limit(merged, "timeout_ms", LIMIT_MAXIMA["statement_timeout_ms"]),
             _limit(merged, "max_rows", LIMIT_MAXIMA["max_rows"]),
+            _groups(merged.get("groups")),
         )
 
     async def create(self, body: Mapping[str, Any], context: Context) -> dict[str, Any]:
@@ -156,11 +187,15 @@ class QueryService:
             await self._check_unique(tx, columns[0], None)
             await tx.execute(
                 "INSERT INTO queries (id, name, datasource_id, body, parameters, timeout_ms, "
-                "max_rows, version, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
+                "max_rows, groups, version, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
                 (query_id, *columns, now, now))
+            groups = json.loads(columns[6])
             await self.audit.record(tx, action="query.create", target=f"query:{query_id}",
                                     context=context, details={"name": columns[0],
-                                                              "datasource": columns[1]})
+                                                              "datasource": columns[1],
+                                                              **({"groups": groups} if groups
+                                                                 else {})})
         return await self.get(query_id, full=True)
 
     async def update(self, query_id: str, body: Mapping[str, Any],
@@ -175,6 +210,7 @@ class QueryService:
             "description": stored.get("description"),
             "parameters": json.loads(row["parameters"]),
             "timeout_ms": row["timeout_ms"], "max_rows": row["max_rows"],
+            "groups": list(groups_of(row)),
         }
         merged.update(body)
         _, template = await self._compile(merged)
@@ -184,11 +220,14 @@ class QueryService:
             await self._check_unique(tx, columns[0], query_id)
             await tx.execute(
                 "UPDATE queries SET name = ?, datasource_id = ?, body = ?, parameters = ?, "
-                "timeout_ms = ?, max_rows = ?, version = version + 1, updated_at = ? "
+                "timeout_ms = ?, max_rows = ?, groups = ?, version = version + 1, updated_at = ? "
                 "WHERE id = ?", (*columns, time.time(), query_id))
+            details: dict[str, Any] = {"name": columns[0], "fields": sorted(body)}
+            if columns[6] != row["groups"]:  # who may see it: from and to (names, no value)
+                details["groups"] = {"from": list(groups_of(row)),
+                                     "to": json.loads(columns[6])}
             await self.audit.record(tx, action="query.update", target=f"query:{query_id}",
-                                    context=context, details={"name": columns[0],
-                                                              "fields": sorted(body)})
+                                    context=context, details=details)
         self.forget(query_id)
         return await self.get(query_id, full=True)
 
@@ -220,7 +259,8 @@ class QueryService:
         compiled = CompiledQuery(id=str(row["id"]), name=str(row["name"]),
                                  datasource_id=str(row["datasource_id"]), kind=kind,
                                  template=template, timeout_ms=row["timeout_ms"],
-                                 max_rows=row["max_rows"], version=int(row["version"]))
+                                 max_rows=row["max_rows"], version=int(row["version"]),
+                                 groups=groups_of(row))
         if generation == self._generation:
             self._cache[query_id] = compiled
         return compiled

@@ -509,6 +509,34 @@ MIGRATIONS: tuple[Migration, ...] = (
                        CHECK (kind IN ('postgres', 'mongodb', 'rest', 'sqlite', 'mysql'))""",
         ),
     ),
+    Migration(
+        15,
+        "who may run what: users' groups, a query's groups; a password to change at next login",
+        (
+            # A user's groups (auth/groups.py). Names are stored lower-case (the user-name
+            # pattern, compared without case by lower-casing them on the way in).
+            """CREATE TABLE user_groups (
+                   user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+                   name    TEXT NOT NULL,
+                   PRIMARY KEY (user_id, name)
+               ) STRICT""",
+            "CREATE INDEX user_groups_name ON user_groups (name)",
+            # The groups a query is visible to, as a sorted JSON list: [] = every viewer.
+            "ALTER TABLE queries ADD COLUMN groups TEXT NOT NULL DEFAULT '[]'",
+            # Set by an administrator's reset; cleared when the user changes the password.
+            "ALTER TABLE users ADD COLUMN must_change_password INTEGER NOT NULL DEFAULT 0",
+        ),
+        postgres=(
+            """CREATE TABLE user_groups (
+                   user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+                   name    TEXT NOT NULL,
+                   PRIMARY KEY (user_id, name)
+               )""",
+            "CREATE INDEX user_groups_name ON user_groups (name)",
+            "ALTER TABLE queries ADD COLUMN groups TEXT NOT NULL DEFAULT '[]'",
+            "ALTER TABLE users ADD COLUMN must_change_password BIGINT NOT NULL DEFAULT 0",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

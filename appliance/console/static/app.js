@@ -62,7 +62,7 @@ function buildNav(current) {
   }
   toggle.hidden = false;
   nav.hidden = false;
-  const pages = session.enrolment ? PAGES.filter((p) => p.path === 'account') : PAGES.filter(allowed);
+  const pages = session.enrolment || session.passwordChange ? PAGES.filter((p) => p.path === 'account') : PAGES.filter(allowed);
   nav.append(h('ul', {}, pages.map((page) => h('li', {},
     h('a', {href: `#/${page.path}`, 'aria-current': page.path === current ? 'page' : null}, page.title)))));
   who.append(h('span', {class: 'user'}, session.username), ' ', h('span', {class: 'badge'}, session.role),
@@ -88,7 +88,7 @@ function signedOut(message) {
 
 async function loggedIn() {
   await loadSession();
-  navigate(session && session.enrolment ? 'account' : defaultPage());
+  navigate(session && (session.enrolment || session.passwordChange) ? 'account' : defaultPage());
 }
 
 function defaultPage() {
@@ -98,7 +98,8 @@ function defaultPage() {
 async function loadSession() {
   try {
     const [who, {roles}] = await Promise.all([api.get('/api/v1/session'), api.get('/api/v1/roles')]);
-    session = {username: who.username, role: who.role, enrolment: Boolean(who['2fa_enrolment_required']), roles};
+    session = {username: who.username, role: who.role, enrolment: Boolean(who['2fa_enrolment_required']),
+      passwordChange: Boolean(who.password_change_required), roles};
   } catch {
     session = null;
   }
@@ -111,7 +112,7 @@ async function route() {
   }
   const parts = location.hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
   let page = PAGES.find((p) => p.path === parts[0]);
-  if (session.enrolment) page = PAGES.find((p) => p.path === 'account');
+  if (session.enrolment || session.passwordChange) page = PAGES.find((p) => p.path === 'account');
   if (!page || !allowed(page)) {
     page = PAGES.find((p) => p.path === defaultPage());
     history.replaceState(null, '', `#/${page.path}`);

@@ -8,6 +8,13 @@ export async function renderAccount(ctx) {
   const {main, session} = ctx;
   main.append(h('h1', {tabindex: '-1'}, 'My account'));
   const me = await api.get('/api/v1/users/me');
+  if (session.passwordChange) {
+    main.append(h('div', {class: 'alert info', role: 'alert'},
+      'Your password was reset by an administrator. Choose a new one to use the console.'));
+    main.append(passwordForm(ctx));
+    main.querySelector('input[name="current_password"]').focus();
+    return;
+  }
   if (session.enrolment) {
     main.append(h('div', {class: 'alert info', role: 'alert'},
       'Your role requires two-factor login. Set it up below to use the console.'));
@@ -15,6 +22,7 @@ export async function renderAccount(ctx) {
   main.append(section('Profile', h('dl', {class: 'facts'},
     h('dt', {}, 'Username'), h('dd', {}, me.username),
     h('dt', {}, 'Role'), h('dd', {}, me.role),
+    h('dt', {}, 'Groups'), h('dd', {id: 'my-groups'}, me.groups && me.groups.length ? me.groups.join(', ') : 'none'),
     h('dt', {}, 'Two-factor login'), h('dd', {id: 'twofa-state'}, me.totp_enabled ? 'on' : 'off'),
     me.totp_enabled ? [h('dt', {}, 'Recovery codes left'), h('dd', {}, String(me.recovery_codes_left ?? '—'))] : null)));
   if (!me.totp_enabled) main.append(enrolment(ctx));

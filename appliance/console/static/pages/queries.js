@@ -87,12 +87,13 @@ function editor(ctx, kinds, query) {
   });
 
   const params = parameterEditor(query ? query.parameters : [], () => body.input.value);
+  const visibleTo = visibilityField(query);
   const timeout = field({name: 'timeout_ms', label: 'Timeout (ms)', type: 'number', min: 1, step: 1, value: query && query.timeout_ms ? query.timeout_ms : '',
     help: 'Empty: the datasource\'s statement timeout.'});
   const maxRows = field({name: 'max_rows', label: 'Most rows', type: 'number', min: 1, step: 1, value: query && query.max_rows ? query.max_rows : '',
     help: 'Empty: the datasource\'s limit.'});
   const save = h('button', {type: 'submit', class: 'primary'}, creating ? 'Create query' : 'Save changes');
-  const form = h('form', {novalidate: true, id: 'query-form', class: 'query-form'}, alert, name, datasource, description, body, params.node,
+  const form = h('form', {novalidate: true, id: 'query-form', class: 'query-form'}, alert, name, datasource, description, visibleTo.node, body, params.node,
     h('details', {class: 'limits'}, h('summary', {}, 'Limits'), timeout, maxRows), h('div', {class: 'actions'}, save));
 
   api.get('/api/v1/datasources').then((data) => {
@@ -118,14 +119,16 @@ function editor(ctx, kinds, query) {
       }
     }
     let declarations;
+    let groups;
     try {
       declarations = params.value();
+      groups = visibleTo.value();
     } catch (error) {
       showError(form, error);
       return;
     }
     const payload = {name: valueOf(name).trim(), datasource_id: valueOf(datasource), body: bodyValue, parameters: declarations,
-      description: valueOf(description).trim() || null};
+      description: valueOf(description).trim() || null, groups};
     if (valueOf(timeout)) payload.timeout_ms = Number(valueOf(timeout));
     else if (!creating) payload.timeout_ms = null;
     if (valueOf(maxRows)) payload.max_rows = Number(valueOf(maxRows));
@@ -151,6 +154,33 @@ function editor(ctx, kinds, query) {
 }
 
 // What a body is, by the kinds' `body`: SQL text, or a JSON object for the kinds named.
+// "Visible to": every viewer (no groups), or the viewers of the groups listed (developers and
+// admins see every query). The server keeps group names lower-case and checks them.
+export function visibilityField(query) {
+  const groups = query && query.groups ? query.groups : [];
+  const name = 'visible-to';
+  const radio = (value, text, checked) => h('label', {class: 'choice'},
+    h('input', {type: 'radio', name, value, checked}), ' ', text);
+  const all = radio('all', 'All viewers', !groups.length);
+  const some = radio('groups', 'Only these groups', groups.length > 0);
+  const list = field({name: 'groups', label: 'Groups', value: groups.join(', '),
+    help: 'Group names, separated by commas. A group no user has yet is allowed.'});
+  const sync = () => { list.hidden = !some.querySelector('input').checked; };
+  for (const choice of [all, some]) choice.querySelector('input').addEventListener('change', sync);
+  sync();
+  const node = h('fieldset', {class: 'visible-to'},
+    h('legend', {}, 'Visible to'), all, some, list);
+  return {
+    node,
+    value() {
+      if (!some.querySelector('input').checked) return [];
+      const names = valueOf(list).split(/[\s,]+/).filter(Boolean);
+      if (!names.length) throw Object.assign(new Error("'groups': name at least one group, or choose All viewers"), {field: 'groups'});
+      return names;
+    },
+  };
+}
+
 function bodyHelp(kinds) {
   const json = Object.values(kinds).filter((k) => k.body === 'json').map((k) => k.title);
   const named = json.length > 1 ? `${json.slice(0, -1).join(', ')} and ${json[json.length - 1]}` : json[0];

@@ -13,8 +13,8 @@ export async function renderUsers(ctx) {
   const detail = h('div', {});
   const load = async () => {
     const data = await api.get('/api/v1/users');
-    list.replaceChildren(table(['User', 'Role', 'Two-factor', 'State', 'Created', ''], data.users.map((user) => [
-      user.username, roleSelect(ctx.roles, user, alert, load), user.totp_enabled ? 'on' : 'off',
+    list.replaceChildren(table(['User', 'Role', 'Groups', 'Two-factor', 'State', 'Created', ''], data.users.map((user) => [
+      user.username, roleSelect(ctx.roles, user, alert, load), groupsEditor(user, alert, load), user.totp_enabled ? 'on' : 'off',
       user.disabled ? 'disabled' : 'active', when(user.created_at), actions(user, alert, load, detail),
     ]), {label: 'Users', class: 'users'}));
   };
@@ -38,6 +38,26 @@ function roleSelect(roles, user, alert, reload) {
     await reload();
   });
   return select;
+}
+
+// A user's groups: a viewer sees the queries for every viewer and those of their groups.
+function groupsEditor(user, alert, reload) {
+  const input = h('input', {type: 'text', name: 'groups', value: (user.groups || []).join(', '), size: 14,
+    'aria-label': `Groups of ${user.username} (separated by commas)`, autocomplete: 'off', class: 'groups-input'});
+  const save = button('Save', async () => {
+    setAlert(alert, '');
+    const groups = input.value.split(/[\s,]+/).filter(Boolean);
+    try {
+      const changed = await busy(save, 'Saving…', () => api.patch(`/api/v1/users/${api.enc(user.username)}`, {groups}));
+      setAlert(alert, changed.groups.length ? `${user.username} is in: ${changed.groups.join(', ')}.`
+        : `${user.username} is in no group.`, 'success');
+    } catch (error) {
+      setAlert(alert, `${user.username}: ${error.message}`);
+      return;
+    }
+    await reload();
+  }, {class: 'small', 'aria-label': `Save the groups of ${user.username}`});
+  return h('span', {class: 'groups-edit'}, input, save);
 }
 
 function actions(user, alert, reload, detail) {
