@@ -320,7 +320,7 @@ async def read_bench(count: int, sizes: int, repeat: int) -> None:
                 "action=query.run (prefix, 99%)": "/api/v1/audit?action=query.run",
                 "outcome=failed (0.5%, no index)": "/api/v1/audit?outcome=failed",
                 "text matching nothing (bounded)": "/api/v1/audit?text=no-such-text",
-                "actor=admin&outcome=failed (none)": "/api/v1/audit?actor=admin&outcome=failed",
+                "actor=admin&outcome=failed (rare)": "/api/v1/audit?actor=admin&outcome=failed",
                 "since=the middle (binary search)": f"/api/v1/audit?since={since}&order=asc",
                 "deep page: before=head/2": f"/api/v1/audit?limit=100&before={head // 2}",
                 "deep page: its cursor": f"/api/v1/audit?limit=100&cursor={deep_cursor}",
