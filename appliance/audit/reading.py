@@ -116,8 +116,7 @@ def _integer(query: Mapping[str, str], name: str, *, low: int, high: int) -> int
 
 def stored_time(value: datetime.datetime) -> str:
     """A time as the audit log stores it (`log._now`): UTC, microseconds, `+00:00`."""
-    utc = value.astimezone(datetime.UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond:06d}+00:00"
+    return value.astimezone(datetime.UTC).isoformat(timespec="microseconds")
 
 
 def _time(query: Mapping[str, str], name: str) -> str:
@@ -126,11 +125,13 @@ def _time(query: Mapping[str, str], name: str) -> str:
         return ""
     try:
         parsed = datetime.datetime.fromisoformat(raw)
-    except ValueError:
-        raise _bad(name, "an RFC 3339 time, e.g. 2026-01-31T12:00:00Z") from None
-    if parsed.tzinfo is None:
-        raise _bad(name, "give the time zone (Z or ±hh:mm)")
-    return stored_time(parsed)
+        if parsed.tzinfo is not None:
+            stored_time(parsed + datetime.timedelta(microseconds=1))  # `until` reads past it
+            return stored_time(parsed)
+    except (ValueError, OverflowError):
+        raise _bad(name, "an RFC 3339 time from year 1 to 9999, e.g. 2026-01-31T12:00:00Z"
+                   ) from None
+    raise _bad(name, "give the time zone (Z or ±hh:mm)")
 
 
 def parse_query(query: Mapping[str, str], keys: Sequence[str] | None = None) -> Query:
@@ -164,16 +165,16 @@ def parse_query(query: Mapping[str, str], keys: Sequence[str] | None = None) -> 
     if len(given) > 1:
         raise _bad(given[1], f"give one of cursor, before, after (not {' and '.join(given)})")
     if before is not None:
-        if "order" in query and order != "desc":
+        if query.get("order") and order != "desc":
             raise _bad("order", "before reads newest first (desc)")
         return Query(filters, "desc", limit, before)
     if after is not None:
-        if "order" in query and order != "asc":
+        if query.get("order") and order != "asc":
             raise _bad("order", "after reads forward (asc)")
         return Query(filters, "asc", limit, after)
     if cursor:
         direction, position = decode_cursor(cursor, filters)
-        if "order" in query and order != direction:
+        if query.get("order") and order != direction:
             raise _bad("order", "the cursor carries its own order", code="bad_cursor")
         return Query(filters, direction, limit, position)
     return Query(filters, order, limit)  # type: ignore[arg-type]  # checked just above
