@@ -1,4 +1,6 @@
-"""Audit commit benchmark: what a run's audit entry costs on each store, measured in the same run.
+"""Audit benchmarks: what a run's audit entry costs on each store, and reading a big log.
+
+The commit benchmark (default):
 A `query.run` entry recorded the way the runner records it (inside `run_under_way`, so concurrent
 runs share a group commit; non-durable, as run entries are), 1 and 32 at a time, through
 `AuditLog` on a SQLite store (a file) and on a PostgreSQL store (a throwaway cluster, as
@@ -6,6 +8,18 @@ bench/proxy.py starts it). Prints wall time per entry, entries per commit and th
 PostgreSQL/SQLite; never asserts.
 
 Run: .venv/bin/python bench/audit.py [--entries N] [--rounds N]
+
+The read benchmark (`--read`, issue 24): fills a store with N entries through the audit log's own
+write path (`AuditLog.record`, group-committed in large batches: real, chained entries, 98 in 100
+query runs by service tokens), timing the fill (entries/s) and the bytes each entry adds, on
+SQLite and on PostgreSQL, each with the indexes of migration 13 and without them (dropped); then
+starts the appliance on the SQLite store (as `appliance serve` serves it, in a child process) and
+times GET /api/v1/audit: the newest page, filtered by a rare actor, a busy actor, an action
+prefix, an outcome, a text that matches nothing (the bounded scan), a time range, and a page deep
+in the log (by position and by cursor). N: APPLIANCE_BENCH_AUDIT_ENTRIES (default 20,000);
+APPLIANCE_BENCH_AUDIT_SIZES caps the with/without-index fills (default: N).
+
+Run: .venv/bin/python bench/audit.py --read
 """
 
 from __future__ import annotations
@@ -101,9 +115,251 @@ async def main(entries: int, rounds: int) -> None:
         print(f"|   | PostgreSQL / SQLite | {statistics.median(ratios):.2f} | |")
 
 
+# -- reading a big log -------------------------------------------------------------------------
+
+RARE_ACTOR = "alice"  # about one entry in 10,000
+SERVICE_ACTORS = tuple(f"svc (token {i:04x}aa)" for i in range(4))
+OTHER_ACTIONS = ("session.create", "session.delete", "user.update", "query.update",
+                 "datasource.update")
+
+
+def _entry(i: int, rng: Any) -> dict[str, Any]:
+    """One entry as a busy appliance writes them: mostly query runs by a few service tokens."""
+    from appliance.audit import RUN_ACTION, RUN_START_ACTION
+
+    roll = rng.random()
+    if roll < 0.0001:
+        actor, action = RARE_ACTOR, "session.create"
+    elif roll < 0.99:
+        actor, action = rng.choice(SERVICE_ACTORS), RUN_ACTION
+    elif roll < 0.995:
+        actor, action = rng.choice(SERVICE_ACTORS), RUN_START_ACTION
+    else:
+        actor, action = "admin", rng.choice(OTHER_ACTIONS)
+    outcome = "failed" if rng.random() < 0.005 else "ok"
+    return {"action": action, "actor": actor, "target": f"query:q{rng.randrange(50):02d}",
+            "outcome": outcome, "client": "10.0.0.7", "request_id": f"{i:016x}",
+            "details": {"datasource": "ds", "mode": "json", "duration_ms": rng.randrange(90),
+                        "row_count": rng.randrange(200), "truncated": False}}
+
+
+async def fill(store: Any, count: int, *, batch: int = 4096, seed: int = 24,
+               spent: list[float] | None = None) -> float:
+    """Append `count` entries with `AuditLog.record`, `batch` at a time as concurrent runs (one
+    group commit per 4,096); the seconds it took. `spent` gets the seconds inside the store's
+    write steps (chain, insert, commit: where an index costs), apart from making the entries."""
+    import contextlib
+    import random
+
+    from appliance.audit import AuditLog
+
+    rng = random.Random(seed)
+    log = AuditLog(store, max_batch=batch)
+    if spent is not None:
+        write = store.write
+
+        async def timed(fn: Any, *, durable: bool = True) -> Any:
+            began = time.perf_counter()
+            try:
+                return await write(fn, durable=durable)
+            finally:
+                spent.append(time.perf_counter() - began)
+
+        store.write = timed
+    started = time.perf_counter()
+    try:
+        for first in range(0, count, batch):
+            calls = [log.record(**_entry(i, rng)) for i in range(first, min(count, first + batch))]
+            with contextlib.ExitStack() as runs:
+                for _ in calls:
+                    runs.enter_context(log.run_under_way())
+                await asyncio.gather(*calls)
+    finally:
+        await log.close()
+        if spent is not None:
+            del store.write
+    return time.perf_counter() - started
+
+
+async def _size(store: Any, path: Path | None) -> int:
+    """Bytes the store holds (SQLite: the file after a checkpoint; PostgreSQL: audit_log with
+    its indexes)."""
+    if path is not None:
+        await store.fetch_one("PRAGMA wal_checkpoint(TRUNCATE)")
+        return path.stat().st_size
+    row = await store.fetch_one("SELECT pg_total_relation_size('audit_log') AS n")
+    return int(row["n"])
+
+
+async def append_costs(count: int) -> list[tuple[str, str, float, float, float]]:
+    """(store, indexes, entries/s, µs per entry in the store's write, bytes per entry) for
+    `count` entries on each store, with the read indexes of migration 13 and without them."""
+    from appliance import settings
+    from appliance.egress import Dialer, PolicyHolder
+    from appliance.store import open_store
+    from bench.proxy import PASSWORD, bench_cluster
+
+    out = []
+    with bench_cluster() as cluster, tempfile.TemporaryDirectory() as scratch:
+        password_file = Path(scratch) / "store.password"
+        password_file.write_text(PASSWORD + "\n")
+        password_file.chmod(0o600)
+        for indexes in ("with", "without"):
+            for kind in ("SQLite", "PostgreSQL"):
+                state = Path(scratch) / f"state-{kind}-{indexes}"
+                state.mkdir(mode=0o700)
+                env: dict[str, str] = {}
+                path: Path | None = state / "appliance.db"
+                if kind == "PostgreSQL":
+                    database = f"store_{indexes}"
+                    cluster.sql(f"CREATE DATABASE {database} OWNER app", database="postgres")
+                    env = {"APPLIANCE_STORE_URL":
+                           f"postgresql://app@127.0.0.1:{cluster.port}/{database}",
+                           "APPLIANCE_STORE_PASSWORD_FILE": str(password_file),
+                           "APPLIANCE_STORE_TLS": "disable"}
+                    path = None
+                s = settings.load(env=env, flags={"state_dir": str(state)})
+                store = await open_store(s, Dialer(PolicyHolder(s.egress)))
+                try:
+                    if indexes == "without":
+                        for name in ("audit_log_actor", "audit_log_action"):
+                            await _drop_index(store, name)
+                    empty = await _size(store, path)
+                    spent: list[float] = []
+                    seconds = await fill(store, count, spent=spent)
+                    grown = await _size(store, path) - empty
+                finally:
+                    await store.close()
+                write_us = sum(spent) / count * 1e6
+                out.append((kind, indexes, count / seconds, write_us, grown / count))
+                print(f"  {kind}, {indexes} indexes: {count / seconds:,.0f} entries/s, "
+                      f"{write_us:.1f} µs per entry in the write, {grown / count:.0f} bytes "
+                      "per entry", flush=True)
+    return out
+
+
+async def _drop_index(store: Any, name: str) -> None:
+    async with store.transaction() as tx:
+        await tx.execute(f"DROP INDEX {name}")
+
+
+async def serve_filled(state: str, count: str) -> None:
+    """The child: the appliance on `state` (SQLite), filled with `count` more entries first,
+    announced as bench/proxy.py's servers are."""
+    from appliance.http.app_keys import CORE
+    from bench.proxy import start_appliance
+
+    served = await start_appliance(Path(state))
+    seconds = await fill(served.app[CORE].store, int(count))
+    await served.announce(fill_seconds=seconds)
+
+
+async def time_requests(port: int, token: str, ca: str, paths: dict[str, str],
+                        repeat: int) -> dict[str, tuple[float, float, int, int]]:
+    """For each path: (median ms, p95 ms, entries returned, positions scanned)."""
+    import ssl
+
+    import aiohttp
+
+    ctx = ssl.create_default_context(cafile=ca)
+    headers = {"Authorization": f"Bearer {token}"}
+    out = {}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        for name, path in paths.items():
+            times = []
+            body: dict[str, Any] = {}
+            for number in range(repeat + 1):
+                started = time.perf_counter()
+                async with http.get(f"https://127.0.0.1:{port}{path}", ssl=ctx) as resp:
+                    body = await resp.json()
+                    assert resp.status == 200, (path, body)
+                if number:  # the first warms the caches up
+                    times.append((time.perf_counter() - started) * 1000)
+            times.sort()
+            out[name] = (statistics.median(times), times[int(len(times) * 0.95) - 1],
+                         len(body["entries"]), abs(body["scanned_from"] - body["scanned_to"]) + 1)
+    return out
+
+
+async def read_bench(count: int, sizes: int, repeat: int) -> None:
+    import urllib.parse
+
+    from bench.proxy import spawn, stop
+
+    print(f"\nappend cost, {sizes:,} entries per store (group commit, 4,096 per batch):")
+    costs = await append_costs(sizes)
+    if not count:
+        _print_costs(costs)
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        started = time.perf_counter()
+        proc, info = spawn(__file__, "filled", str(Path(scratch) / "state"), str(count))
+        try:
+            print(f"\nfilled {count:,} entries in {info['fill_seconds']:.1f} s "
+                  f"({count / info['fill_seconds']:,.0f} entries/s; "
+                  f"{time.perf_counter() - started:.1f} s with the start)", flush=True)
+            port, token, ca = info["port"], info["token"], info["ca"]
+            import ssl
+
+            import aiohttp
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as h:
+                ctx = ssl.create_default_context(cafile=ca)
+                url = f"https://127.0.0.1:{port}/api/v1/audit"
+                async with h.get(f"{url}?limit=1", ssl=ctx) as resp:
+                    head = (await resp.json())["entries"][0]["position"]
+                async with h.get(f"{url}?limit=1&before={head // 2}", ssl=ctx) as resp:
+                    middle = (await resp.json())["entries"][0]
+                async with h.get(f"{url}?limit=100&before={head // 2}", ssl=ctx) as resp:
+                    deep_cursor = (await resp.json())["cursor"]
+            since = urllib.parse.quote(middle["time"])
+            paths = {
+                "newest page (100)": "/api/v1/audit?limit=100",
+                f"actor={RARE_ACTOR} (1 in 10,000)": f"/api/v1/audit?actor={RARE_ACTOR}",
+                "actor=svc (4 tokens, 99%)": "/api/v1/audit?actor=svc",
+                "action=session. (prefix, rare)": "/api/v1/audit?action=session.",
+                "action=query.run (prefix, 99%)": "/api/v1/audit?action=query.run",
+                "outcome=failed (0.5%, no index)": "/api/v1/audit?outcome=failed",
+                "text matching nothing (bounded)": "/api/v1/audit?text=no-such-text",
+                "actor=admin&outcome=failed (rare)": "/api/v1/audit?actor=admin&outcome=failed",
+                "since=the middle (binary search)": f"/api/v1/audit?since={since}&order=asc",
+                "deep page: before=head/2": f"/api/v1/audit?limit=100&before={head // 2}",
+                "deep page: its cursor": f"/api/v1/audit?limit=100&cursor={deep_cursor}",
+            }
+            results = await time_requests(port, token, ca, paths, repeat)
+        finally:
+            stop([proc])
+    print(f"\nGET /api/v1/audit on {count:,} entries (SQLite store), {repeat} requests each:\n")
+    print("| request | median ms | p95 ms | entries | positions scanned |")
+    print("|---|---|---|---|---|")
+    for name, (median, p95, entries, scanned) in results.items():
+        print(f"| {name} | {median:.1f} | {p95:.1f} | {entries} | {scanned:,} |")
+    _print_costs(costs)
+
+
+def _print_costs(costs: list[tuple[str, str, float, float, float]]) -> None:
+    print("\n| store | indexes | entries/s (all of it) | µs per entry in the store's write |"
+          " bytes per entry |")
+    print("|---|---|---|---|---|")
+    for kind, indexes, rate, write_us, size in costs:
+        print(f"| {kind} | {indexes} | {rate:,.0f} | {write_us:.1f} | {size:.0f} |")
+
+
 if __name__ == "__main__":
+    import os
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--read", action="store_true", help="the read benchmark (issue 24)")
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--serve-filled", nargs=2, metavar=("STATE", "COUNT"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
-    asyncio.run(main(args.entries, args.rounds))
+    if args.serve_filled:
+        asyncio.run(serve_filled(*args.serve_filled))
+    elif args.read:
+        n = int(os.environ.get("APPLIANCE_BENCH_AUDIT_ENTRIES", "20000"))
+        sizes = int(os.environ.get("APPLIANCE_BENCH_AUDIT_SIZES", str(n)))
+        asyncio.run(read_bench(n, sizes, args.repeat))
+    else:
+        asyncio.run(main(args.entries, args.rounds))

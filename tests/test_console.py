@@ -305,6 +305,8 @@ def test_admin_enrols_2fa_builds_a_datasource_and_a_query_and_sees_rows(world: W
         page.get_by_role("link", name="Audit log").click()
         page.locator("table.audit tbody tr").first.wait_for()
         page.get_by_label("Action starts with").fill("datasource.")
+        # the server filters (debounced): wait for its answer, not the unfiltered first page
+        sync_api.expect(page.locator(".audit-status")).to_contain_text("from a search of")
         actions = page.locator("table.audit tbody tr td:nth-child(4)").all_inner_texts()
         assert actions and all(a.startswith("datasource.") for a in actions)
         assert "datasource.create" in actions and "datasource.test" in actions

@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from appliance.audit import reading
 from appliance.auth import COOKIE_NAME, AuthService, Principal, User
 from appliance.errors import BadRequest, Forbidden, Unauthorized
 from appliance.http import access
@@ -280,30 +281,14 @@ def _session_only(request: web.Request, what: str) -> Principal:
 # -- audit (admin) ---------------------------------------------------------------------------
 
 
-def _int_param(request: web.Request, name: str, default: int | None, *, low: int,
-               high: int) -> int | None:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise BadRequest(f"{name} must be an integer from {low} to {high}", code="bad_query")
-    return int(raw)
-
-
 @access.admin
 async def list_audit(request: web.Request) -> web.Response:
-    """Newest first by default (`before` pages back); `after` reads forward from a position."""
-    limit = _int_param(request, "limit", 100, low=1, high=1000) or 100
-    after = _int_param(request, "after", None, low=0, high=2**62)
-    before = _int_param(request, "before", None, low=1, high=2**62)
-    audit = request.app[CORE].audit
-    if after is not None:
-        entries = await audit.page(after=after, limit=limit)
-        following = {"after": entries[-1]["position"]} if len(entries) == limit else None
-    else:
-        entries = await audit.page(descending=True, before=before, limit=limit)
-        following = {"before": entries[-1]["position"]} if len(entries) == limit else None
-    return web.json_response({"entries": entries, "next": following})
+    """Entries matching the filters, newest first (`order=asc`: oldest first), one page at a
+    time with an opaque `cursor`; `before`/`after` still start from a position. The parameters
+    and the bounded scan: `audit.reading` and docs/audit-api.md."""
+    query = reading.parse_query(request.query, [key for key, _ in request.query.items()])
+    page = await reading.search(request.app[CORE].store, query)
+    return web.json_response(page.as_dict())
 
 
 @access.admin

@@ -510,6 +510,25 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
+        13,
+        "audit_log: indexes for reading by actor and by action",
+        # GET /api/v1/audit (audit/reading.py) reads an actor's or an action's entries newest
+        # first by these; measured cost and benefit in docs/performance.md. In SQLite an index
+        # holds the rowid, which is `seq`; PostgreSQL names it. PostgreSQL compares the two
+        # columns bytewise (COLLATE "C", as SQLite's BINARY): a prefix's values are then one
+        # range of the index. Changing only the collation rewrites no row (same type).
+        (
+            "CREATE INDEX audit_log_actor ON audit_log (actor)",
+            "CREATE INDEX audit_log_action ON audit_log (action)",
+        ),
+        postgres=(
+            'ALTER TABLE audit_log ALTER COLUMN actor TYPE TEXT COLLATE "C",'
+            ' ALTER COLUMN action TYPE TEXT COLLATE "C"',
+            "CREATE INDEX audit_log_actor ON audit_log (actor, seq)",
+            "CREATE INDEX audit_log_action ON audit_log (action, seq)",
+        ),
+    ),
+    Migration(
         15,
         "who may run what: users' groups, a query's groups; a password to change at next login",
         (

@@ -1,9 +1,12 @@
-// The audit log (admin): newest first, filters, older pages, and chain verification.
+// The audit log (admin): newest first, filtered by the server (GET /api/v1/audit pages with a
+// cursor and examines a bounded range per request: docs/audit-api.md), older pages on demand,
+// and chain verification.
 
 import * as api from '../api.js';
-import {alertBox, busy, button, field, h, section, setAlert, table, valueOf, when} from '../dom.js';
+import {alertBox, busy, button, clearErrors, field, h, section, setAlert, showError, table, valueOf, when} from '../dom.js';
 
-const PAGE = 200;
+const PAGE = 100;
+const DEBOUNCE_MS = 300;
 
 export async function renderAudit(ctx) {
   const {main} = ctx;
@@ -11,52 +14,107 @@ export async function renderAudit(ctx) {
   main.append(verifySection());
 
   const alert = alertBox();
-  const entries = [];
-  let next = null;
-  const actor = field({name: 'actor', label: 'Actor', placeholder: 'e.g. user:admin'});
+  // What `actor` holds: a user's name for their sessions, "name (token id)" for their API
+  // tokens, "cli:verb" for the command line, "system", "anonymous" (failed logins).
+  const actor = field({name: 'actor', label: 'Actor', placeholder: 'e.g. admin',
+    help: 'A user name; also finds their API tokens ("admin (token …)"). Or cli:init, system, anonymous.'});
   const action = field({name: 'action', label: 'Action starts with', placeholder: 'e.g. session.'});
   const outcome = field({name: 'outcome', label: 'Outcome', type: 'select', options: [['', 'any'], 'ok', 'denied', 'failed', 'error']});
+  const target = field({name: 'target', label: 'Target starts with', placeholder: 'e.g. query:'});
   const text = field({name: 'text', label: 'Target or details contain'});
-  const filters = h('form', {class: 'filters', role: 'search', 'aria-label': 'Filter the audit log'}, actor, action, outcome, text);
-  const count = h('p', {class: 'muted', 'aria-live': 'polite'});
+  const since = field({name: 'since', label: 'From (your time)', type: 'datetime-local', step: 1});
+  const until = field({name: 'until', label: 'Until (your time)', type: 'datetime-local', step: 1});
+  const filters = h('form', {class: 'filters', role: 'search', 'aria-label': 'Filter the audit log'},
+    actor, action, outcome, target, text, since, until);
+  const status = h('p', {class: 'muted audit-status', 'aria-live': 'polite'});
   const holder = h('div', {});
+  let entries = [];
+  let cursor = null;
+  let scanned = null; // {from, to}: the positions looked at since the first page
+  let asked = 0; // the latest request's number: an answer to an older one is dropped
+
+  const isoOf = (wrapper) => {
+    const value = valueOf(wrapper);
+    if (!value) return '';
+    const date = new Date(value);
+    return Number.isNaN(date.getTime()) ? value : date.toISOString();
+  };
+  const params = () => ({
+    actor: valueOf(actor).trim(), action: valueOf(action).trim(), outcome: valueOf(outcome),
+    target: valueOf(target).trim(), text: valueOf(text).trim(), since: isoOf(since), until: isoOf(until),
+  });
+  const filtered = () => Object.values(params()).some(Boolean);
+
   const more = button('Load older entries', async () => {
     try {
-      await busy(more, 'Loading…', () => load());
+      await busy(more, 'Loading…', () => load(false));
     } catch (error) {
-      setAlert(alert, error.message);
+      showError(filters, error, alert);
     }
-  });
+  }, {id: 'audit-more'});
 
-  const matches = (entry) => {
-    const a = valueOf(actor).trim().toLowerCase();
-    const act = valueOf(action).trim().toLowerCase();
-    const out = valueOf(outcome);
-    const t = valueOf(text).trim().toLowerCase();
-    return (!a || String(entry.actor).toLowerCase().includes(a))
-      && (!act || String(entry.action).toLowerCase().startsWith(act))
-      && (!out || entry.outcome === out)
-      && (!t || `${entry.target} ${JSON.stringify(entry.details)}`.toLowerCase().includes(t));
-  };
   const draw = () => {
-    const shown = entries.filter(matches);
-    count.textContent = `${shown.length} of ${entries.length} loaded entries${next ? ' (older entries not loaded yet)' : ''}.`;
-    holder.replaceChildren(table(['#', 'Time', 'Actor', 'Action', 'Target', 'Outcome', 'Client', 'Details'], shown.map((e) => [
-      String(e.position), when(e.time), e.actor, e.action, e.target || '', h('span', {class: `outcome ${e.outcome}`}, e.outcome),
-      e.client || '', h('code', {class: 'details'}, e.details && Object.keys(e.details).length ? JSON.stringify(e.details) : ''),
-    ]), {label: 'Audit entries', class: 'audit'}));
-    more.hidden = !next;
+    const n = (value) => Number(value).toLocaleString('en-US');
+    const range = scanned ? `entries ${n(scanned.to)}–${n(scanned.from)}` : '';
+    if (entries.length) {
+      status.textContent = `${entries.length} ${entries.length === 1 ? 'entry' : 'entries'} shown`
+        + (filtered() && range ? `, from a search of ${range}` : '')
+        + (cursor ? '. Older entries are not loaded yet.' : '.');
+      holder.replaceChildren(table(['#', 'Time', 'Actor', 'Action', 'Target', 'Outcome', 'Client', 'Details'], entries.map((e) => [
+        String(e.position), when(e.time), e.actor, e.action, e.target || '', h('span', {class: `outcome ${e.outcome}`}, e.outcome),
+        e.client || '', h('code', {class: 'details'}, e.details && Object.keys(e.details).length ? JSON.stringify(e.details) : ''),
+      ]), {label: 'Audit entries', class: 'audit'}));
+    } else {
+      status.textContent = '';
+      let message;
+      if (!filtered()) {
+        message = 'The audit log is empty. Entries appear here as people log in, change settings and run queries.';
+      } else if (cursor) {
+        message = `No matches in ${range}. Older entries have not been searched yet: search older, or narrow the filters (an actor or an action finds its entries fastest).`;
+      } else {
+        message = 'No entries match these filters. Change or clear a filter to see more.';
+      }
+      holder.replaceChildren(h('div', {class: 'empty-state', role: 'status', id: 'audit-empty'}, h('p', {}, message)));
+    }
+    more.textContent = entries.length ? 'Load older entries' : 'Search older entries';
+    more.hidden = !cursor;
   };
-  const load = async () => {
-    const data = await api.get(`/api/v1/audit${api.qs({limit: PAGE, before: next && next.before})}`);
+
+  // `fresh`: the filters changed, start again from the newest entry; else the next page.
+  const load = async (fresh) => {
+    const number = ++asked;
+    const query = {...params(), limit: PAGE, cursor: fresh ? null : cursor};
+    const data = await api.get(`/api/v1/audit${api.qs(query)}`);
+    if (number !== asked) return; // the filters changed meanwhile: a newer answer follows
+    clearErrors(filters);
+    setAlert(alert, '');
+    if (fresh) {
+      entries = [];
+      scanned = null;
+    }
     entries.push(...data.entries);
-    next = data.next;
+    cursor = data.cursor;
+    scanned = {from: scanned ? scanned.from : data.scanned_from, to: data.scanned_to};
     draw();
   };
-  filters.addEventListener('input', draw);
+
+  let timer = null;
+  const changed = () => {
+    clearTimeout(timer);
+    timer = setTimeout(async () => {
+      try {
+        await load(true);
+      } catch (error) {
+        clearErrors(filters);
+        showError(filters, error, alert);
+      }
+    }, DEBOUNCE_MS);
+  };
+  filters.addEventListener('input', changed);
+  filters.addEventListener('change', changed);
   filters.addEventListener('submit', (event) => event.preventDefault());
-  main.append(section('Entries', alert, filters, count, holder, h('div', {class: 'actions'}, more)));
-  await load();
+  main.append(section('Entries', alert, filters, status, holder, h('div', {class: 'actions'}, more)));
+  await load(true);
 }
 
 function verifySection() {
