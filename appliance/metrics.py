@@ -28,6 +28,7 @@ _requests: dict[tuple[str, str, int], int] = {}
 _runs: dict[str, tuple[list[int], list[float]]] = {
     outcome: ([0] * (len(RUN_BUCKETS) + 1), [0.0]) for outcome in OUTCOMES}
 _audit_failures = [0]
+_audit_verified = [0, 0]  # the last position the background verifier found intact; its failures
 # Client connections the listeners closed on a limit, by rule (appliance.http.connection_limits).
 LISTENER_DROPS = ("max_connections", "max_connections_per_address", "handshake_timeout",
                   "handshake_failed", "first_byte_timeout", "request_head_timeout")
@@ -60,6 +61,16 @@ def listener_dropped(rule: str) -> None:
 def audit_write_failed(count: int = 1) -> None:
     with _audit_lock:
         _audit_failures[0] += count
+
+
+def audit_verified(position: int) -> None:
+    """The background verifier found the chain intact through `position`."""
+    _audit_verified[0] = position
+
+
+def audit_verify_failed() -> None:
+    """The background verifier found the chain broken."""
+    _audit_verified[1] += 1
 
 
 class AuditFailureCounter(logging.Handler):
@@ -155,7 +166,11 @@ class _ProcessCollector:
     """The process's own counters, as Prometheus metric families."""
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
         from prometheus_client.utils import floatToGoString
 
         requests = CounterMetricFamily(
@@ -179,6 +194,15 @@ class _ProcessCollector:
             "appliance_audit_write_failures", "Audit entries that could not be written.")
         failures.add_metric([], _audit_failures[0])
         yield failures
+        verified = GaugeMetricFamily(
+            "appliance_audit_verified_position",
+            "The last audit position the background verifier found intact.")
+        verified.add_metric([], _audit_verified[0])
+        yield verified
+        broken = CounterMetricFamily(
+            "appliance_audit_verify_failures", "Background verifications that found a break.")
+        broken.add_metric([], _audit_verified[1])
+        yield broken
         drops = CounterMetricFamily(
             "appliance_listener_connections_dropped",
             "Client connections refused at accept or closed on a time limit, by rule.",

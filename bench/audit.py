@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 async def one_round(store: Any, entries: int, concurrency: int) -> tuple[float, float]:
     """(microseconds per entry, entries per commit) for `entries` run entries."""
-    from appliance.audit import RUN_ACTION, AuditLog
+    from appliance.audit import RUN_ACTION, AuditLog, FixedMacKeys
 
-    audit = AuditLog(store)
+    audit = AuditLog(store, keys=FixedMacKeys.generate())
     commits = 0
     write = store.write
 

@@ -25,6 +25,7 @@ from appliance.audit import (
     AuditLog,
     AuditUnavailable,
     Context,
+    FixedMacKeys,
     redact,
     verify_store,
 )
@@ -37,6 +38,7 @@ from appliance.store import SQLiteStore, open_sqlite_store
 from tests.conftest import clean_env, run_cli
 from tests.support.app import prepare, running, store_env
 
+KEYS = FixedMacKeys.generate()  # the audit keys of these tests' stores (no keyring here)
 # A query run's entry, as the tests record it (as the runner does: no transaction).
 RUN = {"action": RUN_ACTION, "actor": "v", "target": "query:q",
        "details": {"datasource": "ds", "mode": "json", "duration_ms": 1, "row_count": 0,
@@ -47,7 +49,7 @@ RUN = {"action": RUN_ACTION, "actor": "v", "target": "query:q",
 async def audit_log(tmp_path: Path,
                     entries: int = 6) -> AsyncIterator[tuple[SQLiteStore, AuditLog]]:
     store = await open_sqlite_store(tmp_path / "audit.db")
-    log = AuditLog(store)
+    log = AuditLog(store, keys=KEYS)
     try:
         for i in range(entries):
             async with store.transaction() as tx:
@@ -113,7 +115,7 @@ async def test_tampering_is_found_with_its_position(tmp_path: Path, statements: 
     tamper(tmp_path / "audit.db", *statements)
     store = await open_sqlite_store(tmp_path / "audit.db")
     try:
-        result = await verify_store(store)
+        result = await verify_store(store, KEYS)
     finally:
         await store.close()
     assert not result.ok

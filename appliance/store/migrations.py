@@ -509,6 +509,24 @@ MIGRATIONS: tuple[Migration, ...] = (
                        CHECK (kind IN ('postgres', 'mongodb', 'rest', 'sqlite', 'mysql'))""",
         ),
     ),
+    Migration(
+        12,
+        "audit log: keyed chain (the MAC's key version), marker indexes",
+        # mac_version: the audit key (keyring) whose HMAC links the entry; NULL for the legacy
+        # SHA-256 entries written before. Adding a column fires no row trigger. The partial
+        # indexes find the newest `audit.verified` marker and the upgrade boundary without a
+        # scan (the services' SQL names the actions as literals, so both planners use them).
+        (
+            "ALTER TABLE audit_log ADD COLUMN mac_version INTEGER",
+            "CREATE INDEX audit_log_verified ON audit_log (seq) WHERE action = 'audit.verified'",
+            "CREATE INDEX audit_log_keyed ON audit_log (seq) WHERE action = 'audit.chain.keyed'",
+        ),
+        postgres=(
+            "ALTER TABLE audit_log ADD COLUMN mac_version BIGINT",
+            "CREATE INDEX audit_log_verified ON audit_log (seq) WHERE action = 'audit.verified'",
+            "CREATE INDEX audit_log_keyed ON audit_log (seq) WHERE action = 'audit.chain.keyed'",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

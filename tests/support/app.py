@@ -100,7 +100,8 @@ async def _prepare(state: Path, *, require_2fa: str, users: tuple[str, ...],
                    tokens: bool, store: Mapping[str, str] | None
                    ) -> tuple[Settings, dict[str, str]]:
     s = make_settings(state, store=store, auth_require_2fa=require_2fa)
-    await bootstrap.init_state(s, admin_user="admin", admin_password=Secret(ADMIN_PASSWORD))
+    await bootstrap.init_state(s, admin_user="admin", admin_password=Secret(ADMIN_PASSWORD),
+                               tuning=TEST_TUNING)
     raw_tokens: dict[str, str] = {}
     async with open_core(s, tuning=TEST_TUNING) as core:  # the keyring made with test tuning
         auth = core.auth
