@@ -215,14 +215,18 @@ def verify(rows: Iterable[Mapping[str, Any]], keys: KeyLookup = lambda version: 
     return walk.result()
 
 
+def authentic(row: Mapping[str, Any], keys: KeyLookup) -> bool:
+    """Whether `row` is a keyed entry whose MAC holds (written by a holder of the key)."""
+    if row.get("mac_version") is None:
+        return False
+    key = keys(int(row["mac_version"]))
+    return key is not None and hmac.compare_digest(entry_mac(row, key), str(row["hash"]))
+
+
 def check_marker(row: Mapping[str, Any], keys: KeyLookup) -> Start | None:
     """The start an `audit.verified` marker (ok) vouches for, if it is keyed and its MAC holds:
     its details' `through` position and `mac`, and the chain's kind there. None otherwise."""
-    if (row.get("mac_version") is None or row["action"] != VERIFIED_ACTION
-            or row["outcome"] != "ok"):
-        return None
-    key = keys(int(row["mac_version"]))
-    if key is None or not hmac.compare_digest(entry_mac(row, key), str(row["hash"])):
+    if row["action"] != VERIFIED_ACTION or row["outcome"] != "ok" or not authentic(row, keys):
         return None
     details = _details(row)
     try:
@@ -254,10 +258,7 @@ def _is_boundary(row: Mapping[str, Any], legacy: int) -> bool:
 def _is_checkpoint(row: Mapping[str, Any], keys: KeyLookup) -> bool:
     """A chain's first row after pruning: a keyed checkpoint whose MAC holds and whose details
     name the last pruned entry (its position and link, which are its own `prev_hash`)."""
-    if row["action"] != CHECKPOINT_ACTION or row.get("mac_version") is None:
-        return False
-    key = keys(int(row["mac_version"]))
-    if key is None or not hmac.compare_digest(entry_mac(row, key), str(row["hash"])):
+    if row["action"] != CHECKPOINT_ACTION or not authentic(row, keys):
         return False
     details = _details(row)
     return (details.get("position") == int(row["seq"]) - 1

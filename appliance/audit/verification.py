@@ -11,13 +11,21 @@ metrics, its marker). Never writes anything but the verifier's marker (through
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from appliance import metrics
-from appliance.audit.chain import VERIFIED_ACTION, Start, Verification, Walk, check_marker
+from appliance.audit.chain import (
+    VERIFIED_ACTION,
+    Start,
+    Verification,
+    Walk,
+    authentic,
+    check_marker,
+)
 from appliance.audit.keys import MacKeys
 from appliance.store import Store
 from appliance.store.lease import Lease, instance_id
@@ -44,7 +52,7 @@ async def verify_store(store: Store, keys: MacKeys, *, full: bool = True,
     """Check the chain in `store`: from its first entry (`full`), or from the newest good
     `audit.verified` marker (trusted: it is keyed; none yet means from the first entry). The
     first broken link with its position; `rows_read` counts every row fetched."""
-    start, mode, read = Start(), "full", 0
+    start, mode, read = Start(), "full" if full else "incremental", 0
     if not full:
         marker = await store.fetch_one(_NEWEST_GOOD_MARKER)
         if marker is not None:
@@ -56,7 +64,7 @@ async def verify_store(store: Store, keys: MacKeys, *, full: bool = True,
                                     "the newest audit.verified marker does not match its MAC "
                                     "(forged or edited): run a full verification",
                                     mode="incremental", rows_read=read)
-            start, mode = found, "incremental"
+            start = found
     walk = Walk(keys.mac_key_of, start, mode)
     walk.rows_read = read
     last = start.position
@@ -137,10 +145,13 @@ class BackgroundVerifier:
             return None
         store = self.audit.store
         head = await store.fetch_one(_HEAD)
-        newest = await store.fetch_one(_NEWEST_MARKER)
-        if head is None or (newest is not None and int(newest["seq"]) == int(head["seq"])):
-            return None  # idle: nothing but our own previous marker is new
+        if head is None:
+            return None
         keys = await self.audit.mac_keys()
+        newest = await store.fetch_one(_NEWEST_MARKER)
+        if (newest is not None and int(newest["seq"]) == int(head["seq"])
+                and authentic(newest, keys.mac_key_of)):
+            return None  # idle: nothing but our own previous marker is new (a copy would not do)
         result = await verify_store(store, keys, full=False)
         self.last = result
         details: dict[str, Any] = {
@@ -161,13 +172,21 @@ class BackgroundVerifier:
                                 details=details)
         return result
 
+    async def release(self) -> None:
+        """Give the lease up (at shutdown: another instance takes the work over at once)."""
+        await self._lease.release()
+
     async def run_forever(self) -> None:
-        """`run_once` every `interval` seconds until cancelled; a failed round is logged (no
-        content) and retried at the next."""
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.run_once()
-            except Exception as exc:  # the store away, the keyring unreadable: next round
-                log.warning("audit verification round failed",
-                            extra={"exception": type(exc).__qualname__})
+        """`run_once` every `interval` seconds until cancelled (then the lease is released); a
+        failed round is logged (no content) and retried at the next."""
+        try:
+            while True:
+                await asyncio.sleep(self.interval)
+                try:
+                    await self.run_once()
+                except Exception as exc:  # the store away, the keyring unreadable: next round
+                    log.warning("audit verification round failed",
+                                extra={"exception": type(exc).__qualname__})
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.release())

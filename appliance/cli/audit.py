@@ -51,7 +51,9 @@ async def _with_log(args: argparse.Namespace, work: str, limit: int = 50) -> obj
 def describe(result: Verification) -> str:
     """The verification as `audit verify` prints it: which walk, then what it found."""
     start = result.start
-    if result.mode == "incremental":
+    if result.mode == "incremental" and start.marker is None:
+        walk = "incremental: no verified marker yet, so from position 1"
+    elif result.mode == "incremental":
         walk = (f"incremental from position {start.position + 1} (verified through "
                 f"{start.position} at {start.marker_time} by the marker at {start.marker})")
     else:
