@@ -151,9 +151,10 @@ async def test_server_and_cli_report_the_broken_link(tmp_path: Path) -> None:
 async def test_cli_verify_ok(tmp_path: Path) -> None:
     state = tmp_path / "state"
     await prepare(state)
-    cli = run_cli("audit", "verify", "--state-dir", str(state), env=clean_env(**store_env(state)))
+    cli = run_cli("audit", "verify", "--full", "--state-dir", str(state),
+                  env=clean_env(**store_env(state)))
     assert cli.returncode == 0, cli.stderr
-    assert cli.stdout.startswith("ok: 3 entries")
+    assert cli.stdout.startswith("full: ok, 3 entries checked")
 
 
 async def test_paginated_listing(tmp_path: Path) -> None:

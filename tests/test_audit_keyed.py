@@ -445,6 +445,10 @@ async def test_a_store_whose_keyring_cannot_be_opened_refuses_to_write(tmp_path:
             await core.audit.record(action="query.run")
         assert await core.auth.users.get("later") is None
         assert len(await rows(core.store)) == before
+    verify = run_cli("audit", "verify", "--state-dir", str(state), env=clean_env())
+    assert verify.returncode != 0
+    assert "the audit chain cannot be verified (no audit key: the instance secret" in (
+        verify.stdout + verify.stderr)
 
 
 # -- the CLI and the API ------------------------------------------------------------------------

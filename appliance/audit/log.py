@@ -46,6 +46,14 @@ class AuditUnavailable(ServiceUnavailable):
                          "the action was not performed")
 
 
+class _NoKeys(Exception):
+    """No audit key can be had (the keyring is sealed and does not open); `why` says why."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
 # What gives a sealed process its audit keys (the core unseals): called with True when the
 # caller holds a store transaction (then it must write nothing: that transaction holds the
 # writer). Raises when the keyring cannot be opened.
@@ -152,20 +160,26 @@ class AuditLog:
 
     async def mac_keys(self, *, in_transaction: bool = False) -> MacKeys:
         """The audit keys, unsealing the keyring if this process has not yet (`need_keys`).
-        `AuditUnavailable` naming why when they cannot be had."""
+        `AuditUnavailable` naming why when they cannot be had (so nothing is written)."""
+        try:
+            return await self._find_keys(in_transaction)
+        except _NoKeys as exc:
+            log.error("audit write failed", extra={"exception": "NoAuditKey",
+                                                   "error": exc.why})
+            raise AuditUnavailable(exc.why) from None
+
+    async def _find_keys(self, in_transaction: bool) -> MacKeys:
         if self._keys is not None and self._keys.mac_key() is not None:
             return self._keys
         if self._need_keys is None:
-            raise AuditUnavailable("no audit key: the keyring is sealed in this process")
+            raise _NoKeys("no audit key: the keyring is sealed in this process")
         try:
             keys = await self._need_keys(in_transaction)
         except ApplianceError as exc:
-            log.error("audit write failed", extra={"exception": type(exc).__qualname__,
-                                                   "error": exc.message})
-            raise AuditUnavailable(f"no audit key: {exc.message}") from None
+            raise _NoKeys(f"no audit key: {exc.message}") from None
         if keys.mac_key() is None:
-            raise AuditUnavailable("the keyring has no audit key yet: start `appliance serve` "
-                                   "or run `appliance audit verify` once to add it")
+            raise _NoKeys("the keyring has no audit key yet: start `appliance serve` or run "
+                          "`appliance audit verify` once to add it")
         self._keys = keys
         return keys
 
@@ -305,7 +319,12 @@ class AuditLog:
         Unseals the keyring if needed (every audit key is needed)."""
         from appliance.audit.verification import verify_store
 
-        return await verify_store(self.store, await self.mac_keys(), full=full, chunk=chunk)
+        try:
+            keys = await self._find_keys(False)
+        except _NoKeys as exc:
+            raise ServiceUnavailable(f"the audit chain cannot be verified ({exc.why})",
+                                     code="keyring_unavailable") from None
+        return await verify_store(self.store, keys, full=full, chunk=chunk)
 
 
 def public_entry(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ Owns its plaintext layout and its sealing. Never logs or reprs a key; never reti
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import time
@@ -43,9 +44,10 @@ class Keyring:
     def active_key(self) -> DataKey:
         return self.keys[self.active]
 
-    @property
+    @functools.cached_property
     def audit_key(self) -> DataKey | None:
-        """The audit MAC key new entries use (the newest), or None before the first."""
+        """The audit MAC key new entries use (the newest), or None before the first. Computed
+        once per generation (read on the audit log's hot path)."""
         return self.audit[max(self.audit)] if self.audit else None
 
     def with_new_key(self) -> Keyring:
