@@ -18,6 +18,7 @@ from appliance.audit import Context
 from appliance.auth import AuthService
 from appliance.core import open_core
 from appliance.errors import ConfigError
+from appliance.keyring import DEFAULT_TUNING, KdfTuning
 from appliance.secret import Secret
 from appliance.settings import Settings
 from appliance.store.opener import describe, sqlite_path
@@ -34,7 +35,8 @@ class InitReport:
 
 
 async def init_state(settings: Settings, *, admin_user: str | None = None,
-                     admin_password: Secret[str] | None = None) -> InitReport:
+                     admin_password: Secret[str] | None = None,
+                     tuning: KdfTuning = DEFAULT_TUNING) -> InitReport:
     """Create what is missing; report what was created and what already existed.
 
     With `admin_user`, also the first admin when the store has no user yet (with
@@ -56,9 +58,10 @@ async def init_state(settings: Settings, *, admin_user: str | None = None,
 
     store_path = sqlite_path(settings)
     existed = store_path is None or store_path.exists()  # PostgreSQL: migrated, not created
-    async with open_core(settings, unseal=False) as core:  # creates and migrates the store
+    async with open_core(settings, unseal=False, tuning=tuning) as core:  # creates, migrates
         (report.existing if existed else report.created).append(f"store {describe(settings)}")
         if admin_user is not None:
+            await core.unseal()  # the keyring (and its audit key) before the admin's entry
             await ensure_first_admin(core.auth, admin_user, admin_password, report)
     return report
 

@@ -14,7 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from appliance.audit import AuditLog
+from appliance.audit import AuditLog, BackgroundVerifier, MacKeys
 from appliance.auth import AuthService
 from appliance.datasources import DatasourceService
 from appliance.datasources.engine import Engine
@@ -43,7 +43,9 @@ class Core:
         self.store = store
         self._tls = tls
         self._tuning = tuning
-        self.audit = AuditLog(store)
+        # Its MAC keys come from the keyring: given at unseal; a sealed process's first entry
+        # unseals (`_audit_keys`).
+        self.audit = AuditLog(store, need_keys=self._audit_keys)
         self.auth = AuthService(store, self.audit, settings.auth, vault=self.unseal)
         # The one dialer of the process (made before the store when the store is PostgreSQL's).
         self.egress = egress or Dialer(PolicyHolder(settings.egress))
@@ -57,14 +59,21 @@ class Core:
         self._runner: Runner | None = None
         self._heartbeat: Heartbeat | None = None
         self._follower: ChangeFollower | None = None
+        self._verifier: BackgroundVerifier | None = None
         self._unsealing = asyncio.Lock()
 
     async def unseal(self) -> SecretVault:
-        """Open the keyring with the instance secret (once) and the services that need it.
-        Raises `InstanceSecretMissing`, `WrongInstanceSecret` or `KeyringCorrupted`."""
+        """Open the keyring with the instance secret (once), give the audit log its keys (the
+        keyring's first audit key added if it has none: an upgraded store) and open the
+        services that need it. Raises `InstanceSecretMissing`, `WrongInstanceSecret` or
+        `KeyringCorrupted`."""
         async with self._unsealing:
             if self._vault is None:
-                vault = await open_vault(self.settings, self.store, tuning=self._tuning)
+                self._vault = await open_vault(self.settings, self.store, tuning=self._tuning)
+            vault = self._vault
+            await vault.ensure_audit_key()  # a read of memory once it has one
+            self.audit.use_keys(vault)
+            if self._datasources is None:
                 datasources = DatasourceService(
                     self.store, vault, self.egress, self.audit,
                     state_dir=self.settings.server.state_dir.absolute())
@@ -72,7 +81,19 @@ class Core:
                 self._queries = QueryService(self.store, datasources, self.audit)
                 self._runner = Runner(self._queries)
                 self._datasources = datasources
-                self._vault = vault
+            return vault
+
+    async def _audit_keys(self, in_transaction: bool) -> MacKeys:
+        """The audit keys for a sealed process's first entry (a CLI verb opened with
+        `unseal=False` that writes one). Inside a store transaction (which holds the writer)
+        only the keyring is opened, writing nothing: a store whose keyring has no audit key yet
+        then refuses the entry until a process unseals outside one (`serve`, `audit verify`)."""
+        if not in_transaction:
+            return await self.unseal()
+        async with self._unsealing:
+            if self._vault is None:
+                self._vault = await open_vault(self.settings, self.store, tuning=self._tuning,
+                                               reading_only=True)
             return self._vault
 
     @property
@@ -102,6 +123,12 @@ class Core:
     @property
     def runner(self) -> Runner:
         return _opened(self._runner, "the query runner is not open: the keyring is sealed")
+
+    @property
+    def verifier(self) -> BackgroundVerifier:
+        """The background verifier of the audit chain (only `serve` has one)."""
+        return _opened(self._verifier, "this process runs no background verification (only "
+                       "`serve` does)", code="unavailable")
 
     @property
     def follower(self) -> ChangeFollower:
@@ -174,6 +201,10 @@ async def open_core(settings: Settings, *, unseal: bool = True, tls: TLSManager 
             core._follower = ChangeFollower(store, core.checks())
             core._follower.start()
             stack.push_async_callback(core._follower.close)
+            core._verifier = BackgroundVerifier(core.audit,
+                                                interval=settings.audit.verify_interval)
+            await stack.enter_async_context(_background(core._verifier.run_forever,
+                                                        "audit-verify"))
             if tls is not None:
                 await _open_tls(core, tls)
                 await stack.enter_async_context(_background(tls.maintain, "tls-maintenance"))

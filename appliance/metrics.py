@@ -47,6 +47,7 @@ _query_rows: dict[str, int] = {}
 _login_failures = dict.fromkeys(LOGIN_FAILURES, 0)
 _login_throttled = [0]
 _audit_failures = [0]
+_audit_verified = [0, 0]  # the last position the background verifier found intact; its failures
 # Client connections the listeners closed on a limit, by rule (appliance.http.connection_limits).
 LISTENER_DROPS = ("max_connections", "max_connections_per_address", "handshake_timeout",
                   "handshake_failed", "first_byte_timeout", "request_head_timeout",
@@ -132,6 +133,14 @@ def audit_sink_written(sink: str, count: int) -> None:
 def audit_sink_failed(sink: str, count: int) -> None:
     with _sinks_lock:
         _audit_sinks.setdefault(sink, [0, 0])[1] += count
+def audit_verified(position: int) -> None:
+    """The background verifier found the chain intact through `position`."""
+    _audit_verified[0] = position
+
+
+def audit_verify_failed() -> None:
+    """The background verifier found the chain broken."""
+    _audit_verified[1] += 1
 
 
 class AuditFailureCounter(logging.Handler):
@@ -366,6 +375,15 @@ class _ProcessCollector:
             sink_failures.add_metric([name], failed)
         yield sink_lines
         yield sink_failures
+        verified = GaugeMetricFamily(
+            "appliance_audit_verified_position",
+            "The last audit position the background verifier found intact.")
+        verified.add_metric([], _audit_verified[0])
+        yield verified
+        broken = CounterMetricFamily(
+            "appliance_audit_verify_failures", "Background verifications that found a break.")
+        broken.add_metric([], _audit_verified[1])
+        yield broken
         drops = CounterMetricFamily(
             "appliance_listener_connections_dropped",
             "Client connections refused at accept or closed on a time limit, by rule.",

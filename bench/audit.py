@@ -39,9 +39,9 @@ sys.path.insert(0, str(ROOT))
 
 async def one_round(store: Any, entries: int, concurrency: int) -> tuple[float, float]:
     """(microseconds per entry, entries per commit) for `entries` run entries."""
-    from appliance.audit import RUN_ACTION, AuditLog
+    from appliance.audit import RUN_ACTION, AuditLog, FixedMacKeys
 
-    audit = AuditLog(store)
+    audit = AuditLog(store, keys=FixedMacKeys.generate())
     commits = 0
     write = store.write
 
@@ -144,17 +144,19 @@ def _entry(i: int, rng: Any) -> dict[str, Any]:
 
 
 async def fill(store: Any, count: int, *, batch: int = 4096, seed: int = 24,
-               spent: list[float] | None = None) -> float:
+               spent: list[float] | None = None, keys: Any = None) -> float:
     """Append `count` entries with `AuditLog.record`, `batch` at a time as concurrent runs (one
     group commit per 4,096); the seconds it took. `spent` gets the seconds inside the store's
     write steps (chain, insert, commit: where an index costs), apart from making the entries."""
     import contextlib
     import random
 
-    from appliance.audit import AuditLog
+    from appliance.audit import AuditLog, FixedMacKeys
 
     rng = random.Random(seed)
-    log = AuditLog(store, max_batch=batch)
+    # A served store's entries are keyed with its own keyring's audit key (its verifier reads
+    # them); a bare store's with throwaway keys.
+    log = AuditLog(store, max_batch=batch, keys=keys or FixedMacKeys.generate())
     if spent is not None:
         write = store.write
 
@@ -250,7 +252,8 @@ async def serve_filled(state: str, count: str) -> None:
     from bench.proxy import start_appliance
 
     served = await start_appliance(Path(state))
-    seconds = await fill(served.app[CORE].store, int(count))
+    core = served.app[CORE]
+    seconds = await fill(core.store, int(count), keys=core.vault)
     await served.announce(fill_seconds=seconds)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from appliance import logs
-from appliance.audit import AuditLog, Context
+from appliance.audit import AuditLog, Context, FixedMacKeys
 from appliance.audit.anchors import (
     ANCHOR_MESSAGE,
     Anchorer,
@@ -52,9 +52,9 @@ async def head_of(store: Store) -> tuple[int, str] | None:
 class Appliance:
     """A store, its audit log and sinks, entries delivered the way the write path will."""
 
-    def __init__(self, store: Store, sinks: Sinks) -> None:
+    def __init__(self, store: Store, sinks: Sinks, audit: AuditLog | None = None) -> None:
         self.store = store
-        self.audit = AuditLog(store)
+        self.audit = audit or AuditLog(store, keys=FixedMacKeys.generate())
         self.sinks = sinks
         self.anchorer = Anchorer(lambda: head_of(store), sinks, interval=3600, instance="i-1")
 
@@ -297,8 +297,8 @@ def test_no_journalctl_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None
 
 async def _record_with_anchors(state: Path, sink: Path, count: int) -> None:
     settings = make_settings(state)
-    async with open_core(settings, unseal=False) as core:
-        app = Appliance(core.store, open_sinks([SinkSpec("file", str(sink))]))
+    async with open_core(settings) as core:  # unsealed: the store's own audit key
+        app = Appliance(core.store, open_sinks([SinkSpec("file", str(sink))]), core.audit)
         for row in await core.store.fetch_all("SELECT * FROM audit_log ORDER BY seq"):
             app.sinks.deliver([dict(row)])  # the entries `prepare` wrote
         await app.record(count, every=10)

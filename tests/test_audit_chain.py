@@ -25,6 +25,7 @@ from appliance.audit import (
     AuditLog,
     AuditUnavailable,
     Context,
+    FixedMacKeys,
     redact,
     verify_store,
 )
@@ -37,6 +38,7 @@ from appliance.store import SQLiteStore, open_sqlite_store
 from tests.conftest import clean_env, run_cli
 from tests.support.app import prepare, running, store_env
 
+KEYS = FixedMacKeys.generate()  # the audit keys of these tests' stores (no keyring here)
 # A query run's entry, as the tests record it (as the runner does: no transaction).
 RUN = {"action": RUN_ACTION, "actor": "v", "target": "query:q",
        "details": {"datasource": "ds", "mode": "json", "duration_ms": 1, "row_count": 0,
@@ -47,7 +49,7 @@ RUN = {"action": RUN_ACTION, "actor": "v", "target": "query:q",
 async def audit_log(tmp_path: Path,
                     entries: int = 6) -> AsyncIterator[tuple[SQLiteStore, AuditLog]]:
     store = await open_sqlite_store(tmp_path / "audit.db")
-    log = AuditLog(store)
+    log = AuditLog(store, keys=KEYS)
     try:
         for i in range(entries):
             async with store.transaction() as tx:
@@ -113,7 +115,7 @@ async def test_tampering_is_found_with_its_position(tmp_path: Path, statements: 
     tamper(tmp_path / "audit.db", *statements)
     store = await open_sqlite_store(tmp_path / "audit.db")
     try:
-        result = await verify_store(store)
+        result = await verify_store(store, KEYS)
     finally:
         await store.close()
     assert not result.ok
@@ -149,9 +151,10 @@ async def test_server_and_cli_report_the_broken_link(tmp_path: Path) -> None:
 async def test_cli_verify_ok(tmp_path: Path) -> None:
     state = tmp_path / "state"
     await prepare(state)
-    cli = run_cli("audit", "verify", "--state-dir", str(state), env=clean_env(**store_env(state)))
+    cli = run_cli("audit", "verify", "--full", "--state-dir", str(state),
+                  env=clean_env(**store_env(state)))
     assert cli.returncode == 0, cli.stderr
-    assert cli.stdout.startswith("ok: 3 entries")
+    assert cli.stdout.startswith("full: ok, 3 entries checked")
 
 
 async def test_paginated_listing(tmp_path: Path) -> None:

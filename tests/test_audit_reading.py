@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from appliance.audit import AuditLog, Context, reading
+from appliance.audit import AuditLog, Context, FixedMacKeys, MacKeys, reading
 from appliance.errors import BadRequest
 from appliance.store import Store, open_sqlite_store
 from tests.support.app import running
@@ -29,10 +29,10 @@ ACTIONS = ("session.create", "session.delete", "query.run", "query.run.start", "
 TARGETS = ("query:orders", "query:Orders_2", "user:bob", "user:admin", "datasource:ds-1", "")
 
 
-async def fill(store: Store, count: int, seed: int = 7) -> None:
+async def fill(store: Store, count: int, seed: int = 7, keys: MacKeys | None = None) -> None:
     """`count` entries through the audit log's own write path, in group-committed batches."""
     rng = random.Random(seed)
-    log = AuditLog(store)
+    log = AuditLog(store, keys=keys or FixedMacKeys.generate())
     try:
         for start in range(0, count, 500):
             calls = []

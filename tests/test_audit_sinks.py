@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from appliance import metrics
-from appliance.audit import AuditLog, Context
+from appliance.audit import AuditLog, Context, FixedMacKeys
 from appliance.audit.sinks import (
     ENTRY_FIELDS,
     FileSink,
@@ -179,7 +179,7 @@ async def test_a_sink_receives_the_stores_rows_and_nothing_more(tmp_path: Path) 
     """The entries come from the real write path (redacted there); the sink's lines are the
     stored rows, field for field, and no secret reaches them."""
     store = await open_sqlite_store(tmp_path / "audit.db")
-    audit = AuditLog(store)
+    audit = AuditLog(store, keys=FixedMacKeys.generate())
     try:
         for n in range(5):
             async with store.transaction() as tx:

@@ -310,7 +310,7 @@ def test_admin_enrols_2fa_builds_a_datasource_and_a_query_and_sees_rows(world: W
         actions = page.locator("table.audit tbody tr td:nth-child(4)").all_inner_texts()
         assert actions and all(a.startswith("datasource.") for a in actions)
         assert "datasource.create" in actions and "datasource.test" in actions
-        page.get_by_role("button", name="Verify the chain").click()
+        page.get_by_role("button", name="Verify everything").click()
         page.get_by_text("Chain intact").wait_for()
         shot(page, "audit-1280")
 

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from appliance import settings as settings_module
 from appliance import state_dir
 from appliance.audit import AuditLog, Context, reading
+from appliance.keyring import open_vault
 from appliance.store import open_sqlite_store
 from tests.conftest import ServerProcess, clean_env, run_cli, start_server
 from tests.support.console import ADMIN_PASSWORD, launch_chromium, leaf_of, shot, spki_sha256
@@ -22,17 +24,20 @@ sync_api = pytest.importorskip("playwright.sync_api")
 OLD_NOTE = "the-old-needle-41"
 
 
-async def grow(store_file: Path, count: int) -> None:
-    """One entry with a note, then `count` others after it (more than one scan's bound)."""
-    store = await open_sqlite_store(store_file)
-    log = AuditLog(store)
+async def grow(state: Path, count: int) -> None:
+    """One entry with a note, then `count` others after it (more than one scan's bound), keyed
+    with the store's own audit key (the served appliance verifies them)."""
+    store = await open_sqlite_store(state / state_dir.STORE_FILE)
+    settings = settings_module.load(env=clean_env(), flags={"state_dir": str(state)})
+    keys = await open_vault(settings, store)
+    log = AuditLog(store, keys=keys)
     try:
         await log.record(action="datasource.update", target="datasource:old",
                          details={"note": OLD_NOTE}, context=Context(actor="cli:test"))
     finally:
         await log.close()
     try:
-        await fill(store, count)
+        await fill(store, count, keys=keys)
     finally:
         await store.close()
 
@@ -49,7 +54,7 @@ def test_the_audit_page_filters_on_the_server_and_pages_with_the_cursor(tmp_path
     password_file.write_text(ADMIN_PASSWORD + "\n")
     done = run_cli("init", "--state-dir", str(state), "--admin-password-file", str(password_file))
     assert done.returncode == 0, done.stderr
-    asyncio.run(grow(state / state_dir.STORE_FILE, reading.SCAN_BOUND + 10_000))
+    asyncio.run(grow(state, reading.SCAN_BOUND + 10_000))
     server = serve(tmp_path, state)
     try:
         url = f"https://127.0.0.1:{server.port}"

@@ -20,6 +20,7 @@ from appliance.auth import AuthService
 from appliance.egress import Dialer, PolicyHolder
 from appliance.http.app_keys import CORE
 from appliance.http.metrics_routes import allowed
+from appliance.keyring import open_vault
 from appliance.store import open_store
 from tests.support.app import Appliance, running
 
@@ -32,7 +33,8 @@ async def metrics_token(found: Appliance, owner: str = "admin") -> str:
     store = await open_store(found.settings, Dialer(PolicyHolder(found.settings.egress)),
                              must_exist=True)
     try:
-        auth = AuthService(store, AuditLog(store), found.settings.auth)
+        keys = await open_vault(found.settings, store)  # the entry is keyed as the server's
+        auth = AuthService(store, AuditLog(store, keys=keys), found.settings.auth)
         raw, _ = await auth.create_token(await auth.users.require(owner), name="prometheus",
                                          role=None, expires_days=None, scope="metrics",
                                          context=Context(actor="test"))

@@ -16,7 +16,7 @@ PUBLIC_INTERFACE = [
     ("post", "/api/v1/queries/{id}/run"),
     ("get", "/api/v1/egress"), ("put", "/api/v1/egress"), ("post", "/api/v1/egress/probe"),
     ("get", "/api/v1/tls"), ("post", "/api/v1/tls/renew"),
-    ("get", "/api/v1/audit"), ("get", "/api/v1/audit/verify"),
+    ("get", "/api/v1/audit"), ("get", "/api/v1/audit/verify"), ("get", "/api/v1/audit/status"),
     ("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics"),
 ]
 

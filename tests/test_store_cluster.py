@@ -51,8 +51,8 @@ class Cluster:
         return f"https://127.0.0.1:{server.port}/api/v1/queries/{self.query_id}/run"
 
     def audit_verify(self) -> str:
-        result = run_verb("audit", "verify", "--state-dir", str(self.state), "--config",
-                          str(self.config), env=self.env)
+        result = run_verb("audit", "verify", "--full", "--state-dir", str(self.state),
+                          "--config", str(self.config), env=self.env)
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout
 
@@ -142,7 +142,7 @@ def test_three_instances_keep_one_audit_chain_with_every_run(store_database: Sto
         assert int(store_database.sql("SELECT count(*) FROM instances")) == 3
     verified = cluster.audit_verify()
     total = int(store_database.sql("SELECT count(*) FROM audit_log"))
-    assert verified.startswith(f"ok: {total} entries, chain intact")
+    assert verified.startswith(f"full: ok, {total} entries checked, chain intact")
 
 
 # --- PostgreSQL restarted under load ---------------------------------------------------------------
@@ -222,4 +222,4 @@ def test_postgres_restart_under_load(postgres_server: PostgresServer, tmp_path: 
                               "down_s": round(marks["start"] - marks["stopped"], 2)}))
         verified = cluster.audit_verify()
         total = int(database.sql("SELECT count(*) FROM audit_log"))
-        assert verified.startswith(f"ok: {total} entries, chain intact")
+        assert verified.startswith(f"full: ok, {total} entries checked, chain intact")

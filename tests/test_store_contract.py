@@ -117,7 +117,9 @@ async def test_names_are_unique_and_found_without_regard_to_case(any_store: Any)
 async def test_the_audit_log_is_append_only(any_store: Any) -> None:
     async with any_store.transaction() as tx:
         await tx.execute(
-            "INSERT INTO audit_log VALUES (1, 't', 'a', 'x', 't', 'ok', 'c', 'r', '{}', 'p', 'h')")
+            "INSERT INTO audit_log (seq, time, actor, action, target, outcome, client, request_id,"
+            " details, prev_hash, hash) VALUES (1, 't', 'a', 'x', 't', 'ok', 'c', 'r', '{}', 'p',"
+            " 'h')")
     for sql in ("UPDATE audit_log SET actor = 'b'", "DELETE FROM audit_log"):
         with pytest.raises(StoreError):
             async with any_store.transaction() as tx:

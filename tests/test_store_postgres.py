@@ -371,10 +371,11 @@ def test_serve_on_postgres_runs_a_query_and_keeps_one_intact_audit_chain(
     logs = server.stderr() + "".join(server.stdout_lines)
     assert PG_PASSWORD not in logs
     assert '"purpose": "store"' in logs  # the store's connections passed the egress dialer
-    verified = run_cli("audit", "verify", "--state-dir", str(tmp_path / "state"), env=env)
+    verified = run_cli("audit", "verify", "--full", "--state-dir", str(tmp_path / "state"),
+                       env=env)
     assert verified.returncode == 0, verified.stderr
     entries = int(store_database.sql("SELECT count(*) FROM audit_log"))
-    assert verified.stdout.startswith(f"ok: {entries} entries, chain intact")
+    assert verified.stdout.startswith(f"full: ok, {entries} entries checked, chain intact")
     actions = store_database.sql("SELECT action FROM audit_log ORDER BY seq").split()
     assert "datasource.create" in actions and any(a.startswith("query.") for a in actions)
     assert not (tmp_path / "state" / "appliance.db").exists()  # nothing went to SQLite

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from argon2 import PasswordHasher, Type
 
-from appliance.audit import AuditLog, Context
+from appliance.audit import AuditLog, Context, FixedMacKeys
 from appliance.auth import AuthService, Passwords
 from appliance.errors import Unprocessable
 from appliance.secret import Secret
@@ -34,7 +34,7 @@ async def test_policy() -> None:
 
 async def test_login_rehashes_when_parameters_change(tmp_path: Path) -> None:
     store = await open_sqlite_store(tmp_path / "a.db")
-    audit = AuditLog(store)
+    audit = AuditLog(store, keys=FixedMacKeys.generate())
     settings = AuthSettings(require_2fa=())
     try:
         old = AuthService(store, audit, settings, passwords=Passwords(CHEAP))

@@ -1,9 +1,12 @@
-"""The audit log: append-only, hash-chained entries, written in the caller's transaction.
+"""The audit log: append-only entries chained by an HMAC under the keyring's audit key, written
+in the caller's transaction.
 
-Owns `audit_log` rows, their one write path (`AuditLog.record`) and the group commit of entries
-written outside a transaction (query runs). Fail-closed: when an entry cannot be written the
-caller's transaction is rolled back and the request fails. Never records a secret value, a query
-parameter value or a result (every entry's details pass through `redact`).
+Owns `audit_log` rows, their one write path (`AuditLog.record`), the upgrade boundary (the first
+keyed entry after legacy ones) and the group commit of entries written outside a transaction
+(query runs). Fail-closed: when an entry cannot be written (the store fails, or no audit key can
+be had: the keyring does not open) the caller's transaction is rolled back and the request
+fails. Never records a secret value, a query parameter value or a result (every entry's details
+pass through `redact`); never logs a key.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ import json
 import logging
 import operator
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, NamedTuple
 
-from appliance.audit.chain import GENESIS, Verification, encode_details, hash_values, verify
+from appliance.audit.chain import GENESIS, KEYED_ACTION, Verification, encode_details, mac_values
+from appliance.audit.keys import MacKeys
 from appliance.audit.redact import redact
 from appliance.errors import ApplianceError, ServiceUnavailable, StoreError
 from appliance.store import Step, Store, Transaction
@@ -37,8 +41,24 @@ class AuditUnavailable(ServiceUnavailable):
 
     code = "audit_unavailable"
 
-    def __init__(self) -> None:
-        super().__init__("the audit log cannot be written; the action was not performed")
+    def __init__(self, why: str = "") -> None:
+        super().__init__(f"the audit log cannot be written{f' ({why})' if why else ''}; "
+                         "the action was not performed")
+
+
+class _NoKeys(Exception):
+    """No audit key can be had (the keyring is sealed and does not open); `why` says why."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+# What gives a sealed process its audit keys (the core unseals): called with True when the
+# caller holds a store transaction (then it must write nothing: that transaction holds the
+# writer). Raises when the keyring cannot be opened.
+NeedKeys = Callable[[bool], Awaitable[MacKeys]]
+MacKey = tuple[int, bytes]  # (version, key)
 
 
 class Context(NamedTuple):
@@ -78,8 +98,12 @@ class AuditLog:
     """`record` writes every entry (one path: redacted, encoded, chained); `run_under_way` tells
     the group commit which entries are on their way."""
 
-    def __init__(self, store: Store, *, gather_turns: int = 6, max_batch: int = 512) -> None:
+    def __init__(self, store: Store, *, keys: MacKeys | None = None,
+                 need_keys: NeedKeys | None = None, gather_turns: int = 6,
+                 max_batch: int = 512) -> None:
         self.store = store
+        self._keys = keys  # the keyring's audit keys, once unsealed (`use_keys`)
+        self._need_keys = need_keys
         self.gather_turns = gather_turns
         self.max_batch = max_batch
         self._runs = RunsUnderWay()
@@ -125,6 +149,44 @@ class AuditLog:
             return self._write_in(tx, fields)
         return self._commit(fields)
 
+    def use_keys(self, keys: MacKeys) -> None:
+        """Take the audit keys from `keys` (the vault: it follows the keyring's changes, so the
+        newest audit key is always the one in use)."""
+        self._keys = keys
+
+    @property
+    def keys(self) -> MacKeys | None:
+        return self._keys
+
+    async def mac_keys(self, *, in_transaction: bool = False) -> MacKeys:
+        """The audit keys, unsealing the keyring if this process has not yet (`need_keys`).
+        `AuditUnavailable` naming why when they cannot be had (so nothing is written)."""
+        try:
+            return await self._find_keys(in_transaction)
+        except _NoKeys as exc:
+            log.error("audit write failed", extra={"exception": "NoAuditKey",
+                                                   "error": exc.why})
+            raise AuditUnavailable(exc.why) from None
+
+    async def _find_keys(self, in_transaction: bool) -> MacKeys:
+        if self._keys is not None and self._keys.mac_key() is not None:
+            return self._keys
+        if self._need_keys is None:
+            raise _NoKeys("no audit key: the keyring is sealed in this process")
+        try:
+            keys = await self._need_keys(in_transaction)
+        except ApplianceError as exc:
+            raise _NoKeys(f"no audit key: {exc.message}") from None
+        if keys.mac_key() is None:
+            raise _NoKeys("the keyring has no audit key yet: start `appliance serve` or run "
+                          "`appliance audit verify` once to add it")
+        self._keys = keys
+        return keys
+
+    def _mac_key(self) -> MacKey | None:
+        keys = self._keys
+        return keys.mac_key() if keys is not None else None
+
     def run_under_way(self) -> RunsUnderWay:
         """Hold it (`with audit.run_under_way():`) around a query run, from its start until its
         last entry is recorded. While runs are under way a batch forming waits a few loop turns
@@ -133,8 +195,10 @@ class AuditLog:
         return self._runs
 
     async def _write_in(self, tx: Transaction, fields: Fields) -> int:
+        key = self._mac_key() or (await self.mac_keys(in_transaction=True)).mac_key()
+        assert key is not None  # mac_keys() returns keys that have one
         try:
-            return (await self._append(tx, [fields]))[0]
+            return (await self._append(tx, [fields], key))[0]
         except ApplianceError as exc:
             if not isinstance(exc, StoreError):
                 raise
@@ -151,12 +215,16 @@ class AuditLog:
         (no batch forming, no other run under way), else in the next batch."""
         if self._closed:
             raise AuditUnavailable()
+        key = self._mac_key()
+        if key is None:  # a sealed process's first entry: unseal (never on the hot path again)
+            key = (await self.mac_keys()).mac_key()
+            assert key is not None
         flusher = self._flusher
         if self._runs.count <= 1 and not self._entries and (flusher is None or flusher.done()):
             action = fields[_ACTION]
             try:
                 first = await self.store.write(
-                    functools.partial(_append_sync, entries=[fields]),
+                    functools.partial(_append_sync, entries=[fields], key=key),
                     durable=action not in RUN_ACTIONS)
             except Exception as exc:  # not CancelledError: a BaseException, it propagates
                 log.error("audit write failed", extra={"action": action,
@@ -192,9 +260,12 @@ class AuditLog:
                 # Query-run metadata may skip the flush to disk (atomic all the same, and still
                 # written before the caller answers); any other entry makes the batch durable.
                 durable = not RUN_ACTIONS.issuperset(map(_action_of, entries))
+                key = self._mac_key()
+                if key is None:  # the keys were there when these entries were submitted
+                    raise AuditUnavailable("no audit key")
                 # The whole batch is one store step: read the head, chain, insert, commit.
                 first = await self.store.write(functools.partial(_append_sync,
-                                                                 entries=entries),
+                                                                 entries=entries, key=key),
                                                durable=durable)
             except asyncio.CancelledError:
                 for done in waiters + waiting:
@@ -214,12 +285,12 @@ class AuditLog:
                 if not done.done():
                     done.set_result(position)
 
-    async def _append(self, tx: Transaction, entries: list[Fields]) -> list[int]:
+    async def _append(self, tx: Transaction, entries: list[Fields], key: MacKey) -> list[int]:
         head = await tx.fetch_one(_HEAD_SQL)
-        rows = _chain(head, entries)
+        rows, first = _chain(head, entries, key)
         for row in rows:
             await tx.execute(_INSERT_SQL, row)
-        return [int(row[0]) for row in rows]
+        return [int(row[0]) for row in rows[first:]]
 
     async def close(self) -> None:
         """Let pending entries finish, then refuse new ones."""
@@ -243,26 +314,17 @@ class AuditLog:
                 "SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit))
         return [public_entry(row) for row in rows]
 
-    async def verify(self, *, chunk: int = 5000) -> Verification:
-        """Check the whole chain, reading it in chunks."""
-        return await verify_store(self.store, chunk=chunk)
+    async def verify(self, *, full: bool = True, chunk: int = 5000) -> Verification:
+        """Check the chain: all of it (`full`), or from the newest `audit.verified` marker.
+        Unseals the keyring if needed (every audit key is needed)."""
+        from appliance.audit.verification import verify_store
 
-
-async def verify_store(store: Store, *, chunk: int = 5000) -> Verification:
-    """Check the chain of the log in `store`; the first broken link with its position."""
-
-    async def rows() -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        last = -1
-        while True:
-            batch = await store.fetch_all(
-                "SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?", (last, chunk))
-            out.extend(batch)
-            if len(batch) < chunk:
-                return out
-            last = int(batch[-1]["seq"])
-
-    return verify(await rows())
+        try:
+            keys = await self._find_keys(False)
+        except _NoKeys as exc:
+            raise ServiceUnavailable(f"the audit chain cannot be verified ({exc.why})",
+                                     code="keyring_unavailable") from None
+        return await verify_store(self.store, keys, full=full, chunk=chunk)
 
 
 def public_entry(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -311,29 +373,42 @@ def _fields(*, action: str, actor: str, target: str, outcome: str, client: str,
     )
 
 
-_HEAD_SQL = "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1"
+_HEAD_SQL = "SELECT seq, hash, mac_version FROM audit_log ORDER BY seq DESC LIMIT 1"
 _INSERT_SQL = (
     "INSERT INTO audit_log (seq, time, actor, action, target, outcome, client,"
-    " request_id, details, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " request_id, details, prev_hash, hash, mac_version)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
-def _chain(head: Any, entries: list[Fields]) -> list[tuple[Any, ...]]:
-    """The rows that append `entries` after `head` (the last entry's seq and hash, or None)."""
+def _boundary(head: Any) -> Fields:
+    """The upgrade boundary: the first keyed entry after legacy ones, naming the legacy head."""
+    return (_now(), "system", KEYED_ACTION, "", "ok", "", "", encode_details(
+        {"legacy_head": {"position": int(head["seq"]), "hash": str(head["hash"])}}))
+
+
+def _chain(head: Any, entries: list[Fields], key: MacKey) -> tuple[list[tuple[Any, ...]], int]:
+    """The rows that append `entries` after `head` (the last entry's seq, hash and key version,
+    or None), each linked by its MAC under `key`; and the index of the first of `entries` among
+    them (1 when the upgrade boundary goes first: the head is a legacy entry)."""
     seq = int(head["seq"]) if head else 0
     prev = str(head["hash"]) if head else GENESIS
+    first = 0
+    if head and head["mac_version"] is None:
+        entries, first = [_boundary(head), *entries], 1
+    version, secret = key
     rows = []
     for fields in entries:
         seq += 1
         hashed = (seq, *fields, prev)  # HASHED_FIELDS, in order: the table's columns
-        prev = hash_values(hashed)
-        rows.append((*hashed, prev))
-    return rows
+        prev = mac_values(hashed, version, secret)
+        rows.append((*hashed, prev, version))
+    return rows, first
 
 
-def _append_sync(step: Step, entries: list[Fields]) -> int:
+def _append_sync(step: Step, entries: list[Fields], key: MacKey) -> int:
     """`_append` for `Store.write`, inside the store's transaction: the entries take the
     positions from the one returned on, in order."""
-    rows = _chain(step.fetch_one(_HEAD_SQL), entries)
+    rows, first = _chain(step.fetch_one(_HEAD_SQL), entries, key)
     step.execute_many(_INSERT_SQL, rows)
-    return int(rows[0][0])
+    return int(rows[first][0])

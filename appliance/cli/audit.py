@@ -1,6 +1,8 @@
-"""`appliance audit verify | list`: check the audit log's hash chain; show recent entries.
+"""`appliance audit verify | list`: check the audit log's chain (from the last verified marker,
+or all of it with `--full`); show recent entries.
 
-Only reads: never changes the log.
+Only reads the log: never writes an entry. `verify` unseals the keyring (it needs every audit
+key), which gives an upgraded store's keyring its first audit key.
 """
 
 from __future__ import annotations
@@ -28,11 +30,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("audit", help="verify the audit log's hash chain; list entries",
                             description="The tamper-evident audit log.")
     verbs = parser.add_subparsers(dest="audit_verb", metavar="ACTION", required=True)
-    p = verbs.add_parser("verify", help="check the hash chain; report the first broken link",
-                         description="Walk the audit log and check every entry's hash and its "
-                                     "link to the previous one. Exits 1 at the first broken "
-                                     "link, naming its position.")
+    p = verbs.add_parser("verify", help="check the chain; report the first broken link",
+                         description="Walk the audit log and check every entry's MAC (or, "
+                                     "before the upgrade to the keyed chain, its hash) and its "
+                                     "link to the previous one: from the newest verified "
+                                     "marker (written by `serve` in the background), or all "
+                                     "of it with --full. Unseals the keyring. Exits 1 at the "
+                                     "first broken link, naming its position.")
     add_state_options(p)
+    p.add_argument("--full", action="store_true",
+                   help="check every entry, not only those after the last verified marker")
     p.set_defaults(run=run_verify)
     p.add_argument("--anchors", metavar="FILE|journal", action=_AnchorsFlag,
                    help="also compare the store with anchors of its head: a file sink, the "
@@ -49,19 +56,32 @@ async def _with_log(args: argparse.Namespace, work: str, limit: int = 50) -> obj
     state_dir.check(settings.server.state_dir.absolute())
     async with open_core(settings, unseal=False) as core:
         if work == "verify":
-            return await core.audit.verify()
+            return await core.audit.verify(full=args.full)  # unseals: every audit key
         return await core.audit.page(descending=True, limit=limit)
+
+
+def describe(result: Verification) -> str:
+    """The verification as `audit verify` prints it: which walk, then what it found."""
+    start = result.start
+    if result.mode == "incremental" and start.marker is None:
+        walk = "incremental: no verified marker yet, so from position 1"
+    elif result.mode == "incremental":
+        walk = (f"incremental from position {start.position + 1} (verified through "
+                f"{start.position} at {start.marker_time} by the marker at {start.marker})")
+    else:
+        walk = "full"
+    if result.ok:
+        return (f"{walk}: ok, {result.entries} entries checked, chain intact through position "
+                f"{result.through} ({result.describe_chain()}; head {result.head[:16]}…)")
+    return (f"{walk}: BROKEN at position {result.position}: {result.reason} "
+            f"({result.entries} entries before it are intact; {result.describe_chain()})")
 
 
 def run_verify(args: argparse.Namespace) -> int:
     result = asyncio.run(_with_log(args, "verify"))
     assert isinstance(result, Verification)
-    if result.ok:
-        print(f"ok: {result.entries} entries, chain intact (head {result.head[:16]}…)")
-        return 0
-    print(f"BROKEN at position {result.position}: {result.reason} "
-          f"({result.entries} entries before it are intact)")
-    return 1
+    print(describe(result))
+    return 0 if result.ok else 1
 
 
 def run_list(args: argparse.Namespace) -> int:

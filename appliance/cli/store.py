@@ -144,7 +144,7 @@ async def _migrate(settings: Settings, target: Settings) -> int:
             if count != fields:
                 raise CopyRefused(f"the copy holds {count} sealed fields, this store {fields}; "
                                   "nothing was committed")
-            chain = await verify_store(copied)
+            chain = await verify_store(copied, opened)
             if not chain.ok or chain.entries != audit.entries:
                 raise CopyRefused(f"the copy's audit chain does not verify ({chain.reason or ''} "
                                   f"{chain.entries}/{audit.entries} entries); nothing was "

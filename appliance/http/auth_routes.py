@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from appliance.audit import reading
+from appliance.audit import chain_status, reading
 from appliance.auth import COOKIE_NAME, AuthService, Principal, User
 from appliance.errors import BadRequest, Forbidden, Unauthorized
 from appliance.http import access
@@ -293,8 +293,20 @@ async def list_audit(request: web.Request) -> web.Response:
 
 @access.admin
 async def verify_audit(request: web.Request) -> web.Response:
-    result = await request.app[CORE].audit.verify()
+    """Check the chain from the newest verified marker; everything with `?full=1`."""
+    full = request.query.get("full", "")
+    if full not in ("", "0", "1"):
+        raise BadRequest("full must be 0 or 1", code="bad_query")
+    result = await request.app[CORE].audit.verify(full=full == "1")
     return web.json_response(result.as_dict())
+
+
+@access.admin
+async def audit_status(request: web.Request) -> web.Response:
+    """The head, the last verification (position, time, ok), the chain's kind, the audit key
+    version in use."""
+    audit = request.app[CORE].audit
+    return web.json_response(await chain_status(audit.store, audit.keys))
 
 
 def add_routes(app: web.Application) -> None:
@@ -319,3 +331,4 @@ def add_routes(app: web.Application) -> None:
     router.add_delete("/api/v1/users/{name}/tokens/{token_id}", revoke_user_token)
     router.add_get("/api/v1/audit", list_audit)
     router.add_get("/api/v1/audit/verify", verify_audit)
+    router.add_get("/api/v1/audit/status", audit_status)

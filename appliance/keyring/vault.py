@@ -1,7 +1,8 @@
 """The vault: every sealed field of the product, in one table, sealed with the active data key.
 
 Owns `sealed_fields` and the cached keyring of a running process (re-read when a newer
-generation appears). Never logs, returns or raises with a plaintext; values leave as `Secret`.
+generation appears), and hands the audit log its MAC keys (`mac_key`, `mac_key_of`). Never logs,
+returns or raises with a plaintext; values leave as `Secret`, keys only to the audit log.
 
 A field may be sealed with a *binding* (a datasource's destination): it then opens only for a
 caller that presents the same binding. The binding is kept beside the blob in clear, so that key
@@ -17,7 +18,12 @@ import os
 import time
 from typing import Any
 
-from appliance.keyring.errors import BoundElsewhere, KeyringCorrupted, SealedFieldError
+from appliance.keyring.errors import (
+    BoundElsewhere,
+    KeyringCorrupted,
+    KeyringError,
+    SealedFieldError,
+)
 from appliance.keyring.kdf import DEFAULT_TUNING, KdfTuning
 from appliance.keyring.ring import Keyring
 from appliance.keyring.sealing import (
@@ -141,6 +147,37 @@ class SecretVault:
             "SELECT field FROM sealed_fields WHERE kind = ? AND record_id = ?", (kind, record_id))
         return {str(row["field"]) for row in rows}
 
+    # --- the audit log's MAC keys (appliance.audit.keys.MacKeys) ----------------------------------
+
+    def mac_key(self) -> tuple[int, bytes] | None:
+        """The audit key new entries use, as (version, key); None before the keyring has one.
+        A plain attribute read on the audit log's hot path: the keyring is already in memory."""
+        key = self._ring.audit_key
+        return None if key is None else (key.version, key.key)
+
+    def mac_key_of(self, version: int) -> bytes | None:
+        """Audit key `version` (any age: audit keys are never retired), or None."""
+        key = self._ring.audit.get(version)
+        return None if key is None else key.key
+
+    async def ensure_audit_key(self) -> bool:
+        """Give a keyring written before audit keys existed its first one; True if this call
+        added it. Read, checked and written in one store transaction: the store's write lock
+        orders it with every other instance's (and with a rotation's own keyring writes), so
+        exactly one instance adds it and the others read it (a refresh). Never logs the key."""
+        if self._ring.audit:
+            return False
+        async with self._store.transaction() as tx:
+            ring = await self._current(tx, force=True)
+            if ring.audit:
+                return False
+            new = ring.with_audit_key()
+            await tx.execute("UPDATE keyring SET generation = ?, sealed = ?, updated_at = ? "
+                             "WHERE id = 1", (new.generation, new.seal(self._root), time.time()))
+        self._ring = new  # once committed
+        log.info("audit key added to the keyring", extra={"generation": new.generation})
+        return True
+
     # --- keyring state -------------------------------------------------------------------------
 
     @property
@@ -231,24 +268,32 @@ def load_keyring(root_key: bytes, row: dict[str, Any] | None) -> Keyring:
 
 
 async def open_vault(settings: Settings, store: Store, *,
-                     tuning: KdfTuning = DEFAULT_TUNING) -> SecretVault:
+                     tuning: KdfTuning = DEFAULT_TUNING, reading_only: bool = False
+                     ) -> SecretVault:
     """Unseal the root key with the instance secret and load the keyring (creating both on a
     fresh store). Raises `InstanceSecretMissing`, `WrongInstanceSecret` or `KeyringCorrupted`.
+    `reading_only`: write nothing (for a caller inside a store transaction, which holds the
+    writer): `KeyringError` where a fresh store's keyring would be created; a pending instance
+    secret change is completed by the next unseal instead.
     """
     secret = resolve(settings)
-    return await open_vault_with(secret, store, tuning=tuning)
+    return await open_vault_with(secret, store, tuning=tuning, reading_only=reading_only)
 
 
 async def open_vault_with(secret: InstanceSecret, store: Store, *,
-                          tuning: KdfTuning = DEFAULT_TUNING) -> SecretVault:
+                          tuning: KdfTuning = DEFAULT_TUNING,
+                          reading_only: bool = False) -> SecretVault:
     slots = await read_slots(store)
     if not slots:
+        if reading_only:
+            raise KeyringError("the store has no keyring yet: run `appliance init` (or start "
+                               "`appliance serve`) to create it")
         created = await _initialise(secret, store, tuning)
         if created is not None:
             return created
         slots = await read_slots(store)  # another process initialised it meanwhile
     root, slot = await open_root(slots, secret)
-    if slot.state != ACTIVE:
+    if slot.state != ACTIVE and not reading_only:
         async with store.transaction() as tx:
             if await promote(tx, slot.slot):
                 log.info("instance secret change completed: the new secret is now the only one",

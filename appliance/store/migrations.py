@@ -510,6 +510,24 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
+        12,
+        "audit log: keyed chain (the MAC's key version), marker indexes",
+        # mac_version: the audit key (keyring) whose HMAC links the entry; NULL for the legacy
+        # SHA-256 entries written before. Adding a column fires no row trigger. The partial
+        # indexes find the newest `audit.verified` marker and the upgrade boundary without a
+        # scan (the services' SQL names the actions as literals, so both planners use them).
+        (
+            "ALTER TABLE audit_log ADD COLUMN mac_version INTEGER",
+            "CREATE INDEX audit_log_verified ON audit_log (seq) WHERE action = 'audit.verified'",
+            "CREATE INDEX audit_log_keyed ON audit_log (seq) WHERE action = 'audit.chain.keyed'",
+        ),
+        postgres=(
+            "ALTER TABLE audit_log ADD COLUMN mac_version BIGINT",
+            "CREATE INDEX audit_log_verified ON audit_log (seq) WHERE action = 'audit.verified'",
+            "CREATE INDEX audit_log_keyed ON audit_log (seq) WHERE action = 'audit.chain.keyed'",
+        ),
+    ),
+    Migration(
         13,
         "audit_log: indexes for reading by actor and by action",
         # GET /api/v1/audit (audit/reading.py) reads an actor's or an action's entries newest

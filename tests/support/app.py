@@ -100,7 +100,8 @@ async def _prepare(state: Path, *, require_2fa: str, users: tuple[str, ...],
                    tokens: bool, store: Mapping[str, str] | None
                    ) -> tuple[Settings, dict[str, str]]:
     s = make_settings(state, store=store, auth_require_2fa=require_2fa)
-    await bootstrap.init_state(s, admin_user="admin", admin_password=Secret(ADMIN_PASSWORD))
+    await bootstrap.init_state(s, admin_user="admin", admin_password=Secret(ADMIN_PASSWORD),
+                               tuning=TEST_TUNING)
     raw_tokens: dict[str, str] = {}
     async with open_core(s, tuning=TEST_TUNING) as core:  # the keyring made with test tuning
         auth = core.auth
@@ -256,12 +257,13 @@ class Appliance:
 @contextlib.asynccontextmanager
 async def running(state: Path, *, egress: dict[str, Any] | None = None,
                   server: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+                  audit: dict[str, Any] | None = None,
                   connection_limit: int = 100, **kwargs: Any) -> AsyncIterator[Appliance]:
-    """A real appliance in this process on 127.0.0.1 (local CA); `egress`, `server` and
-    `metrics` override those settings, `connection_limit` the client's (0: unlimited). Passwords
-    are hashed at the test cost (`cheap_password_hashing`) while it runs."""
+    """A real appliance in this process on 127.0.0.1 (local CA); `egress`, `server`, `metrics`
+    and `audit` override those settings, `connection_limit` the client's (0: unlimited).
+    Passwords are hashed at the test cost (`cheap_password_hashing`) while it runs."""
     with cheap_password_hashing():
-        async with _running(state, egress=egress, server=server, metrics=metrics,
+        async with _running(state, egress=egress, server=server, metrics=metrics, audit=audit,
                             connection_limit=connection_limit, **kwargs) as appliance:
             yield appliance
 
@@ -269,7 +271,8 @@ async def running(state: Path, *, egress: dict[str, Any] | None = None,
 @contextlib.asynccontextmanager
 async def _running(state: Path, *, egress: dict[str, Any] | None,
                    server: dict[str, Any] | None, metrics: dict[str, Any] | None,
-                   connection_limit: int, **kwargs: Any) -> AsyncIterator[Appliance]:
+                   audit: dict[str, Any] | None, connection_limit: int,
+                   **kwargs: Any) -> AsyncIterator[Appliance]:
     s, raw_tokens = await prepare(state, **kwargs)
     if egress:
         s = dataclasses.replace(s, egress=dataclasses.replace(s.egress, **egress))
@@ -277,6 +280,8 @@ async def _running(state: Path, *, egress: dict[str, Any] | None,
         s = dataclasses.replace(s, server=dataclasses.replace(s.server, **server))
     if metrics:
         s = dataclasses.replace(s, metrics=dataclasses.replace(s.metrics, **metrics))
+    if audit:
+        s = dataclasses.replace(s, audit=dataclasses.replace(s.audit, **audit))
     s = _allow_the_store(s)
     tls = TLSManager(s.tls, state)
     tls.load_initial()

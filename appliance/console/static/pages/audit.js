@@ -118,20 +118,39 @@ export async function renderAudit(ctx) {
 }
 
 function verifySection() {
+  const status = h('p', {class: 'muted', id: 'verify-status', 'aria-live': 'polite'}, 'Reading the chain\u2019s status…');
   const result = h('div', {id: 'verify-result', 'aria-live': 'polite'});
-  const verify = button('Verify the chain', async () => {
-    result.replaceChildren(h('p', {class: 'muted'}, 'Verifying every entry…'));
+  const showStatus = async () => {
     try {
-      const r = await busy(verify, 'Verifying…', () => api.get('/api/v1/audit/verify'));
+      const s = await api.get('/api/v1/audit/status');
+      const v = s.verified;
+      const last = !v ? 'Not verified in the background yet.'
+        : v.ok ? `Verified through entry ${v.position} at ${when(v.time)}.`
+          : `The last background verification found the chain broken at entry ${v.broken_at} (${when(v.time)}).`;
+      status.textContent = `${last} Head: entry ${s.head ? s.head.position : '—'}. Chain: ${s.chain.summary}.`;
+    } catch (error) {
+      status.textContent = error.message;
+    }
+  };
+  const run = (control, full) => async () => {
+    result.replaceChildren(h('p', {class: 'muted'}, full ? 'Verifying every entry…' : 'Verifying the entries since the last verification…'));
+    try {
+      const r = await busy(control, 'Verifying…', () => api.get(`/api/v1/audit/verify${full ? '?full=1' : ''}`));
+      const from = r.mode === 'incremental' && r.start.marker ? ` from entry ${r.start.position + 1}` : '';
       result.replaceChildren(r.ok
-        ? h('div', {class: 'alert success', role: 'status'}, `Chain intact: ${r.entries} entries; head ${r.head || '—'}.`)
+        ? h('div', {class: 'alert success', role: 'status'}, `Chain intact${from}: ${r.entries} entries checked, through entry ${r.through} (${r.chain.summary}).`)
         : h('div', {class: 'alert error', role: 'alert'},
-          `Chain broken at entry ${r.first_broken.position}: ${r.first_broken.reason}. ${r.entries} entries checked.`));
+          `Chain broken at entry ${r.first_broken.position}: ${r.first_broken.reason}. ${r.entries} entries checked${from}.`));
     } catch (error) {
       result.replaceChildren(h('div', {class: 'alert error', role: 'alert'}, error.message));
     }
-  }, {class: 'primary', id: 'verify'});
+    await showStatus();
+  };
+  const recent = button('Verify new entries', () => run(recent, false)(), {class: 'primary', id: 'verify'});
+  const everything = button('Verify everything', () => run(everything, true)(), {id: 'verify-full'});
+  showStatus();
   return section('Chain verification',
-    h('p', {class: 'muted'}, 'Each entry carries the hash of the one before it: an edited, deleted or moved entry breaks the chain. Keep the head elsewhere to detect a cut tail.'),
-    h('div', {class: 'actions'}, verify), result);
+    h('p', {class: 'muted'}, 'Each entry carries a MAC, under a key of the keyring, over its content and the entry before it: an edited, deleted or moved entry breaks the chain, even if every later link is recomputed without the key. The appliance verifies new entries in the background.'),
+    status,
+    h('div', {class: 'actions'}, recent, everything), result);
 }

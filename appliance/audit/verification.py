@@ -1,0 +1,192 @@
+"""Verifying the audit chain in the store: all of it, or from the newest `audit.verified`
+marker; the background verifier of a serving process; the chain's status.
+
+Owns how a walk reads the store (by position, in chunks), the marker lookups (migration 12's
+partial indexes: the actions are literals in the SQL so both planners use them), the lease
+`audit.verify` (one verifier across instances) and what the verifier reports (a log line, two
+metrics, its marker). Never writes anything but the verifier's marker (through
+`AuditLog.record`); never logs a key or an entry's content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from appliance import metrics
+from appliance.audit.chain import (
+    VERIFIED_ACTION,
+    Start,
+    Verification,
+    Walk,
+    authentic,
+    check_marker,
+)
+from appliance.audit.keys import MacKeys
+from appliance.store import Store
+from appliance.store.lease import Lease, instance_id
+
+if TYPE_CHECKING:
+    from appliance.audit.log import AuditLog
+
+log = logging.getLogger("appliance.audit.verify")
+
+LEASE_NAME = "audit.verify"
+_NEWEST_GOOD_MARKER = ("SELECT * FROM audit_log WHERE action = 'audit.verified' AND outcome = 'ok'"
+                       " ORDER BY seq DESC LIMIT 1")
+_NEWEST_MARKER = ("SELECT * FROM audit_log WHERE action = 'audit.verified'"
+                  " ORDER BY seq DESC LIMIT 1")
+_BOUNDARY = ("SELECT seq FROM audit_log WHERE action = 'audit.chain.keyed'"
+             " ORDER BY seq LIMIT 1")
+_HEAD = "SELECT seq, time FROM audit_log ORDER BY seq DESC LIMIT 1"
+_FIRST = "SELECT seq, mac_version FROM audit_log ORDER BY seq LIMIT 1"
+_AFTER = "SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?"
+
+
+async def verify_store(store: Store, keys: MacKeys, *, full: bool = True,
+                       chunk: int = 5000) -> Verification:
+    """Check the chain in `store`: from its first entry (`full`), or from the newest good
+    `audit.verified` marker (trusted: it is keyed; none yet means from the first entry). The
+    first broken link with its position; `rows_read` counts every row fetched."""
+    start, mode, read = Start(), "full" if full else "incremental", 0
+    if not full:
+        marker = await store.fetch_one(_NEWEST_GOOD_MARKER)
+        if marker is not None:
+            read = 1
+            await _know_versions(keys, [marker])
+            found = check_marker(marker, keys.mac_key_of)
+            if found is None:
+                return Verification(False, 0, int(marker["seq"]),
+                                    "the newest audit.verified marker does not match its MAC "
+                                    "(forged or edited): run a full verification",
+                                    mode="incremental", rows_read=read)
+            start = found
+    walk = Walk(keys.mac_key_of, start, mode)
+    walk.rows_read = read
+    last = start.position
+    while True:
+        batch = await store.fetch_all(_AFTER, (last, chunk))
+        await _know_versions(keys, batch)
+        if not walk.feed(batch) or len(batch) < chunk:
+            return walk.result()
+        last = int(batch[-1]["seq"])
+
+
+async def _know_versions(keys: MacKeys, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Re-read the keyring once if a row names an audit key it does not hold yet (another
+    instance rotated a moment ago)."""
+    versions = {int(row["mac_version"]) for row in rows if row["mac_version"] is not None}
+    if any(keys.mac_key_of(version) is None for version in versions):
+        await keys.refresh()
+
+
+async def chain_status(store: Store, keys: MacKeys | None) -> dict[str, Any]:
+    """The head, the newest verification marker, the chain's kind and the audit key in use:
+    five indexed lookups, whatever the log's length."""
+    head = await store.fetch_one(_HEAD)
+    newest = await store.fetch_one(_NEWEST_MARKER)
+    boundary = await store.fetch_one(_BOUNDARY)
+    first = await store.fetch_one(_FIRST)
+    legacy, keyed_from = 0, None
+    if boundary is not None:
+        keyed_from = int(boundary["seq"])
+        legacy = keyed_from - 1
+    elif first is not None and first["mac_version"] is not None:
+        keyed_from = int(first["seq"])
+    elif first is not None and head is not None:
+        legacy = int(head["seq"]) - int(first["seq"]) + 1
+    kind = Verification(True, 0, legacy=legacy, keyed_from=keyed_from)
+    verified = None
+    if newest is not None:
+        details = _details(newest)
+        verified = {"position": details.get("through"), "marker": int(newest["seq"]),
+                    "time": str(newest["time"]), "ok": newest["outcome"] == "ok",
+                    "broken_at": details.get("broken_at")}
+    key = keys.mac_key() if keys is not None else None
+    return {
+        "head": None if head is None else {"position": int(head["seq"]),
+                                           "time": str(head["time"])},
+        "verified": verified,
+        "chain": {"legacy": legacy, "keyed_from": keyed_from,
+                  "summary": kind.describe_chain()},
+        "audit_key_version": key[0] if key is not None else None,
+    }
+
+
+def _details(row: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        value = json.loads(row["details"])
+    except (TypeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class BackgroundVerifier:
+    """Every `interval` seconds, on one instance at a time (the lease `audit.verify`): verify
+    the entries written since the newest good marker and record the result as a marker
+    (`audit.verified`: through which position, its MAC, entries checked, ok). Writes nothing
+    when nothing but the previous marker is new, nor the same failure twice."""
+
+    def __init__(self, audit: AuditLog, *, interval: float) -> None:
+        self.audit = audit
+        self.interval = interval
+        self._lease = Lease(audit.store, LEASE_NAME, instance_id(), max(30.0, 3 * interval))
+        self.last: Verification | None = None
+
+    async def run_once(self) -> Verification | None:
+        """One round: the verification, or None when there was nothing to do (or another
+        instance holds the lease)."""
+        holding = await self._lease.acquire()
+        if holding.holder != self._lease.holder:
+            return None
+        store = self.audit.store
+        head = await store.fetch_one(_HEAD)
+        if head is None:
+            return None
+        keys = await self.audit.mac_keys()
+        newest = await store.fetch_one(_NEWEST_MARKER)
+        if (newest is not None and int(newest["seq"]) == int(head["seq"])
+                and authentic(newest, keys.mac_key_of)):
+            return None  # idle: nothing but our own previous marker is new (a copy would not do)
+        result = await verify_store(store, keys, full=False)
+        self.last = result
+        details: dict[str, Any] = {
+            "through": result.through, "mac": result.head, "entries": result.entries,
+            "from": result.start.position, "ok": result.ok, "legacy": result.legacy,
+            "keyed_from": result.keyed_from}
+        if result.ok:
+            metrics.audit_verified(result.through)
+        else:
+            metrics.audit_verify_failed()
+            log.error("audit chain broken", extra={"position": result.position,
+                                                   "reason": result.reason})
+            if (newest is not None and newest["outcome"] != "ok"
+                    and _details(newest).get("broken_at") == result.position):
+                return result  # already recorded
+            details |= {"broken_at": result.position, "reason": result.reason}
+        await self.audit.record(action=VERIFIED_ACTION, outcome="ok" if result.ok else "failed",
+                                details=details)
+        return result
+
+    async def release(self) -> None:
+        """Give the lease up (at shutdown: another instance takes the work over at once)."""
+        await self._lease.release()
+
+    async def run_forever(self) -> None:
+        """`run_once` every `interval` seconds until cancelled (then the lease is released); a
+        failed round is logged (no content) and retried at the next."""
+        try:
+            while True:
+                await asyncio.sleep(self.interval)
+                try:
+                    await self.run_once()
+                except Exception as exc:  # the store away, the keyring unreadable: next round
+                    log.warning("audit verification round failed",
+                                extra={"exception": type(exc).__qualname__})
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.release())
