@@ -1,0 +1,373 @@
+"""Secret scanning of a query as it is saved: the rules (known key formats, and random-looking
+literals in credential positions) and the walk over a query's body, parameter defaults and
+description, for SQL text and JSON bodies alike.
+
+Owns the rules and `scan_query`. Pure code: no I/O, no logging. Never returns, logs or keeps the
+matched text: a finding names the place and the rule, a hint (`AKIA…(20 chars)`: at most the
+format's public prefix) and a fingerprint (a keyed HMAC of rule, place and text).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from appliance.parameters import BINDING_RE
+
+MAX_DEPTH: Final = 200  # deeper JSON is not walked further (the compilers refuse past 64)
+KEY_LABEL: Final = b"queries/secret-finding-fingerprint"  # the key's label (secret_findings)
+FINGERPRINT_CHARS: Final = 32  # 128 bits of HMAC-SHA256, hex
+
+ADVICE: Final = {
+    "sql": "keep credentials out of the SQL text: the datasource's secrets (secrets.password) "
+           "sign in to the database; a value the query needs: declare a parameter and bind it "
+           "as {{ name }}, sent at run time",
+    "json": "move it into the datasource's secrets: a REST datasource sends it itself with "
+            "auth = bearer (secrets.token), basic (username, secrets.password) or header "
+            "(header_name, secrets.api_key); a value the query needs: declare a parameter and "
+            "bind it as {{ name }}, sent at run time",
+    "default": "remove the default: a parameter's default is stored in the clear; send the "
+               "value at run time, or keep the credential in the datasource's secrets",
+    "description": "remove it from the description: keep credentials in the datasource's "
+                   "secrets",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One credential found in a query. Holds no part of the text beyond `hint`."""
+
+    rule: str  # stable word, e.g. "aws_access_key_id"
+    title: str  # in words: "an AWS access key id"
+    field: str  # the API's field: "body", "parameters[0].default", "description"
+    place: str  # "line 3, column 14", "headers.Authorization", "parameter 'token'"
+    line: int | None
+    column: int | None
+    hint: str  # "AKIA…(20 chars)" or "…(12 chars)"
+    fingerprint: str  # HMAC(key, rule, field, place, text), hex
+    advice: str
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"rule": self.rule, "title": self.title, "field": self.field,
+                               "place": self.place, "hint": self.hint,
+                               "fingerprint": self.fingerprint}
+        if self.line is not None:
+            out["line"] = self.line
+            out["column"] = self.column
+        return out
+
+    def describe(self) -> str:
+        return f"{self.field} ({self.place}): {self.title} ({self.hint})"
+
+
+# --- known formats ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A known format. `anchors`: lower-case substrings one of which any match contains (a
+    cheap test before the regex runs). The regex's group `secret` is the credential (the
+    whole match without one); group `prefix`, if any, is the format's public prefix, the only
+    part a hint shows. `check`: a further test of the secret (a JWT's header decodes)."""
+
+    name: str
+    title: str
+    anchors: tuple[str, ...]
+    pattern: re.Pattern[str]
+    check: Callable[[str], bool] | None = None
+    whole: bool = False  # the credential is the whole match (its prefix included)
+
+
+def _jwt_header(token: str) -> bool:
+    head = token.split(".", 1)[0]
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    except (ValueError, binascii.Error):
+        return False
+    return isinstance(decoded, dict) and ("alg" in decoded or "typ" in decoded)
+
+
+def _not_placeholder(value: str) -> bool:
+    return not (_is_placeholder(value) or value.startswith("{{"))
+
+
+_B = r"(?<![A-Za-z0-9_\-])"  # the start of a token
+_E = r"(?![A-Za-z0-9_\-])"  # its end
+
+RULES: Final[tuple[Rule, ...]] = (
+    Rule("private_key", "a private key block", ("-----begin",), re.compile(
+        r"(?P<prefix>-----BEGIN (?:[A-Z0-9]+ ){0,3}PRIVATE KEY(?: BLOCK)?-----)"
+        r"[^-]{0,20000}"), whole=True),
+    Rule("aws_access_key_id", "an AWS access key id", ("akia", "asia", "abia", "acca"),
+         re.compile(_B + r"(?P<secret>(?P<prefix>AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16})" + _E)),
+    Rule("aws_secret_access_key", "an AWS secret access key", ("secret",), re.compile(
+        r"(?i:secret_?access_?key|aws_?secret(?:_?key)?)[\"'\s]{0,3}[:=>]{1,2}[\"'\s]{0,3}"
+        r"(?P<secret>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])")),
+    Rule("gcp_api_key", "a Google API key", ("aiza",),
+         re.compile(_B + r"(?P<secret>(?P<prefix>AIza)[0-9A-Za-z_\-]{35})" + _E)),
+    Rule("azure_storage_key", "an Azure storage account key", ("accountkey",), re.compile(
+        r"(?i:AccountKey)=(?P<secret>[A-Za-z0-9+/]{86}==)")),
+    Rule("azure_sas_signature", "an Azure shared access signature", ("sig=",), re.compile(
+        r"[?&;]sig=(?P<secret>[A-Za-z0-9%+/]{40,}(?:%3D|=){0,2})")),
+    Rule("github_token", "a GitHub token", ("ghp_", "gho_", "ghu_", "ghs_", "ghr_",
+                                              "github_pat_"), re.compile(
+        _B + r"(?P<secret>(?P<prefix>gh[pousr]_)[A-Za-z0-9]{36}"
+        r"|(?P<prefix2>github_pat_)[A-Za-z0-9]{22}_[A-Za-z0-9]{59})" + _E)),
+    Rule("gitlab_token", "a GitLab token", ("glpat-", "gldt-", "glrt-", "glptt-", "glsoat-",
+                                              "glcbt-"), re.compile(
+        _B + r"(?P<secret>(?P<prefix>gl(?:pat|dt|rt|ptt|soat|cbt)-)[A-Za-z0-9_\-]{20,})" + _E)),
+    Rule("slack_token", "a Slack token", ("xox", "xapp-"), re.compile(
+        _B + r"(?P<secret>(?P<prefix>xox[abposre]-|xapp-)[0-9]+-[A-Za-z0-9\-]{8,})" + _E)),
+    Rule("slack_webhook", "a Slack webhook URL", ("hooks.slack.com",), re.compile(
+        r"(?P<prefix>hooks\.slack\.com/services/)"
+        r"(?P<secret>T[A-Z0-9]{6,}/B[A-Z0-9]{6,}/[A-Za-z0-9]{20,})")),
+    Rule("stripe_key", "a Stripe secret key", ("sk_live_", "sk_test_", "rk_live_", "rk_test_",
+                                                 "whsec_"), re.compile(
+        _B + r"(?P<secret>(?P<prefix>[sr]k_(?:live|test)_|whsec_)[A-Za-z0-9]{24,})" + _E)),
+    Rule("twilio_api_key", "a Twilio API key", ("sk",), re.compile(
+        _B + r"(?P<secret>(?P<prefix>SK)[0-9a-f]{32})" + _E)),
+    Rule("sendgrid_api_key", "a SendGrid API key", ("sg.",), re.compile(
+        _B + r"(?P<secret>(?P<prefix>SG\.)[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43})" + _E)),
+    Rule("anthropic_api_key", "an Anthropic API key", ("sk-ant-",), re.compile(
+        _B + r"(?P<secret>(?P<prefix>sk-ant-)[a-z]+[0-9]{2}-[A-Za-z0-9_\-]{32,})" + _E)),
+    Rule("openai_api_key", "an OpenAI API key", ("sk-",), re.compile(
+        _B + r"(?P<secret>(?P<prefix>sk-)(?:(?:proj|svcacct|admin)-[A-Za-z0-9_\-]{40,}"
+        r"|[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20}))" + _E)),
+    Rule("jwt", "a JSON Web Token", ("eyj",), re.compile(
+        _B + r"(?P<secret>(?P<prefix>eyJ)[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}"
+        r"\.[A-Za-z0-9_\-]{16,})" + _E), check=_jwt_header),
+    Rule("url_password", "a password in a URL (scheme://user:password@host)", ("://",),
+         re.compile(r"[A-Za-z][A-Za-z0-9+.\-]{0,30}://[^\s:/?#@'\"]{1,256}:"
+                    r"(?P<secret>[^\s/?#@'\"]{1,256})@[A-Za-z0-9\[]"), check=_not_placeholder),
+    Rule("connection_password", "a password in a connection string (password=…)",
+         ("password=", "pwd=", "passwd="), re.compile(
+             r"(?<![A-Za-z0-9_])(?i:password|passwd|pwd)=(?P<secret>[^\s;'\"&)]{1,256})"),
+         check=_not_placeholder),
+)
+
+
+# --- credential positions (a key, header or parameter name says what the value is) -------------
+
+_PASSWORD_NAMES: Final = frozenset({"password", "passwd", "pwd", "pass", "passphrase", "secret",
+                                    "clientsecret", "privatekey", "secretkey", "apisecret"})
+_TOKEN_SUFFIXES: Final = ("token", "secret", "password", "passwd", "apikey", "accesskey",
+                          "privatekey", "secretkey", "credential", "credentials", "signature")
+_HEADER_SUFFIXES: Final = ("-token", "-key", "apikey", "-secret", "-password", "-signature",
+                           "-auth")
+_HEADER_IGNORED: Final = ("idempotency", "sec-websocket", "cache", "public-key")
+_PLACEHOLDER_RE: Final = re.compile(
+    r":[A-Za-z_][A-Za-z0-9_]*|\$[0-9]+|\?|%s|%\([A-Za-z_]+\)s|\$\{[^}]*\}|<[^<>]*>|\*+|[xX]+|"
+    r"(?i:password|passwd|pass|pwd|secret|token|redacted|changeme_?later|none|null|empty)")
+
+
+def _is_placeholder(value: str) -> bool:
+    return _PLACEHOLDER_RE.fullmatch(value) is not None or BINDING_RE.fullmatch(value) is not None
+
+
+def _normal(name: str) -> str:
+    return name.lower().replace("-", "").replace("_", "")
+
+
+def entropy(text: str) -> float:
+    """Shannon entropy in bits per character."""
+    if not text:
+        return 0.0
+    n = len(text)
+    return -sum(c / n * math.log2(c / n) for c in Counter(text).values())
+
+
+def looks_random(text: str) -> bool:
+    """A literal that could be a key or token: no space, 16+ characters (12+ with letters and
+    digits mixed), and at least 3 bits of entropy per character (English words have less;
+    a hex or base64 key has 3.5 to 6)."""
+    if len(text) < 12 or any(c.isspace() for c in text):
+        return False
+    classes = sum((any(c.islower() for c in text), any(c.isupper() for c in text),
+                   any(c.isdigit() for c in text), any(not c.isalnum() for c in text)))
+    if len(text) < 16 and classes < 3:
+        return False
+    return classes >= 2 and entropy(text) >= 3.0
+
+
+def _literals(value: str) -> list[str]:
+    """The literal pieces of a template string (bindings removed), without placeholders."""
+    return [piece.strip() for piece in BINDING_RE.split(value)[::2]
+            if piece.strip() and not _is_placeholder(piece.strip())]
+
+
+def _credential_key(name: str) -> str | None:
+    """'password' or 'token' if a JSON key or parameter name says its value is a credential."""
+    normal = _normal(name)
+    if normal in _PASSWORD_NAMES:
+        return "password"
+    if normal.endswith(_TOKEN_SUFFIXES) or normal in ("apikey", "auth", "authorization",
+                                                      "cookie", "bearer", "key"):
+        return "token"
+    return None
+
+
+def _credential_header(name: str) -> str | None:
+    """'authorization', 'cookie' or 'token' for a header whose value is a credential."""
+    lower = name.lower()
+    if any(word in lower for word in _HEADER_IGNORED):
+        return None
+    if lower in ("authorization", "proxy-authorization", "x-authorization"):
+        return "authorization"
+    if lower in ("cookie", "set-cookie"):
+        return "cookie"
+    if lower.endswith(_HEADER_SUFFIXES) or _normal(lower) in ("apikey", "xapikey", "token",
+                                                             "secret", "password"):
+        return "token"
+    return None
+
+
+# --- the scan -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Hit:
+    rule: str
+    title: str
+    start: int  # in the scanned string
+    text: str  # the credential: used for the fingerprint, then dropped
+    prefix: str  # the public prefix shown in the hint ("" if none)
+
+
+def _known(text: str) -> Iterator[_Hit]:
+    lowered = text.lower()
+    for rule in RULES:
+        if not any(anchor in lowered for anchor in rule.anchors):
+            continue
+        groups = rule.pattern.groupindex
+        for match in rule.pattern.finditer(text):
+            group = "secret" if "secret" in groups and not rule.whole else 0
+            secret = match.group(group)
+            if rule.check is not None and not rule.check(secret):
+                continue
+            prefix = next((match.group(g) for g in ("prefix", "prefix2")
+                           if g in groups and match.group(g)), "")
+            yield _Hit(rule.name, rule.title, match.start(group), secret, prefix)
+
+
+def _positional(kind: str, value: str) -> Iterator[_Hit]:
+    """Credential-looking literals in a value whose key or header name says it is one."""
+    if kind == "authorization":
+        literal = " ".join(_literals(value))
+        scheme, _, rest = literal.partition(" ")
+        credential = rest.strip() if rest else scheme
+        if len(credential) >= 8 and not _is_placeholder(credential):
+            yield _Hit("credential_header", "a credential in an Authorization header",
+                       value.find(credential), credential, "")
+        return
+    if kind == "cookie":
+        for part in value.split(";"):
+            _, _, cookie = part.partition("=")
+            for literal in _literals(cookie):
+                if looks_random(literal):
+                    yield _Hit("credential_cookie", "a session cookie", value.find(literal),
+                               literal, "")
+        return
+    for literal in _literals(value):
+        if kind == "password" and len(literal) >= 4:
+            yield _Hit("credential_literal", "a password or secret written as a literal",
+                       value.find(literal), literal, "")
+        elif kind == "token" and looks_random(literal):
+            yield _Hit("credential_literal", "a random-looking key or token in a credential "
+                       "position", value.find(literal), literal, "")
+
+
+class _Scan:
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self.findings: list[Finding] = []
+        self.seen: set[tuple[str, str, str]] = set()
+
+    def add(self, hit: _Hit, field: str, place: str, line: int | None, column: int | None,
+            advice: str) -> None:
+        marker = (field, place, hit.text)
+        if marker in self.seen:
+            return  # one finding per credential and place: the first rule that names it
+        self.seen.add(marker)
+        mac = hmac.new(self.key, b"\x00".join(
+            part.encode("utf-8", "surrogatepass") for part in (hit.rule, field, place, hit.text)),
+            hashlib.sha256).hexdigest()[:FINGERPRINT_CHARS]
+        # A format's public prefix only, and only when it is less than half of the text.
+        shown = hit.prefix if len(hit.prefix) <= len(hit.text) // 2 else ""
+        hint = f"{shown}…({len(hit.text)} chars)"
+        self.findings.append(Finding(hit.rule, hit.title, field, place, line, column, hint,
+                                     mac, advice))
+
+    def text(self, text: str, field: str, advice: str) -> None:
+        """SQL text (or any multi-line text): places are line and column."""
+        for hit in sorted(_known(text), key=lambda h: h.start):
+            line = text.count("\n", 0, hit.start) + 1
+            column = hit.start - (text.rfind("\n", 0, hit.start) + 1) + 1
+            self.add(hit, field, f"line {line}, column {column}", line, column, advice)
+
+    def string(self, value: str, field: str, place: str, advice: str,
+               position: str | None) -> None:
+        for hit in _known(value):
+            self.add(hit, field, place, None, None, advice)
+        if position is not None:
+            for hit in _positional(position, value):
+                self.add(hit, field, place, None, None, advice)
+
+    def json(self, node: Any, field: str, path: str, advice: str, position: str | None,
+             in_headers: bool, depth: int) -> None:
+        # An explicit stack would do as well; MAX_DEPTH keeps recursion far below the limit.
+        if depth > MAX_DEPTH:
+            return
+        if isinstance(node, str):
+            self.string(node, field, path or "body", advice, position)
+        elif isinstance(node, dict):
+            for key, child in node.items():
+                name = str(key)
+                where = f"{path}.{name[:40]}" if path else name[:40]
+                kind = _credential_header(name) if in_headers else _credential_key(name)
+                self.json(child, field, where, advice, kind, name.lower() == "headers",
+                          depth + 1)
+        elif isinstance(node, list):
+            for index, child in enumerate(node):
+                self.json(child, field, f"{path}[{index}]", advice, position, False, depth + 1)
+
+
+def scan_query(body_language: str, body: Any, parameters: Any, description: Any,
+               key: bytes) -> list[Finding]:
+    """Every credential found in a query about to be saved (or already stored): its body (SQL
+    text when `body_language` is "sql", else a JSON value), its parameters' defaults and its
+    description. Each finding's fingerprint is keyed by `key`. Shapes the compilers refuse
+    (a non-string SQL body, a declaration that is not an object) are skipped, not raised."""
+    scan = _Scan(key)
+    if body_language == "sql":
+        if isinstance(body, str):
+            scan.text(body, "body", ADVICE["sql"])
+    else:
+        scan.json(body, "body", "", ADVICE["json"], None, False, 0)
+    if isinstance(parameters, Sequence) and not isinstance(parameters, str):
+        for index, declaration in enumerate(parameters):
+            if not isinstance(declaration, dict) or "default" not in declaration:
+                continue
+            name = declaration.get("name")
+            label = f"parameter '{name[:63]}'" if isinstance(name, str) else \
+                f"parameter {index + 1}"
+            kind = _credential_key(name) if isinstance(name, str) else None
+            scan.json(declaration["default"], f"parameters[{index}].default", label,
+                      ADVICE["default"], kind, False, 1)
+    if isinstance(description, str):
+        scan.text(description, "description", ADVICE["description"])
+    return scan.findings
+
+
+def fingerprint_key(root_key: bytes) -> bytes:
+    """The fingerprints' key, derived from the keyring's root key (stable across data-key
+    rotation and instance-secret changes; never stored)."""
+    return hmac.new(root_key, b"appliance/" + KEY_LABEL, hashlib.sha256).digest()
