@@ -18,10 +18,18 @@ from typing import Any, Final
 
 from appliance.audit import AuditLog, Context
 from appliance.errors import Forbidden, NotFound, Unprocessable
+from appliance.keyring.sources import InstanceSecret
+from appliance.keyring.unseal import open_root, read_slots
 from appliance.kinds.registry import kind_named
-from appliance.queries.secret_scan import FINGERPRINT_CHARS, Finding, scan_query
+from appliance.queries.secret_scan import (
+    FINGERPRINT_CHARS,
+    Finding,
+    fingerprint_key,
+    scan_query,
+)
 
 ALLOW_FIELD: Final = "allow_secret_findings"
+ALLOWANCES_SCHEMA: Final = 14  # the store migration that made query_secret_allowances
 MAX_ALLOW: Final = 100
 _FINGERPRINT_RE: Final = re.compile(f"[0-9a-f]{{{FINGERPRINT_CHARS}}}")
 
@@ -176,8 +184,10 @@ async def stored_findings(store: Any, key: bytes) -> list[StoredFinding]:
     rows = await store.fetch_all(
         "SELECT q.id, q.name, q.body, q.parameters, d.kind FROM queries q "
         "JOIN datasources d ON d.id = q.datasource_id ORDER BY q.name")
-    allowances = await store.fetch_all(
-        "SELECT query_id, fingerprint FROM query_secret_allowances")
+    allowances = []
+    if await store.schema_version() >= ALLOWANCES_SCHEMA:  # doctor reads unmigrated stores
+        allowances = await store.fetch_all(
+            "SELECT query_id, fingerprint FROM query_secret_allowances")
     allowed = {(str(a["query_id"]), str(a["fingerprint"])) for a in allowances}
     out: list[StoredFinding] = []
     for row in rows:
@@ -186,3 +196,14 @@ async def stored_findings(store: Any, key: bytes) -> list[StoredFinding]:
             out.append(StoredFinding(query_id, str(row["name"]), finding,
                                      (query_id, finding.fingerprint) in allowed))
     return out
+
+
+async def findings_in_store(store: Any, secret: InstanceSecret) -> list[StoredFinding] | None:
+    """The stored queries' findings, for a reader that only reads (`appliance doctor`): the
+    root key opened from the keyring's slots with the instance secret, nothing written. None
+    when the store has no keyring yet (and so no query)."""
+    slots = await read_slots(store)
+    if not slots:
+        return None
+    root, _ = await open_root(slots, secret)
+    return await stored_findings(store, fingerprint_key(root))
