@@ -23,6 +23,7 @@ from appliance.keyring.unseal import open_root, read_slots
 from appliance.kinds.registry import kind_named
 from appliance.queries.secret_scan import (
     FINGERPRINT_CHARS,
+    UNALLOWABLE,
     Finding,
     fingerprint_key,
     scan_query,
@@ -130,14 +131,16 @@ class SecretFindings:
         if requested and not may_allow:
             raise AllowNeedsAdmin(f"only an admin may set '{ALLOW_FIELD}': ask an admin to "
                                   "review the finding", field=ALLOW_FIELD)
-        by_fingerprint = {finding.fingerprint: finding for finding in findings}
+        by_fingerprint = {finding.fingerprint: finding for finding in findings
+                          if finding.rule not in UNALLOWABLE}
         unknown = requested - by_fingerprint.keys()
         if unknown:
             raise Unprocessable(f"'{ALLOW_FIELD}': {len(unknown)} fingerprint(s) name no "
                                 "finding of this query as saved", code="invalid_query",
                                 field=ALLOW_FIELD)
         allowed = await self._allowed(tx, query_id) if query_id is not None else set()
-        left = [f for f in findings if f.fingerprint not in allowed | requested]
+        left = [f for f in findings if f.fingerprint not in allowed | requested
+                or f.rule in UNALLOWABLE]
         if left:
             raise SecretInQuery(left)
         return [by_fingerprint[fp] for fp in sorted(requested - allowed)]
@@ -167,7 +170,7 @@ class SecretFindings:
             if row is None:
                 raise NotFound("no such query", code="query_not_found")
             found = [f for f in scan_stored(str(row["kind"]), row, self._key)
-                     if f.fingerprint == fingerprint]
+                     if f.fingerprint == fingerprint and f.rule not in UNALLOWABLE]
             if not found:
                 raise FindingNotFound("the query has no finding with this fingerprint (it may "
                                       "have changed since)")

@@ -23,6 +23,9 @@ from typing import Any, Final
 
 from appliance.parameters import BINDING_RE
 
+MAX_FINDINGS: Final = 100  # the last is `too_many`: the rest of the query is not scanned
+# Findings no admin can allow: they say that something was not scanned.
+UNALLOWABLE: Final = frozenset({"too_deep", "too_many"})
 MAX_DEPTH: Final = 200  # deeper JSON is not walked further (the compilers refuse past 64)
 KEY_LABEL: Final = b"queries/secret-finding-fingerprint"  # the key's label (secret_findings)
 FINGERPRINT_CHARS: Final = 32  # 128 bits of HMAC-SHA256, hex
@@ -165,7 +168,8 @@ _HEADER_SUFFIXES: Final = ("-token", "-key", "apikey", "-secret", "-password", "
                            "-auth")
 _HEADER_IGNORED: Final = ("idempotency", "sec-websocket", "cache", "public-key")
 _PLACEHOLDER_RE: Final = re.compile(
-    r":[A-Za-z_][A-Za-z0-9_]*|\$[0-9]+|\?|%s|%\([A-Za-z_]+\)s|\$\{[^}]*\}|<[^<>]*>|\*+|[xX]+|"
+    r":[A-Za-z_][A-Za-z0-9_]*|\$[0-9]+|\?|%s|\.{3}|…|%\([A-Za-z_]+\)s|\$\{[^}]*\}|<[^<>]*>|"
+    r"\*+|[xX]+|"
     r"(?i:password|passwd|pass|pwd|secret|token|redacted|changeme_?later|none|null|empty)")
 
 
@@ -290,28 +294,39 @@ class _Scan:
         self.key = key
         self.findings: list[Finding] = []
         self.seen: set[tuple[str, str, str]] = set()
+        self.full = False  # MAX_FINDINGS reached: the rest is not scanned
 
     def add(self, hit: _Hit, field: str, place: str, line: int | None, column: int | None,
             advice: str) -> None:
         marker = (field, place, hit.text)
-        if marker in self.seen:
+        if marker in self.seen or self.full:
             return  # one finding per credential and place: the first rule that names it
+        if len(self.findings) == MAX_FINDINGS - 1:
+            self.full = True
+            hit = _Hit("too_many", f"more than {MAX_FINDINGS - 1} findings: the rest is not "
+                       "scanned", 0, "", "")
         self.seen.add(marker)
         mac = hmac.new(self.key, b"\x00".join(
             part.encode("utf-8", "surrogatepass") for part in (hit.rule, field, place, hit.text)),
             hashlib.sha256).hexdigest()[:FINGERPRINT_CHARS]
         # A format's public prefix only, and only when it is less than half of the text.
         shown = hit.prefix if len(hit.prefix) <= len(hit.text) // 2 else ""
-        hint = f"{shown}…({len(hit.text)} chars)"
+        hint = f"{shown}…({len(hit.text)} chars)" if hit.text else "-"
         self.findings.append(Finding(hit.rule, hit.title, field, place, line, column, hint,
                                      mac, advice))
 
     def text(self, text: str, field: str, advice: str) -> None:
-        """SQL text (or any multi-line text): places are line and column."""
+        """SQL text (or any multi-line text): places are line and column (counted once, as
+        the hits go forward: a body with many hits stays linear)."""
+        line, line_start, counted = 1, 0, 0
         for hit in sorted(_known(text), key=lambda h: h.start):
-            line = text.count("\n", 0, hit.start) + 1
-            column = hit.start - (text.rfind("\n", 0, hit.start) + 1) + 1
+            line += text.count("\n", counted, hit.start)
+            counted = hit.start
+            line_start = text.rfind("\n", line_start, hit.start) + 1 or line_start
+            column = hit.start - line_start + 1
             self.add(hit, field, f"line {line}, column {column}", line, column, advice)
+            if self.full:
+                return
 
     def string(self, value: str, field: str, place: str, advice: str,
                position: str | None) -> None:
@@ -323,8 +338,12 @@ class _Scan:
 
     def json(self, node: Any, field: str, path: str, advice: str, position: str | None,
              in_headers: bool, depth: int) -> None:
-        # An explicit stack would do as well; MAX_DEPTH keeps recursion far below the limit.
         if depth > MAX_DEPTH:
+            # Not walked further (recursion stays far below Python's limit), so not passed
+            # either: what was not scanned is a finding (the compilers refuse past 64 anyway).
+            self.add(_Hit("too_deep", f"a value nested deeper than {MAX_DEPTH} levels, which "
+                          "is not scanned", 0, "", ""), field, path or "body", None, None,
+                     "flatten the value")
             return
         if isinstance(node, str):
             self.string(node, field, path or "body", advice, position)

@@ -88,7 +88,9 @@ def corpus(seed: int = 26) -> list[Fake]:
     aws_secret = _pick(rng, _B64, 40)
     add("aws_secret_access_key", f"aws_secret_access_key={aws_secret}", aws_secret)
     gcp = rsa_pem()
-    add("private_key", json.dumps({"type": "service_account", "private_key": gcp}), gcp)
+    # A GCP service account's key file, pasted as JSON text: the key's newlines are escaped.
+    add("private_key", json.dumps({"type": "service_account", "private_key": gcp}),
+        json.dumps(gcp)[1:-1])
     add("private_key", gcp)
     add("private_key", ec_pem())
     add("gcp_api_key", "AIza" + _pick(rng, _URLSAFE, 35))
