@@ -274,14 +274,20 @@ def _seconds(body: str) -> float:
 ])
 def test_a_1_mib_body_scans_in_linear_time(unit: str, capsys: pytest.CaptureFixture[str]
                                            ) -> None:
-    """Measured, not held to a time: the 1 MiB scan against a 128 KiB one (linear: 8)."""
-    small = unit * (131072 // len(unit))
+    """Measured, not held to a time: the 1 MiB scan against a 256 KiB one (linear: 4,
+    quadratic: 16; smaller texts fit the CPU's caches and scan faster per byte). The bound only
+    separates the two; on a loaded machine the best of three rounds counts."""
+    small = unit * (262144 // len(unit))
     large = unit * (1048576 // len(unit))
-    t_small, t_large = _seconds(small), _seconds(large)
-    ratio = t_large / t_small
+    ratios = []
+    for _ in range(3):
+        t_small, t_large = _seconds(small), _seconds(large)
+        ratios.append(t_large / t_small)
+        if ratios[-1] < 10:
+            break
     with capsys.disabled():
-        print(f"\nsecret scan {unit[:12]!r}…: 128 KiB {t_small * 1000:.1f} ms, 1 MiB "
-              f"{t_large * 1000:.1f} ms, ratio {ratio:.1f} (linear: 8, quadratic: 64)")
-    # Quadratic work measured 55 to 66 here (line numbers counted from the start per hit,
-    # before it was fixed); the bound leaves room for a loaded machine's noise.
-    assert ratio < 40
+        print(f"\nsecret scan {unit[:12]!r}…: 256 KiB {t_small * 1000:.1f} ms, 1 MiB "
+              f"{t_large * 1000:.1f} ms, ratio {min(ratios):.1f} (linear: 4, quadratic: 16)")
+    # Line numbers counted from the start for each hit (since fixed) measured 55 to 66 for
+    # 8 times the text.
+    assert min(ratios) < 10

@@ -43,8 +43,7 @@ class SecretInQuery(Unprocessable):
     def __init__(self, findings: Sequence[Finding]) -> None:
         first = findings[0]
         more = len(findings) - 1
-        message = (f"{first.field} ({first.place}): {first.title} ({first.hint}) is written in the "
-                   f"query; {first.advice}")
+        message = f"{first.describe()} is written in the query; {first.advice}"
         if more:
             message += f" ({more} more finding{'s' if more > 1 else ''}: see 'findings')"
         message += (". A false positive: an admin can allow it by its fingerprint "

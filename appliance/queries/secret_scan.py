@@ -68,8 +68,18 @@ class Finding:
             out["column"] = self.column
         return out
 
+    @property
+    def where(self) -> str:
+        """The place in words: `line 2, column 9` (a SQL body, as every SQL error starts),
+        `body headers.Authorization`, `parameter 'x' default`, `description, line 1, column 5`."""
+        if self.field == "body":
+            return self.place if self.line is not None else f"body {self.place}"
+        if self.field.endswith(".default"):
+            return f"{self.place} default"
+        return f"{self.field}, {self.place}"
+
     def describe(self) -> str:
-        return f"{self.field} ({self.place}): {self.title} ({self.hint})"
+        return f"{self.where}: {self.title} ({self.hint})"
 
 
 # --- known formats ------------------------------------------------------------------------------
