@@ -138,6 +138,14 @@ async def test_only_an_admin_allows_a_finding_and_a_new_secret_is_caught_again(
         assert [(f["query_id"], f["place"], f["allowed"]) for f in listed.body["findings"]] == \
             [(query_id, "headers.Authorization", True)]
         assert (await dev.request("GET", "/api/v1/queries/secret-findings")).status == 403
+        spec = (await dev.request("GET", "/api/v1/openapi.json")).body
+        paths = spec["paths"]
+        assert paths["/api/v1/queries/secret-findings"]["get"]["x-required-role"] == "admin"
+        assert paths["/api/v1/queries/{id}/secret-findings/{fingerprint}/allow"]["post"][
+            "x-required-role"] == "admin"
+        assert "allow_secret_findings" in str(paths["/api/v1/queries"]["post"]["requestBody"])
+        assert "findings" in spec["components"]["schemas"]["Error"]["properties"]["error"][
+            "properties"]
         for secret in (first, second):
             token = secret.split()[1]
             assert token not in json.dumps(listed.body) and token not in _all_text(appliance)
