@@ -9,6 +9,7 @@ or answers the matched text: findings carry a place, a rule, a hint and a keyed 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -194,7 +195,8 @@ async def stored_findings(store: Any, key: bytes) -> list[StoredFinding]:
     out: list[StoredFinding] = []
     for row in rows:
         query_id = str(row["id"])
-        for finding in scan_stored(str(row["kind"]), row, key):
+        # In a thread, as at save time: a store of large queries does not stall the loop.
+        for finding in await asyncio.to_thread(scan_stored, str(row["kind"]), row, key):
             out.append(StoredFinding(query_id, str(row["name"]), finding,
                                      (query_id, finding.fingerprint) in allowed))
     return out
