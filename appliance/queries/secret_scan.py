@@ -256,9 +256,18 @@ class _Hit:
     prefix: str  # the public prefix shown in the hint ("" if none)
 
 
-def _known(text: str) -> Iterator[_Hit]:
+def _active(texts: Sequence[str]) -> tuple[Rule, ...]:
+    """The rules whose anchors occur anywhere in `texts` (one pass per anchor over them all,
+    so that a JSON body's thousand short strings do not each pay for every rule)."""
+    joined = "\x00".join(texts).lower()
+    return tuple(rule for rule in RULES if any(anchor in joined for anchor in rule.anchors))
+
+
+def _known(text: str, rules: Sequence[Rule] = RULES) -> Iterator[_Hit]:
+    if not rules:
+        return
     lowered = text.lower()
-    for rule in RULES:
+    for rule in rules:
         if not any(anchor in lowered for anchor in rule.anchors):
             continue
         groups = rule.pattern.groupindex
@@ -305,6 +314,8 @@ class _Scan:
         self.findings: list[Finding] = []
         self.seen: set[tuple[str, str, str]] = set()
         self.full = False  # MAX_FINDINGS reached: the rest is not scanned
+        # Strings of a JSON value waiting for `flush`: (text, field, place, advice, position).
+        self.pending: list[tuple[str, str, str, str, str | None]] = []
 
     def add(self, hit: _Hit, field: str, place: str, line: int | None, column: int | None,
             advice: str) -> None:
@@ -340,11 +351,18 @@ class _Scan:
 
     def string(self, value: str, field: str, place: str, advice: str,
                position: str | None) -> None:
-        for hit in _known(value):
-            self.add(hit, field, place, None, None, advice)
-        if position is not None:
-            for hit in _positional(position, value):
+        """Queued: `flush` scans the queued strings, with the rules any of them may match."""
+        self.pending.append((value, field, place, advice, position))
+
+    def flush(self) -> None:
+        rules = _active([value for value, *_ in self.pending])
+        for value, field, place, advice, position in self.pending:
+            for hit in _known(value, rules):
                 self.add(hit, field, place, None, None, advice)
+            if position is not None:
+                for hit in _positional(position, value):
+                    self.add(hit, field, place, None, None, advice)
+        self.pending.clear()
 
     def json(self, node: Any, field: str, path: str, advice: str, position: str | None,
              in_headers: bool, depth: int) -> None:
@@ -381,6 +399,7 @@ def scan_query(body_language: str, body: Any, parameters: Any, description: Any,
             scan.text(body, "body", ADVICE["sql"])
     else:
         scan.json(body, "body", "", ADVICE["json"], None, False, 0)
+        scan.flush()
     if isinstance(parameters, Sequence) and not isinstance(parameters, str):
         for index, declaration in enumerate(parameters):
             if not isinstance(declaration, dict) or "default" not in declaration:
@@ -391,6 +410,7 @@ def scan_query(body_language: str, body: Any, parameters: Any, description: Any,
             kind = _credential_key(name) if isinstance(name, str) else None
             scan.json(declaration["default"], f"parameters[{index}].default", label,
                       ADVICE["default"], kind, False, 1)
+        scan.flush()
     if isinstance(description, str):
         scan.text(description, "description", ADVICE["description"])
     return scan.findings
