@@ -117,6 +117,8 @@ HEX32 = "4f9d8c7b6a5e4d3c2b1a0f9e8d7c6b5a"
     ({"Authorization": f"Bearer {HEX32}"}, "headers.Authorization"),
     ({"Authorization": "Basic dXNlcjpodW50ZXIy"}, "headers.Authorization"),
     ({"authorization": f"token {RANDOM}"}, "headers.authorization"),
+    ({"Authorization": "AWS4-HMAC-SHA256 Credential={{ c }}, SignedHeaders=host;x-amz-date, "
+                       f"Signature={hashlib.sha256(b's').hexdigest()}"}, "headers.Authorization"),
     ({"X-Api-Key": RANDOM}, "headers.X-Api-Key"),
     ({"Api-Key": HEX32}, "headers.Api-Key"),
     ({"X-Auth-Token": "5f2b9c1e-8d3a-4e7f-9b6c-2a1d0e4f8c7b"}, "headers.X-Auth-Token"),
@@ -149,6 +151,9 @@ def test_credential_keys_in_a_json_body(json_body: dict[str, Any], place: str) -
 
 
 @pytest.mark.parametrize("body", [
+    {"method": "GET", "path": "/", "headers": {
+        "Authorization": "AWS4-HMAC-SHA256 Credential={{ credential }}, "
+                         "SignedHeaders=host;x-amz-date, Signature={{ signature }}"}},
     {"method": "GET", "path": "/", "headers": {"Authorization": "Bearer {{ token }}",
                                                 "X-Api-Key": "{{ key }}",
                                                 "Cookie": "session={{ session }}",

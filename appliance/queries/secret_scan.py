@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -183,6 +184,10 @@ _PLACEHOLDER_RE: Final = re.compile(
     r"(?i:password|passwd|pass|pwd|secret|token|redacted|changeme_?later|none|null|empty)")
 
 
+_AUTH_SPLIT_RE: Final = re.compile(r"[\s,]+")
+_AUTH_PARAM_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9_\-]*=")  # `name=` before a value
+
+
 def _is_placeholder(value: str) -> bool:
     return _PLACEHOLDER_RE.fullmatch(value) is not None or BINDING_RE.fullmatch(value) is not None
 
@@ -252,8 +257,9 @@ class _Hit:
     rule: str
     title: str
     start: int  # in the scanned string
-    text: str  # the credential: used for the fingerprint, then dropped
-    prefix: str  # the public prefix shown in the hint ("" if none)
+    # The credential: used for the fingerprint, then dropped; never in a repr.
+    text: str = dataclasses.field(repr=False)
+    prefix: str = ""  # the public prefix shown in the hint ("" if none)
 
 
 def _active(texts: Sequence[str]) -> tuple[Rule, ...]:
@@ -284,12 +290,22 @@ def _known(text: str, rules: Sequence[Rule] = RULES) -> Iterator[_Hit]:
 def _positional(kind: str, value: str) -> Iterator[_Hit]:
     """Credential-looking literals in a value whose key or header name says it is one."""
     if kind == "authorization":
-        literal = " ".join(_literals(value))
-        scheme, _, rest = literal.partition(" ")
-        credential = rest.strip() if rest else scheme
-        if len(credential) >= 8 and not _is_placeholder(credential):
-            yield _Hit("credential_header", "a credential in an Authorization header",
-                       value.find(credential), credential, "")
+        # After the scheme word, every literal value: `Bearer abc…`, `Basic dXNl…`, and each
+        # `name=value` of a structured scheme (AWS4-HMAC-SHA256 Credential=…, Signature=…).
+        pieces = _literals(value)
+        if len(pieces) > 1 or (pieces and " " in pieces[0]):  # the first starts with a scheme
+            pieces[0] = pieces[0].strip().partition(" ")[2]
+        for piece in pieces:
+            for token in _AUTH_SPLIT_RE.split(piece):
+                if _AUTH_PARAM_RE.match(token):  # a parameter: only a random-looking value
+                    credential = token.partition("=")[2]
+                    if not looks_random(credential):
+                        continue
+                else:
+                    credential = token
+                if len(credential) >= 8 and not _is_placeholder(credential):
+                    yield _Hit("credential_header", "a credential in an Authorization header",
+                               value.find(credential), credential, "")
         return
     if kind == "cookie":
         for part in value.split(";"):
