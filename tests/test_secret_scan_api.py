@@ -11,6 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from appliance.http.app_keys import CORE
+from appliance.queries.secret_findings import SecretInQuery
 from tests.conftest import clean_env, run_cli
 from tests.support.app import Appliance, store_env
 from tests.support.fake_keys import corpus
@@ -149,6 +153,12 @@ async def test_only_an_admin_allows_a_finding_and_a_new_secret_is_caught_again(
         for secret in (first, second):
             token = secret.split()[1]
             assert token not in json.dumps(listed.body) and token not in _all_text(appliance)
+        # The same check for a caller that saves its own way (the coming `appliance import`).
+        findings = appliance.app[CORE].queries.secret_findings
+        stored = {"body": query["body"], "parameters": [], "description": None}
+        await findings.refuse_unallowed(appliance.app[CORE].store, query_id, "rest", stored)
+        with pytest.raises(SecretInQuery):
+            await findings.refuse_unallowed(appliance.app[CORE].store, None, "rest", stored)
         # Deleting the query deletes its allowances.
         assert (await dev.request("DELETE", f"/api/v1/queries/{query_id}")).status == 204
         assert appliance.query("SELECT * FROM query_secret_allowances") == []

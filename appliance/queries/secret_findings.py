@@ -145,6 +145,17 @@ class SecretFindings:
             raise SecretInQuery(left)
         return [by_fingerprint[fp] for fp in sorted(requested - allowed)]
 
+    async def refuse_unallowed(self, reader: Any, query_id: str | None, kind: str,
+                               query: Mapping[str, Any]) -> None:
+        """The check for a caller that saves queries its own way (`appliance import`): scan
+        `query` (its `body`, `parameters`, `description`) as a datasource of `kind` would run
+        it, and raise SecretInQuery for any finding not allowed before for `query_id` (None:
+        a new query). `reader`: the store or the caller's transaction."""
+        findings = await asyncio.to_thread(self.scan, kind, query.get("body"),
+                                           query.get("parameters", []),
+                                           query.get("description"))
+        await self.check(reader, query_id, findings, frozenset(), may_allow=False)
+
     async def record(self, tx: Any, query_id: str, findings: Iterable[Finding],
                      context: Context) -> None:
         """Record allowances (in the caller's transaction), each audited with rule and place."""
