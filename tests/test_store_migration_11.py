@@ -125,7 +125,7 @@ async def test_a_version_10_store_migrates_with_rows_and_foreign_keys_intact(
 
     store = await open_at(env, state)
     try:
-        assert await store.schema_version() == 11
+        assert await store.schema_version() == MIGRATIONS[-1].version  # 11 or later
         assert await rows(store) == before
         assert len(before[0]) == 3 and len(before[1]) == 3
 
@@ -203,7 +203,7 @@ async def test_a_fresh_store_is_created_at_11_and_takes_mysql(
     state.mkdir(mode=0o700)
     store = await open_at(env, state)
     try:
-        assert await store.schema_version() == 11
+        assert await store.schema_version() == MIGRATIONS[-1].version  # 11 or later
         async with store.transaction() as tx:
             await tx.execute(f"INSERT INTO datasources ({DS_COLUMNS}) VALUES "
                              "('ds-1', 'Maria', 'mysql', '{}', 1, 5.0, 5.0)")
