@@ -79,7 +79,9 @@ def collect(paths: list[Path] | None = None) -> tuple[list[SavedQuery], int]:
     """The literal queries, and how many query bodies were not literals (skipped)."""
     found: list[SavedQuery] = []
     skipped = 0
-    for path in paths or sorted(TESTS.rglob("test_*.py")):
+    # The secret-scanning tests paste fake keys on purpose: they are not the suite's queries.
+    for path in paths or sorted(p for p in TESTS.rglob("test_*.py")
+                                if not p.name.startswith("test_secret_scan")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.Call):
