@@ -25,6 +25,8 @@ from appliance.instances import Heartbeat, beating
 from appliance.keyring import DEFAULT_TUNING, KdfTuning, SecretVault, open_vault
 from appliance.propagation import ChangeFollower, Check
 from appliance.queries import QueryService, Runner
+from appliance.queries.secret_findings import SecretFindings
+from appliance.queries.secret_scan import fingerprint_key
 from appliance.settings import Settings
 from appliance.store import Store, open_store
 from appliance.tls import TLSManager
@@ -78,7 +80,9 @@ class Core:
                     self.store, vault, self.egress, self.audit,
                     state_dir=self.settings.server.state_dir.absolute())
                 await datasources.bind_legacy_secrets()  # once after an upgrade; then a no-op
-                self._queries = QueryService(self.store, datasources, self.audit)
+                findings = SecretFindings(self.store, self.audit,
+                                          fingerprint_key(vault.root_key))
+                self._queries = QueryService(self.store, datasources, self.audit, findings)
                 self._runner = Runner(self._queries)
                 self._datasources = datasources
             return vault

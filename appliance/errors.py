@@ -6,6 +6,8 @@ codes. Never put a secret, a query parameter value or a result in a message, nor
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ApplianceError(Exception):
     """Root of the hierarchy. `code` is a stable machine-readable word; `status` the HTTP status.
@@ -38,6 +40,11 @@ class ApplianceError(Exception):
 
     def response_headers(self) -> dict[str, str]:
         """Extra HTTP headers the error response carries (none by default)."""
+        return {}
+
+    def members(self) -> dict[str, Any]:
+        """Extra members of the error object, beside code, message, field, line and column
+        (none by default; `secret_in_query` lists its findings). Never a value."""
         return {}
 
 

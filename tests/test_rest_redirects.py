@@ -134,12 +134,15 @@ async def test_no_credential_reaches_another_origin(tmp_path: Path, home: Record
                                              **config})
 
         async def hop(path: str) -> list[dict[str, Any]]:
+            # The template's cookie is bound (a literal one is refused at save time by secret
+            # scanning): it is still a header the template sets, dropped at another origin.
             q = await create_query(dev, ds["id"], {
-                "path": path, "headers": {"Cookie": f"sid={COOKIE_SECRET}"}},
+                "path": path, "headers": {"Cookie": "{{ cookie }}"}},
+                [{"name": "cookie", "type": "string"}],
                 name=f"{mode}{path.replace('/', '-')}")
             for server in (home, elsewhere, next_door):
                 server.seen.clear()
-            resp = await run(viewer, q["id"])
+            resp = await run(viewer, q["id"], {"cookie": f"sid={COOKIE_SECRET}"})
             assert resp.status == 200, resp.body
             assert resp.body["rows"][0][0] == 200
             return resp.body["rows"][0][2]

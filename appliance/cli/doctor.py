@@ -29,7 +29,9 @@ from appliance.keyring.sources import (
     InstanceSecret,
     secret_file,
 )
+from appliance.keyring.sources import resolve as resolve_secret
 from appliance.keyring.unseal import open_root, read_slots
+from appliance.queries.secret_findings import StoredFinding, findings_in_store
 from appliance.secret import Secret
 from appliance.settings import Endpoint, Settings
 from appliance.store import open_store
@@ -83,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     except ApplianceError as exc:
         store_checks = [Check("store", False, exc.message)]
     checks += store_checks
+    if all(check.ok for check in store_checks):
+        checks += _secrets_in_queries(settings)
     checks += _guarded("tls", lambda: _tls(settings))
     checks += _guarded("ports", lambda: _ports(settings, instances))
     checks += _guarded("unit credential", lambda: _unit_credential(settings, args.root))
@@ -185,6 +189,32 @@ def _store(settings: Settings) -> tuple[list[Check], list[Instance]]:
     else:
         store = Check("store", True, f"{where} opens, schema version {current} (latest)")
     return [store, *_instance_checks(instances, time.time())], instances
+
+
+def _secrets_in_queries(settings: Settings) -> list[Check]:
+    """A WARN per credential written in a stored query (its query and place, never the text),
+    unless an admin allowed it; needs the instance secret to compute the fingerprints."""
+    async def read() -> list[StoredFinding] | None:
+        store = await open_store(settings, Dialer(PolicyHolder(settings.egress)), migrate=False)
+        try:
+            return await findings_in_store(store, resolve_secret(settings))
+        finally:
+            await store.close()
+
+    try:
+        found = asyncio.run(read())
+    except ApplianceError as exc:
+        return [Check("secrets in queries", True, f"not scanned: {exc.message}", warn=True,
+                      fix="run doctor where the instance secret is readable")]
+    open_findings = [f for f in found or () if not f.allowed]
+    allowed = len(found or ()) - len(open_findings)
+    if not open_findings:
+        return [Check("secrets in queries", True, f"no credential found in stored queries"
+                      f"{f' ({allowed} allowed as false positives)' if allowed else ''}")]
+    fix = ("move it into the datasource's secrets and save the query again; an admin may "
+           "allow a false positive: GET /api/v1/queries/secret-findings")
+    return [Check("secrets in queries", True, f"query '{f.query_name}' {f.finding.describe()}",
+                  fix, warn=True) for f in open_findings]
 
 
 def _instance_checks(instances: list[Instance], now: float) -> list[Check]:

@@ -60,6 +60,7 @@ def error_body(exc: ApplianceError) -> dict[str, Any]:
         error["line"] = exc.line
         if exc.column is not None:
             error["column"] = exc.column
+    error.update(exc.members())
     return {"error": error}
 
 

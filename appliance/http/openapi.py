@@ -47,6 +47,13 @@ _ERROR = {
                                         "(1-based)"},
                 "column": {"type": "integer", "minimum": 1,
                            "description": "with line: the column, in characters (1-based)"},
+                "findings": {
+                    "type": "array",
+                    "description": "with code secret_in_query: each credential found in the "
+                                   "query (rule, title, field, place, line?, column?, hint, "
+                                   "fingerprint); never the text itself",
+                    "items": {"type": "object"},
+                },
             },
         }
     },
@@ -134,6 +141,10 @@ REQUEST_BODIES: dict[tuple[str, str], dict[str, Any]] = {
             "parameters": {"type": "array", "items": _PARAMETER},
             "timeout_ms": {"type": "integer"},
             "max_rows": {"type": "integer"},
+            "allow_secret_findings": {
+                "type": "array", "items": _STR,
+                "description": "admin only: fingerprints of secret_in_query findings to allow "
+                               "as false positives for this query (audited)"},
         },
     },
     ("POST", "/api/v1/queries/{id}/run"): {

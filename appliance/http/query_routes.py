@@ -57,10 +57,15 @@ async def list_queries(request: web.Request) -> web.Response:
     return web.json_response({"queries": listed})
 
 
+def _is_admin(request: web.Request) -> bool:
+    return access.require_principal(request).at_least("admin")
+
+
 @access.developer
 async def create_query(request: web.Request) -> web.Response:
     body = await read_object(request)
-    created = await request.app[CORE].queries.create(body, access.context(request))
+    created = await request.app[CORE].queries.create(body, access.context(request),
+                                                     may_allow=_is_admin(request))
     return web.json_response(created, status=201)
 
 
@@ -76,8 +81,22 @@ async def get_query(request: web.Request) -> web.Response:
 async def update_query(request: web.Request) -> web.Response:
     body = await read_object(request)
     updated = await request.app[CORE].queries.update(request.match_info["id"], body,
-                                                access.context(request))
+                                                     access.context(request),
+                                                     may_allow=_is_admin(request))
     return web.json_response(updated)
+
+
+@access.admin
+async def list_secret_findings(request: web.Request) -> web.Response:
+    found = await request.app[CORE].queries.secret_findings.stored()
+    return web.json_response({"findings": [finding.to_json() for finding in found]})
+
+
+@access.admin
+async def allow_secret_finding(request: web.Request) -> web.Response:
+    allowed = await request.app[CORE].queries.secret_findings.allow(
+        request.match_info["id"], request.match_info["fingerprint"], access.context(request))
+    return web.json_response(allowed)
 
 
 @access.developer
@@ -191,6 +210,10 @@ def add_routes(app: web.Application) -> None:
     router.add_post("/api/v1/queries/{id}/run", run_query)
     router.add_get("/api/v1/queries", list_queries)
     router.add_post("/api/v1/queries", create_query)
+    # Before /api/v1/queries/{id}, which would take "secret-findings" for an id.
+    router.add_get("/api/v1/queries/secret-findings", list_secret_findings)
+    router.add_post("/api/v1/queries/{id}/secret-findings/{fingerprint}/allow",
+                    allow_secret_finding)
     router.add_get("/api/v1/queries/{id}", get_query)
     router.add_patch("/api/v1/queries/{id}", update_query)
     router.add_delete("/api/v1/queries/{id}", delete_query)

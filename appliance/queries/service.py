@@ -10,10 +10,11 @@ or caches a parameter value or a result.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -25,10 +26,12 @@ from appliance.groups import check_groups
 from appliance.kinds.registry import Template
 from appliance.parameters import InvalidQuery
 from appliance.queries.compile import compile_query
+from appliance.queries.secret_findings import ALLOW_FIELD, SecretFindings, requested_allowances
+from appliance.queries.secret_scan import Finding
 from appliance.timestamps import rfc3339
 
 FIELDS: Final = frozenset({"name", "datasource_id", "body", "parameters", "timeout_ms",
-                           "max_rows", "description", "groups"})
+                           "max_rows", "description", "groups", ALLOW_FIELD})
 VIEWER_FIELDS: Final = ("id", "name", "parameters")
 MAX_DESCRIPTION: Final = 2000
 
@@ -91,10 +94,12 @@ def _description(value: Any) -> str | None:
 
 
 class QueryService:
-    def __init__(self, store: Any, datasources: DatasourceService, audit: AuditLog) -> None:
+    def __init__(self, store: Any, datasources: DatasourceService, audit: AuditLog,
+                 secret_findings: SecretFindings) -> None:
         self.store = store
         self.datasources = datasources
         self.audit = audit
+        self.secret_findings = secret_findings
         self._cache: dict[str, CompiledQuery] = {}
         self._generation = 0  # bumped on every change: a read that raced a change is not cached
 
@@ -175,15 +180,29 @@ class QueryService:
             _groups(merged.get("groups")),
         )
 
-    async def create(self, body: Mapping[str, Any], context: Context) -> dict[str, Any]:
+    async def _scan(self, kind: str, merged: Mapping[str, Any]) -> Sequence[Finding]:
+        """The secret findings of a query as it would be saved: before the store's transaction
+        (a large body costs CPU, not the writer's time), in a thread (the loop keeps serving
+        between the scan's GIL turns: a 1 MiB body takes up to about 0.3 s)."""
+        return await asyncio.to_thread(self.secret_findings.scan, kind, merged["body"],
+                                       merged.get("parameters", []), merged.get("description"))
+
+    async def create(self, body: Mapping[str, Any], context: Context, *,
+                     may_allow: bool = False) -> dict[str, Any]:
+        """Create a query. A credential in it is refused (422 `secret_in_query`) unless an
+        admin (`may_allow`) allows its finding in `allow_secret_findings`."""
         unknown = sorted(set(body) - FIELDS)
         if unknown:
             raise InvalidQuery(f"unknown field(s): {', '.join(k[:40] for k in unknown)}")
-        _, template = await self._compile(body)
+        requested = requested_allowances(body)
+        kind, template = await self._compile(body)
         columns = self._columns(body, template)
+        findings = await self._scan(kind, body)
         query_id = "q_" + secrets.token_hex(8)
         now = time.time()
         async with self.store.transaction() as tx:
+            allowing = await self.secret_findings.check(tx, None, findings, requested,
+                                                        may_allow=may_allow)
             await self._check_unique(tx, columns[0], None)
             await tx.execute(
                 "INSERT INTO queries (id, name, datasource_id, body, parameters, timeout_ms, "
@@ -196,13 +215,16 @@ class QueryService:
                                                               "datasource": columns[1],
                                                               **({"groups": groups} if groups
                                                                  else {})})
+            await self.secret_findings.record(tx, query_id, allowing, context)
         return await self.get(query_id, full=True)
 
-    async def update(self, query_id: str, body: Mapping[str, Any],
-                     context: Context) -> dict[str, Any]:
+    async def update(self, query_id: str, body: Mapping[str, Any], context: Context, *,
+                     may_allow: bool = False) -> dict[str, Any]:
+        """Change a query; the whole query as it would be saved is scanned, as on create."""
         unknown = sorted(set(body) - FIELDS)
         if unknown:
             raise InvalidQuery(f"unknown field(s): {', '.join(k[:40] for k in unknown)}")
+        requested = requested_allowances(body)
         row = await self._row(query_id)
         stored = json.loads(row["body"])
         merged: dict[str, Any] = {
@@ -213,10 +235,13 @@ class QueryService:
             "groups": list(groups_of(row)),
         }
         merged.update(body)
-        _, template = await self._compile(merged)
+        kind, template = await self._compile(merged)
         columns = self._columns(merged, template)
+        findings = await self._scan(kind, merged)
         async with self.store.transaction() as tx:
             await self._row(query_id, tx)
+            allowing = await self.secret_findings.check(tx, query_id, findings, requested,
+                                                        may_allow=may_allow)
             await self._check_unique(tx, columns[0], query_id)
             await tx.execute(
                 "UPDATE queries SET name = ?, datasource_id = ?, body = ?, parameters = ?, "
@@ -228,6 +253,7 @@ class QueryService:
                                      "to": json.loads(columns[6])}
             await self.audit.record(tx, action="query.update", target=f"query:{query_id}",
                                     context=context, details=details)
+            await self.secret_findings.record(tx, query_id, allowing, context)
         self.forget(query_id)
         return await self.get(query_id, full=True)
 

@@ -547,6 +547,36 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
+        14,
+        "queries: secret findings an admin allowed as false positives",
+        (
+            # One row per allowed finding of a query (appliance.queries.secret_findings): its
+            # keyed fingerprint (never the text, nor an unkeyed hash of it), rule and place.
+            """CREATE TABLE query_secret_allowances (
+                   query_id    TEXT NOT NULL REFERENCES queries(id) ON DELETE CASCADE,
+                   fingerprint TEXT NOT NULL,
+                   rule        TEXT NOT NULL,
+                   field       TEXT NOT NULL,
+                   place       TEXT NOT NULL,
+                   allowed_by  TEXT NOT NULL,
+                   allowed_at  REAL NOT NULL,
+                   PRIMARY KEY (query_id, fingerprint)
+               ) STRICT""",
+        ),
+        postgres=(
+            """CREATE TABLE query_secret_allowances (
+                   query_id    TEXT NOT NULL REFERENCES queries(id) ON DELETE CASCADE,
+                   fingerprint TEXT NOT NULL,
+                   rule        TEXT NOT NULL,
+                   field       TEXT NOT NULL,
+                   place       TEXT NOT NULL,
+                   allowed_by  TEXT NOT NULL,
+                   allowed_at  DOUBLE PRECISION NOT NULL,
+                   PRIMARY KEY (query_id, fingerprint)
+               )""",
+        ),
+    ),
+    Migration(
         15,
         "who may run what: users' groups, a query's groups; a password to change at next login",
         (
