@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from appliance.cli import (
     audit,
     backup,
+    config_files,
     doctor,
     init,
     install,
@@ -26,7 +27,8 @@ from appliance.cli import (
 )
 from appliance.errors import ApplianceError
 
-VERBS = (init, serve, doctor, version, keys, backup, store, users, tokens, audit, install)
+VERBS = (init, serve, doctor, version, keys, backup, store, users, tokens, audit, install,
+         config_files)
 
 
 def build_parser() -> argparse.ArgumentParser:
