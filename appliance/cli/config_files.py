@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 from pathlib import Path
 
 from appliance.cli.common import add_state_options, load_settings
@@ -109,9 +110,11 @@ def run_import(args: argparse.Namespace) -> int:
                 return
             _confirm(args)
             print("applying…", flush=True)
+            started = time.monotonic()
             await apply_plan(plan, core.store, core.datasources, core.queries, core.audit,
                              cli_context())
-            print(f"applied: {plan.summary()}")
+            print(f"applied in one transaction ({time.monotonic() - started:.1f} s): "
+                  f"{plan.summary()}")
 
     asyncio.run(main())
     return 0
