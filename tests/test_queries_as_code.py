@@ -425,3 +425,33 @@ async def test_only_an_admin_exports_or_imports(tmp_path: Path, role: str) -> No
         assert resp.status == 400
         resp = await admin.request("POST", "/api/v1/import", {"files": [], "dry_run": True})
         assert resp.status == 400 and resp.body["error"]["field"] == "files"
+
+
+async def test_a_config_change_and_a_rename_keep_the_id(tmp_path: Path) -> None:
+    """A datasource's config is replaced, not merged (a key the file drops goes, or takes its
+    default again); a rename is the same id under a new file name."""
+    db = sqlite_db(tmp_path / "shop.sqlite")
+    async with proxy(tmp_path / "a") as a:
+        made = await populate(a, db)
+        files = await export_api(a)
+        mongo = json.loads(files.pop("datasources/m.db.json"))
+        mongo["config"]["port"] = 27018
+        mongo["config"]["user"] = "reader"
+        files["datasources/mongo.json"] = json.dumps(mongo)
+        meta = json.loads(files["queries/find k.meta.json"])
+        meta["datasource"] = "mongo"
+        files["queries/find k.meta.json"] = json.dumps(meta)
+        admin = as_role(a, "admin")
+        resp = await admin.request("POST", "/api/v1/import", {"files": files})
+        assert resp.status == 200, resp.body
+        assert [(c["action"], c["name"]) for c in resp.body["changes"]] == [
+            ("update", "mongo"), ("update", "find k")]
+        assert "--- a/datasources/m.db.json\n+++ b/datasources/mongo.json\n" in resp.body["diff"]
+        stored = (await admin.request("GET", f"/api/v1/datasources/{made['mongo']['id']}")).body
+        assert stored["name"] == "mongo" and stored["config"]["port"] == 27018
+        mongo["config"].pop("user")  # dropped: back to its default ("", no user)
+        files["datasources/mongo.json"] = json.dumps(mongo)
+        resp = await admin.request("POST", "/api/v1/import", {"files": files})
+        assert resp.status == 200, resp.body
+        stored = (await admin.request("GET", f"/api/v1/datasources/{made['mongo']['id']}")).body
+        assert stored["config"]["user"] == ""

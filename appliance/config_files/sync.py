@@ -186,12 +186,22 @@ def _place(files: Mapping[str, str], path: str, exc: ApplianceError,
     return InvalidConfigFile(path, message, line=line, column=column, field=name or None)
 
 
+def _as_sent(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """`config` as the API takes it: a key holding its field's default is left out (the
+    canonical config stores MongoDB's `user` as "", which the API refuses when given)."""
+    found = kind_named(kind)
+    defaults = {spec.name: spec.default for spec in found.fields} if found is not None else {}
+    return {key: value for key, value in config.items()
+            if not (key in defaults and defaults[key] is not None
+                    and type(value) is type(defaults[key]) and value == defaults[key])}
+
+
 def _check_datasource(files: Mapping[str, str], item: DatasourceFile,
                       datasources: DatasourceService) -> DatasourceFile:
     """The datasource as it will be stored (canonical config), or InvalidConfigFile."""
     try:
         _, kind, config, _ = datasources.check_new(
-            {"name": item.name, "kind": item.kind, "config": dict(item.config)},
+            {"name": item.name, "kind": item.kind, "config": _as_sent(item.kind, item.config)},
             secrets_later=True)
     except ApplianceError as exc:
         if exc.field == "name":
@@ -367,14 +377,16 @@ async def apply_plan(plan: Plan, store: Store, datasources: DatasourceService,
         for change in by[("create", "datasource")] + by[("update", "datasource")]:
             item = change.item
             assert isinstance(item, DatasourceFile)
-            body: dict[str, Any] = {"name": item.name, "kind": item.kind,
-                                    "config": dict(item.config)}
+            sent = _as_sent(item.kind, item.config)
+            body: dict[str, Any] = {"name": item.name, "kind": item.kind, "config": sent}
             if change.action == "create":
                 await datasources.create_in(tx, body, context, datasource_id=item.id, via=VIA,
                                             secrets_later=True)
             else:
+                # The update merges into the stored config: a key not sent is cleared (null),
+                # and takes its default again if it has one.
                 before = json.loads(change.before[next(iter(change.before))])["config"]
-                body["config"].update({key: None for key in before if key not in item.config})
+                sent.update({key: None for key in before if key not in sent})
                 await datasources.update_in(tx, item.id, body, context, via=VIA,
                                             secrets_later=True)
         for change in by[("update", "query")] + by[("create", "query")]:

@@ -106,11 +106,7 @@ def check_fields(fields: tuple[Field, ...], raw: Mapping[str, Any],
     for spec in fields:
         if not conditions_hold(spec.when, out):
             continue
-        given = raw.get(spec.name)
-        if spec.default is not None and (spec.name not in raw or (
-                type(given) is type(spec.default) and given == spec.default)):
-            # Absent, or the default given back as stored (MongoDB's `user` is "" by default,
-            # which the string pattern would refuse): a PATCH or an import resends it.
+        if spec.name not in raw and spec.default is not None:
             out[spec.name] = spec.default
             continue
         value = _typed(spec, raw.get(spec.name))
