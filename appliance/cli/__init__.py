@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from appliance.cli import (
     audit,
     backup,
-    config_files,
     doctor,
+    export,
     init,
     install,
     keys,
@@ -28,7 +28,7 @@ from appliance.cli import (
 from appliance.errors import ApplianceError
 
 VERBS = (init, serve, doctor, version, keys, backup, store, users, tokens, audit, install,
-         config_files)
+         export)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,6 @@
-"""`appliance export DIR` and `appliance import DIR [--dry-run] [--prune] [--yes]`: datasources
-and queries as files in version control (docs/queries-as-code.md).
+"""`appliance export DIR` and `appliance import DIR [--dry-run] [--prune] [--yes]` (both here,
+as `backup` holds `restore`): datasources and queries as files in version control
+(docs/queries-as-code.md).
 
 Owns the two verbs' arguments, their output (the plan as a diff) and the confirmation. Never
 prints a secret value: files and plans name secrets, never hold them.
