@@ -84,6 +84,8 @@ def test_every_verb_runs_from_the_binary(binary: Path, tmp_path: Path) -> None:
         ("audit", "verify", *common),
         ("backup", "--out", str(tmp_path / "backup.bin"), *common),
         ("restore", str(tmp_path / "backup.bin"), "--force", *common),
+        ("export", str(tmp_path / "exported"), *common),
+        ("import", str(tmp_path / "exported"), "--dry-run", *common),
         ("version",),
         ("install", "--dry-run", "--root", str(tmp_path / "root")),
     ]

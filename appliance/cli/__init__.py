@@ -17,6 +17,7 @@ from appliance.cli import (
     audit,
     backup,
     doctor,
+    export,
     init,
     install,
     keys,
@@ -29,7 +30,8 @@ from appliance.cli import (
 )
 from appliance.errors import ApplianceError
 
-VERBS = (init, serve, doctor, version, keys, backup, store, users, tokens, audit, install, trust)
+VERBS = (init, serve, doctor, version, keys, backup, store, users, tokens, audit, install, trust,
+         export)
 
 EXIT_OK = 0
 EXIT_FAILED = 1    # the verb ran and found a problem: a doctor check, a broken audit chain, …

@@ -110,10 +110,18 @@ class DatasourceService:
         row = await self._row(datasource_id)
         return _row_view(row, await self._sealed(datasource_id))
 
-    async def kind_of(self, datasource_id: str) -> str:
-        return str((await self._row(datasource_id))["kind"])
+    async def kind_of(self, datasource_id: str, tx: Transaction | None = None) -> str:
+        return str((await self._row(datasource_id, tx))["kind"])
 
     async def create(self, body: Mapping[str, Any], context: Context) -> dict[str, Any]:
+        async with self.store.transaction() as tx:
+            datasource_id = await self.create_in(tx, body, context)
+        return await self.get(datasource_id)
+
+    def check_new(self, body: Mapping[str, Any], *, secrets_later: bool = False
+                  ) -> tuple[str, str, dict[str, Any], dict[str, str | None]]:
+        """A new datasource's name, kind, canonical config and secrets, checked as on save.
+        `secrets_later` (an import): the secrets its config needs may be entered afterwards."""
         unknown = sorted(set(body) - {"name", "kind", "config", "secrets"})
         if unknown:
             raise InvalidDatasource(f"unknown field(s): {', '.join(k[:40] for k in unknown)}")
@@ -121,98 +129,126 @@ class DatasourceService:
         kind = check_kind(body.get("kind"))
         config = check_config(kind, body.get("config", {}), state_dir=self.state_dir)
         values = check_secrets(kind, config, body.get("secrets"), partial=False)
-        self._check_auth_secret(kind, config, set(values))
-        datasource_id = "ds_" + secrets.token_hex(8)
+        if not secrets_later:
+            self._check_auth_secret(kind, config, set(values))
+        return name, kind, config, values
+
+    async def create_in(self, tx: Transaction, body: Mapping[str, Any], context: Context, *,
+                        datasource_id: str | None = None, via: str | None = None,
+                        secrets_later: bool = False) -> str:
+        """Create a datasource inside the caller's transaction `tx` (an import: with the id its
+        file names, `via` in its audit entry, and its secrets entered later); its id."""
+        name, kind, config, values = self.check_new(body, secrets_later=secrets_later)
+        datasource_id = datasource_id or "ds_" + secrets.token_hex(8)
         now = time.time()
-        async with self.store.transaction() as tx:
-            await self._check_unique(tx, name, None)
-            await tx.execute(
-                "INSERT INTO datasources (id, name, kind, config, version, created_at, "
-                "updated_at) VALUES (?, ?, ?, ?, 1, ?, ?)",
-                (datasource_id, name, kind, json.dumps(config, sort_keys=True), now, now))
-            sealed_for = binding(kind, config)
-            for field, value in values.items():
-                assert value is not None
-                await self.vault.put(tx, SEALED_KIND, datasource_id, field, value.encode(),
-                                     binding=sealed_for)
-            await self.audit.record(tx, action="datasource.create",
-                                    target=f"datasource:{datasource_id}", context=context,
-                                    details={"name": name, "kind": kind,
-                                             "destination": destination(kind, config),
-                                             "fields": sorted(values)})
-        return await self.get(datasource_id)
+        await self._check_unique(tx, name, None)
+        await tx.execute(
+            "INSERT INTO datasources (id, name, kind, config, version, created_at, "
+            "updated_at) VALUES (?, ?, ?, ?, 1, ?, ?)",
+            (datasource_id, name, kind, json.dumps(config, sort_keys=True), now, now))
+        sealed_for = binding(kind, config)
+        for field, value in values.items():
+            assert value is not None
+            await self.vault.put(tx, SEALED_KIND, datasource_id, field, value.encode(),
+                                 binding=sealed_for)
+        details: dict[str, Any] = {"name": name, "kind": kind,
+                                   "destination": destination(kind, config),
+                                   "fields": sorted(values)}
+        if via is not None:
+            details["via"] = via
+        await self.audit.record(tx, action="datasource.create",
+                                target=f"datasource:{datasource_id}", context=context,
+                                details=details)
+        return datasource_id
 
     async def update(self, datasource_id: str, body: Mapping[str, Any],
                      context: Context) -> dict[str, Any]:
-        unknown = sorted(set(body) - {"name", "kind", "config", "secrets"})
-        if unknown:
-            raise InvalidDatasource(f"unknown field(s): {', '.join(k[:40] for k in unknown)}")
         async with self.store.transaction() as tx:
-            row = await self._row(datasource_id, tx)
-            kind = str(row["kind"])
-            if "kind" in body and body["kind"] != kind:
-                raise InvalidDatasource("'kind' cannot be changed: create a new datasource",
-                                        field="kind")
-            name = check_name(body["name"]) if "name" in body else str(row["name"])
-            config = before = json.loads(row["config"])
-            changed: list[str] = []
-            if "config" in body:
-                if not isinstance(body["config"], dict):
-                    raise InvalidDatasource("'config' must be an object", field="config")
-                merged = {**config, **body["config"]}
-                merged = {k: v for k, v in merged.items() if v is not None}
-                new_config = check_config(kind, merged, state_dir=self.state_dir)
-                changed += [f"config.{k}" for k in sorted(set(new_config) | set(config))
-                            if new_config.get(k) != config.get(k)]
-                config = new_config
-            values = check_secrets(kind, config, body.get("secrets"), partial=True)
-            sealed = await self.vault.fields(SEALED_KIND, datasource_id)
-            moved = changed_keys(kind, before, config)
-            if moved:
-                self._check_secrets_entered_again(moved, sealed - set(values))
-            after = (sealed | {k for k, v in values.items() if v is not None}) - {
-                k for k, v in values.items() if v is None}
-            self._check_auth_secret(kind, config, after)
-            if name != row["name"]:
-                await self._check_unique(tx, name, datasource_id)
-                changed.append("name")
-            sealed_for = binding(kind, config)
-            for field, value in values.items():
-                if value is None:
-                    await self.vault.delete(tx, SEALED_KIND, datasource_id, field)
-                else:
-                    await self.vault.put(tx, SEALED_KIND, datasource_id, field, value.encode(),
-                                         binding=sealed_for)
-                changed.append(f"secrets.{field}")
-            await tx.execute(
-                "UPDATE datasources SET name = ?, config = ?, version = version + 1, "
-                "updated_at = ? WHERE id = ?",
-                (name, json.dumps(config, sort_keys=True), time.time(), datasource_id))
-            details: dict[str, Any] = {"name": name, "fields": changed}
-            if moved:
-                details["destination"] = {"from": destination(kind, before),
-                                          "to": destination(kind, config)}
-            await self.audit.record(tx, action="datasource.update",
-                                    target=f"datasource:{datasource_id}", context=context,
-                                    details=details)
+            await self.update_in(tx, datasource_id, body, context)
         self._retire(datasource_id)  # the next run opens a pool with the new config/secrets
         return await self.get(datasource_id)
 
+    async def update_in(self, tx: Transaction, datasource_id: str, body: Mapping[str, Any],
+                        context: Context, *, via: str | None = None,
+                        secrets_later: bool = False) -> None:
+        """Change a datasource inside the caller's transaction `tx` (the caller retires its
+        engine after the commit: `follow`). A config key given as null is removed."""
+        unknown = sorted(set(body) - {"name", "kind", "config", "secrets"})
+        if unknown:
+            raise InvalidDatasource(f"unknown field(s): {', '.join(k[:40] for k in unknown)}")
+        row = await self._row(datasource_id, tx)
+        kind = str(row["kind"])
+        if "kind" in body and body["kind"] != kind:
+            raise InvalidDatasource("'kind' cannot be changed: create a new datasource",
+                                    field="kind")
+        name = check_name(body["name"]) if "name" in body else str(row["name"])
+        config = before = json.loads(row["config"])
+        changed: list[str] = []
+        if "config" in body:
+            if not isinstance(body["config"], dict):
+                raise InvalidDatasource("'config' must be an object", field="config")
+            merged = {**config, **body["config"]}
+            merged = {k: v for k, v in merged.items() if v is not None}
+            new_config = check_config(kind, merged, state_dir=self.state_dir)
+            changed += [f"config.{k}" for k in sorted(set(new_config) | set(config))
+                        if new_config.get(k) != config.get(k)]
+            config = new_config
+        values = check_secrets(kind, config, body.get("secrets"), partial=True)
+        sealed = await self.vault.fields(SEALED_KIND, datasource_id)
+        moved = changed_keys(kind, before, config)
+        if moved:
+            self._check_secrets_entered_again(moved, sealed - set(values))
+        after = (sealed | {k for k, v in values.items() if v is not None}) - {
+            k for k, v in values.items() if v is None}
+        if not secrets_later:
+            self._check_auth_secret(kind, config, after)
+        if name != row["name"]:
+            await self._check_unique(tx, name, datasource_id)
+            changed.append("name")
+        sealed_for = binding(kind, config)
+        for field, value in values.items():
+            if value is None:
+                await self.vault.delete(tx, SEALED_KIND, datasource_id, field)
+            else:
+                await self.vault.put(tx, SEALED_KIND, datasource_id, field, value.encode(),
+                                     binding=sealed_for)
+            changed.append(f"secrets.{field}")
+        await tx.execute(
+            "UPDATE datasources SET name = ?, config = ?, version = version + 1, "
+            "updated_at = ? WHERE id = ?",
+            (name, json.dumps(config, sort_keys=True), time.time(), datasource_id))
+        details: dict[str, Any] = {"name": name, "fields": changed}
+        if moved:
+            details["destination"] = {"from": destination(kind, before),
+                                      "to": destination(kind, config)}
+        if via is not None:
+            details["via"] = via
+        await self.audit.record(tx, action="datasource.update",
+                                target=f"datasource:{datasource_id}", context=context,
+                                details=details)
+
     async def delete(self, datasource_id: str, context: Context) -> None:
         async with self.store.transaction() as tx:
-            row = await self._row(datasource_id, tx)
-            used = await tx.fetch_one(
-                "SELECT count(*) AS n FROM queries WHERE datasource_id = ?", (datasource_id,))
-            if used is not None and int(used["n"]) > 0:
-                raise Conflict(f"datasource '{row['name']}' is used by {used['n']} "
-                               f"quer{'y' if int(used['n']) == 1 else 'ies'}; delete them first",
-                               code="datasource_in_use")
-            await self.vault.delete(tx, SEALED_KIND, datasource_id)
-            await tx.execute("DELETE FROM datasources WHERE id = ?", (datasource_id,))
-            await self.audit.record(tx, action="datasource.delete",
-                                    target=f"datasource:{datasource_id}", context=context,
-                                    details={"name": row["name"], "kind": row["kind"]})
+            await self.delete_in(tx, datasource_id, context)
         self._retire(datasource_id)
+
+    async def delete_in(self, tx: Transaction, datasource_id: str, context: Context, *,
+                        via: str | None = None) -> None:
+        row = await self._row(datasource_id, tx)
+        used = await tx.fetch_one(
+            "SELECT count(*) AS n FROM queries WHERE datasource_id = ?", (datasource_id,))
+        if used is not None and int(used["n"]) > 0:
+            raise Conflict(f"datasource '{row['name']}' is used by {used['n']} "
+                           f"quer{'y' if int(used['n']) == 1 else 'ies'}; delete them first",
+                           code="datasource_in_use")
+        await self.vault.delete(tx, SEALED_KIND, datasource_id)
+        await tx.execute("DELETE FROM datasources WHERE id = ?", (datasource_id,))
+        details: dict[str, Any] = {"name": row["name"], "kind": row["kind"]}
+        if via is not None:
+            details["via"] = via
+        await self.audit.record(tx, action="datasource.delete",
+                                target=f"datasource:{datasource_id}", context=context,
+                                details=details)
 
     @staticmethod
     def _check_secrets_entered_again(moved: Sequence[str], kept: set[str]) -> None:
@@ -317,6 +353,13 @@ class DatasourceService:
             if row is not None and int(row["version"]) == engine.target.version:
                 return engine
             await self._close_engine(engine)
+
+    async def versions(self, tx: Any = None) -> dict[str, int]:
+        """Every datasource's id and version (an import's check that nothing moved since its
+        plan was made)."""
+        reader = tx if tx is not None else self.store
+        rows = await reader.fetch_all("SELECT id, version FROM datasources")
+        return {str(row["id"]): int(row["version"]) for row in rows}
 
     async def follow(self) -> None:
         """Drop the engines whose datasource another instance (or a CLI verb) changed or

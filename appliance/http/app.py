@@ -14,6 +14,7 @@ from appliance.core import open_core
 from appliance.http import (
     access,
     auth_routes,
+    config_routes,
     console_routes,
     datasource_routes,
     egress_routes,
@@ -54,6 +55,7 @@ def build_app(settings: Settings, tls: TLSManager) -> web.Application:
     datasource_routes.add_routes(app)
     kind_routes.add_routes(app)  # GET /api/v1/kinds, read from the kinds registry
     query_routes.add_routes(app)
+    config_routes.add_routes(app)  # GET /api/v1/export, POST /api/v1/import (admin)
     egress_routes.add_routes(app)
     tls_routes.add_routes(app)
     keyring_routes.add_routes(app)

@@ -93,6 +93,13 @@ def _description(value: Any) -> str | None:
     return value
 
 
+def _via(details: dict[str, Any], via: str | None) -> dict[str, Any]:
+    """An audit entry's details, with how the change came (`via: import`) when not the API."""
+    if via is not None:
+        details["via"] = via
+    return details
+
+
 class QueryService:
     def __init__(self, store: Any, datasources: DatasourceService, audit: AuditLog,
                  secret_findings: SecretFindings) -> None:
@@ -153,19 +160,27 @@ class QueryService:
 
     # --- changes --------------------------------------------------------------------------
 
-    async def _compile(self, merged: Mapping[str, Any]) -> tuple[str, Template]:
+    async def _kind_of(self, merged: Mapping[str, Any], tx: Any) -> str:
         datasource_id = merged.get("datasource_id")
         if not isinstance(datasource_id, str):
             raise InvalidQuery("'datasource_id' must be the id of a datasource",
                                field="datasource_id")
         try:
-            kind = await self.datasources.kind_of(datasource_id)
+            kind = await self.datasources.kind_of(datasource_id, tx)
         except NotFound:
             raise Unprocessable("'datasource_id' names no datasource",
                                 code="invalid_query", field="datasource_id") from None
+        return kind
+
+    def check(self, kind: str, merged: Mapping[str, Any]) -> tuple[tuple[Any, ...], Template]:
+        """Every check a saved query passes (API, console, import, and `import --dry-run`
+        before anything is written): its fields, compile and binding check for `kind`. The
+        secret scan at save time belongs here too. Returns the row's columns and the template."""
+        self.check_fields(merged)
         if "body" not in merged:
             raise InvalidQuery("'body' is missing", field="body")
-        return kind, compile_query(kind, merged["body"], merged.get("parameters", []))
+        template = compile_query(kind, merged["body"], merged.get("parameters", []))
+        return self._columns(merged, template), template
 
     def _columns(self, merged: Mapping[str, Any], template: Template) -> tuple[Any, ...]:
         return (
@@ -181,9 +196,8 @@ class QueryService:
         )
 
     async def _scan(self, kind: str, merged: Mapping[str, Any]) -> Sequence[Finding]:
-        """The secret findings of a query as it would be saved: before the store's transaction
-        (a large body costs CPU, not the writer's time), in a thread (the loop keeps serving
-        between the scan's GIL turns: a 1 MiB body takes up to about 0.3 s)."""
+        """The secret findings of a query as it would be saved, in a thread (the loop keeps
+        serving between the scan's GIL turns: a 1 MiB body takes up to about 0.3 s)."""
         return await asyncio.to_thread(self.secret_findings.scan, kind, merged["body"],
                                        merged.get("parameters", []), merged.get("description"))
 
@@ -191,41 +205,61 @@ class QueryService:
                      may_allow: bool = False) -> dict[str, Any]:
         """Create a query. A credential in it is refused (422 `secret_in_query`) unless an
         admin (`may_allow`) allows its finding in `allow_secret_findings`."""
+        async with self.store.transaction() as tx:
+            query_id = await self.create_in(tx, body, context, may_allow=may_allow)
+        return await self.get(query_id, full=True)
+
+    @staticmethod
+    def check_fields(body: Mapping[str, Any]) -> None:
         unknown = sorted(set(body) - FIELDS)
         if unknown:
             raise InvalidQuery(f"unknown field(s): {', '.join(k[:40] for k in unknown)}")
+
+    async def create_in(self, tx: Any, body: Mapping[str, Any], context: Context, *,
+                        query_id: str | None = None, via: str | None = None,
+                        may_allow: bool = False) -> str:
+        """Create a query inside the caller's transaction `tx` (an import: with the id its
+        file names, and `via` in its audit entry); its id. Scanned for secrets like every
+        save (the API, the console and imports alike)."""
+        self.check_fields(body)
         requested = requested_allowances(body)
-        kind, template = await self._compile(body)
-        columns = self._columns(body, template)
+        kind = await self._kind_of(body, tx)
+        columns, _ = self.check(kind, body)
         findings = await self._scan(kind, body)
-        query_id = "q_" + secrets.token_hex(8)
+        allowing = await self.secret_findings.check(tx, None, findings, requested,
+                                                    may_allow=may_allow)
+        query_id = query_id or "q_" + secrets.token_hex(8)
         now = time.time()
-        async with self.store.transaction() as tx:
-            allowing = await self.secret_findings.check(tx, None, findings, requested,
-                                                        may_allow=may_allow)
-            await self._check_unique(tx, columns[0], None)
-            await tx.execute(
-                "INSERT INTO queries (id, name, datasource_id, body, parameters, timeout_ms, "
-                "max_rows, groups, version, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
-                (query_id, *columns, now, now))
-            groups = json.loads(columns[6])
-            await self.audit.record(tx, action="query.create", target=f"query:{query_id}",
-                                    context=context, details={"name": columns[0],
-                                                              "datasource": columns[1],
-                                                              **({"groups": groups} if groups
-                                                                 else {})})
-            await self.secret_findings.record(tx, query_id, allowing, context)
-        return await self.get(query_id, full=True)
+        await self._check_unique(tx, columns[0], None)
+        await tx.execute(
+            "INSERT INTO queries (id, name, datasource_id, body, parameters, timeout_ms, "
+            "max_rows, groups, version, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
+            (query_id, *columns, now, now))
+        groups = json.loads(columns[6])
+        await self.audit.record(tx, action="query.create", target=f"query:{query_id}",
+                                context=context, details=_via({
+                                    "name": columns[0], "datasource": columns[1],
+                                    **({"groups": groups} if groups else {})}, via))
+        await self.secret_findings.record(tx, query_id, allowing, context)
+        return query_id
 
     async def update(self, query_id: str, body: Mapping[str, Any], context: Context, *,
                      may_allow: bool = False) -> dict[str, Any]:
         """Change a query; the whole query as it would be saved is scanned, as on create."""
-        unknown = sorted(set(body) - FIELDS)
-        if unknown:
-            raise InvalidQuery(f"unknown field(s): {', '.join(k[:40] for k in unknown)}")
+        async with self.store.transaction() as tx:
+            await self.update_in(tx, query_id, body, context, may_allow=may_allow)
+        self.forget(query_id)
+        return await self.get(query_id, full=True)
+
+    async def update_in(self, tx: Any, query_id: str, body: Mapping[str, Any],
+                        context: Context, *, via: str | None = None,
+                        may_allow: bool = False) -> None:
+        """Change a query inside the caller's transaction `tx` (the caller forgets its compiled
+        form after the commit)."""
+        self.check_fields(body)
         requested = requested_allowances(body)
-        row = await self._row(query_id)
+        row = await self._row(query_id, tx)
         stored = json.loads(row["body"])
         merged: dict[str, Any] = {
             "name": row["name"], "datasource_id": row["datasource_id"], "body": stored["body"],
@@ -235,35 +269,34 @@ class QueryService:
             "groups": list(groups_of(row)),
         }
         merged.update(body)
-        kind, template = await self._compile(merged)
-        columns = self._columns(merged, template)
+        kind = await self._kind_of(merged, tx)
+        columns, _ = self.check(kind, merged)
         findings = await self._scan(kind, merged)
-        async with self.store.transaction() as tx:
-            await self._row(query_id, tx)
-            allowing = await self.secret_findings.check(tx, query_id, findings, requested,
-                                                        may_allow=may_allow)
-            await self._check_unique(tx, columns[0], query_id)
-            await tx.execute(
-                "UPDATE queries SET name = ?, datasource_id = ?, body = ?, parameters = ?, "
-                "timeout_ms = ?, max_rows = ?, groups = ?, version = version + 1, updated_at = ? "
-                "WHERE id = ?", (*columns, time.time(), query_id))
-            details: dict[str, Any] = {"name": columns[0], "fields": sorted(body)}
-            if columns[6] != row["groups"]:  # who may see it: from and to (names, no value)
-                details["groups"] = {"from": list(groups_of(row)),
-                                     "to": json.loads(columns[6])}
-            await self.audit.record(tx, action="query.update", target=f"query:{query_id}",
-                                    context=context, details=details)
-            await self.secret_findings.record(tx, query_id, allowing, context)
-        self.forget(query_id)
-        return await self.get(query_id, full=True)
+        allowing = await self.secret_findings.check(tx, query_id, findings, requested,
+                                                    may_allow=may_allow)
+        await self._check_unique(tx, columns[0], query_id)
+        await tx.execute(
+            "UPDATE queries SET name = ?, datasource_id = ?, body = ?, parameters = ?, "
+            "timeout_ms = ?, max_rows = ?, groups = ?, version = version + 1, updated_at = ? "
+            "WHERE id = ?", (*columns, time.time(), query_id))
+        details = _via({"name": columns[0], "fields": sorted(body)}, via)
+        if columns[6] != row["groups"]:  # who may see it: from and to (names, no value)
+            details["groups"] = {"from": list(groups_of(row)), "to": json.loads(columns[6])}
+        await self.audit.record(tx, action="query.update", target=f"query:{query_id}",
+                                context=context, details=details)
+        await self.secret_findings.record(tx, query_id, allowing, context)
 
     async def delete(self, query_id: str, context: Context) -> None:
         async with self.store.transaction() as tx:
-            row = await self._row(query_id, tx)
-            await tx.execute("DELETE FROM queries WHERE id = ?", (query_id,))
-            await self.audit.record(tx, action="query.delete", target=f"query:{query_id}",
-                                    context=context, details={"name": row["name"]})
+            await self.delete_in(tx, query_id, context)
         self.forget(query_id)
+
+    async def delete_in(self, tx: Any, query_id: str, context: Context, *,
+                        via: str | None = None) -> None:
+        row = await self._row(query_id, tx)
+        await tx.execute("DELETE FROM queries WHERE id = ?", (query_id,))
+        await self.audit.record(tx, action="query.delete", target=f"query:{query_id}",
+                                context=context, details=_via({"name": row["name"]}, via))
 
     async def _check_unique(self, tx: Any, name: str, own_id: str | None) -> None:
         found = await tx.fetch_one("SELECT id FROM queries WHERE name = ?", (name,))
@@ -290,6 +323,13 @@ class QueryService:
         if generation == self._generation:
             self._cache[query_id] = compiled
         return compiled
+
+    async def versions(self, tx: Any = None) -> dict[str, int]:
+        """Every querie's id and version (an import's check that nothing moved since its
+        plan was made)."""
+        reader = tx if tx is not None else self.store
+        rows = await reader.fetch_all("SELECT id, version FROM queries")
+        return {str(row["id"]): int(row["version"]) for row in rows}
 
     async def follow(self) -> None:
         """Drop the compiled queries another instance (or a CLI verb) changed or deleted, with
