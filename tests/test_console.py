@@ -450,7 +450,7 @@ def test_viewer_runs_a_query_and_the_browser_never_holds_sql_or_password(
         assert json.loads(storage)["local"] == {} and json.loads(storage)["session"] == {}
         # The viewer's API answers hold only id, name and parameters of a query.
         listing = next(json.loads(b) for u, s, b in recorder.responses if u.endswith("/api/v1/queries"))
-        assert set(listing["queries"][0]) == {"id", "name", "parameters"}
+        assert set(listing["queries"][0]) == {"id", "name", "description", "parameters"}
         clean(recorder)
     finally:
         context.close()

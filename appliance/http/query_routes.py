@@ -2,9 +2,9 @@
 memory, as the `Accept` header asks).
 
 Thin handlers: parse, authorise (declared with `access`), call the service, serialise. A viewer
-gets `id, name, parameters` of a query and error messages that hold nothing of the query's body
-or its datasource's configuration. There is no client-supplied mode flag: what a caller sees
-follows from their role alone. Never logs a parameter value or a row.
+gets `id, name, description, parameters` of a query and error messages that hold nothing of the
+query's body or its datasource's configuration. There is no client-supplied mode flag: what a
+caller sees follows from their role alone. Never logs a parameter value or a row.
 """
 
 from __future__ import annotations

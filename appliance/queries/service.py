@@ -3,7 +3,8 @@ compiled queries that runs use, invalidated on every change (here, or on another
 `follow`).
 
 Owns the `queries` table and the two views of a query: the full one for developers, and
-`id, name, parameters` for viewers. Never stores, logs or caches a parameter value or a result.
+`id, name, description, parameters` for viewers (never the body). Never stores, logs or caches
+a parameter value or a result.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from appliance.queries.compile import compile_query
 
 FIELDS: Final = frozenset({"name", "datasource_id", "body", "parameters", "timeout_ms",
                            "max_rows", "description"})
-VIEWER_FIELDS: Final = ("id", "name", "parameters")
+VIEWER_FIELDS: Final = ("id", "name", "description", "parameters")
 MAX_DESCRIPTION: Final = 2000
 
 
@@ -85,14 +86,13 @@ class QueryService:
     @staticmethod
     def view(row: Mapping[str, Any], *, full: bool) -> dict[str, Any]:
         stored = json.loads(row["body"])
-        out = {"id": row["id"], "name": row["name"],
+        out = {"id": row["id"], "name": row["name"], "description": stored.get("description"),
                "parameters": json.loads(row["parameters"])}
         if not full:
             return out
         out.update({
             "datasource_id": row["datasource_id"],
             "body": stored["body"],
-            "description": stored.get("description"),
             "timeout_ms": row["timeout_ms"],
             "max_rows": row["max_rows"],
             "version": row["version"],
