@@ -492,8 +492,8 @@ def test_hostile_names_and_rows_render_as_text_and_run_nothing(world: World, see
         assert page.get_by_label("Name").input_value() == HOSTILE_NAME
         page.get_by_role("link", name="Queries").first.click()
         page.get_by_role("link", name="<b onmouseover=alert(3)>bold</b>", exact=True).click()
-        page.get_by_label("Description").wait_for()
-        assert page.get_by_label("Description").input_value() == "<script>alert(4)</script>"
+        page.get_by_label("Description", exact=True).wait_for()
+        assert page.get_by_label("Description", exact=True).input_value() == "<script>alert(4)</script>"
         assert page.get_by_label("p", exact=True).get_attribute("placeholder") == "default: \"><img src=x onerror=alert(5)>"
         page.get_by_role("link", name="Queries").first.click()
         page.get_by_role("link", name="Edit and run Seeded orders").click()
