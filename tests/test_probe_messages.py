@@ -111,6 +111,11 @@ async def test_refused_said_in_words(tmp_path: Path) -> None:
         assert status == 502 and f"is unreachable: {words}" in message, message
         status, message = await checked(dev, "rest", {"base_url": f"http://127.0.0.1:{port}"})
         assert status == 502 and f"is unreachable: {words}" in message, message
+        # MongoDB's driver retries until its server selection ends (under the test's 10 s): then
+        # the dialer's words, not "did not finish within 10 s".
+        status, message = await checked(dev, "mongodb", {"host": "127.0.0.1", "port": port,
+                                                         "database": "d", "tls": "disable"})
+        assert status == 502 and f"is unreachable: {words}" in message, message
         probe = await admin.request("POST", "/api/v1/egress/probe",
                                     {"host": "127.0.0.1", "port": port})
         assert probe.body["connected"] is False
