@@ -119,7 +119,15 @@ def new_page(world: World, width: int = 1280, height: int = 900) -> tuple[Any, A
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=world.app.url)
     page = context.new_page()
     page.set_default_timeout(15_000)
+    in_flight: set[Any] = set()
+    page.on("request", lambda request: in_flight.add(request))
+    page.on("requestfinished", lambda request: in_flight.discard(request))
+    page.on("requestfailed", lambda request: in_flight.discard(request))
+    IN_FLIGHT[id(page)] = in_flight
     return context, page, Recorder(page)
+
+
+IN_FLIGHT: dict[int, set[Any]] = {}
 
 
 def login(page: Any, url: str, username: str, password: str, code: str | None = None) -> None:
@@ -131,6 +139,18 @@ def login(page: Any, url: str, username: str, password: str, code: str | None = 
         page.get_by_label("Authentication code").fill(code)
         page.get_by_role("button", name="Verify").click()
     page.get_by_role("heading", name=re.compile("Queries|My queries")).wait_for()
+
+
+def close(context: Any, page: Any) -> None:
+    """Close once the page's requests are done: a request the Recorder is still fetching when
+    its context closes fails later, in another test."""
+    in_flight = IN_FLIGHT.pop(id(page), set())
+    try:
+        deadline = time.monotonic() + 10
+        while in_flight and time.monotonic() < deadline:
+            page.wait_for_timeout(50)
+    finally:
+        context.close()
 
 
 def clean(recorder: Recorder) -> None:
@@ -179,7 +199,7 @@ def test_saving_keeps_parameter_descriptions_and_says_saved(world: World) -> Non
         assert status.inner_text() == ""
         clean(recorder)
     finally:
-        context.close()
+        close(context, page)
 
 
 # --- viewers: the list, runs, results -----------------------------------------------------------
@@ -211,7 +231,7 @@ def test_viewers_find_queries_by_description_and_search(world: World) -> None:
         page.get_by_text("The lowest price, in euros.").wait_for()  # the parameter's help
         clean(recorder)
     finally:
-        context.close()
+        close(context, page)
 
 
 def test_results_scroll_sideways_at_390_and_never_break_a_value(world: World) -> None:
@@ -244,7 +264,7 @@ def test_results_scroll_sideways_at_390_and_never_break_a_value(world: World) ->
         shot(page, "ops-results-scrolled-390")
         clean(recorder)
     finally:
-        context.close()
+        close(context, page)
 
 
 def test_downloads_sort_and_copy(world: World) -> None:
@@ -317,7 +337,7 @@ def test_downloads_sort_and_copy(world: World) -> None:
         assert page.evaluate("navigator.clipboard.readText()") == "0007"
         clean(recorder)
     finally:
-        context.close()
+        close(context, page)
 
 
 def test_empty_results_failed_runs_and_numbers_the_browser_cannot_send(world: World) -> None:
@@ -355,7 +375,7 @@ def test_empty_results_failed_runs_and_numbers_the_browser_cannot_send(world: Wo
         shot(page, "ops-failed-run-390")
         clean(recorder)
     finally:
-        context.close()
+        close(context, page)
 
 
 # --- admins: the users page ---------------------------------------------------------------------
@@ -445,7 +465,7 @@ def test_users_page_confirms_and_clears_old_messages(world: World) -> None:
         dialog.get_by_role("button", name="Cancel").click()
         clean(recorder)
     finally:
-        context.close()
+        close(context, page)
 
 
 def store_rows(world: World, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
@@ -494,4 +514,4 @@ def test_a_user_makes_new_recovery_codes(world: World) -> None:
         assert status == 201
         clean(recorder)
     finally:
-        context.close()
+        close(context, page)
