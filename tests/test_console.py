@@ -452,7 +452,7 @@ def test_viewer_runs_a_query_and_the_browser_never_holds_sql_or_password(
         assert json.loads(storage)["local"] == {} and json.loads(storage)["session"] == {}
         # The viewer's API answers hold only id, name and parameters of a query.
         listing = next(json.loads(b) for u, s, b in recorder.responses if u.endswith("/api/v1/queries"))
-        assert set(listing["queries"][0]) == {"id", "name", "parameters"}
+        assert set(listing["queries"][0]) == {"id", "name", "description", "parameters"}
         clean(recorder)
     finally:
         context.close()
@@ -494,8 +494,8 @@ def test_hostile_names_and_rows_render_as_text_and_run_nothing(world: World, see
         assert page.get_by_label("Name").input_value() == HOSTILE_NAME
         page.get_by_role("link", name="Queries").first.click()
         page.get_by_role("link", name="<b onmouseover=alert(3)>bold</b>", exact=True).click()
-        page.get_by_label("Description").wait_for()
-        assert page.get_by_label("Description").input_value() == "<script>alert(4)</script>"
+        page.get_by_label("Description", exact=True).wait_for()
+        assert page.get_by_label("Description", exact=True).input_value() == "<script>alert(4)</script>"
         assert page.get_by_label("p", exact=True).get_attribute("placeholder") == "default: \"><img src=x onerror=alert(5)>"
         page.get_by_role("link", name="Queries").first.click()
         page.get_by_role("link", name="Edit and run Seeded orders").click()

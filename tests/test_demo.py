@@ -35,7 +35,7 @@ def test_dev_demo_queries_run_with_typed_parameters(tmp_path: Path) -> None:
         queries = {q["name"]: q for q in listing["queries"]}
         assert set(queries) >= {"demo products under a price", "demo products by sku"}
         by_sku = queries["demo products by sku"]
-        assert set(by_sku) == {"id", "name", "parameters"}  # view mode: no body, no datasource
+        assert set(by_sku) == {"id", "name", "description", "parameters"}  # view mode: no body, no datasource
 
         status, result = call(server, token, "POST", f"/api/v1/queries/{by_sku['id']}/run",
                               {"params": {"skus": ["0001", "0777", "777"]}})

@@ -101,12 +101,12 @@ async def test_rest_requests_are_built_safely(tmp_path: Path, upstream: Upstream
             assert resp.status == 422 and "tenant" in resp.body["error"]["message"]
         assert len(upstream.seen) == count  # nothing was sent
 
-        # viewers: only id, name, parameters, and errors without URL/headers/body
+        # viewers: only id, name, description, parameters, and errors without URL/headers/body
         listed = await viewer.request("GET", "/api/v1/queries")
-        assert listed.body["queries"] == [{"id": q["id"], "name": "items",
+        assert listed.body["queries"] == [{"id": q["id"], "name": "items", "description": None,
                                            "parameters": q["parameters"]}]
         shown = await viewer.request("GET", f"/api/v1/queries/{q['id']}")
-        assert set(shown.body) == {"id", "name", "parameters"}
+        assert set(shown.body) == {"id", "name", "description", "parameters"}
         ok = await run(viewer, q["id"], {"id": "1", "q": "x", "tenant": "t", "n": 2})
         assert ok.status == 200
         for path in ("/api/v1/datasources", f"/api/v1/datasources/{ds['id']}"):

@@ -268,7 +268,7 @@ def test_an_unreachable_store_is_one_line_and_exit_2(tmp_path: Path) -> None:
     port = free_port()
     line = one_line_error(init(tmp_path, APPLIANCE_STORE_URL=f"postgresql://app@127.0.0.1:{port}/x",
                                APPLIANCE_STORE_TLS="disable"))
-    assert f"cannot connect to 127.0.0.1:{port}" in line
+    assert f"connection refused by 127.0.0.1 port {port}" in line
 
 
 def test_tls_required_but_the_server_has_none(store_database: StoreDatabase,

@@ -16,7 +16,7 @@ from appliance.auth.passwords import Passwords
 from appliance.auth.sessions import Sessions, label
 from appliance.auth.throttle import Keys, Throttle, Throttled
 from appliance.auth.tokens import API, TokenInfo, Tokens
-from appliance.auth.totp import TwoFactor, Vault
+from appliance.auth.totp import TwoFactor, Vault, looks_like_recovery_code
 from appliance.auth.users import User, Users
 from appliance.errors import BadRequest, Conflict, Forbidden, ServiceUnavailable, Unauthorized
 from appliance.roles import Principal, at_least
@@ -249,6 +249,35 @@ class AuthService:
                              code="bad_code")
         new_raw = await self.rotate(principal, raw, context=context, reason="2fa enabled")
         return codes, new_raw
+
+    async def regenerate_recovery_codes(self, principal: Principal, password: Secret[str],
+                                        code: str, *, context: Context) -> list[Secret[str]]:
+        """New recovery codes for the caller, the old ones dead in the same transaction: only
+        with the account's password and a current code from the authenticator (a recovery code
+        cannot renew the others). Audited either way; the codes are returned once."""
+        user = await self._user(principal)
+        if not user.totp_enabled:
+            raise Conflict("two-factor login is not enabled: set it up first",
+                           code="2fa_not_enabled")
+        if looks_like_recovery_code(code):
+            raise BadRequest("enter the code your authenticator app shows now, not a recovery "
+                             "code", code="bad_code", field="code")
+        ok = await self.passwords.verify(user.password_hash, password)
+        vault = await self.vault()
+        async with self.store.transaction() as tx:
+            method = await self.two_factor.check(tx, vault, user, code) if ok else None
+            if method == "totp":
+                codes = await self.two_factor.replace_recovery_codes(tx, user)
+                await self.audit.record(tx, action="2fa.recovery_codes_regenerate",
+                                        target=f"user:{user.username}",
+                                        details={"count": len(codes)},
+                                        context=context)
+                return codes
+        async with self.store.transaction() as tx:
+            await self.audit.record(tx, action="2fa.recovery_codes_regenerate",
+                                    outcome="failed", target=f"user:{user.username}",
+                                    context=context)
+        raise Unauthorized("the password or the code is wrong", code="invalid_credentials")
 
     async def reset_2fa(self, username: str, *, context: Context) -> User:
         vault = await self.vault()

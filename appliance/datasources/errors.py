@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 from collections.abc import Collection, Iterable
 
 from appliance.errors import NotFound, Unprocessable, UpstreamError, UpstreamTimeout
@@ -145,5 +146,30 @@ def connection_failure(name: str, exc: BaseException,
     if isinstance(exc, EgressTimeout):
         return DatasourceTimeout(name, connect_timeout, "accept a connection")
     if isinstance(exc, EgressUnreachable):
-        return DatasourceUnreachable(name, f"unreachable ({exc.message})")
+        return DatasourceUnreachable(name, f"unreachable: {exc.message}")
     return None
+
+
+# OpenSSL's reasons a handshake fails most often, in words (others: the reason, lower-cased).
+_TLS_REASONS = {
+    "WRONG_VERSION_NUMBER": "the server did not answer in TLS (does it take plain "
+                            "connections only?)",
+    "RECORD_LAYER_FAILURE": "the server did not answer in TLS (does it take plain "
+                            "connections only?)",
+    "UNSUPPORTED_PROTOCOL": "the server offers only a TLS version this appliance refuses",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "the server refused every TLS version this appliance offers",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "the server and this appliance share no cipher",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the server requires a client certificate",
+}
+
+
+def tls_problem(exc: ssl.SSLError) -> str:
+    """A failed TLS handshake in words: whose certificate was not trusted and why, or what the
+    handshake's failure means; never the exception's Python text."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate not trusted ({exc.verify_message or 'verification failed'})"
+    reason = exc.reason or ""
+    if reason in _TLS_REASONS:
+        return _TLS_REASONS[reason]
+    return f"handshake failed ({reason.replace('_', ' ').lower()})" if reason \
+        else "handshake failed"

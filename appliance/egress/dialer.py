@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import socket
 import ssl as ssl_module
 import threading
@@ -74,6 +76,31 @@ class EgressTimeout(UpstreamTimeout, TimeoutError):
 
 def _destination(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+# What a failed connect means, in words, by errno (the rest: the C library's own sentence).
+_CONNECT_PROBLEMS: dict[int, str] = {
+    errno.ECONNREFUSED: "connection refused by {ip} port {port} (nothing listens there, or a "
+                        "firewall rejects it)",
+    errno.ETIMEDOUT: "no answer from {ip} port {port} (timed out)",
+    errno.EHOSTUNREACH: "no route to {ip} (host unreachable)",
+    errno.ENETUNREACH: "no route to {ip} (network unreachable)",
+    errno.ECONNRESET: "connection reset by {ip} port {port}",
+    errno.EADDRNOTAVAIL: "cannot reach {ip} port {port} from the configured source address",
+}
+
+
+def describe_connect_error(exc: BaseException, ip: str, port: int | None) -> str:
+    """A failed TCP connect to `ip` `port` in words ("connection refused by 127.0.0.1 port 1"),
+    never a Python exception's text (asyncio's "Connect call failed ('127.0.0.1', 1)")."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer from {ip} port {port} (timed out)"
+    number = exc.errno if isinstance(exc, OSError) else None
+    if number in _CONNECT_PROBLEMS:
+        return _CONNECT_PROBLEMS[number].format(ip=ip, port=port)
+    if number:
+        return f"cannot connect to {ip} port {port}: {os.strerror(number).lower()}"
+    return f"cannot connect to {ip} port {port}"
 
 
 class EgressCounters:
@@ -167,7 +194,8 @@ class Dialer:
         decision, parsed = await self._decide(host, port)
         self._record(decision, host, port, purpose, datasource)
         if decision.rule == RULE_NO_ADDRESS:
-            raise EgressUnreachable(f"cannot resolve {_destination(host, port)}")
+            raise EgressUnreachable(f"the name {host} does not resolve to an address "
+                                    "(no such name, or DNS did not answer)")
         if not decision.allowed or parsed is None:
             raise EgressDenied(host, port, decision)
         policy = self.policy.policy
@@ -292,14 +320,14 @@ class Dialer:
                     sockaddr = (str(ip), checked.port, 0, 0)
                 async with asyncio.timeout(remaining):
                     await loop.sock_connect(sock, sockaddr)
-            except TimeoutError:
+            except TimeoutError as exc:
                 _close(sock)
                 timed_out = True
-                errors.append(f"{ip}: timed out")
+                errors.append(describe_connect_error(exc, str(ip), checked.port))
                 continue
             except OSError as exc:
                 _close(sock)
-                errors.append(f"{ip}: {exc.strerror or exc}")
+                errors.append(describe_connect_error(exc, str(ip), checked.port))
                 continue
             except BaseException:
                 _close(sock)
@@ -307,13 +335,19 @@ class Dialer:
             self.counters.connection(purpose, "connected")
             return sock
         where = _destination(checked.host, checked.port)
+        # An address given as the host is named once: "connection refused by 127.0.0.1 port 1".
+        named = [str(ip) for ip in checked.addresses] != [checked.host.strip("[]")]
         if timed_out:
             self.counters.connection(purpose, "timeout")
             detail = "; ".join(errors) or "no time left"
-            raise EgressTimeout(f"connecting to {where} timed out ({detail})")
+            if named or not errors:
+                raise EgressTimeout(f"connecting to {where} timed out ({detail})")
+            raise EgressTimeout(detail)
         self.counters.connection(purpose, "failed")
         detail = "; ".join(errors) or "no usable address"
-        raise EgressUnreachable(f"cannot connect to {where}: {detail}")
+        if named or not errors:
+            raise EgressUnreachable(f"cannot connect to {where}: {detail}")
+        raise EgressUnreachable(detail)
 
     async def create_connection(
         self,
@@ -375,7 +409,8 @@ class Dialer:
         except EgressUnreachable as exc:
             return ProbeResult(False, RULE_NO_ADDRESS, [], error=exc.message)
         except TimeoutError:
-            return ProbeResult(False, RULE_NO_ADDRESS, [], error="resolution timed out")
+            return ProbeResult(False, RULE_NO_ADDRESS, [],
+                               error=f"resolving the name {host} timed out (DNS did not answer)")
         decision = checked.decision
         try:
             sock = await self.connect_checked(checked, purpose="probe", deadline=deadline)

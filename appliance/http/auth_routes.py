@@ -238,6 +238,17 @@ async def confirm_2fa(request: web.Request) -> web.Response:
 
 
 @access.viewer
+async def regenerate_recovery_codes(request: web.Request) -> web.Response:
+    found = _session_only(request, "renew recovery codes")
+    body = await read_object(request)
+    code = _string(body, "code", max_length=64)
+    assert code is not None
+    codes = await request.app[CORE].auth.regenerate_recovery_codes(
+        found, _secret(body, "password"), code, context=access.context(request))
+    return web.json_response({"recovery_codes": [c.reveal() for c in codes]}, status=201)
+
+
+@access.viewer
 async def list_my_tokens(request: web.Request) -> web.Response:
     found = access.require_principal(request)
     tokens = await request.app[CORE].auth.tokens.list(found.user_id)
@@ -319,6 +330,7 @@ def add_routes(app: web.Application) -> None:
     router.add_post("/api/v1/users/me/password", change_my_password)
     router.add_post("/api/v1/users/me/2fa", begin_2fa)
     router.add_post("/api/v1/users/me/2fa/confirm", confirm_2fa)
+    router.add_post("/api/v1/users/me/2fa/recovery-codes", regenerate_recovery_codes)
     router.add_get("/api/v1/users/me/tokens", list_my_tokens)
     router.add_post("/api/v1/users/me/tokens", create_my_token)
     router.add_delete("/api/v1/users/me/tokens/{token_id}", revoke_my_token)

@@ -247,6 +247,10 @@ def build_spec(app: web.Application) -> dict[str, Any]:
                 "application/json": {"schema": _RUN_RESULT},
                 "application/x-ndjson": {"schema": {
                     "description": "a header line {columns}, then one JSON array per row"}},
+                "text/csv": {"schema": {
+                    "description": "RFC 4180 with a header row, streamed; a text value a "
+                                   "spreadsheet would run as a formula starts with ' "
+                                   "(docs/queries.md, Results as CSV)"}},
             }
         answer = RESPONSE_BODIES.get((method, path))
         if answer is not None:

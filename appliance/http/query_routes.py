@@ -1,9 +1,10 @@
-"""HTTP routes for stored queries and running them (JSON, or NDJSON streamed with bounded memory).
+"""HTTP routes for stored queries and running them (JSON; NDJSON or CSV streamed with bounded
+memory, as the `Accept` header asks).
 
 Thin handlers: parse, authorise (declared with `access`), call the service, serialise. A viewer
-gets `id, name, parameters` of a query and error messages that hold nothing of the query's body
-or its datasource's configuration. There is no client-supplied mode flag: what a caller sees
-follows from their role alone. Never logs a parameter value or a row.
+gets `id, name, description, parameters` of a query and error messages that hold nothing of the
+query's body or its datasource's configuration. There is no client-supplied mode flag: what a
+caller sees follows from their role alone. Never logs a parameter value or a row.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from appliance.errors import ApplianceError, BadRequest
 from appliance.http import access, middleware
 from appliance.http.app_keys import CORE
 from appliance.http.json_body import read_object
-from appliance.queries import QueryNotFound, Run
+from appliance.queries import QueryNotFound, Run, result_csv
 from appliance.queries.result_json import dumps
+from appliance.queries.run import CSV
 
+JSON = "application/json"
 NDJSON = "application/x-ndjson"
+_OFFERED = (JSON, NDJSON, result_csv.MEDIA_TYPE)
 # Errors a viewer sees as they are: about their own input, or the query's existence.
 _VIEWER_VISIBLE = frozenset({"invalid_parameter", "query_not_found", "bad_request",
                              "malformed_json", "unsupported_media_type", "payload_too_large",
@@ -151,6 +155,28 @@ def _params(body: dict[str, Any]) -> Any:
     return params
 
 
+def negotiate(accept: str) -> str:
+    """The run's answer type for an `Accept` header: the offered type (JSON, NDJSON, CSV) with
+    the highest q, the first listed on a tie; JSON when none is named (`*/*`, empty, other)."""
+    best, best_q = JSON, 0.0
+    for part in accept.split(","):
+        media, _, rest = part.partition(";")
+        media = media.strip().lower()
+        if media not in _OFFERED:
+            continue
+        q = 1.0
+        for option in rest.split(";"):
+            key, _, value = option.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if 0.0 < q <= 1.0 and q > best_q:
+            best, best_q = media, q
+    return best
+
+
 def _summary(run: Run) -> dict[str, Any]:
     return {"row_count": run.row_count, "truncated": run.truncated,
             "duration_ms": run.duration_ms}
@@ -161,8 +187,11 @@ async def run_query(request: web.Request) -> web.StreamResponse:
     try:
         await _check_visible(request, request.match_info["id"])
         params = _params(await read_object(request)) if request.body_exists else {}
-        if NDJSON in request.headers.get("Accept", ""):
+        wanted = negotiate(request.headers.get("Accept", ""))
+        if wanted == NDJSON:
             return await _stream(request, params)
+        if wanted == result_csv.MEDIA_TYPE:
+            return await _stream_csv(request, params)
         run = await request.app[CORE].runner.run_buffered(request.match_info["id"], params,
                                                           context=access.context(request))
         body = b"".join((
@@ -201,6 +230,45 @@ async def _stream(request: web.Request, params: Any) -> web.StreamResponse:
         await response.write(dumps(_summary(run)).encode() + b"\n")
     await response.write_eof()
     return response
+
+
+async def _stream_csv(request: web.Request, params: Any) -> web.StreamResponse:
+    """The rows as CSV (`result_csv`), written as they are read, as a download named after the
+    query. `X-Appliance-Row-Limit` says the run's effective row limit before the first row (a
+    CSV has no place for "truncated": a file of exactly that many rows may have been cut).
+
+    A run that fails after the first bytes were sent has no way to say so inside a CSV: the
+    connection is then closed before the chunked body's end, so every HTTP client reports an
+    incomplete transfer (curl: exit 18; a browser: a failed download) instead of handing over a
+    file that looks whole. The run's audit entry records the failure."""
+    response = web.StreamResponse(headers={"Content-Type": "text/csv; charset=utf-8"})
+    middleware.secure(request, response)  # prepared here, before `front` sees it
+    started = False
+    try:
+        async with request.app[CORE].runner.run_streamed(request.match_info["id"], params,
+                                                         context=access.context(request),
+                                                         mode=CSV) as run:
+            name = result_csv.filename(run.query.name)
+            response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
+            response.headers["X-Appliance-Row-Limit"] = str(run.max_rows)
+            await response.prepare(request)
+            started = True
+            await response.write(result_csv.header(run.columns))
+            async for batch in run.encoded_batches():
+                await response.write(result_csv.rows(batch))
+    except ApplianceError:
+        if not started:
+            raise
+        _abort(request)
+        return response
+    await response.write_eof()
+    return response
+
+
+def _abort(request: web.Request) -> None:
+    """Close the connection now, mid-body: the client sees an incomplete transfer."""
+    if request.transport is not None:
+        request.transport.abort()
 
 
 def add_routes(app: web.Application) -> None:

@@ -28,6 +28,7 @@ ENGINE_TAKES = 3
 # A run's mode, as its audit entry names it: how its rows are delivered.
 BUFFERED = "json"  # every row read first, answered in one JSON body (`Runner.run_buffered`)
 STREAMED = "ndjson"  # rows sent as they are read (`Runner.run_streamed`)
+CSV = "csv"  # streamed too, written as CSV (`Runner.run_streamed(mode=CSV)`)
 
 
 class Run:
@@ -128,11 +129,12 @@ class Runner:
         return run
 
     @contextlib.asynccontextmanager
-    async def run_streamed(self, query_id: str, params: Any, *, context: Context
-                           ) -> AsyncIterator[Run]:
+    async def run_streamed(self, query_id: str, params: Any, *, context: Context,
+                           mode: str = STREAMED) -> AsyncIterator[Run]:
         """Bind, open, record the start, yield the run (its rows from `run.encoded_batches()`,
-        sent inside the block); record the outcome once the statement's transaction has ended."""
-        async with _RunScope(self, query_id, params, context, STREAMED) as scope, \
+        sent inside the block); record the outcome once the statement's transaction has ended.
+        `mode` is how the rows leave (`STREAMED` or `CSV`), as the audit entries name it."""
+        async with _RunScope(self, query_id, params, context, mode) as scope, \
                 contextlib.AsyncExitStack() as stack:
             run = scope.run
             for attempt in range(ENGINE_TAKES):
@@ -148,7 +150,7 @@ class Runner:
             # Rows leave before the run ends: its start is audited first.
             await self.audit.record(
                 action=RUN_START_ACTION, target=f"query:{run.query.id}", context=context,
-                details={"datasource": run.query.datasource_id, "mode": STREAMED})
+                details={"datasource": run.query.datasource_id, "mode": mode})
             yield run
 
     @staticmethod

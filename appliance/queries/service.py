@@ -3,9 +3,9 @@ compiled queries that runs use, invalidated on every change (here, or on another
 `follow`).
 
 Owns the `queries` table and the two views of a query: the full one for developers, and
-`id, name, parameters` for viewers; a query's `groups` (who may see it: `appliance.groups`) are
-kept with it and in its compiled form, and the lists take a filter over them. Never stores, logs
-or caches a parameter value or a result.
+`id, name, description, parameters` for viewers (never the body); a query's `groups` (who may
+see it: `appliance.groups`) are kept with it and in its compiled form, and the lists take a
+filter over them. Never stores, logs or caches a parameter value or a result.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from appliance.timestamps import rfc3339
 
 FIELDS: Final = frozenset({"name", "datasource_id", "body", "parameters", "timeout_ms",
                            "max_rows", "description", "groups", ALLOW_FIELD})
-VIEWER_FIELDS: Final = ("id", "name", "parameters")
+VIEWER_FIELDS: Final = ("id", "name", "description", "parameters")
 MAX_DESCRIPTION: Final = 2000
 
 
@@ -115,14 +115,13 @@ class QueryService:
     @staticmethod
     def view(row: Mapping[str, Any], *, full: bool) -> dict[str, Any]:
         stored = json.loads(row["body"])
-        out = {"id": row["id"], "name": row["name"],
+        out = {"id": row["id"], "name": row["name"], "description": stored.get("description"),
                "parameters": json.loads(row["parameters"])}
         if not full:
             return out
         out.update({
             "datasource_id": row["datasource_id"],
             "body": stored["body"],
-            "description": stored.get("description"),
             "timeout_ms": row["timeout_ms"],
             "max_rows": row["max_rows"],
             "groups": list(groups_of(row)),

@@ -109,6 +109,22 @@ export async function stream(path, body, onLine, options) {
   if (buffered.trim()) onLine(JSON.parse(buffered.trim()), false);
 }
 
+// POST and take the answer as a file: {blob, name} (the name from Content-Disposition, if any).
+export async function download(path, body, accept) {
+  const response = await send('POST', path, body, {accept});
+  if (!response.ok) throw await failure(response);
+  const disposition = response.headers.get('Content-Disposition') || '';
+  const match = /filename="([^"]*)"/.exec(disposition);
+  let blob;
+  try {
+    blob = await response.blob();
+  } catch {
+    // The server closes the connection mid-body when a run fails after its first bytes.
+    throw new ApiError(0, 'incomplete', 'the download was cut short: the run failed while it was sent');
+  }
+  return {blob, name: match ? match[1] : null};
+}
+
 export function qs(params) {
   const search = new URLSearchParams();
   for (const [key, value] of Object.entries(params)) {

@@ -34,6 +34,14 @@ export function status(message) {
   document.getElementById('status').textContent = message || '';
 }
 
+// A message for the page the caller is about to open ("Saved query …", then navigate): the
+// router shows it there, and clears the status line on any later navigation.
+let flashed = '';
+
+function flash(message) {
+  flashed = message || '';
+}
+
 // As the server's `at_least`: a role the server did not name is never enough, nor ever needed.
 function atLeast(role, needed) {
   const rank = (name) => session.roles.indexOf(name) + 1;
@@ -121,11 +129,12 @@ async function route() {
   document.title = `${page.title} · Appliance`;
   const view = h('div', {class: 'view', dataset: {page: page.path}});
   clear(main()).append(view);
-  status('');
+  status(flashed);
+  flashed = '';
   closeMenu();
   try {
     await page.render({
-      main: view, session, roles: session.roles, args: parts.slice(1), navigate, status,
+      main: view, session, roles: session.roles, args: parts.slice(1), navigate, status, flash,
       refreshSession: async (then) => {
         await loadSession();
         if (then && session) navigate(then);

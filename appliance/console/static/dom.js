@@ -219,3 +219,32 @@ export function confirmButton(text, confirmText, action, attrs) {
   }, attrs);
   return btn;
 }
+
+// A modal confirmation (the page's own <dialog>, never window.confirm): resolves true when the
+// action is confirmed, false on Cancel or Escape. Focus starts on Cancel and returns to where it
+// was. `text` is shown as text.
+export function confirmDialog({title, text, confirm, danger}) {
+  const returnTo = document.activeElement;
+  const titleId = uid('dlg');
+  const cancelButton = h('button', {type: 'button', value: 'cancel'}, 'Cancel');
+  const confirmButtonNode = h('button', {type: 'button', value: 'confirm', class: danger ? 'danger-fill' : 'primary'}, confirm);
+  const dialog = h('dialog', {class: 'confirm', 'aria-labelledby': titleId},
+    h('h2', {id: titleId}, title), h('p', {}, text), h('div', {class: 'actions'}, cancelButton, confirmButtonNode));
+  document.body.append(dialog);
+  return new Promise((resolve) => {
+    const close = (answer) => {
+      dialog.close();
+      dialog.remove();
+      if (returnTo && returnTo.focus) returnTo.focus();
+      resolve(answer);
+    };
+    cancelButton.addEventListener('click', () => close(false));
+    confirmButtonNode.addEventListener('click', () => close(true));
+    dialog.addEventListener('cancel', (event) => {
+      event.preventDefault();
+      close(false);
+    });
+    dialog.showModal();
+    cancelButton.focus();
+  });
+}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
@@ -60,6 +61,13 @@ def auth_mechanism(tls: str, *, allow_scram_sha1: bool) -> dict[str, str]:
     return {"authMechanism": "SCRAM-SHA-256"}
 
 
+# What the egress dialer says of a failed connect (egress.dialer.describe_connect_error), found
+# in pymongo's summary of its attempts: only these words of the dialer are taken from it.
+_DIALER_WORDS = re.compile(r"connection refused by [0-9a-fA-F.:]+ port \d+|no answer from "
+                           r"[0-9a-fA-F.:]+ port \d+ \(timed out\)|no route to [0-9a-fA-F.:]+ "
+                           r"\((?:host|network) unreachable\)|the name [A-Za-z0-9.-]+ does not "
+                           r"resolve to an address")
+
 class MongoEngine(Engine):
     def __init__(self, target: Target, dialer: Dialer) -> None:
         super().__init__(target)
@@ -68,7 +76,7 @@ class MongoEngine(Engine):
         self._creating = asyncio.Lock()
         self._runs = RunsUnderWay(target.name)
 
-    async def _new_client(self) -> Any:
+    async def _new_client(self, selection_timeout: float | None = None) -> Any:
         config = self.target.config
         limits = self.target.limits
         options: dict[str, Any] = {
@@ -77,6 +85,11 @@ class MongoEngine(Engine):
             "tls": config.get("tls") == "verify-full",
             "appname": "appliance",
         }
+        if selection_timeout is not None:
+            # Less than the caller's own limit: pymongo then says why no server was found (the
+            # dialer's words: refused, no answer, no such name) instead of the wait running out.
+            options["serverSelectionTimeoutMS"] = int(selection_timeout * 1000)
+            options["timeoutMS"] = int(selection_timeout * 1000)
         password = self.target.secret("password")
         if config.get("user"):
             allow_sha1 = config.get("allow_scram_sha1") is True
@@ -98,7 +111,7 @@ class MongoEngine(Engine):
         client = None
         try:
             async with asyncio.timeout(timeout):
-                client = await self._new_client()
+                client = await self._new_client(selection_timeout=max(0.5, timeout - 2))
                 await client[str(self.target.config["database"])].command("ping")
         except BaseException as exc:
             raise self.translate(exc, timeout) from None
@@ -184,6 +197,9 @@ class MongoEngine(Engine):
                 return DatasourceUnreachable(name, "unreachable (egress policy)")
             if "SSL" in text or "certificate" in text:
                 return DatasourceTLSError(name, "handshake failed")
+            said = _DIALER_WORDS.search(text)  # the egress dialer's own sentence, never pymongo's
+            if said:
+                return DatasourceUnreachable(name, f"unreachable: {said.group(0)}")
             return DatasourceUnreachable(name, "unreachable (no server answered)")
         if isinstance(exc, errors.OperationFailure) and exc.code in _AUTH_CODES:
             return DatasourceAuthFailed(name, "authentication failed (user or password "

@@ -31,6 +31,7 @@ from appliance.datasources.errors import (
     EngineRetired,
     QueryFailed,
     connection_failure,
+    tls_problem,
 )
 from appliance.egress import Dialer
 from appliance.egress.postgres_auth import tls_context
@@ -316,11 +317,8 @@ class MysqlEngine(Engine):
                                             "not sent")
         if isinstance(exc, TimeoutError):
             return DatasourceTimeout(name, timeout, what)
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            return DatasourceTLSError(name, f"certificate not trusted "
-                                            f"({exc.verify_message or 'verification failed'})")
         if isinstance(exc, ssl.SSLError):
-            return DatasourceTLSError(name, exc.reason or "handshake failed")
+            return DatasourceTLSError(name, tls_problem(exc))
         if isinstance(exc, asyncmy_errors.Error):
             code = _code(exc)
             if code in _AUTH:

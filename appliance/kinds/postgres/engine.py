@@ -28,6 +28,7 @@ from appliance.datasources.errors import (
     DatasourceUnreachable,
     EngineRetired,
     connection_failure,
+    tls_problem,
 )
 from appliance.egress import Dialer, postgres_auth
 from appliance.errors import ApplianceError
@@ -228,11 +229,8 @@ class PostgresEngine(Engine):
             return DatasourceTimeout(name, timeout, "finish the statement")
         if isinstance(exc, TimeoutError):
             return DatasourceTimeout(name, timeout, what)
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            return DatasourceTLSError(name, f"certificate not trusted "
-                                            f"({exc.verify_message or 'verification failed'})")
         if isinstance(exc, ssl.SSLError):
-            return DatasourceTLSError(name, exc.reason or "handshake failed")
+            return DatasourceTLSError(name, tls_problem(exc))
         if isinstance(exc, ConnectionError) and "rejected SSL upgrade" in str(exc):
             return DatasourceTLSError(name, "the server does not offer TLS")
         if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):

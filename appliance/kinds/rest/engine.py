@@ -30,6 +30,7 @@ from appliance.datasources.errors import (
     DatasourceUnreachable,
     ResponseTooLarge,
     connection_failure,
+    tls_problem,
 )
 from appliance.egress import Dialer
 from appliance.egress.aiohttp_hook import (
@@ -37,6 +38,7 @@ from appliance.egress.aiohttp_hook import (
     egress_session,
     request_following_redirects,
 )
+from appliance.egress.dialer import describe_connect_error
 from appliance.errors import ApplianceError
 from appliance.kinds.rest.binding import RestRequest
 
@@ -165,11 +167,18 @@ class RestEngine(Engine):
         if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
             return DatasourceTimeout(name, timeout)
         if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-            return DatasourceTLSError(name, "certificate not trusted")
-        if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
+            return DatasourceTLSError(name, tls_problem(exc.certificate_error)
+                                      if isinstance(exc.certificate_error, ssl.SSLError)
+                                      else "certificate not trusted")
+        if isinstance(exc, aiohttp.ClientSSLError) and isinstance(exc.os_error, ssl.SSLError):
+            return DatasourceTLSError(name, tls_problem(exc.os_error))
+        if isinstance(exc, ssl.SSLError):
+            return DatasourceTLSError(name, tls_problem(exc))
+        if isinstance(exc, aiohttp.ClientSSLError):
             return DatasourceTLSError(name, "handshake failed")
         if isinstance(exc, aiohttp.ClientConnectorError):
-            return DatasourceUnreachable(name, "unreachable (connection failed)")
+            return DatasourceUnreachable(name, "unreachable: " + describe_connect_error(
+                exc.os_error, exc.host, exc.port))
         if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
             return DatasourceUnreachable(name, "unreachable (the connection was lost)")
         if isinstance(exc, aiohttp.ClientError):

@@ -1,4 +1,5 @@
-// My account: two-factor enrolment (QR code, setup key, recovery codes), password, API tokens.
+// My account: two-factor enrolment (QR code, setup key, recovery codes), new recovery codes
+// (password and a current code), password, API tokens.
 
 import * as api from '../api.js';
 import {alertBox, busy, button, clearErrors, field, h, inputError, section, setAlert, showError, table, valueOf, when} from '../dom.js';
@@ -26,6 +27,7 @@ export async function renderAccount(ctx) {
     h('dt', {}, 'Two-factor login'), h('dd', {id: 'twofa-state'}, me.totp_enabled ? 'on' : 'off'),
     me.totp_enabled ? [h('dt', {}, 'Recovery codes left'), h('dd', {}, String(me.recovery_codes_left ?? '—'))] : null)));
   if (!me.totp_enabled) main.append(enrolment(ctx));
+  else if (!session.enrolment) main.append(recoveryCodes());
   if (!session.enrolment) {
     main.append(passwordForm(ctx));
     main.append(await tokens(ctx, me));
@@ -88,14 +90,58 @@ function enrolment(ctx) {
       }
       area.replaceChildren(
         h('div', {class: 'alert success', role: 'status'}, 'Two-factor login is on.'),
-        h('p', {}, h('strong', {}, 'Recovery codes. '),
-          'Each works once in place of a code, if you lose your authenticator. They are shown only now: store them somewhere safe.'),
-        h('ol', {class: 'codes', id: 'recovery-codes'}, done.recovery_codes.map((c) => h('li', {}, h('code', {}, c)))),
+        ...codeList(done.recovery_codes),
         h('div', {class: 'actions'}, button('I have stored them', () => ctx.refreshSession('queries'), {class: 'primary', id: 'codes-stored'})));
       area.querySelector('#codes-stored').focus();
     });
   }, {class: 'primary', id: 'enrol-start'});
   return section('Two-factor login', alert, area, start);
+}
+
+// The recovery codes shown once, with the button that says they are stored.
+function codeList(codes) {
+  return [
+    h('p', {}, h('strong', {}, 'Recovery codes. '),
+      'Each works once in place of a code, if you lose your authenticator. They are shown only now: store them somewhere safe.'),
+    h('ol', {class: 'codes', id: 'recovery-codes'}, codes.map((c) => h('li', {}, h('code', {}, c)))),
+  ];
+}
+
+// New recovery codes: the old ones stop working at once. Needs the password and a current code
+// from the authenticator app (not a recovery code).
+function recoveryCodes() {
+  const alert = alertBox();
+  const shown = h('div', {});
+  const password = field({name: 'password', label: 'Password', type: 'password', required: true, autocomplete: 'current-password'});
+  const code = field({name: 'code', label: 'Code from your authenticator app', required: true, inputmode: 'numeric', autocomplete: 'one-time-code'});
+  const submit = h('button', {type: 'submit'}, 'Make new recovery codes');
+  const form = h('form', {novalidate: true, id: 'recovery-form'}, alert, password, code, h('div', {class: 'actions'}, submit));
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    clearErrors(form);
+    shown.replaceChildren();
+    const value = valueOf(code).trim().replace(/\s+/g, '');
+    if (!valueOf(password)) {
+      showError(form, inputError('password', "'password' is required"));
+      return;
+    }
+    if (!value) {
+      showError(form, inputError('code', "'code' is required"));
+      return;
+    }
+    try {
+      const made = await busy(submit, 'Making codes…', () => api.post('/api/v1/users/me/2fa/recovery-codes', {password: valueOf(password), code: value}));
+      shown.replaceChildren(h('div', {class: 'alert success', role: 'status'}, 'New recovery codes are ready; the old ones no longer work.'), ...codeList(made.recovery_codes));
+      shown.querySelector('#recovery-codes').setAttribute('tabindex', '-1');
+      shown.querySelector('#recovery-codes').focus();
+    } catch (error) {
+      showError(form, error);
+    } finally {
+      password.input.value = '';
+      code.input.value = '';
+    }
+  });
+  return section('Recovery codes', h('p', {class: 'muted'}, 'Lost or used up your recovery codes? Make new ones: the old ones stop working at once.'), form, shown);
 }
 
 function passwordForm(ctx) {

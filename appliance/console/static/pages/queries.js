@@ -1,6 +1,8 @@
-// Queries: the list; the editor (developer) with parameter declarations and binding errors shown
-// at their line and column; the run form generated from the declarations; results streamed as
-// NDJSON into a table. A viewer gets only names, parameters and run forms (the API sends no more).
+// Queries: the list (for a viewer: the queries they may run, with descriptions and a search box);
+// the editor (developer) with parameter declarations and binding errors shown at their line and
+// column; the run form generated from the declarations; results streamed as NDJSON into a table
+// that sorts by column and copies a cell, and downloads as CSV (from the server) or JSON. A viewer
+// gets only names, descriptions, parameters and run forms (the API sends no more).
 
 import * as api from '../api.js';
 import {alertBox, busy, button, clearErrors, confirmButton, field, h, inputError, section, setAlert, showError, table, uid, valueOf} from '../dom.js';
@@ -18,6 +20,7 @@ export async function renderQueries(ctx) {
     const query = await api.get(`/api/v1/queries/${api.enc(id)}`);
     if (developer) return editor(ctx, await loadKinds(), query);
     ctx.main.append(h('p', {class: 'crumbs'}, h('a', {href: '#/queries'}, 'Queries'), ' / '), h('h1', {tabindex: '-1'}, query.name));
+    if (query.description) ctx.main.append(h('p', {class: 'query-description'}, query.description));
     ctx.main.append(runPanel(query));
     return undefined;
   }
@@ -30,7 +33,13 @@ async function list(ctx, developer) {
     developer ? h('a', {class: 'button primary', href: '#/queries/new'}, 'New query') : null));
   const data = await api.get('/api/v1/queries');
   if (!data.queries.length) {
-    main.append(h('p', {class: 'muted'}, 'No queries yet.'));
+    main.append(h('p', {class: 'muted empty'}, developer
+      ? 'No queries yet. Create one with "New query" (a datasource comes first: see Datasources).'
+      : 'No queries to run yet. A developer makes them; ask yours for the one you need.'));
+    return;
+  }
+  if (!developer) {
+    main.append(runnableList(data.queries));
     return;
   }
   let names = {};
@@ -38,13 +47,45 @@ async function list(ctx, developer) {
     const ds = await api.get('/api/v1/datasources');
     names = Object.fromEntries(ds.datasources.map((d) => [d.id, d.name]));
   }
-  const columns = developer ? ['Name', 'Datasource', 'Parameters', ''] : ['Name', 'Parameters', ''];
-  main.append(table(columns, data.queries.map((q) => {
-    const params = (q.parameters || []).map((p) => `${p.name}: ${p.type}`).join(', ') || '—';
+  main.append(table(['Name', 'Description', 'Datasource', 'Parameters', ''], data.queries.map((q) => {
     const open = h('a', {href: `#/queries/${encodeURIComponent(q.id)}`, class: 'q-name'}, q.name);
-    const run = h('a', {href: `#/queries/${encodeURIComponent(q.id)}`, class: 'button small', 'aria-label': `${developer ? 'Edit and run' : 'Run'} ${q.name}`}, developer ? 'Edit and run' : 'Run');
-    return developer ? [open, names[q.datasource_id] || q.datasource_id, params, run] : [open, params, run];
+    const run = h('a', {href: `#/queries/${encodeURIComponent(q.id)}`, class: 'button small', 'aria-label': `Edit and run ${q.name}`}, 'Edit and run');
+    return [open, q.description || '—', names[q.datasource_id] || q.datasource_id, paramSummary(q), run];
   }), {label: 'Queries', class: 'queries'}));
+}
+
+function paramSummary(q) {
+  return (q.parameters || []).map((p) => `${p.name}: ${p.type}`).join(', ') || '—';
+}
+
+// The queries a viewer may run: name, description and parameters, filtered as they type. The
+// filter is in the page (a viewer's list is the few queries made for them: tens, not thousands).
+function runnableList(queries) {
+  const search = field({name: 'query-search', label: 'Search queries', type: 'search', class: 'query-search',
+    help: 'Matches names, descriptions and parameter names.'});
+  const items = queries.map((q) => {
+    const text = [q.name, q.description || '', ...(q.parameters || []).map((p) => `${p.name} ${p.description || ''}`)].join(' ').toLowerCase();
+    const node = h('li', {},
+      h('div', {class: 'q-title'},
+        h('a', {href: `#/queries/${encodeURIComponent(q.id)}`, class: 'q-name'}, q.name),
+        h('a', {href: `#/queries/${encodeURIComponent(q.id)}`, class: 'button small', 'aria-label': `Run ${q.name}`}, 'Run')),
+      q.description ? h('p', {class: 'q-desc'}, q.description) : h('p', {class: 'q-desc muted'}, 'No description.'),
+      h('p', {class: 'q-params muted'}, `Parameters: ${paramSummary(q)}`));
+    return {node, text};
+  });
+  const list = h('ul', {class: 'query-list', 'aria-label': 'Queries you can run'}, items.map((i) => i.node));
+  const none = h('p', {class: 'muted empty', hidden: true, role: 'status'});
+  search.input.addEventListener('input', () => {
+    const words = valueOf(search).toLowerCase().split(/\s+/).filter(Boolean);
+    let shown = 0;
+    for (const item of items) {
+      item.node.hidden = !words.every((w) => item.text.includes(w));
+      if (!item.node.hidden) shown += 1;
+    }
+    none.textContent = shown ? '' : `No query matches "${valueOf(search).trim()}". Try fewer words.`;
+    none.hidden = shown > 0;
+  });
+  return h('div', {}, search, none, list);
 }
 
 // --- the editor -------------------------------------------------------------------------------
@@ -142,7 +183,7 @@ function editor(ctx, kinds, query) {
       else showError(form, error);
       return;
     }
-    ctx.status(`Saved query ${saved.name}.`);
+    ctx.flash(`Saved query ${saved.name}.`);
     navigate(`queries/${saved.id}`);
   });
   main.append(form);
@@ -242,11 +283,14 @@ function parameterEditor(initial, bodyText) {
       help: 'Empty: no default. Arrays and json: JSON text.'});
     const choices = field({name: 'param-choices', label: 'Choices', value: p.choices ? p.choices.map(display).join(', ') : '',
       help: 'Optional, comma-separated.'});
+    const description = field({name: 'param-description', label: 'Parameter description', value: p.description || '', class: 'param-description',
+      help: 'Shown to the people who run the query, under the input.'});
     const remove = button('Remove', () => { row.remove(); renumber(); }, {class: 'small danger', 'aria-label': 'Remove this parameter'});
-    row.append(pname, type, required, def, choices, remove, h('p', {class: 'field-error', hidden: true}));
+    row.append(pname, type, required, def, choices, remove, description, h('p', {class: 'field-error', hidden: true}));
     row.input = pname.input;
     row.read = () => {
       const out = {name: valueOf(pname).trim(), type: valueOf(type), required: valueOf(required)};
+      if (valueOf(description).trim()) out.description = valueOf(description).trim();
       const t = out.type;
       if (valueOf(def) !== '') {
         out.default = convert(t, valueOf(def), out.name, row.dataset.field);
@@ -274,6 +318,16 @@ function parameterEditor(initial, bodyText) {
   return {node, value: () => { renumber(); return [...rows.children].map((r) => r.read()); }};
 }
 
+// A number as JSON writes one (no NaN, Infinity, hex or spaces).
+const NUMBER_TEXT = /^-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?$/;
+
+// A whole number the browser holds exactly, else a refusal (JSON.stringify would send another).
+function exactNumber(text, fail) {
+  const n = Number(text);
+  if (!Number.isSafeInteger(n)) fail(`is too large for the console to send exactly (at most ${Number.MAX_SAFE_INTEGER.toLocaleString('en')} either way); use the API`);
+  return n;
+}
+
 function display(value) {
   return typeof value === 'string' ? value : JSON.stringify(value);
 }
@@ -295,12 +349,13 @@ function convert(type, text, pname, where) {
   switch (type) {
     case 'integer': {
       if (!/^-?\d+$/.test(text.trim())) fail('must be a whole number');
-      return Number(text.trim());
+      return exactNumber(text.trim(), fail);
     }
     case 'number': {
+      if (!NUMBER_TEXT.test(text.trim())) fail('must be a number (like 12, -0.5 or 2.5e3)');
       const n = Number(text.trim());
-      if (text.trim() === '' || !Number.isFinite(n)) fail('must be a number');
-      return n;
+      if (!Number.isFinite(n)) fail('is not a finite number (too large to represent)');
+      return /^-?\d+$/.test(text.trim()) ? exactNumber(text.trim(), fail) : n;
     }
     case 'boolean': {
       if (!['true', 'false'].includes(text.trim())) fail('must be true or false');
@@ -343,10 +398,12 @@ function inputFor(p) {
   switch (p.type) {
     case 'boolean':
       return field({...base, type: 'select', options: [['', p.required ? 'Choose…' : `(${placeholder || 'none'})`], 'true', 'false']});
+    // Text inputs: a number input hides what it cannot parse (its value is then ""), and "1e400"
+    // would run with the default. The text is checked here, and refused in words (convert).
     case 'integer':
-      return field({...base, type: 'number', step: 1, placeholder});
+      return field({...base, inputmode: 'numeric', placeholder});
     case 'number':
-      return field({...base, type: 'number', step: 'any', placeholder});
+      return field({...base, inputmode: 'decimal', placeholder});
     case 'date':
       return field({...base, type: 'date', placeholder});
     case 'datetime':
@@ -390,6 +447,8 @@ export function runPanel(query) {
         params[p.name] = ['string', 'identifier', 'date', 'datetime'].includes(p.type) ? raw : convert(p.type, raw, p.name, `param.${p.name}`);
       }
     } catch (error) {
+      results.replaceChildren();
+      progress.textContent = '';
       showError(form, error);
       return;
     }
@@ -400,10 +459,14 @@ export function runPanel(query) {
     cancel.hidden = false;
     progress.textContent = 'Running…';
     progress.classList.add('working');
+    results.replaceChildren();
+    // The table appears with the first answer: a run that fails leaves no empty outline.
     const grid = resultTable();
-    results.replaceChildren(grid.node);
     let count = 0;
     let summary = null;
+    const show = () => {
+      if (!grid.node.isConnected) results.replaceChildren(grid.node);
+    };
     try {
       await api.stream(`/api/v1/queries/${api.enc(query.id)}/run`, {params}, (line, whole) => {
         if (whole) {
@@ -411,12 +474,14 @@ export function runPanel(query) {
           grid.rows(line.rows);
           count = line.rows.length;
           summary = line;
+          show();
         } else if (Array.isArray(line)) {
           grid.row(line);
           count += 1;
           if (count % 500 === 0) progress.textContent = `Running… ${count.toLocaleString()} rows so far`;
         } else if (line.columns) {
           grid.columns(line.columns);
+          show();
         } else if (line.error) {
           throw new api.ApiError(200, line.error.code, line.error.message, line.error);
         } else {
@@ -428,12 +493,18 @@ export function runPanel(query) {
       progress.textContent = `${count.toLocaleString()} row${count === 1 ? '' : 's'} in ${ms} ms`
         + (summary && summary.truncated ? ' — truncated at the row limit' : '')
         + (count > MAX_SHOWN_ROWS ? ` (the first ${MAX_SHOWN_ROWS.toLocaleString()} are shown)` : '');
+      const result = {columns: grid.names(), rows: grid.all(), row_count: count,
+        truncated: Boolean(summary && summary.truncated), duration_ms: summary ? summary.duration_ms : null};
+      results.replaceChildren(downloads(query, params, result), count ? grid.node
+        : h('p', {class: 'muted empty', id: 'no-rows'}, 'The query ran and returned no rows. Try other values.'));
     } catch (error) {
       grid.flush();
       if (error.name === 'AbortError') {
         progress.textContent = `Cancelled after ${count.toLocaleString()} rows.`;
+        if (!count) results.replaceChildren();
       } else {
         progress.textContent = '';
+        results.replaceChildren();
         showError(form, error);
       }
     } finally {
@@ -447,26 +518,92 @@ export function runPanel(query) {
   return section('Run', form, results);
 }
 
-// A results table that takes rows as they stream in and adds them to the DOM in batches.
+// A file name as the server makes one (result_csv.filename): letters, digits, '.', '_', '-' and
+// spaces, no leading dot, at most 100 characters.
+function fileName(name, extension) {
+  const safe = name.replace(/[^A-Za-z0-9._ -]+/g, '_').replace(/^[ ._]+|[ ._]+$/g, '').slice(0, 100).replace(/[ ._]+$/, '');
+  return `${safe || 'result'}.${extension}`;
+}
+
+function saveFile(blob, name) {
+  const url = URL.createObjectURL(blob);
+  const link = h('a', {href: url, download: name, hidden: true});
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
+// "Download JSON": the result in hand, in the API's JSON shape. "Download CSV": the server writes
+// it (one encoder, formulas defused), so the query runs again with the same values.
+function downloads(query, params, result) {
+  const note = h('span', {class: 'muted', role: 'status', 'aria-live': 'polite'});
+  const json = button('Download JSON', () => {
+    saveFile(new Blob([JSON.stringify(result)], {type: 'application/json'}), fileName(query.name, 'json'));
+  }, {class: 'small', id: 'download-json'});
+  const csv = button('Download CSV', async () => {
+    note.textContent = '';
+    try {
+      const file = await busy(csv, 'Preparing CSV…', () => api.download(`/api/v1/queries/${api.enc(query.id)}/run`, {params}, 'text/csv'));
+      saveFile(file.blob, file.name || fileName(query.name, 'csv'));
+      note.textContent = 'CSV downloaded (the query ran again for it).';
+    } catch (error) {
+      note.textContent = `The CSV could not be made: ${error.message}`;
+    }
+  }, {class: 'small', id: 'download-csv', title: 'Runs the query again with the same values; the server writes the CSV'});
+  return h('div', {class: 'result-tools'}, csv, json, note);
+}
+
+// The text a cell shows (and copies): null as "null" shown, copied as nothing.
+function cellText(cell) {
+  if (cell === null || cell === undefined) return '';
+  return typeof cell === 'object' ? JSON.stringify(cell) : String(cell);
+}
+
+const collator = new Intl.Collator(undefined, {numeric: true});
+
+// Ascending: nulls last, numbers by value, the rest as text (numeric-aware).
+function compareCells(a, b) {
+  if (a === b) return 0;
+  if (a === null || a === undefined) return 1;
+  if (b === null || b === undefined) return -1;
+  if (typeof a === 'number' && typeof b === 'number') return a - b;
+  return collator.compare(cellText(a), cellText(b));
+}
+
+// A results table that takes rows as they stream in and adds them to the DOM in batches. Every
+// row is kept (the API caps a run's bytes); the first MAX_SHOWN_ROWS are shown. A header click
+// sorts by that column (aria-sort says how); a cell is focusable (arrow keys move, Ctrl+C or
+// Enter copies it), and "Copy cell" copies the focused one.
 function resultTable() {
   const head = h('tr', {});
   const tbody = h('tbody', {});
-  const node = h('div', {class: 'table-wrap results-table', tabindex: '0', role: 'region', 'aria-label': 'Results'},
+  const copied = h('span', {class: 'muted', role: 'status', 'aria-live': 'polite'});
+  const copyButton = button('Copy cell', () => copyCell(focused), {class: 'small', id: 'copy-cell', disabled: true});
+  const wrap = h('div', {class: 'table-wrap results-table', tabindex: '0', role: 'region', 'aria-label': 'Results'},
     h('table', {}, h('thead', {}, head), tbody));
+  const node = h('div', {class: 'result-grid'}, h('div', {class: 'result-tools'}, copyButton, h('span', {class: 'muted'}, 'Click a header to sort; Ctrl+C or Enter copies the selected cell.'), copied), wrap);
+  let all = [];
+  let names = [];
   let pending = [];
   let shown = 0;
   let scheduled = false;
+  let focused = null;
+  let order = {column: -1, direction: 'none'};
+  const rowNode = (row) => h('tr', {}, row.map((cell) => h('td', {tabindex: '-1'},
+    cell === null ? h('span', {class: 'null'}, 'null') : cellText(cell))));
   const flush = () => {
     scheduled = false;
     const fragment = document.createDocumentFragment();
     for (const row of pending) {
       if (shown >= MAX_SHOWN_ROWS) break;
-      fragment.append(h('tr', {}, row.map((cell) => h('td', {}, cell === null ? h('span', {class: 'null'}, 'null')
-        : typeof cell === 'object' ? JSON.stringify(cell) : String(cell)))));
+      fragment.append(rowNode(row));
       shown += 1;
     }
     pending = [];
     tbody.append(fragment);
+    const first = tbody.querySelector('td');
+    if (first && !tbody.querySelector('td[tabindex="0"]')) first.tabIndex = 0;
   };
   const schedule = () => {
     if (!scheduled) {
@@ -474,11 +611,81 @@ function resultTable() {
       requestAnimationFrame(flush);
     }
   };
+  const redraw = () => {
+    tbody.replaceChildren();
+    shown = 0;
+    pending = all.slice();
+    focused = null;
+    copyButton.disabled = true;
+    flush();
+  };
+  const sortBy = (index) => {
+    const direction = order.column === index && order.direction === 'ascending' ? 'descending' : 'ascending';
+    order = {column: index, direction};
+    const sign = direction === 'ascending' ? 1 : -1;
+    all = all.map((row, i) => [row, i]).sort((x, y) => sign * compareCells(x[0][index], y[0][index]) || x[1] - y[1]).map((x) => x[0]);
+    for (const [i, th] of [...head.children].entries()) {
+      th.setAttribute('aria-sort', i === index ? direction : 'none');
+      th.querySelector('.sort-mark').textContent = i === index ? (direction === 'ascending' ? '▲' : '▼') : '';
+    }
+    redraw();
+  };
+  const copyCell = async (td) => {
+    if (!td) return;
+    const [r, c] = [td.parentElement.sectionRowIndex, td.cellIndex];
+    const text = cellText(all[r] ? all[r][c] : td.textContent);
+    try {
+      await navigator.clipboard.writeText(text);
+      copied.textContent = `Copied ${names[c] || 'the cell'} of row ${r + 1}.`;
+    } catch {
+      copied.textContent = 'The browser did not allow copying; select the text instead.';
+    }
+  };
+  const select = (td) => {
+    if (!td) return;
+    for (const other of tbody.querySelectorAll('td[tabindex="0"]')) other.tabIndex = -1;
+    td.tabIndex = 0;
+    td.focus();
+    focused = td;
+    copyButton.disabled = false;
+  };
+  tbody.addEventListener('click', (event) => select(event.target.closest('td')));
+  tbody.addEventListener('focusin', (event) => {
+    const td = event.target.closest('td');
+    if (td) {
+      focused = td;
+      copyButton.disabled = false;
+    }
+  });
+  tbody.addEventListener('keydown', (event) => {
+    const td = event.target.closest('td');
+    if (!td) return;
+    const row = td.parentElement;
+    const moves = {
+      ArrowRight: () => td.nextElementSibling,
+      ArrowLeft: () => td.previousElementSibling,
+      ArrowDown: () => row.nextElementSibling && row.nextElementSibling.cells[td.cellIndex],
+      ArrowUp: () => row.previousElementSibling && row.previousElementSibling.cells[td.cellIndex],
+    };
+    if (moves[event.key]) {
+      event.preventDefault();
+      select(moves[event.key]());
+    } else if (event.key === 'Enter' || ((event.ctrlKey || event.metaKey) && event.key.toLowerCase() === 'c' && !String(window.getSelection()))) {
+      event.preventDefault();
+      copyCell(td);
+    }
+  });
   return {
     node,
     flush,
-    columns(names) { head.replaceChildren(...names.map((n) => h('th', {scope: 'col'}, typeof n === 'string' ? n : (n && n.name) || String(n)))); },
-    row(values) { pending.push(values); schedule(); },
-    rows(list) { pending.push(...list); flush(); },
+    names: () => names,
+    all: () => all,
+    columns(list) {
+      names = list.map((n) => (typeof n === 'string' ? n : (n && n.name) || String(n)));
+      head.replaceChildren(...names.map((name, i) => h('th', {scope: 'col', 'aria-sort': 'none'},
+        h('button', {type: 'button', class: 'sort', onclick: () => sortBy(i)}, name, h('span', {class: 'sort-mark', 'aria-hidden': 'true'})))));
+    },
+    row(values) { all.push(values); pending.push(values); schedule(); },
+    rows(list) { all.push(...list); pending.push(...list); flush(); },
   };
 }

@@ -1,7 +1,9 @@
 // Users (admin): the list, roles, disable/enable, 2FA reset, each user's API tokens, new users.
+// A role change and a 2FA reset are confirmed in a dialog first; every action's message replaces
+// the last one (an old error never stays next to a later success).
 
 import * as api from '../api.js';
-import {alertBox, busy, button, clearErrors, confirmButton, field, h, section, setAlert, showError, table, valueOf, when} from '../dom.js';
+import {alertBox, busy, button, clearErrors, confirmDialog, field, h, section, setAlert, showError, table, valueOf, when} from '../dom.js';
 import {tokenTable} from './account.js';
 
 
@@ -28,6 +30,16 @@ function roleSelect(roles, user, alert, reload) {
     roles.map((r) => h('option', {value: r, selected: r === user.role}, r)));
   select.addEventListener('change', async () => {
     setAlert(alert, '');
+    const confirmed = await confirmDialog({
+      title: `Change the role of ${user.username}?`,
+      text: `${user.username} becomes ${select.value} (now ${user.role}). Their sessions end: they log in again with the new role's rights.`,
+      confirm: `Make ${user.username} ${select.value}`,
+    });
+    if (!confirmed) {
+      select.value = user.role;
+      setAlert(alert, `The role of ${user.username} was not changed.`, 'info');
+      return;
+    }
     try {
       await api.patch(`/api/v1/users/${api.enc(user.username)}`, {role: select.value});
       setAlert(alert, `${user.username} is now ${select.value} (their sessions were ended).`, 'success');
@@ -62,14 +74,23 @@ function groupsEditor(user, alert, reload) {
 
 function actions(user, alert, reload, detail) {
   const toggle = button(user.disabled ? 'Enable' : 'Disable', async () => {
+    setAlert(alert, '');
     try {
       await busy(toggle, 'Saving…', () => api.patch(`/api/v1/users/${api.enc(user.username)}`, {disabled: !user.disabled}));
+      setAlert(alert, `${user.username} is ${user.disabled ? 'enabled' : 'disabled'}.`, 'success');
       await reload();
     } catch (error) {
       setAlert(alert, `${user.username}: ${error.message}`);
     }
   }, {class: 'small', 'aria-label': `${user.disabled ? 'Enable' : 'Disable'} ${user.username}`});
-  const reset = confirmButton('Reset 2FA', 'Confirm reset', async () => {
+  const reset = button('Reset 2FA', async () => {
+    setAlert(alert, '');
+    const confirmed = await confirmDialog({
+      title: `Reset two-factor login of ${user.username}?`,
+      text: `Their authenticator and recovery codes stop working and their sessions end. If their role requires two-factor login, they set it up again at their next login.`,
+      confirm: 'Reset two-factor login', danger: true,
+    });
+    if (!confirmed) return;
     try {
       await busy(reset, 'Resetting…', () => api.post(`/api/v1/users/${api.enc(user.username)}/2fa/reset`));
       setAlert(alert, `Two-factor login of ${user.username} was reset.`, 'success');
