@@ -20,6 +20,7 @@ import pytest
 from appliance.audit import AuditLog, Context, FixedMacKeys, MacKeys, reading
 from appliance.errors import BadRequest
 from appliance.store import Store, open_sqlite_store
+from appliance.store.postgres import PostgresStore
 from tests.support.app import running
 
 ACTORS = ("admin", "admin (token t1)", "admin (token t2)", "adminx", "bob", "cli:init",
@@ -138,6 +139,20 @@ async def test_every_filter_pages_to_exactly_the_plain_filter(any_store: Store,
     for filters in (reading.Filters(action="user."), reading.Filters(action="s")):
         expected = [int(r["seq"]) for r in rows if matcher(filters)(r)]
         assert await page_through(any_store, filters, "desc", 50) == expected[::-1]
+
+
+async def test_filtered_reads_are_planned_for_their_values(any_store: Store) -> None:
+    """The audit filters read through `Store.search`: on PostgreSQL a prepared statement would
+    settle on a generic plan after five runs (a rare actor's page then reads the whole primary
+    key); `search` plans each run for its values. SQLite plans every statement anyway."""
+    probe = "SELECT current_setting('plan_cache_mode') AS mode"
+    if not isinstance(any_store, PostgresStore):
+        rows = await any_store.search("SELECT 1 AS one WHERE 1 = ?", (1,))
+        assert rows == [{"one": 1}]
+        return
+    for _ in range(7):  # past the fifth run, where PostgreSQL would choose
+        assert await any_store.search(probe) == [{"mode": "force_custom_plan"}]
+    assert await any_store.fetch_all(probe) == [{"mode": "auto"}]  # only these reads
 
 
 async def test_a_filter_no_index_serves_examines_a_bounded_window(tmp_path: Path) -> None:

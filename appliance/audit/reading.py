@@ -273,7 +273,7 @@ WITH RECURSIVE k(v) AS (
 
 async def _distinct(store: Store, column: str, prefix: str) -> list[str] | None:
     """The values of `column` that start with `prefix`, or None if more than MAX_KEYS."""
-    rows = await store.fetch_all(_DISTINCT.format(c=column),
+    rows = await store.search(_DISTINCT.format(c=column),
                                  (prefix, len(prefix), prefix, MAX_KEYS + 2))
     values = [str(r["v"]) for r in rows if str(r["v"]).startswith(prefix)]
     return None if len(values) > MAX_KEYS else values
@@ -376,12 +376,12 @@ async def _read_by_position(store: Store, query: Query, driver: _Driver, start: 
     where, params = _residual(query.filters, driver)
     if query.order == "desc":
         floor = max(first, start - SCAN_BOUND)
-        rows = await store.fetch_all(
+        rows = await store.search(
             f"SELECT * FROM audit_log WHERE seq < ? AND seq >= ? AND {where}"
             " ORDER BY seq DESC LIMIT ?", (start, floor, *params, query.limit))
         return rows, floor - 1 if floor == first else floor
     ceiling = min(last, start + SCAN_BOUND)
-    rows = await store.fetch_all(
+    rows = await store.search(
         f"SELECT * FROM audit_log WHERE seq > ? AND seq <= ? AND {where}"
         " ORDER BY seq LIMIT ?", (start, ceiling, *params, query.limit))
     return rows, ceiling + 1 if ceiling == last else ceiling
@@ -410,13 +410,14 @@ async def _read_by_index(store: Store, query: Query, driver: _Driver, start: int
     for key in driver.keys:
         edge, frontier = bound, end  # without other filters, every row read is a match
         if params:
-            row = await store.fetch_one(
+            counted = await store.search(
                 f"SELECT {edge_of}(seq) AS edge, COUNT(*) AS n FROM (SELECT seq FROM audit_log"
                 f" WHERE {column} = ? AND seq {past} ? AND seq {within} ? ORDER BY seq {order}"
                 " LIMIT ?) AS w", (key, start, bound, window))
+            row = counted[0] if counted else None
             if row is not None and int(row["n"]) == window:
                 edge = frontier = int(row["edge"])
-        rows = await store.fetch_all(
+        rows = await store.search(
             f"SELECT * FROM audit_log WHERE {column} = ? AND seq {past} ? AND seq {within} ?"
             f" AND {where} ORDER BY seq {order} LIMIT ?",
             (key, start, edge, *params, query.limit))

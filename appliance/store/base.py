@@ -64,6 +64,13 @@ class Store(Protocol):
         implementation offers (SQLite: on the event loop's thread, no thread hop)."""
         ...
 
+    async def search(self, sql: str, params: Params = ()) -> list[Row]:
+        """`fetch_all` for a read whose best plan depends on its values (the audit log's
+        filters: a rare actor wants its index, a common one the primary key), planned for these
+        values on every call. PostgreSQL otherwise settles on one generic plan for a prepared
+        statement after its fifth run; SQLite plans every statement with its values anyway."""
+        ...
+
     def version(self) -> int | None:
         """A number that changes whenever a record that `lookup` reads may have changed, for
         caching lookups; None when it cannot tell (then nothing may be cached). It moves at once

@@ -261,6 +261,21 @@ class PostgresStore:
     async def lookup(self, sql: str, params: Params = ()) -> Row | None:
         return await self.fetch_one(sql, params)
 
+    async def search(self, sql: str, params: Params = ()) -> list[Row]:
+        """`fetch_all`, planned for these values: a read-only transaction whose
+        `plan_cache_mode` (for it alone) makes the cached prepared statement take a custom plan
+        each time. Measured on an audit page for an actor with no entries (docs/performance.md):
+        the generic plan read 100,000 rows by the primary key (38-54 ms), the custom one the
+        actor's index (0.03 ms). Three more round trips (BEGIN, SET, COMMIT): for admin reads."""
+        text = to_numbered(sql)
+
+        async def run(conn: Any) -> list[Any]:
+            async with conn.transaction(readonly=True):
+                await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+                return list(await conn.fetch(text, *params))
+
+        return [dict(row) for row in await self._read(run)]
+
     # --- writes -----------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager

@@ -150,6 +150,9 @@ class SQLiteStore:
             raise StoreError(f"store read failed: {exc}") from exc
         return [dict(row) for row in rows]
 
+    async def search(self, sql: str, params: Params = ()) -> list[Row]:
+        return await self.fetch_all(sql, params)  # SQLite plans each statement with its values
+
     async def lookup(self, sql: str, params: Params = ()) -> Row | None:
         """One row by primary key or unique index, read on the event loop's thread without a
         thread hop (the request path's token and session checks). Only for indexed point reads:

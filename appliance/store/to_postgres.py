@@ -237,6 +237,9 @@ class TransactionView:
     async def lookup(self, sql: str, params: Params = ()) -> Row | None:
         return await self.fetch_one(sql, params)
 
+    async def search(self, sql: str, params: Params = ()) -> list[Row]:
+        return await self.fetch_all(sql, params)  # a copy's reads: no filters to plan for
+
     def version(self) -> int | None:
         return None  # nothing may be cached
 
