@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from appliance.audit import AuditLog, BackgroundVerifier, MacKeys
+from appliance.audit.anchors import Anchorer
+from appliance.audit.sinks import Sinks, open_sinks
 from appliance.auth import AuthService
 from appliance.datasources import DatasourceService
 from appliance.datasources.engine import Engine
@@ -40,14 +43,18 @@ class Core:
     `runner`) exist once the core is unsealed (`unseal()`, which `serve` does at start)."""
 
     def __init__(self, settings: Settings, store: Store, *, tls: TLSManager | None = None,
-                 tuning: KdfTuning = DEFAULT_TUNING, egress: Dialer | None = None) -> None:
+                 tuning: KdfTuning = DEFAULT_TUNING, egress: Dialer | None = None,
+                 audit_sinks: Sinks | None = None) -> None:
         self.settings = settings
         self.store = store
         self._tls = tls
         self._tuning = tuning
+        # `[audit] sinks`, opened by `open_core` (its opener closes them, after the audit log);
+        # SIGHUP reopens them (`reload.py`). Empty when none is configured.
+        self.audit_sinks = audit_sinks if audit_sinks is not None else Sinks(())
         # Its MAC keys come from the keyring: given at unseal; a sealed process's first entry
-        # unseals (`_audit_keys`).
-        self.audit = AuditLog(store, need_keys=self._audit_keys)
+        # unseals (`_audit_keys`). Every entry also goes to the sinks, before its commit.
+        self.audit = AuditLog(store, need_keys=self._audit_keys, sinks=self.audit_sinks)
         self.auth = AuthService(store, self.audit, settings.auth, vault=self.unseal)
         # The one dialer of the process (made before the store when the store is PostgreSQL's).
         self.egress = egress or Dialer(PolicyHolder(settings.egress))
@@ -62,6 +69,7 @@ class Core:
         self._heartbeat: Heartbeat | None = None
         self._follower: ChangeFollower | None = None
         self._verifier: BackgroundVerifier | None = None
+        self._anchorer: Anchorer | None = None
         self._unsealing = asyncio.Lock()
 
     async def unseal(self) -> SecretVault:
@@ -175,20 +183,27 @@ def _opened(service: S | None, why: str, *, code: str = "keyring_unavailable") -
 async def open_core(settings: Settings, *, unseal: bool = True, tls: TLSManager | None = None,
                     serving: bool = False, must_exist: bool = False,
                     tuning: KdfTuning = DEFAULT_TUNING) -> AsyncIterator[Core]:
-    """The core over the settings' store (`[store] url`), in this order: egress dialer, store
+    """The core over the settings' store (`[store] url`), in this order: egress dialer, the audit
+    sinks (`[audit] sinks`: a required one that cannot be opened is a `ConfigError`), store
     (migrated; a PostgreSQL store connects through the dialer), audit, auth,
     egress (with its stored policy), then, with `unseal`, the keyring, datasources (secrets
     sealed before bindings bound once), queries and runner. `serving` adds what only a server
     runs: the instance heartbeat (`appliance.instances`), the change follower (other instances'
-    and CLI verbs' changes reach every cache: `appliance.propagation`) and, with `tls`, ACME and
-    the certificate's maintenance. `must_exist`: refuse to
-    create a store (read-only verbs). Everything is closed in reverse order, also on an error
-    while opening."""
+    and CLI verbs' changes reach every cache: `appliance.propagation`), the audit chain's
+    background verifier and its anchors (`audit.anchors.Anchorer`: the head every
+    `audit.anchor_interval`, and once more after the audit log's last entry) and, with `tls`,
+    ACME and the certificate's maintenance. `must_exist`: refuse to create a store (read-only
+    verbs). Everything is closed in reverse order, also on an error while opening."""
     dialer = Dialer(PolicyHolder(settings.egress))
     async with contextlib.AsyncExitStack() as stack:
+        # A CLI verb run as root makes a new sink file its state directory's owner's (the
+        # service user's), which it would otherwise lock out of the file.
+        sinks = open_sinks(settings.audit.sinks, owner=_state_owner(settings))
+        stack.callback(sinks.close)  # last: after the audit log's last entry and anchor
         store = await open_store(settings, dialer, must_exist=must_exist)
         stack.push_async_callback(store.close)
-        core = Core(settings, store, tls=tls, tuning=tuning, egress=dialer)
+        core = Core(settings, store, tls=tls, tuning=tuning, egress=dialer, audit_sinks=sinks)
+        stack.push_async_callback(_stop_anchorer, core)  # after the audit log closed
         stack.push_async_callback(core.close)
         await core.egress_runtime.open(store)
         if unseal:
@@ -209,10 +224,33 @@ async def open_core(settings: Settings, *, unseal: bool = True, tls: TLSManager 
                                                 interval=settings.audit.verify_interval)
             await stack.enter_async_context(_background(core._verifier.run_forever,
                                                         "audit-verify"))
+            core._anchorer = Anchorer(core.audit.head, sinks,
+                                      interval=settings.audit.anchor_interval,
+                                      instance=core._heartbeat.id)
+            core._anchorer.start()
             if tls is not None:
                 await _open_tls(core, tls)
                 await stack.enter_async_context(_background(tls.maintain, "tls-maintenance"))
         yield core
+
+
+def _state_owner(settings: Settings) -> tuple[int, int] | None:
+    """The state directory's owner and group when this process runs as root and they are
+    another user's (then a file it creates for the service must be theirs); else None."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        info = settings.server.state_dir.absolute().stat()
+    except OSError:
+        return None
+    return (info.st_uid, info.st_gid) if info.st_uid != 0 else None
+
+
+async def _stop_anchorer(core: Core) -> None:
+    """The anchor at shutdown: the head after the audit log's last entry."""
+    if core._anchorer is not None:
+        await core._anchorer.stop()
+        core._anchorer = None
 
 
 async def _open_tls(core: Core, tls: TLSManager) -> None:

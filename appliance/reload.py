@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from appliance import logs
-from appliance.audit.sinks import Sinks
 from appliance.errors import ApplianceError
 from appliance.http.app_keys import CORE
 from appliance.settings import SCHEMA, Settings
@@ -51,12 +50,6 @@ def changed_settings(old: Settings, new: Settings) -> list[str]:
             if getattr(old_section, key) != getattr(new_section, key):
                 out.append(f"{section}.{key}")
     return out
-
-
-def audit_sinks(core: object) -> Sinks | None:
-    """The core's audit sinks (`Core.audit_sinks`, once the core opens them), or None."""
-    sinks = getattr(core, "audit_sinks", None)
-    return sinks if isinstance(sinks, Sinks) else None
 
 
 class Reloader:
@@ -133,7 +126,7 @@ class Reloader:
 
         # Audit file sinks: every SIGHUP reopens them (logrotate moved the file away), in a
         # thread: each waits for its sink's lock, which a batch being written holds.
-        sinks = audit_sinks(self.app[CORE])
+        sinks = self.app[CORE].audit_sinks
         if sinks:
             await asyncio.to_thread(sinks.reopen)
             report.applied.append("audit.sinks (reopened)")

@@ -20,6 +20,11 @@ in the log (by position and by cursor). N: APPLIANCE_BENCH_AUDIT_ENTRIES (defaul
 APPLIANCE_BENCH_AUDIT_SIZES caps the with/without-index fills (default: N).
 
 Run: .venv/bin/python bench/audit.py --read
+
+The sinks benchmark (`--sinks`, issue 24): the group commit's append rate at 32 in flight on
+SQLite with no sink, a file sink and a journal sink (a real journald namespace; root only).
+
+Run: .venv/bin/python bench/audit.py --sinks [--entries N] [--rounds N]
 """
 
 from __future__ import annotations
@@ -37,18 +42,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-async def one_round(store: Any, entries: int, concurrency: int) -> tuple[float, float]:
+async def one_round(store: Any, entries: int, concurrency: int,
+                    sinks: Any = None) -> tuple[float, float]:
     """(microseconds per entry, entries per commit) for `entries` run entries."""
     from appliance.audit import RUN_ACTION, AuditLog, FixedMacKeys
 
-    audit = AuditLog(store, keys=FixedMacKeys.generate())
+    audit = AuditLog(store, keys=FixedMacKeys.generate(), sinks=sinks)
     commits = 0
     write = store.write
 
-    async def counted(fn: Any, *, durable: bool = True) -> Any:
+    async def counted(fn: Any, **options: bool) -> Any:
         nonlocal commits
         commits += 1
-        return await write(fn, durable=durable)
+        return await write(fn, **options)
 
     store.write = counted
     todo = iter(range(entries))
@@ -115,6 +121,49 @@ async def main(entries: int, rounds: int) -> None:
         print(f"|   | PostgreSQL / SQLite | {statistics.median(ratios):.2f} | |")
 
 
+async def sink_bench(entries: int, rounds: int) -> None:
+    """`--sinks` (issue 24): the append rate of the group commit at 32 in flight on a SQLite store
+    with no sink, a file sink and a journal sink (a real journald namespace), taking turns."""
+    import contextlib
+
+    from appliance.audit.sinks import open_sinks
+    from appliance.settings import SinkSpec
+    from appliance.store import open_sqlite_store
+    from tests.support.journald import journald
+
+    with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as stack:
+        store = await open_sqlite_store(Path(scratch) / "store.db")
+        variants: dict[str, Any] = {
+            "no sink": None,
+            "file sink": open_sinks([SinkSpec("file", f"{scratch}/audit.jsonl")])}
+        try:
+            journal = stack.enter_context(journald())
+            variants["journal sink"] = open_sinks(
+                [SinkSpec("journal")], socket_paths={"journal": journal.socket})
+        except BaseException as exc:  # pytest's Skipped: journald cannot run here
+            print(f"(no journal sink: {exc})")
+        results: dict[str, list[float]] = {}
+        try:
+            for number in range(rounds + 1):  # the first round warms up, not counted
+                for name, sinks in variants.items():
+                    micros, _ = await one_round(store, entries, 32, sinks)
+                    if number:
+                        results.setdefault(name, []).append(micros)
+        finally:
+            await store.close()
+            for sinks in variants.values():
+                if sinks is not None:
+                    sinks.close()
+    print(f"\n{entries} query.run entries per round, 32 in flight, SQLite, {rounds} rounds "
+          "(medians)\n")
+    print("| sinks | entries/s | µs per entry | against no sink |")
+    print("|---|---|---|---|")
+    base = statistics.median(results["no sink"])
+    for name, rows in results.items():
+        micros = statistics.median(rows)
+        print(f"| {name} | {1e6 / micros:,.0f} | {micros:,.0f} | {micros / base:.2f} |")
+
+
 # -- reading a big log -------------------------------------------------------------------------
 
 RARE_ACTOR = "alice"  # about one entry in 10,000
@@ -160,10 +209,10 @@ async def fill(store: Any, count: int, *, batch: int = 4096, seed: int = 24,
     if spent is not None:
         write = store.write
 
-        async def timed(fn: Any, *, durable: bool = True) -> Any:
+        async def timed(fn: Any, **options: bool) -> Any:
             began = time.perf_counter()
             try:
-                return await write(fn, durable=durable)
+                return await write(fn, **options)
             finally:
                 spent.append(time.perf_counter() - began)
 
@@ -354,12 +403,16 @@ if __name__ == "__main__":
     parser.add_argument("--entries", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--read", action="store_true", help="the read benchmark (issue 24)")
+    parser.add_argument("--sinks", action="store_true",
+                        help="the append rate with no sink, a file sink, a journal sink")
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--serve-filled", nargs=2, metavar=("STATE", "COUNT"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_filled:
         asyncio.run(serve_filled(*args.serve_filled))
+    elif args.sinks:
+        asyncio.run(sink_bench(args.entries, args.rounds))
     elif args.read:
         n = int(os.environ.get("APPLIANCE_BENCH_AUDIT_ENTRIES", "20000"))
         sizes = int(os.environ.get("APPLIANCE_BENCH_AUDIT_SIZES", str(n)))

@@ -241,9 +241,9 @@ def batches_of(store: SQLiteStore) -> list[list[str]]:
     seen: list[list[str]] = []
     original = store.write
 
-    async def recording(fn, *, durable: bool = True):
+    async def recording(fn, *, durable: bool = True, **kwargs: bool):
         seen.append([entry[6] for entry in fn.keywords["entries"]])  # the request id
-        return await original(fn, durable=durable)
+        return await original(fn, durable=durable, **kwargs)
 
     store.write = recording  # type: ignore[method-assign]
     return seen
@@ -324,9 +324,9 @@ async def test_only_query_run_batches_skip_the_fsync(tmp_path: Path) -> None:
         seen: list[tuple[set[str], bool]] = []
         original = store.write
 
-        async def recording(fn, *, durable: bool = True):
+        async def recording(fn, *, durable: bool = True, **kwargs: bool):
             seen.append(({e[ACTION_COLUMN] for e in fn.keywords["entries"]}, durable))
-            return await original(fn, durable=durable)
+            return await original(fn, durable=durable, **kwargs)
 
         store.write = recording  # type: ignore[method-assign]
         await log.record(**RUN)

@@ -54,7 +54,7 @@ async def fill(store: Store, count: int, seed: int = 7, keys: MacKeys | None = N
 
 
 def matcher(filters: reading.Filters) -> Callable[[dict[str, Any]], bool]:
-    """The filters' meaning, written plainly (docs/audit-api.md)."""
+    """The filters' meaning, written plainly (docs/audit.md#reading-the-log)."""
     def match(row: dict[str, Any]) -> bool:
         f = filters
         return ((not f.actor or row["actor"] == f.actor

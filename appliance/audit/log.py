@@ -3,10 +3,12 @@ in the caller's transaction.
 
 Owns `audit_log` rows, their one write path (`AuditLog.record`), the upgrade boundary (the first
 keyed entry after legacy ones) and the group commit of entries written outside a transaction
-(query runs). Fail-closed: when an entry cannot be written (the store fails, or no audit key can
-be had: the keyring does not open) the caller's transaction is rolled back and the request
-fails. Never records a secret value, a query parameter value or a result (every entry's details
-pass through `redact`); never logs a key.
+(query runs), and the hand-over of every entry to the audit sinks (`Sinks.deliver`, in the
+entry's transaction, just before its commit). Fail-closed: when an entry cannot be written (the
+store fails, a required sink fails, or no audit key can be had: the keyring does not open) the
+caller's transaction is rolled back and the request fails. Never records a secret value, a
+query parameter value or a result (every entry's details pass through `redact`); never logs a
+key.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, NamedTuple
 from appliance.audit.chain import GENESIS, KEYED_ACTION, Verification, encode_details, mac_values
 from appliance.audit.keys import MacKeys
 from appliance.audit.redact import redact
+from appliance.audit.sinks import ENTRY_FIELDS, SinkFailed, Sinks
 from appliance.errors import ApplianceError, ServiceUnavailable, StoreError
 from appliance.store import Step, Store, Transaction
 
@@ -99,9 +102,12 @@ class AuditLog:
     the group commit which entries are on their way."""
 
     def __init__(self, store: Store, *, keys: MacKeys | None = None,
-                 need_keys: NeedKeys | None = None, gather_turns: int = 6,
-                 max_batch: int = 512) -> None:
+                 need_keys: NeedKeys | None = None, sinks: Sinks | None = None,
+                 gather_turns: int = 6, max_batch: int = 512) -> None:
         self.store = store
+        # Every entry also goes to these, in its transaction before the commit (None or no
+        # sink configured: the store only).
+        self.sinks = sinks if sinks else None
         self._keys = keys  # the keyring's audit keys, once unsealed (`use_keys`)
         self._need_keys = need_keys
         self.gather_turns = gather_turns
@@ -222,11 +228,14 @@ class AuditLog:
         flusher = self._flusher
         if self._runs.count <= 1 and not self._entries and (flusher is None or flusher.done()):
             action = fields[_ACTION]
+            delivered: list[Row] = []
             try:
                 first = await self.store.write(
-                    functools.partial(_append_sync, entries=[fields], key=key),
-                    durable=action not in RUN_ACTIONS)
+                    functools.partial(_append_sync, entries=[fields], key=key,
+                                      sinks=self.sinks, delivered=delivered),
+                    durable=action not in RUN_ACTIONS, blocking=self.sinks is not None)
             except Exception as exc:  # not CancelledError: a BaseException, it propagates
+                await self._withdraw(delivered)
                 log.error("audit write failed", extra={"action": action,
                                                        "exception": type(exc).__qualname__})
                 raise AuditUnavailable() from None
@@ -249,6 +258,7 @@ class AuditLog:
         pending, waiting = self._entries, self._waiters  # parallel lists: entry, its future
         while pending:
             waiters: list[asyncio.Future[int]] = []
+            delivered: list[Row] = []
             try:
                 turns = self.gather_turns
                 while turns and len(pending) < min(self._runs.count, self.max_batch):
@@ -264,10 +274,12 @@ class AuditLog:
                 if key is None:  # the keys were there when these entries were submitted
                     raise AuditUnavailable("no audit key")
                 # The whole batch is one store step: read the head, chain, insert, commit.
-                first = await self.store.write(functools.partial(_append_sync,
-                                                                 entries=entries, key=key),
-                                               durable=durable)
+                first = await self.store.write(
+                    functools.partial(_append_sync, entries=entries, key=key, sinks=self.sinks,
+                                      delivered=delivered),
+                    durable=durable, blocking=self.sinks is not None)
             except asyncio.CancelledError:
+                self._withdraw_later(delivered)
                 for done in waiters + waiting:
                     if not done.done():
                         done.set_exception(AuditUnavailable())
@@ -275,6 +287,7 @@ class AuditLog:
                 waiting.clear()
                 raise
             except Exception as exc:
+                await self._withdraw(delivered)
                 log.error("audit group commit failed",
                           extra={"entries": len(waiters), "exception": type(exc).__qualname__})
                 for done in waiters:
@@ -290,7 +303,22 @@ class AuditLog:
         rows, first = _chain(head, entries, key)
         for row in rows:
             await tx.execute(_INSERT_SQL, row)
+        if self.sinks is not None:  # delivered when the caller's block ends, before its commit
+            sinks = self.sinks
+            tx.hook(self, lambda: _SinkDelivery(sinks)).rows.extend(map(_sink_row, rows))
         return [int(row[0]) for row in rows[first:]]
+
+    async def _withdraw(self, delivered: list[Row]) -> None:
+        """The sinks took `delivered` but the store's commit failed: say so to them."""
+        if delivered and self.sinks is not None:
+            await asyncio.to_thread(self.sinks.withdraw, delivered)
+
+    def _withdraw_later(self, delivered: list[Row]) -> None:
+        """`_withdraw` for a cancelled batch (the cancellation goes on at once)."""
+        if delivered and self.sinks is not None:
+            task = asyncio.get_running_loop().create_task(self._withdraw(delivered))
+            _withdrawing.add(task)
+            task.add_done_callback(_withdrawing.discard)
 
     async def close(self) -> None:
         """Let pending entries finish, then refuse new ones."""
@@ -300,6 +328,12 @@ class AuditLog:
                 await self._flusher
 
     # -- reading -----------------------------------------------------------------------------
+
+    async def head(self) -> tuple[int, str] | None:
+        """The chain's head (position and MAC), None while the log is empty: one indexed read
+        (what `serve`'s anchors write)."""
+        row = await self.store.fetch_one(_HEAD_SQL)
+        return (int(row["seq"]), str(row["hash"])) if row is not None else None
 
     async def page(self, *, after: int = 0, limit: int = 100,
                    descending: bool = False, before: int | None = None) -> list[dict[str, Any]]:
@@ -325,6 +359,41 @@ class AuditLog:
             raise ServiceUnavailable(f"the audit chain cannot be verified ({exc.why})",
                                      code="keyring_unavailable") from None
         return await verify_store(self.store, keys, full=full, chunk=chunk)
+
+
+Row = dict[str, Any]
+_withdrawing: set[asyncio.Task[None]] = set()  # withdrawals of cancelled batches, until done
+
+
+class _SinkDelivery:
+    """The commit hook of a caller's transaction (`Transaction.hook`): its entries go to the
+    sinks once the block ended well, just before COMMIT, in a worker thread (a journal or syslog
+    sink may wait up to its timeout for a full socket; the event loop never does). A required
+    sink's failure rolls the transaction back as `AuditUnavailable`; a failed COMMIT withdraws
+    the lines."""
+
+    __slots__ = ("rows", "sinks")
+
+    def __init__(self, sinks: Sinks) -> None:
+        self.sinks = sinks
+        self.rows: list[Row] = []
+
+    async def prepare(self) -> None:
+        try:
+            await asyncio.to_thread(self.sinks.deliver, self.rows)
+        except SinkFailed:
+            log.error("audit write failed", extra={"action": self.rows[0]["action"],
+                                                   "exception": "SinkFailed"})
+            raise AuditUnavailable() from None
+
+    async def undo(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self.sinks.withdraw, self.rows)
+
+
+def _sink_row(row: tuple[Any, ...]) -> Row:
+    """A chained row as the sinks take it: the stored columns by name (`seq` as `position`)."""
+    return dict(zip(ENTRY_FIELDS, row, strict=True))
 
 
 def public_entry(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -406,9 +475,17 @@ def _chain(head: Any, entries: list[Fields], key: MacKey) -> tuple[list[tuple[An
     return rows, first
 
 
-def _append_sync(step: Step, entries: list[Fields], key: MacKey) -> int:
+def _append_sync(step: Step, entries: list[Fields], key: MacKey, sinks: Sinks | None = None,
+                 delivered: list[Row] | None = None) -> int:
     """`_append` for `Store.write`, inside the store's transaction: the entries take the
-    positions from the one returned on, in order."""
+    positions from the one returned on, in order. With `sinks`, the rows go to them last, just
+    before the store commits (`SinkFailed` rolls it back); those the sinks took are added to
+    `delivered`, for the caller to withdraw if the commit then fails."""
     rows, first = _chain(step.fetch_one(_HEAD_SQL), entries, key)
     step.execute_many(_INSERT_SQL, rows)
+    if sinks is not None:
+        lines = [_sink_row(row) for row in rows]
+        sinks.deliver(lines)
+        if delivered is not None:
+            delivered.extend(lines)
     return int(rows[first][0])

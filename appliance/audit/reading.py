@@ -6,8 +6,8 @@ Owns the read path of `audit_log` (`search`), the query's parameters and their v
 
 How a page is found: positions (`seq`) are the order. The newest page starts below the head (or
 `until`), an ascending one above the start (or `since`); `since`/`until` become positions by a
-binary search over `seq` (time follows seq: see docs/audit-api.md). The rows are then read by one
-of two drivers:
+binary search over `seq` (time follows seq: see docs/audit.md#reading-the-log). The rows are then
+read by one of two drivers:
 - an index (migration 13: `actor`, `action`) when the actor or an action prefix is given: the
   distinct values that match are found by a loose index scan, and each is read in seq order by
   its index and merged (at most `MAX_KEYS` of them, else the seq driver);
@@ -293,7 +293,7 @@ async def _driver(store: Store, filters: Filters) -> _Driver:
 
 async def _first_at_or_after(store: Store, time: str, low: int, high: int) -> int:
     """The first position in [low, high] whose time is at or after `time` (high + 1 if none),
-    by binary search over seq: times follow positions (docs/audit-api.md)."""
+    by binary search over seq: times follow positions (docs/audit.md#reading-the-log)."""
     while low <= high:
         middle = (low + high) // 2
         row = await store.fetch_one(

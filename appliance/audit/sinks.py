@@ -139,9 +139,10 @@ class FileSink(Sink):
 
     kind = "file"
 
-    def __init__(self, spec: SinkSpec) -> None:
+    def __init__(self, spec: SinkSpec, *, owner: tuple[int, int] | None = None) -> None:
         super().__init__(spec)
         self.path = spec.target
+        self.owner = owner  # (uid, gid) a new file is given (a verb run as root: the service's)
         self._fd: int | None = None
         self._torn = False  # a write failed part-way: start the next one on a new line
         self._fd = self._open()
@@ -155,7 +156,13 @@ class FileSink(Sink):
             fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o640)
         except FileExistsError:
             return os.open(self.path, flags)
-        os.fchmod(fd, 0o640)  # whatever the umask (the unit's is 0077): a log reader group
+        try:
+            os.fchmod(fd, 0o640)  # whatever the umask (the unit's is 0077): a log reader group
+            if self.owner is not None:
+                os.fchown(fd, *self.owner)
+        except OSError:
+            os.close(fd)
+            raise
         return fd
 
     def write(self, lines: Sequence[Line]) -> None:
@@ -408,14 +415,16 @@ class Sinks:
 
 
 def open_sinks(specs: Sequence[SinkSpec], *,
-               socket_paths: Mapping[str, str] | None = None) -> Sinks:
+               socket_paths: Mapping[str, str] | None = None,
+               owner: tuple[int, int] | None = None) -> Sinks:
     """Open every sink of `[audit] sinks`. A required sink that cannot be opened refuses the
     start (`ConfigError` naming `audit.sinks` and the sink); an optional one is logged and tried
-    again at each batch. `socket_paths` (kind → path) replaces the default sockets (tests)."""
+    again at each batch. `socket_paths` (kind → path) replaces the default sockets (tests);
+    `owner` (uid, gid) is given to every file a file sink creates."""
     opened: list[Sink] = []
     for spec in specs:
         try:
-            opened.append(_open_sink(spec, socket_paths or {}))
+            opened.append(_open_sink(spec, socket_paths or {}, owner))
         except OSError as exc:
             if spec.required:
                 for sink in opened:
@@ -424,14 +433,17 @@ def open_sinks(specs: Sequence[SinkSpec], *,
                                   f"{_reason(exc)}") from None
             log.warning("optional audit sink cannot be opened; entries go to the others",
                         extra={"sink": spec.name, "error": _reason(exc)})
-            opened.append(_Unopened(spec, socket_paths or {}))
+            opened.append(_Unopened(spec, socket_paths or {}, owner))
     return Sinks(opened)
 
 
-def _open_sink(spec: SinkSpec, socket_paths: Mapping[str, str]) -> Sink:
+def _open_sink(spec: SinkSpec, socket_paths: Mapping[str, str],
+               owner: tuple[int, int] | None = None) -> Sink:
     cls = Sink.kinds[spec.kind]
     if issubclass(cls, _DatagramSink):
         return cls(spec, socket_path=socket_paths.get(spec.kind))
+    if issubclass(cls, FileSink):
+        return cls(spec, owner=owner)
     return cls(spec)
 
 
@@ -441,9 +453,11 @@ class _Unopened(Sink):
 
     kind = "unopened"
 
-    def __init__(self, spec: SinkSpec, socket_paths: Mapping[str, str]) -> None:
+    def __init__(self, spec: SinkSpec, socket_paths: Mapping[str, str],
+                 owner: tuple[int, int] | None = None) -> None:
         super().__init__(spec)
         self._socket_paths = socket_paths
+        self._owner = owner
         self._inner: Sink | None = None
         self._tried = time.monotonic()
 
@@ -452,7 +466,7 @@ class _Unopened(Sink):
             if time.monotonic() - self._tried < 1.0:
                 raise OSError(errno.ENOENT, "not opened")
             self._tried = time.monotonic()
-            self._inner = _open_sink(self.spec, self._socket_paths)
+            self._inner = _open_sink(self.spec, self._socket_paths, self._owner)
         self._inner.write(lines)
 
     def reopen(self) -> None:

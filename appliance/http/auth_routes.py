@@ -296,7 +296,7 @@ def _session_only(request: web.Request, what: str) -> Principal:
 async def list_audit(request: web.Request) -> web.Response:
     """Entries matching the filters, newest first (`order=asc`: oldest first), one page at a
     time with an opaque `cursor`; `before`/`after` still start from a position. The parameters
-    and the bounded scan: `audit.reading` and docs/audit-api.md."""
+    and the bounded scan: `audit.reading` and docs/audit.md#reading-the-log."""
     query = reading.parse_query(request.query, [key for key, _ in request.query.items()])
     page = await reading.search(request.app[CORE].store, query)
     return web.json_response(page.as_dict())

@@ -1,6 +1,7 @@
 """What every store offers: reads, and writes inside a transaction that commits whole or not at all.
 
-Owns the interface only; implementations live beside it (`sqlite`, `postgres`). Never names a
+Owns the interface (and `CommitHooks`, the one bookkeeping of a transaction's commit hooks that
+both stores share); implementations live beside it (`sqlite`, `postgres`). Never names a
 driver's type: no connection or cursor crosses it. SQL crosses it in one portable dialect: `?`
 placeholders, ON CONFLICT … DO UPDATE, RETURNING; no row ids, no SQLite-only functions.
 
@@ -21,8 +22,56 @@ T = TypeVar("T")
 Params = Sequence[Any]
 
 
+class CommitHook(Protocol):
+    """Work tied to one transaction's commit (`Transaction.hook`): the audit log's sinks."""
+
+    async def prepare(self) -> None:
+        """Run once the block ended without error, just before COMMIT; raising rolls the
+        transaction back, and what it raised leaves the block."""
+        ...
+
+    async def undo(self) -> None:
+        """`prepare` ran but the COMMIT then failed (the transaction is rolled back). Must not
+        raise."""
+        ...
+
+
+H = TypeVar("H", bound=CommitHook)
+
+
+class CommitHooks:
+    """A transaction's hooks (`Transaction.hook`), for the stores: `prepare` them all before
+    COMMIT, `undo` those prepared when the COMMIT fails."""
+
+    __slots__ = ("_hooks", "_prepared")
+
+    def __init__(self) -> None:
+        self._hooks: dict[object, CommitHook] = {}
+        self._prepared: list[CommitHook] = []
+
+    def get(self, key: object, make: Callable[[], H]) -> H:
+        hook = self._hooks.get(key)
+        if hook is None:
+            hook = self._hooks[key] = make()
+        return hook  # type: ignore[return-value]  # made by `make` under this key: an H
+
+    async def prepare(self) -> None:
+        for hook in self._hooks.values():
+            await hook.prepare()
+            self._prepared.append(hook)
+
+    async def undo(self) -> None:
+        for hook in self._prepared:
+            await hook.undo()
+
+
 class Transaction(Protocol):
     """Writes (and reads that must see them) inside one transaction."""
+
+    def hook(self, key: object, make: Callable[[], H]) -> H:
+        """The transaction's commit hook under `key`, made by `make()` at the first ask; hooks
+        prepare in the order they were made."""
+        ...
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         """Run one statement; return the number of rows changed."""
@@ -89,10 +138,12 @@ class Store(Protocol):
         """Commit when the block ends, roll back if it raises."""
         ...
 
-    async def write(self, fn: Callable[[Step], T], *, durable: bool = True) -> T:
+    async def write(self, fn: Callable[[Step], T], *, durable: bool = True,
+                    blocking: bool = False) -> T:
         """Run a synchronous `fn(step)` as one whole transaction, in one step; for hot paths.
         `fn` must be quick, must not commit, and must raise to roll back. `durable=False` allows
-        the newest such commits to be lost to a power failure (never half of one)."""
+        the newest such commits to be lost to a power failure (never half of one). `blocking`:
+        `fn` does I/O of its own (the audit sinks), so it never runs on the event loop's thread."""
         ...
 
     async def snapshot(self, to: Path) -> None:

@@ -46,7 +46,7 @@ from appliance.egress.dialer import EgressDenied, EgressTimeout, EgressUnreachab
 from appliance.errors import StoreError, StoreUnavailable
 from appliance.secret import Secret
 from appliance.store import copy
-from appliance.store.base import Params, Row, Step
+from appliance.store.base import CommitHooks, H, Params, Row, Step
 from appliance.store.listeners import Listeners
 from appliance.store.migrations import LATEST, MIGRATIONS
 from appliance.store.placeholders import to_numbered
@@ -93,10 +93,14 @@ class PostgresTarget:
 class _Transaction:
     """`Transaction` over the writer connection, inside the write lock."""
 
-    __slots__ = ("_conn",)
+    __slots__ = ("_conn", "hooks")
 
     def __init__(self, conn: Any) -> None:
         self._conn = conn
+        self.hooks = CommitHooks()
+
+    def hook(self, key: object, make: Callable[[], H]) -> H:
+        return self.hooks.get(key, make)
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         try:
@@ -282,17 +286,25 @@ class PostgresStore:
     async def transaction(self) -> AsyncIterator[_Transaction]:
         async with self._write_lock:
             conn = await self._begin(_BEGIN)
+            tx = _Transaction(conn)
             try:
-                yield _Transaction(conn)
+                yield tx
+                await tx.hooks.prepare()
             except BaseException:
                 await self._rollback(conn)
                 raise
-            await self._commit(conn, durable=True)
+            try:
+                await self._commit(conn, durable=True)
+            except BaseException:
+                await tx.hooks.undo()
+                raise
 
-    async def write(self, fn: Callable[[Step], T], *, durable: bool = True) -> T:
-        """`fn(step)` on a worker thread inside one transaction; each step call is run on the
-        event loop. If the caller is cancelled, the function's current call finishes first and
-        the transaction is abandoned with its connection (the server rolls it back)."""
+    async def write(self, fn: Callable[[Step], T], *, durable: bool = True,
+                    blocking: bool = False) -> T:
+        """`fn(step)` on a worker thread (whatever `blocking` says) inside one transaction; each
+        step call is run on the event loop. If the caller is cancelled, the function's current
+        call finishes first and the transaction is abandoned with its connection (the server
+        rolls it back)."""
         async with self._write_lock:
             conn = await self._begin(_BEGIN if durable else _BEGIN_NOT_DURABLE)
             loop = asyncio.get_running_loop()

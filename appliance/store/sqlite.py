@@ -28,7 +28,7 @@ import aiosqlite
 from appliance.errors import StoreError
 from appliance.state_dir import FILE_MODE
 from appliance.store.aiosqlite_private import run_on_thread
-from appliance.store.base import Params, Row, Step
+from appliance.store.base import CommitHooks, H, Params, Row, Step
 from appliance.store.listeners import Listeners
 from appliance.store.migrations import LATEST, MIGRATIONS, Migration
 
@@ -66,6 +66,10 @@ class _SQLiteTransaction:
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
+        self.hooks = CommitHooks()
+
+    def hook(self, key: object, make: Callable[[], H]) -> H:
+        return self.hooks.get(key, make)
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         try:
@@ -203,8 +207,10 @@ class SQLiteStore:
     async def transaction(self) -> AsyncIterator[_SQLiteTransaction]:
         async with self._write_lock:
             await self._writer.execute("BEGIN IMMEDIATE")
+            tx = _SQLiteTransaction(self._writer)
             try:
-                yield _SQLiteTransaction(self._writer)
+                yield tx
+                await tx.hooks.prepare()
             except BaseException:
                 await self._writer.rollback()
                 raise
@@ -212,17 +218,20 @@ class SQLiteStore:
                 await self._writer.commit()
             except sqlite3.Error as exc:
                 await self._writer.rollback()
+                await tx.hooks.undo()
                 raise StoreError(f"store commit failed: {exc}") from exc
 
-    async def write(self, fn: Callable[[Step], T], *, durable: bool = True) -> T:
+    async def write(self, fn: Callable[[Step], T], *, durable: bool = True,
+                    blocking: bool = False) -> T:
         """Run `fn(step)` inside one transaction on the writer's own thread: the whole
         write costs one thread hop, for hot paths (the audit log's group commit). `fn` must be
         quick, must not commit, and must raise to roll back. With `durable=False` the commit skips
         fsync (`synchronous = NORMAL` in WAL mode): still atomic and safe against a process crash,
         but the newest such commits can be lost to a power failure: only for records that may be
         lost that way (query-run metadata). A non-durable write commits on the event loop's
-        thread when the file is free at once, and takes the writer's thread otherwise."""
-        if not durable and not self._write_lock.locked():
+        thread when the file is free at once (unless `blocking`: `fn` does I/O of its own), and
+        takes the writer's thread otherwise."""
+        if not durable and not blocking and not self._write_lock.locked():
             result = self._write_inline(fn)
             if result is not _Busy.BUSY:
                 return result

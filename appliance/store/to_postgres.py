@@ -251,7 +251,8 @@ class TransactionView:
         raise StoreError("the copy is checked read-only")
         yield  # pragma: no cover
 
-    async def write(self, fn: Callable[[Step], T], *, durable: bool = True) -> T:
+    async def write(self, fn: Callable[[Step], T], *, durable: bool = True,
+                    blocking: bool = False) -> T:
         raise StoreError("the copy is checked read-only")
 
     async def snapshot(self, to: Path) -> None:

@@ -1,6 +1,6 @@
 // The audit log (admin): newest first, filtered by the server (GET /api/v1/audit pages with a
-// cursor and examines a bounded range per request: docs/audit-api.md), older pages on demand,
-// and chain verification.
+// cursor and examines a bounded range per request: docs/audit.md#reading-the-log), older pages on
+// demand, and chain verification.
 
 import * as api from '../api.js';
 import {alertBox, busy, button, clearErrors, field, h, section, setAlert, showError, table, valueOf, when} from '../dom.js';
