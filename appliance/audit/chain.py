@@ -163,7 +163,7 @@ class Walk:
     def _step(self, row: Mapping[str, Any]) -> str | None:
         seq = int(row["seq"])
         if self._count == 0 and self._seq == 0 and seq > 1 and _is_checkpoint(row, self._keys):
-            details = _details(row)
+            details = details_of(row)
             self._seq, self._prev = seq - 1, str(row["prev_hash"])
             self._legacy = int(details.get("legacy", 0))
             keyed_from = details.get("keyed_from")
@@ -228,7 +228,7 @@ def check_marker(row: Mapping[str, Any], keys: KeyLookup) -> Start | None:
     its details' `through` position and `mac`, and the chain's kind there. None otherwise."""
     if row["action"] != VERIFIED_ACTION or row["outcome"] != "ok" or not authentic(row, keys):
         return None
-    details = _details(row)
+    details = details_of(row)
     try:
         keyed_from = details.get("keyed_from")
         return Start(int(details["through"]), str(details["mac"]), int(details.get("legacy", 0)),
@@ -238,7 +238,8 @@ def check_marker(row: Mapping[str, Any], keys: KeyLookup) -> Start | None:
         return None
 
 
-def _details(row: Mapping[str, Any]) -> dict[str, Any]:
+def details_of(row: Mapping[str, Any]) -> dict[str, Any]:
+    """An entry's details decoded; {} when they are not a JSON object."""
     try:
         value = json.loads(row["details"])
     except (TypeError, ValueError):
@@ -250,7 +251,7 @@ def _is_boundary(row: Mapping[str, Any], legacy: int) -> bool:
     """The upgrade boundary: the first keyed entry, naming the legacy head right before it."""
     if row["action"] != KEYED_ACTION:
         return False
-    head = _details(row).get("legacy_head") or {}
+    head = details_of(row).get("legacy_head") or {}
     return (isinstance(head, dict) and head.get("position") == int(row["seq"]) - 1 == legacy
             and head.get("hash") == row["prev_hash"])
 
@@ -260,6 +261,6 @@ def _is_checkpoint(row: Mapping[str, Any], keys: KeyLookup) -> bool:
     name the last pruned entry (its position and link, which are its own `prev_hash`)."""
     if row["action"] != CHECKPOINT_ACTION or not authentic(row, keys):
         return False
-    details = _details(row)
+    details = details_of(row)
     return (details.get("position") == int(row["seq"]) - 1
             and details.get("mac") == row["prev_hash"])

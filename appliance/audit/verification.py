@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ from appliance.audit.chain import (
     Walk,
     authentic,
     check_marker,
+    details_of,
 )
 from appliance.audit.keys import MacKeys
 from appliance.store import Store
@@ -102,7 +102,7 @@ async def chain_status(store: Store, keys: MacKeys | None) -> dict[str, Any]:
     kind = Verification(True, 0, legacy=legacy, keyed_from=keyed_from)
     verified = None
     if newest is not None:
-        details = _details(newest)
+        details = details_of(newest)
         verified = {"position": details.get("through"), "marker": int(newest["seq"]),
                     "time": str(newest["time"]), "ok": newest["outcome"] == "ok",
                     "broken_at": details.get("broken_at")}
@@ -115,14 +115,6 @@ async def chain_status(store: Store, keys: MacKeys | None) -> dict[str, Any]:
                   "summary": kind.describe_chain()},
         "audit_key_version": key[0] if key is not None else None,
     }
-
-
-def _details(row: Mapping[str, Any]) -> dict[str, Any]:
-    try:
-        value = json.loads(row["details"])
-    except (TypeError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 class BackgroundVerifier:
@@ -165,7 +157,7 @@ class BackgroundVerifier:
             log.error("audit chain broken", extra={"position": result.position,
                                                    "reason": result.reason})
             if (newest is not None and newest["outcome"] != "ok"
-                    and _details(newest).get("broken_at") == result.position):
+                    and details_of(newest).get("broken_at") == result.position):
                 return result  # already recorded
             details |= {"broken_at": result.position, "reason": result.reason}
         await self.audit.record(action=VERIFIED_ACTION, outcome="ok" if result.ok else "failed",

@@ -20,6 +20,7 @@ from typing import Final
 
 from appliance.config_files.errors import InvalidConfigFile
 from appliance.config_files.layout import DATASOURCES, MANIFEST, QUERIES, check_path
+from appliance.state_dir import fsync_dir
 
 MAX_FILE_BYTES: Final = 4 * 1024 * 1024  # far above any query body the API takes (1 MiB)
 MAX_TOTAL_BYTES: Final = 64 * 1024 * 1024
@@ -144,14 +145,6 @@ def _check_replaceable(root: Path) -> bool:
     return True
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_export(root: Path, files: Mapping[str, str]) -> None:
     """Write `files` as the export at `root`: into a new directory beside it, then renamed into
     its place, so a crash leaves the earlier export whole (or, between the two renames, beside
@@ -174,12 +167,12 @@ def write_export(root: Path, files: Mapping[str, str]) -> None:
                 handle.flush()
                 os.fsync(handle.fileno())
         for folder in FOLDERS:
-            _fsync_dir(staging / folder)
-        _fsync_dir(staging)
+            fsync_dir(staging / folder)
+        fsync_dir(staging)
         if exists and any(root.iterdir()):
             os.rename(root, old)
         os.rename(staging, root)  # replaces an empty directory in one step
-        _fsync_dir(root.parent)
+        fsync_dir(root.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             shutil.rmtree(staging)
