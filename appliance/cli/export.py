@@ -14,11 +14,13 @@ import sys
 import time
 from pathlib import Path
 
+from appliance import state_dir
 from appliance.cli.common import add_state_options, load_settings
 from appliance.cli.users import cli_context
 from appliance.config_files import (
     Plan,
     apply_plan,
+    check_export_target,
     export_files,
     plan_import,
     read_directory,
@@ -59,6 +61,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     settings = load_settings(args)
+    state_dir.check(settings.server.state_dir.absolute())
+    check_export_target(args.dir)  # before the store is read (and the export audited)
 
     async def main() -> dict[str, str]:
         async with open_core(settings, must_exist=True) as core:
@@ -97,6 +101,7 @@ def _confirm(args: argparse.Namespace) -> None:
 
 def run_import(args: argparse.Namespace) -> int:
     settings = load_settings(args)
+    state_dir.check(settings.server.state_dir.absolute())
     files = read_directory(args.dir)  # a malformed file stops here, before the store opens
 
     async def main() -> None:

@@ -5,9 +5,25 @@
 Owns nothing beyond what its modules own. Never carries a secret value.
 """
 
-from appliance.config_files.directory import NotAnExport, read_directory, write_export
+from appliance.config_files.directory import (
+    NotAnExport,
+    check_export_target,
+    read_directory,
+    write_export,
+)
 from appliance.config_files.errors import ImportRefused, InvalidConfigFile
 from appliance.config_files.sync import Change, Plan, apply_plan, export_files, plan_import
 
-__all__ = ["Change", "ImportRefused", "InvalidConfigFile", "NotAnExport", "Plan", "apply_plan",
-           "export_files", "plan_import", "read_directory", "write_export"]
+__all__ = [
+    "Change",
+    "ImportRefused",
+    "InvalidConfigFile",
+    "NotAnExport",
+    "Plan",
+    "apply_plan",
+    "check_export_target",
+    "export_files",
+    "plan_import",
+    "read_directory",
+    "write_export",
+]

@@ -145,6 +145,16 @@ def _check_replaceable(root: Path) -> bool:
     return True
 
 
+def check_export_target(root: Path) -> None:
+    """Refuse, before anything is read or audited, a `root` that `write_export` would refuse: one
+    whose parent is missing or not a directory, or that is neither absent, empty nor an export."""
+    root = root.absolute()
+    if not root.parent.is_dir():
+        raise NotAnExport(".", f"{root.parent} is not a directory: create it first (the export "
+                               f"is written beside it, then renamed into {root.name})")
+    _check_replaceable(root)
+
+
 def write_export(root: Path, files: Mapping[str, str]) -> None:
     """Write `files` as the export at `root`: into a new directory beside it, then renamed into
     its place, so a crash leaves the earlier export whole (or, between the two renames, beside
