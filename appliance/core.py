@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from appliance.audit import AuditLog, BackgroundVerifier, MacKeys
+from appliance.audit.retention import Pruner
 from appliance.auth import AuthService
 from appliance.datasources import DatasourceService
 from appliance.datasources.engine import Engine
@@ -209,6 +210,9 @@ async def open_core(settings: Settings, *, unseal: bool = True, tls: TLSManager 
                                                 interval=settings.audit.verify_interval)
             await stack.enter_async_context(_background(core._verifier.run_forever,
                                                         "audit-verify"))
+            if settings.audit.keep_days > 0:  # retention: at start, then daily
+                pruner = Pruner(core.audit, core._verifier, keep_days=settings.audit.keep_days)
+                await stack.enter_async_context(_background(pruner.run_forever, "audit-prune"))
             if tls is not None:
                 await _open_tls(core, tls)
                 await stack.enter_async_context(_background(tls.maintain, "tls-maintenance"))

@@ -238,6 +238,25 @@ def check_marker(row: Mapping[str, Any], keys: KeyLookup) -> Start | None:
         return None
 
 
+def check_checkpoint(row: Mapping[str, Any], keys: KeyLookup) -> Start | None:
+    """The start a checkpoint (retention) vouches for, if it is keyed and its MAC holds: right
+    after the last pruned position its details name, whose MAC they give, with the chain's kind
+    there. The checkpoint itself comes later in the chain (it is written before the entries it
+    covers are deleted), so a walk from this start also checks its own link. None otherwise."""
+    if row["action"] != CHECKPOINT_ACTION or not authentic(row, keys):
+        return None
+    details = _details(row)
+    try:
+        position, keyed_from = int(details["position"]), details.get("keyed_from")
+        if not 0 < position < int(row["seq"]):
+            return None
+        return Start(position, str(details["mac"]), int(details.get("legacy", 0)),
+                     int(keyed_from) if keyed_from is not None else None, int(row["seq"]),
+                     str(row["time"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def _details(row: Mapping[str, Any]) -> dict[str, Any]:
     try:
         value = json.loads(row["details"])

@@ -24,6 +24,7 @@ from appliance.audit.chain import (
     Verification,
     Walk,
     authentic,
+    check_checkpoint,
     check_marker,
 )
 from appliance.audit.keys import MacKeys
@@ -42,6 +43,8 @@ _NEWEST_MARKER = ("SELECT * FROM audit_log WHERE action = 'audit.verified'"
                   " ORDER BY seq DESC LIMIT 1")
 _BOUNDARY = ("SELECT seq FROM audit_log WHERE action = 'audit.chain.keyed'"
              " ORDER BY seq LIMIT 1")
+_NEWEST_CHECKPOINT = ("SELECT * FROM audit_log WHERE action = 'audit.checkpoint'"
+                      " ORDER BY seq DESC LIMIT 1")
 _HEAD = "SELECT seq, time FROM audit_log ORDER BY seq DESC LIMIT 1"
 _FIRST = "SELECT seq, mac_version FROM audit_log ORDER BY seq LIMIT 1"
 _AFTER = "SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?"
@@ -65,6 +68,9 @@ async def verify_store(store: Store, keys: MacKeys, *, full: bool = True,
                                     "(forged or edited): run a full verification",
                                     mode="incremental", rows_read=read)
             start = found
+    if start.marker is None:
+        start, fetched = await retained_start(store, keys)
+        read += fetched
     walk = Walk(keys.mac_key_of, start, mode)
     walk.rows_read = read
     last = start.position
@@ -74,6 +80,21 @@ async def verify_store(store: Store, keys: MacKeys, *, full: bool = True,
         if not walk.feed(batch) or len(batch) < chunk:
             return walk.result()
         last = int(batch[-1]["seq"])
+
+
+async def retained_start(store: Store, keys: MacKeys) -> tuple[Start, int]:
+    """Where a walk of the whole retained chain starts, and the rows read to know it: position 1
+    when nothing was pruned; else after the position the newest checkpoint names (retention),
+    if its MAC holds. A checkpoint that does not hold, or none, leaves the beginning: the walk
+    then reports the pruned entries as missing from position 1."""
+    first = await store.fetch_one(_FIRST)
+    if first is None or int(first["seq"]) == 1:
+        return Start(), 1
+    checkpoint = await store.fetch_one(_NEWEST_CHECKPOINT)
+    if checkpoint is None:
+        return Start(), 2
+    await _know_versions(keys, [checkpoint])
+    return check_checkpoint(checkpoint, keys.mac_key_of) or Start(), 2
 
 
 async def _know_versions(keys: MacKeys, rows: Sequence[Mapping[str, Any]]) -> None:
