@@ -7,6 +7,7 @@ with an old clock."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -26,12 +27,14 @@ from appliance.audit import (
 )
 from appliance.audit import log as audit_log_module
 from appliance.audit.retention import Pruner, cutoff_time
+from appliance.core import open_core
 from appliance.egress import Dialer, PolicyHolder
 from appliance.errors import StoreError
 from appliance.keyring import SecretVault, open_vault
 from appliance.settings import Settings
 from appliance.store import Store, open_store
-from tests.support.app import TEST_TUNING
+from tests.conftest import clean_env, run_cli, start_server
+from tests.support.app import TEST_TUNING, make_settings, prepare, store_env
 from tests.support.audit import is_sqlite, tamper
 from tests.support.shared_store import SHARED_STORE_KINDS, new_store
 
@@ -210,3 +213,37 @@ async def test_a_forged_checkpoint_is_found(
         result = await verify_store(store, vault, full=True)
         assert (result.ok, result.position) == (False, 8), result
         assert "missing" in result.reason
+
+
+async def test_serve_prunes_at_start_and_the_chain_verifies(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = tmp_path / "state"
+    with audit_clock(monkeypatch, 40):  # init, users and runs written 40 days ago
+        await prepare(state, users=("viewer",))
+        async with open_core(make_settings(state), tuning=TEST_TUNING) as core:
+            await record(core.audit, core.store, 20)
+    async with open_core(make_settings(state), unseal=False) as core:
+        old_head = (await positions(core.store))[-1]
+    server = start_server(["serve", "--state-dir", str(state), "--listen", "127.0.0.1:0"],
+                          cwd=tmp_path, env=clean_env(APPLIANCE_AUDIT_KEEP_DAYS="30",
+                                                      **store_env(state)))
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            async with open_core(make_settings(state), unseal=False) as core:
+                checkpoint = await core.store.fetch_one(
+                    "SELECT seq, details FROM audit_log WHERE action = ?", (CHECKPOINT_ACTION,))
+                first = (await positions(core.store))[0]
+            if checkpoint is not None and first > 1:
+                break
+            assert time.monotonic() < deadline, "serve pruned nothing"
+            await asyncio.sleep(0.3)
+    finally:
+        assert server.stop() == 0
+    details = json.loads(checkpoint["details"])
+    assert details["position"] == old_head and first == old_head + 1, (details, first)
+    assert details["keep_days"] == 30 and details["pruned"] == old_head
+    for args in ((), ("--full",)):
+        done = run_cli("audit", "verify", *args, "--state-dir", str(state),
+                       env=clean_env(**store_env(state)))
+        assert done.returncode == 0 and "ok" in done.stdout, done
