@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +66,41 @@ def mac_values(values: Sequence[Any], version: int, key: bytes) -> str:
 
 def entry_mac(entry: Mapping[str, Any], key: bytes) -> str:
     return mac_values([entry[name] for name in HASHED_FIELDS], int(entry["mac_version"]), key)
+
+
+class MacState:
+    """HMAC-SHA256 (RFC 2104) under one key with its inner and outer states computed once: each
+    MAC then costs two hash copies (bench/audit_chain.py: about 2.5x faster than `hmac.digest`,
+    which hashes both key blocks again for every entry; `hmac.new(...).copy()` is slower still
+    on 3.11, its copy being Python). Gives exactly `hmac.digest(key, data, "sha256")`
+    (tests/test_audit_chain.py checks it). Holds the key's derived states: never repr'd."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > _SHA256_BLOCK:  # a longer key would be hashed first; audit keys are 32 B
+            raise ValueError("an audit key is at most 64 bytes")
+        block = key.ljust(_SHA256_BLOCK, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+
+    def __repr__(self) -> str:
+        return "<MacState>"
+
+    def mac(self, values: Sequence[Any]) -> str:
+        """`mac_values(values[:-1], values[-1], key)`: the MAC over HASHED_FIELDS' values
+        followed by the key version, hex."""
+        inner = self._inner.copy()
+        inner.update(orjson.dumps(values))
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
+
+
+_SHA256_BLOCK = 64
+# A row's values as the hot loop reads them: the MAC's input (HASHED_FIELDS, then the key
+# version), then the stored link.
+_MAC_INPUT = operator.itemgetter(*HASHED_FIELDS, "mac_version", "hash")
 
 
 @dataclass(frozen=True)
@@ -139,6 +175,7 @@ class Walk:
         self._keyed_from = start.keyed_from
         self._count = 0
         self._broken: tuple[int, str] | None = None
+        self._states: dict[Any, MacState] = {}  # by key version, made at first use
         self.rows_read = 0
 
     @property
@@ -146,13 +183,31 @@ class Walk:
         return self._broken is not None
 
     def feed(self, rows: Iterable[Mapping[str, Any]]) -> bool:
-        """Check `rows` (the next ones in order); False once the chain is broken."""
+        """Check `rows` (the next ones in order); False once the chain is broken.
+
+        The hot loop: an entry that is plainly good (the next position, linked to the previous
+        one, keyed under a key already in hand while the chain is keyed, its MAC holding) is
+        taken here, its MAC from the key's precomputed state (`MacState`). Anything else, good
+        or bad, is decided by `_step`, the one statement of the rules, which also names the
+        reason of a break."""
+        values_of, states, keys = _MAC_INPUT, self._states, self._keys
         for row in rows:
             self.rows_read += 1
             if self._broken is not None:
                 return False
-            reason = self._step(row)
-            if reason is not None:
+            values = values_of(row)  # HASHED_FIELDS, mac_version, hash
+            version = values[10]
+            if (version is not None and self._keyed_from is not None
+                    and values[0] == self._seq + 1 and values[9] == self._prev):
+                state = states.get(version)
+                if state is None and (key := keys(version)) is not None:
+                    state = states[version] = MacState(key)
+                if state is not None and hmac.compare_digest(state.mac(values[:11]),
+                                                             values[11]):
+                    self._seq, self._prev = values[0], values[11]
+                    self._count += 1
+                    continue
+            if self._step(row) is not None:
                 return False
         return self._broken is None
 

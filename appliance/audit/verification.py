@@ -73,13 +73,23 @@ async def verify_store(store: Store, keys: MacKeys, *, full: bool = True,
         read += fetched
     walk = Walk(keys.mac_key_of, start, mode)
     walk.rows_read = read
-    last = start.position
-    while True:
-        batch = await store.fetch_all(_AFTER, (last, chunk))
-        await _know_versions(keys, batch)
-        if not walk.feed(batch) or len(batch) < chunk:
-            return walk.result()
-        last = int(batch[-1]["seq"])
+    # The next chunk is read (the store's reader thread, or PostgreSQL) while this one is
+    # checked on the loop: about a third less time for a full walk (bench/audit_chain.py).
+    reading = asyncio.ensure_future(store.fetch_all(_AFTER, (start.position, chunk)))
+    try:
+        while True:
+            batch = await reading
+            if len(batch) == chunk:
+                reading = asyncio.ensure_future(
+                    store.fetch_all(_AFTER, (int(batch[-1]["seq"]), chunk)))
+            await _know_versions(keys, batch)
+            if not walk.feed(batch) or len(batch) < chunk:
+                return walk.result()
+    finally:
+        if not reading.done():
+            reading.cancel()
+            with contextlib.suppress(BaseException):
+                await reading
 
 
 async def retained_start(store: Store, keys: MacKeys) -> tuple[Start, int]:
