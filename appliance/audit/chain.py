@@ -98,9 +98,10 @@ class MacState:
 
 
 _SHA256_BLOCK = 64
-# A row's values as the hot loop reads them: the MAC's input (HASHED_FIELDS, then the key
-# version), then the stored link.
-_MAC_INPUT = operator.itemgetter(*HASHED_FIELDS, "mac_version", "hash")
+# A row's values as the walk's hot loop reads them: the MAC's input (HASHED_FIELDS, then the key
+# version: `values[:11]`), then the stored link. A store reads them in this order as tuples.
+WALK_COLUMNS = (*HASHED_FIELDS, "mac_version", "hash")
+_MAC_INPUT = operator.itemgetter(*WALK_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -182,8 +183,10 @@ class Walk:
     def broken(self) -> bool:
         return self._broken is not None
 
-    def feed(self, rows: Iterable[Mapping[str, Any]]) -> bool:
-        """Check `rows` (the next ones in order); False once the chain is broken.
+    def feed(self, rows: Iterable[Mapping[str, Any] | tuple[Any, ...]]) -> bool:
+        """Check `rows` (the next ones in order): mappings of the columns, or tuples of
+        `WALK_COLUMNS` (a store's `fetch_tuples`: no dict made per row). False once the chain
+        is broken.
 
         The hot loop: an entry that is plainly good (the next position, linked to the previous
         one, keyed under a key already in hand while the chain is keyed, its MAC holding) is
@@ -195,7 +198,7 @@ class Walk:
             self.rows_read += 1
             if self._broken is not None:
                 return False
-            values = values_of(row)  # HASHED_FIELDS, mac_version, hash
+            values = row if isinstance(row, tuple) else values_of(row)  # WALK_COLUMNS
             version = values[10]
             if (version is not None and self._keyed_from is not None
                     and values[0] == self._seq + 1 and values[9] == self._prev):
@@ -207,7 +210,8 @@ class Walk:
                     self._seq, self._prev = values[0], values[11]
                     self._count += 1
                     continue
-            if self._step(row) is not None:
+            if self._step(dict(zip(WALK_COLUMNS, row, strict=True)) if isinstance(row, tuple)
+                          else row) is not None:
                 return False
         return self._broken is None
 
