@@ -23,6 +23,7 @@ from appliance.audit import (
     AuditLog,
     BackgroundVerifier,
     Context,
+    chain_status,
     verify_store,
 )
 from appliance.audit import log as audit_log_module
@@ -117,6 +118,8 @@ async def test_prune_writes_a_checkpoint_and_the_chain_still_verifies(
             assert result.ok and result.through == 29, result
         full = await verify_store(store, vault)
         assert full.start.position == 23 and full.start.marker == 29 and full.entries == 6
+        status = await chain_status(store, vault)  # the chain's kind, as the checkpoint says
+        assert status["chain"]["keyed_from"] == 1 and status["head"]["position"] == 29
         # The guard is closed again: an ordinary DELETE is refused, also of a pruned range.
         with pytest.raises(StoreError, match=REFUSED):
             async with store.transaction() as tx:

@@ -124,7 +124,7 @@ async def _know_versions(keys: MacKeys,
 
 async def chain_status(store: Store, keys: MacKeys | None) -> dict[str, Any]:
     """The head, the newest verification marker, the chain's kind and the audit key in use:
-    five indexed lookups, whatever the log's length."""
+    five indexed lookups (six after pruning), whatever the log's length."""
     head = await store.fetch_one(_HEAD)
     newest = await store.fetch_one(_NEWEST_MARKER)
     boundary = await store.fetch_one(_BOUNDARY)
@@ -135,6 +135,11 @@ async def chain_status(store: Store, keys: MacKeys | None) -> dict[str, Any]:
         legacy = keyed_from - 1
     elif first is not None and first["mac_version"] is not None:
         keyed_from = int(first["seq"])
+        if keyed_from > 1:  # pruned (retention): what the newest checkpoint says of the chain
+            checkpoint = await store.fetch_one(_NEWEST_CHECKPOINT)
+            said = _details(checkpoint) if checkpoint is not None else {}
+            if isinstance(said.get("keyed_from"), int):
+                keyed_from, legacy = said["keyed_from"], int(said.get("legacy") or 0)
     elif first is not None and head is not None:
         legacy = int(head["seq"]) - int(first["seq"]) + 1
     kind = Verification(True, 0, legacy=legacy, keyed_from=keyed_from)
