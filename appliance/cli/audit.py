@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import sys
+from pathlib import Path
 from typing import IO
 
 from appliance import state_dir
@@ -55,7 +56,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--anchors", metavar="FILE|journal", action=_AnchorsFlag,
                    help="also compare the store with anchors of its head: a file sink, the "
                         "appliance's JSON log or `journalctl -o json` output, or `journal`")
-    p.add_argument("--file", metavar="FILE",
+    p.add_argument("--file", metavar="FILE", type=Path,
                    help="check an export (`audit export`) instead of the store: its header, "
                         "every entry's MAC and link, and that it is whole")
     _register_export(verbs)
@@ -169,7 +170,8 @@ def _register_export(verbs: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--until", metavar="TIME", help="last entry at or before TIME")
     p.add_argument("--from-position", metavar="N", help="first position")
     p.add_argument("--to-position", metavar="N", help="last position")
-    p.add_argument("--out", metavar="FILE", required=True, help="the file, or - for stdout")
+    p.add_argument("--out", metavar="FILE", type=Path, required=True,
+                   help="the file, or - for stdout")
     p.add_argument("--force", action="store_true", help="replace an existing FILE")
     p.set_defaults(run=run_export)
 
@@ -187,11 +189,11 @@ def run_export(args: argparse.Namespace) -> int:
     until = parse_time("--until", args.until) if args.until is not None else None
     first = _position("--from-position", args.from_position)
     last = _position("--to-position", args.to_position)
-    output = Output(args.out, force=args.force)
+    output = Output(str(args.out), force=args.force)
     output.check()
     written = asyncio.run(_export(args, output, since=since, until=until, first=first,
                                   last=last))
-    if args.out != "-":
+    if str(args.out) != "-":
         print(f"exported {written} entries to {args.out}", file=sys.stderr)
     return 0
 
