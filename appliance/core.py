@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from appliance.audit import AuditLog, BackgroundVerifier, MacKeys
 from appliance.audit.anchors import Anchorer
+from appliance.audit.retention import Pruner
 from appliance.audit.sinks import Sinks, open_sinks
 from appliance.auth import AuthService
 from appliance.datasources import DatasourceService
@@ -228,6 +229,9 @@ async def open_core(settings: Settings, *, unseal: bool = True, tls: TLSManager 
                                       interval=settings.audit.anchor_interval,
                                       instance=core._heartbeat.id)
             core._anchorer.start()
+            if settings.audit.keep_days > 0:  # retention: at start, then daily
+                pruner = Pruner(core.audit, core._verifier, keep_days=settings.audit.keep_days)
+                await stack.enter_async_context(_background(pruner.run_forever, "audit-prune"))
             if tls is not None:
                 await _open_tls(core, tls)
                 await stack.enter_async_context(_background(tls.maintain, "tls-maintenance"))

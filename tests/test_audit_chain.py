@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import itertools
 import json
 import os
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -29,7 +31,7 @@ from appliance.audit import (
     redact,
     verify_store,
 )
-from appliance.audit.chain import encode_details, hash_values
+from appliance.audit.chain import MacState, encode_details, hash_values, mac_values
 from appliance.audit.log import _ACTION as ACTION_COLUMN  # where an entry tuple holds its action
 from appliance.errors import ApplianceError, StoreError, Unprocessable
 from appliance.queries import CompiledQuery, Runner
@@ -532,3 +534,20 @@ async def test_a_run_is_under_way_until_its_entry_is_written(tmp_path: Path) -> 
         assert json.loads(rows[2]["details"])["error"] == "invalid_parameter"
         assert json.loads(rows[4]["details"])["mode"] == "ndjson"
         assert (await log.verify()).ok
+
+
+def test_the_precomputed_mac_state_gives_hmac_digest_exactly() -> None:
+    """The verifier's hot loop (`MacState`, RFC 2104 over precomputed pads) against the standard
+    library's HMAC, for keys of every length an audit key may have and varied entries."""
+    for length in (1, 16, 31, 32, 33, 63, 64):
+        key = os.urandom(length)
+        state = MacState(key)
+        for seq in (1, 2, 10**12):
+            values = [seq, "2026-12-03T12:00:00.000001+00:00", "ädmin", "query.run", "q:\n",
+                      "ok", "", "r", '{"a":"\\u0000"}', "0" * 64]
+            expected = hmac.digest(key, orjson.dumps([*values, 3]), "sha256").hex()
+            assert state.mac((*values, 3)) == expected == mac_values(values, 3, key)
+        assert state.mac((*values, 4)) != expected  # the version is covered
+        assert key.hex() not in repr(state)
+    with pytest.raises(ValueError):
+        MacState(b"k" * 65)

@@ -309,6 +309,12 @@ class CountingStore:
                 seq = int(row["seq"])
                 self.lowest = seq if self.lowest is None else min(self.lowest, seq)
 
+    async def fetch_tuples(self, sql: str, params: Any = ()) -> list[Any]:
+        found = await self._store.fetch_tuples(sql, params)
+        if "audit_log" in sql and sql.startswith("SELECT seq,"):  # the walk's: seq first
+            self._saw([{"seq": row[0]} for row in found])
+        return found
+
     async def fetch_all(self, sql: str, params: Any = ()) -> list[Any]:
         found = await self._store.fetch_all(sql, params)
         if "audit_log" in sql:

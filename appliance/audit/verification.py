@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Any
 from appliance import metrics
 from appliance.audit.chain import (
     VERIFIED_ACTION,
+    WALK_COLUMNS,
     Start,
     Verification,
     Walk,
     authentic,
+    check_checkpoint,
     check_marker,
     details_of,
 )
@@ -42,13 +44,18 @@ _NEWEST_MARKER = ("SELECT * FROM audit_log WHERE action = 'audit.verified'"
                   " ORDER BY seq DESC LIMIT 1")
 _BOUNDARY = ("SELECT seq FROM audit_log WHERE action = 'audit.chain.keyed'"
              " ORDER BY seq LIMIT 1")
+_NEWEST_CHECKPOINT = ("SELECT * FROM audit_log WHERE action = 'audit.checkpoint'"
+                      " ORDER BY seq DESC LIMIT 1")
 _HEAD = "SELECT seq, time FROM audit_log ORDER BY seq DESC LIMIT 1"
 _FIRST = "SELECT seq, mac_version FROM audit_log ORDER BY seq LIMIT 1"
-_AFTER = "SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?"
+# The walk reads only its columns, as tuples (`chain.WALK_COLUMNS`), in large keyset chunks.
+_WALK = (f"SELECT {', '.join(WALK_COLUMNS)} FROM audit_log WHERE seq > ? ORDER BY seq"
+         " LIMIT ?")
+_VERSION = WALK_COLUMNS.index("mac_version")
 
 
 async def verify_store(store: Store, keys: MacKeys, *, full: bool = True,
-                       chunk: int = 5000) -> Verification:
+                       chunk: int = 20000) -> Verification:
     """Check the chain in `store`: from its first entry (`full`), or from the newest good
     `audit.verified` marker (trusted: it is keyed; none yet means from the first entry). The
     first broken link with its position; `rows_read` counts every row fetched."""
@@ -65,28 +72,59 @@ async def verify_store(store: Store, keys: MacKeys, *, full: bool = True,
                                     "(forged or edited): run a full verification",
                                     mode="incremental", rows_read=read)
             start = found
+    if start.marker is None:
+        start, fetched = await retained_start(store, keys)
+        read += fetched
     walk = Walk(keys.mac_key_of, start, mode)
     walk.rows_read = read
-    last = start.position
-    while True:
-        batch = await store.fetch_all(_AFTER, (last, chunk))
-        await _know_versions(keys, batch)
-        if not walk.feed(batch) or len(batch) < chunk:
-            return walk.result()
-        last = int(batch[-1]["seq"])
+    # The next chunk is read (the store's reader thread, or PostgreSQL) while this one is
+    # checked on the loop: about a third less time for a full walk (bench/audit_chain.py).
+    reading = asyncio.ensure_future(store.fetch_tuples(_WALK, (start.position, chunk)))
+    try:
+        while True:
+            batch = await reading
+            if len(batch) == chunk:
+                reading = asyncio.ensure_future(
+                    store.fetch_tuples(_WALK, (int(batch[-1][0]), chunk)))
+            await _know_versions(keys, batch)
+            if not walk.feed(batch) or len(batch) < chunk:
+                return walk.result()
+    finally:
+        if not reading.done():
+            reading.cancel()
+            with contextlib.suppress(BaseException):
+                await reading
 
 
-async def _know_versions(keys: MacKeys, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Re-read the keyring once if a row names an audit key it does not hold yet (another
-    instance rotated a moment ago)."""
-    versions = {int(row["mac_version"]) for row in rows if row["mac_version"] is not None}
+async def retained_start(store: Store, keys: MacKeys) -> tuple[Start, int]:
+    """Where a walk of the whole retained chain starts, and the rows read to know it: position 1
+    when nothing was pruned; else after the position the newest checkpoint names (retention),
+    if its MAC holds. A checkpoint that does not hold, or none, leaves the beginning: the walk
+    then reports the pruned entries as missing from position 1."""
+    first = await store.fetch_one(_FIRST)
+    if first is None or int(first["seq"]) == 1:
+        return Start(), 1
+    checkpoint = await store.fetch_one(_NEWEST_CHECKPOINT)
+    if checkpoint is None:
+        return Start(), 2
+    await _know_versions(keys, [checkpoint])
+    return check_checkpoint(checkpoint, keys.mac_key_of) or Start(), 2
+
+
+async def _know_versions(keys: MacKeys,
+                         rows: Sequence[Mapping[str, Any] | tuple[Any, ...]]) -> None:
+    """Re-read the keyring once if a row (a mapping, or a tuple of `WALK_COLUMNS`) names an
+    audit key it does not hold yet (another instance rotated a moment ago)."""
+    versions = {int(version) for row in rows
+                if (version := row[_VERSION] if isinstance(row, tuple) else row["mac_version"])
+                is not None}
     if any(keys.mac_key_of(version) is None for version in versions):
         await keys.refresh()
 
 
 async def chain_status(store: Store, keys: MacKeys | None) -> dict[str, Any]:
     """The head, the newest verification marker, the chain's kind and the audit key in use:
-    five indexed lookups, whatever the log's length."""
+    five indexed lookups (six after pruning), whatever the log's length."""
     head = await store.fetch_one(_HEAD)
     newest = await store.fetch_one(_NEWEST_MARKER)
     boundary = await store.fetch_one(_BOUNDARY)
@@ -97,6 +135,11 @@ async def chain_status(store: Store, keys: MacKeys | None) -> dict[str, Any]:
         legacy = keyed_from - 1
     elif first is not None and first["mac_version"] is not None:
         keyed_from = int(first["seq"])
+        if keyed_from > 1:  # pruned (retention): what the newest checkpoint says of the chain
+            checkpoint = await store.fetch_one(_NEWEST_CHECKPOINT)
+            said = details_of(checkpoint) if checkpoint is not None else {}
+            if isinstance(said.get("keyed_from"), int):
+                keyed_from, legacy = said["keyed_from"], int(said.get("legacy") or 0)
     elif first is not None and head is not None:
         legacy = int(head["seq"]) - int(first["seq"]) + 1
     kind = Verification(True, 0, legacy=legacy, keyed_from=keyed_from)

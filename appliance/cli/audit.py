@@ -1,5 +1,6 @@
-"""`appliance audit verify | list`: check the audit log's chain (from the last verified marker,
-or all of it with `--full`); show recent entries.
+"""`appliance audit verify | export | list`: check the audit log's chain (from the last verified
+marker, or all of it with `--full`, or an export with `--file`); export a range; show recent
+entries.
 
 Only reads the log: never writes an entry. `verify` unseals the keyring (it needs every audit
 key), which gives an upgraded store's keyring its first audit key.
@@ -11,6 +12,8 @@ import argparse
 import asyncio
 import json
 import sys
+from pathlib import Path
+from typing import IO
 
 from appliance import state_dir
 from appliance.audit import Verification
@@ -21,6 +24,15 @@ from appliance.audit.anchors import (
     check_store_anchors,
     read_anchor_file,
     read_journal_anchors,
+)
+from appliance.audit.export import (
+    ExportCheck,
+    ExportError,
+    Output,
+    find_range,
+    parse_time,
+    verify_export,
+    write_export,
 )
 from appliance.cli.common import add_state_options, load_settings
 from appliance.core import open_core
@@ -44,6 +56,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--anchors", metavar="FILE|journal", action=_AnchorsFlag,
                    help="also compare the store with anchors of its head: a file sink, the "
                         "appliance's JSON log or `journalctl -o json` output, or `journal`")
+    p.add_argument("--file", metavar="FILE", type=Path,
+                   help="check an export (`audit export`) instead of the store: its header, "
+                        "every entry's MAC and link, and that it is whole")
+    _register_export(verbs)
     p = verbs.add_parser("list", help="print the newest entries as JSON lines",
                          description="Print the newest entries, one JSON object per line.")
     add_state_options(p)
@@ -68,6 +84,9 @@ def describe(result: Verification) -> str:
     elif result.mode == "incremental":
         walk = (f"incremental from position {start.position + 1} (verified through "
                 f"{start.position} at {start.marker_time} by the marker at {start.marker})")
+    elif start.marker is not None:
+        walk = (f"full from position {start.position + 1} (1 to {start.position} pruned, behind "
+                f"the checkpoint at {start.marker})")
     else:
         walk = "full"
     if result.ok:
@@ -78,6 +97,8 @@ def describe(result: Verification) -> str:
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    if args.file is not None:
+        return run_verify_file(args)
     result = asyncio.run(_with_log(args, "verify"))
     assert isinstance(result, Verification)
     print(describe(result))
@@ -133,3 +154,93 @@ async def _check_anchors(args: argparse.Namespace, found: Anchors) -> AnchorResu
     settings = load_settings(args)
     async with open_core(settings, unseal=False) as core:
         return await check_store_anchors(core.store, found)
+
+
+# -- export, and verify --file (issue 24: retention) ---------------------------------------------
+
+
+def _register_export(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = verbs.add_parser("export", help="write a range of entries as verifiable JSON lines",
+                         description="Write the entries of a range (by time, RFC 3339, and/or "
+                                     "by position, both ends included) as JSON lines, after a "
+                                     "header that `audit verify --file` checks them against. "
+                                     "Unseals the keyring (the header is MAC'd).")
+    add_state_options(p)
+    p.add_argument("--since", metavar="TIME", help="first entry at or after TIME")
+    p.add_argument("--until", metavar="TIME", help="last entry at or before TIME")
+    p.add_argument("--from-position", metavar="N", help="first position")
+    p.add_argument("--to-position", metavar="N", help="last position")
+    p.add_argument("--out", metavar="FILE", type=Path, required=True,
+                   help="the file, or - for stdout")
+    p.add_argument("--force", action="store_true", help="replace an existing FILE")
+    p.set_defaults(run=run_export)
+
+
+def _position(option: str, text: str | None) -> int | None:
+    if text is None:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ExportError(f"{option}: {text!r} is not a position (1, 2, 3, …)")
+    return int(text)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    since = parse_time("--since", args.since) if args.since is not None else None
+    until = parse_time("--until", args.until) if args.until is not None else None
+    first = _position("--from-position", args.from_position)
+    last = _position("--to-position", args.to_position)
+    output = Output(str(args.out), force=args.force)
+    output.check()
+    written = asyncio.run(_export(args, output, since=since, until=until, first=first,
+                                  last=last))
+    if str(args.out) != "-":
+        print(f"exported {written} entries to {args.out}", file=sys.stderr)
+    return 0
+
+
+async def _export(args: argparse.Namespace, output: Output, *, since: str | None,
+                  until: str | None, first: int | None, last: int | None) -> int:
+    settings = load_settings(args)
+    state_dir.check(settings.server.state_dir.absolute())
+    async with open_core(settings, unseal=False, must_exist=True) as core:
+        where = await find_range(core.store, since=since, until=until, from_position=first,
+                                 to_position=last)
+        if where.count == 0:
+            raise ExportError("no entry in that range (none retained, or the range is empty)")
+        keys = await core.audit.mac_keys()
+        out = output.open()
+        try:
+            written = await write_export(core.store, keys, where, out, since=since, until=until)
+        except BaseException:
+            out.close()
+            output.discard()
+            raise
+        output.commit(out)
+        return written
+
+
+def run_verify_file(args: argparse.Namespace) -> int:
+    if args.anchors is not None:
+        raise ExportError("--file checks an export; --anchors checks the store: one at a time")
+    try:
+        handle = open(args.file, "rb")
+    except OSError as exc:
+        raise ExportError(f"--file: cannot read {args.file}: {exc.strerror or exc}") from None
+    with handle:
+        check = asyncio.run(_verify_file(args, handle))
+    result = check.result
+    if result.ok:
+        print(f"export ok: {result.entries} entries checked, positions {check.first} to "
+              f"{check.last} intact ({result.describe_chain()}; head {result.head[:16]}…)")
+        return 0
+    print(f"export BROKEN at position {result.position}: {result.reason} ({result.entries} "
+          "entries before it are intact)")
+    return 1
+
+
+async def _verify_file(args: argparse.Namespace, lines: IO[bytes]) -> ExportCheck:
+    settings = load_settings(args)
+    state_dir.check(settings.server.state_dir.absolute())
+    async with open_core(settings, unseal=False, must_exist=True) as core:
+        keys = await core.audit.mac_keys()  # unseals: every audit key
+        return verify_export(lines, keys)

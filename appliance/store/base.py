@@ -108,6 +108,11 @@ class Store(Protocol):
 
     async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]: ...
 
+    async def fetch_tuples(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        """`fetch_all` as plain tuples in the statement's column order, for long scans (the
+        audit chain's walk) where making a dict of every row is most of the cost."""
+        ...
+
     async def lookup(self, sql: str, params: Params = ()) -> Row | None:
         """`fetch_one` for indexed point reads on the request path, at the lowest latency the
         implementation offers (SQLite: on the event loop's thread, no thread hop)."""

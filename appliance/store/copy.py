@@ -19,7 +19,9 @@ from appliance.store.base import Params, Row, Step
 T = TypeVar("T")
 
 BATCH = 1000
-NOT_COPIED = frozenset({"schema_migrations", "store_clock"})
+# audit_prune_guard: SQLite's retention guard (migration 16); PostgreSQL's is a transaction-local
+# setting, no table.
+NOT_COPIED = frozenset({"schema_migrations", "store_clock", "audit_prune_guard"})
 _NAME = re.compile(r"[a-z_][a-z0-9_]*")
 
 

@@ -604,6 +604,45 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE users ADD COLUMN must_change_password BIGINT NOT NULL DEFAULT 0",
         ),
     ),
+    Migration(
+        16,
+        "audit_log: retention may delete pruned entries inside the prune's transaction",
+        # The append-only triggers keep refusing every UPDATE and every ordinary DELETE. A
+        # DELETE passes only for positions at or below the bound the prune
+        # (appliance/audit/retention.py) sets inside its own transaction and clears before it
+        # commits: SQLite, the one row of `audit_prune_guard` (0: no prune under way);
+        # PostgreSQL, the transaction-local setting `appliance.audit_prune` (`set_config(…,
+        # true)`, i.e. SET LOCAL), which no other transaction sees. The bound is a position, not
+        # a flag, so even the prune's own DELETE cannot reach past what it checked. The partial
+        # index finds the newest checkpoint (where a pruned chain starts) without a scan.
+        (
+            """CREATE TABLE audit_prune_guard (
+                   id      INTEGER PRIMARY KEY CHECK (id = 1),
+                   through INTEGER NOT NULL
+               ) STRICT""",
+            "INSERT INTO audit_prune_guard (id, through) VALUES (1, 0)",
+            "DROP TRIGGER audit_log_no_delete",
+            """CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+               WHEN OLD.seq > (SELECT through FROM audit_prune_guard WHERE id = 1)
+               BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+            "CREATE INDEX audit_log_checkpoint ON audit_log (seq)"
+            " WHERE action = 'audit.checkpoint'",
+        ),
+        postgres=(
+            """CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger
+               LANGUAGE plpgsql AS $$
+               BEGIN
+                   IF TG_OP = 'DELETE' AND OLD.seq <= COALESCE(NULLIF(
+                           current_setting('appliance.audit_prune', true), ''), '0')::bigint
+                   THEN
+                       RETURN OLD;
+                   END IF;
+                   RAISE EXCEPTION 'the audit log is append-only';
+               END $$""",
+            "CREATE INDEX audit_log_checkpoint ON audit_log (seq)"
+            " WHERE action = 'audit.checkpoint'",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -262,6 +262,11 @@ class PostgresStore:
         rows = await self._read(lambda conn: conn.fetch(text, *params))
         return [dict(row) for row in rows]
 
+    async def fetch_tuples(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        text = to_numbered(sql)
+        rows = await self._read(lambda conn: conn.fetch(text, *params))
+        return [tuple(row) for row in rows]
+
     async def lookup(self, sql: str, params: Params = ()) -> Row | None:
         return await self.fetch_one(sql, params)
 

@@ -21,7 +21,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -156,6 +156,13 @@ class SQLiteStore:
 
     async def search(self, sql: str, params: Params = ()) -> list[Row]:
         return await self.fetch_all(sql, params)  # SQLite plans each statement with its values
+    async def fetch_tuples(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        try:
+            async with self._reader.execute(sql, tuple(params)) as cursor:
+                cursor.row_factory = None  # plain tuples: no sqlite3.Row for each row
+                return [tuple(row) for row in await cursor.fetchall()]
+        except sqlite3.Error as exc:
+            raise StoreError(f"store read failed: {exc}") from exc
 
     async def lookup(self, sql: str, params: Params = ()) -> Row | None:
         """One row by primary key or unique index, read on the event loop's thread without a

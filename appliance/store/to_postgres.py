@@ -234,6 +234,9 @@ class TransactionView:
     async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
         return [dict(row) for row in await self._conn.fetch(to_numbered(sql), *params)]
 
+    async def fetch_tuples(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in await self._conn.fetch(to_numbered(sql), *params)]
+
     async def lookup(self, sql: str, params: Params = ()) -> Row | None:
         return await self.fetch_one(sql, params)
 
