@@ -75,8 +75,10 @@ def test_ari_window_replaces_and_self_renewal(tmp_path: Path, front: CAFront) ->
         assert len(front.orders) == 3, app.server.stderr()[-3000:]
         assert front.orders[-1]["replaces"] == second_id
         front.ari_window = (now + dt.timedelta(days=30), now + dt.timedelta(days=31))
+        # `>= 3`: with Retry-After at 1 s the appliance may ask once more, and order a fourth
+        # time, before the window above moves forward (seen in CI on a loaded machine).
         app.wait(lambda s: s["fingerprint_sha256"] != status["fingerprint_sha256"]
-                 and s["orders"] == 3 and s["last_error"] is None, what="the ARI renewal")
+                 and s["orders"] >= 3 and s["last_error"] is None, what="the ARI renewal")
         details = [r[0] for r in app.db(
             "SELECT details FROM audit_log WHERE action = 'tls.certificate.renew'")]
         assert any(second_id in d for d in details)

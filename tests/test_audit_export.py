@@ -148,6 +148,12 @@ async def test_bad_arguments_exit_2_with_one_line_and_write_nothing(state: Path,
         assert done.stderr.strip().splitlines() == [f"error: {done.stderr.strip()[7:]}"]
         assert says in done.stderr, done.stderr
         assert not out.exists()
+    # A range the store holds nothing in: found after the store is open, one line all the same
+    # (on a PostgreSQL store too: closing it after the error must log nothing).
+    empty = cli(state, "audit", "export", "--from-position", "999999", "--out", str(out))
+    assert empty.returncode == 2 and empty.stderr.strip().splitlines() == [
+        "error: no entry in that range (none retained, or the range is empty)"], empty.stderr
+    assert not out.exists()
     missing = cli(state, "audit", "export", "--out", str(tmp_path / "nowhere" / "x.jsonl"))
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
     assert "does not exist" in missing.stderr

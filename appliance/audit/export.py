@@ -89,11 +89,9 @@ def parse_time(option: str, text: str) -> str:
     return utc.strftime("%Y-%m-%dT%H:%M:%S.%f") + "+00:00"
 
 
-async def find_range(store: Store, *, since: str | None = None, until: str | None = None,
-                     from_position: int | None = None, to_position: int | None = None) -> Range:
-    """The retained entries within the positions and times given (stored-form times, both
-    ends included); times are found walking from the range's ends, so only what lies outside
-    the range is read to find it."""
+def check_range(*, since: str | None = None, until: str | None = None,
+                from_position: int | None = None, to_position: int | None = None) -> None:
+    """Refuse a range that cannot hold an entry, before the store is opened."""
     if since is not None and until is not None and until < since:
         raise ExportError("--until is before --since")
     if from_position is not None and from_position < 1:
@@ -101,6 +99,14 @@ async def find_range(store: Store, *, since: str | None = None, until: str | Non
     if (from_position is not None and to_position is not None
             and to_position < from_position):
         raise ExportError("--to-position is before --from-position")
+
+
+async def find_range(store: Store, *, since: str | None = None, until: str | None = None,
+                     from_position: int | None = None, to_position: int | None = None) -> Range:
+    """The retained entries within the positions and times given (stored-form times, both
+    ends included); times are found walking from the range's ends, so only what lies outside
+    the range is read to find it."""
+    check_range(since=since, until=until, from_position=from_position, to_position=to_position)
     first, head = await store.fetch_one(_FIRST), await store.fetch_one(_HEAD)
     if first is None or head is None:
         return Range(1, 0)

@@ -29,6 +29,7 @@ from appliance.audit.export import (
     ExportCheck,
     ExportError,
     Output,
+    check_range,
     find_range,
     parse_time,
     verify_export,
@@ -189,6 +190,7 @@ def run_export(args: argparse.Namespace) -> int:
     until = parse_time("--until", args.until) if args.until is not None else None
     first = _position("--from-position", args.from_position)
     last = _position("--to-position", args.to_position)
+    check_range(since=since, until=until, from_position=first, to_position=last)
     output = Output(str(args.out), force=args.force)
     output.check()
     written = asyncio.run(_export(args, output, since=since, until=until, first=first,

@@ -429,6 +429,8 @@ class PostgresStore:
                                 extra={"store": str(self.target),
                                        "error": getattr(exc, "message", type(exc).__name__)})
                 self._watch_failing = True
+            if self._closed:
+                return
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(POLL_SECONDS):
@@ -499,8 +501,16 @@ class PostgresStore:
         await self._listeners.close()
         task, self._watch = self._watch, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # Let the watcher finish the poll it may be in (it stops when it sees `_closed`):
+            # cancelled inside a read, its connection would be terminated under a pending
+            # query, whose future then fails unretrieved ("Future exception was never
+            # retrieved" on a verb's stderr). Cancelled if it is not done within 2 s (a store
+            # that does not answer), as the connections below are.
+            self._wake.set()
+            done, _ = await asyncio.wait({task}, timeout=2)
+            if not done:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         async with self._write_lock:
             conns = [self._listener, self._writer, *self._idle]
