@@ -153,8 +153,17 @@ class Recorder:
         page.on("pageerror", lambda e: self.page_errors.append(str(e)))
 
     def _route(self, route: Any) -> None:
-        response = route.fetch()
-        body = response.body()
+        try:
+            response = route.fetch()
+            body = response.body()
+        except Exception:
+            # The page or its context closed while the request was in flight ("Response has
+            # been disposed"): nothing reaches the page any more, so nothing is left to record.
+            # Raised here, it would fail whichever test closes the browser next.
+            self.unreadable.append(route.request.url)
+            with contextlib.suppress(Exception):
+                route.abort()
+            return
         self.content_types[response.url] = response.headers.get("content-type", "")
         self.responses.append((response.url, response.status, body))
         route.fulfill(response=response, body=body)
