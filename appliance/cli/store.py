@@ -27,7 +27,6 @@ from appliance.core import open_core
 from appliance.errors import ConfigError, StoreError, StoreUnavailable
 from appliance.instances import list_instances
 from appliance.keyring import SecretVault
-from appliance.keyring.errors import SealedFieldError
 from appliance.keyring.sources import resolve
 from appliance.keyring.vault import open_vault_with
 from appliance.settings import Settings, StoreSettings
@@ -166,19 +165,13 @@ async def _migrate(settings: Settings, target: Settings) -> int:
 
 
 async def _open_every_field(vault: SecretVault, what: str) -> int:
-    rows = await vault._store.fetch_all("SELECT kind, record_id, field FROM sealed_fields")
-    bad: list[str] = []
-    for row in rows:
-        try:
-            await vault.check(str(row["kind"]), str(row["record_id"]), str(row["field"]))
-        except SealedFieldError as exc:
-            bad.append(exc.message)
+    count, bad = await vault.check_every_field()
     if bad:
         from appliance.store.to_postgres import CopyRefused
 
         raise CopyRefused(f"{len(bad)} sealed field(s) of {what} do not open; first: {bad[0]}. "
                           "Nothing was committed")
-    return len(rows)
+    return count
 
 
 def settings_text(target: Settings, secret_where: str, config_file: Path | None) -> str:

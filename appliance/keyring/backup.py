@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import __version__, state_dir
-from appliance.keyring.errors import BackupError, InstanceSecretMissing, SealedFieldError
+from appliance.keyring.errors import BackupError, InstanceSecretMissing
 from appliance.keyring.kdf import DEFAULT_TUNING, KdfParamsError, KdfTuning, ScryptParams
 from appliance.keyring.sealing import FormatError, check_value, same, unwrap, wrap
 from appliance.keyring.sources import SOURCE_FILE, InstanceSecret, resolve, secret_file
@@ -245,7 +245,10 @@ async def restore_backup(settings: Settings, path: Path, *, force: bool = False,
             if root is not None:
                 await _reslot(store, root, secret, tuning)
             vault = await open_vault_with(secret, store, tuning=tuning)
-            fields = await _check_all_fields(vault)
+            fields, bad = await vault.check_every_field()
+            if bad:
+                raise BackupError(f"{len(bad)} sealed field(s) in the backup do not open; "
+                                  f"first: {bad[0]}")
         finally:
             await store.close()
         if new_secret is not None:
@@ -273,16 +276,3 @@ async def _reslot(store: Any, root: bytes, secret: InstanceSecret, tuning: KdfTu
         await tx.execute("DELETE FROM keyring_unseal")
         await insert_slot(tx, state=ACTIVE, source=secret.source, params=params,
                           derived=derived, root_key=root)
-
-
-async def _check_all_fields(vault: SecretVault) -> int:
-    rows = await vault._store.fetch_all("SELECT kind, record_id, field FROM sealed_fields")
-    bad: list[str] = []
-    for row in rows:
-        try:
-            await vault.check(str(row["kind"]), str(row["record_id"]), str(row["field"]))
-        except SealedFieldError as exc:
-            bad.append(exc.message)
-    if bad:
-        raise BackupError(f"{len(bad)} sealed field(s) in the backup do not open; first: {bad[0]}")
-    return len(rows)

@@ -118,6 +118,19 @@ class SecretVault:
             await self._open(kind, record_id, field, int(row["key_version"]),
                              bytes(row["blob"]), None, bytes(row["binding"] or b""))
 
+    async def check_every_field(self) -> tuple[int, list[str]]:
+        """Open every sealed field with the binding stored beside it (a backup's or a store copy's
+        check): how many there are, and the message of each that does not open. Plaintexts are
+        dropped at once."""
+        rows = await self._store.fetch_all("SELECT kind, record_id, field FROM sealed_fields")
+        bad: list[str] = []
+        for row in rows:
+            try:
+                await self.check(str(row["kind"]), str(row["record_id"]), str(row["field"]))
+            except SealedFieldError as exc:
+                bad.append(exc.message)
+        return len(rows), bad
+
     async def rebind(self, tx: Transaction, kind: str, record_id: str, field: str,
                      binding: bytes) -> None:
         """Re-seal a field that was sealed without a binding (`binding IS NULL`) with `binding`,

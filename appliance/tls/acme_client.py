@@ -28,6 +28,7 @@ from josepy.jwk import JWKEC
 
 from appliance.egress import EgressDenied
 from appliance.secret import Secret
+from appliance.tls import acme_private
 from appliance.tls.errors import (
     ACMEChallengeFailed,
     ACMEConfigError,
@@ -251,12 +252,9 @@ class ACMEClient:
         order = NewOrder(identifiers=identifiers, profile=profile, replaces=replaces)
         with self.explain("placing the order"):
             self.orders_placed += 1
-            response = acme._post(acme.directory["newOrder"], order)
+            response = acme_private.post(acme, acme.directory["newOrder"], order)
             body = messages.Order.from_json(response.json())
-            authorizations = [
-                acme._authzr_from_response(acme._post_as_get(url), uri=url)
-                for url in body.authorizations
-            ]
+            authorizations = [_authorization(acme, url) for url in body.authorizations]
         return messages.OrderResource(body=body, uri=response.headers.get("Location"),
                                       authorizations=authorizations, csr_pem=csr_pem)
 
@@ -266,7 +264,7 @@ class ACMEClient:
             for url in orderr.body.authorizations:
                 delay = POLL_FIRST
                 while True:
-                    authzr = acme._authzr_from_response(acme._post_as_get(url), uri=url)
+                    authzr = _authorization(acme, url)
                     status = authzr.body.status
                     if status == messages.STATUS_VALID:
                         break
@@ -287,10 +285,10 @@ class ACMEClient:
                     raise
             delay = POLL_FIRST
             while time.monotonic() < deadline:
-                response = acme._post_as_get(orderr.uri)
+                response = acme_private.post_as_get(acme, orderr.uri)
                 body = messages.Order.from_json(response.json())
                 if body.status == messages.STATUS_VALID and body.certificate:
-                    return acme._post_as_get(body.certificate).text.encode()
+                    return acme_private.post_as_get(acme, body.certificate).text.encode()
                 if body.status == messages.STATUS_INVALID:
                     detail = body.error.detail if body.error else "no reason given"
                     raise ACMERejected(f"the CA refused to issue the certificate: {detail}")
@@ -350,6 +348,13 @@ class ACMEClient:
         except (ValueError, DeserializationError) as exc:
             raise ACMERejected(f"{doing}: the CA's answer was not understood "
                                f"({type(exc).__name__})") from None
+
+
+def _authorization(acme: client.ClientV2, url: str) -> messages.AuthorizationResource:
+    """The authorization at `url` as the CA holds it now (the client's public poll, given only the
+    address: the order names its authorizations by URL)."""
+    authzr, _ = acme.poll(messages.AuthorizationResource(uri=url, body=messages.Authorization()))
+    return authzr
 
 
 def _validation_failure(authzr: messages.AuthorizationResource) -> str:
