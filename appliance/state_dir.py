@@ -90,6 +90,22 @@ def write_private(path: Path, data: bytes, *, exclusive: bool = False) -> None:
     fsync_dir(path.parent)
 
 
+def read_private(path: Path, *, others_may_read: bool = False) -> bytes:
+    """The bytes of a secret file an operator wrote (an instance secret, a store password), or
+    `ValueError` saying in words what is wrong with it: missing, unreadable, or readable by group
+    or others (unless `others_may_read`: systemd's credential files are the service's own)."""
+    try:
+        info = path.stat()
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist") from None
+    except OSError as exc:
+        raise ValueError(f"{path} cannot be read ({exc.strerror})") from None
+    if stat.S_IMODE(info.st_mode) & 0o077 and not others_may_read:
+        raise ValueError(f"{path} is readable by group or others; run `chmod 600 {path}`")
+    return data
+
+
 def fsync_dir(path: Path) -> None:
     """Make a directory's entries (a rename, a new file) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

@@ -4,7 +4,6 @@ pair from the environment (snapshot in settings), or the 0600 file `init` create
 
 from __future__ import annotations
 
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,15 +42,9 @@ def password_material(password: str, salt: str) -> bytes:
 def read_secret_file(path: Path, what: str) -> bytes:
     """Raw bytes of a secret file; refuses a short one and one others can read."""
     try:
-        info = path.stat()
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise InstanceSecretMissing(f"{what} {path} does not exist") from None
-    except OSError as exc:
-        raise InstanceSecretMissing(f"{what} {path} cannot be read: {exc.strerror}") from None
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        raise InstanceSecretMissing(
-            f"{what} {path} is readable by group or others; run `chmod 600 {path}`")
+        data = state_dir.read_private(path)
+    except ValueError as exc:
+        raise InstanceSecretMissing(f"{what} {exc}") from None
     if len(data) < MIN_SECRET_BYTES:
         raise InstanceSecretMissing(
             f"{what} {path} holds {len(data)} bytes, at least {MIN_SECRET_BYTES} are needed")

@@ -8,7 +8,6 @@ password, and never imports the PostgreSQL driver unless the URL names PostgreSQ
 
 from __future__ import annotations
 
-import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -77,15 +76,9 @@ def password(settings: Settings) -> Secret[str] | None:
 
 def _read(path: Path, what: str) -> Secret[str]:
     try:
-        info = path.stat()
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise StoreUnavailable(f"{what}: {path} does not exist") from None
-    except OSError as exc:
-        raise StoreUnavailable(f"{what}: {path} cannot be read ({exc.strerror})") from None
-    if stat.S_IMODE(info.st_mode) & 0o077 and not what.startswith("systemd"):
-        raise StoreUnavailable(f"{what}: {path} is readable by group or others; run "
-                               f"`chmod 600 {path}`")
+        data = state_dir.read_private(path, others_may_read=what.startswith("systemd"))
+    except ValueError as exc:
+        raise StoreUnavailable(f"{what}: {exc}") from None
     try:
         text = data.decode()
     except UnicodeDecodeError:
