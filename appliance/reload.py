@@ -14,13 +14,14 @@ import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-from aiohttp import web
+from typing import TYPE_CHECKING
 
 from appliance import logs
 from appliance.errors import ApplianceError
-from appliance.http.app_keys import CORE
 from appliance.settings import SCHEMA, Settings
+
+if TYPE_CHECKING:
+    from appliance.core import Core
 
 log = logging.getLogger("appliance.reload")
 
@@ -55,9 +56,9 @@ def changed_settings(old: Settings, new: Settings) -> list[str]:
 class Reloader:
     """Holds the settings the process runs with now; `reload()` moves it to a fresh load."""
 
-    def __init__(self, app: web.Application, current: Settings,
+    def __init__(self, core: Callable[[], Core], current: Settings,
                  load: Callable[[], Settings]) -> None:
-        self.app = app
+        self.core = core  # the serving core, once the application has opened it
         self.current = current
         self.load = load
         self._one_at_a_time = asyncio.Lock()  # SIGHUPs in a row: each reload after the last
@@ -97,7 +98,7 @@ class Reloader:
 
         # TLS: new file paths (files mode), then a check that re-reads the files (a renewed
         # certificate at the same path is installed too); open connections keep their session.
-        tls = self.app[CORE].tls
+        tls = self.core().tls
         tls_changed = [name for name in live if name.startswith("tls.")]
         if tls_changed:
             tls.settings = dataclasses.replace(
@@ -110,7 +111,7 @@ class Reloader:
         egress_changed = [name for name in live if name.startswith("egress.")]
         if egress_changed:
             try:
-                await self.app[CORE].egress_runtime.rebase(new.egress)
+                await self.core().egress_runtime.rebase(new.egress)
                 report.applied += egress_changed
             except (ValueError, ApplianceError) as exc:  # invalid, or StoreCutOff: the store
                 # every instance needs would be denied here
@@ -126,7 +127,7 @@ class Reloader:
 
         # Audit file sinks: every SIGHUP reopens them (logrotate moved the file away), in a
         # thread: each waits for its sink's lock, which a batch being written holds.
-        sinks = self.app[CORE].audit_sinks
+        sinks = self.core().audit_sinks
         if sinks:
             await asyncio.to_thread(sinks.reopen)
             report.applied.append("audit.sinks (reopened)")

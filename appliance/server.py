@@ -102,7 +102,7 @@ async def serve(settings: Settings, out: TextIO = sys.stdout, *,
         str(Endpoint(settings.server.http_listen.host, listeners[-1].addresses[0][1]))
         if settings.server.http_listen is not None else None)
     # Before "listening" and READY=1: a SIGHUP from then on reloads, never terminates.
-    reloader = Reloader(app, settings, reload_settings or _same_load(settings))
+    reloader = Reloader(lambda: app[CORE], settings, reload_settings or _same_load(settings))
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.on_signal)
     tls.listeners_ready()  # acme: issuance starts in the background now that HTTP-01 answers
     url = _url(listen, port)
