@@ -316,6 +316,32 @@ def test_a_strict_egress_policy_must_allow_the_store(store_database: StoreDataba
     assert allowed.returncode == 0, allowed.stderr
 
 
+async def test_the_store_connects_from_the_egress_source_address(store_database: StoreDatabase,
+                                                                 tmp_path: Path) -> None:
+    """The store's connections leave from `[egress] source_address` like every other: the server
+    sees 127.0.0.2. The cluster admits 127.0.0.2 only for this test's database."""
+    server = store_database.server
+    hba = server.root / "data" / "pg_hba.conf"
+    before = hba.read_text()
+    hba.write_text(f"host {store_database.name} app 127.0.0.2/32 scram-sha-256\n" + before)
+    server.sql("SELECT pg_reload_conf()", database="postgres")
+    try:
+        s = settings.load(env=store_database.env(APPLIANCE_EGRESS_SOURCE_ADDRESS="127.0.0.2"),
+                          flags={"state_dir": str(tmp_path)})
+        store = await open_store(s, Dialer(PolicyHolder(s.egress)))
+        try:
+            await put(store, "source", "seen")
+            seen = store_database.sql(
+                "SELECT DISTINCT host(client_addr) FROM pg_stat_activity "
+                f"WHERE datname = '{store_database.name}' AND usename = 'app'")
+        finally:
+            await store.close()
+    finally:
+        hba.write_text(before)
+        server.sql("SELECT pg_reload_conf()", database="postgres")
+    assert seen.split() == ["127.0.0.2"]
+
+
 def test_a_store_with_a_newer_schema_is_refused(store_database: StoreDatabase,
                                                 tmp_path: Path) -> None:
     assert init(tmp_path, **store_database.env()).returncode == 0
