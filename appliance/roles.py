@@ -34,7 +34,7 @@ def lower(a: str, b: str) -> str:
 
 
 def describe() -> dict[str, list[str]]:
-    """The roles as data, lowest first, for the API and the console (which spells none)."""
+    """The roles as data, lowest first, for the API and the console."""
     return {"roles": list(LOWEST_FIRST)}
 
 

@@ -732,8 +732,8 @@ def test_the_role_lists_are_the_servers(world: World) -> None:
         # A role only the server knows (as after an upgrade): every list shows it, in its place,
         # and the navigation ranks by the server's order.
         answer_changed(page, "/api/v1/roles",
-                       lambda body: {"roles": ["guest", *body["roles"][:1], "auditor",
-                                               *body["roles"][1:]]})
+                       lambda body: {**body, "roles": ["guest", *body["roles"][:1], "auditor",
+                                                         *body["roles"][1:]]})
         page.reload()
         page.get_by_role("heading", name="Add a user").wait_for()
         wanted = ["guest", "viewer", "auditor", "developer", "admin"]
@@ -753,7 +753,7 @@ def test_the_role_lists_are_the_servers(world: World) -> None:
     context, page, recorder = new_page(world)
     try:
         answer_changed(page, "/api/v1/roles",
-                       lambda body: {"roles": ["viewer", "auditor", "developer", "admin"]})
+                       lambda body: {**body, "roles": ["viewer", "auditor", "developer", "admin"]})
         login(page, app.url, "dev", DEVELOPER_PASSWORD)
         page.get_by_role("heading", name="Queries").wait_for()
         assert page.locator("#nav a").all_inner_texts() == ["Queries", "Datasources", "My account"]
@@ -764,12 +764,12 @@ def test_the_role_lists_are_the_servers(world: World) -> None:
         # The order is the server's: with developer ranked above admin, the admin pages open
         # (the server still refuses their calls: it decides, the console only offers).
         answer_changed(page, "/api/v1/roles",
-                       lambda body: {"roles": ["viewer", "admin", "developer"]})
+                       lambda body: {**body, "roles": ["viewer", "admin", "developer"]})
         page.reload()
         page.get_by_role("heading", name="My account").wait_for()
         assert "Users" in page.locator("#nav a").all_inner_texts()
         # A role the server does not name is never enough: no page is offered.
-        answer_changed(page, "/api/v1/roles", lambda body: {"roles": ["viewer", "admin"]})
+        answer_changed(page, "/api/v1/roles", lambda body: {**body, "roles": ["viewer", "admin"]})
         page.reload()
         page.get_by_role("heading", name="Queries").wait_for()
         assert page.locator("#nav a").all_inner_texts() == []

@@ -138,9 +138,19 @@ async def test_the_roles_are_served_lowest_first_even_before_2fa_is_set_up(tmp_p
         assert (await admin.login("admin")).body["2fa_enrolment_required"] is True
         resp = await admin.request("GET", "/api/v1/roles")
         assert resp.status == 200, resp.body
-        assert resp.body == {"roles": list(roles.LOWEST_FIRST)} == {
-            "roles": ["viewer", "developer", "admin"]}
+        assert resp.body["roles"] == list(roles.LOWEST_FIRST) == ["viewer", "developer", "admin"]
         assert [roles.rank(role) for role in resp.body["roles"]] == [1, 2, 3]
+        # Each signed-in route with the least role its declaration names: what the console opens
+        # a page by (it names no role itself).
+        routes = resp.body["routes"]
+        assert {route: routes.get(route) for route in (
+            "GET /api/v1/queries", "POST /api/v1/queries", "GET /api/v1/datasources",
+            "GET /api/v1/users", "GET /api/v1/users/me", "PUT /api/v1/egress")} == {
+            "GET /api/v1/queries": "viewer", "POST /api/v1/queries": "developer",
+            "GET /api/v1/datasources": "developer", "GET /api/v1/users": "admin",
+            "GET /api/v1/users/me": "viewer", "PUT /api/v1/egress": "admin"}
+        assert set(routes.values()) == set(roles.LOWEST_FIRST)
+        assert not any(route.startswith(("HEAD ", "GET /healthz")) for route in routes)
         assert (await appliance.client().request("GET", "/api/v1/roles")).status == 401
 
 

@@ -172,10 +172,13 @@ REQUEST_BODIES: dict[tuple[str, str], dict[str, Any]] = {
 RESPONSE_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/api/v1/roles"): {
         "type": "object",
-        "required": ["roles"],
+        "required": ["roles", "routes"],
         "properties": {"roles": {"type": "array", "items": _STR,
                                  "description": "the role names, lowest first: each role may "
-                                                "what the roles before it may"}},
+                                                "what the roles before it may"},
+                       "routes": {"type": "object", "additionalProperties": _STR,
+                                  "description": "every signed-in route, as \"METHOD /path\", "
+                                                 "with the least role that may call it"}},
     },
     ("GET", "/api/v1/kinds"): {
         "type": "object",

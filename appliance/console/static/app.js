@@ -13,20 +13,21 @@ import {renderQueries} from './pages/queries.js';
 import {renderTls} from './pages/tls.js';
 import {renderUsers} from './pages/users.js';
 
-// Each page names the least role that may open it; the roles and their order come from the server
-// (GET /api/v1/roles, lowest first: appliance/roles.py), which also decides what each may do.
+// Each page names the route it reads; it opens for whoever may call that route. The least role of
+// every route comes from the server (GET /api/v1/roles: the routes' own declarations in
+// appliance/http/access.py), so the console names no role.
 const PAGES = [
-  {path: 'queries', title: 'Queries', role: 'viewer', render: renderQueries},
-  {path: 'datasources', title: 'Datasources', role: 'developer', render: renderDatasources},
-  {path: 'tls', title: 'TLS', role: 'admin', render: renderTls},
-  {path: 'egress', title: 'Egress', role: 'admin', render: renderEgress},
-  {path: 'audit', title: 'Audit log', role: 'admin', render: renderAudit},
-  {path: 'users', title: 'Users', role: 'admin', render: renderUsers},
-  {path: 'keys', title: 'Keys', role: 'admin', render: renderKeys},
-  {path: 'account', title: 'My account', role: 'viewer', render: renderAccount},
+  {path: 'queries', title: 'Queries', reads: 'GET /api/v1/queries', render: renderQueries},
+  {path: 'datasources', title: 'Datasources', reads: 'GET /api/v1/datasources', render: renderDatasources},
+  {path: 'tls', title: 'TLS', reads: 'GET /api/v1/tls', render: renderTls},
+  {path: 'egress', title: 'Egress', reads: 'GET /api/v1/egress', render: renderEgress},
+  {path: 'audit', title: 'Audit log', reads: 'GET /api/v1/audit', render: renderAudit},
+  {path: 'users', title: 'Users', reads: 'GET /api/v1/users', render: renderUsers},
+  {path: 'keys', title: 'Keys', reads: 'GET /api/v1/keys', render: renderKeys},
+  {path: 'account', title: 'My account', reads: 'GET /api/v1/users/me', render: renderAccount},
 ];
 
-let session = null; // {username, role, enrolment, roles (every role's name, lowest first)}
+let session = null; // {username, role, enrolment, roles (every role's name, lowest first), routes}
 
 const main = () => document.getElementById('main');
 
@@ -48,8 +49,14 @@ function atLeast(role, needed) {
   return rank(needed) > 0 && rank(role) >= rank(needed);
 }
 
+// May this session call `route` ("METHOD /api/v1/path", as the server lists it)? A route the server
+// did not list is never allowed.
+function may(route) {
+  return Boolean(session) && route in session.routes && atLeast(session.role, session.routes[route]);
+}
+
 function allowed(page) {
-  return Boolean(session) && atLeast(session.role, page.role);
+  return may(page.reads);
 }
 
 export function navigate(path) {
@@ -105,9 +112,9 @@ function defaultPage() {
 
 async function loadSession() {
   try {
-    const [who, {roles}] = await Promise.all([api.get('/api/v1/session'), api.get('/api/v1/roles')]);
+    const [who, {roles, routes}] = await Promise.all([api.get('/api/v1/session'), api.get('/api/v1/roles')]);
     session = {username: who.username, role: who.role, enrolment: Boolean(who['2fa_enrolment_required']),
-      passwordChange: Boolean(who.password_change_required), roles};
+      passwordChange: Boolean(who.password_change_required), roles, routes};
   } catch {
     session = null;
   }
@@ -140,7 +147,7 @@ async function route() {
         if (then && session) navigate(then);
         else route();
       },
-      atLeast: (role) => atLeast(session.role, role),
+      may,
     });
   } catch (error) {
     if (error && error.name === 'AbortError') return;

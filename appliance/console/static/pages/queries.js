@@ -14,7 +14,7 @@ const MAX_SHOWN_ROWS = 10000;
 
 export async function renderQueries(ctx) {
   const [id] = ctx.args;
-  const developer = ctx.atLeast('developer');
+  const developer = ctx.may('POST /api/v1/queries');  // may make and edit queries
   if (id === 'new' && developer) return editor(ctx, await loadKinds(), null);
   if (id) {
     const query = await api.get(`/api/v1/queries/${api.enc(id)}`);
