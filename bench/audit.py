@@ -448,6 +448,10 @@ async def pg_read_bench(count: int, repeat: int) -> None:
                  f"since={urllib.parse.quote(middle['time'])}&order=asc"),
                 ("deep page: before=head/2", f"limit=100&before={head // 2}"),
                 ("deep page: its cursor", f"limit=100&cursor={deep_cursor}"),
+                ("target=query:q07 (prefix, 2%, no index)", "target=query:q07"),
+                (f"actor={RARE_ACTOR}&order=asc (oldest first)",
+                 f"actor={RARE_ACTOR}&order=asc"),
+                ("until=the middle (binary search)", f"until={urllib.parse.quote(middle['time'])}"),
             ]
             results = await time_requests(port, token, ca, {
                 name: f"/api/v1/audit?{query}" for name, query in queries}, repeat)
