@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from appliance.audit import Context
-from appliance.audit.sinks import open_sinks
+from appliance.audit.sinks import open_sinks, probe
 from appliance.core import open_core
 from appliance.errors import ConfigError
 from appliance.settings import SinkSpec
@@ -79,6 +79,11 @@ def test_read_only_verbs_work_while_a_required_sink_cannot_open(verbs: Verbs,
         assert "audit.sinks" not in done.stderr
     assert verbs.entries() == before  # they wrote no entry
     assert not verbs.logs.exists()  # and opened no sink
+    # doctor says so, opening nothing either
+    done = verbs("doctor")
+    assert f"FAIL  audit sink file:{verbs.sink}: cannot be opened: directory {verbs.logs} does " \
+        "not exist (ENOENT) -> make it available" in done.stdout, done.stdout
+    assert done.returncode == 1 and not verbs.logs.exists()
 
 
 def test_a_writing_verb_fails_closed_with_exit_2_and_writes_nothing(verbs: Verbs,
@@ -152,3 +157,16 @@ def test_deferred_sinks_open_at_the_first_line(tmp_path: Path) -> None:
     assert [json.loads(line)["position"] for line in path.read_text().splitlines()] == [7]
     sinks.close()
     assert not open_sinks([], deferred=True)  # none configured: nothing to open, ever
+
+
+def test_probe_opens_and_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "logs" / "audit.jsonl"
+    spec = SinkSpec("file", str(path))
+    assert probe(spec) == f"directory {path.parent} does not exist (ENOENT)"
+    path.parent.mkdir()
+    assert probe(spec) is None and not path.exists()
+    (tmp_path / "plain").write_text("")
+    assert probe(SinkSpec("syslog", str(tmp_path / "plain"))) == \
+        f"{tmp_path / 'plain'} is not a socket (ENOTSOCK)"
+    assert probe(SinkSpec("journal", str(tmp_path / "gone"))) == \
+        f"socket {tmp_path / 'gone'} is not there (ENOENT)"

@@ -122,6 +122,11 @@ class Sink:
         if "kind" in cls.__dict__:  # a sink kind of the settings (not a base, not _Unopened)
             Sink.kinds[cls.kind] = cls
 
+    @classmethod
+    def check(cls, spec: SinkSpec) -> None:
+        """Raise `OSError` saying why `spec` could not be opened now, opening and creating
+        nothing (`appliance doctor`)."""
+
     def write(self, lines: Sequence[Line]) -> None:
         raise NotImplementedError
 
@@ -148,10 +153,17 @@ class FileSink(Sink):
         self._torn = False  # a write failed part-way: start the next one on a new line
         self._fd = self._open()
 
+    @classmethod
+    def check(cls, spec: SinkSpec) -> None:
+        directory = _directory(spec.target)
+        if os.path.exists(spec.target):
+            if not os.access(spec.target, os.W_OK):
+                raise PermissionError(errno.EACCES, f"{spec.target} is not writable")
+        elif not os.access(directory, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, f"directory {directory} is not writable")
+
     def _open(self) -> int:
-        directory = os.path.dirname(self.path) or "/"
-        if not os.path.isdir(directory):
-            raise FileNotFoundError(errno.ENOENT, f"directory {directory} does not exist")
+        _directory(self.path)
         flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
         try:
             fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o640)
@@ -214,14 +226,13 @@ class _DatagramSink(Sink):
                  timeout: float = SEND_TIMEOUT) -> None:
         super().__init__(spec)
         self.path = socket_path or spec.target or self.default_socket
-        try:
-            mode = os.stat(self.path).st_mode
-        except OSError as exc:
-            raise FileNotFoundError(exc.errno, f"socket {self.path} is not there") from None
-        if not stat.S_ISSOCK(mode):
-            raise FileNotFoundError(errno.ENOTSOCK, f"{self.path} is not a socket")
+        _is_socket(self.path)
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._socket.settimeout(timeout)
+
+    @classmethod
+    def check(cls, spec: SinkSpec) -> None:
+        _is_socket(spec.target or cls.default_socket)
 
     def write(self, lines: Sequence[Line]) -> None:
         for line in lines:
@@ -238,6 +249,23 @@ class _DatagramSink(Sink):
 
     def close(self) -> None:
         self._socket.close()
+
+
+def _directory(path: str) -> str:
+    """The directory of a file sink's path, which must exist (`FileNotFoundError`)."""
+    directory = os.path.dirname(path) or "/"
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(errno.ENOENT, f"directory {directory} does not exist")
+    return directory
+
+
+def _is_socket(path: str) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise FileNotFoundError(exc.errno, f"socket {path} is not there") from None
+    if not stat.S_ISSOCK(mode):
+        raise FileNotFoundError(errno.ENOTSOCK, f"{path} is not a socket")
 
 
 def journal_field(name: str, value: bytes) -> bytes:
@@ -474,6 +502,16 @@ def _open_all(specs: Sequence[SinkSpec], socket_paths: Mapping[str, str],
                         extra={"sink": spec.name, "error": _reason(exc)})
             opened.append(_Unopened(spec, socket_paths, owner))
     return opened
+
+
+def probe(spec: SinkSpec) -> str | None:
+    """Why the sink of `spec` could not be opened now, or None; opens and creates nothing (for
+    `appliance doctor`: a read-only verb no longer opens the sinks, so none finds out)."""
+    try:
+        Sink.kinds[spec.kind].check(spec)
+    except OSError as exc:
+        return _reason(exc)
+    return None
 
 
 def _open_sink(spec: SinkSpec, socket_paths: Mapping[str, str],
