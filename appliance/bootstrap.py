@@ -58,7 +58,8 @@ async def init_state(settings: Settings, *, admin_user: str | None = None,
 
     store_path = sqlite_path(settings)
     existed = store_path is None or store_path.exists()  # PostgreSQL: migrated, not created
-    async with open_core(settings, unseal=False, tuning=tuning) as core:  # creates, migrates
+    async with open_core(settings, unseal=False, writing=admin_user is not None,
+                         tuning=tuning) as core:  # creates, migrates
         (report.existing if existed else report.created).append(f"store {describe(settings)}")
         if admin_user is not None:
             await core.unseal()  # the keyring (and its audit key) before the admin's entry

@@ -182,10 +182,12 @@ def _opened(service: S | None, why: str, *, code: str = "keyring_unavailable") -
 
 @contextlib.asynccontextmanager
 async def open_core(settings: Settings, *, unseal: bool = True, tls: TLSManager | None = None,
-                    serving: bool = False, must_exist: bool = False,
+                    serving: bool = False, must_exist: bool = False, writing: bool = False,
                     tuning: KdfTuning = DEFAULT_TUNING) -> AsyncIterator[Core]:
     """The core over the settings' store (`[store] url`), in this order: egress dialer, the audit
-    sinks (`[audit] sinks`: a required one that cannot be opened is a `ConfigError`), store
+    sinks (`[audit] sinks`: a required one that cannot be opened is a `ConfigError`; opened here
+    with `writing` or `serving`, a process that writes entries, else at its first entry if it
+    writes one, so a verb that only reads never needs them), store
     (migrated; a PostgreSQL store connects through the dialer), audit, auth,
     egress (with its stored policy), then, with `unseal`, the keyring, datasources (secrets
     sealed before bindings bound once), queries and runner. `serving` adds what only a server
@@ -199,7 +201,8 @@ async def open_core(settings: Settings, *, unseal: bool = True, tls: TLSManager 
     async with contextlib.AsyncExitStack() as stack:
         # A CLI verb run as root makes a new sink file its state directory's owner's (the
         # service user's), which it would otherwise lock out of the file.
-        sinks = open_sinks(settings.audit.sinks, owner=_state_owner(settings))
+        sinks = open_sinks(settings.audit.sinks, owner=_state_owner(settings),
+                           deferred=not (writing or serving))
         stack.callback(sinks.close)  # last: after the audit log's last entry and anchor
         store = await open_store(settings, dialer, must_exist=must_exist)
         stack.push_async_callback(store.close)

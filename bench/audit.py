@@ -388,6 +388,83 @@ async def read_bench(count: int, sizes: int, repeat: int) -> None:
     _print_costs(costs)
 
 
+
+async def serve_filled_pg(state: str, count: str, port: str, password_file: str) -> None:
+    """The child of `pg_read_bench`: `serve_filled` with the state directory's store in the
+    database `store` of the cluster on `port` (as tests/conftest.py names one per state
+    directory under APPLIANCE_TEST_STORE=postgres)."""
+    from tests.support import app as test_app
+
+    test_app.STORE_FOR = lambda _state: {
+        "APPLIANCE_STORE_URL": f"postgresql://app@127.0.0.1:{port}/store",
+        "APPLIANCE_STORE_PASSWORD_FILE": password_file, "APPLIANCE_STORE_TLS": "disable"}
+    await serve_filled(state, count)
+
+
+async def pg_read_bench(count: int, repeat: int) -> None:
+    """GET /api/v1/audit on `count` entries in a PostgreSQL store (a throwaway cluster, as
+    bench/proxy.py starts it): the requests `read_bench` times on SQLite, served the same way."""
+    import ssl
+    import urllib.parse
+
+    import aiohttp
+
+    from bench.proxy import PASSWORD, bench_cluster, spawn, stop
+
+    with bench_cluster() as cluster, tempfile.TemporaryDirectory() as scratch:
+        cluster.sql("CREATE DATABASE store OWNER app", database="postgres")
+        password_file = Path(scratch) / "store.password"
+        password_file.write_text(PASSWORD + "\n")
+        password_file.chmod(0o600)
+        started = time.perf_counter()
+        proc, info = spawn(__file__, "filled-pg", str(Path(scratch) / "state"), str(count),
+                           str(cluster.port), str(password_file))
+        try:
+            print(f"\nfilled {count:,} entries in {info['fill_seconds']:.1f} s "
+                  f"({count / info['fill_seconds']:,.0f} entries/s; "
+                  f"{time.perf_counter() - started:.1f} s with the start)", flush=True)
+            port, token, ca = info["port"], info["token"], info["ca"]
+            ctx = ssl.create_default_context(cafile=ca)
+            url = f"https://127.0.0.1:{port}/api/v1/audit"
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as h:
+                async def first(query: str) -> dict[str, Any]:
+                    async with h.get(f"{url}?{query}", ssl=ctx) as resp:
+                        body: dict[str, Any] = await resp.json()
+                        return body
+
+                head = (await first("limit=1"))["entries"][0]["position"]
+                middle = (await first(f"limit=1&before={head // 2}"))["entries"][0]
+                deep_cursor = (await first(f"limit=100&before={head // 2}"))["cursor"]
+            queries = [
+                ("newest page (100)", "limit=100"),
+                (f"actor={RARE_ACTOR} (1 in 10,000)", f"actor={RARE_ACTOR}"),
+                ("actor=svc (4 tokens, 99%)", "actor=svc"),
+                ("action=session. (prefix, rare)", "action=session."),
+                ("action=query.run (prefix, 99%)", "action=query.run"),
+                ("outcome=failed (0.5%, no index)", "outcome=failed"),
+                ("text matching nothing (bounded)", "text=no-such-text"),
+                ("actor=admin&outcome=failed (rare)", "actor=admin&outcome=failed"),
+                ("since=the middle (binary search)",
+                 f"since={urllib.parse.quote(middle['time'])}&order=asc"),
+                ("deep page: before=head/2", f"limit=100&before={head // 2}"),
+                ("deep page: its cursor", f"limit=100&cursor={deep_cursor}"),
+                ("target=query:q07 (prefix, 2%, no index)", "target=query:q07"),
+                (f"actor={RARE_ACTOR}&order=asc (oldest first)",
+                 f"actor={RARE_ACTOR}&order=asc"),
+                ("until=the middle (binary search)", f"until={urllib.parse.quote(middle['time'])}"),
+            ]
+            results = await time_requests(port, token, ca, {
+                name: f"/api/v1/audit?{query}" for name, query in queries}, repeat)
+        finally:
+            stop([proc])
+    print(f"\nGET /api/v1/audit on {count:,} entries (PostgreSQL store), {repeat} requests "
+          "each:\n")
+    print("| request | median ms | p95 ms | entries | positions scanned |")
+    print("|---|---|---|---|---|")
+    for name, (median, p95, entries, scanned) in results.items():
+        print(f"| {name} | {median:.1f} | {p95:.1f} | {entries} | {scanned:,} |")
+
+
 def _print_costs(costs: list[tuple[str, str, float, float, float]]) -> None:
     print("\n| store | indexes | entries/s (all of it) | µs per entry in the store's write |"
           " bytes per entry |")
@@ -408,9 +485,18 @@ if __name__ == "__main__":
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--serve-filled", nargs=2, metavar=("STATE", "COUNT"),
                         help=argparse.SUPPRESS)
+    parser.add_argument("--read-pg", action="store_true",
+                        help="the read benchmark's requests on a PostgreSQL store")
+    parser.add_argument("--serve-filled-pg", nargs=4, help=argparse.SUPPRESS,
+                        metavar=("STATE", "COUNT", "PORT", "PASSWORD_FILE"))
     args = parser.parse_args()
     if args.serve_filled:
         asyncio.run(serve_filled(*args.serve_filled))
+    elif args.serve_filled_pg:
+        asyncio.run(serve_filled_pg(*args.serve_filled_pg))
+    elif args.read_pg:
+        asyncio.run(pg_read_bench(int(os.environ.get("APPLIANCE_BENCH_AUDIT_ENTRIES", "20000")),
+                                  args.repeat))
     elif args.sinks:
         asyncio.run(sink_bench(args.entries, args.rounds))
     elif args.read:

@@ -1,13 +1,14 @@
 """Audit sinks: every audit entry, and every anchor of the chain's head, also written as one JSON
 line to systemd-journald, syslog or a file, where the store's writer cannot rewrite it.
 
-Owns the sinks' wire formats (journald's native protocol, RFC 5424 over a Unix datagram socket,
-JSON lines appended to a file), the failure policy (a required sink fails closed with
-`SinkFailed`; an optional one is counted and logged at most once a minute) and the reopening of
-files (SIGHUP, logrotate). Never adds anything to an entry (a line is the store's row: its
-details are the stored, already-redacted JSON text), never puts an entry's content in a log line,
-an error or a metric, and never touches the event loop: `deliver` runs in the store's writer
-thread and may block only on a sink's own short timeout.
+Owns the sinks' wire formats (journald's native protocol, RFC 5424 over a Unix datagram socket, JSON
+lines appended to a file), the failure policy (a required sink fails closed with `SinkFailed`; an
+optional one is counted and logged at most once a minute), when they are opened (at once for a
+process that writes entries; at its first line for one that only reads, so a read-only verb never
+needs them) and the reopening of files (SIGHUP, logrotate). Never adds anything to an entry (a line
+is the store's row: its details are the stored, already-redacted JSON text), never puts an entry's
+content in a log line, an error or a metric, and never touches the event loop: `deliver` runs in the
+store's writer thread and may block only on a sink's own short timeout.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import orjson
@@ -121,6 +122,11 @@ class Sink:
         if "kind" in cls.__dict__:  # a sink kind of the settings (not a base, not _Unopened)
             Sink.kinds[cls.kind] = cls
 
+    @classmethod
+    def check(cls, spec: SinkSpec) -> None:
+        """Raise `OSError` saying why `spec` could not be opened now, opening and creating
+        nothing (`appliance doctor`)."""
+
     def write(self, lines: Sequence[Line]) -> None:
         raise NotImplementedError
 
@@ -147,10 +153,17 @@ class FileSink(Sink):
         self._torn = False  # a write failed part-way: start the next one on a new line
         self._fd = self._open()
 
+    @classmethod
+    def check(cls, spec: SinkSpec) -> None:
+        directory = _directory(spec.target)
+        if os.path.exists(spec.target):
+            if not os.access(spec.target, os.W_OK):
+                raise PermissionError(errno.EACCES, f"{spec.target} is not writable")
+        elif not os.access(directory, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, f"directory {directory} is not writable")
+
     def _open(self) -> int:
-        directory = os.path.dirname(self.path) or "/"
-        if not os.path.isdir(directory):
-            raise FileNotFoundError(errno.ENOENT, f"directory {directory} does not exist")
+        _directory(self.path)
         flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
         try:
             fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o640)
@@ -213,14 +226,13 @@ class _DatagramSink(Sink):
                  timeout: float = SEND_TIMEOUT) -> None:
         super().__init__(spec)
         self.path = socket_path or spec.target or self.default_socket
-        try:
-            mode = os.stat(self.path).st_mode
-        except OSError as exc:
-            raise FileNotFoundError(exc.errno, f"socket {self.path} is not there") from None
-        if not stat.S_ISSOCK(mode):
-            raise FileNotFoundError(errno.ENOTSOCK, f"{self.path} is not a socket")
+        _is_socket(self.path)
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._socket.settimeout(timeout)
+
+    @classmethod
+    def check(cls, spec: SinkSpec) -> None:
+        _is_socket(spec.target or cls.default_socket)
 
     def write(self, lines: Sequence[Line]) -> None:
         for line in lines:
@@ -237,6 +249,23 @@ class _DatagramSink(Sink):
 
     def close(self) -> None:
         self._socket.close()
+
+
+def _directory(path: str) -> str:
+    """The directory of a file sink's path, which must exist (`FileNotFoundError`)."""
+    directory = os.path.dirname(path) or "/"
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(errno.ENOENT, f"directory {directory} does not exist")
+    return directory
+
+
+def _is_socket(path: str) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise FileNotFoundError(exc.errno, f"socket {path} is not there") from None
+    if not stat.S_ISSOCK(mode):
+        raise FileNotFoundError(errno.ENOTSOCK, f"{path} is not a socket")
 
 
 def journal_field(name: str, value: bytes) -> bytes:
@@ -314,23 +343,47 @@ class SyslogSink(_DatagramSink):
 
 class Sinks:
     """The configured sinks of a process. `deliver` and `anchor` are thread-safe (each sink has
-    its lock); `deliver` raises `SinkFailed` when a required sink did not take the batch."""
+    its lock); `deliver` raises `SinkFailed` when a required sink did not take the batch.
 
-    def __init__(self, sinks: Sequence[Sink], *, clock: Any = time.monotonic) -> None:
+    Deferred (`open_sinks(..., deferred=True)`): nothing is opened until the first line is
+    written; then every sink is, as at a start (`ConfigError` for a required one that cannot
+    be, raised by that `deliver`, and again by the next until it can: the entries are never
+    written without it)."""
+
+    def __init__(self, sinks: Sequence[Sink], *, clock: Any = time.monotonic,
+                 deferred: Callable[[], Sequence[Sink]] | None = None) -> None:
         self.sinks = tuple(sinks)
         self._clock = clock
         self._failing: dict[str, list[float]] = {}  # optional sink → [last logged, unlogged]
+        self._deferred = deferred  # opens them at the first line (then None)
+        self._opening = threading.Lock()
 
     def __bool__(self) -> bool:
-        return bool(self.sinks)
+        """Whether any sink is configured (opened or not): entries must go through `deliver`."""
+        return bool(self.sinks) or self._deferred is not None
+
+    @property
+    def opened(self) -> bool:
+        """False while deferred and no line has been written yet."""
+        return self._deferred is None
+
+    def _open(self) -> None:
+        if self._deferred is None:
+            return
+        with self._opening:
+            if self._deferred is not None:
+                self.sinks = tuple(self._deferred())  # ConfigError: stays deferred
+                self._deferred = None
 
     def deliver(self, entries: Sequence[Mapping[str, Any]]) -> None:
         """Write `entries` (rows of the store, in position order) to every sink, one line each.
         Call it inside the store's write step, before commit; if it raises `SinkFailed`, roll
         back (the sinks that did take the batch are told so by a `withdrawn` line). If the
-        commit fails afterwards, call `withdraw`."""
-        if not self.sinks or not entries:
+        commit fails afterwards, call `withdraw`. Deferred sinks are opened first (a required
+        one that cannot be: `ConfigError`, and nothing was written anywhere)."""
+        if not self or not entries:
             return
+        self._open()
         lines = [entry_line(entry) for entry in entries]
         taken = self._write(lines)
         failed = [sink.name for sink in self.sinks if sink.spec.required and sink not in taken]
@@ -349,6 +402,11 @@ class Sinks:
         """Write an anchor to every sink; the names of those it did not reach (never raises: an
         anchor has no transaction to roll back)."""
         line = anchor_line(position, hash, time, instance)
+        try:
+            self._open()
+        except ConfigError as exc:
+            log.error("audit sinks cannot be opened", extra={"error": exc.message})
+            return ["audit.sinks"]
         taken = self._write([line])
         return [sink.name for sink in self.sinks if sink not in taken]
 
@@ -416,15 +474,24 @@ class Sinks:
 
 def open_sinks(specs: Sequence[SinkSpec], *,
                socket_paths: Mapping[str, str] | None = None,
-               owner: tuple[int, int] | None = None) -> Sinks:
+               owner: tuple[int, int] | None = None, deferred: bool = False) -> Sinks:
     """Open every sink of `[audit] sinks`. A required sink that cannot be opened refuses the
     start (`ConfigError` naming `audit.sinks` and the sink); an optional one is logged and tried
     again at each batch. `socket_paths` (kind → path) replaces the default sockets (tests);
-    `owner` (uid, gid) is given to every file a file sink creates."""
+    `owner` (uid, gid) is given to every file a file sink creates. `deferred`: open them at the
+    first line written instead (a process that may write no entry: a read-only CLI verb), with
+    the same refusal then."""
+    if deferred and specs:
+        return Sinks((), deferred=lambda: _open_all(specs, socket_paths or {}, owner))
+    return Sinks(_open_all(specs, socket_paths or {}, owner))
+
+
+def _open_all(specs: Sequence[SinkSpec], socket_paths: Mapping[str, str],
+              owner: tuple[int, int] | None) -> list[Sink]:
     opened: list[Sink] = []
     for spec in specs:
         try:
-            opened.append(_open_sink(spec, socket_paths or {}, owner))
+            opened.append(_open_sink(spec, socket_paths, owner))
         except OSError as exc:
             if spec.required:
                 for sink in opened:
@@ -433,8 +500,18 @@ def open_sinks(specs: Sequence[SinkSpec], *,
                                   f"{_reason(exc)}") from None
             log.warning("optional audit sink cannot be opened; entries go to the others",
                         extra={"sink": spec.name, "error": _reason(exc)})
-            opened.append(_Unopened(spec, socket_paths or {}, owner))
-    return Sinks(opened)
+            opened.append(_Unopened(spec, socket_paths, owner))
+    return opened
+
+
+def probe(spec: SinkSpec) -> str | None:
+    """Why the sink of `spec` could not be opened now, or None; opens and creates nothing (for
+    `appliance doctor`: a read-only verb no longer opens the sinks, so none finds out)."""
+    try:
+        Sink.kinds[spec.kind].check(spec)
+    except OSError as exc:
+        return _reason(exc)
+    return None
 
 
 def _open_sink(spec: SinkSpec, socket_paths: Mapping[str, str],

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance import __version__, state_dir
+from appliance.audit.sinks import probe
 from appliance.cli import unit_credential
 from appliance.cli.common import add_json_option, add_state_options, emit_json, load_settings
 from appliance.egress import Dialer, PolicyHolder
@@ -55,9 +56,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="check settings, state, store, instances, TLS material and ports",
         description="Check the settings, the state directory's modes, the store and its "
                     "migrations, the other instances alive on the store (from their "
-                    "heartbeats), the TLS material, the listen ports (one an appliance on this "
-                    "host listens on is ok) and, when the systemd unit is installed, that the "
-                    "credential it hands the service opens this store's keyring. Prints one "
+                    "heartbeats), whether each audit sink can be opened, the TLS material, "
+                    "the listen ports (one an appliance on this host listens on is ok) and, "
+                    "when the systemd unit is installed, that the credential it hands the "
+                    "service opens this store's keyring. Prints one "
                     "line per check (ok, WARN or FAIL), or --json; exits 1 if any fails.",
     )
     add_state_options(parser)
@@ -87,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     checks += store_checks
     if all(check.ok for check in store_checks):
         checks += _secrets_in_queries(settings)
+    checks += _audit_sinks(settings)
     checks += _guarded("tls", lambda: _tls(settings))
     checks += _guarded("ports", lambda: _ports(settings, instances))
     checks += _guarded("unit credential", lambda: _unit_credential(settings, args.root))
@@ -215,6 +218,26 @@ def _secrets_in_queries(settings: Settings) -> list[Check]:
            "allow a false positive: GET /api/v1/queries/secret-findings")
     return [Check("secrets in queries", True, f"query '{f.query_name}' {f.finding.describe()}",
                   fix, warn=True) for f in open_findings]
+
+
+def _audit_sinks(settings: Settings) -> list[Check]:
+    """Whether each of `[audit] sinks` could be opened now (opening and creating nothing): a
+    required one that cannot stops `serve` and every verb that writes entries."""
+    out = []
+    for spec in settings.audit.sinks:
+        problem = probe(spec)
+        name = f"audit sink {spec.name}"
+        if problem is None:
+            kind = "required" if spec.required else "optional"
+            out.append(Check(name, True, f"can be opened ({kind})"))
+        elif spec.required:
+            out.append(Check(name, False, f"cannot be opened: {problem}", "make it available "
+                             "(`serve` and every verb that writes entries stop until it is) or "
+                             "fix [audit] sinks"))
+        else:
+            out.append(Check(name, True, f"cannot be opened: {problem} (optional: entries go to "
+                             "the others)", "make it available or fix [audit] sinks", warn=True))
+    return out
 
 
 def _instance_checks(instances: list[Instance], now: float) -> list[Check]:

@@ -65,7 +65,7 @@ def run_export(args: argparse.Namespace) -> int:
     check_export_target(args.dir)  # before the store is read (and the export audited)
 
     async def main() -> dict[str, str]:
-        async with open_core(settings, must_exist=True) as core:
+        async with open_core(settings, must_exist=True, writing=True) as core:
             return await export_files(core.datasources, core.queries, core.audit,
                                       cli_context())
 
@@ -104,8 +104,8 @@ def run_import(args: argparse.Namespace) -> int:
     state_dir.check(settings.server.state_dir.absolute())
     files = read_directory(args.dir)  # a malformed file stops here, before the store opens
 
-    async def main() -> None:
-        async with open_core(settings, must_exist=True) as core:
+    async def main() -> None:  # a dry run writes no entry: it never needs the audit sinks
+        async with open_core(settings, must_exist=True, writing=not args.dry_run) as core:
             plan = await plan_import(files, core.datasources, core.queries, prune=args.prune)
             print_plan(plan)
             if args.dry_run:
