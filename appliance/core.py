@@ -44,7 +44,7 @@ class Core:
     `runner`) exist once the core is unsealed (`unseal()`, which `serve` does at start)."""
 
     def __init__(self, settings: Settings, store: Store, *, tls: TLSManager | None = None,
-                 tuning: KdfTuning = DEFAULT_TUNING, egress: Dialer | None = None,
+                 egress: Dialer, tuning: KdfTuning = DEFAULT_TUNING,
                  audit_sinks: Sinks | None = None) -> None:
         self.settings = settings
         self.store = store
@@ -58,7 +58,7 @@ class Core:
         self.audit = AuditLog(store, need_keys=self._audit_keys, sinks=self.audit_sinks)
         self.auth = AuthService(store, self.audit, settings.auth, vault=self.unseal)
         # The one dialer of the process (made before the store when the store is PostgreSQL's).
-        self.egress = egress or Dialer(PolicyHolder(settings.egress))
+        self.egress = egress
         url = settings.store.url
         self.egress_runtime = RuntimeEgress(
             settings.egress, self.egress,
