@@ -20,7 +20,6 @@ from appliance import __version__, state_dir
 from appliance.audit.sinks import probe
 from appliance.cli import unit_credential
 from appliance.cli.common import add_json_option, add_state_options, emit_json, load_settings
-from appliance.egress import Dialer, PolicyHolder
 from appliance.errors import ApplianceError, ConfigError, StoreError
 from appliance.instances import Instance, list_instances
 from appliance.keyring.errors import WrongInstanceSecret
@@ -35,9 +34,8 @@ from appliance.keyring.unseal import open_root, read_slots
 from appliance.queries.secret_findings import StoredFinding, findings_in_store
 from appliance.secret import Secret
 from appliance.settings import Endpoint, Settings
-from appliance.store import open_store
 from appliance.store.migrations import LATEST
-from appliance.store.opener import describe, sqlite_path
+from appliance.store.opener import describe, inspected_store, sqlite_path
 from appliance.tls.certificates import load_pair
 
 
@@ -166,16 +164,13 @@ def _store(settings: Settings) -> tuple[list[Check], list[Instance]]:
                       f"run `appliance init --state-dir {state}`")], []
 
     async def read() -> tuple[int, list[Instance]]:
-        store = await open_store(settings, Dialer(PolicyHolder(settings.egress)), migrate=False)
-        try:
+        async with inspected_store(settings) as store:
             current = await store.schema_version()
             try:
                 instances = await list_instances(store)
             except StoreError:  # a schema from before heartbeats: no instance has recorded one
                 instances = []
             return current, instances
-        finally:
-            await store.close()
 
     try:
         current, instances = asyncio.run(read())
@@ -198,11 +193,8 @@ def _secrets_in_queries(settings: Settings) -> list[Check]:
     """A WARN per credential written in a stored query (its query and place, never the text),
     unless an admin allowed it; needs the instance secret to compute the fingerprints."""
     async def read() -> list[StoredFinding] | None:
-        store = await open_store(settings, Dialer(PolicyHolder(settings.egress)), migrate=False)
-        try:
+        async with inspected_store(settings) as store:
             return await findings_in_store(store, resolve_secret(settings))
-        finally:
-            await store.close()
 
     try:
         found = asyncio.run(read())
@@ -380,8 +372,7 @@ def _unit_credential(settings: Settings, root: Path) -> list[Check]:
         return []  # the store check says it is missing
 
     async def opens() -> bool | None:
-        store = await open_store(settings, Dialer(PolicyHolder(settings.egress)), migrate=False)
-        try:
+        async with inspected_store(settings) as store:
             slots = await read_slots(store)
             if not slots:
                 return None
@@ -391,8 +382,6 @@ def _unit_credential(settings: Settings, root: Path) -> list[Check]:
             except WrongInstanceSecret:
                 return False
             return True
-        finally:
-            await store.close()
 
     try:
         result = asyncio.run(opens())

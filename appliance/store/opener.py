@@ -1,13 +1,16 @@
 """Which store the settings name (`[store] url`), and opening it: the one way every part of the
 appliance (the core, `doctor`, the TLS diagnosis, backups) gets its store.
 
-Owns the choice between SQLite and PostgreSQL and where the PostgreSQL password comes from
+Owns the choice between SQLite and PostgreSQL, the unmigrated look a diagnosis takes
+(`inspected_store`), and where the PostgreSQL password comes from
 (`store.password_file`, else the systemd credential `store-password`). Never logs or prints the
 password, and never imports the PostgreSQL driver unless the URL names PostgreSQL.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,6 +40,20 @@ def describe(settings: Settings) -> str:
     """The store as one may name it in a message (never with a password)."""
     path = sqlite_path(settings)
     return str(path) if path is not None else str(settings.store.url)
+
+
+@contextlib.asynccontextmanager
+async def inspected_store(settings: Settings) -> AsyncIterator[Store]:
+    """The store as it is, for a diagnosis (`doctor`, `tls` checks): never migrated nor created,
+    connected under the settings' own egress policy (the dialer a core would start from), closed
+    on the way out. `StoreError` when it does not open."""
+    from appliance.egress import Dialer, PolicyHolder
+
+    store = await open_store(settings, Dialer(PolicyHolder(settings.egress)), migrate=False)
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 async def open_store(settings: Settings, dialer: Dialer, *, migrate: bool = True,

@@ -12,11 +12,9 @@ import http.client
 import ipaddress
 import socket
 
-from appliance.egress import Dialer, PolicyHolder
 from appliance.errors import StoreError
 from appliance.settings import Settings
-from appliance.store import open_store
-from appliance.store.opener import sqlite_path
+from appliance.store.opener import inspected_store, sqlite_path
 from appliance.tls.http01 import PATH_PREFIX
 
 # (name, ok, detail, fix)
@@ -82,19 +80,16 @@ def _stored(settings: Settings) -> Finding:
 
     async def read() -> dict[str, object] | None:
         try:
-            store = await open_store(settings, Dialer(PolicyHolder(settings.egress)),
-                                     migrate=False)
+            async with inspected_store(settings) as store:
+                try:
+                    return await store.fetch_one(
+                        "SELECT not_after, renew_at, last_error, failures, next_attempt "
+                        "FROM acme_certificates WHERE names = ?",
+                        (",".join(sorted(set(settings.tls.names))),))
+                except Exception:  # the table does not exist before the first serve migrates
+                    return None
         except StoreError:
             return None  # the store check says why
-        try:
-            return await store.fetch_one(
-                "SELECT not_after, renew_at, last_error, failures, next_attempt "
-                "FROM acme_certificates WHERE names = ?",
-                (",".join(sorted(set(settings.tls.names))),))
-        except Exception:  # the table does not exist before the first serve migrates
-            return None
-        finally:
-            await store.close()
 
     row = asyncio.run(read())
     if row is None or row["not_after"] is None:
