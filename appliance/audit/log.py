@@ -333,7 +333,7 @@ class AuditLog:
         first = 0
         if known is not None:
             rows, first = _chain(known, entries, key)
-            guard = (known["seq"], known["hash"], known["seq"])
+            guard = (known["seq"], known["hash"])
             if await tx.execute(_GUARDED_INSERT_SQL, (*rows[0], *guard)) == 1:
                 await tx.execute_many(_INSERT_SQL, rows[1:])
             else:
@@ -486,14 +486,15 @@ _HEAD_SQL = "SELECT seq, hash, mac_version FROM audit_log ORDER BY seq DESC LIMI
 _COLUMNS = ("seq, time, actor, action, target, outcome, client, request_id, details, prev_hash,"
             " hash, mac_version")
 _INSERT_SQL = f"INSERT INTO audit_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-# One row, inserted only if the head is the entry given by the last three parameters (its seq
-# and hash, then its seq again): that entry is there and nothing follows it. Under the write
-# lock, so no other instance's append can come between the check and the insert.
+# One row, inserted only if the head (as `_HEAD_SQL` reads it: one step down the primary key,
+# whatever plan a prepared statement settles on) is the entry whose seq and hash are the last two
+# parameters. Under the write lock, so no other instance's append can come between the check and
+# the insert.
 _GUARDED_INSERT_SQL = (
     f"INSERT INTO audit_log ({_COLUMNS})"
     " SELECT CAST(? AS BIGINT), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, CAST(? AS BIGINT)"
-    " WHERE EXISTS (SELECT 1 FROM audit_log WHERE seq = ? AND hash = ?)"
-    " AND NOT EXISTS (SELECT 1 FROM audit_log WHERE seq > ?)"
+    " WHERE EXISTS (SELECT 1 FROM (SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1)"
+    " AS head WHERE head.seq = ? AND head.hash = ?)"
 )
 
 
