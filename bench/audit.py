@@ -4,8 +4,11 @@ The commit benchmark (default):
 A `query.run` entry recorded the way the runner records it (inside `run_under_way`, so concurrent
 runs share a group commit; non-durable, as run entries are), 1 and 32 at a time, through
 `AuditLog` on a SQLite store (a file) and on a PostgreSQL store (a throwaway cluster, as
-bench/proxy.py starts it). Prints wall time per entry, entries per commit and the ratio
-PostgreSQL/SQLite; never asserts.
+bench/proxy.py starts it). On PostgreSQL twice, taking turns: the audit log's own path (an async
+transaction chaining onto the head its last commit left) and, as the baseline, the store's
+`write` with its function on a worker thread, each step bridged to the loop (the path before
+issue 22's follow-up; chosen by hiding the store's `bridged_writes`). Prints wall time per entry,
+entries per commit and the ratios against SQLite and against that baseline; never asserts.
 
 Run: .venv/bin/python bench/audit.py [--entries N] [--rounds N]
 
@@ -49,14 +52,19 @@ async def one_round(store: Any, entries: int, concurrency: int,
 
     audit = AuditLog(store, keys=FixedMacKeys.generate(), sinks=sinks)
     commits = 0
-    write = store.write
+    write, transaction = store.write, store.transaction
 
     async def counted(fn: Any, **options: bool) -> Any:
         nonlocal commits
         commits += 1
         return await write(fn, **options)
 
-    store.write = counted
+    def counted_transaction(**options: bool) -> Any:  # the bridged stores' commits (PostgreSQL)
+        nonlocal commits
+        commits += 1
+        return transaction(**options)
+
+    store.write, store.transaction = counted, counted_transaction
     todo = iter(range(entries))
 
     async def runner() -> None:
@@ -70,7 +78,7 @@ async def one_round(store: Any, entries: int, concurrency: int,
         await asyncio.gather(*(runner() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
     finally:
-        del store.write
+        del store.write, store.transaction
         await audit.close()
     return elapsed / entries * 1e6, entries / max(commits, 1)
 
@@ -97,16 +105,28 @@ async def main(entries: int, rounds: int) -> None:
         for name, env in envs.items():
             s = settings.load(env=env, flags={"state_dir": str(state)})
             stores[name] = await open_store(s, Dialer(PolicyHolder(s.egress)))
+        stores["PostgreSQL, bridged write"] = stores["PostgreSQL"]
         results: dict[tuple[str, int], list[tuple[float, float]]] = {}
         try:
             for concurrency in (1, 32):
                 for number in range(rounds + 1):  # the first round warms up, not counted
-                    for name, store in stores.items():  # the stores take turns
-                        measured = await one_round(store, entries, concurrency)
+                    # The stores take turns; the two PostgreSQL paths swap places every round
+                    # (the turn right after SQLite's measured slower, whichever path had it).
+                    turns = list(stores.items())
+                    if number % 2:
+                        turns[1], turns[2] = turns[2], turns[1]
+                    for name, store in turns:
+                        if name.endswith("bridged write"):
+                            store.bridged_writes = False  # the audit log takes `write`
+                        try:
+                            measured = await one_round(store, entries, concurrency)
+                        finally:
+                            if name.endswith("bridged write"):
+                                del store.bridged_writes
                         if number:
                             results.setdefault((name, concurrency), []).append(measured)
         finally:
-            for store in stores.values():
+            for store in {id(each): each for each in stores.values()}.values():
                 await store.close()
     print(f"\n{entries} query.run entries per round, {rounds} rounds (medians)\n")
     print("| in flight | store | µs per entry | entries per commit |")
@@ -116,9 +136,11 @@ async def main(entries: int, rounds: int) -> None:
             rows = results[(name, concurrency)]
             print(f"| {concurrency} | {name} | {statistics.median(r[0] for r in rows):,.0f} | "
                   f"{statistics.median(r[1] for r in rows):.1f} |")
-        pg, lite = results[("PostgreSQL", concurrency)], results[("SQLite", concurrency)]
-        ratios = [p[0] / s[0] for p, s in zip(pg, lite, strict=True)]
-        print(f"|   | PostgreSQL / SQLite | {statistics.median(ratios):.2f} | |")
+        pg = results[("PostgreSQL", concurrency)]
+        for versus in ("SQLite", "PostgreSQL, bridged write"):
+            ratios = [p[0] / o[0] for p, o in zip(pg, results[(versus, concurrency)],
+                                                  strict=True)]
+            print(f"|   | PostgreSQL / {versus} | {statistics.median(ratios):.2f} | |")
 
 
 async def sink_bench(entries: int, rounds: int) -> None:

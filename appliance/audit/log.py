@@ -117,6 +117,10 @@ class AuditLog:
         self._waiters: list[asyncio.Future[int]] = []  # each entry's caller, at its index
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
+        # The head this process's last own commit left (bridged stores only): the next commit
+        # chains onto it and its first INSERT checks it is still the head (`_GUARDED_INSERT_SQL`)
+        # instead of reading it first. A hint, never trusted: a wrong one costs the read.
+        self._head: Row | None = None
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -203,6 +207,7 @@ class AuditLog:
     async def _write_in(self, tx: Transaction, fields: Fields) -> int:
         key = self._mac_key() or (await self.mac_keys(in_transaction=True)).mac_key()
         assert key is not None  # mac_keys() returns keys that have one
+        self._head = None  # the caller's transaction may yet roll back: nothing to chain onto
         try:
             return (await self._append(tx, [fields], key))[0]
         except ApplianceError as exc:
@@ -230,10 +235,7 @@ class AuditLog:
             action = fields[_ACTION]
             delivered: list[Row] = []
             try:
-                first = await self.store.write(
-                    functools.partial(_append_sync, entries=[fields], key=key,
-                                      sinks=self.sinks, delivered=delivered),
-                    durable=action not in RUN_ACTIONS, blocking=self.sinks is not None)
+                first = await self._write([fields], key, action not in RUN_ACTIONS, delivered)
             except Exception as exc:  # not CancelledError: a BaseException, it propagates
                 await self._withdraw(delivered)
                 log.error("audit write failed", extra={"action": action,
@@ -273,11 +275,7 @@ class AuditLog:
                 key = self._mac_key()
                 if key is None:  # the keys were there when these entries were submitted
                     raise AuditUnavailable("no audit key")
-                # The whole batch is one store step: read the head, chain, insert, commit.
-                first = await self.store.write(
-                    functools.partial(_append_sync, entries=entries, key=key, sinks=self.sinks,
-                                      delivered=delivered),
-                    durable=durable, blocking=self.sinks is not None)
+                first = await self._write(entries, key, durable, delivered)
             except asyncio.CancelledError:
                 self._withdraw_later(delivered)
                 for done in waiters + waiting:
@@ -298,15 +296,57 @@ class AuditLog:
                 if not done.done():
                     done.set_result(position)
 
+    async def _write(self, entries: list[Fields], key: MacKey, durable: bool,
+                     delivered: list[Row]) -> int:
+        """Commit `entries` in a transaction of their own; the position of the first. The whole
+        batch is one store write: the head, the chain, the inserts, the sinks, the commit.
+
+        A store whose `write` bridges each step from a thread (PostgreSQL) takes an async
+        `transaction` instead, chaining onto the head this process's last commit left: BEGIN
+        and the write lock, one INSERT that also checks that head (and the rest of a batch in
+        one more round trip), COMMIT. Sinks are delivered by the transaction's commit hook, as
+        for an entry in a caller's transaction (withdrawn by it when the COMMIT fails: nothing
+        for `delivered`)."""
+        if not self.store.bridged_writes:
+            first: int = await self.store.write(
+                functools.partial(_append_sync, entries=entries, key=key, sinks=self.sinks,
+                                  delivered=delivered),
+                durable=durable, blocking=self.sinks is not None)
+            return first
+        known, self._head = self._head, None  # set again only by a commit that succeeds
+        async with self.store.transaction(durable=durable) as tx:
+            positions, head = await self._append_rows(tx, entries, key, known)
+        self._head = head
+        return positions[0]
+
     async def _append(self, tx: Transaction, entries: list[Fields], key: MacKey) -> list[int]:
-        head = await tx.fetch_one(_HEAD_SQL)
-        rows, first = _chain(head, entries, key)
-        for row in rows:
-            await tx.execute(_INSERT_SQL, row)
-        if self.sinks is not None:  # delivered when the caller's block ends, before its commit
+        return (await self._append_rows(tx, entries, key, None))[0]
+
+    async def _append_rows(self, tx: Transaction, entries: list[Fields], key: MacKey,
+                           known: Row | None) -> tuple[list[int], Row]:
+        """Chain `entries` after the head and insert them in `tx`; their positions, and the new
+        head. With `known` (what the head was at this process's last commit), the first row is
+        chained onto it and inserted only if it still is the head, checked by the INSERT itself
+        under the write lock (another instance may have appended since): else the head is read
+        and the entries chained again onto it."""
+        rows: list[tuple[Any, ...]] = []
+        first = 0
+        if known is not None:
+            rows, first = _chain(known, entries, key)
+            guard = (known["seq"], known["hash"])
+            if await tx.execute(_GUARDED_INSERT_SQL, (*rows[0], *guard)) == 1:
+                await tx.execute_many(_INSERT_SQL, rows[1:])
+            else:
+                rows = []
+        if not rows:
+            rows, first = _chain(await tx.fetch_one(_HEAD_SQL), entries, key)
+            await tx.execute_many(_INSERT_SQL, rows)
+        if self.sinks is not None:  # delivered when the block ends, before its commit
             sinks = self.sinks
             tx.hook(self, lambda: _SinkDelivery(sinks)).rows.extend(map(_sink_row, rows))
-        return [int(row[0]) for row in rows[first:]]
+        last = rows[-1]
+        head: Row = {"seq": last[0], "hash": last[-2], "mac_version": last[-1]}
+        return [int(row[0]) for row in rows[first:]], head
 
     async def _withdraw(self, delivered: list[Row]) -> None:
         """The sinks took `delivered` but the store's commit failed: say so to them."""
@@ -443,10 +483,18 @@ def _fields(*, action: str, actor: str, target: str, outcome: str, client: str,
 
 
 _HEAD_SQL = "SELECT seq, hash, mac_version FROM audit_log ORDER BY seq DESC LIMIT 1"
-_INSERT_SQL = (
-    "INSERT INTO audit_log (seq, time, actor, action, target, outcome, client,"
-    " request_id, details, prev_hash, hash, mac_version)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_COLUMNS = ("seq, time, actor, action, target, outcome, client, request_id, details, prev_hash,"
+            " hash, mac_version")
+_INSERT_SQL = f"INSERT INTO audit_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# One row, inserted only if the head (as `_HEAD_SQL` reads it: one step down the primary key,
+# whatever plan a prepared statement settles on) is the entry whose seq and hash are the last two
+# parameters. Under the write lock, so no other instance's append can come between the check and
+# the insert.
+_GUARDED_INSERT_SQL = (
+    f"INSERT INTO audit_log ({_COLUMNS})"
+    " SELECT CAST(? AS BIGINT), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, CAST(? AS BIGINT)"
+    " WHERE EXISTS (SELECT 1 FROM (SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1)"
+    " AS head WHERE head.seq = ? AND head.hash = ?)"
 )
 
 

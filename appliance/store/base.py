@@ -86,6 +86,11 @@ class Transaction(Protocol):
 
     async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]: ...
 
+    async def execute_many(self, sql: str, rows: Iterable[Params]) -> int:
+        """Run one statement once per row of parameters (PostgreSQL: a plain INSERT in one
+        round trip); return the number of rows changed."""
+        ...
+
 
 class Step(Protocol):
     """A transaction seen synchronously, for `Store.write`'s function: whatever thread the store
@@ -104,6 +109,11 @@ class Step(Protocol):
 
 
 class Store(Protocol):
+    bridged_writes: bool
+    """True when `write` must bridge each step of its function from a worker thread to the
+    event loop (a store on an async driver: PostgreSQL), so a short write on a hot path is
+    quicker as a `transaction()`; False when `write` is the quickest way (SQLite: inline)."""
+
     async def fetch_one(self, sql: str, params: Params = ()) -> Row | None: ...
 
     async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]: ...
@@ -139,8 +149,9 @@ class Store(Protocol):
         A callback must be quick and must not raise (what it raises is logged and dropped)."""
         ...
 
-    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
-        """Commit when the block ends, roll back if it raises."""
+    def transaction(self, *, durable: bool = True) -> AbstractAsyncContextManager[Transaction]:
+        """Commit when the block ends, roll back if it raises. `durable=False` as for `write`
+        (a store may commit durably all the same: SQLite's threaded writer does)."""
         ...
 
     async def write(self, fn: Callable[[Step], T], *, durable: bool = True,

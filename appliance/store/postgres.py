@@ -69,7 +69,8 @@ _BEGIN_NOT_DURABLE = (f"BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL synchron
 _BUMP = (f"WITH bumped AS (UPDATE store_clock SET clock = clock + 1 WHERE id = 1"
          f" RETURNING clock)"
          f" SELECT clock, pg_notify('{CHANNEL}', $1 || ' ' || clock) FROM bumped")
-_PLAIN_INSERT = re.compile(r"\s*INSERT\s+INTO\b(?!.*\bON\s+CONFLICT\b)", re.IGNORECASE | re.DOTALL)
+_PLAIN_INSERT = re.compile(r"\s*INSERT\s+INTO\b(?!.*\b(?:ON\s+CONFLICT|SELECT)\b)",
+                           re.IGNORECASE | re.DOTALL)
 _COUNT = re.compile(r"(\d+)$")
 
 
@@ -125,6 +126,24 @@ class _Transaction:
             raise _failed("write", exc) from None
         return [dict(row) for row in rows]
 
+    async def execute_many(self, sql: str, rows: Iterable[Params]) -> int:
+        """A plain INSERT … VALUES changes one row per parameter row (or raises): one pipelined
+        round trip; anything else (an INSERT … SELECT may insert none) statement by statement,
+        for the exact count."""
+        batch = [tuple(row) for row in rows]
+        if not batch:
+            return 0
+        try:
+            if _PLAIN_INSERT.match(sql):
+                await self._conn.executemany(to_numbered(sql), batch)
+                return len(batch)
+            total = 0
+            for row in batch:
+                total += _count(await self._conn.execute(to_numbered(sql), *row))
+            return total
+        except Exception as exc:
+            raise _failed("write", exc) from None
+
 
 class _Step:
     """`Step` for `write`'s function on a worker thread: each call runs on the event loop
@@ -154,30 +173,15 @@ class _Step:
         self._run(self._tx.execute(sql, params))
 
     def execute_many(self, sql: str, rows: Iterable[Params]) -> int:
-        count: int = self._run(self._execute_many(sql, [tuple(r) for r in rows]))
+        count: int = self._run(self._tx.execute_many(sql, rows))
         return count
-
-    async def _execute_many(self, sql: str, rows: list[tuple[Any, ...]]) -> int:
-        """A plain INSERT changes one row per parameter row (or raises): one pipelined round
-        trip; anything else statement by statement, for the exact count."""
-        if not rows:
-            return 0
-        conn = self._tx._conn
-        try:
-            if _PLAIN_INSERT.match(sql):
-                await conn.executemany(to_numbered(sql), rows)
-                return len(rows)
-            total = 0
-            for row in rows:
-                total += _count(await conn.execute(to_numbered(sql), *row))
-            return total
-        except Exception as exc:
-            raise _failed("write", exc) from None
 
 
 class PostgresStore:
     """Readers (at most `READERS`, opened on demand), one writer, one listener, and the watch
     task that keeps `version()` current. Every connection is made again after it breaks."""
+
+    bridged_writes = True  # `write`'s function runs on a worker thread, each step a hop
 
     def __init__(self, target: PostgresTarget, dialer: Dialer) -> None:
         self.target = target
@@ -288,9 +292,11 @@ class PostgresStore:
     # --- writes -----------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[_Transaction]:
+    async def transaction(self, *, durable: bool = True) -> AsyncIterator[_Transaction]:
+        """On the event loop, no thread: BEGIN and the write lock (one round trip), each
+        statement of the block, then (durable) the clock's bump and COMMIT."""
         async with self._write_lock:
-            conn = await self._begin(_BEGIN)
+            conn = await self._begin(_BEGIN if durable else _BEGIN_NOT_DURABLE)
             tx = _Transaction(conn)
             try:
                 yield tx
@@ -299,7 +305,7 @@ class PostgresStore:
                 await self._rollback(conn)
                 raise
             try:
-                await self._commit(conn, durable=True)
+                await self._commit(conn, durable=durable)
             except BaseException:
                 await tx.hooks.undo()
                 raise

@@ -99,6 +99,15 @@ class _SQLiteTransaction:
             raise StoreError(f"store write failed: {exc}") from exc
         return [dict(row) for row in rows]
 
+    async def execute_many(self, sql: str, rows: Iterable[Params]) -> int:
+        try:
+            cursor = await self._conn.executemany(sql, [tuple(row) for row in rows])
+        except sqlite3.Error as exc:
+            raise StoreError(f"store write failed: {exc}") from exc
+        count = cursor.rowcount
+        await cursor.close()
+        return count
+
 
 class _SQLiteStep:
     """`Step` over the sqlite3 connection `write` runs its function on."""
@@ -122,6 +131,8 @@ class _SQLiteStep:
 class SQLiteStore:
     """A writer connection (serialised by a lock), a reader connection and the inline
     connection, over one WAL file."""
+
+    bridged_writes = False  # `write` runs inline or on the writer's thread, never step by step
 
     def __init__(self, path: Path, writer: aiosqlite.Connection,
                  reader: aiosqlite.Connection, inline: sqlite3.Connection) -> None:
@@ -211,7 +222,9 @@ class SQLiteStore:
         return self._listeners.add(callback)
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[_SQLiteTransaction]:
+    async def transaction(self, *, durable: bool = True) -> AsyncIterator[_SQLiteTransaction]:
+        """Always durable (`durable` is taken and ignored): the writer's own thread commits with
+        `synchronous = FULL`."""
         async with self._write_lock:
             await self._writer.execute("BEGIN IMMEDIATE")
             tx = _SQLiteTransaction(self._writer)

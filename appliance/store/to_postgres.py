@@ -220,6 +220,8 @@ class TransactionView:
     """A `Store` that reads through the copy's open transaction (so checks see the copy before
     it commits) and refuses every write."""
 
+    bridged_writes = False  # it writes nothing
+
     def __init__(self, conn: Any, where: str) -> None:
         self._conn = conn
         self._where = where
@@ -250,7 +252,7 @@ class TransactionView:
         return lambda: None
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Transaction]:
+    async def transaction(self, *, durable: bool = True) -> AsyncIterator[Transaction]:
         raise StoreError("the copy is checked read-only")
         yield  # pragma: no cover
 
