@@ -1,14 +1,14 @@
 """The aiohttp client's hook into the egress dialer: a connector that checks every new connection.
 
 Owns `EgressConnector`, `egress_session` and the hop-by-hop redirect follower. Never lets aiohttp
-resolve or cache a name itself or keep cookies between requests, never forwards credentials to
-another origin on a redirect, and never follows a redirect from https to http.
+resolve or cache a name itself or keep cookies between requests, never sends the caller's headers
+or body to another origin on a redirect, and never follows a redirect from https to http.
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -21,9 +21,6 @@ from appliance.egress.dialer import DEFAULT_CONNECT_TIMEOUT, Dialer
 from appliance.errors import UpstreamError
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-# Headers that always carry credentials: dropped for good once a redirect leaves the first origin
-# (with any the caller names, e.g. a datasource's API-key header).
-CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
 
 class EgressConnector(aiohttp.TCPConnector):
@@ -129,17 +126,17 @@ async def request_following_redirects(
     *,
     max_redirects: int = 5,
     headers: Mapping[str, str] | None = None,
-    credential_headers: Collection[str] = (),
     **kwargs: Any,
 ) -> aiohttp.ClientResponse:
     """Send a request and follow redirects one hop at a time, each hop a new policy check.
 
     The session must use an `EgressConnector` (so each hop's host is checked before any socket is
-    opened to it) and keep no cookies. Once a hop leaves the first origin, the credential headers
-    (Authorization, Proxy-Authorization, Cookie and every name in `credential_headers`) and
-    `auth` are dropped for the rest of the request, even if a later hop comes back to the first
-    origin. A redirect from https to http is refused, whatever its origin. 303 (and 301/302 after
-    a POST) become a GET without a body. Only http and https are followed.
+    opened to it) and keep no cookies. `headers` (the caller's: credentials and a template's
+    alike, any of which may carry a secret) and `auth` go to the first origin only: once a hop
+    leaves it, none is sent for the rest of the request, even if a later hop comes back. A 307 or
+    308 that would send the body to another origin is refused (UpstreamError), as is a redirect
+    from https to http, whatever its origin. 303 (and 301/302 after a POST) become a GET without
+    a body. Only http and https are followed.
     """
     if not isinstance(session.connector, EgressConnector):
         raise TypeError("redirects may only be followed through an EgressConnector session")
@@ -148,7 +145,6 @@ async def request_following_redirects(
     current = URL(url)
     first_origin = origin(current)
     send_headers: CIMultiDict[str] = CIMultiDict(headers or {})
-    secret_names = CREDENTIAL_HEADERS | {name.lower() for name in credential_headers}
     for _hop in range(max_redirects + 1):
         response = await session.request(method, current, headers=send_headers,
                                          allow_redirects=False, **kwargs)
@@ -162,9 +158,12 @@ async def request_following_redirects(
             for body_key in ("data", "json"):
                 kwargs.pop(body_key, None)
         if origin(target) != first_origin:
-            # For good: `send_headers` is not rebuilt, so coming back home adds nothing again.
-            for name in secret_names:
-                send_headers.popall(name, None)
+            if kwargs.get("data") is not None or kwargs.get("json") is not None:
+                # The body was written for the first origin (it may carry a run's values).
+                raise UpstreamError(f"redirect ({response.status}) would send the request's "
+                                    f"body to another origin; refused")
+            # For good: nothing in `send_headers` is added back if a later hop comes home.
+            send_headers.clear()
             kwargs.pop("auth", None)
         current = target
     raise UpstreamError(f"too many redirects (more than {max_redirects})")
