@@ -1,23 +1,28 @@
 """The aiohttp client's hook into the egress dialer: a connector that checks every new connection.
 
 Owns `EgressConnector`, `egress_session` and the hop-by-hop redirect follower. Never lets aiohttp
-resolve or cache a name itself or keep cookies between requests, never sends the caller's headers
-or body to another origin on a redirect, and never follows a redirect from https to http.
+resolve or cache a name itself, keep cookies between requests or reuse a connection opened under
+an older policy, never sends the caller's headers or body to another origin on a redirect, and
+never follows a redirect from https to http.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiohttp
 from aiohttp.abc import ResolveResult
+from aiohttp.client_proto import ResponseHandler
 from multidict import CIMultiDict
 from yarl import URL
 
 from appliance.egress.addresses import parse_ip
 from appliance.egress.dialer import DEFAULT_CONNECT_TIMEOUT, Dialer
+from appliance.egress.policy import EgressPolicy
 from appliance.errors import UpstreamError
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -31,6 +36,13 @@ class EgressConnector(aiohttp.TCPConnector):
     only to the addresses returned, which are the checked ones. The socket factory binds the
     source address of the address's family. TLS SNI and Host stay the URL's name (aiohttp's own
     behaviour, since only the addresses are replaced).
+
+    A kept-alive connection was checked once, when it was opened: when the policy changes (an
+    API change, another instance's, a reloaded settings file), the idle ones are closed at once
+    and those in use are closed when their request releases them, so the next request dials
+    afresh through the new policy. aiohttp has no public hook for either: `_create_connection`
+    (to note the policy each connection was checked under), `_release` and the idle pool
+    `_conns` are its private names (`tests/test_egress_reuse.py` fails if they change).
     """
 
     def __init__(self, dialer: Dialer, *, purpose: str, datasource: str | None = None,
@@ -42,6 +54,10 @@ class EgressConnector(aiohttp.TCPConnector):
         self._dialer = dialer
         self._purpose = purpose
         self._datasource = datasource
+        # Each open connection -> the policy it was checked under (gone with the connection).
+        self._checked_under: weakref.WeakKeyDictionary[ResponseHandler, EgressPolicy] = (
+            weakref.WeakKeyDictionary())
+        dialer.policy.on_change(self._policy_changed)
 
     async def _resolve_host(self, host: str, port: int,
                             traces: Sequence[Any] | None = None) -> list[ResolveResult]:
@@ -58,6 +74,35 @@ class EgressConnector(aiohttp.TCPConnector):
             }
             for ip in checked.addresses
         ]
+
+    async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> ResponseHandler:
+        # Noted before the check: a change while connecting makes the connection stale at once.
+        policy = self._dialer.policy.policy
+        protocol = await super()._create_connection(req, traces, timeout)
+        self._checked_under[protocol] = policy
+        return protocol
+
+    def _release(self, key: Any, protocol: ResponseHandler, *,
+                 should_close: bool = False) -> None:
+        stale = self._checked_under.get(protocol) is not self._dialer.policy.policy
+        super()._release(key, protocol, should_close=should_close or stale)
+
+    def _policy_changed(self) -> None:
+        """The policy changed: close the idle connections now, in the connector's loop."""
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            self._close_idle()
+        elif not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._close_idle)
+
+    def _close_idle(self) -> None:
+        # A closed connection is no longer `is_connected()`: aiohttp drops it from the pool.
+        for idle in list(self._conns.values()):
+            for protocol, _since in list(idle):
+                protocol.close()
 
     def _socket(self, addr_info: Any) -> socket.socket:
         family, type_, proto, _canon, sockaddr = addr_info
