@@ -176,6 +176,86 @@ async def test_mongodb_down(tmp_path: Path) -> None:
         assert resp.status in (502, 504) and "'mongo down'" in resp.body["error"]["message"]
 
 
+async def test_a_refused_connection_fails_at_once_in_the_dialer_s_words(tmp_path: Path) -> None:
+    """Nothing listens: the test and a run answer as fast as the other kinds (not after
+    PyMongo's server selection gives up), naming the refusal as every kind does."""
+    import socket
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    words = f"is unreachable: connection refused by 127.0.0.1 port {port}"
+    async with proxy(tmp_path / "state") as appliance:
+        dev = as_role(appliance, "developer")
+        ds = await create_datasource(dev, name="refused", kind="mongodb",
+                                     config={"host": "127.0.0.1", "port": port,
+                                             "database": "app", "tls": "disable"})
+        q = await create_query(dev, ds["id"], {"collection": "c", "operation": "count"},
+                               name="count")
+        for attempt in ("run", "run again", "test"):
+            started = time.monotonic()
+            if attempt == "test":
+                resp = await dev.request("POST", f"/api/v1/datasources/{ds['id']}/test")
+            else:
+                resp = await run(dev, q["id"])
+            took = time.monotonic() - started
+            assert resp.status == 502, (attempt, resp.body)
+            assert resp.body["error"]["code"] == "datasource_unreachable", (attempt, resp.body)
+            assert words in resp.body["error"]["message"], (attempt, resp.body)
+            assert took < 3, (attempt, took)
+
+
+class GoingDownWireServer(WireServer):
+    """`down()` stops listening and hangs up every connection (a server that went away)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writers: list[Any] = []
+
+    async def _handle(self, reader: Any, writer: Any) -> None:
+        self.writers.append(writer)
+        await super()._handle(reader, writer)
+
+    async def down(self) -> None:
+        await self.close()
+        for writer in self.writers:
+            writer.transport.abort()
+
+
+async def test_a_server_that_went_down_is_said_in_the_dialer_s_words(tmp_path: Path) -> None:
+    """The client exists (a run succeeded), then the server goes away. The run that finds its
+    pooled connection dead says the connection was lost (PyMongo retries it until the run's
+    timeout); every run after it is refused at once, in the dialer's words."""
+    import time
+
+    server = await GoingDownWireServer().start()
+    port = server.port
+    try:
+        async with proxy(tmp_path / "state") as appliance:
+            dev = as_role(appliance, "developer")
+            ds = await create_datasource(dev, name="gone", kind="mongodb",
+                                         config={"host": "127.0.0.1", "port": port,
+                                                 "database": "app", "tls": "disable",
+                                                 "statement_timeout_ms": 2000})
+            q = await create_query(dev, ds["id"], {"collection": "c", "operation": "find",
+                                                   "filter": {}}, name="find")
+            assert (await run(dev, q["id"])).status == 200
+            await server.down()
+            lost = await run(dev, q["id"])
+            assert lost.status == 502 and lost.code == "datasource_unreachable", lost.body
+            for _ in range(2):
+                started = time.monotonic()
+                resp = await run(dev, q["id"])
+                took = time.monotonic() - started
+                assert resp.status == 502 and resp.code == "datasource_unreachable", resp.body
+                assert (f"is unreachable: connection refused by 127.0.0.1 port {port}"
+                        in resp.body["error"]["message"]), resp.body
+                assert took < 1.5, took
+    finally:
+        await server.close()
+
+
 class AuthWireServer(BaseWireServer):
     """Lists only `mechanisms` for the user (saslSupportedMechs), never completes a speculative
     authentication, refuses every saslStart (code 18), and records each mechanism the client
