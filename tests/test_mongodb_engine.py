@@ -256,6 +256,34 @@ async def test_a_server_that_went_down_is_said_in_the_dialer_s_words(tmp_path: P
         await server.close()
 
 
+async def test_a_datasource_without_a_user_can_be_changed(tmp_path: Path,
+                                                          mongo: WireServer) -> None:
+    """No user is stored as `user: ""`: a PATCH that does not name the user keeps none (the
+    stored default is not checked again as if given), and a user given must still be a name."""
+    async with proxy(tmp_path / "state") as appliance:
+        dev = as_role(appliance, "developer")
+        ds = await create_datasource(dev, name="nouser", kind="mongodb",
+                                     config={"host": "127.0.0.1", "port": mongo.port,
+                                             "database": "app", "tls": "disable"})
+        assert ds["config"]["user"] == ""
+        path = f"/api/v1/datasources/{ds['id']}"
+        for change in ({"statement_timeout_ms": 5000}, {"database": "app2"}, {"user": None},
+                       {"tls": "disable"}):
+            resp = await dev.request("PATCH", path, {"config": change})
+            assert resp.status == 200, (change, resp.body)
+            assert resp.body["config"]["user"] == "", change
+        assert resp.body["config"]["database"] == "app2"
+        assert resp.body["config"]["statement_timeout_ms"] == 5000
+        q = await create_query(dev, ds["id"], {"collection": "c", "operation": "find",
+                                               "filter": {}}, name="find")
+        assert (await run(dev, q["id"])).status == 200  # no login attempted
+        assert mongo.commands[-1]["$db"] == "app2"
+        # A user given is still a real name (as at creation): none, or control characters.
+        for user in ("", "a\nb"):
+            bad = await dev.request("PATCH", path, {"config": {"user": user}})
+            assert bad.status == 422 and bad.body["error"]["field"] == "config.user", bad.body
+
+
 class AuthWireServer(BaseWireServer):
     """Lists only `mechanisms` for the user (saslSupportedMechs), never completes a speculative
     authentication, refuses every saslStart (code 18), and records each mechanism the client
