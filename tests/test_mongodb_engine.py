@@ -158,41 +158,33 @@ async def test_a_run_that_took_a_retired_engine_takes_its_replacement(
         assert old._client is None  # type: ignore[attr-defined]  # nothing reopened on it
 
 
-async def test_mongodb_down(tmp_path: Path) -> None:
+def closed_port() -> int:
     import socket
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    async with proxy(tmp_path / "state") as appliance:
-        dev = as_role(appliance, "developer")
-        ds = await create_datasource(dev, name="mongo down", kind="mongodb",
-                                     config={"host": "127.0.0.1", "port": port,
-                                             "database": "app", "tls": "disable",
-                                             "statement_timeout_ms": 1000})
-        q = await create_query(dev, ds["id"], {"collection": "c", "operation": "count"},
-                               name="count")
-        resp = await run(dev, q["id"])
-        assert resp.status in (502, 504) and "'mongo down'" in resp.body["error"]["message"]
+        return int(probe.getsockname()[1])
+
+
+async def mongo_query(dev: Any, name: str, port: int, body: dict[str, Any],
+                      **config: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A MongoDB datasource on 127.0.0.1:`port` (no TLS, no user) and one query on it."""
+    ds = await create_datasource(dev, name=name, kind="mongodb", config={
+        "host": "127.0.0.1", "port": port, "database": "app", "tls": "disable", **config})
+    return ds, await create_query(dev, ds["id"], body, name=name)
 
 
 async def test_a_refused_connection_fails_at_once_in_the_dialer_s_words(tmp_path: Path) -> None:
     """Nothing listens: the test and a run answer as fast as the other kinds (not after
     PyMongo's server selection gives up), naming the refusal as every kind does."""
-    import socket
     import time
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = closed_port()
     words = f"is unreachable: connection refused by 127.0.0.1 port {port}"
     async with proxy(tmp_path / "state") as appliance:
         dev = as_role(appliance, "developer")
-        ds = await create_datasource(dev, name="refused", kind="mongodb",
-                                     config={"host": "127.0.0.1", "port": port,
-                                             "database": "app", "tls": "disable"})
-        q = await create_query(dev, ds["id"], {"collection": "c", "operation": "count"},
-                               name="count")
+        ds, q = await mongo_query(dev, "refused", port, {"collection": "c",
+                                                         "operation": "count"})
         for attempt in ("run", "run again", "test"):
             started = time.monotonic()
             if attempt == "test":
@@ -234,12 +226,9 @@ async def test_a_server_that_went_down_is_said_in_the_dialer_s_words(tmp_path: P
     try:
         async with proxy(tmp_path / "state") as appliance:
             dev = as_role(appliance, "developer")
-            ds = await create_datasource(dev, name="gone", kind="mongodb",
-                                         config={"host": "127.0.0.1", "port": port,
-                                                 "database": "app", "tls": "disable",
-                                                 "statement_timeout_ms": 2000})
-            q = await create_query(dev, ds["id"], {"collection": "c", "operation": "find",
-                                                   "filter": {}}, name="find")
+            _, q = await mongo_query(dev, "gone", port, {"collection": "c", "operation": "find",
+                                                         "filter": {}},
+                                     statement_timeout_ms=2000)
             assert (await run(dev, q["id"])).status == 200
             await server.down()
             lost = await run(dev, q["id"])
@@ -262,9 +251,9 @@ async def test_a_datasource_without_a_user_can_be_changed(tmp_path: Path,
     stored default is not checked again as if given), and a user given must still be a name."""
     async with proxy(tmp_path / "state") as appliance:
         dev = as_role(appliance, "developer")
-        ds = await create_datasource(dev, name="nouser", kind="mongodb",
-                                     config={"host": "127.0.0.1", "port": mongo.port,
-                                             "database": "app", "tls": "disable"})
+        ds, q = await mongo_query(dev, "nouser", mongo.port, {"collection": "c",
+                                                              "operation": "find",
+                                                              "filter": {}})
         assert ds["config"]["user"] == ""
         path = f"/api/v1/datasources/{ds['id']}"
         for change in ({"statement_timeout_ms": 5000}, {"database": "app2"}, {"user": None},
@@ -274,8 +263,6 @@ async def test_a_datasource_without_a_user_can_be_changed(tmp_path: Path,
             assert resp.body["config"]["user"] == "", change
         assert resp.body["config"]["database"] == "app2"
         assert resp.body["config"]["statement_timeout_ms"] == 5000
-        q = await create_query(dev, ds["id"], {"collection": "c", "operation": "find",
-                                               "filter": {}}, name="find")
         assert (await run(dev, q["id"])).status == 200  # no login attempted
         assert mongo.commands[-1]["$db"] == "app2"
         # A user given is still a real name (as at creation): none, or control characters.

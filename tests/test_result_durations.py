@@ -52,41 +52,41 @@ def test_iso_duration_round_trips() -> None:
         assert (-back if negative else back) == micros
 
 
-def durations(resp: Any) -> list[Any]:
+# kind -> (SELECT at the type's boundaries, what JSON says of each column). PostgreSQL through
+# asyncpg: a timedelta, where a month counts 30 days and a year 365 (its decoder's rule).
+DATABASES: dict[str, tuple[str, list[str]]] = {
+    "mysql": ("SELECT CAST('-838:59:59' AS TIME), CAST('838:59:59' AS TIME), "
+              "CAST('-00:00:00.000001' AS TIME(6)), CAST('277:46:40' AS TIME), "
+              "CAST('838:59:58.999999' AS TIME(6)), CAST('00:00:00' AS TIME)",
+              ["PT-3020399S", "PT3020399S", "PT-0.000001S", "PT1000000S", "PT3020398.999999S",
+               "PT0S"]),
+    "postgres": ("SELECT interval '1000000 seconds', interval '-1 microsecond', "
+                 "interval '123456789 days 23:59:59.999999', interval '-2 days -00:00:00.5', "
+                 "interval '1 day 00:00:00.00001', interval '0'",
+                 ["PT1000000S", "PT-0.000001S", "PT10666666655999.999999S", "PT-172800.5S",
+                  "PT86400.00001S", "PT0S"]),
+}
+
+
+def datasource(kind: str, request: pytest.FixtureRequest) -> tuple[dict[str, Any], str]:
+    """The config and password of a datasource on the session's real server of `kind`."""
+    if kind == "mysql":
+        maria: MariaDBServer = request.getfixturevalue("mariadb_server")
+        return {"port": maria.port, "database": DATABASE, "user": NATIVE_USER,
+                "allow_password_without_verified_tls": True}, NATIVE_PASSWORD
+    pg: PostgresServer = request.getfixturevalue("postgres_server")
+    return {"port": pg.port, "database": "appdb", "user": "app"}, PG_PASSWORD
+
+
+@pytest.mark.parametrize("kind", sorted(DATABASES))
+async def test_a_database_s_durations_come_back_exactly(tmp_path: Path, kind: str,
+                                                        request: pytest.FixtureRequest) -> None:
+    sql, expected = DATABASES[kind]
+    config, password = datasource(kind, request)
+    async with proxy(tmp_path / "state") as appliance:
+        dev = as_role(appliance, "developer")
+        ds = await create_datasource(dev, name=kind, kind=kind, config={
+            "host": "127.0.0.1", "tls": "disable", **config}, secrets={"password": password})
+        resp = await run(dev, (await create_query(dev, ds["id"], sql, name="durations"))["id"])
     assert resp.status == 200, resp.body
-    return list(resp.body["rows"][0])
-
-
-async def test_mariadb_time_at_its_boundaries(tmp_path: Path, mariadb_server: MariaDBServer
-                                              ) -> None:
-    sql = ("SELECT CAST('-838:59:59' AS TIME), CAST('838:59:59' AS TIME), "
-           "CAST('-00:00:00.000001' AS TIME(6)), CAST('277:46:40' AS TIME), "
-           "CAST('838:59:58.999999' AS TIME(6)), CAST('00:00:00' AS TIME)")
-    async with proxy(tmp_path / "state") as appliance:
-        dev = as_role(appliance, "developer")
-        ds = await create_datasource(dev, name="maria", kind="mysql", config={
-            "host": "127.0.0.1", "port": mariadb_server.port, "database": DATABASE,
-            "user": NATIVE_USER, "tls": "disable",
-            "allow_password_without_verified_tls": True},
-            secrets={"password": NATIVE_PASSWORD})
-        q = await create_query(dev, ds["id"], sql, name="times")
-        got = durations(await run(dev, q["id"]))
-    assert got == ["PT-3020399S", "PT3020399S", "PT-0.000001S", "PT1000000S",
-                   "PT3020398.999999S", "PT0S"]
-
-
-async def test_postgres_interval_exactly(tmp_path: Path, postgres_server: PostgresServer
-                                         ) -> None:
-    # asyncpg gives a timedelta: a month counts 30 days and a year 365 (its decoder's rule).
-    sql = ("SELECT interval '1000000 seconds', interval '-1 microsecond', "
-           "interval '123456789 days 23:59:59.999999', interval '-2 days -00:00:00.5', "
-           "interval '1 day 00:00:00.00001', interval '0'")
-    async with proxy(tmp_path / "state") as appliance:
-        dev = as_role(appliance, "developer")
-        ds = await create_datasource(dev, name="pg", kind="postgres", config={
-            "host": "127.0.0.1", "port": postgres_server.port, "database": "appdb",
-            "user": "app", "tls": "disable"}, secrets={"password": PG_PASSWORD})
-        q = await create_query(dev, ds["id"], sql, name="intervals")
-        got = durations(await run(dev, q["id"]))
-    assert got == ["PT1000000S", "PT-0.000001S", "PT10666666655999.999999S", "PT-172800.5S",
-                   "PT86400.00001S", "PT0S"]
+    assert resp.body["rows"][0] == expected
