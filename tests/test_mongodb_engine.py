@@ -158,22 +158,117 @@ async def test_a_run_that_took_a_retired_engine_takes_its_replacement(
         assert old._client is None  # type: ignore[attr-defined]  # nothing reopened on it
 
 
-async def test_mongodb_down(tmp_path: Path) -> None:
+def closed_port() -> int:
     import socket
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        return int(probe.getsockname()[1])
+
+
+async def mongo_query(dev: Any, name: str, port: int, body: dict[str, Any],
+                      **config: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A MongoDB datasource on 127.0.0.1:`port` (no TLS, no user) and one query on it."""
+    ds = await create_datasource(dev, name=name, kind="mongodb", config={
+        "host": "127.0.0.1", "port": port, "database": "app", "tls": "disable", **config})
+    return ds, await create_query(dev, ds["id"], body, name=name)
+
+
+async def test_a_refused_connection_fails_at_once_in_the_dialer_s_words(tmp_path: Path) -> None:
+    """Nothing listens: the test and a run answer as fast as the other kinds (not after
+    PyMongo's server selection gives up), naming the refusal as every kind does."""
+    import time
+
+    port = closed_port()
+    words = f"is unreachable: connection refused by 127.0.0.1 port {port}"
     async with proxy(tmp_path / "state") as appliance:
         dev = as_role(appliance, "developer")
-        ds = await create_datasource(dev, name="mongo down", kind="mongodb",
-                                     config={"host": "127.0.0.1", "port": port,
-                                             "database": "app", "tls": "disable",
-                                             "statement_timeout_ms": 1000})
-        q = await create_query(dev, ds["id"], {"collection": "c", "operation": "count"},
-                               name="count")
-        resp = await run(dev, q["id"])
-        assert resp.status in (502, 504) and "'mongo down'" in resp.body["error"]["message"]
+        ds, q = await mongo_query(dev, "refused", port, {"collection": "c",
+                                                         "operation": "count"})
+        for attempt in ("run", "run again", "test"):
+            started = time.monotonic()
+            if attempt == "test":
+                resp = await dev.request("POST", f"/api/v1/datasources/{ds['id']}/test")
+            else:
+                resp = await run(dev, q["id"])
+            took = time.monotonic() - started
+            assert resp.status == 502, (attempt, resp.body)
+            assert resp.body["error"]["code"] == "datasource_unreachable", (attempt, resp.body)
+            assert words in resp.body["error"]["message"], (attempt, resp.body)
+            assert took < 3, (attempt, took)
+
+
+class GoingDownWireServer(WireServer):
+    """`down()` stops listening and hangs up every connection (a server that went away)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writers: list[Any] = []
+
+    async def _handle(self, reader: Any, writer: Any) -> None:
+        self.writers.append(writer)
+        await super()._handle(reader, writer)
+
+    async def down(self) -> None:
+        await self.close()
+        for writer in self.writers:
+            writer.transport.abort()
+
+
+async def test_a_server_that_went_down_is_said_in_the_dialer_s_words(tmp_path: Path) -> None:
+    """The client exists (a run succeeded), then the server goes away. The run that finds its
+    pooled connection dead says the connection was lost (PyMongo retries it until the run's
+    timeout); every run after it is refused at once, in the dialer's words."""
+    import time
+
+    server = await GoingDownWireServer().start()
+    port = server.port
+    try:
+        async with proxy(tmp_path / "state") as appliance:
+            dev = as_role(appliance, "developer")
+            _, q = await mongo_query(dev, "gone", port, {"collection": "c", "operation": "find",
+                                                         "filter": {}},
+                                     statement_timeout_ms=2000)
+            assert (await run(dev, q["id"])).status == 200
+            await server.down()
+            lost = await run(dev, q["id"])
+            assert lost.status == 502 and lost.code == "datasource_unreachable", lost.body
+            for _ in range(2):
+                started = time.monotonic()
+                resp = await run(dev, q["id"])
+                took = time.monotonic() - started
+                assert resp.status == 502 and resp.code == "datasource_unreachable", resp.body
+                assert (f"is unreachable: connection refused by 127.0.0.1 port {port}"
+                        in resp.body["error"]["message"]), resp.body
+                assert took < 1.5, took
+    finally:
+        await server.close()
+
+
+async def test_a_datasource_without_a_user_can_be_changed(tmp_path: Path,
+                                                          mongo: WireServer) -> None:
+    """No user is stored as `user: ""`: a PATCH that does not name the user keeps none (the
+    stored default is not checked again as if given), and a user given must still be a name."""
+    async with proxy(tmp_path / "state") as appliance:
+        dev = as_role(appliance, "developer")
+        ds, q = await mongo_query(dev, "nouser", mongo.port, {"collection": "c",
+                                                              "operation": "find",
+                                                              "filter": {}})
+        assert ds["config"]["user"] == ""
+        path = f"/api/v1/datasources/{ds['id']}"
+        for change in ({"statement_timeout_ms": 5000}, {"database": "app2"}, {"user": None},
+                       {"tls": "disable"}):
+            resp = await dev.request("PATCH", path, {"config": change})
+            assert resp.status == 200, (change, resp.body)
+            assert resp.body["config"]["user"] == "", change
+        assert resp.body["config"]["database"] == "app2"
+        assert resp.body["config"]["statement_timeout_ms"] == 5000
+        assert (await run(dev, q["id"])).status == 200  # no login attempted
+        assert mongo.commands[-1]["$db"] == "app2"
+        # A user given is still a real name (as at creation): none, or control characters.
+        for user in ("", "a\nb"):
+            bad = await dev.request("PATCH", path, {"config": {"user": user}})
+            assert bad.status == 422 and bad.body["error"]["field"] == "config.user", bad.body
 
 
 class AuthWireServer(BaseWireServer):

@@ -172,6 +172,58 @@ async def test_no_credential_reaches_another_origin(tmp_path: Path, home: Record
             assert home.leaked(needles())
 
 
+TEMPLATE_SECRET = "template-KEY-4e2d"
+
+
+async def test_no_template_header_nor_body_reaches_another_origin(
+        tmp_path: Path, home: Recorder, elsewhere: Recorder) -> None:
+    """A header the query template sets (an `X-Api-Key` bound from a parameter, a literal
+    `Accept`) goes to the datasource's origin only; after a hop leaves it, no header of the
+    template is sent, and a 307/308 that would carry the body elsewhere is refused."""
+    home.routes = {"/away": (302, f"{elsewhere.origin}/landing"),
+                   "/post-away": (307, f"{elsewhere.origin}/landing"),
+                   "/post-home": (307, "/landing"),
+                   "/post-see-other": (303, f"{elsewhere.origin}/landing")}
+    headers = {"X-Api-Key": "{{ key }}", "Accept": "application/vnd.home+json",
+               "X-Trace": "{{ key }}-trace"}
+    names = ("x-api-key", "x-trace")
+    async with proxy(tmp_path / "state") as appliance:
+        dev = as_role(appliance, "developer")
+        ds = await create_datasource(dev, name="api", kind="rest",
+                                     config={"base_url": home.origin, "follow_redirects": True})
+        key = [{"name": "key", "type": "string"}]
+        get = await create_query(dev, ds["id"], {"path": "/away", "headers": headers}, key,
+                                 name="get-away")
+        resp = await run(dev, get["id"], {"key": TEMPLATE_SECRET})
+        assert resp.status == 200, resp.body
+        assert resp.body["rows"][0][2] == {"at": "127.0.0.2", "path": "/landing"}
+        assert home.leaked((TEMPLATE_SECRET, "vnd.home")) != []  # the first hop has them
+        assert elsewhere.leaked((TEMPLATE_SECRET, "vnd.home")) == []
+        assert not [k for r in elsewhere.seen for k, _ in r["headers"] if k.lower() in names]
+
+        async def post(path: str) -> Any:
+            home.seen.clear()
+            elsewhere.seen.clear()
+            q = await create_query(dev, ds["id"], {"method": "POST", "path": path,
+                                                   "headers": headers,
+                                                   "json": {"key": "{{ key }}"}},
+                                   key, name=f"post{path.replace('/', '-')}")
+            return await run(dev, q["id"], {"key": TEMPLATE_SECRET})
+
+        refused = await post("/post-away")
+        assert refused.status == 502 and refused.code == "datasource_error", refused.body
+        assert "body to another origin" in refused.body["error"]["message"]
+        assert TEMPLATE_SECRET not in str(refused.body) and elsewhere.seen == []
+        # 303: a GET without the body, and without the template's headers.
+        assert (await post("/post-see-other")).status == 200
+        assert [r["raw_path"] for r in elsewhere.seen] == ["/landing"]
+        assert elsewhere.leaked((TEMPLATE_SECRET, "vnd.home")) == []
+        # Within the origin the body and the headers follow a 307 (HTTP's rule).
+        assert (await post("/post-home")).status == 200
+        assert [r["raw_path"] for r in home.seen] == ["/post-home", "/landing"]
+        assert home.leaked((TEMPLATE_SECRET,)) == [TEMPLATE_SECRET, TEMPLATE_SECRET]
+
+
 async def test_every_redirect_hop_passes_the_egress_policy(tmp_path: Path, home: Recorder,
                                                           elsewhere: Recorder) -> None:
     home.routes = {"/away": (302, f"{elsewhere.origin}/landing")}

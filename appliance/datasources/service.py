@@ -76,6 +76,16 @@ def _row_view(row: Mapping[str, Any], sealed: set[str]) -> dict[str, Any]:
     }
 
 
+def _without_defaults(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored config without the values that are its fields' defaults, for a PATCH to merge
+    over: `check_config` puts each back, and a default need not pass the check a given value
+    must (MongoDB's stored `user: ""` is "no user", while a user given must be a name)."""
+    spec = kind_named(kind)
+    defaults = {f.name: f.default for f in spec.fields} if spec is not None else {}
+    return {k: v for k, v in config.items()
+            if not (k in defaults and type(v) is type(defaults[k]) and v == defaults[k])}
+
+
 class DatasourceService:
     def __init__(self, store: Store, vault: SecretVault, dialer: Dialer, audit: AuditLog, *,
                  state_dir: Path | None = None) -> None:
@@ -187,7 +197,7 @@ class DatasourceService:
         if "config" in body:
             if not isinstance(body["config"], dict):
                 raise InvalidDatasource("'config' must be an object", field="config")
-            merged = {**config, **body["config"]}
+            merged = {**_without_defaults(kind, config), **body["config"]}
             merged = {k: v for k, v in merged.items() if v is not None}
             new_config = check_config(kind, merged, state_dir=self.state_dir)
             changed += [f"config.{k}" for k in sorted(set(new_config) | set(config))

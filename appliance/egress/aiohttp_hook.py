@@ -1,29 +1,31 @@
 """The aiohttp client's hook into the egress dialer: a connector that checks every new connection.
 
 Owns `EgressConnector`, `egress_session` and the hop-by-hop redirect follower. Never lets aiohttp
-resolve or cache a name itself or keep cookies between requests, never forwards credentials to
-another origin on a redirect, and never follows a redirect from https to http.
+resolve or cache a name itself, keep cookies between requests or reuse a connection opened under
+an older policy, never sends the caller's headers or body to another origin on a redirect, and
+never follows a redirect from https to http.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
-from collections.abc import Collection, Mapping, Sequence
+import weakref
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiohttp
 from aiohttp.abc import ResolveResult
+from aiohttp.client_proto import ResponseHandler
 from multidict import CIMultiDict
 from yarl import URL
 
 from appliance.egress.addresses import parse_ip
 from appliance.egress.dialer import DEFAULT_CONNECT_TIMEOUT, Dialer
+from appliance.egress.policy import EgressPolicy
 from appliance.errors import UpstreamError
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-# Headers that always carry credentials: dropped for good once a redirect leaves the first origin
-# (with any the caller names, e.g. a datasource's API-key header).
-CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
 
 class EgressConnector(aiohttp.TCPConnector):
@@ -34,6 +36,13 @@ class EgressConnector(aiohttp.TCPConnector):
     only to the addresses returned, which are the checked ones. The socket factory binds the
     source address of the address's family. TLS SNI and Host stay the URL's name (aiohttp's own
     behaviour, since only the addresses are replaced).
+
+    A kept-alive connection was checked once, when it was opened: when the policy changes (an
+    API change, another instance's, a reloaded settings file), the idle ones are closed at once
+    and those in use are closed when their request releases them, so the next request dials
+    afresh through the new policy. aiohttp has no public hook for either: `_create_connection`
+    (to note the policy each connection was checked under), `_release` and the idle pool
+    `_conns` are its private names (`tests/test_egress_reuse.py` fails if they change).
     """
 
     def __init__(self, dialer: Dialer, *, purpose: str, datasource: str | None = None,
@@ -45,6 +54,10 @@ class EgressConnector(aiohttp.TCPConnector):
         self._dialer = dialer
         self._purpose = purpose
         self._datasource = datasource
+        # Each open connection -> the policy it was checked under (gone with the connection).
+        self._checked_under: weakref.WeakKeyDictionary[ResponseHandler, EgressPolicy] = (
+            weakref.WeakKeyDictionary())
+        dialer.policy.on_change(self._policy_changed)
 
     async def _resolve_host(self, host: str, port: int,
                             traces: Sequence[Any] | None = None) -> list[ResolveResult]:
@@ -61,6 +74,35 @@ class EgressConnector(aiohttp.TCPConnector):
             }
             for ip in checked.addresses
         ]
+
+    async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> ResponseHandler:
+        # Noted before the check: a change while connecting makes the connection stale at once.
+        policy = self._dialer.policy.policy
+        protocol = await super()._create_connection(req, traces, timeout)
+        self._checked_under[protocol] = policy
+        return protocol
+
+    def _release(self, key: Any, protocol: ResponseHandler, *,
+                 should_close: bool = False) -> None:
+        stale = self._checked_under.get(protocol) is not self._dialer.policy.policy
+        super()._release(key, protocol, should_close=should_close or stale)
+
+    def _policy_changed(self) -> None:
+        """The policy changed: close the idle connections now, in the connector's loop."""
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            self._close_idle()
+        elif not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._close_idle)
+
+    def _close_idle(self) -> None:
+        # A closed connection is no longer `is_connected()`: aiohttp drops it from the pool.
+        for idle in list(self._conns.values()):
+            for protocol, _since in list(idle):
+                protocol.close()
 
     def _socket(self, addr_info: Any) -> socket.socket:
         family, type_, proto, _canon, sockaddr = addr_info
@@ -129,17 +171,17 @@ async def request_following_redirects(
     *,
     max_redirects: int = 5,
     headers: Mapping[str, str] | None = None,
-    credential_headers: Collection[str] = (),
     **kwargs: Any,
 ) -> aiohttp.ClientResponse:
     """Send a request and follow redirects one hop at a time, each hop a new policy check.
 
     The session must use an `EgressConnector` (so each hop's host is checked before any socket is
-    opened to it) and keep no cookies. Once a hop leaves the first origin, the credential headers
-    (Authorization, Proxy-Authorization, Cookie and every name in `credential_headers`) and
-    `auth` are dropped for the rest of the request, even if a later hop comes back to the first
-    origin. A redirect from https to http is refused, whatever its origin. 303 (and 301/302 after
-    a POST) become a GET without a body. Only http and https are followed.
+    opened to it) and keep no cookies. `headers` (the caller's: credentials and a template's
+    alike, any of which may carry a secret) and `auth` go to the first origin only: once a hop
+    leaves it, none is sent for the rest of the request, even if a later hop comes back. A 307 or
+    308 that would send the body to another origin is refused (UpstreamError), as is a redirect
+    from https to http, whatever its origin. 303 (and 301/302 after a POST) become a GET without
+    a body. Only http and https are followed.
     """
     if not isinstance(session.connector, EgressConnector):
         raise TypeError("redirects may only be followed through an EgressConnector session")
@@ -148,7 +190,6 @@ async def request_following_redirects(
     current = URL(url)
     first_origin = origin(current)
     send_headers: CIMultiDict[str] = CIMultiDict(headers or {})
-    secret_names = CREDENTIAL_HEADERS | {name.lower() for name in credential_headers}
     for _hop in range(max_redirects + 1):
         response = await session.request(method, current, headers=send_headers,
                                          allow_redirects=False, **kwargs)
@@ -162,9 +203,12 @@ async def request_following_redirects(
             for body_key in ("data", "json"):
                 kwargs.pop(body_key, None)
         if origin(target) != first_origin:
-            # For good: `send_headers` is not rebuilt, so coming back home adds nothing again.
-            for name in secret_names:
-                send_headers.popall(name, None)
+            if kwargs.get("data") is not None or kwargs.get("json") is not None:
+                # The body was written for the first origin (it may carry a run's values).
+                raise UpstreamError(f"redirect ({response.status}) would send the request's "
+                                    f"body to another origin; refused")
+            # For good: nothing in `send_headers` is added back if a later hop comes home.
+            send_headers.clear()
             kwargs.pop("auth", None)
         current = target
     raise UpstreamError(f"too many redirects (more than {max_redirects})")

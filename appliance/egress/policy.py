@@ -7,10 +7,12 @@ the appliance's own listeners. Pure decisions: never resolves a name, never open
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 import socket
 import threading
-from collections.abc import Iterable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from appliance.egress.addresses import (
@@ -25,6 +27,7 @@ from appliance.egress.addresses import (
 from appliance.settings import EgressSettings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+log = logging.getLogger("appliance.egress")
 
 
 def _nets(*cidrs: str) -> tuple[Network, ...]:
@@ -355,12 +358,15 @@ def _embedded_only_in(ip: IPAddress, resolved: Sequence[IPAddress], rule: Rule, 
 
 
 class PolicyHolder:
-    """The process's current policy: replaced atomically by `update`, read by every dial."""
+    """The process's current policy: replaced atomically by `update`, read by every dial. Whoever
+    keeps connections open past their check (a connection pool) asks `on_change` to hear of a
+    new policy, so that no connection opened under the old one is used under the new."""
 
     def __init__(self, settings: EgressSettings) -> None:
         self._lock = threading.Lock()
         self._listeners: tuple[tuple[str, int], ...] = ()
         self._policy = EgressPolicy(settings)
+        self._watchers: list[weakref.WeakMethod[Callable[[], None]]] = []
 
     @property
     def policy(self) -> EgressPolicy:
@@ -371,10 +377,12 @@ class PolicyHolder:
         return self._policy.settings
 
     def update(self, settings: EgressSettings) -> EgressPolicy:
-        """Build and install a new policy (raises ValueError, leaving the old one, if it is bad)."""
+        """Build and install a new policy (raises ValueError, leaving the old one, if it is bad),
+        then tell the watchers."""
         with self._lock:
             policy = EgressPolicy(settings, self._listeners)
             self._policy = policy
+        self._tell_watchers()
         return policy
 
     def set_own_listeners(self, endpoints: Iterable[tuple[str, int]]) -> None:
@@ -382,6 +390,25 @@ class PolicyHolder:
         with self._lock:
             self._listeners = tuple((str(h), int(p)) for h, p in endpoints)
             self._policy = EgressPolicy(self._policy.settings, self._listeners)
+        self._tell_watchers()
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (a bound method) after every new policy is installed, in the thread
+        that installed it. Held weakly: a watcher that is gone is simply no longer called."""
+        with self._lock:
+            self._watchers = [w for w in self._watchers if w() is not None]
+            self._watchers.append(weakref.WeakMethod(callback))
+
+    def _tell_watchers(self) -> None:
+        with self._lock:
+            watchers = [w() for w in self._watchers]
+        for callback in watchers:
+            if callback is None:
+                continue
+            try:
+                callback()
+            except Exception:  # one watcher's failure never stops the policy or the others
+                log.exception("an egress policy watcher failed")
 
     def decide(self, host: Host | str, port: int, addresses: Sequence[IPAddress] = ()) -> Decision:
         return self._policy.decide(host, port, addresses)

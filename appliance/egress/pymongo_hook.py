@@ -74,17 +74,30 @@ def attribution(purpose: str, datasource: str | None) -> Iterator[None]:
         _attribution.reset(token)
 
 
+async def reach(dialer: Dialer, *, host: str, port: int, purpose: str = "mongodb",
+                datasource: str | None = None, timeout: float = DEFAULT_CONNECT_TIMEOUT) -> None:
+    """Connect once to `host:port` through the dialer and hang up: `EgressDenied`,
+    `EgressUnreachable` (refused, no route, no such name) or `EgressTimeout` at once, in the
+    dialer's words. Inside PyMongo each of these only surfaces when its server selection gives
+    up, seconds later, as a timeout."""
+    sock, _ = await dialer.open_socket(host, port, purpose=purpose, datasource=datasource,
+                                       timeout=timeout)
+    sock.close()
+
+
 async def connect_client(dialer: Dialer, *, host: str, port: int, purpose: str = "mongodb",
                          datasource: str | None = None,
                          timeout: float = DEFAULT_CONNECT_TIMEOUT, **client_kwargs: Any) -> Any:
     """An `AsyncMongoClient` whose connections all go through `dialer`.
 
-    The destination is checked first, so a denied one fails at once with `EgressDenied` (inside
-    PyMongo a refused connection only surfaces as a server-selection timeout).
+    The destination is reached first (`reach`), so a denied, refused or silent one fails at
+    once, as for every other kind, instead of after PyMongo's server selection. `timeout` is
+    the connect and (unless given) the server-selection timeout.
     """
     from pymongo import AsyncMongoClient
 
-    await dialer.check(host, port, purpose=purpose, datasource=datasource)
+    await reach(dialer, host=host, port=port, purpose=purpose, datasource=datasource,
+                timeout=timeout)
     install(dialer)
     millis = max(1, int(timeout * 1000))
     client_kwargs.setdefault("connectTimeoutMS", millis)

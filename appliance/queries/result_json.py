@@ -22,16 +22,16 @@ _ENCODE: Final = compact_json.encoder(allow_nan=False, default=lambda v: json_de
 def json_default(value: Any) -> Any:
     """A JSON form for a value json cannot write itself.
 
-    Decimals as strings (exact), dates/times ISO-8601, intervals as ISO-8601 durations in
-    seconds (`PT1.5S`), bytes base64, UUIDs and addresses as text, records and tuples as arrays,
-    sets as sorted arrays; anything else as its `str`.
+    Decimals as strings (exact), dates/times ISO-8601, intervals as exact ISO-8601 durations in
+    seconds (`iso_duration`), bytes base64, UUIDs and addresses as text, records and tuples as
+    arrays, sets as sorted arrays; anything else as its `str`.
     """
     if type(value).__name__ == "Decimal" and type(value).__module__ in ("decimal", "_decimal"):
         return str(value)  # `decimal` is imported only by the drivers that return one
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return value.isoformat()
     if isinstance(value, dt.timedelta):
-        return f"PT{value.total_seconds():g}S"
+        return iso_duration(value)
     if isinstance(value, bytes | bytearray | memoryview):
         return base64.b64encode(bytes(value)).decode("ascii")
     if isinstance(value, uuid.UUID | ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -47,6 +47,19 @@ def json_default(value: Any) -> Any:
     if isinstance(value, tuple) or (hasattr(value, "__iter__") and not isinstance(value, str)):
         return list(value)
     return str(value)
+
+
+_MICROSECOND: Final = dt.timedelta(microseconds=1)
+
+
+def iso_duration(value: dt.timedelta) -> str:
+    """`PT<seconds>S` with every digit: whole seconds, then up to six decimals without trailing
+    zeros (`PT-3020399S`, `PT0.000001S`, `PT86399999999999.999999S`); negative as `PT-…S`.
+    Integer arithmetic on microseconds: a float (`total_seconds()`) keeps only 15-17 digits."""
+    micros = value // _MICROSECOND
+    whole, fraction = divmod(abs(micros), 1_000_000)
+    digits = f"{whole}.{fraction:06d}".rstrip("0") if fraction else str(whole)
+    return f"PT{'-' if micros < 0 else ''}{digits}S"
 
 
 def _finite(value: Any) -> Any:

@@ -76,7 +76,14 @@ class MongoEngine(Engine):
         self._creating = asyncio.Lock()
         self._runs = RunsUnderWay(target.name)
 
-    async def _new_client(self, selection_timeout: float | None = None) -> Any:
+    def _connect_timeout(self, timeout: float) -> float:
+        """Connecting (and finding the server) takes at most the connect timeout, and less than
+        the caller's own limit: then the dialer says why (refused, no answer, no such name)
+        before the caller's wait runs out."""
+        return max(0.5, min(CONNECT_TIMEOUT, timeout - 1))
+
+    async def _new_client(self, connect_timeout: float, selection_timeout: float | None = None
+                          ) -> Any:
         config = self.target.config
         limits = self.target.limits
         options: dict[str, Any] = {
@@ -84,10 +91,9 @@ class MongoEngine(Engine):
             "timeoutMS": limits.statement_timeout_ms,
             "tls": config.get("tls") == "verify-full",
             "appname": "appliance",
+            "serverSelectionTimeoutMS": int(connect_timeout * 1000),
         }
         if selection_timeout is not None:
-            # Less than the caller's own limit: pymongo then says why no server was found (the
-            # dialer's words: refused, no answer, no such name) instead of the wait running out.
             options["serverSelectionTimeoutMS"] = int(selection_timeout * 1000)
             options["timeoutMS"] = int(selection_timeout * 1000)
         password = self.target.secret("password")
@@ -98,20 +104,31 @@ class MongoEngine(Engine):
                            **auth_mechanism(str(config.get("tls")), allow_scram_sha1=allow_sha1))
         return await pymongo_hook.connect_client(
             self._dialer, host=str(config["host"]), port=int(config["port"]),
-            datasource=self.target.id, timeout=CONNECT_TIMEOUT, **options)
+            datasource=self.target.id, timeout=connect_timeout, **options)
 
-    async def _get_client(self) -> Any:
+    async def _get_client(self, timeout: float) -> Any:
+        """The datasource's client, made (and its server reached) on first use. A client whose
+        server PyMongo does not know right now (down since, or never up) has the server reached
+        again first: a refusal then fails this run at once, in the dialer's words."""
+        connect_timeout = self._connect_timeout(timeout)
         if self._client is None:
             async with self._creating:
                 if self._client is None:
-                    self._client = await self._new_client()
+                    self._client = await self._new_client(connect_timeout)
+                    return self._client
+        if not self._client.topology_description.has_known_servers:
+            config = self.target.config
+            await pymongo_hook.reach(self._dialer, host=str(config["host"]),
+                                     port=int(config["port"]), datasource=self.target.id,
+                                     timeout=connect_timeout)
         return self._client
 
     async def test(self, timeout: float) -> None:
         client = None
         try:
             async with asyncio.timeout(timeout):
-                client = await self._new_client(selection_timeout=max(0.5, timeout - 2))
+                client = await self._new_client(self._connect_timeout(timeout),
+                                                selection_timeout=max(0.5, timeout - 2))
                 await client[str(self.target.config["database"])].command("ping")
         except BaseException as exc:
             raise self.translate(exc, timeout) from None
@@ -126,7 +143,7 @@ class MongoEngine(Engine):
         with self._runs.run():  # EngineRetired once retired: never the old config's client
             try:
                 async with asyncio.timeout(timeout):
-                    client = await self._get_client()
+                    client = await self._get_client(timeout)
                     collection = client[str(self.target.config["database"])][bound.collection]
                     columns, batches = await self._start(collection, bound, fetch, timeout)
             except BaseException as exc:

@@ -3,8 +3,9 @@ through the egress dialer; credentials added here, on the server.
 
 Owns joining the bound request to the base URL (scheme, host and port only from the datasource),
 adding auth, the redirect rule (none unless enabled, then hop by hop through the policy, never
-https to http, and no credential of the datasource's sent again once a hop has left its origin)
-and the response-size cap. Never logs a request, a header value or a response body.
+https to http, and no header of the datasource's or the template's, nor a body, sent once a
+hop has left its origin) and the response-size cap. Never logs a request, a header value or a
+response body.
 """
 
 from __future__ import annotations
@@ -82,8 +83,7 @@ class RestEngine(Engine):
             if name.lower() == "authorization" or name.lower() == str(
                     self.target.config.get("header_name", "")).lower():
                 del headers[name]  # the datasource's credentials win over a template header
-        credentials = self._auth_headers()
-        headers.update(credentials)
+        headers.update(self._auth_headers())
         kwargs: dict[str, Any] = {"headers": headers}
         if request.has_body:
             kwargs["data"] = json.dumps(request.json, ensure_ascii=False,
@@ -93,7 +93,7 @@ class RestEngine(Engine):
         kwargs["timeout"] = aiohttp.ClientTimeout(total=timeout, sock_connect=CONNECT_TIMEOUT)
         if self.target.config.get("follow_redirects"):
             response = await request_following_redirects(
-                session, request.method, url, credential_headers=tuple(credentials),
+                session, request.method, url,
                 max_redirects=int(self.target.config.get("max_redirects", 5)), **kwargs)
         else:
             response = await session.request(request.method, url, allow_redirects=False,
