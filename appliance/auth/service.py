@@ -46,6 +46,16 @@ class LoginResult:
     method: str
 
 
+@dataclass(frozen=True)
+class TwoFactorReset:
+    """What `AuthService.reset_2fa` did: the user now, the sessions it ended, the API tokens it
+    revoked."""
+
+    user: User
+    sessions_ended: int
+    revoked_tokens: tuple[str, ...]
+
+
 class AuthService:
     """Everything about who a request is: users, sessions, tokens, 2FA, throttling."""
 
@@ -302,15 +312,22 @@ class AuthService:
                 raise
             yield keys
 
-    async def reset_2fa(self, username: str, *, context: Context) -> User:
+    async def reset_2fa(self, username: str, *, context: Context) -> TwoFactorReset:
+        """An administrator's reset of a user's second factor (a lost authenticator): the TOTP
+        secret and recovery codes gone, every session of the user ended and every live API
+        token revoked (each was made with the old factor, and whoever holds that factor may
+        hold them too), audited as `2fa.reset`, all in one transaction."""
         vault = await self.vault()
         async with self.store.transaction() as tx:
             user = await self.users.require(username, tx)
             await self.two_factor.reset(tx, vault, user.id)
-            await self.sessions.delete_for_user(tx, user.id)
+            ended = await self.sessions.delete_for_user(tx, user.id)
+            revoked = await self.users.revoke_tokens(tx, user.id)
             await self.audit.record(tx, action="2fa.reset", target=f"user:{user.username}",
+                                    details={"sessions_ended": ended,
+                                             **({"revoked": list(revoked)} if revoked else {})},
                                     context=context)
-            return await self.users.require(username, tx)
+            return TwoFactorReset(await self.users.require(username, tx), ended, revoked)
 
     async def change_own_password(self, principal: Principal, current: Secret[str],
                                   new: Secret[str], *, context: Context) -> None:
