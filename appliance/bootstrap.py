@@ -78,7 +78,7 @@ async def ensure_first_admin(auth: AuthService, username: str, password: Secret[
         password = Secret(secrets.token_urlsafe(18))
         report.one_time_password = password
     await auth.users.create(username=username, role="admin", password=password,
-                            context=Context(actor="cli:init"))
+                            must_change_password=False, context=Context(actor="cli:init"))
     report.created.append(f"admin user {username!r}")
 
 

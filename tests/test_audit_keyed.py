@@ -445,7 +445,7 @@ async def test_a_store_whose_keyring_cannot_be_opened_refuses_to_write(tmp_path:
         with pytest.raises(AuditUnavailable, match="no audit key") as caught:
             await core.auth.users.create(username="later", role="viewer",
                                          password=Secret("viewer-pass-0123"),
-                                         context=Context(actor="test"))
+                                         must_change_password=True, context=Context(actor="test"))
         assert "instance secret" in caught.value.message
         with pytest.raises(AuditUnavailable):
             await core.audit.record(action="query.run")

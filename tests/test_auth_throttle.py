@@ -12,11 +12,21 @@ import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
-from appliance.auth.throttle import BASE_DELAY, THRESHOLD, Keys, Limit, delay_for
+from appliance.auth.throttle import (
+    BASE_DELAY,
+    PRUNE_BATCH,
+    THRESHOLD,
+    Keys,
+    Limit,
+    Policy,
+    Throttle,
+    delay_for,
+)
 from appliance.http import client_address
 from appliance.http.app_keys import CORE
 from tests.support.app import PASSWORDS, Appliance, Client, running
@@ -255,3 +265,80 @@ async def test_concurrent_guesses_cannot_outrun_the_counter(tmp_path: Path) -> N
         statuses = sorted(r.status for r in results)
         assert statuses.count(401) == THRESHOLD
         assert statuses.count(429) == 4
+
+
+class Clock:
+    """A clock the test moves (the throttle reads the time only through it)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def count_rows(store: Any) -> int:
+    row = await store.fetch_one("SELECT COUNT(*) AS n FROM login_throttle")
+    return int(row["n"])
+
+
+async def test_a_flood_of_addresses_leaves_a_bounded_table_after_its_window(any_store: Any
+                                                                            ) -> None:
+    """10,000 failed logins, each from its own address: one row per pair and per address while
+    their window lasts; after it, every write deletes a bounded batch of them, so the table
+    comes back to the rows still inside a window (and the per-key locks are gone)."""
+    clock = Clock()
+    throttle = Throttle(any_store, clock=clock)
+    flood = 10_000
+    for start in range(0, flood, 1_000):
+        async with any_store.transaction() as tx:
+            for i in range(start, start + 1_000):
+                keys = Keys.of("victim", f"10.{i // 65536}.{i // 256 % 256}.{i % 256}")
+                async with throttle.serialised([keys.pair, keys.address]):
+                    await throttle.failure(tx, keys)
+    assert await count_rows(any_store) == 2 * flood + 1  # pairs, addresses, the account
+    assert len(throttle._locks) == 0  # no lock outlives its attempt
+
+    # Inside the pairs' window nothing is forgotten (a later failure still counts).
+    other = Keys.of("someone", "192.0.2.1")
+    clock.now += Policy().pair.forget_after - 1
+    async with any_store.transaction() as tx:
+        await throttle.failure(tx, other)
+    assert await count_rows(any_store) == 2 * flood + 1 + 3
+
+    # Past every window: each write deletes at most a batch of the oldest rows, never all.
+    clock.now += Policy().address.forget_after + 1
+    async with any_store.transaction() as tx:
+        await throttle.failure(tx, other)
+    assert await count_rows(any_store) == 2 * flood + 1 + 3 - PRUNE_BATCH
+    writes = 1
+    while await count_rows(any_store) > 3:
+        async with any_store.transaction() as tx:
+            await throttle.failure(tx, other)
+        writes += 1
+        assert writes <= (2 * flood + 1) // PRUNE_BATCH + 2
+    # What is left is the one pair still counting, and it still counts: 3 failures in a row.
+    rows = await any_store.fetch_all("SELECT key, failures FROM login_throttle ORDER BY key")
+    assert {row["key"] for row in rows} == {other.pair, other.address, other.account}
+    assert {row["failures"] for row in rows} == {writes}
+
+
+async def test_a_login_keeps_its_pair_known_then_the_row_goes(any_store: Any) -> None:
+    """The known-pair row lives as long as the pair is known (30 days), and not longer."""
+    clock = Clock()
+    throttle = Throttle(any_store, clock=clock)
+    mine = Keys.of("viewer", "192.0.2.7")
+    async with any_store.transaction() as tx:
+        await throttle.success(tx, mine)
+    clock.now += Policy().known_for - 1
+    assert await throttle.watched(mine) == [mine.pair]
+    async with any_store.transaction() as tx:
+        await throttle.failure(tx, Keys.of("other", "192.0.2.8"))
+    assert await any_store.fetch_one("SELECT key FROM login_throttle WHERE key = ?",
+                                     (mine.known,)) is not None
+    clock.now += 2
+    assert await throttle.watched(mine) == [mine.pair, mine.account, mine.address]
+    async with any_store.transaction() as tx:
+        await throttle.failure(tx, Keys.of("other", "192.0.2.8"))
+    assert await any_store.fetch_one("SELECT key FROM login_throttle WHERE key = ?",
+                                     (mine.known,)) is None

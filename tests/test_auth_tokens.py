@@ -119,6 +119,11 @@ async def test_a_token_never_acts_above_its_owner(tmp_path: Path) -> None:
             "username": "boss", "role": "admin", "password": "boss-password-0123"})).status == 201
         boss = appliance.client()
         await boss.login("boss", "boss-password-0123")
+        # The admin chose that password: boss chooses one before anything else.
+        assert (await boss.request("POST", "/api/v1/users/me/password", {
+            "current_password": "boss-password-0123",
+            "new_password": "boss-own-password-0123"})).status == 200
+        await boss.login("boss", "boss-own-password-0123")
         made = await boss.request("POST", "/api/v1/users/me/tokens", {"name": "boss-admin"})
         assert made.status == 201 and made.body["role"] == "admin"
         boss_token = appliance.client(token=made.body["token"])
@@ -129,7 +134,7 @@ async def test_a_token_never_acts_above_its_owner(tmp_path: Path) -> None:
         assert capped.status == 403 and capped.code == "forbidden_role"
         assert (await boss_token.request("GET", "/api/v1/session")).body["role"] == "developer"
         # A demoted owner cannot create an admin token either.
-        await boss.login("boss", "boss-password-0123")
+        await boss.login("boss", "boss-own-password-0123")
         again = await boss.request("POST", "/api/v1/users/me/tokens",
                                    {"name": "x", "role": "admin"})
         assert again.status == 403 and again.code == "role_above_owner"

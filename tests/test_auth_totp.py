@@ -3,6 +3,7 @@ used once, the secret sealed by the keyring, admin reset."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -130,9 +131,19 @@ async def test_admin_reset_removes_the_secret_and_codes(tmp_path: Path) -> None:
     async with running(tmp_path / "state", require_2fa="admin,developer") as appliance:
         admin, _, _ = await enrol(appliance)
         dev, _, _ = await enrol(appliance, "developer")
+        made = await dev.request("POST", "/api/v1/users/me/tokens", {"name": "ci"})
+        assert made.status == 201, made.body
+        token = appliance.client(token=made.body["token"])
+        assert (await token.request("GET", "/api/v1/users/me")).status == 200
         resp = await admin.request("POST", "/api/v1/users/developer/2fa/reset")
         assert resp.status == 200 and resp.body["totp_enabled"] is False
         assert (await dev.request("GET", "/api/v1/session")).status == 401
+        # A token made with the old factor dies with it.
+        assert resp.body["tokens_revoked"] == [made.body["id"]]
+        assert resp.body["sessions_ended"] == 1
+        assert (await token.request("GET", "/api/v1/users/me")).status == 401
+        [entry] = appliance.query("SELECT details FROM audit_log WHERE action = '2fa.reset'")
+        assert json.loads(entry[0]) == {"sessions_ended": 1, "revoked": [made.body["id"]]}
         user_id = appliance.query("SELECT id FROM users WHERE username = 'developer'")[0][0]
         assert appliance.query("SELECT COUNT(*) FROM sealed_fields WHERE record_id = ?",
                                (user_id,))[0][0] == 0

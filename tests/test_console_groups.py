@@ -61,7 +61,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         (root / f"{name}.pw").write_text(password + "\n")
         flags = [arg for g in groups for arg in ("--group", g)]
         _cli(state, "users", "add", name, "--role", role, "--password-file",
-             str(root / f"{name}.pw"), *flags)
+             str(root / f"{name}.pw"), "--no-password-change", *flags)
     db = root / "shop.db"
     conn = sqlite3.connect(db)
     conn.executescript("CREATE TABLE t (n INTEGER); INSERT INTO t VALUES (1);")

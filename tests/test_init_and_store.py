@@ -116,7 +116,8 @@ async def test_the_store_version_sees_another_process_commit_from_the_next_loop_
         for round_ in range(3):
             first = store.version()
             assert first is not None
-            other.execute("INSERT INTO login_throttle VALUES (?, 1, 0, 0)", (f"k{round_}",))
+            other.execute("INSERT INTO login_throttle (key, failures, locked_until, updated_at)"
+                          " VALUES (?, 1, 0, 0)", (f"k{round_}",))
             assert store.version() == first  # the same turn: its first reading stands
             await asyncio.sleep(0)
             assert store.version() != first  # the next turn reads again and sees the commit

@@ -219,6 +219,11 @@ async def test_a_reset_password_must_be_changed_at_next_login(tmp_path: Path) ->
         user = await admin.request("GET", "/api/v1/users/viewer")
         assert user.body["must_change_password"] is False
         assert PASSWORDS["viewer"] not in json.dumps(user.body)
+        # The audit says the flag went on, then off (its value, not '<redacted>').
+        flags = [json.loads(row[0]).get("change_at_next_login") for row in appliance.query(
+            "SELECT details FROM audit_log WHERE action = 'user.update'"
+            " AND target = 'user:viewer' ORDER BY seq")]
+        assert flags == [True, False]
 
 
 async def test_the_cli_reset_sets_the_flag(tmp_path: Path) -> None:
@@ -231,3 +236,65 @@ async def test_the_cli_reset_sets_the_flag(tmp_path: Path) -> None:
         login = await viewer.login("viewer", one_time)
         assert login.status == 201 and login.body["password_change_required"] is True
         assert (await viewer.request("GET", "/api/v1/queries")).code == "password_change_required"
+
+
+async def test_an_admin_created_user_chooses_their_own_password_first(tmp_path: Path) -> None:
+    """The password an admin typed at `POST /api/v1/users` is the admin's: the new user's
+    session reaches nothing but the password change until they choose their own."""
+    async with running(tmp_path / "s", require_2fa="") as appliance:
+        admin = appliance.client()
+        assert (await admin.login("admin")).status == 201
+        made = await admin.request("POST", "/api/v1/users", {
+            "username": "nina", "role": "viewer", "password": "admin-chose-this-0123"})
+        assert made.status == 201 and made.body["must_change_password"] is True
+        nina = appliance.client()
+        login = await nina.login("nina", "admin-chose-this-0123")
+        assert login.status == 201 and login.body["password_change_required"] is True
+        assert (await nina.request("GET", "/api/v1/queries")).code == "password_change_required"
+        done = await nina.request("POST", "/api/v1/users/me/password",
+                                  {"current_password": "admin-chose-this-0123",
+                                   "new_password": "nina-own-password-0123"})
+        assert done.status == 200, done.body
+        again = appliance.client()
+        login = await again.login("nina", "nina-own-password-0123")
+        assert login.status == 201 and login.body["password_change_required"] is False
+        assert (await again.request("GET", "/api/v1/queries")).status == 200
+        [entry] = appliance.query("SELECT details FROM audit_log WHERE action = 'user.create'"
+                                  " AND target = 'user:nina'")
+        assert json.loads(entry[0])["change_at_first_login"] is True
+
+
+async def test_users_add_flags_the_password_unless_told_not_to(tmp_path: Path) -> None:
+    async with running(tmp_path / "s", require_2fa="") as appliance:
+        generated = await cli(appliance, "users", "add", "gen", "--role", "viewer")
+        assert generated.returncode == 0, generated.stderr
+        assert "must change it at their first login" in generated.stdout
+        one_time = generated.stdout.strip().rsplit(": ", 1)[1]
+        login = await appliance.client().login("gen", one_time)
+        assert login.status == 201 and login.body["password_change_required"] is True
+
+        password_file = tmp_path / "pw"
+        password_file.write_text("operator-chose-0123\n")
+        from_file = await cli(appliance, "users", "add", "filed", "--role", "viewer",
+                              "--password-file", str(password_file))
+        assert from_file.returncode == 0, from_file.stderr
+        assert "choose their own password at their first login" in from_file.stdout
+        # An account for automation, whose password the operator manages: said explicitly.
+        robot = await cli(appliance, "users", "add", "robot", "--role", "viewer",
+                          "--password-file", str(password_file), "--no-password-change")
+        assert robot.returncode == 0, robot.stderr
+        assert "first login" not in robot.stdout
+        # Without a file there is nothing the operator manages: refused, nothing created.
+        refused = await cli(appliance, "users", "add", "nofile", "--role", "viewer",
+                            "--no-password-change")
+        assert refused.returncode == 2 and "needs --password-file" in refused.stderr
+        flags = {row["username"]: row["must_change_password"] for row in appliance.query(
+            "SELECT username, must_change_password FROM users")}
+        assert flags == {"admin": 0, "viewer": 0, "developer": 0, "gen": 1, "filed": 1,
+                         "robot": 0}
+        login = await appliance.client().login("robot", "operator-chose-0123")
+        assert login.status == 201 and login.body["password_change_required"] is False
+        details = {row["target"]: json.loads(row["details"]) for row in appliance.query(
+            "SELECT target, details FROM audit_log WHERE action = 'user.create'")}
+        assert details["user:robot"]["change_at_first_login"] is False
+        assert details["user:filed"]["change_at_first_login"] is True

@@ -30,6 +30,7 @@ EXPECTED = {
     ("POST", "/api/v1/users/me/password"): "viewer",
     ("POST", "/api/v1/users/me/2fa"): "viewer",
     ("POST", "/api/v1/users/me/2fa/confirm"): "viewer",
+    ("POST", "/api/v1/users/me/2fa/recovery-codes"): "viewer",
     ("GET", "/api/v1/users/me/tokens"): "viewer",
     ("POST", "/api/v1/users/me/tokens"): "viewer",
     ("DELETE", "/api/v1/users/me/tokens/{token_id}"): "viewer",
@@ -49,6 +50,8 @@ EXPECTED = {
     ("GET", "/api/v1/openapi.json"): "public",
     ("GET", "/api/v1/kinds"): "developer",
     ("GET", "/api/v1/roles"): "viewer",
+    ("POST", "/api/v1/queries/{id}/secret-findings/{fingerprint}/allow"): "admin",
+    ("DELETE", "/api/v1/queries/{id}/secret-findings/{fingerprint}/allow"): "admin",
 }
 
 

@@ -226,3 +226,64 @@ async def test_stored_queries_findings_api_allow_and_doctor(tmp_path: Path) -> N
     assert len(lines) == 1, doctor.stdout  # the allowed one is not reported
     assert lines[0].startswith("WARN") and f"legacy {legacy_rest}" in lines[0]
     assert "parameter 'x' default: a Slack token (xoxb-…(56 chars))" in lines[0]
+
+
+async def test_an_admin_withdraws_an_allowance_and_the_finding_counts_again(
+        tmp_path: Path) -> None:
+    async with proxy(tmp_path / "state") as appliance:
+        datasources = await _datasources(appliance, tmp_path)
+        dev, admin = as_role(appliance, "developer"), as_role(appliance, "admin")
+        header = "Bearer 7d0c4a1e9b2f4c3a8e6d5b4a3c2e1f0a"
+        query = {"name": "orders api", "datasource_id": datasources["rest"],
+                 "body": {"method": "GET", "path": "/v1/orders",
+                          "headers": {"Authorization": header}}}
+        refused = await dev.request("POST", "/api/v1/queries", query)
+        (finding,) = refused.body["error"]["findings"]
+        created = await admin.request("POST", "/api/v1/queries",
+                                      {**query, "allow_secret_findings": [finding["fingerprint"]]})
+        assert created.status == 201, created.body
+        query_id = created.body["id"]
+        path = f"/api/v1/queries/{query_id}/secret-findings/{finding['fingerprint']}/allow"
+
+        # Only an admin withdraws; a fingerprint or query that names no allowance is a 404.
+        assert (await dev.request("DELETE", path)).status == 403
+        other = await admin.request(
+            "DELETE", f"/api/v1/queries/{query_id}/secret-findings/{'f' * 32}/allow")
+        assert other.status == 404 and other.code == "secret_allowance_not_found"
+        nowhere = await admin.request(
+            "DELETE", f"/api/v1/queries/q_nope/secret-findings/{finding['fingerprint']}/allow")
+        assert nowhere.status == 404 and nowhere.code == "query_not_found"
+        assert len(appliance.query("SELECT * FROM query_secret_allowances")) == 1
+
+        withdrawn = await admin.request("DELETE", path)
+        assert withdrawn.status == 200, withdrawn.body
+        assert withdrawn.body == {"query_id": query_id, "query_name": "orders api",
+                                  "rule": "credential_header", "field": "body",
+                                  "place": "headers.Authorization",
+                                  "fingerprint": finding["fingerprint"], "allowed": False}
+        assert appliance.query("SELECT * FROM query_secret_allowances") == []
+        [entry] = appliance.query("SELECT actor, target, details FROM audit_log WHERE action"
+                                  " = 'query.secret_finding.withdraw'")
+        assert entry["actor"].startswith("admin") and entry["target"] == f"query:{query_id}"
+        assert json.loads(entry["details"]) == {
+            "rule": "credential_header", "field": "body", "place": "headers.Authorization",
+            "fingerprint": finding["fingerprint"], "allowed_by": entry["actor"]}
+        assert (await admin.request("DELETE", path)).code == "secret_allowance_not_found"
+
+        # The finding counts again: listed as not allowed, and the next save is refused.
+        listed = await admin.request("GET", "/api/v1/queries/secret-findings")
+        assert [(f["query_id"], f["allowed"]) for f in listed.body["findings"]] == \
+            [(query_id, False)]
+        renamed = await dev.request("PATCH", f"/api/v1/queries/{query_id}",
+                                    {"description": "orders"})
+        assert renamed.status == 422 and renamed.code == "secret_in_query"
+        # Allowed again by an admin, it saves again.
+        assert (await admin.request("POST", path)).status == 200
+        again = await dev.request("PATCH", f"/api/v1/queries/{query_id}",
+                                  {"description": "orders"})
+        assert again.status == 200, again.body
+        spec = (await dev.request("GET", "/api/v1/openapi.json")).body
+        assert spec["paths"][
+            "/api/v1/queries/{id}/secret-findings/{fingerprint}/allow"]["delete"][
+            "x-required-role"] == "admin"
+        assert header.split()[1] not in _all_text(appliance)

@@ -122,6 +122,33 @@ def test_users_tokens_and_audit_verbs(tmp_path: Path) -> None:
     assert shown.returncode == 0 and shown.stdout.count("\n") == 2
 
 
+def test_reset_2fa_ends_sessions_and_revokes_tokens(tmp_path: Path) -> None:
+    """A 2FA reset leaves nothing made with the old factor alive: sessions and API tokens."""
+    state = tmp_path / "state"
+    env = clean_env()
+    assert run_verb("init", "--state-dir", str(state), env=env).returncode == 0
+    pw = tmp_path / "pw"
+    pw.write_text("developer-password-1")
+    assert run_verb("users", "add", "dana", "--role", "developer", "--password-file", str(pw),
+                    "--no-password-change", "--state-dir", str(state), env=env).returncode == 0
+    token = run_verb("tokens", "create", "dana", "--state-dir", str(state), env=env)
+    assert token.returncode == 0, token.stderr
+    token_id = token.stdout.strip().splitlines()[-1][4:20]
+    conn = sqlite3.connect(state / "appliance.db")
+    with conn:
+        conn.execute("INSERT INTO sessions (id_hash, user_id, role, mfa_state, created_at,"
+                     " last_seen, expires_at) SELECT 'h', id, role, 'done', 0, 0, 9e9"
+                     " FROM users WHERE username = 'dana'")
+    conn.close()
+    reset = run_verb("users", "reset-2fa", "dana", "--state-dir", str(state), env=env)
+    assert reset.returncode == 0, reset.stderr
+    assert f"1 session ended, 1 API token revoked for good ({token_id})" in reset.stdout
+    assert rows(state, "SELECT COUNT(*) FROM sessions") == [(0,)]
+    assert rows(state, "SELECT revoked_at IS NOT NULL FROM api_tokens") == [(1,)]
+    again = run_verb("users", "reset-2fa", "dana", "--state-dir", str(state), env=env)
+    assert "0 sessions ended, 0 API tokens revoked" in again.stdout
+
+
 def test_every_verb_has_help() -> None:
     for verb in (["users"], ["users", "add"], ["users", "reset-2fa"], ["tokens", "create"],
                  ["audit", "verify"]):

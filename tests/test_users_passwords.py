@@ -39,7 +39,8 @@ async def test_login_rehashes_when_parameters_change(tmp_path: Path) -> None:
     try:
         old = AuthService(store, audit, settings, passwords=Passwords(CHEAP))
         await old.users.create(username="pat", role="viewer",
-                               password=Secret("pat-password-0123"), context=Context())
+                               password=Secret("pat-password-0123"),
+                               must_change_password=False, context=Context())
         before = (await old.users.require("pat")).password_hash
         assert "m=8192,t=1,p=1" in before
         new = AuthService(store, audit, settings)  # the default (stronger) parameters

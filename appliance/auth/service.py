@@ -6,7 +6,8 @@ wrong, and never logs or audits a password, code, session id or token.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,16 @@ class LoginResult:
     user: User
     enrolment_required: bool
     method: str
+
+
+@dataclass(frozen=True)
+class TwoFactorReset:
+    """What `AuthService.reset_2fa` did: the user now, the sessions it ended, the API tokens it
+    revoked."""
+
+    user: User
+    sessions_ended: int
+    revoked_tokens: tuple[str, ...]
 
 
 class AuthService:
@@ -262,41 +273,73 @@ class AuthService:
         if looks_like_recovery_code(code):
             raise BadRequest("enter the code your authenticator app shows now, not a recovery "
                              "code", code="bad_code", field="code")
-        ok = await self.passwords.verify(user.password_hash, password)
-        vault = await self.vault()
-        async with self.store.transaction() as tx:
-            method = await self.two_factor.check(tx, vault, user, code) if ok else None
-            if method == "totp":
-                codes = await self.two_factor.replace_recovery_codes(tx, user)
-                await self.audit.record(tx, action="2fa.recovery_codes_regenerate",
-                                        target=f"user:{user.username}",
-                                        details={"count": len(codes)},
-                                        context=context)
-                return codes
-        async with self.store.transaction() as tx:
-            await self.audit.record(tx, action="2fa.recovery_codes_regenerate",
-                                    outcome="failed", target=f"user:{user.username}",
-                                    context=context)
+        action = "2fa.recovery_codes_regenerate"
+        async with self._password_guess(user, action, context) as keys:
+            ok = await self.passwords.verify(user.password_hash, password)
+            vault = await self.vault()
+            async with self.store.transaction() as tx:
+                method = await self.two_factor.check(tx, vault, user, code) if ok else None
+                if method == "totp":
+                    codes = await self.two_factor.replace_recovery_codes(tx, user)
+                    await self.audit.record(tx, action=action, target=f"user:{user.username}",
+                                            details={"count": len(codes)}, context=context)
+                    return codes
+            async with self.store.transaction() as tx:
+                await self.throttle.failure(tx, keys)
+                await self.audit.record(tx, action=action, outcome="failed",
+                                        target=f"user:{user.username}", context=context)
         raise Unauthorized("the password or the code is wrong", code="invalid_credentials")
 
-    async def reset_2fa(self, username: str, *, context: Context) -> User:
+    @contextlib.asynccontextmanager
+    async def _password_guess(self, user: User, action: str,
+                              context: Context) -> AsyncIterator[Keys]:
+        """Around a signed-in user's password check (new recovery codes, a password change): a
+        stolen session must not make it a guessing oracle. It is throttled as a login of the
+        same account from the same address is, on the same counters (the caller counts a
+        failure with `throttle.failure` on the keys it is given): a locked pair is refused
+        (429, audited as `action` denied) before any check. Like a full login, it is not refused
+        by others' locks on the account or the address."""
+        keys = Keys.of(user.username, context.client)
+        async with self.throttle.serialised(await self.throttle.watched(keys)):
+            try:
+                await self.throttle.check([keys.pair])
+            except Throttled as exc:
+                async with self.store.transaction() as tx:
+                    await self.audit.record(tx, action=action, outcome="denied",
+                                            target=f"user:{user.username}",
+                                            details={"reason": "throttled", "limit": exc.limit},
+                                            context=context)
+                raise
+            yield keys
+
+    async def reset_2fa(self, username: str, *, context: Context) -> TwoFactorReset:
+        """An administrator's reset of a user's second factor (a lost authenticator): the TOTP
+        secret and recovery codes gone, every session of the user ended and every live API
+        token revoked (each was made with the old factor, and whoever holds that factor may
+        hold them too), audited as `2fa.reset`, all in one transaction."""
         vault = await self.vault()
         async with self.store.transaction() as tx:
             user = await self.users.require(username, tx)
             await self.two_factor.reset(tx, vault, user.id)
-            await self.sessions.delete_for_user(tx, user.id)
+            ended = await self.sessions.delete_for_user(tx, user.id)
+            revoked = await self.users.revoke_tokens(tx, user.id)
             await self.audit.record(tx, action="2fa.reset", target=f"user:{user.username}",
+                                    details={"sessions_ended": ended,
+                                             **({"revoked": list(revoked)} if revoked else {})},
                                     context=context)
-            return await self.users.require(username, tx)
+            return TwoFactorReset(await self.users.require(username, tx), ended, revoked)
 
     async def change_own_password(self, principal: Principal, current: Secret[str],
                                   new: Secret[str], *, context: Context) -> None:
         user = await self._user(principal)
-        if not await self.passwords.verify(user.password_hash, current):
-            async with self.store.transaction() as tx:
-                await self.audit.record(tx, action="user.password_change", outcome="failed",
-                                        target=f"user:{user.username}", context=context)
-            raise Unauthorized("the current password is wrong", code="invalid_credentials")
+        async with self._password_guess(user, "user.password_change", context) as keys:
+            if not await self.passwords.verify(user.password_hash, current):
+                async with self.store.transaction() as tx:
+                    await self.throttle.failure(tx, keys)
+                    await self.audit.record(tx, action="user.password_change",
+                                            outcome="failed", target=f"user:{user.username}",
+                                            context=context)
+                raise Unauthorized("the current password is wrong", code="invalid_credentials")
         self.passwords.check_policy(new, field="new_password")  # named as the request names it
         await self.users.update(user.username, password=new, must_change_password=False,
                                 context=context)

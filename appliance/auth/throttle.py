@@ -1,7 +1,10 @@
 """Login throttling: per (account, address) pair first, then per address and per account at much
 higher thresholds, each with exponential backoff; the pairs that have logged in are "known".
 
-Owns the `login_throttle` table and the per-key locks that serialise concurrent attempts. A known
+Owns the `login_throttle` table and the per-key locks that serialise concurrent attempts. Each
+row says when it stops mattering (`forget_at`: its window after the last failure, the known span
+after a login); every write deletes a bounded batch of rows past it, so the table holds only rows
+still inside their window however many accounts and addresses were ever tried. A known
 pair (a full login, password and second factor, from that address in the last `known_for`
 seconds) answers only to its own pair limit: failures other people cause elsewhere, on the same
 account or from the same address, never refuse it. Never stores a password, a typed user name or
@@ -16,7 +19,7 @@ import hashlib
 import math
 import time
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from appliance.errors import TooManyRequests
@@ -25,6 +28,7 @@ from appliance.store import Store, Transaction
 THRESHOLD = 5        # failures of one pair allowed before backoff starts
 BASE_DELAY = 2.0     # seconds locked at the threshold; doubles with each further failure
 MAX_DELAY = 900.0    # never locked longer than this at once
+PRUNE_BATCH = 200    # rows past their window each write deletes: far more than a write adds (3)
 
 
 @dataclass(frozen=True)
@@ -79,14 +83,16 @@ class Throttled(TooManyRequests):
     def __init__(self, retry_after: float, limit: str = "") -> None:
         self.retry_after = max(1, math.ceil(retry_after))
         self.limit = limit  # which key locked: for the audit, never for the client
-        super().__init__(f"too many failed logins; try again in {self.retry_after} seconds",
+        super().__init__(f"too many failed attempts; try again in {self.retry_after} seconds",
                          code="throttled")
 
 
 class Throttle:
-    def __init__(self, store: Store, policy: Policy | None = None) -> None:
+    def __init__(self, store: Store, policy: Policy | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.policy = policy or Policy()
+        self._clock = clock
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary())
 
@@ -94,7 +100,7 @@ class Throttle:
         """The keys that may refuse this attempt: the pair's only, for a known pair."""
         row = await self.store.fetch_one(
             "SELECT updated_at FROM login_throttle WHERE key = ?", (keys.known,))
-        if row is not None and time.time() - row["updated_at"] < self.policy.known_for:
+        if row is not None and self._clock() - row["updated_at"] < self.policy.known_for:
             return [keys.pair]
         return [keys.pair, keys.account, keys.address]
 
@@ -126,7 +132,7 @@ class Throttle:
         """Raise `Throttled` if any key is locked now."""
         if not keys:
             return
-        now = time.time()
+        now = self._clock()
         marks = ",".join("?" for _ in keys)
         rows = await self.store.fetch_all(
             f"SELECT key, locked_until FROM login_throttle WHERE key IN ({marks})", tuple(keys))
@@ -137,7 +143,7 @@ class Throttle:
     async def failure(self, tx: Transaction, keys: Keys) -> float:
         """Count a failure for the pair, the address and the account; return the longest lock it
         causes (seconds)."""
-        now = time.time()
+        now = self._clock()
         longest = 0.0
         for key, limit in ((keys.pair, self.policy.pair), (keys.address, self.policy.address),
                            (keys.account, self.policy.account)):
@@ -149,18 +155,32 @@ class Throttle:
             delay = delay_for(failures, limit.threshold)
             longest = max(longest, delay)
             await tx.execute(
-                "INSERT INTO login_throttle (key, failures, locked_until, updated_at)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET failures = excluded.failures,"
-                " locked_until = excluded.locked_until, updated_at = excluded.updated_at",
-                (key, failures, now + delay, now))
+                "INSERT INTO login_throttle (key, failures, locked_until, updated_at, forget_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET"
+                " failures = excluded.failures, locked_until = excluded.locked_until,"
+                " updated_at = excluded.updated_at, forget_at = excluded.forget_at",
+                (key, failures, now + delay, now, now + max(limit.forget_after, delay)))
+        await self.prune(tx, now)
         return longest
 
     async def success(self, tx: Transaction, keys: Keys) -> None:
         """A full login: the pair starts again from zero and is known from now on. The address's
         and the account's counts stay (a login of one's own account must not buy an attacker at
         the same address, or on the same account, a fresh allowance)."""
+        now = self._clock()
         await tx.execute("DELETE FROM login_throttle WHERE key = ?", (keys.pair,))
         await tx.execute(
-            "INSERT INTO login_throttle (key, failures, locked_until, updated_at)"
-            " VALUES (?, 0, 0, ?) ON CONFLICT (key) DO UPDATE SET updated_at = excluded.updated_at",
-            (keys.known, time.time()))
+            "INSERT INTO login_throttle (key, failures, locked_until, updated_at, forget_at)"
+            " VALUES (?, 0, 0, ?, ?) ON CONFLICT (key) DO UPDATE SET"
+            " updated_at = excluded.updated_at, forget_at = excluded.forget_at",
+            (keys.known, now, now + self.policy.known_for))
+        await self.prune(tx, now)
+
+    @staticmethod
+    async def prune(tx: Transaction, now: float, batch: int = PRUNE_BATCH) -> int:
+        """Delete at most `batch` rows whose window has passed (the oldest first, through the
+        `forget_at` index); how many. A forgotten row counts as it did at the end of its window:
+        nothing."""
+        return await tx.execute(
+            "DELETE FROM login_throttle WHERE key IN (SELECT key FROM login_throttle"
+            " WHERE forget_at <= ? ORDER BY forget_at LIMIT ?)", (now, batch))

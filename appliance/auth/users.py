@@ -1,10 +1,10 @@
 """User accounts: create, list, change role, groups, disable, change or reset a password.
 
-Owns the `users` table (its `must_change_password` flag: set by an administrator's reset, cleared
-by the user's own change). Never returns or logs a password hash outside this package; every
-change is audited in the same transaction (fail-closed) and a privilege change ends the user's
-sessions. Disabling a user also revokes their API tokens for good: enabling them again brings
-none back.
+Owns the `users` table (its `must_change_password` flag: set when an administrator chose the
+password, at creation or a reset; cleared by the user's own change). Never returns or logs a
+password hash outside this package; every change is audited in the same transaction
+(fail-closed) and a privilege change ends the user's sessions. Disabling a user also revokes
+their API tokens for good: enabling them again brings none back.
 """
 
 from __future__ import annotations
@@ -110,7 +110,12 @@ class Users:
         return int(row["n"]) if row else 0
 
     async def create(self, *, username: str, role: str, password: Secret[str],
-                     context: Context, groups: Sequence[str] = ()) -> User:
+                     must_change_password: bool, context: Context,
+                     groups: Sequence[str] = ()) -> User:
+        """A new user. `must_change_password`: the password is someone else's choice (an
+        administrator's), so the user's sessions reach nothing but choosing their own until
+        they do; every caller says (only `init`'s first admin and an operator's explicit
+        automation account keep theirs)."""
         check_username(username)
         roles.check_role(role)
         member_of = check_groups(list(groups))
@@ -121,12 +126,13 @@ class Users:
             if await self.get(username, tx) is not None:
                 raise Conflict(f"a user named {username!r} already exists", code="user_exists")
             await tx.execute(
-                "INSERT INTO users (id, username, role, password_hash, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (user_id, username, role, password_hash, now, now))
+                "INSERT INTO users (id, username, role, password_hash, must_change_password,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (user_id, username, role, password_hash, int(must_change_password), now, now))
             await self.groups.replace(tx, user_id, member_of)
             await self.audit.record(tx, action="user.create", target=f"user:{username}",
                                     details={"role": role,
+                                             "change_at_first_login": must_change_password,
                                              **({"groups": list(member_of)} if member_of
                                                 else {})},
                                     context=context)
@@ -189,19 +195,23 @@ class Users:
                 await tx.execute("DELETE FROM sessions WHERE user_id = ?", (user.id,))
             revoked: tuple[str, ...] = ()
             if "disabled" in changed:
-                revoked = await self._revoke_tokens(tx, user.id)
+                revoked = await self.revoke_tokens(tx, user.id)
             action = "user.disable" if changed.get("disabled") is True else "user.update"
             await self.audit.record(tx, action=action, target=f"user:{user.username}",
                                     details={"changed": sorted(changed), **{
                                         k: v for k, v in changed.items()
-                                        if k in ("role", "disabled", "groups",
-                                                 "must_change_password")},
+                                        if k in ("role", "disabled", "groups")},
+                                        # Not under its column's name: the audit redacts any
+                                        # key that says "password".
+                                        **({"change_at_next_login":
+                                            changed["must_change_password"]}
+                                           if "must_change_password" in changed else {}),
                                         **({"revoked": list(revoked)} if revoked else {})},
                                     context=context)
             return Change(await self.require(username, tx), revoked)
 
     @staticmethod
-    async def _revoke_tokens(tx: Transaction, user_id: str) -> tuple[str, ...]:
+    async def revoke_tokens(tx: Transaction, user_id: str) -> tuple[str, ...]:
         """Revoke the user's live API tokens (the `api_tokens` row's `revoked_at`, as
         `Tokens.revoke` sets it); their ids."""
         rows = await tx.fetch_all(
@@ -237,7 +247,7 @@ class Users:
             await tx.execute("UPDATE users SET password_hash = ?, must_change_password = 1,"
                              " updated_at = ? WHERE id = ?", (new_hash, time.time(), user.id))
             sessions = await tx.execute("DELETE FROM sessions WHERE user_id = ?", (user.id,))
-            revoked = await self._revoke_tokens(tx, user.id)
+            revoked = await self.revoke_tokens(tx, user.id)
             await self.audit.record(tx, action="user.password.reset",
                                     target=f"user:{user.username}",
                                     details={"sessions_ended": sessions,

@@ -12,6 +12,7 @@ import asyncio
 import os
 import pwd
 import secrets
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 from appliance import state_dir
 from appliance.audit import Context
 from appliance.auth import ROLES, AuthService
+from appliance.auth.service import TwoFactorReset
 from appliance.auth.users import Reset, User
 from appliance.cli.common import (
     add_json_option,
@@ -61,12 +63,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = verbs.add_parser("add", help="create a user",
                          description="Create a user. Without --password-file a one-time "
-                                     "password is generated and printed once.")
+                                     "password is generated and printed once. Either way the "
+                                     "user must choose their own password at the first login "
+                                     "(until then their session reaches nothing else), unless "
+                                     "--no-password-change.")
     add_state_options(p)
     p.add_argument("name", help="user name")
     p.add_argument("--role", required=True, choices=ROLES)
     p.add_argument("--password-file", type=Path, metavar="FILE",
                    help="read the password (at least 12 characters) from FILE")
+    p.add_argument("--no-password-change", action="store_true",
+                   help="with --password-file: the user keeps this password (an account for "
+                        "automation whose password the operator manages); recorded in the "
+                        "audit entry")
     p.add_argument("--group", action="append", default=[], metavar="GROUP",
                    help="a group the user belongs to (repeat for more): a viewer sees the "
                         "queries of their groups and those for every viewer")
@@ -102,8 +111,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.set_defaults(run=run_disable if verb == "disable" else run_enable)
 
     p = verbs.add_parser("reset-2fa", help="remove a user's TOTP and recovery codes",
-                         description="Remove a user's TOTP secret and recovery codes and end "
-                                     "their sessions; they enrol again at the next login.")
+                         description="Remove a user's TOTP secret and recovery codes, end "
+                                     "their sessions and revoke their API tokens for good; "
+                                     "they enrol again at the next login. Audited as "
+                                     "2fa.reset.")
     add_state_options(p)
     p.add_argument("name", help="user name")
     p.set_defaults(run=run_reset_2fa)
@@ -126,19 +137,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run_add(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     generated = args.password_file is None
+    if generated and args.no_password_change:
+        print("error: --no-password-change needs --password-file (a generated one-time "
+              "password is printed, so its user must change it)", file=sys.stderr)
+        return 2
     password = (Secret(secrets.token_urlsafe(18)) if generated
                 else read_password_file(args.password_file))
 
     async def main() -> None:
         async with open_auth(settings) as auth:
             await auth.users.create(username=args.name, role=args.role, password=password,
+                                    must_change_password=not args.no_password_change,
                                     groups=args.group, context=cli_context())
 
     asyncio.run(main())
     print(f"created user {args.name!r} ({args.role})"
           + (f" in {', '.join(sorted({g.lower() for g in args.group}))}" if args.group else ""))
     if generated:
-        print(f"one-time password (shown only now): {password.reveal()}")
+        print(f"one-time password (shown only now; they must change it at their first login): "
+              f"{password.reveal()}")
+    elif not args.no_password_change:
+        print("they must choose their own password at their first login")
     return 0
 
 
@@ -220,12 +239,16 @@ def run_enable(args: argparse.Namespace) -> int:
 def run_reset_2fa(args: argparse.Namespace) -> int:
     settings = load_settings(args)
 
-    async def main() -> None:
+    async def main() -> TwoFactorReset:
         async with open_auth(settings) as auth:
-            await auth.reset_2fa(args.name, context=cli_context())
+            return await auth.reset_2fa(args.name, context=cli_context())
 
-    asyncio.run(main())
-    print(f"two-factor login reset for {args.name!r}; they enrol again at the next login")
+    reset = asyncio.run(main())
+    print(f"two-factor login reset for {args.name!r}; "
+          f"{plural(reset.sessions_ended, 'session')} ended, "
+          f"{plural(len(reset.revoked_tokens), 'API token')} revoked for good"
+          + (f" ({', '.join(reset.revoked_tokens)})" if reset.revoked_tokens else "")
+          + "; they enrol again at the next login")
     return 0
 
 

@@ -119,8 +119,10 @@ async def create_user(request: web.Request) -> web.Response:
     password = _secret(body, "password")
     assert username is not None and role is not None
     auth = request.app[CORE].auth
+    # The administrator chose this password: the user chooses their own at the first login.
     user = await auth.users.create(username=username, role=role, password=password,
-                                   groups=_groups(body) or (), context=access.context(request))
+                                   must_change_password=True, groups=_groups(body) or (),
+                                   context=access.context(request))
     return web.json_response(await _user_view(auth, user), status=201)
 
 
@@ -167,8 +169,10 @@ async def update_user(request: web.Request) -> web.Response:
 @access.admin
 async def reset_user_2fa(request: web.Request) -> web.Response:
     auth = request.app[CORE].auth
-    user = await auth.reset_2fa(request.match_info["name"], context=access.context(request))
-    return web.json_response(await _user_view(auth, user))
+    reset = await auth.reset_2fa(request.match_info["name"], context=access.context(request))
+    return web.json_response(dict(await _user_view(auth, reset.user),
+                                  sessions_ended=reset.sessions_ended,
+                                  tokens_revoked=list(reset.revoked_tokens)))
 
 
 @access.admin

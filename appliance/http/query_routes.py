@@ -103,6 +103,14 @@ async def allow_secret_finding(request: web.Request) -> web.Response:
     return web.json_response(allowed)
 
 
+@access.admin
+async def withdraw_secret_finding(request: web.Request) -> web.Response:
+    """Withdraw an allowance: the finding counts again (doctor, the next save)."""
+    withdrawn = await request.app[CORE].queries.secret_findings.withdraw(
+        request.match_info["id"], request.match_info["fingerprint"], access.context(request))
+    return web.json_response(withdrawn)
+
+
 @access.developer
 async def delete_query(request: web.Request) -> web.Response:
     await request.app[CORE].queries.delete(request.match_info["id"], access.context(request))
@@ -282,6 +290,8 @@ def add_routes(app: web.Application) -> None:
     router.add_get("/api/v1/queries/secret-findings", list_secret_findings)
     router.add_post("/api/v1/queries/{id}/secret-findings/{fingerprint}/allow",
                     allow_secret_finding)
+    router.add_delete("/api/v1/queries/{id}/secret-findings/{fingerprint}/allow",
+                      withdraw_secret_finding)
     router.add_get("/api/v1/queries/{id}", get_query)
     router.add_patch("/api/v1/queries/{id}", update_query)
     router.add_delete("/api/v1/queries/{id}", delete_query)

@@ -2,9 +2,10 @@
 false positives an admin allowed (the `query_secret_allowances` table), and the findings of every
 stored query (the admin API and `appliance doctor`).
 
-Owns the `query_secret_allowances` table and the allowance rule: only an admin allows, one
-finding of one query at a time, audited with the rule and the place. Never stores, logs, audits
-or answers the matched text: findings carry a place, a rule, a hint and a keyed fingerprint.
+Owns the `query_secret_allowances` table and the allowance rule: only an admin allows or
+withdraws an allowance, one finding of one query at a time, audited with the rule and the
+place. Never stores, logs, audits or answers the matched text: findings carry a place, a rule,
+a hint and a keyed fingerprint.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ class AllowNeedsAdmin(Forbidden):
 
 class FindingNotFound(NotFound):
     code = "secret_finding_not_found"
+
+
+class AllowanceNotFound(NotFound):
+    code = "secret_allowance_not_found"
 
 
 def body_language(kind: str) -> str:
@@ -187,6 +192,34 @@ class SecretFindings:
                                       "have changed since)")
             await self.record(tx, query_id, found, context)
         return StoredFinding(query_id, str(row["name"]), found[0], True).to_json()
+
+    async def withdraw(self, query_id: str, fingerprint: str,
+                       context: Context) -> dict[str, Any]:
+        """Withdraw an admin's allowance of one finding of a stored query (admin: the route says
+        so), audited as `query.secret_finding.withdraw` with what the allowance named (rule,
+        field, place, fingerprint) and who had allowed it. The finding counts again: `doctor`
+        reports it and the query's next save is refused (422 `secret_in_query`) unless it is
+        allowed again. An allowance whose finding is no longer in the query can be withdrawn
+        too."""
+        async with self.store.transaction() as tx:
+            query = await tx.fetch_one("SELECT name FROM queries WHERE id = ?", (query_id,))
+            if query is None:
+                raise NotFound("no such query", code="query_not_found")
+            row = await tx.fetch_one(
+                "SELECT rule, field, place, allowed_by FROM query_secret_allowances"
+                " WHERE query_id = ? AND fingerprint = ?", (query_id, fingerprint))
+            if row is None:
+                raise AllowanceNotFound("the query has no allowed finding with this "
+                                        "fingerprint (see GET /api/v1/queries/secret-findings)")
+            await tx.execute("DELETE FROM query_secret_allowances WHERE query_id = ?"
+                             " AND fingerprint = ?", (query_id, fingerprint))
+            withdrawn = {"rule": str(row["rule"]), "field": str(row["field"]),
+                         "place": str(row["place"]), "fingerprint": fingerprint}
+            await self.audit.record(
+                tx, action="query.secret_finding.withdraw", target=f"query:{query_id}",
+                context=context, details={**withdrawn, "allowed_by": str(row["allowed_by"])})
+        return {"query_id": query_id, "query_name": str(query["name"]), **withdrawn,
+                "allowed": False}
 
     async def stored(self) -> list[StoredFinding]:
         """Every finding of every stored query, allowed ones marked, by query name."""

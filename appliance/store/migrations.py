@@ -643,6 +643,28 @@ MIGRATIONS: tuple[Migration, ...] = (
             " WHERE action = 'audit.checkpoint'",
         ),
     ),
+    Migration(
+        17,
+        "login_throttle: each row's end of memory, so rows whose window has passed are pruned",
+        # `forget_at` (appliance/auth/throttle.py): when the row's counts stop mattering (its
+        # window after the last failure, the known-pair span after a login, never before its
+        # lock ends). Rows past it are deleted in small batches by every throttle write, found
+        # through the index. Rows from before: the longest window of their kind.
+        (
+            "ALTER TABLE login_throttle ADD COLUMN forget_at REAL NOT NULL DEFAULT 0",
+            "UPDATE login_throttle SET forget_at = updated_at + CASE"
+            " WHEN key LIKE 'known:%' THEN 2592000.0 WHEN key LIKE 'pair:%' THEN 3600.0"
+            " ELSE 86400.0 END",
+            "CREATE INDEX login_throttle_forget ON login_throttle (forget_at)",
+        ),
+        postgres=(
+            "ALTER TABLE login_throttle ADD COLUMN forget_at DOUBLE PRECISION NOT NULL DEFAULT 0",
+            "UPDATE login_throttle SET forget_at = updated_at + CASE"
+            " WHEN key LIKE 'known:%' THEN 2592000.0 WHEN key LIKE 'pair:%' THEN 3600.0"
+            " ELSE 86400.0 END",
+            "CREATE INDEX login_throttle_forget ON login_throttle (forget_at)",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

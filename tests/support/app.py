@@ -107,7 +107,7 @@ async def _prepare(state: Path, *, require_2fa: str, users: tuple[str, ...],
         auth = core.auth
         for role in users:
             await auth.users.create(username=role, role=role, password=Secret(PASSWORDS[role]),
-                                    context=Context(actor="test"))
+                                    must_change_password=False, context=Context(actor="test"))
         if tokens:
             for role in ("admin", *users):
                 owner = await auth.users.require(role)

@@ -248,5 +248,5 @@ def add_user(app: Appliance, root: Path, name: str, role: str, password: str) ->
     password_file = root / f"{name}-password"
     password_file.write_text(password + "\n")
     done = run_cli("users", "add", name, "--role", role, "--password-file", str(password_file),
-                   "--state-dir", str(app.state))
+                   "--no-password-change", "--state-dir", str(app.state))
     assert done.returncode == 0, done.stderr

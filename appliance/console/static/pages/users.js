@@ -132,7 +132,7 @@ function createForm(roles, reload) {
   const username = field({name: 'username', label: 'Username', required: true});
   const role = field({name: 'role', label: 'Role', type: 'select', options: roles, value: roles[0]});  // the least
   const password = field({name: 'password', label: 'Initial password', type: 'password', required: true, autocomplete: 'new-password',
-    help: 'Give it to the user out of band; they can change it under My account.'});
+    help: 'Give it to the user out of band; they must choose their own at their first login.'});
   const submit = h('button', {type: 'submit', class: 'primary'}, 'Add user');
   const form = h('form', {novalidate: true, id: 'new-user'}, alert, username, role, password, h('div', {class: 'actions'}, submit));
   form.addEventListener('submit', async (event) => {
