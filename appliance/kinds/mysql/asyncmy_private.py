@@ -56,10 +56,19 @@ class DialedConnection(_Connection):  # type: ignore[misc]  # subclass of Any: u
     """An asyncmy connection over a socket from the egress dialer, upgraded to TLS in the MySQL
     protocol when `tls` is a context."""
 
+    settings = ""  # the session's settings (fixed text), set after connecting and every reset
+
     def __init__(self, *, tls: ssl.SSLContext | None, **kwargs: Any) -> None:
         super().__init__(local_infile=False, ssl=None, **kwargs)
         self._appliance_tls = tls
         self._client_flag &= ~LOCAL_FILES
+
+    def is_closed(self) -> bool:
+        return not self.connected
+
+    def terminate(self) -> None:
+        """Close the socket at once (no COM_QUIT)."""
+        self.close()
 
     async def _get_server_information(self) -> None:
         await super()._get_server_information()

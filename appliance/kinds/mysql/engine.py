@@ -21,21 +21,19 @@ from typing import Any, Final
 from asyncmy import errors as asyncmy_errors
 
 from appliance.datasources.config import CONNECT_TIMEOUT
-from appliance.datasources.engine import Engine, PoolStats, RowStream, Target
+from appliance.datasources.engine import RowStream, Target
 from appliance.datasources.errors import (
     DatasourceAuthFailed,
     DatasourceAuthRefused,
     DatasourceTimeout,
     DatasourceTLSError,
     DatasourceUnreachable,
-    EngineRetired,
     QueryFailed,
-    connection_failure,
     tls_problem,
 )
+from appliance.datasources.pool import ConnectionPool, PooledEngine
 from appliance.egress import Dialer
 from appliance.egress.postgres_auth import tls_context
-from appliance.errors import ApplianceError
 from appliance.kinds.mysql.asyncmy_private import (
     DialedConnection,
     ServerCursor,
@@ -43,7 +41,6 @@ from appliance.kinds.mysql.asyncmy_private import (
     apply_settings,
     reset_session,
 )
-from appliance.kinds.postgres.pool import ConnectionPool, PoolClosed
 from appliance.kinds.sql.binding import BoundStatement
 
 STREAM_BATCH: Final = 1000
@@ -80,42 +77,26 @@ _LOST: Final = frozenset({2006, 2013, 2055, 1927, 1053})  # gone away, lost, kil
 _AUTH: Final = frozenset({1045, 1698, 2059})
 
 
-class _Session:
-    """An asyncmy connection as the shared pool handles it: `execute` is the pool's reset (the
-    PostgreSQL text it passes is not sent: the MySQL session is reset with
-    COM_RESET_CONNECTION and its settings are set again)."""
+class SessionPool(ConnectionPool[DialedConnection]):
+    """The appliance's pool (`datasources.pool`) of asyncmy connections, each reset with
+    COM_RESET_CONNECTION when it comes back (user variables, temporary tables, session settings,
+    prepared statements, an open transaction, locks) and its session's settings set again."""
 
-    __slots__ = ("conn", "setup")
-
-    def __init__(self, conn: Any, setup: str) -> None:
-        self.conn = conn
-        self.setup = setup
-
-    def is_closed(self) -> bool:
-        return not self.conn.connected
-
-    def is_in_transaction(self) -> bool:
-        return False  # COM_RESET_CONNECTION rolls an open transaction back
-
-    def terminate(self) -> None:
-        self.conn.close()
-
-    async def execute(self, _postgres_reset: str, timeout: float) -> None:
+    async def reset(self, conn: DialedConnection, timeout: float) -> None:
         async with asyncio.timeout(timeout):
-            await reset_session(self.conn)
-            await apply_settings(self.conn, self.setup)
+            await reset_session(conn)
+            await apply_settings(conn, conn.settings)
 
-    async def close(self, timeout: float) -> None:
+    async def close_politely(self, conn: DialedConnection, timeout: float) -> None:
+        """COM_QUIT, then the socket closed."""
         async with asyncio.timeout(timeout):
-            await self.conn.ensure_closed()
+            await conn.ensure_closed()
 
 
-class MysqlEngine(Engine):
+class MysqlEngine(PooledEngine[DialedConnection]):
     def __init__(self, target: Target, dialer: Dialer) -> None:
         super().__init__(target)
         self._dialer = dialer
-        self._pool: ConnectionPool | None = None
-        self._closed = False
 
     # -- connections -------------------------------------------------------------------------
 
@@ -134,7 +115,7 @@ class MysqlEngine(Engine):
         return (f"SET SESSION TRANSACTION {access};"
                 f"SET NAMES utf8mb4, time_zone = '+00:00', autocommit = 1, {limit}")
 
-    async def _open_connection(self) -> Any:
+    async def _open_connection(self) -> DialedConnection:
         """One asyncmy connection through the dialer; the password is sent only over verified
         TLS unless the datasource allows otherwise."""
         config = self.target.config
@@ -161,110 +142,80 @@ class MysqlEngine(Engine):
             raise
         return conn
 
-    async def _connect(self) -> _Session:
+    async def _connect(self) -> DialedConnection:
         """The pool's connect function: a connection with the session's settings."""
         conn = await self._open_connection()
         try:
-            setup = self._setup("MariaDB" in str(conn.get_server_info()))
+            conn.settings = self._setup("MariaDB" in str(conn.get_server_info()))
             async with asyncio.timeout(CONNECT_TIMEOUT):
-                await apply_settings(conn, setup)
+                await apply_settings(conn, conn.settings)
         except BaseException:
-            conn.close()
+            conn.terminate()
             raise
-        return _Session(conn, setup)
+        return conn
 
-    def _new_pool(self) -> ConnectionPool:
-        if self._closed:
-            raise EngineRetired(self.name)
-        self._pool = ConnectionPool(self._connect, max_size=self.target.limits.max_connections,
-                                    reset_timeout=CONNECT_TIMEOUT, name=self.name)
-        return self._pool
+    def new_pool(self) -> SessionPool:
+        return SessionPool(self._connect, max_size=self.target.limits.max_connections,
+                           reset_timeout=CONNECT_TIMEOUT, name=self.name)
 
-    async def _acquire(self, timeout: float) -> tuple[ConnectionPool, _Session]:
-        pool = self._pool or self._new_pool()
-        session = pool.take()
-        if session is None:
-            try:
-                session = await pool.acquire(timeout)
-            except BaseException as exc:
-                raise self.translate(exc, timeout, "connect") from None
-        return pool, session
-
-    def pool_stats(self) -> PoolStats | None:
-        pool = self._pool
-        if pool is None:
-            return PoolStats(size=0, idle=0)
-        return PoolStats(size=pool.size, idle=pool.idle, waiting=pool.waiting,
-                         waits=pool.waits)
-
-    async def test(self, timeout: float) -> None:
+    async def probe(self) -> None:
+        conn = await self._connect()
         try:
-            async with asyncio.timeout(timeout):
-                session = await self._connect()
-                try:
-                    await session.conn.ping(reconnect=False)
-                finally:
-                    session.terminate()
-        except BaseException as exc:
-            raise self.translate(exc, timeout, "connect") from None
-
-    async def close(self) -> None:
-        self._closed = True
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
+            await conn.ping(reconnect=False)
+        finally:
+            conn.terminate()
 
     # -- runs --------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def open(self, bound: BoundStatement, *, timeout: float, fetch: int,
                    stream: bool = False) -> AsyncIterator[RowStream]:
-        pool, session = await self._acquire(timeout)
+        pool, conn = await self.acquire(timeout)
         try:
-            cursor = await self._limited(session, timeout, bound, self._start(session, bound))
+            cursor = await self._limited(conn, timeout, bound, self._start(conn, bound))
             columns, convert = _columns(cursor)
-            yield RowStream(columns, self._batches(session, cursor, bound, timeout, fetch,
+            yield RowStream(columns, self._batches(conn, cursor, bound, timeout, fetch,
                                                    convert))
         finally:
-            pool.release(session)
+            pool.release(conn)
 
     async def collect(self, bound: BoundStatement, *, timeout: float, fetch: int,
                       take: Callable[[list[Any]], bool]) -> list[str]:
-        pool, session = await self._acquire(timeout)
+        pool, conn = await self.acquire(timeout)
         try:
             deadline = asyncio.get_running_loop().time() + timeout
-            cursor = await self._limited(session, timeout, bound, self._start(session, bound),
+            cursor = await self._limited(conn, timeout, bound, self._start(conn, bound),
                                          deadline)
             columns, convert = _columns(cursor)
-            rows = await self._limited(session, timeout, bound, cursor.fetch(max(1, fetch)),
+            rows = await self._limited(conn, timeout, bound, cursor.fetch(max(1, fetch)),
                                        deadline)
         finally:
-            pool.release(session)
+            pool.release(conn)
         if rows:
             take(convert(rows))
         return columns
 
-    async def _start(self, session: _Session, bound: BoundStatement) -> ServerCursor:
+    async def _start(self, conn: DialedConnection, bound: BoundStatement) -> ServerCursor:
         """Prepare and execute with a cursor (the statement is deallocated by the reset)."""
-        statement = await session.conn.prepare(bound.sql)
-        cursor = ServerCursor(session.conn, statement)
+        statement = await conn.prepare(bound.sql)
+        cursor = ServerCursor(conn, statement)
         await cursor.execute(tuple(bound.values))
         return cursor
 
-    async def _batches(self, session: _Session, cursor: ServerCursor, bound: BoundStatement,
+    async def _batches(self, conn: DialedConnection, cursor: ServerCursor, bound: BoundStatement,
                        timeout: float, fetch: int,
                        convert: Callable[[tuple[Any, ...]], list[Any]]
                        ) -> AsyncIterator[list[Any]]:
         remaining = fetch
         while remaining > 0 and not cursor.done:  # each batch within `timeout`
-            rows = await self._limited(session, timeout, bound,
+            rows = await self._limited(conn, timeout, bound,
                                        cursor.fetch(min(STREAM_BATCH, remaining)))
             if not rows:
                 return
             remaining -= len(rows)
             yield convert(rows)
 
-    async def _limited(self, session: _Session, timeout: float, bound: BoundStatement,
+    async def _limited(self, conn: DialedConnection, timeout: float, bound: BoundStatement,
                        step: Any, deadline: float | None = None) -> Any:
         """Await one step of a run within `timeout` (or by the run's `deadline`, loop time);
         when the time passes, or the run is cancelled, the statement is killed on the server
@@ -274,18 +225,18 @@ class MysqlEngine(Engine):
                         else asyncio.timeout_at(deadline)):
                 return await step
         except TimeoutError:
-            await self._kill(session)
+            await self._kill(conn)
             raise DatasourceTimeout(self.name, timeout, "finish the statement") from None
         except asyncio.CancelledError:
-            await asyncio.shield(self._kill(session))
+            await asyncio.shield(self._kill(conn))
             raise
         except BaseException as exc:
             raise self.translate(exc, timeout, "answer", bound.identifiers) from None
 
-    async def _kill(self, session: _Session) -> None:
+    async def _kill(self, conn: DialedConnection) -> None:
         """KILL QUERY the session's statement from a new connection; close the session's."""
-        thread_id = int(session.conn.thread_id())
-        session.terminate()
+        thread_id = int(conn.thread_id())
+        conn.terminate()
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 killer = await self._open_connection()
@@ -298,18 +249,10 @@ class MysqlEngine(Engine):
 
     # -- errors ------------------------------------------------------------------------------
 
-    def translate(self, exc: BaseException, timeout: float, what: str,
-                  identifiers: tuple[str, ...] = ()) -> BaseException:
-        """An appliance error for a driver/network failure; a server error by its number, never
-        its message."""
+    def driver_failure(self, exc: BaseException, timeout: float, what: str,
+                       identifiers: tuple[str, ...]) -> BaseException:
+        """A server error by its number, never its message."""
         name = self.name
-        common = connection_failure(name, exc, CONNECT_TIMEOUT)
-        if common is not None:
-            return common
-        if isinstance(exc, ApplianceError):
-            return exc
-        if isinstance(exc, PoolClosed):
-            return EngineRetired(name)
         if isinstance(exc, asyncmy_errors.Error) and isinstance(exc.__cause__, ssl.SSLError):
             exc = exc.__cause__  # asyncmy wraps a failed handshake as "can't connect" (2003)
         if isinstance(exc, ServerRefusedTLS):
