@@ -1,7 +1,8 @@
 """The MySQL/MariaDB engine: a pool of asyncmy connections per datasource, each opened on a socket
-from the egress dialer, each reset (COM_RESET_CONNECTION) before the next run gets it; every
-statement a server-side prepared statement (COM_STMT_PREPARE/EXECUTE) read through a server-side
-cursor (COM_STMT_FETCH), a batch at a time.
+from the egress dialer, each reset (COM_RESET_CONNECTION, its settings set again) before the next
+run gets it; every statement a server-side prepared statement (COM_STMT_PREPARE/EXECUTE), an
+answer read as the server sends it, a stream through a server-side cursor (COM_STMT_FETCH), a
+batch at a time.
 
 Owns the connection options (TLS, LOAD DATA LOCAL off, the session's settings), the time limit
 (the server's own, and KILL QUERY from a second connection when the client's passes) and the
@@ -15,7 +16,7 @@ import asyncio
 import contextlib
 import json
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final
 
 from asyncmy import errors as asyncmy_errors
@@ -36,9 +37,10 @@ from appliance.egress import Dialer
 from appliance.egress.postgres_auth import tls_context
 from appliance.kinds.mysql.asyncmy_private import (
     DialedConnection,
-    ServerCursor,
+    Execution,
     ServerRefusedTLS,
     apply_settings,
+    execute,
     reset_session,
 )
 from appliance.kinds.sql.binding import BoundStatement
@@ -80,12 +82,13 @@ _AUTH: Final = frozenset({1045, 1698, 2059})
 class SessionPool(ConnectionPool[DialedConnection]):
     """The appliance's pool (`datasources.pool`) of asyncmy connections, each reset with
     COM_RESET_CONNECTION when it comes back (user variables, temporary tables, session settings,
-    prepared statements, an open transaction, locks) and its session's settings set again."""
+    prepared statements, an open transaction, locks) and its session's settings set again, both
+    in one round trip, in the pool's release task: after the run's answer is on its way, before
+    anyone else can take the connection."""
 
     async def reset(self, conn: DialedConnection, timeout: float) -> None:
         async with asyncio.timeout(timeout):
-            await reset_session(conn)
-            await apply_settings(conn, conn.settings)
+            await reset_session(conn, conn.settings)
 
     async def close_politely(self, conn: DialedConnection, timeout: float) -> None:
         """COM_QUIT, then the socket closed."""
@@ -146,7 +149,8 @@ class MysqlEngine(PooledEngine[DialedConnection]):
         """The pool's connect function: a connection with the session's settings."""
         conn = await self._open_connection()
         try:
-            conn.settings = self._setup("MariaDB" in str(conn.get_server_info()))
+            conn.mariadb = "MariaDB" in str(conn.get_server_info())
+            conn.settings = self._setup(conn.mariadb)
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 await apply_settings(conn, conn.settings)
         except BaseException:
@@ -170,46 +174,55 @@ class MysqlEngine(PooledEngine[DialedConnection]):
     @contextlib.asynccontextmanager
     async def open(self, bound: BoundStatement, *, timeout: float, fetch: int,
                    stream: bool = False) -> AsyncIterator[RowStream]:
+        """The rows read through a server-side cursor, a batch per COM_STMT_FETCH, each when
+        the caller wants it (back-pressure), streamed or not."""
         pool, conn = await self.acquire(timeout)
         try:
-            cursor = await self._limited(conn, timeout, bound, self._start(conn, bound))
-            columns, convert = _columns(cursor)
-            yield RowStream(columns, self._batches(conn, cursor, bound, timeout, fetch,
-                                                   convert))
+            run = await self._limited(conn, timeout, bound, self._execute(conn, bound, True))
+            columns, convert = _columns(run)
+            yield RowStream(columns, self._batches(conn, run, bound, timeout, fetch, convert))
         finally:
             pool.release(conn)
 
     async def collect(self, bound: BoundStatement, *, timeout: float, fetch: int,
                       take: Callable[[list[Any]], bool]) -> list[str]:
+        columns, rows = await self._answer(bound, timeout, fetch)
+        if rows:
+            take(rows)
+        return columns
+
+    async def _answer(self, bound: BoundStatement, timeout: float, fetch: int
+                      ) -> tuple[list[str], list[Any]]:
+        """The columns and at most `fetch` rows, read without a cursor as the server sends them
+        (on MariaDB the prepare and the execute go in one write: one round trip). The connection
+        goes back before the rows are converted. When more rows are coming than wanted, the
+        connection is closed (the server stops sending) rather than read to its end."""
         pool, conn = await self.acquire(timeout)
         try:
             deadline = asyncio.get_running_loop().time() + timeout
-            cursor = await self._limited(conn, timeout, bound, self._start(conn, bound),
-                                         deadline)
-            columns, convert = _columns(cursor)
-            rows = await self._limited(conn, timeout, bound, cursor.fetch(max(1, fetch)),
-                                       deadline)
+            run = await self._limited(conn, timeout, bound, self._execute(conn, bound, False),
+                                      deadline)
+            columns, convert = _columns(run)
+            rows = await self._limited(conn, timeout, bound, run.read(max(1, fetch)), deadline)
+            if not run.complete:
+                conn.terminate()  # its reset then fails quietly and its slot is passed on
         finally:
             pool.release(conn)
-        if rows:
-            take(convert(rows))
-        return columns
+        return columns, convert(rows) if rows else []
 
-    async def _start(self, conn: DialedConnection, bound: BoundStatement) -> ServerCursor:
-        """Prepare and execute with a cursor (the statement is deallocated by the reset)."""
-        statement = await conn.prepare(bound.sql)
-        cursor = ServerCursor(conn, statement)
-        await cursor.execute(tuple(bound.values))
-        return cursor
+    def _execute(self, conn: DialedConnection, bound: BoundStatement, cursor: bool
+                 ) -> Awaitable[Execution]:
+        return execute(conn, bound.sql, tuple(bound.values), cursor=cursor,
+                       pipeline=conn.mariadb)
 
-    async def _batches(self, conn: DialedConnection, cursor: ServerCursor, bound: BoundStatement,
+    async def _batches(self, conn: DialedConnection, run: Execution, bound: BoundStatement,
                        timeout: float, fetch: int,
-                       convert: Callable[[tuple[Any, ...]], list[Any]]
+                       convert: Callable[[Sequence[Any]], list[Any]]
                        ) -> AsyncIterator[list[Any]]:
         remaining = fetch
-        while remaining > 0 and not cursor.done:  # each batch within `timeout`
+        while remaining > 0 and not run.done:  # each batch within `timeout`
             rows = await self._limited(conn, timeout, bound,
-                                       cursor.fetch(min(STREAM_BATCH, remaining)))
+                                       run.fetch(min(STREAM_BATCH, remaining)))
             if not rows:
                 return
             remaining -= len(rows)
@@ -285,12 +298,12 @@ def _code(exc: BaseException) -> int:
     return first if isinstance(first, int) and 0 < first < 100_000 else 0
 
 
-def _columns(cursor: ServerCursor) -> tuple[list[str], Callable[[tuple[Any, ...]], list[Any]]]:
+def _columns(run: Execution) -> tuple[list[str], Callable[[Sequence[Any]], list[Any]]]:
     """The column names, and the rows' conversion to values `result_json` writes as the kind
     promises (docs/datasources.md): JSON parsed, BIT as an integer, integers beyond 2^53 as
     text. DECIMAL (Decimal), dates, times and bytes are left to `result_json`."""
     fixes: list[tuple[int, Callable[[Any], Any]]] = []
-    for index, field in enumerate(cursor.fields):
+    for index, field in enumerate(run.fields):
         code = int(field.type_code)
         if code == _JSON:
             fixes.append((index, _json))
@@ -299,9 +312,9 @@ def _columns(cursor: ServerCursor) -> tuple[list[str], Callable[[tuple[Any, ...]
         elif code == _LONGLONG:
             fixes.append((index, _wide))
     if not fixes:
-        return cursor.columns, list
+        return run.columns, list
 
-    def convert(rows: tuple[Any, ...]) -> list[Any]:
+    def convert(rows: Sequence[Any]) -> list[Any]:
         out = []
         for row in rows:
             values = list(row)
@@ -311,7 +324,7 @@ def _columns(cursor: ServerCursor) -> tuple[list[str], Callable[[tuple[Any, ...]
             out.append(values)
         return out
 
-    return cursor.columns, convert
+    return run.columns, convert
 
 
 def _json(value: Any) -> Any:
