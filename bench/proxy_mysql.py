@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import ssl
@@ -153,16 +152,15 @@ async def commands_per_run(server: Any, call: Any, runs: int = 200) -> str:
 def spawn_baseline(tree: Path, port: int, state: Path) -> tuple[subprocess.Popen[str], dict]:
     """(m3b): the appliance of the checkout `tree`, started by that checkout's own copy of this
     script, with only that checkout on the path."""
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    proc = subprocess.Popen([sys.executable, str(tree / "bench" / "proxy_mysql.py"),
-                             "--serve-appliance", str(port), str(state)],
-                            stdout=subprocess.PIPE, text=True, cwd=tree, env=env)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        proc.wait(10)
-        raise SystemExit(f"the baseline appliance did not start (exit {proc.returncode})")
-    return proc, json.loads(line)
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(tree)  # inherited by the child `spawn` starts
+    try:
+        return spawn(str(tree / "bench" / "proxy_mysql.py"), "appliance", str(port), str(state))
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
 
 
 async def run_bench(requests: int, baseline: Path | None = None) -> None:

@@ -45,12 +45,13 @@ CURSOR_TYPE_READ_ONLY: Final = 0x01
 SERVER_STATUS_CURSOR_EXISTS: Final = 0x40
 SERVER_STATUS_LAST_ROW_SENT: Final = 0x80
 LAST_PREPARED: Final = 0xFFFFFFFF  # MariaDB: the statement prepared last on this connection
+_MAX_PAYLOAD: Final = 2**24 - 2  # a command byte and this much fit in one protocol packet
 _UNSIGNED: Final = 32  # a column definition's UNSIGNED flag
 
 # The private names used here, checked by `check()`.
 _CONNECTION_NAMES: Final = ("_get_server_information", "_execute_command", "_read_ok_packet",
-                            "_read_query_result", "read_packet", "_ssl_context", "_client_flag",
-                            "server_capabilities")
+                            "_read_query_result", "_write_bytes", "read_packet", "_ssl_context",
+                            "_client_flag", "server_capabilities")
 _RESULT_NAMES: Final = ("_get_descriptions", "_read_binary_rowdata_packet",
                         "_check_packet_is_eof", "_read_ok_packet")
 
@@ -97,9 +98,7 @@ async def reset_session(conn: Any, setup: str) -> None:
     """COM_RESET_CONNECTION, then `setup` (the session's settings, fixed text), sent in one write
     and answered in order; raises asyncmy's error when the server refuses either (the connection
     is then out of step: the caller closes it)."""
-    await conn._execute_command(COM_RESET_CONNECTION, b"")
-    await conn._execute_command(COM_QUERY, setup)
-    conn._next_seq_id = 1  # each command's answer counts its packets from 1
+    await _send(conn, (COM_RESET_CONNECTION, b""), (COM_QUERY, setup.encode(conn._encoding)))
     await conn._read_ok_packet()
     conn._next_seq_id = 1
     await conn._read_query_result()
@@ -210,11 +209,12 @@ async def execute(conn: Any, sql: str, values: tuple[Any, ...], *, cursor: bool,
     by the connection's reset."""
     flags = CURSOR_TYPE_READ_ONLY if cursor else 0
     params = pack_binary_params(values, conn._encoding) if values else b""
-    await conn._execute_command(COM_STMT_PREPARE, sql)
+    prepare = (COM_STMT_PREPARE, sql.encode(conn._encoding))
     if pipeline:
-        await conn._execute_command(COM_STMT_EXECUTE,
-                                    struct.pack("<IBI", LAST_PREPARED, flags, 1) + params)
-    conn._next_seq_id = 1
+        await _send(conn, prepare,
+                    (COM_STMT_EXECUTE, struct.pack("<IBI", LAST_PREPARED, flags, 1) + params))
+    else:
+        await _send(conn, prepare)
     try:
         statement_id, parameter_count = await _read_prepared(conn)
     except asyncmy_errors.Error:
@@ -231,11 +231,27 @@ async def execute(conn: Any, sql: str, values: tuple[Any, ...], *, cursor: bool,
     if pipeline:
         conn._next_seq_id = 1
     else:
-        await conn._execute_command(COM_STMT_EXECUTE,
-                                    struct.pack("<IBI", statement_id, flags, 1) + params)
+        await _send(conn, (COM_STMT_EXECUTE, struct.pack("<IBI", statement_id, flags, 1) + params))
     run = Execution(conn, statement_id, cursor)
     await run._read_answer()
     return run
+
+
+async def _send(conn: Any, *commands: tuple[int, bytes]) -> None:
+    """Send `commands` in one write (one system call, one TCP segment on the loopback: each
+    write costs the sender tens of microseconds there); their answers follow in order, each
+    counting its packets from 1. A command too large for one protocol packet goes through
+    asyncmy's own writer, which splits it."""
+    if any(len(payload) > _MAX_PAYLOAD for _, payload in commands):
+        for command, payload in commands:
+            await conn._execute_command(command, payload)
+    else:
+        if not conn._connected:
+            raise asyncmy_errors.InterfaceError(0, "Not connected")
+        conn._write_bytes(b"".join(struct.pack("<I", len(payload) + 1)[:3] + b"\x00"
+                                   + bytes((command,)) + payload
+                                   for command, payload in commands))
+    conn._next_seq_id = 1
 
 
 async def _read_prepared(conn: Any) -> tuple[int, int]:
@@ -264,7 +280,7 @@ def check() -> None:
     probe = _Connection(host="127.0.0.1", port=1, user="x")
     missing += [f"Connection().{name}" for name in ("_ssl_context", "_client_flag",
                                                      "_deprecate_eof", "_encoding", "_proto",
-                                                     "_next_seq_id")
+                                                     "_next_seq_id", "_connected")
                 if not hasattr(probe, name)]
     if not callable(pack_binary_params) or not callable(parse_binary_rows_from_buffer):
         missing.append("asyncmy.protocol's binary packers")  # pragma: no cover

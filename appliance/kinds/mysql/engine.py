@@ -17,7 +17,7 @@ import contextlib
 import json
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from asyncmy import errors as asyncmy_errors
 
@@ -45,6 +45,7 @@ from appliance.kinds.mysql.asyncmy_private import (
 )
 from appliance.kinds.sql.binding import BoundStatement
 
+T = TypeVar("T")
 STREAM_BATCH: Final = 1000
 _JSON, _BIT, _LONGLONG = 245, 16, 8  # asyncmy's FIELD_TYPE codes that need a JSON form here
 _EXACT_INT: Final = 2**53  # beyond it a JSON number loses digits in a browser: sent as text
@@ -199,16 +200,18 @@ class MysqlEngine(PooledEngine[DialedConnection]):
         connection is closed (the server stops sending) rather than read to its end."""
         pool, conn = await self.acquire(timeout)
         try:
-            deadline = asyncio.get_running_loop().time() + timeout
-            run = await self._limited(conn, timeout, bound, self._execute(conn, bound, False),
-                                      deadline)
-            columns, convert = _columns(run)
-            rows = await self._limited(conn, timeout, bound, run.read(max(1, fetch)), deadline)
+            run, rows = await self._limited(conn, timeout, bound, self._read(conn, bound, fetch))
             if not run.complete:
                 conn.terminate()  # its reset then fails quietly and its slot is passed on
         finally:
             pool.release(conn)
+        columns, convert = _columns(run)
         return columns, convert(rows) if rows else []
+
+    async def _read(self, conn: DialedConnection, bound: BoundStatement, fetch: int
+                    ) -> tuple[Execution, list[Any]]:
+        run = await self._execute(conn, bound, False)
+        return run, await run.read(max(1, fetch))
 
     def _execute(self, conn: DialedConnection, bound: BoundStatement, cursor: bool
                  ) -> Awaitable[Execution]:
@@ -229,13 +232,12 @@ class MysqlEngine(PooledEngine[DialedConnection]):
             yield convert(rows)
 
     async def _limited(self, conn: DialedConnection, timeout: float, bound: BoundStatement,
-                       step: Any, deadline: float | None = None) -> Any:
-        """Await one step of a run within `timeout` (or by the run's `deadline`, loop time);
-        when the time passes, or the run is cancelled, the statement is killed on the server
-        (KILL QUERY from a second connection) and this connection is closed."""
+                       step: Awaitable[T]) -> T:
+        """Await one step of a run within `timeout`; when the time passes, or the run is
+        cancelled, the statement is killed on the server (KILL QUERY from a second connection)
+        and this connection is closed."""
         try:
-            async with (asyncio.timeout(timeout) if deadline is None
-                        else asyncio.timeout_at(deadline)):
+            async with asyncio.timeout(timeout):
                 return await step
         except TimeoutError:
             await self._kill(conn)
