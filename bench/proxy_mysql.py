@@ -5,12 +5,14 @@ COM_STMT_EXECUTE per query); (m2) a bare aiohttp handler on uvloop over HTTPS do
 a pool of 10 asyncmy connections (the fair limit for (m3): same loop, same driver, same TLS to
 the client); (m3) the appliance over HTTPS with a bearer token and a mysql datasource (10
 connections), on uvloop. At 1 and 32 in flight; the paths take turns in ROUNDS rounds and the
-ratios m3/m2 and m3/m1 are per-round medians (bench/proxy.py's `interleave`). Before timing, it
-counts the commands the server received per run on each path (MariaDB's Com_* status counters).
-Prints a Markdown table; never asserts.
+ratios m3/m2 and m3/m1 are per-round medians (bench/proxy.py's `interleave`). With `--baseline
+DIR` (another checkout of the project, e.g. `git archive main | tar -x -C DIR`), a fourth path
+(m3b) is that checkout's appliance, taking its turns in the same rounds: before and after a
+change, measured in the same run. Before timing, it counts the commands the server received per
+run on each path (MariaDB's Com_* status counters). Prints a Markdown table; never asserts.
 
-Usage: python bench/proxy_mysql.py [--requests N]   (default 9,000 per cell, about a minute;
-  BENCH_REQUESTS=N does the same for longer runs)
+Usage: python bench/proxy_mysql.py [--requests N] [--baseline DIR]   (default 9,000 per cell,
+  about a minute; BENCH_REQUESTS=N does the same for longer runs)
 Needs Debian's mariadb-server (started by tests/support/mariadb.py, as `mysql` when root) and
 asyncmy. Both legs to MariaDB are plain TCP on 127.0.0.1 with mysql_native_password (TLS to the
 database would cost every path alike); the clients' legs are HTTPS with the appliance's local CA.
@@ -25,6 +27,7 @@ import os
 import shutil
 import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -146,7 +149,21 @@ async def commands_per_run(server: Any, call: Any, runs: int = 200) -> str:
     return ", ".join(f"{name} {n:g}" for name, n in sorted(per_run.items()) if n >= 0.01)
 
 
-async def run_bench(requests: int) -> None:
+def spawn_baseline(tree: Path, port: int, state: Path) -> tuple[subprocess.Popen[str], dict]:
+    """(m3b): the appliance of the checkout `tree`, started by that checkout's own copy of this
+    script, with only that checkout on the path."""
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(tree)  # inherited by the child `spawn` starts
+    try:
+        return spawn(str(tree / "bench" / "proxy_mysql.py"), "appliance", str(port), str(state))
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+async def run_bench(requests: int, baseline: Path | None = None) -> None:
     import aiohttp
 
     from tests.support.mariadb import mariadb
@@ -173,8 +190,16 @@ async def run_bench(requests: int) -> None:
         _make_bare_cert(ca.parent, state)
         bare_proc, bare_info = child("bare-uvloop", state)
         servers = {"m2": bare_proc.pid, "m3": appliance_proc.pid}
+        base_info: dict = {}
+        if baseline is not None:
+            base_proc, base_info = spawn_baseline(baseline, server.port, state / "baseline")
+            children.append(base_proc)
+            servers["m3b"] = base_proc.pid
         await direct.open(server.port, DIRECT)
-        connector = aiohttp.TCPConnector(limit=0, ssl=ssl.create_default_context(cafile=str(ca)))
+        trusted = ssl.create_default_context(cafile=str(ca))
+        if base_info:  # the baseline appliance has a local CA of its own
+            trusted.load_verify_locations(cafile=str(base_info["ca"]))
+        connector = aiohttp.TCPConnector(limit=0, ssl=trusted)
         headers = {"Authorization": f"Bearer {app_info['token']}"}
         async with aiohttp.ClientSession(connector=connector) as http:
             async def m1(i: int) -> None:
@@ -194,7 +219,17 @@ async def run_bench(requests: int) -> None:
                     body = await r.read()
                     assert r.status == 200, body[:200]
 
+            async def m3b(i: int) -> None:
+                async with http.post(
+                        f"https://127.0.0.1:{base_info['port']}/api/v1/queries/"
+                        f"{base_info['one']}/run", json={"params": {"id": i}},
+                        headers={"Authorization": f"Bearer {base_info['token']}"}) as r:
+                    body = await r.read()
+                    assert r.status == 200, body[:200]
+
             paths = [("m1", m1), ("m2", m2), ("m3", m3)]
+            if baseline is not None:
+                paths.append(("m3b", m3b))
             received = {name: await commands_per_run(server, call) for name, call in paths}
             results: dict[tuple[str, int], dict] = {}
             cpu_us: dict[tuple[str, int], list[float]] = {}
@@ -220,6 +255,8 @@ def _print(version: str, requests: int, received: dict[str, str], results: dict,
     names = {"m1": "(m1) asyncmy direct, prepared once per connection",
              "m2": "(m2) bare aiohttp + asyncmy on uvloop, HTTPS",
              "m3": "(m3) appliance, HTTPS + bearer, mysql datasource"}
+    if "m3b" in received:
+        names["m3b"] = "(m3b) the baseline checkout's appliance, the same"
     print(f"\nMariaDB {version}; {requests} requests per cell, in {ROUNDS} interleaved rounds; "
           f"one row per query (`{SQL}`)\n")
     print("| concurrency | path | q/s | p50 ms | p99 ms |")
@@ -237,6 +274,12 @@ def _print(version: str, requests: int, received: dict[str, str], results: dict,
         m3m1 = _ratios(results, "m3", "m1", concurrency)
         print(f"\nconcurrency {concurrency}: m3/m2 = {statistics.median(m3m2):.2f} (rounds "
               f"{', '.join(f'{x:.2f}' for x in m3m2)}), m3/m1 = {statistics.median(m3m1):.2f}")
+        if "m3b" in names:
+            base = _ratios(results, "m3b", "m2", concurrency)
+            gain = _ratios(results, "m3", "m3b", concurrency)
+            print(f"  baseline m3b/m2 = {statistics.median(base):.2f} (rounds "
+                  f"{', '.join(f'{x:.2f}' for x in base)}); m3/m3b = "
+                  f"{statistics.median(gain):.2f}")
         # The first round includes the warm-up: left out of the CPU figures.
         m2_cpu, m3_cpu = (cpu_us[(k, concurrency)][1:] or cpu_us[(k, concurrency)]
                           for k in ("m2", "m3"))
@@ -247,6 +290,9 @@ def _print(version: str, requests: int, received: dict[str, str], results: dict,
             continue
         print(f"  server CPU per request: bare {statistics.median(m2_cpu):.0f} us, appliance "
               f"{statistics.median(m3_cpu):.0f} us (ratio m3/m2 {statistics.median(cpu):.2f})")
+        if "m3b" in names:
+            b_cpu = cpu_us[("m3b", concurrency)][1:] or cpu_us[("m3b", concurrency)]
+            print(f"  baseline appliance {statistics.median(b_cpu):.0f} us")
 
 
 if __name__ == "__main__":
@@ -257,8 +303,10 @@ if __name__ == "__main__":
         uvloop.run(serve(int(sys.argv[2]), Path(sys.argv[3])))
     else:
         parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+        parser.add_argument("--baseline", type=Path, default=None,
+                            help="another checkout whose appliance runs as a fourth path (m3b)")
         parser.add_argument("--requests", type=int,
                             default=int(os.environ.get("BENCH_REQUESTS", DEFAULT_REQUESTS)),
                             help="per path and concurrency, split over the rounds")
         args = parser.parse_args()
-        asyncio.run(run_bench(args.requests))
+        asyncio.run(run_bench(args.requests, args.baseline))

@@ -367,3 +367,133 @@ async def test_streams_in_batches_and_stops_at_fetch(mariadb_server: MariaDBServ
         assert empty == []
     finally:
         await eng.close()
+
+
+# -- answers (collect): no cursor, the prepare and the execute in one write on MariaDB ----------
+
+
+async def answer_of(eng: MysqlEngine, statement: Any, *, fetch: int = 10_000) -> list[Any]:
+    got: list[Any] = []
+    await eng.collect(statement, timeout=10, fetch=fetch, take=lambda b: got.extend(b) or True)
+    return got
+
+
+async def answer_thread(eng: MysqlEngine) -> int:
+    return int((await answer_of(eng, bound("SELECT CONNECTION_ID()")))[0][0])
+
+
+async def resets_done(eng: MysqlEngine) -> None:
+    """Until the connections given back have been reset (the pool does it in a task)."""
+    for _ in range(200):
+        pool = eng._pool
+        if pool is None or not pool._resets:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("a reset did not end")
+
+
+def com_counters(server: MariaDBServer) -> dict[str, int]:
+    out = server.sql("SHOW GLOBAL STATUS LIKE 'Com\\_%'")
+    pairs = (line.split("\t") for line in out.splitlines() if "\t" in line)
+    return {name: int(value) for name, value in pairs if value.isdigit()}
+
+
+async def test_an_answer_is_a_prepare_an_execute_and_a_reset(mariadb_server: MariaDBServer
+                                                             ) -> None:
+    eng = engine(mariadb_server, max_connections=1)
+    runs = 20
+    try:
+        await answer_of(eng, bound("SELECT 1"))  # the connection opened and its settings set
+        await resets_done(eng)
+        before = com_counters(mariadb_server)
+        for i in range(runs):
+            rows = await answer_of(eng, bound("SELECT {{ n }} + 1, {{ s }}",
+                                              [{"name": "n", "type": "integer"},
+                                               {"name": "s", "type": "string"}],
+                                              {"n": i, "s": "value-5e1d"}))
+            assert [list(r) for r in rows] == [[i + 1, "value-5e1d"]]
+            await resets_done(eng)
+        after = com_counters(mariadb_server)
+        thread = await answer_thread(eng)
+    finally:
+        await eng.close()
+    per_run = {name.removeprefix("Com_"): (after[name] - before.get(name, 0)) / runs
+               for name in ("Com_stmt_prepare", "Com_stmt_execute", "Com_stmt_fetch",
+                            "Com_admin_commands", "Com_stmt_close")}
+    # Each run: one prepare, one execute, no fetch; its reset (COM_RESET_CONNECTION, an admin
+    # command) comes after it, with the settings in the same write.
+    assert per_run == {"stmt_prepare": 1, "stmt_execute": 1, "stmt_fetch": 0,
+                       "admin_commands": 1, "stmt_close": 0}
+    commands = mariadb_server.log_commands(thread)
+    assert ("Prepare", "SELECT ? + 1, ?") in commands
+    assert any(c == "Execute" and "value-5e1d" in a for c, a in commands)
+    assert not any(c == "Query" and "value-5e1d" in a for c, a in commands)
+
+
+async def test_state_does_not_leak_between_answers(mariadb_server: MariaDBServer) -> None:
+    eng = engine(mariadb_server, max_connections=1, read_only=False)
+    try:
+        first = await answer_thread(eng)
+        await answer_of(eng, bound("SET @leak = 42"))
+        await answer_of(eng, bound("CREATE TEMPORARY TABLE leak_answer_tmp (x INT)"))
+        await answer_of(eng, bound("SET SESSION sql_mode = 'ANSI_QUOTES'"))
+        await answer_of(eng, bound("SET SESSION TRANSACTION READ WRITE"))
+        await resets_done(eng)
+        assert await answer_thread(eng) == first  # the same connection, reset
+        rows = await answer_of(eng, bound(
+            "SELECT @leak, @@session.sql_mode LIKE '%ANSI_QUOTES%', @@session.time_zone"))
+        assert [list(r) for r in rows] == [[None, 0, "+00:00"]]  # the settings set again
+        with pytest.raises(QueryFailed) as info:
+            await answer_of(eng, bound("SELECT * FROM leak_answer_tmp"))
+        assert "1146" in info.value.message
+    finally:
+        await eng.close()
+    ro = engine(mariadb_server, max_connections=1)
+    try:
+        await answer_of(ro, bound("SET SESSION TRANSACTION READ WRITE"))
+        await resets_done(ro)
+        rows = await answer_of(ro, bound("SELECT @@session.tx_read_only"))
+        assert [list(r) for r in rows] == [[1]]  # read-only again after the reset
+    finally:
+        await ro.close()
+
+
+async def test_an_answer_past_fetch_closes_its_connection_and_the_next_run_works(
+        mariadb_server: MariaDBServer) -> None:
+    eng = engine(mariadb_server, max_connections=1)
+    try:
+        first = await answer_thread(eng)
+        rows = await answer_of(eng, bound("SELECT seq FROM seq_1_to_300000"), fetch=7)
+        assert [r[0] for r in rows] == list(range(1, 8))
+        await resets_done(eng)
+        assert eng._pool is not None and eng._pool.size == 0  # closed, its slot free
+        second = await answer_thread(eng)
+        assert second != first
+        rows = await answer_of(eng, bound("SELECT seq FROM seq_1_to_5"), fetch=7)
+        assert [r[0] for r in rows] == [1, 2, 3, 4, 5]  # all of it: the connection stays
+        await resets_done(eng)
+        assert await answer_thread(eng) == second
+    finally:
+        await eng.close()
+
+
+async def test_a_statement_the_server_cannot_prepare_leaves_the_connection_in_step(
+        mariadb_server: MariaDBServer) -> None:
+    eng = engine(mariadb_server, max_connections=1)
+    try:
+        first = await answer_thread(eng)
+        for sql in ("SELECT {{ n }} FROM no_such_table_9c1",
+                    "SELECT no_such_function_9c1({{ n }})"):
+            with pytest.raises(QueryFailed):
+                await answer_of(eng, bound(sql, [{"name": "n", "type": "integer"}], {"n": 1}))
+            await resets_done(eng)
+            assert await answer_thread(eng) == first
+        rows = await answer_of(eng, bound("SELECT {{ n }} * 2", [{"name": "n", "type": "integer"}],
+                                          {"n": 21}))
+        assert [list(r) for r in rows] == [[42]]
+        with pytest.raises(QueryFailed):  # fails at its 11th row, after the first were sent
+            await answer_of(eng, bound("SELECT 10 - CAST(seq AS UNSIGNED) FROM seq_1_to_20"))
+        await resets_done(eng)
+        assert await answer_thread(eng) == first
+    finally:
+        await eng.close()

@@ -1,7 +1,8 @@
 """The MySQL/MariaDB engine: a pool of asyncmy connections per datasource, each opened on a socket
-from the egress dialer, each reset (COM_RESET_CONNECTION) before the next run gets it; every
-statement a server-side prepared statement (COM_STMT_PREPARE/EXECUTE) read through a server-side
-cursor (COM_STMT_FETCH), a batch at a time.
+from the egress dialer, each reset (COM_RESET_CONNECTION, its settings set again) before the next
+run gets it; every statement a server-side prepared statement (COM_STMT_PREPARE/EXECUTE), an
+answer read as the server sends it, a stream through a server-side cursor (COM_STMT_FETCH), a
+batch at a time.
 
 Owns the connection options (TLS, LOAD DATA LOCAL off, the session's settings), the time limit
 (the server's own, and KILL QUERY from a second connection when the client's passes) and the
@@ -15,37 +16,36 @@ import asyncio
 import contextlib
 import json
 import ssl
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Final
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Final, TypeVar
 
 from asyncmy import errors as asyncmy_errors
 
 from appliance.datasources.config import CONNECT_TIMEOUT
-from appliance.datasources.engine import Engine, PoolStats, RowStream, Target
+from appliance.datasources.engine import RowStream, Target
 from appliance.datasources.errors import (
     DatasourceAuthFailed,
     DatasourceAuthRefused,
     DatasourceTimeout,
     DatasourceTLSError,
     DatasourceUnreachable,
-    EngineRetired,
     QueryFailed,
-    connection_failure,
     tls_problem,
 )
+from appliance.datasources.pool import ConnectionPool, PooledEngine
 from appliance.egress import Dialer
 from appliance.egress.postgres_auth import tls_context
-from appliance.errors import ApplianceError
 from appliance.kinds.mysql.asyncmy_private import (
     DialedConnection,
-    ServerCursor,
+    Execution,
     ServerRefusedTLS,
     apply_settings,
+    execute,
     reset_session,
 )
-from appliance.kinds.postgres.pool import ConnectionPool, PoolClosed
 from appliance.kinds.sql.binding import BoundStatement
 
+T = TypeVar("T")
 STREAM_BATCH: Final = 1000
 _JSON, _BIT, _LONGLONG = 245, 16, 8  # asyncmy's FIELD_TYPE codes that need a JSON form here
 _EXACT_INT: Final = 2**53  # beyond it a JSON number loses digits in a browser: sent as text
@@ -80,42 +80,27 @@ _LOST: Final = frozenset({2006, 2013, 2055, 1927, 1053})  # gone away, lost, kil
 _AUTH: Final = frozenset({1045, 1698, 2059})
 
 
-class _Session:
-    """An asyncmy connection as the shared pool handles it: `execute` is the pool's reset (the
-    PostgreSQL text it passes is not sent: the MySQL session is reset with
-    COM_RESET_CONNECTION and its settings are set again)."""
+class SessionPool(ConnectionPool[DialedConnection]):
+    """The appliance's pool (`datasources.pool`) of asyncmy connections, each reset with
+    COM_RESET_CONNECTION when it comes back (user variables, temporary tables, session settings,
+    prepared statements, an open transaction, locks) and its session's settings set again, both
+    in one round trip, in the pool's release task: after the run's answer is on its way, before
+    anyone else can take the connection."""
 
-    __slots__ = ("conn", "setup")
-
-    def __init__(self, conn: Any, setup: str) -> None:
-        self.conn = conn
-        self.setup = setup
-
-    def is_closed(self) -> bool:
-        return not self.conn.connected
-
-    def is_in_transaction(self) -> bool:
-        return False  # COM_RESET_CONNECTION rolls an open transaction back
-
-    def terminate(self) -> None:
-        self.conn.close()
-
-    async def execute(self, _postgres_reset: str, timeout: float) -> None:
+    async def reset(self, conn: DialedConnection, timeout: float) -> None:
         async with asyncio.timeout(timeout):
-            await reset_session(self.conn)
-            await apply_settings(self.conn, self.setup)
+            await reset_session(conn, conn.settings)
 
-    async def close(self, timeout: float) -> None:
+    async def close_politely(self, conn: DialedConnection, timeout: float) -> None:
+        """COM_QUIT, then the socket closed."""
         async with asyncio.timeout(timeout):
-            await self.conn.ensure_closed()
+            await conn.ensure_closed()
 
 
-class MysqlEngine(Engine):
+class MysqlEngine(PooledEngine[DialedConnection]):
     def __init__(self, target: Target, dialer: Dialer) -> None:
         super().__init__(target)
         self._dialer = dialer
-        self._pool: ConnectionPool | None = None
-        self._closed = False
 
     # -- connections -------------------------------------------------------------------------
 
@@ -134,7 +119,7 @@ class MysqlEngine(Engine):
         return (f"SET SESSION TRANSACTION {access};"
                 f"SET NAMES utf8mb4, time_zone = '+00:00', autocommit = 1, {limit}")
 
-    async def _open_connection(self) -> Any:
+    async def _open_connection(self) -> DialedConnection:
         """One asyncmy connection through the dialer; the password is sent only over verified
         TLS unless the datasource allows otherwise."""
         config = self.target.config
@@ -161,131 +146,112 @@ class MysqlEngine(Engine):
             raise
         return conn
 
-    async def _connect(self) -> _Session:
+    async def _connect(self) -> DialedConnection:
         """The pool's connect function: a connection with the session's settings."""
         conn = await self._open_connection()
         try:
-            setup = self._setup("MariaDB" in str(conn.get_server_info()))
+            conn.mariadb = "MariaDB" in str(conn.get_server_info())
+            conn.settings = self._setup(conn.mariadb)
             async with asyncio.timeout(CONNECT_TIMEOUT):
-                await apply_settings(conn, setup)
+                await apply_settings(conn, conn.settings)
         except BaseException:
-            conn.close()
+            conn.terminate()
             raise
-        return _Session(conn, setup)
+        return conn
 
-    def _new_pool(self) -> ConnectionPool:
-        if self._closed:
-            raise EngineRetired(self.name)
-        self._pool = ConnectionPool(self._connect, max_size=self.target.limits.max_connections,
-                                    reset_timeout=CONNECT_TIMEOUT, name=self.name)
-        return self._pool
+    def new_pool(self) -> SessionPool:
+        return SessionPool(self._connect, max_size=self.target.limits.max_connections,
+                           reset_timeout=CONNECT_TIMEOUT, name=self.name)
 
-    async def _acquire(self, timeout: float) -> tuple[ConnectionPool, _Session]:
-        pool = self._pool or self._new_pool()
-        session = pool.take()
-        if session is None:
-            try:
-                session = await pool.acquire(timeout)
-            except BaseException as exc:
-                raise self.translate(exc, timeout, "connect") from None
-        return pool, session
-
-    def pool_stats(self) -> PoolStats | None:
-        pool = self._pool
-        if pool is None:
-            return PoolStats(size=0, idle=0)
-        return PoolStats(size=pool.size, idle=pool.idle, waiting=pool.waiting,
-                         waits=pool.waits)
-
-    async def test(self, timeout: float) -> None:
+    async def probe(self) -> None:
+        conn = await self._connect()
         try:
-            async with asyncio.timeout(timeout):
-                session = await self._connect()
-                try:
-                    await session.conn.ping(reconnect=False)
-                finally:
-                    session.terminate()
-        except BaseException as exc:
-            raise self.translate(exc, timeout, "connect") from None
-
-    async def close(self) -> None:
-        self._closed = True
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
+            await conn.ping(reconnect=False)
+        finally:
+            conn.terminate()
 
     # -- runs --------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def open(self, bound: BoundStatement, *, timeout: float, fetch: int,
                    stream: bool = False) -> AsyncIterator[RowStream]:
-        pool, session = await self._acquire(timeout)
+        """The rows read through a server-side cursor, a batch per COM_STMT_FETCH, each when
+        the caller wants it (back-pressure), streamed or not."""
+        pool, conn = await self.acquire(timeout)
         try:
-            cursor = await self._limited(session, timeout, bound, self._start(session, bound))
-            columns, convert = _columns(cursor)
-            yield RowStream(columns, self._batches(session, cursor, bound, timeout, fetch,
-                                                   convert))
+            run = await self._limited(conn, timeout, bound, self._execute(conn, bound, True))
+            columns, convert = _columns(run)
+            yield RowStream(columns, self._batches(conn, run, bound, timeout, fetch, convert))
         finally:
-            pool.release(session)
+            pool.release(conn)
 
     async def collect(self, bound: BoundStatement, *, timeout: float, fetch: int,
                       take: Callable[[list[Any]], bool]) -> list[str]:
-        pool, session = await self._acquire(timeout)
-        try:
-            deadline = asyncio.get_running_loop().time() + timeout
-            cursor = await self._limited(session, timeout, bound, self._start(session, bound),
-                                         deadline)
-            columns, convert = _columns(cursor)
-            rows = await self._limited(session, timeout, bound, cursor.fetch(max(1, fetch)),
-                                       deadline)
-        finally:
-            pool.release(session)
+        columns, rows = await self._answer(bound, timeout, fetch)
         if rows:
-            take(convert(rows))
+            take(rows)
         return columns
 
-    async def _start(self, session: _Session, bound: BoundStatement) -> ServerCursor:
-        """Prepare and execute with a cursor (the statement is deallocated by the reset)."""
-        statement = await session.conn.prepare(bound.sql)
-        cursor = ServerCursor(session.conn, statement)
-        await cursor.execute(tuple(bound.values))
-        return cursor
+    async def _answer(self, bound: BoundStatement, timeout: float, fetch: int
+                      ) -> tuple[list[str], list[Any]]:
+        """The columns and at most `fetch` rows, read without a cursor as the server sends them
+        (on MariaDB the prepare and the execute go in one write: one round trip). The connection
+        goes back before the rows are converted. When more rows are coming than wanted, the
+        connection is closed (the server stops sending) rather than read to its end."""
+        pool, conn = await self.acquire(timeout)
+        try:
+            run, rows = await self._limited(conn, timeout, bound, self._read(conn, bound, fetch))
+            if not run.complete:
+                conn.terminate()  # its reset then fails quietly and its slot is passed on
+        finally:
+            pool.release(conn)
+        columns, convert = _columns(run)
+        return columns, convert(rows) if rows else []
 
-    async def _batches(self, session: _Session, cursor: ServerCursor, bound: BoundStatement,
+    async def _read(self, conn: DialedConnection, bound: BoundStatement, fetch: int
+                    ) -> tuple[Execution, list[Any]]:
+        run = await self._execute(conn, bound, False)
+        return run, await run.read(max(1, fetch))
+
+    def _execute(self, conn: DialedConnection, bound: BoundStatement, cursor: bool
+                 ) -> Awaitable[Execution]:
+        return execute(conn, bound.sql, tuple(bound.values), cursor=cursor,
+                       pipeline=conn.mariadb)
+
+    async def _batches(self, conn: DialedConnection, run: Execution, bound: BoundStatement,
                        timeout: float, fetch: int,
-                       convert: Callable[[tuple[Any, ...]], list[Any]]
+                       convert: Callable[[Sequence[Any]], list[Any]]
                        ) -> AsyncIterator[list[Any]]:
         remaining = fetch
-        while remaining > 0 and not cursor.done:  # each batch within `timeout`
-            rows = await self._limited(session, timeout, bound,
-                                       cursor.fetch(min(STREAM_BATCH, remaining)))
+        while remaining > 0 and not run.done:  # each batch within `timeout`
+            rows = await self._limited(conn, timeout, bound,
+                                       run.fetch(min(STREAM_BATCH, remaining)))
             if not rows:
                 return
             remaining -= len(rows)
             yield convert(rows)
 
-    async def _limited(self, session: _Session, timeout: float, bound: BoundStatement,
-                       step: Any, deadline: float | None = None) -> Any:
-        """Await one step of a run within `timeout` (or by the run's `deadline`, loop time);
-        when the time passes, or the run is cancelled, the statement is killed on the server
-        (KILL QUERY from a second connection) and this connection is closed."""
+    async def _limited(self, conn: DialedConnection, timeout: float, bound: BoundStatement,
+                       step: Awaitable[T]) -> T:
+        """Await one step of a run within `timeout`; when the time passes, or the run is
+        cancelled, the statement is killed on the server (KILL QUERY from a second connection)
+        and this connection is closed."""
         try:
-            async with (asyncio.timeout(timeout) if deadline is None
-                        else asyncio.timeout_at(deadline)):
+            async with asyncio.timeout(timeout):
                 return await step
         except TimeoutError:
-            await self._kill(session)
+            await self._kill(conn)
             raise DatasourceTimeout(self.name, timeout, "finish the statement") from None
         except asyncio.CancelledError:
-            await asyncio.shield(self._kill(session))
+            await asyncio.shield(self._kill(conn))
             raise
         except BaseException as exc:
             raise self.translate(exc, timeout, "answer", bound.identifiers) from None
 
-    async def _kill(self, session: _Session) -> None:
+    async def _kill(self, conn: DialedConnection) -> None:
         """KILL QUERY the session's statement from a new connection; close the session's."""
-        thread_id = int(session.conn.thread_id())
-        session.terminate()
+        thread_id = int(conn.thread_id())
+        conn.terminate()
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 killer = await self._open_connection()
@@ -298,18 +264,10 @@ class MysqlEngine(Engine):
 
     # -- errors ------------------------------------------------------------------------------
 
-    def translate(self, exc: BaseException, timeout: float, what: str,
-                  identifiers: tuple[str, ...] = ()) -> BaseException:
-        """An appliance error for a driver/network failure; a server error by its number, never
-        its message."""
+    def driver_failure(self, exc: BaseException, timeout: float, what: str,
+                       identifiers: tuple[str, ...]) -> BaseException:
+        """A server error by its number, never its message."""
         name = self.name
-        common = connection_failure(name, exc, CONNECT_TIMEOUT)
-        if common is not None:
-            return common
-        if isinstance(exc, ApplianceError):
-            return exc
-        if isinstance(exc, PoolClosed):
-            return EngineRetired(name)
         if isinstance(exc, asyncmy_errors.Error) and isinstance(exc.__cause__, ssl.SSLError):
             exc = exc.__cause__  # asyncmy wraps a failed handshake as "can't connect" (2003)
         if isinstance(exc, ServerRefusedTLS):
@@ -342,12 +300,12 @@ def _code(exc: BaseException) -> int:
     return first if isinstance(first, int) and 0 < first < 100_000 else 0
 
 
-def _columns(cursor: ServerCursor) -> tuple[list[str], Callable[[tuple[Any, ...]], list[Any]]]:
+def _columns(run: Execution) -> tuple[list[str], Callable[[Sequence[Any]], list[Any]]]:
     """The column names, and the rows' conversion to values `result_json` writes as the kind
     promises (docs/datasources.md): JSON parsed, BIT as an integer, integers beyond 2^53 as
     text. DECIMAL (Decimal), dates, times and bytes are left to `result_json`."""
     fixes: list[tuple[int, Callable[[Any], Any]]] = []
-    for index, field in enumerate(cursor.fields):
+    for index, field in enumerate(run.fields):
         code = int(field.type_code)
         if code == _JSON:
             fixes.append((index, _json))
@@ -356,9 +314,9 @@ def _columns(cursor: ServerCursor) -> tuple[list[str], Callable[[tuple[Any, ...]
         elif code == _LONGLONG:
             fixes.append((index, _wide))
     if not fixes:
-        return cursor.columns, list
+        return run.columns, list
 
-    def convert(rows: tuple[Any, ...]) -> list[Any]:
+    def convert(rows: Sequence[Any]) -> list[Any]:
         out = []
         for row in rows:
             values = list(row)
@@ -368,7 +326,7 @@ def _columns(cursor: ServerCursor) -> tuple[list[str], Callable[[tuple[Any, ...]
             out.append(values)
         return out
 
-    return cursor.columns, convert
+    return run.columns, convert
 
 
 def _json(value: Any) -> Any:

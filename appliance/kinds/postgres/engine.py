@@ -1,6 +1,6 @@
-"""The PostgreSQL engine: a pool of asyncpg connections per datasource (`pool`) whose
-every connection goes through the egress dialer; statements run as server-side prepared
-statements with their values bound.
+"""The PostgreSQL engine: a pool of asyncpg connections per datasource (`pool`: the appliance's
+pool with PostgreSQL's reset) whose every connection goes through the egress dialer; statements
+run as server-side prepared statements with their values bound.
 
 Owns the pool, connection parameters (all explicit, so asyncpg never reads PG* variables) and the
 translation of asyncpg's errors. Never logs a value or a row, and never passes the text of a
@@ -9,7 +9,6 @@ statement's error on (server and client-side messages quote values: see `errors`
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import ssl
@@ -19,33 +18,29 @@ from typing import Any
 import asyncpg
 
 from appliance.datasources.config import CONNECT_TIMEOUT
-from appliance.datasources.engine import Engine, PoolStats, RowStream, Target
+from appliance.datasources.engine import RowStream, Target
 from appliance.datasources.errors import (
     DatasourceAuthFailed,
     DatasourceAuthRefused,
     DatasourceTimeout,
     DatasourceTLSError,
     DatasourceUnreachable,
-    EngineRetired,
-    connection_failure,
     tls_problem,
 )
+from appliance.datasources.pool import PooledEngine
 from appliance.egress import Dialer, postgres_auth
-from appliance.errors import ApplianceError
 from appliance.kinds.postgres.asyncpg_private import fetch_at_most
 from appliance.kinds.postgres.errors import encoding_failure, query_failed
-from appliance.kinds.postgres.pool import ConnectionPool, PoolClosed
+from appliance.kinds.postgres.pool import ConnectionPool
 from appliance.kinds.sql.binding import BoundStatement
 
 STREAM_BATCH = 1000
 
 
-class PostgresEngine(Engine):
+class PostgresEngine(PooledEngine[Any]):
     def __init__(self, target: Target, dialer: Dialer) -> None:
         super().__init__(target)
         self._dialer = dialer
-        self._pool: ConnectionPool | None = None
-        self._closed = False
 
     async def _connect(self) -> Any:
         """The pool's connect function: the one place this engine opens a connection.
@@ -89,45 +84,21 @@ class PostgresEngine(Engine):
         return DatasourceAuthRefused(
             self.name, f"{refused} (tls = {tls}); the password was not sent. To connect, {fixes}")
 
-    def _new_pool(self) -> ConnectionPool:
-        if self._closed:
-            raise EngineRetired(self.name)
-        self._pool = ConnectionPool(self._connect, max_size=self.target.limits.max_connections,
-                                    reset_timeout=CONNECT_TIMEOUT, name=self.name)
-        return self._pool
+    def new_pool(self) -> ConnectionPool:
+        return ConnectionPool(self._connect, max_size=self.target.limits.max_connections,
+                              reset_timeout=CONNECT_TIMEOUT, name=self.name)
 
-    async def _acquire(self, timeout: float) -> tuple[ConnectionPool, Any]:
-        pool = self._pool or self._new_pool()
-        conn = pool.take()  # an idle connection: no wait, no time limit
-        if conn is None:
-            try:
-                conn = await pool.acquire(timeout)
-            except BaseException as exc:
-                raise self.translate(exc, timeout, "connect") from None
-        return pool, conn
-
-    def pool_stats(self) -> PoolStats | None:
-        pool = self._pool
-        if pool is None:
-            return PoolStats(size=0, idle=0)
-        return PoolStats(size=pool.size, idle=pool.idle, waiting=pool.waiting,
-                         waits=pool.waits)
-
-    async def test(self, timeout: float) -> None:
+    async def probe(self) -> None:
+        conn = await self._connect()
         try:
-            async with asyncio.timeout(timeout):
-                conn = await self._connect()
-                try:
-                    await conn.fetchval("SELECT 1")
-                finally:
-                    await conn.close()
-        except BaseException as exc:
-            raise self.translate(exc, timeout, "connect") from None
+            await conn.fetchval("SELECT 1")
+        finally:
+            await conn.close()
 
     @contextlib.asynccontextmanager
     async def open(self, bound: BoundStatement, *, timeout: float, fetch: int,
                    stream: bool = False) -> AsyncIterator[RowStream]:
-        pool, conn = await self._acquire(timeout)
+        pool, conn = await self.acquire(timeout)
         try:
             if stream:
                 async with self._streamed(conn, bound, timeout=timeout, fetch=fetch) as rows:
@@ -142,7 +113,7 @@ class PostgresEngine(Engine):
                       take: Callable[[list[Any]], bool]) -> list[str]:
         """The whole answer in one round trip; the connection goes back before rows are
         encoded."""
-        pool, conn = await self._acquire(timeout)
+        pool, conn = await self.acquire(timeout)
         try:
             columns, found = await self._answer(conn, bound, fetch, timeout)
         finally:
@@ -201,24 +172,9 @@ class PostgresEngine(Engine):
             remaining -= len(batch)
             yield batch
 
-    async def close(self) -> None:
-        self._closed = True
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
-
-    def translate(self, exc: BaseException, timeout: float, what: str,
-                  identifiers: tuple[str, ...] = ()) -> BaseException:
-        """An appliance error for a driver/network failure (messages never hold values; names
-        holding one of the run's `identifiers` are left out)."""
+    def driver_failure(self, exc: BaseException, timeout: float, what: str,
+                       identifiers: tuple[str, ...]) -> BaseException:
         name = self.name
-        common = connection_failure(name, exc, CONNECT_TIMEOUT)
-        if common is not None:
-            return common
-        if isinstance(exc, ApplianceError):
-            return exc
-        if isinstance(exc, PoolClosed):
-            return EngineRetired(name)
         if isinstance(exc, asyncpg.InvalidPasswordError):
             return DatasourceAuthFailed(name, "authentication failed (user or password refused)")
         if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
