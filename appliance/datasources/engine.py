@@ -1,7 +1,7 @@
 """The one interface every datasource kind implements: test, open a result stream, collect a
 whole result, close.
 
-Owns `Engine`, `Target` (what an engine knows of its datasource), `RowStream`, and `RunsUnderWay`
+Owns `Engine`, `Target` (what an engine knows of its datasource), `RowStream`, and `EngineRuns`
 (for engines whose driver has no pool that closes gracefully). The query
 service talks only to this interface and never knows which kind is behind it. Engines open their
 network connections only through the egress dialer, and never log values or results.
@@ -99,7 +99,7 @@ class Engine(abc.ABC):
         return None
 
 
-class RunsUnderWay:
+class EngineRuns:
     """An engine's runs under way and whether it was retired, for a driver whose pool does not
     close gracefully by itself (an aiohttp session, a PyMongo client): a retired engine starts
     nothing more (`EngineRetired`: the runner takes the engine that replaced it, never this one's

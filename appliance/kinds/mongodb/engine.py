@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Final
 
 from appliance.datasources.config import CONNECT_TIMEOUT
-from appliance.datasources.engine import Engine, RowStream, RunsUnderWay, Target
+from appliance.datasources.engine import Engine, EngineRuns, RowStream, Target
 from appliance.datasources.errors import (
     DatasourceAuthFailed,
     DatasourceTimeout,
@@ -74,7 +74,7 @@ class MongoEngine(Engine):
         self._dialer = dialer
         self._client: Any = None
         self._creating = asyncio.Lock()
-        self._runs = RunsUnderWay(target.name)
+        self._runs = EngineRuns(target.name)
 
     def _connect_timeout(self, timeout: float) -> float:
         """Connecting (and finding the server) takes at most the connect timeout, and less than

@@ -22,7 +22,7 @@ import aiohttp
 from yarl import URL
 
 from appliance.datasources.config import CONNECT_TIMEOUT
-from appliance.datasources.engine import Engine, RowStream, RunsUnderWay, Target
+from appliance.datasources.engine import Engine, EngineRuns, RowStream, Target
 from appliance.datasources.errors import (
     DatasourceAuthFailed,
     DatasourceProtocolError,
@@ -51,7 +51,7 @@ class RestEngine(Engine):
         super().__init__(target)
         self._dialer = dialer
         self._session: aiohttp.ClientSession | None = None
-        self._runs = RunsUnderWay(target.name)
+        self._runs = EngineRuns(target.name)
         self._base = str(target.config["base_url"]).rstrip("/")
 
     def _get_session(self) -> aiohttp.ClientSession:
