@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from appliance.queries.result_json import dumps, iso_duration
+from appliance.queries.result_json import dumps, iso_duration, iso_seconds
 from tests.conftest import PG_PASSWORD, PostgresServer
 from tests.support.mariadb import DATABASE, NATIVE_PASSWORD, NATIVE_USER, MariaDBServer
 from tests.support.queries import as_role, create_datasource, create_query, proxy, run
@@ -52,8 +52,8 @@ def test_iso_duration_round_trips() -> None:
         assert (-back if negative else back) == micros
 
 
-# kind -> (SELECT at the type's boundaries, what JSON says of each column). PostgreSQL through
-# asyncpg: a timedelta, where a month counts 30 days and a year 365 (its decoder's rule).
+# kind -> (SELECT at the type's boundaries, what JSON says of each column). PostgreSQL's months
+# stay months (asyncpg's own decoder made a month 30 days and overflowed past 2^31 days).
 DATABASES: dict[str, tuple[str, list[str]]] = {
     "mysql": ("SELECT CAST('-838:59:59' AS TIME), CAST('838:59:59' AS TIME), "
               "CAST('-00:00:00.000001' AS TIME(6)), CAST('277:46:40' AS TIME), "
@@ -62,9 +62,10 @@ DATABASES: dict[str, tuple[str, list[str]]] = {
                "PT0S"]),
     "postgres": ("SELECT interval '1000000 seconds', interval '-1 microsecond', "
                  "interval '123456789 days 23:59:59.999999', interval '-2 days -00:00:00.5', "
-                 "interval '1 day 00:00:00.00001', interval '0'",
+                 "interval '1 day 00:00:00.00001', interval '0', interval '1 month', "
+                 "interval '-1 year 2 days 00:00:01', interval '178000000 years'",
                  ["PT1000000S", "PT-0.000001S", "PT10666666655999.999999S", "PT-172800.5S",
-                  "PT86400.00001S", "PT0S"]),
+                  "PT86400.00001S", "PT0S", "P1M", "P-12MT172801S", "P2136000000M"]),
 }
 
 
@@ -90,3 +91,10 @@ async def test_a_database_s_durations_come_back_exactly(tmp_path: Path, kind: st
         resp = await run(dev, (await create_query(dev, ds["id"], sql, name="durations"))["id"])
     assert resp.status == 200, resp.body
     assert resp.body["rows"][0] == expected
+
+
+@pytest.mark.parametrize(("months", "micros", "text"), [
+    (0, 0, "PT0S"), (1, 0, "P1M"), (-14, 86_400_500_000, "P-14MT86400.5S"),
+    (3, -1, "P3MT-0.000001S"), (2_136_000_000, 0, "P2136000000M")])
+def test_months_stay_months(months: int, micros: int, text: str) -> None:
+    assert iso_seconds(micros, months=months) == text

@@ -56,10 +56,19 @@ def iso_duration(value: dt.timedelta) -> str:
     """`PT<seconds>S` with every digit: whole seconds, then up to six decimals without trailing
     zeros (`PT-3020399S`, `PT0.000001S`, `PT86399999999999.999999S`); negative as `PT-…S`.
     Integer arithmetic on microseconds: a float (`total_seconds()`) keeps only 15-17 digits."""
-    micros = value // _MICROSECOND
+    return iso_seconds(value // _MICROSECOND)
+
+
+def iso_seconds(micros: int, *, months: int = 0) -> str:
+    """A duration of `months` (calendar months: PostgreSQL's intervals keep them apart, a month
+    is not a number of seconds) and `micros` microseconds: `P<months>M` when there are months,
+    then `T<seconds>S` as `iso_duration` writes it (`P1M`, `P-14MT86400.5S`, `PT0S`)."""
     whole, fraction = divmod(abs(micros), 1_000_000)
     digits = f"{whole}.{fraction:06d}".rstrip("0") if fraction else str(whole)
-    return f"PT{'-' if micros < 0 else ''}{digits}S"
+    seconds = f"T{'-' if micros < 0 else ''}{digits}S"
+    if not months:
+        return "P" + seconds
+    return f"P{months}M" + (seconds if micros else "")
 
 
 def _finite(value: Any) -> Any:

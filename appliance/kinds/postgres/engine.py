@@ -10,10 +10,11 @@ statement's error on (server and client-side messages quote values: see `errors`
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import ssl
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 
@@ -33,6 +34,7 @@ from appliance.kinds.postgres.asyncpg_private import fetch_at_most
 from appliance.kinds.postgres.errors import encoding_failure, query_failed
 from appliance.kinds.postgres.pool import ConnectionPool
 from appliance.kinds.sql.binding import BoundStatement
+from appliance.queries.result_json import iso_seconds
 
 STREAM_BATCH = 1000
 
@@ -68,6 +70,10 @@ class PostgresEngine(PooledEngine[Any]):
             for name in ("json", "jsonb"):  # results as JSON values; json parameters are text
                 await conn.set_type_codec(name, encoder=str, decoder=json.loads,
                                           schema="pg_catalog")
+            # Intervals as PostgreSQL holds them (months, days, microseconds): asyncpg's own
+            # decoder counts a month as 30 days and overflows silently on large ones.
+            await conn.set_type_codec("interval", encoder=_interval_in, decoder=_interval_out,
+                                      schema="pg_catalog", format="tuple")
         except BaseException:
             conn.terminate()
             raise
@@ -211,3 +217,20 @@ class PostgresEngine(PooledEngine[Any]):
 async def _one_batch(rows: list[Any]) -> AsyncIterator[list[Any]]:
     if rows:
         yield rows
+
+
+_DAY_MICROS: Final = 86_400_000_000
+
+
+def _interval_out(value: tuple[int, int, int]) -> str:
+    """An interval result, exactly: its months apart, its days and time as seconds (a day of an
+    interval is 24 hours here, as PostgreSQL's `extract(epoch …)` counts it)."""
+    months, days, micros = value
+    return iso_seconds(days * _DAY_MICROS + micros, months=months)
+
+
+def _interval_in(value: object) -> tuple[int, int, int]:
+    """An interval parameter: a `timedelta` (the driver's own type), as days and microseconds."""
+    if not isinstance(value, dt.timedelta):
+        raise TypeError(f"an interval parameter must be a duration, not {type(value).__name__}")
+    return (0, value.days, value.seconds * 1_000_000 + value.microseconds)
