@@ -17,8 +17,6 @@ from typing import Any, Final, Literal
 # How a pattern is written around a binding, in the advice for a binding inside a literal:
 # BINDING stands for `{{ name }}`.
 _CONCAT: Final = "'%' || BINDING || '%'"
-_IN_BEFORE_RE: Final = re.compile(r"\bIN\s*\(\s*$", re.IGNORECASE)
-_ANY_BEFORE_RE: Final = re.compile(r"\b(?:ANY|ALL|SOME)\s*\(\s*$", re.IGNORECASE)
 
 # An array binding's place: (parameter name, the text before it, the text after it, up to the
 # next binding) -> None when it may stand there, else (problem, suggestion).
@@ -97,20 +95,14 @@ def _iso(value: Any) -> Any:
     return value.isoformat()
 
 
-def _postgres_arrays(name: str, before: str, after: str) -> tuple[str, str] | None:
-    if _IN_BEFORE_RE.search(before):
-        return (f"array parameter '{name}' inside IN (...)",
-                f"in PostgreSQL an array binds as one value: write = ANY({{{{ {name} }}}}) "
-                f"instead of IN ({{{{ {name} }}}})")
-    return None
-
-
-def _sqlite_arrays(name: str, before: str, after: str) -> tuple[str, str] | None:
-    if _ANY_BEFORE_RE.search(before):
-        return (f"array parameter '{name}' inside ANY(...)",
-                f"SQLite has no arrays: write IN ({{{{ {name} }}}}), which expands to one "
-                f"placeholder per element")
-    return None
+def refused_after(before: re.Pattern[str], problem: str, suggestion: str) -> ArrayRule:
+    """An array rule: an array binding right after text that `before` finds at its end is
+    refused (NAME in `problem` and BINDING in `suggestion` stand for the parameter)."""
+    def rule(name: str, text_before: str, text_after: str) -> tuple[str, str] | None:
+        if not before.search(text_before):
+            return None
+        return problem.replace("NAME", name), suggestion.replace("BINDING", f"{{{{ {name} }}}}")
+    return rule
 
 
 # Statements that create, run or drop prepared statements by name (or all of them, DISCARD ALL),
@@ -121,17 +113,25 @@ POSTGRES: Final = SqlDialect(
     name="postgres", double_quotes="identifier", backslashes="e-strings", dollar_quotes=True,
     nested_comments=True, unterminated_comment="close it with */ (comments nest)",
     session_statements=frozenset({"PREPARE", "EXECUTE", "DEALLOCATE", "DISCARD", "DO"}),
-    placeholder="numbered", expand_arrays=False, array_rule=_postgres_arrays,
+    placeholder="numbered", expand_arrays=False,
+    array_rule=refused_after(re.compile(r"\bIN\s*\(\s*$", re.IGNORECASE),
+                             "array parameter 'NAME' inside IN (...)",
+                             "in PostgreSQL an array binds as one value: write = ANY(BINDING) "
+                             "instead of IN (BINDING)"),
     # asyncpg takes every validated value (dates, date-times, lists) except json, sent as text.
     converters={"json": json_text})
 
 SQLITE: Final = SqlDialect(
     name="sqlite", double_quotes="identifier", backslashes="never", backticks=True,
-    brackets=True, question_marks=True, named_markers=":@$", array_rule=_sqlite_arrays,
+    brackets=True, question_marks=True, named_markers=":@$",
+    array_rule=refused_after(re.compile(r"\b(?:ANY|ALL|SOME)\s*\(\s*$", re.IGNORECASE),
+                             "array parameter 'NAME' inside ANY(...)",
+                             "SQLite has no arrays: write IN (BINDING), which expands to one "
+                             "placeholder per element"),
     # sqlite3 has no date, boolean or JSON type: ISO-8601 text, 1/0, JSON text.
     converters={"date": _iso, "datetime": _iso, "boolean": boolean_as_integer, "json": json_text})
 
 DIALECTS: Final = {dialect.name: dialect for dialect in (POSTGRES, SQLITE)}
 
 __all__ = ["DIALECTS", "POSTGRES", "SQLITE", "ArrayRule", "SqlDialect", "boolean_as_integer",
-           "json_text"]
+           "json_text", "refused_after"]
