@@ -20,9 +20,6 @@ from appliance.parameters import InvalidQuery, ParameterSet, used_check
 Dialect = Literal["postgres", "sqlite"]
 MAX_SQL_LENGTH: Final = 1_000_000  # characters
 
-# A value's conversion to what the driver takes, or None where it takes the value as validated.
-_Convert = Callable[[Any], Any] | None
-
 
 @dataclass(frozen=True, slots=True)
 class BoundStatement:
@@ -59,8 +56,8 @@ class SqlTemplate:
     static_sql: str | None  # the whole statement, when no run-time value changes the text
     order: tuple[str, ...]  # parameter name per value, for static statements
     quoted: Mapping[str, Mapping[str, str]]  # identifier parameter -> choice -> quoted
-    converts: Mapping[str, _Convert]  # parameter -> its values' conversion
-    as_is: bool  # every value goes to the driver as validated
+    converts: Mapping[str, Callable[[Any], Any]]  # parameter -> its values' conversion, if any
+    as_is: bool  # every value in `order` goes to the driver as validated
 
     def bind(self, params: Any) -> BoundStatement:
         """Validate the run-time values strictly, then build the statement and its values."""
@@ -72,7 +69,7 @@ class SqlTemplate:
             if self.as_is:
                 return BoundStatement(self.static_sql, tuple(map(values.__getitem__, self.order)))
             return BoundStatement(self.static_sql,
-                                  tuple(_convert(values[name], self.converts[name])
+                                  tuple(_convert(values[name], self.converts.get(name))
                                         for name in self.order))
         numbered = self.dialect.placeholder == "numbered"
         out: list[str] = []
@@ -90,19 +87,19 @@ class SqlTemplate:
                     out.append("NULL")
                 else:
                     out.append(", ".join("?" * len(items)))
-                    convert = self.converts[piece.name]
+                    convert = self.converts.get(piece.name)
                     bound.extend(_convert(item, convert) for item in items)
             else:
                 out.append("?")
-                bound.append(_convert(values[piece.name], self.converts[piece.name]))
+                bound.append(_convert(values[piece.name], self.converts.get(piece.name)))
         if numbered:
-            bound = [_convert(values[name], self.converts[name]) for name in self.order]
+            bound = [_convert(values[name], self.converts.get(name)) for name in self.order]
         identifiers = tuple(str(values[name]) for name in self.quoted
                             if values.get(name) is not None)
         return BoundStatement("".join(out), tuple(bound), identifiers)
 
 
-def _convert(value: Any, convert: _Convert) -> Any:
+def _convert(value: Any, convert: Callable[[Any], Any] | None) -> Any:
     return value if convert is None or value is None else convert(value)
 
 
@@ -164,7 +161,8 @@ def compile_sql(text: Any, dialect: Dialect | SqlDialect, parameters: ParameterS
 
     quoted = {p.name: {c: dialect.quote_identifier(c) for c in p.choices or ()}
               for p in parameters if p.base == "identifier"}
-    converts = {p.name: dialect.converters.get(p.base) for p in parameters}
+    converters = dialect.converters
+    converts = {p.name: converters[p.base] for p in parameters if p.base in converters}
     static_sql = None
     if not dynamic:
         static_sql = "".join(
@@ -172,7 +170,7 @@ def compile_sql(text: Any, dialect: Dialect | SqlDialect, parameters: ParameterS
     return SqlTemplate(dialect=dialect, parameters=parameters, source=text,
                        pieces=tuple(pieces), static_sql=static_sql, order=tuple(order),
                        quoted=quoted, converts=converts,
-                       as_is=not any(converts[name] for name in order))
+                       as_is=converts.keys().isdisjoint(order))
 
 
 def is_dynamic(template: SqlTemplate) -> bool:

@@ -73,7 +73,7 @@ class _Scanner:
         self.bindings: list[tuple[str, int]] = []
         self.semicolon: int | None = None
         self.significant = False
-        self.first: int | None = None  # where the statement's first token starts
+        self.first = 0  # where the statement's first token starts (once `significant`)
 
     def fail(self, offset: int, problem: str, suggestion: str | None = None) -> InvalidQuery:
         return refusal(self.text, offset, problem, suggestion)
@@ -84,14 +84,16 @@ class _Scanner:
             raise self.fail(offset, "more than one statement",
                             "a stored query runs exactly one statement; save each as its own "
                             "query (one trailing ';' is allowed)")
-        if self.first is None:
+        if not self.significant:
+            self.significant = True
             self.first = offset
-        self.significant = True
 
     def run(self) -> Scanned:
         text, n, dialect = self.text, len(self.text), self.dialect
         plain = dialect.plain
         identifiers_in_double_quotes = dialect.double_quotes == "identifier"
+        # Backslashes in every string literal, or only in E'…' ones.
+        backslashes, e_strings = dialect.backslashes == "either", dialect.backslashes == "e-strings"
         backticks, brackets, dollars = dialect.backticks, dialect.brackets, dialect.dollar_quotes
         hashes, spaced_dashes = dialect.hash_comments, dialect.dash_comment_needs_space
         question_marks, markers, nul = dialect.question_marks, dialect.named_markers, dialect.nul
@@ -109,13 +111,15 @@ class _Scanner:
             nxt = text[i + 1] if i + 1 < n else ""
             if c == "'":
                 self.token(i)
-                i = self._string(i, "'")
+                i = self._quoted(i, "'", "string literal", backslash=backslashes or (
+                    e_strings and i > 0 and text[i - 1] in "eE" and (
+                        i < 2 or not _is_word(text[i - 2]))))
             elif c == '"':
                 self.token(i)
                 if identifiers_in_double_quotes:
                     i = self._quoted(i, '"', "quoted identifier")
                 else:
-                    i = self._string(i, '"')
+                    i = self._quoted(i, '"', "string literal", backslash=backslashes)
             elif c == "-" and nxt == "-" and (
                     not spaced_dashes or i + 2 >= n or ord(text[i + 2]) <= 0x20):
                 i = self._line_comment(i)  # MySQL's `-- ` needs a blank or a control character
@@ -168,7 +172,7 @@ class _Scanner:
             raise InvalidQuery("the query is empty", suggestion="write one SQL statement")
         end = n if dialect.keeps_final_semicolon or self.semicolon is None else self.semicolon
         self.texts.append(text[start:end])
-        if dialect.session_statements and self.first is not None:
+        if dialect.session_statements:
             word = _WORD_RE.match(text, self.first)
             if word and word.group().upper() in dialect.session_statements:
                 raise self.fail(self.first, f"{word.group().upper()} is not allowed in a stored "
@@ -180,51 +184,34 @@ class _Scanner:
                                 "connection)")
         return Scanned(self.texts, self.bindings)
 
-    def _string(self, i: int, quote: str) -> int:
-        """Skip a string literal starting at i, by the dialect's backslash rule."""
-        text = self.text
-        mode = self.dialect.backslashes
-        if mode == "either":
-            return self._quoted(i, quote, "string literal", backslash=True, refuse_escaped=True)
-        escapes = mode == "e-strings" and i > 0 and text[i - 1] in "eE" and (
-            i < 2 or not _is_word(text[i - 2]))
-        return self._quoted(i, quote, "string literal", backslash=escapes)
-
-    def _quoted(self, i: int, quote: str, what: str, *, backslash: bool = False,
-                refuse_escaped: bool = False) -> int:
+    def _quoted(self, i: int, quote: str, what: str, *, backslash: bool = False) -> int:
         """Skip a quoted literal starting at i (doubled quotes escape; with `backslash`, so does
         a backslash); return the offset after it."""
         text, n = self.text, len(self.text)
         j = i + 1
+        k = text.find(quote, j)  # the next quote; found again only once j has passed it
         while True:
-            k = self._find_escaped(quote, j, refuse_escaped) if backslash else text.find(quote, j)
+            if backslash:
+                b = text.find("\\", j, n if k == -1 else k)
+                if b != -1:  # a backslash before the quote: it and the next character are a pair
+                    if b + 1 < n and text[b + 1] == quote and self.dialect.backslashes == "either":
+                        # It ends the literal in one server mode and not in the other.
+                        raise self.fail(b, f"\\{quote} inside a {quote}…{quote} literal",
+                                        f"write {quote}{quote} for a {quote} inside the literal: "
+                                        f"the meaning of \\{quote} depends on the server's "
+                                        "sql_mode (NO_BACKSLASH_ESCAPES)")
+                    j = b + 2
+                    if k != -1 and k < j:
+                        k = text.find(quote, j)
+                    continue
             if k == -1:
                 raise self.fail(i, f"unterminated {what}", f"close it with {quote}")
             if k + 1 < n and text[k + 1] == quote:
                 j = k + 2
+                k = text.find(quote, j)
                 continue
             self._no_binding(i, k, what)
             return k + 1
-
-    def _find_escaped(self, quote: str, j: int, refuse_escaped: bool) -> int:
-        """The offset of the next `quote` not escaped by a backslash, or -1. `refuse_escaped`:
-        a backslash before the quote is refused (it ends the literal in one server mode and not
-        in the other)."""
-        text, n = self.text, len(self.text)
-        while j < n:
-            ch = text[j]
-            if ch == "\\":
-                if refuse_escaped and j + 1 < n and text[j + 1] == quote:
-                    raise self.fail(j, f"\\{quote} inside a {quote}…{quote} literal",
-                                    f"write {quote}{quote} for a {quote} inside the literal: "
-                                    f"the meaning of \\{quote} depends on the server's "
-                                    "sql_mode (NO_BACKSLASH_ESCAPES)")
-                j += 2
-            elif ch == quote:
-                return j
-            else:
-                j += 1
-        return -1
 
     def _line_comment(self, i: int) -> int:
         end = self.text.find("\n", i)
