@@ -23,7 +23,6 @@ _EXECUTABLE_COMMENT_RE: Final = re.compile(r"/\*[Mm]?!")
 _WORD_RE: Final = re.compile(r"[A-Za-z_]+")
 
 
-
 class Scanned(NamedTuple):
     """A statement's text around its bindings: `texts[k]` is the plain text before
     `bindings[k]` (its name and its offset in the source), `texts[-1]` the text after the last
