@@ -1,6 +1,6 @@
 """The MySQL/MariaDB kind (issue 23): its config (`config`), SQL with `{{ name }}` bindings
-compiled by its own lexer to `?` placeholders (`binding`), and its engine (`engine`, over asyncmy's
-private names in `asyncmy_private`).
+compiled to `?` placeholders by the shared SQL compiler with MySQL's dialect table (`binding`),
+and its engine (`engine`, over asyncmy's private names in `asyncmy_private`).
 
 Owns the registered `Mysql` kind. Never imports asyncmy here: only `make_engine` loads the engine
 module (and the driver), so start time and idle memory do not pay for an unused kind.

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 from urllib.parse import quote
 
 from appliance.parameters import (
@@ -149,7 +149,7 @@ class RestTemplate:
         for header, pieces in self.headers:
             if len(pieces) == 1 and isinstance(pieces[0], Ref) and values[pieces[0].name] is None:
                 continue  # an absent optional value drops the header
-            text = _join(pieces, values, types, header=True)
+            text = _join(pieces, values, types, "header")
             if len(text) > MAX_HEADER_LENGTH:
                 # Named by its parameters: the header's name is part of the query's body.
                 names = ", ".join(f"'{p.name}'" for p in pieces if isinstance(p, Ref))
@@ -185,7 +185,11 @@ def _encode(text: str) -> str:
 
 
 def _join(pieces: tuple[str | Ref, ...], values: Mapping[str, Any],
-          types: Mapping[str, Parameter], *, header: bool = False) -> str:
+          types: Mapping[str, Parameter], place: Literal["text", "header", "path"] = "text"
+          ) -> str:
+    """The pieces with each value's text in its place. In a header, a value that could end the
+    header is refused; in a path segment, one that could be a path step, and the text is
+    percent-encoded."""
     out: list[str] = []
     for piece in pieces:
         if isinstance(piece, str):
@@ -193,14 +197,22 @@ def _join(pieces: tuple[str | Ref, ...], values: Mapping[str, Any],
             continue
         value = values[piece.name]
         if value is None:
-            raise InvalidParameter(piece.name, "has no value, but it is part of a larger text")
+            raise InvalidParameter(piece.name, "has no value, but the path needs one"
+                                   if place == "path" else
+                                   "has no value, but it is part of a larger text")
         text = _text(value, types[piece.name])
-        if header and _HEADER_BAD_RE.search(text):
+        if place == "header" and _HEADER_BAD_RE.search(text):
             raise InvalidParameter(piece.name, "contains a line break or NUL character, which "
                                                "a header value cannot hold")
-        if header and _HEADER_CTL_RE.search(text):
+        if place == "header" and _HEADER_CTL_RE.search(text):
             raise InvalidParameter(piece.name, "contains a control character, which a header "
                                                "value cannot hold")
+        if place == "path":
+            if _DOT_SEGMENT_RE.search(text):
+                # Encoded, this is harmless; refused anyway for servers that decode %2F or %5C
+                # before they route.
+                raise InvalidParameter(piece.name, "contains a '.' or '..' path step")
+            text = _encode(text)
         out.append(text)
     return "".join(out)
 
@@ -209,21 +221,7 @@ def _bind_segment(pieces: tuple[str | Ref, ...], values: Mapping[str, Any],
                   types: Mapping[str, Parameter]) -> str:
     if len(pieces) == 1 and isinstance(pieces[0], str):
         return pieces[0]
-    out: list[str] = []
-    for piece in pieces:
-        if isinstance(piece, str):
-            out.append(piece)
-            continue
-        value = values[piece.name]
-        if value is None:
-            raise InvalidParameter(piece.name, "has no value, but the path needs one")
-        text = _text(value, types[piece.name])
-        if _DOT_SEGMENT_RE.search(text):
-            # Encoded, this is harmless; refused anyway for servers that decode %2F or %5C
-            # before they route.
-            raise InvalidParameter(piece.name, "contains a '.' or '..' path step")
-        out.append(_encode(text))
-    segment = "".join(out)
+    segment = _join(pieces, values, types, "path")
     if segment in ("", ".", ".."):
         names = ", ".join(f"'{p.name}'" for p in pieces if isinstance(p, Ref))
         what = "an empty path segment" if not segment else f"a '{segment}' path segment"
@@ -357,14 +355,10 @@ def _check_path_literal(text: str) -> None:
 
 def _query(query: Any, parameters: ParameterSet, used: set[str]
            ) -> tuple[tuple[str, tuple[str | Ref, ...]], ...]:
-    if query is None:
-        return ()
-    if not isinstance(query, dict):
-        raise InvalidQuery('query must be an object of names to values, e.g. {"q": "{{ q }}"}')
-    if len(query) > MAX_QUERY_ITEMS:
-        raise InvalidQuery(f"query has more than {MAX_QUERY_ITEMS} items")
+    items = _object(query, 'query must be an object of names to values, e.g. {"q": "{{ q }}"}',
+                    MAX_QUERY_ITEMS, f"query has more than {MAX_QUERY_ITEMS} items")
     out = []
-    for key, value in query.items():
+    for key, value in items.items():
         if not key or "{" in key or "}" in key:
             raise InvalidQuery("query: names must be non-empty literal text (no bindings)",
                                suggestion="bind values, not names")
@@ -372,30 +366,16 @@ def _query(query: Any, parameters: ParameterSet, used: set[str]
         if not isinstance(value, str):
             raise InvalidQuery(f"{where}: the value must be a string template",
                                suggestion='e.g. "{{ limit }}" or "10"')
-        pieces = split_bindings(value, where, parameters)
-        for piece in pieces:
-            if isinstance(piece, Ref):
-                if parameters[piece.name].is_array and len(pieces) != 1:
-                    raise InvalidQuery(f"{where}: an array parameter must be the whole value",
-                                       suggestion=f'write "{{{{ {piece.name} }}}}"; each element '
-                                                  "becomes its own item",
-                                       parameter=piece.name)
-                used.add(piece.name)
-        encoded_pieces = tuple(pieces)
-        out.append((_encode(key), encoded_pieces))
+        out.append((_encode(key), _value_pieces(value, where, parameters, used, header=False)))
     return tuple(out)
 
 
 def _headers(headers: Any, parameters: ParameterSet, used: set[str]
              ) -> tuple[tuple[str, tuple[str | Ref, ...]], ...]:
-    if headers is None:
-        return ()
-    if not isinstance(headers, dict):
-        raise InvalidQuery("headers must be an object of names to values")
-    if len(headers) > MAX_HEADERS:
-        raise InvalidQuery(f"more than {MAX_HEADERS} headers")
+    items = _object(headers, "headers must be an object of names to values", MAX_HEADERS,
+                    f"more than {MAX_HEADERS} headers")
     out = []
-    for name, value in headers.items():
+    for name, value in items.items():
         if not _TOKEN_RE.fullmatch(name) or len(name) > 256:
             raise InvalidQuery("headers: a header name must be an HTTP token (letters, digits "
                                "and !#$%&'*+-.^_`|~), without bindings")
@@ -407,15 +387,38 @@ def _headers(headers: Any, parameters: ParameterSet, used: set[str]
             raise InvalidQuery(f"{where}: the value must be a string template")
         if _HEADER_BAD_RE.search(value) or _HEADER_CTL_RE.search(value):
             raise InvalidQuery(f"{where}: contains a line break or control character")
-        pieces = split_bindings(value, where, parameters)
-        for piece in pieces:
-            if isinstance(piece, Ref):
-                if parameters[piece.name].is_array:
-                    raise InvalidQuery(f"{where}: array parameter '{piece.name}' cannot be "
-                                       "bound in a header", parameter=piece.name)
-                used.add(piece.name)
-        out.append((name, pieces))
+        out.append((name, _value_pieces(value, where, parameters, used, header=True)))
     return tuple(out)
+
+
+def _object(value: Any, not_object: str, most: int, too_many: str) -> dict[str, Any]:
+    """`value` as an object of at most `most` names (none when absent), else the problem."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidQuery(not_object)
+    if len(value) > most:
+        raise InvalidQuery(too_many)
+    return value
+
+
+def _value_pieces(value: str, where: str, parameters: ParameterSet, used: set[str], *,
+                  header: bool) -> tuple[str | Ref, ...]:
+    """A query item's or a header's value template as pieces, its bindings counted as used. An
+    array parameter is a query item's whole value (repeated per element), never a header's."""
+    pieces = split_bindings(value, where, parameters)
+    for piece in pieces:
+        if isinstance(piece, Ref):
+            if parameters[piece.name].is_array and header:
+                raise InvalidQuery(f"{where}: array parameter '{piece.name}' cannot be "
+                                   "bound in a header", parameter=piece.name)
+            if parameters[piece.name].is_array and len(pieces) != 1:
+                raise InvalidQuery(f"{where}: an array parameter must be the whole value",
+                                   suggestion=f'write "{{{{ {piece.name} }}}}"; each element '
+                                              "becomes its own item",
+                                   parameter=piece.name)
+            used.add(piece.name)
+    return pieces
 
 
 def _compile_json(node: Any, parameters: ParameterSet, used: set[str], where: str,
