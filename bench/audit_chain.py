@@ -43,7 +43,7 @@ def per_link() -> None:
     def timed(fn: object) -> float:
         started = time.perf_counter()
         for _ in range(rounds):
-            fn()  # type: ignore[operator]
+            fn()  # type: ignore[operator]  # a timed callable of either shape
         return (time.perf_counter() - started) / rounds * 1e6
 
     legacy = timed(lambda: hash_values(values))
@@ -130,10 +130,10 @@ async def walk_before(store: object, keys: object, count: int) -> float:
         def feed(self, rows: Any) -> bool:
             return all(self._step(row) is None for row in rows)
 
-    walk = WalkBefore(keys.mac_key_of)  # type: ignore[attr-defined]
+    walk = WalkBefore(keys.mac_key_of)  # type: ignore[attr-defined]  # the keys of before, kept for the same-run baseline
     started, last, seen = time.perf_counter(), 0, 0
     while seen < count:
-        rows = await store.fetch_all(  # type: ignore[attr-defined]
+        rows = await store.fetch_all(  # type: ignore[attr-defined]  # a SQLite store's own read, for the baseline
             "SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT 5000", (last, ))
         if not rows:
             break
@@ -191,7 +191,7 @@ async def retention_figures(cycles: int, per_cycle: int) -> None:
 async def verify_store_full(store: object, keys: object) -> str:
     from appliance.audit import verify_store
 
-    result = await verify_store(store, keys)  # type: ignore[arg-type]
+    result = await verify_store(store, keys)  # type: ignore[arg-type]  # the fixed test keys stand in for the vault
     return "ok" if result.ok else f"BROKEN at {result.position}: {result.reason}"
 
 

@@ -85,7 +85,7 @@ def test_first_issuance_end_to_end(tmp_path: Path, pebble: Pebble) -> None:
         assert fingerprint(leaf) == status["fingerprint_sha256"].replace(":", "").lower()
         assert leaf.not_valid_after_utc == _when(status["not_after"])
         # ECDSA P-256 certificate key.
-        assert leaf.public_key().curve.name == "secp256r1"  # type: ignore[union-attr]
+        assert leaf.public_key().curve.name == "secp256r1"  # type: ignore[union-attr]  # the leaf's key is EC: checked by this line
         code, ready = app.request("GET", "/readyz")
         assert code == 200, ready
         # The plain-HTTP listener: unknown tokens 404, everything else redirects.

@@ -214,7 +214,7 @@ async def test_runs_under_way_are_group_committed_and_stay_ordered(tmp_path: Pat
             commits += 1
             return await original(fn, **kwargs)
 
-        store.write = counting  # type: ignore[method-assign]
+        store.write = counting  # type: ignore[method-assign]  # counting wraps the store's write
         count = 200
 
         async def run(i: int) -> int:
@@ -247,7 +247,7 @@ def batches_of(store: SQLiteStore) -> list[list[str]]:
         seen.append([entry[6] for entry in fn.keywords["entries"]])  # the request id
         return await original(fn, durable=durable, **kwargs)
 
-    store.write = recording  # type: ignore[method-assign]
+    store.write = recording  # type: ignore[method-assign]  # recording wraps the store's write
     return seen
 
 
@@ -330,7 +330,7 @@ async def test_only_query_run_batches_skip_the_fsync(tmp_path: Path) -> None:
             seen.append(({e[ACTION_COLUMN] for e in fn.keywords["entries"]}, durable))
             return await original(fn, durable=durable, **kwargs)
 
-        store.write = recording  # type: ignore[method-assign]
+        store.write = recording  # type: ignore[method-assign]  # recording wraps the store's write
         await log.record(**RUN)
         await log.record(action="tls.certificate.issue", actor="system")
         with runs_under_way(log, 2):
@@ -348,7 +348,7 @@ async def test_a_transaction_that_cannot_start_fails_the_callers(tmp_path: Path)
         async def broken(fn, **kwargs: bool):
             raise RuntimeError("the store is gone")
 
-        store.write = broken  # type: ignore[method-assign]
+        store.write = broken  # type: ignore[method-assign]  # a write that fails, on purpose
         with runs_under_way(log, 5):
             results = await asyncio.wait_for(asyncio.gather(
                 *[log.record(**RUN) for _ in range(5)], return_exceptions=True), timeout=5)
@@ -505,7 +505,7 @@ def _runner(log: AuditLog) -> tuple[Runner, _Engine]:
     queries = types.SimpleNamespace(
         audit=log, compiled=compiled_query,
         datasources=types.SimpleNamespace(engine=engine_of))
-    return Runner(queries), engine  # type: ignore[arg-type]
+    return Runner(queries), engine  # type: ignore[arg-type]  # a stand-in query service
 
 
 async def test_a_run_is_under_way_until_its_entry_is_written(tmp_path: Path) -> None:

@@ -352,7 +352,7 @@ async def test_incremental_verify_starts_at_the_newest_marker_and_finds_a_later_
         before_failures = metrics._audit_verified[1]
         counting = CountingStore(store)
         await verifier.release()  # the lease, for the verifier over the counting store
-        broken = await BackgroundVerifier(AuditLog(counting, keys=vault),  # type: ignore[arg-type]
+        broken = await BackgroundVerifier(AuditLog(counting, keys=vault),  # type: ignore[arg-type]  # a counting store wraps the real one
                                           interval=60).run_once()
         assert broken is not None and (broken.ok, broken.position) == (False, 304)
         assert counting.lowest is not None and counting.lowest >= 301

@@ -75,7 +75,7 @@ async def page_through(store: Store, filters: reading.Filters, order: str, limit
     cursor = ""
     for _ in range(10_000):
         start = reading.decode_cursor(cursor, filters)[1] if cursor else None
-        parsed = reading.Query(filters, order, limit, start)  # type: ignore[arg-type]
+        parsed = reading.Query(filters, order, limit, start)  # type: ignore[arg-type]  # wrong types on purpose
         page = await reading.search(store, parsed)
         assert len(page.entries) <= limit
         got = [e["position"] for e in page.entries]

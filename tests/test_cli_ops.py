@@ -64,7 +64,7 @@ def _argv(words: tuple[str, ...], parser: argparse.ArgumentParser, *, path_arg: 
 
 
 def _one_error(result: object, argv: list[str]) -> None:
-    stderr = result.stderr  # type: ignore[attr-defined]
+    stderr = result.stderr  # type: ignore[attr-defined]  # an in-process result carries stderr too
     assert "Traceback" not in stderr, (argv, stderr)
     errors = [line for line in stderr.splitlines() if "error:" in line]
     assert len(errors) == 1, (argv, stderr)

@@ -18,7 +18,7 @@ from appliance.audit import log as audit_log
 def test_the_private_encoder_is_still_there() -> None:
     """Fails loudly when CPython drops or changes `json.encoder.c_make_encoder` (the encoder
     would silently fall back to `json.JSONEncoder.encode`, about twice as slow)."""
-    make = json.encoder.c_make_encoder  # type: ignore[attr-defined]
+    make = json.encoder.c_make_encoder  # type: ignore[attr-defined]  # CPython's private encoder, the subject of this test
     assert make is not None, "CPython's json has no C encoder: see appliance/compact_json.py"
     one_shot = make(None, str, json.encoder.encode_basestring, None, ":", ",", False, False,
                     True)

@@ -327,7 +327,7 @@ async def test_no_session_state_survives_a_run(tmp_path: Path, pg: PostgresServe
         engine = await appliance.app[CORE].datasources.engine(ds["id"])
         runs = [asyncio.ensure_future(run(dev, reader["id"])) for _ in range(5)]
         await asyncio.gather(*runs)
-        pool = engine._pool  # type: ignore[attr-defined]
+        pool = engine._pool  # type: ignore[attr-defined]  # the engine's pool, inspected
         await engine.close()
         assert (pool.size, pool.idle) == (0, 0)
         left = pg.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = "

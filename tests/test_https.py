@@ -239,7 +239,7 @@ async def test_json_reader_rejects_deep_nesting_without_crashing() -> None:
     async def read() -> bytes:
         return b"[" * 200_000 + b"]" * 200_000
 
-    request.read = read  # type: ignore[method-assign]
+    request.read = read  # type: ignore[method-assign]  # a read that fails, on purpose
     with pytest.raises(BadRequest):
         await read_object(request)
 

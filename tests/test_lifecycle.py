@@ -78,7 +78,7 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
     thread.join(15)
     code = server.proc.wait(15)
     assert "error" not in result, result
-    status, _, body = result["response"]  # type: ignore[misc]
+    status, _, body = result["response"]  # type: ignore[misc]  # the recorded response's shape
     assert status == 200 and json.loads(body) == {"slow": "done"}
     assert code == 0
     assert time.monotonic() - started >= 0.5  # it waited for the request
@@ -165,13 +165,13 @@ def test_doctor_with_bad_settings_exits_2(tmp_path: Path) -> None:
 def test_every_verb_has_help() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    verbs = sorted(sub.choices)  # type: ignore[attr-defined]
+    verbs = sorted(sub.choices)  # type: ignore[attr-defined]  # argparse's subparsers action has choices
     assert len(verbs) >= len(VERBS)
     for verb in verbs:  # in this process: `--help` as a real process is tested below
         result = run_verb(verb, "--help")
         assert result.returncode == 0, verb
         assert "usage: appliance" in result.stdout
-        assert len(sub.choices[verb].description or "") > 20, f"{verb} has no description"  # type: ignore[attr-defined]
+        assert len(sub.choices[verb].description or "") > 20, f"{verb} has no description"  # type: ignore[attr-defined]  # argparse's subparsers action has choices
 
 
 def test_version_names_commit_python_openssl_and_libraries() -> None:

@@ -341,7 +341,7 @@ def test_gate_counts_releases_and_logs_a_refusal_once_per_interval(
         assert gate.admit("a") == "max_connections_per_address"
     assert len(caplog.records) == 2
     record = caplog.records[1]
-    assert (record.peer, record.rule, record.refused_since_last_log) == (  # type: ignore[attr-defined]
+    assert (record.peer, record.rule, record.refused_since_last_log) == (  # type: ignore[attr-defined]  # the log record's extra fields
         "a", "server.max_connections_per_address", 9)
     assert gate.admit("b") is None and gate.admit("b") is None
     assert gate.admit("c") == "max_connections"

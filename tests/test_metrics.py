@@ -217,7 +217,7 @@ async def test_every_family_counts_what_happens(tmp_path: Path, by_name: bool) -
         assert value(text, "appliance_http_requests_total", method="OTHER", route="(unmatched)",
                      status="405") >= 3
         assert value(text, "appliance_query_run_seconds_count", outcome="failed") >= 1
-        not_after = found.app[CORE].tls.info.not_after.timestamp()  # type: ignore[union-attr]
+        not_after = found.app[CORE].tls.info.not_after.timestamp()  # type: ignore[union-attr]  # the certificate is there: the test made it
         assert value(text, "appliance_tls_certificate_not_after_seconds") == not_after
         assert value(text, "appliance_datasource_pools", kind="sqlite") == 1
         # Labelled by the datasource's id; by its name only when the setting says so.
@@ -240,7 +240,7 @@ async def test_every_family_counts_what_happens(tmp_path: Path, by_name: bool) -
                      "process_open_fds"):
             assert value(text, name) > 0, name
         # Local CA mode: the next renewal is known (no ACME success to report).
-        due = found.app[CORE].tls.info.renewal_due_at().timestamp()  # type: ignore[union-attr]
+        due = found.app[CORE].tls.info.renewal_due_at().timestamp()  # type: ignore[union-attr]  # the certificate is there: the test made it
         assert value(text, "appliance_tls_next_renewal_seconds") == due
         assert "appliance_acme_last_success_seconds" not in text
         assert "nobody-here" not in text

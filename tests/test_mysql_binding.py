@@ -188,7 +188,7 @@ def test_whole_body_refusals():
     unused = refused("SELECT 1")
     assert "declared but never used" in unused.message and unused.parameter == "s"
     with pytest.raises(InvalidQuery, match="must be a string"):
-        mysql(["SELECT 1"], [])  # type: ignore[arg-type]
+        mysql(["SELECT 1"], [])  # type: ignore[arg-type]  # a wrong type on purpose
     with pytest.raises(InvalidQuery, match="longer than"):
         mysql("SELECT 1 " + " " * 1_000_000, [])
 

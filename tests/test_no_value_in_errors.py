@@ -306,7 +306,7 @@ async def echoing_api() -> AsyncIterator[str]:
         response = web.StreamResponse(headers={"Content-Length": str(len(echo) * 2)})
         await response.prepare(request)
         await response.write(echo)  # then the connection ends before the body does
-        request.transport.close()  # type: ignore[union-attr]
+        request.transport.close()  # type: ignore[union-attr]  # the transport is open here
         return response
 
     app = web.Application()

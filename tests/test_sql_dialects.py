@@ -158,4 +158,4 @@ def test_a_new_dialect_is_only_its_table():
         compile_sql("SELECT ? , {{ b }}", made_up, parse_parameters([{"name": "b",
                                                                       "type": "boolean"}]))
     with pytest.raises(InvalidQuery, match="unknown SQL dialect"):
-        compile_sql("SELECT 1", "made-up", parse_parameters([]))  # type: ignore[arg-type]
+        compile_sql("SELECT 1", "made-up", parse_parameters([]))  # type: ignore[arg-type]  # an unknown dialect on purpose
