@@ -2,7 +2,7 @@
 #   make run     HTTPS on https://localhost:8443 with a local CA, embedded store, demo data
 #   make test    everything the tests need (Debian packages, a venv), then the whole suite
 #   make test-fast  the suite without Chromium, Pebble and the binary build, on every core
-#                (about 70 s on 2 cores, 100 s of CPU)
+#                (about 310 s of CPU for 1,874 tests: docs/performance.md, "The test suite")
 #   make test-postgres  the tests of the in-process appliance (tests/support/app.py) again, on a
 #                PostgreSQL store (APPLIANCE_TEST_STORE=postgres: a fresh database per state dir;
 #                3 to 6 min on 2 cores; `make test` runs it after the suite)
