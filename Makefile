@@ -1,8 +1,8 @@
 # Appliance — the commands a self-hoster, a tester and CI type.
 #   make run     HTTPS on https://localhost:8443 with a local CA, embedded store, demo data
 #   make test    everything the tests need (Debian packages, a venv), then the whole suite
-#   make test-fast  the suite without Chromium, Pebble and the binary build, on every core
-#                (about 310 s of CPU for 1,874 tests: docs/performance.md, "The test suite")
+#   make test-fast  the suite without Chromium, Pebble and the binary build, two workers a core
+#                (about 3 min on 2 cores, 300 s of CPU: docs/performance.md, "The test suite")
 #   make test-postgres  the tests of the in-process appliance (tests/support/app.py) again, on a
 #                PostgreSQL store (APPLIANCE_TEST_STORE=postgres: a fresh database per state dir;
 #                3 to 6 min on 2 cores; `make test` runs it after the suite)
@@ -70,10 +70,14 @@ test: system-deps lint
 	KEYRING_KILL_LOOPS=$(KEYRING_KILL_LOOPS) $(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-postgres
 
-# worksteal: a worker that runs out of tests takes some of the other's, so that the slow
-# subprocess tests (they cluster in a few files) do not leave a core idle at the end.
+# Two workers per core: the suite waits on subprocesses (servers starting, heartbeats, polls) for
+# a good part of its time; on 2 cores 4 workers took 2 min 55 s where 2 took 3 min 36 s, for the
+# same CPU (docs/performance.md). worksteal: a worker that runs out of tests takes some of
+# another's, so that the slow subprocess tests (they cluster in a few files) do not leave a core
+# idle at the end.
+FAST_WORKERS ?= $(shell echo $$(( $$(nproc) * 2 )))
 test-fast: fast-deps lint
-	$(BIN)/python -m pytest -n auto --dist worksteal $(FAST_SKIP) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(FAST_WORKERS) --dist worksteal $(FAST_SKIP) $(PYTEST_ARGS)
 
 # The files that start an appliance through tests/support/ (app, acme, queries): the ones
 # APPLIANCE_TEST_STORE=postgres moves onto a PostgreSQL store. Tests about the SQLite file itself
