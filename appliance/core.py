@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from appliance.audit import AuditLog, BackgroundVerifier, MacKeys
 from appliance.audit.anchors import Anchorer
@@ -33,7 +33,9 @@ from appliance.queries.secret_findings import SecretFindings
 from appliance.queries.secret_scan import fingerprint_key
 from appliance.settings import Settings
 from appliance.store import Store, open_store
-from appliance.tls import TLSManager
+
+if TYPE_CHECKING:  # only `serve` has TLS: CLI verbs do not import it (nor aiohttp)
+    from appliance.tls import TLSManager
 
 log = logging.getLogger("appliance.core")
 S = TypeVar("S")

@@ -5,6 +5,7 @@ Engineers add fixtures in their own clearly marked block; the foundation block c
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import os
 import re
@@ -37,6 +38,17 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
     import uvloop
 
     return {"uvloop": uvloop.new_event_loop}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Hundreds of tests start `python -m appliance`, and each one compiles the whole package from
+    source when Python may not cache bytecode (PYTHONDONTWRITEBYTECODE): about 0.2 s of CPU per
+    process. Compile it once, before the workers start, into its (gitignored) `__pycache__`
+    folders, which such processes still read; a no-op when they are up to date. The test
+    processes themselves cache too (pytest's rewritten test modules: 4 s of CPU per worker)."""
+    sys.dont_write_bytecode = False
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist)
+        compileall.compile_dir(ROOT / "appliance", quiet=1)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -23,7 +23,9 @@ from tests.support.acme import (
     running_appliance,
 )
 
-pytestmark = pytest.mark.skipif(not HAVE_PEBBLE, reason="Debian package pebble not installed")
+# Real Pebble: `make test-fast` leaves these out (tests/test_suite_marks.py keeps it so).
+pytestmark = [pytest.mark.pebble,
+              pytest.mark.skipif(not HAVE_PEBBLE, reason="Debian package pebble not installed")]
 
 
 @pytest.fixture

@@ -39,7 +39,9 @@ from tests.support.app import make_settings
 from tests.support.outside_store import OutsideStore
 from tests.support.shared_store import SHARED_STORE_KINDS, instance_state, new_store
 
-pytestmark = pytest.mark.skipif(not HAVE_PEBBLE, reason="Debian package pebble not installed")
+# Real Pebble: `make test-fast` leaves these out (tests/test_suite_marks.py keeps it so).
+pytestmark = [pytest.mark.pebble,
+              pytest.mark.skipif(not HAVE_PEBBLE, reason="Debian package pebble not installed")]
 
 LEASE = 3  # seconds (tls.order_lease): renewed every second while an order runs
 

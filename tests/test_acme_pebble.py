@@ -30,7 +30,9 @@ from tests.support.acme import (
     start_appliance,
 )
 
-pytestmark = pytest.mark.skipif(not HAVE_PEBBLE, reason="Debian package pebble not installed")
+# Real Pebble: `make test-fast` leaves these out (tests/test_suite_marks.py keeps it so).
+pytestmark = [pytest.mark.pebble,
+              pytest.mark.skipif(not HAVE_PEBBLE, reason="Debian package pebble not installed")]
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,9 @@ from tests.conftest import ServerProcess, clean_env, run_cli, start_server
 from tests.support.console import ADMIN_PASSWORD, launch_chromium, leaf_of, shot, spki_sha256
 from tests.test_audit_reading import fill
 
+# Real Chromium: `make test-fast` leaves these out (tests/test_suite_marks.py keeps it so).
+pytestmark = pytest.mark.browser
+
 sync_api = pytest.importorskip("playwright.sync_api")
 OLD_NOTE = "the-old-needle-41"
 

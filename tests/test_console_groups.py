@@ -28,6 +28,9 @@ from tests.support.console import (
     spki_sha256,
 )
 
+# Real Chromium: `make test-fast` leaves these out (tests/test_suite_marks.py keeps it so).
+pytestmark = pytest.mark.browser
+
 sync_api = pytest.importorskip("playwright.sync_api")
 
 DEV_PASSWORD = "developer-password-0123"

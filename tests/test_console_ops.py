@@ -35,6 +35,9 @@ from tests.support.console import (
     shot,
 )
 
+# Real Chromium: `make test-fast` leaves these out (tests/test_suite_marks.py keeps it so).
+pytestmark = pytest.mark.browser
+
 sync_api = pytest.importorskip("playwright.sync_api")
 pyotp = pytest.importorskip("pyotp")
 

@@ -8,30 +8,24 @@ or an `OSError` (a missing file, an unwritable path) ends in one `error:` line.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Sequence
 
 from appliance import __version__
-from appliance.cli import (
-    audit,
-    backup,
-    doctor,
-    export,
-    init,
-    install,
-    keys,
-    serve,
-    store,
-    tokens,
-    trust,
-    users,
-    version,
-)
 from appliance.errors import ApplianceError
 
-VERBS = (init, serve, doctor, version, keys, backup, store, users, tokens, audit, install, trust,
-         export)
+# Each verb → the module under appliance.cli that registers it, in the order `--help` lists them.
+# Only the named verb's module is imported (`verb_modules`): most verbs open the whole core, but
+# `version`, `install`, `trust` or a verb's `--help` need not pay for it.
+VERB_MODULES: dict[str, str] = {
+    "init": "init", "serve": "serve", "doctor": "doctor", "version": "version", "keys": "keys",
+    "backup": "backup", "restore": "backup", "store": "store", "users": "users",
+    "tokens": "tokens", "audit": "audit", "install": "install", "trust": "trust",
+    "export": "export", "import": "export",
+}
+ALL_MODULES = tuple(dict.fromkeys(VERB_MODULES.values()))
 
 EXIT_OK = 0
 EXIT_FAILED = 1    # the verb ran and found a problem: a doctor check, a broken audit chain, …
@@ -50,7 +44,22 @@ EPILOG = f"""exit codes (every verb):
 `appliance VERB --help` describes each verb. --dev on a verb uses the state of `serve --dev`."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def verb_modules(argv: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The verb modules a command line needs: the named verb's, none for a bare `--version`, and
+    all of them when there is no verb, an unknown one or the top-level `--help` (which lists
+    them). `argv` None: all of them."""
+    for arg in argv if argv is not None else ("--help",):
+        if arg in ("-h", "--help"):
+            return ALL_MODULES
+        if arg == "--version":
+            return ()  # argparse prints it and exits before it reads a verb
+        if not arg.startswith("-"):
+            return (VERB_MODULES[arg],) if arg in VERB_MODULES else ALL_MODULES
+    return ALL_MODULES
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for `argv`'s verb (`verb_modules`); for every verb when `argv` is None."""
     parser = argparse.ArgumentParser(
         prog="appliance",
         description="A single-process appliance between browsers and your databases and APIs.",
@@ -60,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"appliance {__version__}",
                         help="print the version and exit (`appliance version`: more detail)")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for module in VERBS:
-        module.register(sub)
+    for name in verb_modules(argv):
+        importlib.import_module(f"appliance.cli.{name}").register(sub)
     return parser
 
 
@@ -75,7 +84,9 @@ def exit_code(exc: ApplianceError) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.umask(0o077)  # every file this process creates is private unless chmod-ed on purpose
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if args.verb is None:
         parser.print_help(sys.stderr)
@@ -93,4 +104,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "VERB_MODULES", "build_parser", "main",
+           "verb_modules"]
