@@ -5,7 +5,6 @@ and the next opening of the same state works."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -65,8 +64,9 @@ async def test_a_failure_half_way_closes_everything_opened_before_it(
     with pytest.raises(Exception):  # noqa: B017 - any error: the store is closed
         await opened[0].fetch_one("SELECT 1")
     assert sink.exists() and not _open_by_this_process(sink)
-    with sqlite3.connect(state / "appliance.db") as db:
-        assert db.execute("SELECT count(*) FROM instances").fetchone() == (0,)
     monkeypatch.undo()
+    async with open_core(s, tuning=TEST_TUNING) as core:  # not serving: no heartbeat of its own
+        left_rows = await core.store.fetch_one("SELECT count(*) AS n FROM instances")
+    assert left_rows is not None and left_rows["n"] == 0
     async with open_core(s, serving=True, tuning=TEST_TUNING) as core:
         assert core.audit is not None

@@ -207,7 +207,10 @@ class PostgresStore:
     # --- connections ------------------------------------------------------------------------
 
     async def connect(self) -> Any:
-        """A new connection to the store (through the dialer), or `StoreUnavailable`."""
+        """A new connection to the store (through the dialer), or `StoreUnavailable`; never
+        once the store is closed (a late read or write would open a connection nobody closes)."""
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
         target = self.target
         try:
             return await postgres_auth.connect(
