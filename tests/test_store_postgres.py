@@ -351,6 +351,30 @@ def test_a_store_with_a_newer_schema_is_refused(store_database: StoreDatabase,
     assert "newer than this appliance" in line
 
 
+def test_doctor_names_a_schema_older_or_newer_than_this_appliance(
+        store_database: StoreDatabase, tmp_path: Path) -> None:
+    """`doctor` reads the store's schema version without migrating it, and says which way it is
+    off and what to do; it changes nothing."""
+    assert init(tmp_path, **store_database.env()).returncode == 0
+
+    def doctor() -> str:
+        done = run_cli("doctor", "--state-dir", str(tmp_path / "state"),
+                       env=clean_env(**store_database.env(APPLIANCE_SERVER_LISTEN="127.0.0.1:0")))
+        assert done.returncode == 1 and PG_PASSWORD not in done.stdout + done.stderr
+        return next(line for line in done.stdout.splitlines() if "  store" in line)
+
+    store_database.sql(f"DELETE FROM schema_migrations WHERE version = {LATEST}")
+    line = doctor()
+    assert line.startswith("FAIL") and f"schema version {LATEST - 1}" in line, line
+    assert "serve" in line or "migrate" in line, line
+    assert store_database.sql("SELECT MAX(version) FROM schema_migrations") == f"{LATEST - 1}\n"
+    store_database.sql(f"INSERT INTO schema_migrations VALUES ({LATEST}, 'back', 0), "
+                       "(999999, 'future', 0)")
+    line = doctor()
+    assert line.startswith("FAIL") and "schema version 999999" in line, line
+    assert "newer than this appliance" in line, line
+
+
 async def test_must_exist_does_not_create_the_schema(store_database: StoreDatabase,
                                                      tmp_path: Path) -> None:
     s = store_settings(store_database, tmp_path)
