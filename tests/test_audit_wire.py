@@ -31,10 +31,10 @@ from tests.conftest import (
     start_server,
     tls_connection,
 )
+from tests.support.app import ADMIN_PASSWORD as PASSWORD
+from tests.support.app import prepared_for_processes
 from tests.support.journald import journald
 from tests.support.queries import sqlite_database
-
-PASSWORD = "admin-password-0123"
 
 
 def request(server: ServerProcess, method: str, path: str, *, token: str | None = None,
@@ -65,13 +65,8 @@ class Appliance:
         self.state = root / "state"
         self.config = root / "appliance.toml"
         self.configure(sinks, anchor_interval)
-        (root / "password").write_text(PASSWORD)
         self.env = clean_env()
-        done = self.cli("init", "--admin-password-file", str(root / "password"))
-        assert done.returncode == 0, done.stdout + done.stderr
-        made = self.cli("tokens", "create", "admin", "--allow-without-2fa")
-        assert made.returncode == 0, made.stderr
-        self.token = made.stdout.strip().splitlines()[-1].strip()
+        self.token = prepared_for_processes(self.state, env=self.env, config=self.config)
         self.names = iter(range(1, 1000))
 
     def configure(self, sinks: list[str], anchor_interval: float = 1.0) -> None:

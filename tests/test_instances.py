@@ -35,7 +35,7 @@ from tests.conftest import (
     start_server,
     tls_connection,
 )
-from tests.support.app import running
+from tests.support.app import prepared_for_processes, running
 from tests.support.outside_store import OutsideStore
 from tests.support.shared_store import (
     SHARED_STORE_KINDS,
@@ -44,7 +44,6 @@ from tests.support.shared_store import (
     open_twice,
 )
 
-PASSWORD = "admin-password-0123"
 INTERVAL = 0.4  # seconds between heartbeats in these tests
 # How long a dead instance may still count as alive (instances.ALIVE_BEATS intervals + slack).
 AGE_OUT = INTERVAL * instances_module.ALIVE_BEATS + instances_module.ALIVE_SLACK
@@ -104,18 +103,10 @@ class SharedStore:
 @pytest.fixture(params=SHARED_STORE_KINDS)
 def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SharedStore]:
     """A store initialised with an admin and an admin token."""
-    password_file = tmp_path / "password"
-    password_file.write_text(PASSWORD)
     state = tmp_path / "state"
     with new_store(request.param, request, tmp_path) as env:
-        done = run_cli("init", "--state-dir", str(state), "--admin-password-file",
-                       str(password_file), env=clean_env(**env))
-        assert done.returncode == 0, done.stderr
-        made = run_cli("tokens", "create", "admin", "--allow-without-2fa", "--state-dir",
-                       str(state), env=clean_env(**env))
-        assert made.returncode == 0, made.stderr
-        yield SharedStore(request.param, tmp_path, env,
-                          made.stdout.strip().splitlines()[-1].strip())
+        token = prepared_for_processes(state, env=clean_env(**env))
+        yield SharedStore(request.param, tmp_path, env, token)
 
 
 @contextlib.contextmanager

@@ -29,6 +29,7 @@ from tests.conftest import (
     start_server,
     tls_connection,
 )
+from tests.support.app import prepared_for_processes
 from tests.support.queries import sqlite_database
 
 LIMIT = 1.0  # seconds: the promise
@@ -106,15 +107,8 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         database = new_store_database(server, root)
         env.update(database.env())
     (root / "appliance.toml").write_text("")
-    (root / "password").write_text("admin-password-0123")
     state = root / "state"
-    done = run_cli("init", "--state-dir", str(state), "--admin-password-file",
-                   str(root / "password"), env=env)
-    assert done.returncode == 0, done.stderr
-    made = run_cli("tokens", "create", "admin", "--allow-without-2fa", "--state-dir", str(state),
-                   env=env)
-    assert made.returncode == 0, made.stderr
-    found = Cluster(request.param, root, env, made.stdout.strip().splitlines()[-1].strip())
+    found = Cluster(request.param, root, env, prepared_for_processes(state, env=env))
     try:
         for name in "ABC":
             found.servers[name] = start_server(
