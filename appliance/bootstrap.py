@@ -18,7 +18,7 @@ from appliance.audit import Context
 from appliance.auth import AuthService
 from appliance.core import open_core
 from appliance.errors import ConfigError
-from appliance.keyring import DEFAULT_TUNING, KdfTuning
+from appliance.keyring import KdfTuning
 from appliance.secret import Secret
 from appliance.settings import Settings
 from appliance.store.opener import describe, sqlite_path
@@ -36,7 +36,7 @@ class InitReport:
 
 async def init_state(settings: Settings, *, admin_user: str | None = None,
                      admin_password: Secret[str] | None = None,
-                     tuning: KdfTuning = DEFAULT_TUNING) -> InitReport:
+                     tuning: KdfTuning | None = None) -> InitReport:
     """Create what is missing; report what was created and what already existed.
 
     With `admin_user`, also the first admin when the store has no user yet (with

@@ -26,7 +26,7 @@ from appliance.egress import Dialer, PolicyHolder
 from appliance.egress.runtime import RuntimeEgress
 from appliance.errors import ServiceUnavailable
 from appliance.instances import Heartbeat, beating
-from appliance.keyring import DEFAULT_TUNING, KdfTuning, SecretVault, open_vault
+from appliance.keyring import KdfTuning, SecretVault, open_vault
 from appliance.propagation import ChangeFollower, Check
 from appliance.queries import QueryService, Runner
 from appliance.queries.secret_findings import SecretFindings
@@ -46,7 +46,7 @@ class Core:
     `runner`) exist once the core is unsealed (`unseal()`, which `serve` does at start)."""
 
     def __init__(self, settings: Settings, store: Store, *, tls: TLSManager | None = None,
-                 egress: Dialer, tuning: KdfTuning = DEFAULT_TUNING,
+                 egress: Dialer, tuning: KdfTuning | None = None,
                  audit_sinks: Sinks | None = None) -> None:
         self.settings = settings
         self.store = store
@@ -185,7 +185,7 @@ def _opened(service: S | None, why: str, *, code: str = "keyring_unavailable") -
 @contextlib.asynccontextmanager
 async def open_core(settings: Settings, *, unseal: bool = True, tls: TLSManager | None = None,
                     serving: bool = False, must_exist: bool = False, writing: bool = False,
-                    tuning: KdfTuning = DEFAULT_TUNING) -> AsyncIterator[Core]:
+                    tuning: KdfTuning | None = None) -> AsyncIterator[Core]:
     """The core over the settings' store (`[store] url`), in this order: egress dialer, the audit
     sinks (`[audit] sinks`: a required one that cannot be opened is a `ConfigError`; opened here
     with `writing` or `serving`, a process that writes entries, else at its first entry if it

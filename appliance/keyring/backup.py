@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from appliance import __version__, state_dir
+from appliance.keyring import kdf
 from appliance.keyring.errors import BackupError, InstanceSecretMissing
-from appliance.keyring.kdf import DEFAULT_TUNING, KdfParamsError, KdfTuning, ScryptParams
+from appliance.keyring.kdf import KdfParamsError, KdfTuning, ScryptParams
 from appliance.keyring.sealing import FormatError, check_value, same, unwrap, wrap
 from appliance.keyring.sources import SOURCE_FILE, InstanceSecret, resolve, secret_file
 from appliance.keyring.unseal import ACTIVE, derive, insert_slot
@@ -85,7 +86,7 @@ async def _snapshot(store: Store, tmp: Path) -> bytes:
 
 async def write_backup(settings: Settings, vault: SecretVault, out: Path, *,
                        passphrase: Secret[bytes] | None = None,
-                       tuning: KdfTuning = DEFAULT_TUNING) -> BackupReport:
+                       tuning: KdfTuning | None = None) -> BackupReport:
     tmp = out.with_name(f".{out.name}.snapshot-{os.getpid()}")
     data = await _snapshot(vault._store, tmp)
     row = await vault._store.fetch_one("SELECT COUNT(*) AS n FROM sealed_fields")
@@ -99,7 +100,7 @@ async def write_backup(settings: Settings, vault: SecretVault, out: Path, *,
     }
     members = [(MANIFEST, json.dumps(manifest, indent=2).encode()), (STORE, data)]
     if passphrase is not None:
-        params = await asyncio.to_thread(tuning.new_params)
+        params = await asyncio.to_thread((tuning or kdf.default_tuning()).new_params)
         derived = await asyncio.to_thread(params.derive, passphrase.reveal())
         recovery = {
             "kdf": json.loads(params.to_json()),
@@ -205,7 +206,7 @@ def check_target(target: Path, *, force: bool) -> None:
 
 async def restore_backup(settings: Settings, path: Path, *, force: bool = False,
                          passphrase: Secret[bytes] | None = None,
-                         tuning: KdfTuning = DEFAULT_TUNING) -> RestoreReport:
+                         tuning: KdfTuning | None = None) -> RestoreReport:
     """Restore into the settings' state directory. Nothing is replaced until the restored store
     has been opened with the instance secret (or the passphrase) and every field checked.
     """
@@ -265,12 +266,13 @@ async def restore_backup(settings: Settings, path: Path, *, force: bool = False,
                          secret.where)
 
 
-async def _reslot(store: Any, root: bytes, secret: InstanceSecret, tuning: KdfTuning) -> None:
+async def _reslot(store: Any, root: bytes, secret: InstanceSecret,
+                  tuning: KdfTuning | None) -> None:
     """Disaster recovery: the root key from the passphrase becomes openable by `secret` alone."""
     row = await store.fetch_one(
         "SELECT generation, root_verifier, sealed FROM keyring WHERE id = 1")
     load_keyring(root, row)  # proves the passphrase's root key belongs to this store
-    params = await asyncio.to_thread(tuning.new_params)
+    params = await asyncio.to_thread((tuning or kdf.default_tuning()).new_params)
     derived = await derive(params, secret)
     async with store.transaction() as tx:
         await tx.execute("DELETE FROM keyring_unseal")

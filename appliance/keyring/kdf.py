@@ -1,7 +1,10 @@
 """Key derivation: scrypt parameters (stored beside the store), their tuning, and derivation.
 
-Owns the cost policy: tuned so one derivation takes 0.1-0.5 s. Tests lower the cost only by
-passing an explicit `KdfTuning`; the default is never weakened. Never logs key material.
+Owns the cost policy: tuned so one derivation takes 0.1-0.5 s. Callers that pass no
+`KdfTuning` get `default_tuning()`, which is DEFAULT_TUNING; tests lower the cost by passing an
+explicit one, or, for a CLI verb run in the test process, by swapping that one function
+(tests/support/costs.py, as `passwords.default_hasher` is swapped). DEFAULT_TUNING itself is
+never weakened (tests/test_keyring.py checks it). Never logs key material.
 """
 
 from __future__ import annotations
@@ -116,3 +119,8 @@ class KdfTuning:
 
 
 DEFAULT_TUNING = KdfTuning()
+
+
+def default_tuning() -> KdfTuning:
+    """The tuning of new parameters when a caller passes none, asked at the time of use."""
+    return DEFAULT_TUNING

@@ -10,8 +10,9 @@ import os
 from dataclasses import dataclass
 
 from appliance import state_dir
+from appliance.keyring import kdf
 from appliance.keyring.errors import InstanceSecretMissing
-from appliance.keyring.kdf import DEFAULT_TUNING, KdfTuning
+from appliance.keyring.kdf import KdfTuning
 from appliance.keyring.maintenance import exclusive
 from appliance.keyring.sources import (
     SOURCE_FILE,
@@ -36,7 +37,7 @@ class ChangeReport:
 
 async def change_instance_secret(settings: Settings, vault: SecretVault, *,
                                  new: InstanceSecret | None = None,
-                                 tuning: KdfTuning = DEFAULT_TUNING) -> ChangeReport:
+                                 tuning: KdfTuning | None = None) -> ChangeReport:
     """Add the new secret as a pending slot; when the secret lives in the state directory's
     file, replace the file atomically and make the new slot the only one.
 
@@ -48,7 +49,7 @@ async def change_instance_secret(settings: Settings, vault: SecretVault, *,
 
 
 async def _change(settings: Settings, vault: SecretVault, new: InstanceSecret | None,
-                  tuning: KdfTuning) -> ChangeReport:
+                  tuning: KdfTuning | None) -> ChangeReport:
     store = vault._store
     if new is None:
         if vault.secret_source != SOURCE_FILE:
@@ -57,7 +58,7 @@ async def _change(settings: Settings, vault: SecretVault, new: InstanceSecret | 
                 "--new-secret-file FILE, or --new-password-file FILE --new-salt SALT")
         new = InstanceSecret(SOURCE_FILE, "a new random instance secret",
                              Secret(os.urandom(NEW_SECRET_BYTES)))
-    params = tuning.new_params()
+    params = (tuning or kdf.default_tuning()).new_params()
     derived = await derive(params, new)
     async with store.transaction() as tx:
         # Pending slots left by an interrupted change whose secret never reached the file.

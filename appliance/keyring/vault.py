@@ -18,13 +18,14 @@ import os
 import time
 from typing import Any
 
+from appliance.keyring import kdf
 from appliance.keyring.errors import (
     BoundElsewhere,
     KeyringCorrupted,
     KeyringError,
     SealedFieldError,
 )
-from appliance.keyring.kdf import DEFAULT_TUNING, KdfTuning
+from appliance.keyring.kdf import KdfTuning
 from appliance.keyring.ring import Keyring
 from appliance.keyring.sealing import (
     KEY_BYTES,
@@ -281,7 +282,7 @@ def load_keyring(root_key: bytes, row: dict[str, Any] | None) -> Keyring:
 
 
 async def open_vault(settings: Settings, store: Store, *,
-                     tuning: KdfTuning = DEFAULT_TUNING, reading_only: bool = False
+                     tuning: KdfTuning | None = None, reading_only: bool = False
                      ) -> SecretVault:
     """Unseal the root key with the instance secret and load the keyring (creating both on a
     fresh store). Raises `InstanceSecretMissing`, `WrongInstanceSecret` or `KeyringCorrupted`.
@@ -294,7 +295,7 @@ async def open_vault(settings: Settings, store: Store, *,
 
 
 async def open_vault_with(secret: InstanceSecret, store: Store, *,
-                          tuning: KdfTuning = DEFAULT_TUNING,
+                          tuning: KdfTuning | None = None,
                           reading_only: bool = False) -> SecretVault:
     slots = await read_slots(store)
     if not slots:
@@ -318,8 +319,8 @@ async def open_vault_with(secret: InstanceSecret, store: Store, *,
 
 
 async def _initialise(secret: InstanceSecret, store: Store,
-                      tuning: KdfTuning) -> SecretVault | None:
-    params = await asyncio.to_thread(tuning.new_params)
+                      tuning: KdfTuning | None) -> SecretVault | None:
+    params = await asyncio.to_thread((tuning or kdf.default_tuning()).new_params)
     derived = await derive(params, secret)
     root = os.urandom(KEY_BYTES)
     ring = Keyring.first()

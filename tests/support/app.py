@@ -2,11 +2,10 @@
 (build_app on 127.0.0.1:0, local CA, TLS) in this process, seeded users and tokens, a client
 that handles the session cookie and the CSRF headers explicitly.
 
-`prepare` and `running` hash passwords with Argon2id at a test cost (`TEST_PASSWORD_HASHER`,
-about 1 ms instead of 0.22 s of CPU): these tests are about sessions, roles and errors, not the
-hash's cost. The production parameters are tested where they are the subject
-(tests/test_users_passwords.py: a login rehashes to them) and every `appliance` subprocess
-uses them (it would rehash a test-cost hash at login, as after any parameter change).
+`prepare` and `running` hash passwords and seal the keyring at the test cost
+(tests/support/costs.py): these tests are about sessions, roles and errors, not the hash's
+cost. Every `appliance` subprocess keeps the production parameters (it would rehash a test-cost
+hash at login, as after any parameter change).
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import re
 import ssl
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,18 +25,16 @@ from typing import Any
 import aiohttp
 import pyotp
 from aiohttp import web
-from argon2 import PasswordHasher, Type
 
 from appliance import bootstrap, settings, state_dir
 from appliance.audit import Context
-from appliance.auth import passwords
 from appliance.auth.sessions import COOKIE_NAME
 from appliance.core import open_core
 from appliance.http.app import build_app
-from appliance.keyring import KdfTuning
 from appliance.secret import Secret
 from appliance.settings import Settings
 from appliance.tls import TLSManager
+from tests.support.costs import TEST_TUNING, cheap_password_hashing
 from tests.support.outside_store import OutsideStore, Record
 
 ADMIN_PASSWORD = "admin-password-0123"
@@ -46,28 +43,10 @@ PASSWORDS = {
     "viewer": "viewer-password-0123",
     "developer": "developer-password-0123",
 }
-TEST_TUNING = KdfTuning.fixed(log2_n=10)
 # The store of a state directory, as APPLIANCE_STORE_* variables (None: SQLite in the state
 # directory). Under APPLIANCE_TEST_STORE=postgres, tests/conftest.py's `_test_store` sets it to
 # a fresh PostgreSQL database per state directory (as SQLite has a file per state directory).
 STORE_FOR: Callable[[Path], dict[str, str]] | None = None
-# Argon2id still (same encoding, same verify path), at the smallest memory cost argon2 accepts
-# for one lane; the production profile is `passwords.default_hasher()`.
-TEST_PASSWORD_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1,
-                                      hash_len=32, salt_len=16, type=Type.ID)
-
-
-@contextlib.contextmanager
-def cheap_password_hashing() -> Iterator[None]:
-    """While open, every `Passwords` made without a hasher in this process (the core's
-    AuthService) uses TEST_PASSWORD_HASHER. The core takes no hasher (it takes a KDF `tuning`):
-    this swaps the one function it asks, and puts it back."""
-    original = passwords.default_hasher
-    passwords.default_hasher = lambda: TEST_PASSWORD_HASHER
-    try:
-        yield
-    finally:
-        passwords.default_hasher = original
 
 
 def store_env(state: Path) -> dict[str, str]:

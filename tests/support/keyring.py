@@ -9,11 +9,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from appliance import bootstrap, settings, state_dir
-from appliance.keyring import KdfTuning, SecretVault, open_vault
+from appliance.keyring import SecretVault, open_vault
 from appliance.settings import Settings
 from appliance.store import SQLiteStore, open_sqlite_store
-
-TEST_TUNING = KdfTuning.fixed(log2_n=10)
+from tests.support.costs import TEST_TUNING
 
 
 def make_settings(state: Path, env: Mapping[str, str] | None = None) -> Settings:
