@@ -107,7 +107,7 @@ async def test_an_export_after_pruning_starts_behind_the_checkpoint(
     state = tmp_path / "state"
     with monkeypatch.context() as patch:  # the real write path, with an old clock
         patch.setattr(audit_log_module, "_now", lambda: cutoff_time(time.time(), 40))
-        await prepare(state, users=())
+        await prepare(state, users=(), fresh=True)
         await entries(state, 10)
     await entries(state, 3)
     async with open_core(make_settings(state), tuning=TEST_TUNING) as core:

@@ -222,7 +222,7 @@ async def test_serve_prunes_at_start_and_the_chain_verifies(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     state = tmp_path / "state"
     with audit_clock(monkeypatch, 40):  # init, users and runs written 40 days ago
-        await prepare(state, users=("viewer",))
+        await prepare(state, users=("viewer",), fresh=True)
         async with open_core(make_settings(state), tuning=TEST_TUNING) as core:
             await record(core.audit, core.store, 20)
     async with open_core(make_settings(state), unseal=False) as core:
