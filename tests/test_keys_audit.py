@@ -10,39 +10,34 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from appliance import state_dir
-from tests.conftest import run_cli
-from tests.support.keyring import init_state, open_all, plaintexts, populate
+from appliance.core import open_core
+from tests.support.app import TEST_TUNING, make_settings, prepare
+from tests.support.keyring import plaintexts
+
+from .test_audit_sinks_verbs import Verbs
 
 PASSWORD = "Correct-Horse-Battery-Staple-77"
+SECRETS = plaintexts(30)  # 40 fields
 
 
-class Keys:
-    """A populated state directory whose settings name one required file sink."""
+class Keys(Verbs):
+    """`Verbs` (a state directory on the test store whose settings name one required file
+    sink, in a directory not made yet) with sealed fields, and no systemd unit to follow."""
 
     def __init__(self, root: Path) -> None:
-        self.state = root / "state"
-        self.logs = root / "logs"
-        self.sink = self.logs / "audit.jsonl"
-        self.config = root / "appliance.toml"
-        self.config.write_text(f'[audit]\nsinks = ["file:{self.sink}"]\n')
-        self.unit_root = root / "no-unit"  # no installed systemd unit to follow
+        super().__init__(root)
+        self.unit_root = root / "no-unit"
         self.unit_root.mkdir()
 
-    def __call__(self, *args: str) -> Any:
-        return run_cli(*args, "--state-dir", str(self.state), "--config", str(self.config))
-
     def entries(self) -> list[dict[str, Any]]:
-        done = self("audit", "list", "--limit", "1000")
-        assert done.returncode == 0, done.stderr
-        return sorted((json.loads(line) for line in done.stdout.splitlines()),
-                      key=lambda entry: entry["position"])
+        """Oldest first."""
+        return sorted(super().entries(), key=lambda entry: entry["position"])
 
     def active_version(self) -> int:
         done = self("keys", "status", "--json")
@@ -52,26 +47,22 @@ class Keys:
     def key_material(self) -> list[bytes]:
         """Every data key and audit key of the keyring as it is now, and the instance secret."""
         async def read() -> list[bytes]:
-            store, vault = await open_all(self.settings)
-            try:
-                ring = vault.keyring
+            async with open_core(make_settings(self.state), tuning=TEST_TUNING) as core:
+                ring = core.vault.keyring
                 return [key.key for key in (*ring.keys.values(), *ring.audit.values())]
-            finally:
-                await store.close()
 
         return [*asyncio.run(read()),
                 (self.state / state_dir.INSTANCE_SECRET_FILE).read_bytes()]
 
 
 @pytest.fixture
-def keys(tmp_path: Path) -> Keys:
+async def keys(tmp_path: Path) -> Keys:
     made = Keys(tmp_path)
-
-    async def setup() -> None:
-        made.settings = await init_state(made.state)
-        await populate(made.settings, plaintexts(30))
-
-    asyncio.run(setup())
+    await prepare(made.state)
+    async with open_core(make_settings(made.state), tuning=TEST_TUNING) as core:
+        async with core.store.transaction() as tx:
+            for (kind, record_id, field), value in SECRETS.items():
+                await core.vault.put(tx, kind, record_id, field, value)
     return made
 
 
@@ -82,6 +73,8 @@ def _forms(secret: bytes) -> list[bytes]:
 
 def test_rotate_and_change_password_are_audited_with_no_secret(keys: Keys,
                                                                tmp_path: Path) -> None:
+    """The store's files (SQLite) are searched too; a PostgreSQL store's rows through the
+    audit log, the sink and the verbs' output."""
     keys.logs.mkdir()
     material = keys.key_material()
     before = keys.entries()
@@ -147,14 +140,16 @@ def test_rotate_fails_closed_when_its_entry_cannot_be_written(keys: Keys) -> Non
 
 def test_a_rotation_that_keeps_a_key_is_audited_as_failed(keys: Keys) -> None:
     """A field that does not open keeps its key: exit 1, and the entry says `failed`."""
-    import sqlite3
+    (kind, record_id, field), _ = next(iter(SECRETS.items()))
 
-    conn = sqlite3.connect(keys.state / state_dir.STORE_FILE)
-    with conn:
-        conn.execute("UPDATE sealed_fields SET blob = X'00112233445566778899aabbccddeeff"
-                     "00112233445566778899aabbccddeeff' WHERE rowid = (SELECT MIN(rowid) "
-                     "FROM sealed_fields)")
-    conn.close()
+    async def damage() -> None:
+        async with open_core(make_settings(keys.state), tuning=TEST_TUNING) as core:
+            async with core.store.transaction() as tx:
+                await tx.execute("UPDATE sealed_fields SET blob = ? WHERE kind = ? AND "
+                                 "record_id = ? AND field = ?",
+                                 (bytes(48), kind, record_id, field))
+
+    asyncio.run(damage())
     keys.logs.mkdir()
     before = keys.entries()
     done = keys("keys", "rotate")
@@ -164,4 +159,4 @@ def test_a_rotation_that_keeps_a_key_is_audited_as_failed(keys: Keys) -> None:
         ("keyring.rotate.start", "ok"), ("keyring.rotate", "failed")]
     assert added[1]["details"]["kept_versions"] == [1]
     assert added[1]["details"]["unreadable"] == 1
-    assert os.path.getsize(keys.sink) > 0
+    assert len(keys.sink.read_text().splitlines()) == 2

@@ -9,7 +9,6 @@ STRESS_WORKERS=N sets the concurrency (default 12). Slow: `-m slow`."""
 from __future__ import annotations
 
 import collections
-import json
 import os
 import threading
 from collections.abc import Iterator
@@ -18,17 +17,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import (
-    PostgresServer,
-    ServerProcess,
-    clean_env,
-    http_request,
-    new_store_database,
-    run_cli,
-    start_server,
-    tls_connection,
-)
+from tests.conftest import PostgresServer, clean_env, new_store_database
 from tests.support.queries import sqlite_database
+
+from .test_egress_api_serve import api, init_with_token, serve
 
 pytestmark = pytest.mark.slow
 
@@ -36,40 +28,18 @@ WORKERS = int(os.environ.get("STRESS_WORKERS", "12"))
 ROUNDS = 25
 
 
-class Instances:
-    def __init__(self, token: str, servers: list[ServerProcess]) -> None:
-        self.token = token
-        self.servers = servers
-
-    def api(self, index: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        server = self.servers[index % len(self.servers)]
-        raw = b"" if body is None else json.dumps(body).encode()
-        headers = {"Authorization": f"Bearer {self.token}"}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        with tls_connection("127.0.0.1", server.port, server.client_context(),
-                            server_hostname="localhost") as sock:
-            status, _, data = http_request(sock, method, path, "localhost", headers, raw)
-        return status, json.loads(data) if data else None
-
-
 @pytest.fixture(scope="module")
-def pg_cluster(postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory
-               ) -> Iterator[tuple[Path, dict[str, str], str]]:
+def pg_store(postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[tuple[Path, Path, dict[str, str], str]]:
+    """An initialised state directory on a PostgreSQL store: its root, settings, env and the
+    admin's token."""
     root = tmp_path_factory.mktemp("stress")
     database = new_store_database(postgres_server, root)
     env = clean_env(**database.env())
-    (root / "appliance.toml").write_text("")
-    (root / "password").write_text("admin-password-0123")
-    state = root / "state"
-    done = run_cli("init", "--state-dir", str(state), "--admin-password-file",
-                   str(root / "password"), env=env)
-    assert done.returncode == 0, done.stderr
-    made = run_cli("tokens", "create", "admin", "--allow-without-2fa", "--state-dir",
-                   str(state), env=env)
-    assert made.returncode == 0, made.stderr
+    config = root / "appliance.toml"
+    config.write_text("")
     try:
-        yield root, env, made.stdout.strip().splitlines()[-1].strip()
+        yield root, config, env, init_with_token(root, config, env)
     finally:
         postgres_server.sql(f"DROP DATABASE IF EXISTS {database.name} WITH (FORCE)",
                             database="postgres")
@@ -77,16 +47,16 @@ def pg_cluster(postgres_server: PostgresServer, tmp_path_factory: pytest.TempPat
 
 @pytest.mark.parametrize("count", [1, 3], ids=["alone", "three instances"])
 def test_a_query_created_is_found_at_once_under_load(
-        pg_cluster: tuple[Path, dict[str, str], str], count: int) -> None:
-    root, env, token = pg_cluster
-    servers = [start_server(["serve", "--state-dir", str(root / "state"), "--config",
-                             str(root / "appliance.toml"), "--listen", "127.0.0.1:0"],
-                            cwd=root, env=env) for _ in range(count)]
+        pg_store: tuple[Path, Path, dict[str, str], str], count: int) -> None:
+    root, config, env, token = pg_store
+    servers = [serve(root, config, env=env) for _ in range(count)]
     try:
-        instances = Instances(token, servers)
+        def on(index: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+            return api(servers[index % count], method, path, token, body)
+
         data = sqlite_database(root / f"data-{count}.sqlite",
                                ["CREATE TABLE t (v TEXT)", "INSERT INTO t VALUES ('x')"])
-        status, created = instances.api(0, "POST", "/api/v1/datasources", {
+        status, created = on(0, "POST", "/api/v1/datasources", {
             "name": f"ds-{count}", "kind": "sqlite", "config": {"path": str(data)}})
         assert status == 201, created
         datasource = created["id"]
@@ -97,7 +67,7 @@ def test_a_query_created_is_found_at_once_under_load(
         def worker(n: int) -> None:
             for r in range(ROUNDS):
                 name = f"q-{count}-{n}-{r}"
-                status, body = instances.api(n, "POST", "/api/v1/queries", {
+                status, body = on(n, "POST", "/api/v1/queries", {
                     "name": name, "datasource_id": datasource, "body": "SELECT v FROM t",
                     "parameters": []})
                 with lock:
@@ -108,12 +78,12 @@ def test_a_query_created_is_found_at_once_under_load(
                     continue
                 query_id = body["id"]
                 for other in (n, n + 1):
-                    status, body = instances.api(other, "GET", f"/api/v1/queries/{query_id}")
+                    status, body = on(other, "GET", f"/api/v1/queries/{query_id}")
                     with lock:
                         seen[f"get {status}"] += 1
                         if status != 200:
                             problems.append(f"get {name} on {other % count}: {status} {body}")
-                    status, body = instances.api(other, "POST",
+                    status, body = on(other, "POST",
                                                  f"/api/v1/queries/{query_id}/run",
                                                  {"params": {}})
                     with lock:
