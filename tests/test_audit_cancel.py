@@ -6,7 +6,8 @@ never a committed entry's line marked withdrawn, never a rolled-back entry's lin
 
 A real SQLite store and a real file sink. Only the COMMIT's failure is injected: the writer's
 step stops where SQLite's COMMIT comes (its rows inserted, the sinks written) until the test has
-cancelled, then returns, or raises the `disk I/O error` a failed COMMIT raises (rolled back)."""
+cancelled, then returns, or raises the `disk I/O error` a failed COMMIT raises (rolled back).
+And a real PostgreSQL store behind a relay that holds COMMIT's answer back meanwhile."""
 
 from __future__ import annotations
 
@@ -21,11 +22,16 @@ from typing import Any
 
 import pytest
 
+from appliance import settings
 from appliance.audit import AuditLog, FixedMacKeys
 from appliance.audit.log import AuditUnavailable
 from appliance.audit.sinks import open_sinks
+from appliance.egress import Dialer, PolicyHolder
 from appliance.settings import SinkSpec
-from appliance.store import SQLiteStore, Step, open_sqlite_store
+from appliance.store import SQLiteStore, Step, open_sqlite_store, open_store
+
+from .conftest import StoreDatabase
+from .test_audit_sinks_commit_lost import LostCommitAnswer
 
 KEYS = FixedMacKeys.generate()
 
@@ -113,3 +119,41 @@ async def test_a_cancellation_at_commit_ends_alike_on_every_path(tmp_path: Path,
         assert [(row["seq"], row["hash"]) for row in stored] == entries
         assert withdrawn == []
         assert chain.ok
+
+
+async def test_a_cancellation_at_commit_on_a_postgresql_store_withdraws_nothing_committed(
+        store_database: StoreDatabase, tmp_path: Path) -> None:
+    """The same on a PostgreSQL store: the server has committed, its answer is held back while
+    the caller is cancelled; the COMMIT is not cut short, so the entry is the store's and its
+    line is not withdrawn (before, the cancelled COMMIT dropped the connection and withdrew the
+    line of an entry the store held)."""
+    sink = tmp_path / "audit.jsonl"
+    async with LostCommitAnswer(store_database.server.port) as relay:
+        env = store_database.env(
+            APPLIANCE_STORE_URL=f"postgresql://app@127.0.0.1:{relay.port}/{store_database.name}")
+        s = settings.load(env=env, flags={"state_dir": str(tmp_path / "state")})
+        store = await open_store(s, Dialer(PolicyHolder(s.egress)))
+        sinks = open_sinks([SinkSpec("file", str(sink))])
+        log = AuditLog(store, keys=KEYS, sinks=sinks)
+        try:
+            first = await log.record(action="test.before")
+            relay.arm(hold=True)
+            caller = asyncio.create_task(log.record(action="user.create", target="user:x"))
+            await asyncio.wait_for(relay.held.wait(), 30)
+            caller.cancel()
+            await asyncio.wait([caller])
+            relay.released.set()
+            await log.close()  # waits for the write
+            stored = await store.fetch_all("SELECT seq, hash FROM audit_log ORDER BY seq")
+            chain = await log.verify()
+        finally:
+            relay.released.set()
+            await log.close()
+            sinks.close()
+            await store.close()
+    assert caller.cancelled()
+    lines = [json.loads(line) for line in sink.read_text().splitlines()]
+    assert [line.get("record", "entry") for line in lines] == ["entry", "entry"]
+    assert [(row["seq"], row["hash"]) for row in stored] == \
+        [(line["position"], line["hash"]) for line in lines]
+    assert stored[0]["seq"] == first and chain.ok

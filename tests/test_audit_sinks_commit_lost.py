@@ -34,11 +34,16 @@ COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"  # the simple-query message asyncpg send
 
 
 class LostCommitAnswer:
-    """A relay to the PostgreSQL server; `arm()` makes it lose the answer to the next COMMIT."""
+    """A relay to the PostgreSQL server; `arm()` makes it lose the answer to the next COMMIT,
+    `arm(hold=True)` hold it back (`held` is set once the server has answered) until
+    `released` is set."""
 
     def __init__(self, port: int) -> None:
         self.target = port
         self.armed = False
+        self.hold = False
+        self.held = asyncio.Event()
+        self.released = asyncio.Event()
         self.lost = 0
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -52,8 +57,8 @@ class LostCommitAnswer:
         assert self._server is not None
         self._server.close()
 
-    def arm(self) -> None:
-        self.armed = True
+    def arm(self, *, hold: bool = False) -> None:
+        self.armed, self.hold = True, hold
 
     async def _relay(self, client_in: asyncio.StreamReader,
                      client_out: asyncio.StreamWriter) -> None:
@@ -70,8 +75,13 @@ class LostCommitAnswer:
             server_out.close()
 
         async def downstream() -> None:
+            nonlocal commit_sent
             while data := await server_in.read(65536):
-                if commit_sent:  # the server committed and said so: the client never hears it
+                if commit_sent and self.hold:  # the server committed: the answer waits
+                    commit_sent = False
+                    self.held.set()
+                    await self.released.wait()
+                elif commit_sent:  # the server committed and said so: the client never hears it
                     self.lost += 1
                     client_out.transport.abort()
                     server_out.close()
