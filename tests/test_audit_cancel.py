@@ -22,16 +22,14 @@ from typing import Any
 
 import pytest
 
-from appliance import settings
 from appliance.audit import AuditLog, FixedMacKeys
 from appliance.audit.log import AuditUnavailable
 from appliance.audit.sinks import open_sinks
-from appliance.egress import Dialer, PolicyHolder
 from appliance.settings import SinkSpec
-from appliance.store import SQLiteStore, Step, open_sqlite_store, open_store
+from appliance.store import SQLiteStore, Step, open_sqlite_store
 
 from .conftest import StoreDatabase
-from .test_audit_sinks_commit_lost import LostCommitAnswer
+from .test_audit_sinks_commit_lost import LostCommitAnswer, open_relayed
 
 KEYS = FixedMacKeys.generate()
 
@@ -129,11 +127,7 @@ async def test_a_cancellation_at_commit_on_a_postgresql_store_withdraws_nothing_
     line of an entry the store held)."""
     sink = tmp_path / "audit.jsonl"
     async with LostCommitAnswer(store_database.server.port) as relay:
-        env = store_database.env(
-            APPLIANCE_STORE_URL=f"postgresql://app@127.0.0.1:{relay.port}/{store_database.name}")
-        s = settings.load(env=env, flags={"state_dir": str(tmp_path / "state")})
-        store = await open_store(s, Dialer(PolicyHolder(s.egress)))
-        sinks = open_sinks([SinkSpec("file", str(sink))])
+        store, sinks = await open_relayed(relay, store_database, tmp_path)
         log = AuditLog(store, keys=KEYS, sinks=sinks)
         try:
             first = await log.record(action="test.before")

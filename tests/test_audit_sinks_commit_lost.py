@@ -22,11 +22,11 @@ from appliance import settings
 from appliance.audit import AuditLog, FixedMacKeys
 from appliance.audit.anchors import check_store_anchors, read_anchor_file
 from appliance.audit.log import AuditUnavailable
-from appliance.audit.sinks import open_sinks
+from appliance.audit.sinks import Sinks, open_sinks
 from appliance.egress import Dialer, PolicyHolder
 from appliance.errors import StoreError
 from appliance.settings import SinkSpec
-from appliance.store import open_store
+from appliance.store import Store, open_store
 
 from .conftest import StoreDatabase
 
@@ -94,6 +94,16 @@ class LostCommitAnswer:
             await asyncio.gather(upstream(), downstream())
 
 
+async def open_relayed(relay: LostCommitAnswer, database: StoreDatabase, tmp_path: Path
+                       ) -> tuple[Store, Sinks]:
+    """The store on `database`, reached through `relay`, and a file sink `audit.jsonl`."""
+    env = database.env(
+        APPLIANCE_STORE_URL=f"postgresql://app@127.0.0.1:{relay.port}/{database.name}")
+    s = settings.load(env=env, flags={"state_dir": str(tmp_path / "state")})
+    store = await open_store(s, Dialer(PolicyHolder(s.egress)))
+    return store, open_sinks([SinkSpec("file", str(tmp_path / "audit.jsonl"))])
+
+
 def sink_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -102,11 +112,7 @@ async def test_a_lost_commit_answer_withdraws_lines_of_committed_entries(
         store_database: StoreDatabase, tmp_path: Path) -> None:
     sink = tmp_path / "audit.jsonl"
     async with LostCommitAnswer(store_database.server.port) as relay:
-        env = store_database.env(
-            APPLIANCE_STORE_URL=f"postgresql://app@127.0.0.1:{relay.port}/{store_database.name}")
-        s = settings.load(env=env, flags={"state_dir": str(tmp_path / "state")})
-        store = await open_store(s, Dialer(PolicyHolder(s.egress)))
-        sinks = open_sinks([SinkSpec("file", str(sink))])
+        store, sinks = await open_relayed(relay, store_database, tmp_path)
         keys = FixedMacKeys.generate()
         audit = AuditLog(store, keys=keys, sinks=sinks)
         try:
