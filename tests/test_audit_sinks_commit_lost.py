@@ -22,11 +22,11 @@ from appliance import settings
 from appliance.audit import AuditLog, FixedMacKeys
 from appliance.audit.anchors import check_store_anchors, read_anchor_file
 from appliance.audit.log import AuditUnavailable
-from appliance.audit.sinks import open_sinks
+from appliance.audit.sinks import Sinks, open_sinks
 from appliance.egress import Dialer, PolicyHolder
 from appliance.errors import StoreError
 from appliance.settings import SinkSpec
-from appliance.store import open_store
+from appliance.store import Store, open_store
 
 from .conftest import StoreDatabase
 
@@ -34,11 +34,16 @@ COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"  # the simple-query message asyncpg send
 
 
 class LostCommitAnswer:
-    """A relay to the PostgreSQL server; `arm()` makes it lose the answer to the next COMMIT."""
+    """A relay to the PostgreSQL server; `arm()` makes it lose the answer to the next COMMIT,
+    `arm(hold=True)` hold it back (`held` is set once the server has answered) until
+    `released` is set."""
 
     def __init__(self, port: int) -> None:
         self.target = port
         self.armed = False
+        self.hold = False
+        self.held = asyncio.Event()
+        self.released = asyncio.Event()
         self.lost = 0
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -52,8 +57,8 @@ class LostCommitAnswer:
         assert self._server is not None
         self._server.close()
 
-    def arm(self) -> None:
-        self.armed = True
+    def arm(self, *, hold: bool = False) -> None:
+        self.armed, self.hold = True, hold
 
     async def _relay(self, client_in: asyncio.StreamReader,
                      client_out: asyncio.StreamWriter) -> None:
@@ -70,8 +75,13 @@ class LostCommitAnswer:
             server_out.close()
 
         async def downstream() -> None:
+            nonlocal commit_sent
             while data := await server_in.read(65536):
-                if commit_sent:  # the server committed and said so: the client never hears it
+                if commit_sent and self.hold:  # the server committed: the answer waits
+                    commit_sent = False
+                    self.held.set()
+                    await self.released.wait()
+                elif commit_sent:  # the server committed and said so: the client never hears it
                     self.lost += 1
                     client_out.transport.abort()
                     server_out.close()
@@ -84,6 +94,16 @@ class LostCommitAnswer:
             await asyncio.gather(upstream(), downstream())
 
 
+async def open_relayed(relay: LostCommitAnswer, database: StoreDatabase, tmp_path: Path
+                       ) -> tuple[Store, Sinks]:
+    """The store on `database`, reached through `relay`, and a file sink `audit.jsonl`."""
+    env = database.env(
+        APPLIANCE_STORE_URL=f"postgresql://app@127.0.0.1:{relay.port}/{database.name}")
+    s = settings.load(env=env, flags={"state_dir": str(tmp_path / "state")})
+    store = await open_store(s, Dialer(PolicyHolder(s.egress)))
+    return store, open_sinks([SinkSpec("file", str(tmp_path / "audit.jsonl"))])
+
+
 def sink_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -92,11 +112,7 @@ async def test_a_lost_commit_answer_withdraws_lines_of_committed_entries(
         store_database: StoreDatabase, tmp_path: Path) -> None:
     sink = tmp_path / "audit.jsonl"
     async with LostCommitAnswer(store_database.server.port) as relay:
-        env = store_database.env(
-            APPLIANCE_STORE_URL=f"postgresql://app@127.0.0.1:{relay.port}/{store_database.name}")
-        s = settings.load(env=env, flags={"state_dir": str(tmp_path / "state")})
-        store = await open_store(s, Dialer(PolicyHolder(s.egress)))
-        sinks = open_sinks([SinkSpec("file", str(sink))])
+        store, sinks = await open_relayed(relay, store_database, tmp_path)
         keys = FixedMacKeys.generate()
         audit = AuditLog(store, keys=keys, sinks=sinks)
         try:

@@ -116,6 +116,8 @@ class AuditLog:
         self._entries: list[Fields] = []  # waiting for the next batch, in order
         self._waiters: list[asyncio.Future[int]] = []  # each entry's caller, at its index
         self._flusher: asyncio.Task[None] | None = None
+        self._writes: set[asyncio.Future[int]] = set()  # commits under way, with sinks
+        self._withdrawing: set[asyncio.Task[None]] = set()  # withdrawals of cancelled callers
         self._closed = False
         # The head this process's last own commit left (bridged stores only): the next commit
         # chains onto it and its first INSERT checks it is still the head (`_GUARDED_INSERT_SQL`)
@@ -233,15 +235,13 @@ class AuditLog:
         flusher = self._flusher
         if self._runs.count <= 1 and not self._entries and (flusher is None or flusher.done()):
             action = fields[_ACTION]
-            delivered: list[Row] = []
             try:
-                first = await self._write([fields], key, action not in RUN_ACTIONS, delivered)
+                first = await self._committed([fields], key, action not in RUN_ACTIONS)
             except Exception as exc:  # not CancelledError: a BaseException, it propagates
-                await self._withdraw(delivered)
                 log.error("audit write failed", extra={"action": action,
                                                        "exception": type(exc).__qualname__})
                 raise AuditUnavailable() from None
-            return int(first)
+            return first
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._entries.append(fields)
         self._waiters.append(done)
@@ -260,7 +260,6 @@ class AuditLog:
         pending, waiting = self._entries, self._waiters  # parallel lists: entry, its future
         while pending:
             waiters: list[asyncio.Future[int]] = []
-            delivered: list[Row] = []
             try:
                 turns = self.gather_turns
                 while turns and len(pending) < min(self._runs.count, self.max_batch):
@@ -275,9 +274,8 @@ class AuditLog:
                 key = self._mac_key()
                 if key is None:  # the keys were there when these entries were submitted
                     raise AuditUnavailable("no audit key")
-                first = await self._write(entries, key, durable, delivered)
+                first = await self._committed(entries, key, durable)
             except asyncio.CancelledError:
-                self._withdraw_later(delivered)
                 for done in waiters + waiting:
                     if not done.done():
                         done.set_exception(AuditUnavailable())
@@ -285,16 +283,46 @@ class AuditLog:
                 waiting.clear()
                 raise
             except Exception as exc:
-                await self._withdraw(delivered)
                 log.error("audit group commit failed",
                           extra={"entries": len(waiters), "exception": type(exc).__qualname__})
                 for done in waiters:
                     if not done.done():
                         done.set_exception(AuditUnavailable())
                 continue
-            for position, done in enumerate(waiters, int(first)):
+            for position, done in enumerate(waiters, first):
                 if not done.done():
                     done.set_result(position)
+
+    async def _committed(self, entries: list[Fields], key: MacKey, durable: bool) -> int:
+        """`_write`, and the sinks' lines withdrawn if it failed: the one way every path (one
+        entry at once, a batch) commits, so a failure and a cancellation end the same on each.
+
+        With sinks, the write is a task of its own that a cancelled caller does not cut short (a
+        cancellation arriving at COMMIT, say): a SQLite store's writer thread would go on without
+        it, and commit or not. When that write ends its lines are withdrawn if, and only if, it
+        failed (a committed entry's line is never marked withdrawn because its caller left). On a
+        PostgreSQL store the transaction's commit hook withdraws them (`_SinkDelivery.undo`),
+        when its COMMIT failed or its answer was lost. Without sinks there is nothing to
+        withdraw, and the write is awaited as it is (no task on a run's path)."""
+        delivered: list[Row] = []
+        if self.sinks is None:
+            return await self._write(entries, key, durable, delivered)
+        write = asyncio.ensure_future(self._write(entries, key, durable, delivered))
+        self._writes.add(write)
+        write.add_done_callback(self._writes.discard)
+        try:
+            return await asyncio.shield(write)
+        except asyncio.CancelledError:
+            write.add_done_callback(functools.partial(self._withdraw_if_failed, delivered))
+            raise
+        except Exception:
+            await self._withdraw(delivered)
+            raise
+
+    def _withdraw_if_failed(self, delivered: list[Row], write: asyncio.Future[int]) -> None:
+        """A write whose caller was cancelled has ended: withdraw its lines if it failed."""
+        if write.cancelled() or write.exception() is not None:
+            self._withdraw_later(delivered)
 
     async def _write(self, entries: list[Fields], key: MacKey, durable: bool,
                      delivered: list[Row]) -> int:
@@ -354,18 +382,22 @@ class AuditLog:
             await asyncio.to_thread(self.sinks.withdraw, delivered)
 
     def _withdraw_later(self, delivered: list[Row]) -> None:
-        """`_withdraw` for a cancelled batch (the cancellation goes on at once)."""
+        """`_withdraw` for a write whose caller was cancelled (a task: `close` waits for it)."""
         if delivered and self.sinks is not None:
             task = asyncio.get_running_loop().create_task(self._withdraw(delivered))
-            _withdrawing.add(task)
-            task.add_done_callback(_withdrawing.discard)
+            self._withdrawing.add(task)
+            task.add_done_callback(self._withdrawing.discard)
 
     async def close(self) -> None:
-        """Let pending entries finish, then refuse new ones."""
+        """Let pending entries finish (those whose callers were cancelled too, and the
+        withdrawal of their lines if they failed), then refuse new ones."""
         self._closed = True
-        if self._flusher is not None:
-            with contextlib.suppress(Exception):
-                await self._flusher
+        if self._flusher is not None:  # its failures (a cancellation too) are its callers'
+            await asyncio.wait([self._flusher])
+        while self._writes:  # their done callbacks start a failed one's withdrawal
+            await asyncio.wait(set(self._writes))
+        if self._withdrawing:
+            await asyncio.wait(set(self._withdrawing))
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -402,7 +434,6 @@ class AuditLog:
 
 
 Row = dict[str, Any]
-_withdrawing: set[asyncio.Task[None]] = set()  # withdrawals of cancelled batches, until done
 
 
 class _SinkDelivery:

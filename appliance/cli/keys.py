@@ -1,5 +1,9 @@
 """`appliance keys status | rotate | change-password`: the keyring's state, data key rotation, and
 a new instance secret. Prints versions, counts and progress; never a key or a secret.
+
+`rotate` and `change-password` are audited (actor `cli:<OS user>`): a `.start` entry committed
+before anything changes (fail-closed: no entry, no change), then one naming the outcome, with
+versions, counts and the new secret's source in its details; never a key or a secret.
 """
 
 from __future__ import annotations
@@ -8,11 +12,14 @@ import argparse
 import asyncio
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from appliance import state_dir
+from appliance.audit import AuditLog
+from appliance.audit.log import AuditUnavailable
 from appliance.cli import unit_credential
 from appliance.cli.common import (
     add_json_option,
@@ -21,7 +28,8 @@ from appliance.cli.common import (
     load_settings,
 )
 from appliance.cli.unit_credential import UnitCredential
-from appliance.core import open_core
+from appliance.cli.users import cli_context
+from appliance.core import Core, open_core
 from appliance.errors import ApplianceError
 from appliance.keyring import SecretVault
 from appliance.keyring.errors import InstanceSecretMissing
@@ -105,12 +113,55 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(run=run_change_password)
 
 
+ROTATE_ACTION = "keyring.rotate"
+CHANGE_ACTION = "keyring.secret_change"
+
+
 @asynccontextmanager
 async def opened(settings: Settings) -> AsyncIterator[tuple[Store, SecretVault]]:
     """The existing store and its vault; never creates a state directory or a store."""
     state_dir.check(settings.server.state_dir.absolute())
     async with open_core(settings, must_exist=True) as core:
         yield core.store, core.vault
+
+
+@asynccontextmanager
+async def opened_to_change(settings: Settings) -> AsyncIterator[Core]:
+    """`opened` for a verb that changes the keyring: the core itself (its audit log), with the
+    audit sinks opened at once, so a required one that cannot be opened stops the verb (exit 2)
+    before it reads or changes anything."""
+    state_dir.check(settings.server.state_dir.absolute())
+    async with open_core(settings, must_exist=True, writing=True) as core:
+        yield core
+
+
+@dataclass
+class Outcome:
+    """What an audited block reports for its entry: the outcome and details (no secret)."""
+
+    outcome: str = "ok"
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@asynccontextmanager
+async def audited(audit: AuditLog, action: str) -> AsyncIterator[Outcome]:
+    """`action`.start committed before the block runs (`AuditUnavailable` stops it first), then
+    `action` with the block's outcome; `error` (naming the error's code) when it raises. Each
+    entry commits on its own: the block is many transactions, and one killed half-way leaves
+    its start entry."""
+    context = cli_context()
+    await audit.record(action=f"{action}.start", context=context)
+    report = Outcome()
+    try:
+        yield report
+    except Exception as exc:
+        code = exc.code if isinstance(exc, ApplianceError) else type(exc).__name__
+        with suppress(AuditUnavailable):  # the block's own error is what the user must see
+            await audit.record(action=action, outcome="error", context=context,
+                               details={**report.details, "error": code})
+        raise
+    await audit.record(action=action, outcome=report.outcome, details=report.details,
+                       context=context)
 
 
 def _when(rfc3339: str | None) -> str:
@@ -192,9 +243,15 @@ def run_rotate(args: argparse.Namespace) -> int:
         print(f"\r{line}" if interactive else line, end="" if interactive else "\n", flush=True)
 
     async def main() -> int:
-        async with opened(settings) as (_, vault):
-            before = vault.active_version
-            report = await rotate(vault, batch_size=args.batch_size, progress=progress)
+        async with opened_to_change(settings) as core, audited(core.audit, ROTATE_ACTION) as entry:
+            before = core.vault.active_version
+            report = await rotate(core.vault, batch_size=args.batch_size, progress=progress)
+            entry.outcome = "failed" if report.kept else "ok"
+            entry.details = {
+                "active_version": report.active, "previous_version": before,
+                "resumed": report.resumed, "resealed": report.resealed,
+                "retired_versions": report.retired, "kept_versions": report.kept,
+                "unreadable": len(report.unreadable)}
         if interactive:
             print()
         if report.resumed:
@@ -225,7 +282,8 @@ def run_change_password(args: argparse.Namespace) -> int:
     credential = unit_credential.find(args.root)
 
     async def main() -> int:
-        async with opened(settings) as (_, vault):
+        async with opened_to_change(settings) as core:
+            vault = core.vault
             new: InstanceSecret | None = None
             if args.new_secret_file is not None:
                 data = read_secret_file(args.new_secret_file, "new secret file")
@@ -244,7 +302,10 @@ def run_change_password(args: argparse.Namespace) -> int:
                     "--new-secret-file FILE, or --new-password-file FILE --new-salt SALT")
             follows = _credential_plan(settings, vault.secret_source, credential, new)
             _confirm(args, vault.secret_where, follows)
-            report = await change_instance_secret(settings, vault, new=new)
+            async with audited(core.audit, CHANGE_ACTION) as entry:
+                entry.details = {"new_source": new.source if new is not None else SOURCE_FILE}
+                report = await change_instance_secret(settings, vault, new=new)
+                entry.details["completed"] = report.completed
         return _finish(settings, report.completed, credential, follows, new)
 
     return asyncio.run(main())
