@@ -28,8 +28,9 @@ from .conftest import (
     postgres_cluster,
 )
 from .support.cli import run_verb
+from .support.json_api import api
 from .support.queries import sqlite_database
-from .test_egress_api_serve import api, init_with_token, serve
+from .support.served import init_with_token, serve
 
 RUN_ENTRIES = "SELECT count(*) FROM audit_log WHERE action = 'query.run'"
 

@@ -22,8 +22,9 @@ from appliance.store.to_postgres import CopyRefused, move_into
 
 from .conftest import PG_PASSWORD, StoreDatabase, clean_env, run_cli
 from .support.cli import run_verb
+from .support.json_api import api
 from .support.queries import sqlite_database
-from .test_egress_api_serve import api, init_with_token, serve
+from .support.served import init_with_token, serve
 
 REST_TOKEN = "rest-Token-canary-7f3e"
 

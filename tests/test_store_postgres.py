@@ -32,7 +32,8 @@ from .conftest import (
     postgres_cluster,
     run_cli,
 )
-from .test_egress_api_serve import api, init_with_token, serve
+from .support.json_api import api
+from .support.served import init_with_token, serve
 
 
 def store_settings(database: StoreDatabase, state: Path, **env: str) -> settings.Settings:
