@@ -114,6 +114,13 @@ class MariaDBServer:
         self.process = subprocess.Popen(**self.launch)
         _wait_ready(self, timeout)
 
+    def datasource_config(self, *, user: str = NATIVE_USER, tls: str = "disable",
+                          host: str = "127.0.0.1", **extra: Any) -> dict[str, Any]:
+        """A `mysql` datasource's config for this server's test database as `user` (one of the
+        accounts above), `extra` fields added; the password is the test's to give as a secret."""
+        return {"host": host, "port": self.port, "database": DATABASE, "user": user, "tls": tls,
+                **extra}
+
     @property
     def general_log(self) -> Path:
         return self.root / "general.log"
