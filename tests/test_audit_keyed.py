@@ -42,6 +42,7 @@ from tests.conftest import clean_env, run_cli
 from tests.support.app import TEST_TUNING, running, store_env
 from tests.support.audit import (
     edit_and_relink,
+    record,
     sha256_relink,
     tamper,
     unkeyed_relink,
@@ -69,18 +70,6 @@ async def keyed_store(kind: str, where: Path, request: pytest.FixtureRequest
             yield s, store, await open_vault(s, store, tuning=TEST_TUNING)
         finally:
             await store.close()
-
-
-async def record(log: AuditLog, store: Store, count: int, start: int = 0) -> None:
-    """`count` entries, half inside a transaction, half group-committed."""
-    for i in range(start, start + count):
-        if i % 2:
-            async with store.transaction() as tx:
-                await log.record(tx, action="user.create", target=f"user:u{i}",
-                                 details={"role": "viewer"}, context=Context(actor="tester"))
-        else:
-            await log.record(action="query.run", target=f"query:q{i}",
-                             details={"datasource": "ds", "row_count": i})
 
 
 async def rows(store: Store) -> list[dict[str, Any]]:

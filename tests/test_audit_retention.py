@@ -22,7 +22,6 @@ from appliance.audit import (
     CHECKPOINT_ACTION,
     AuditLog,
     BackgroundVerifier,
-    Context,
     chain_status,
     verify_store,
 )
@@ -36,7 +35,7 @@ from appliance.settings import Settings
 from appliance.store import Store, open_store
 from tests.conftest import clean_env, run_cli, start_server
 from tests.support.app import TEST_TUNING, make_settings, prepare, store_env
-from tests.support.audit import is_sqlite, tamper
+from tests.support.audit import is_sqlite, record, tamper
 from tests.support.shared_store import SHARED_STORE_KINDS, new_store
 
 # The append-only trigger's refusal as each store reports it (PostgreSQL: RAISE EXCEPTION).
@@ -68,18 +67,6 @@ def audit_clock(monkeypatch: pytest.MonkeyPatch, days_ago: int) -> Iterator[None
     with monkeypatch.context() as patch:
         patch.setattr(audit_log_module, "_now", lambda: cutoff_time(time.time(), days_ago))
         yield
-
-
-async def record(log: AuditLog, store: Store, count: int, start: int = 0) -> None:
-    """`count` entries, half inside a transaction, half group-committed."""
-    for i in range(start, start + count):
-        if i % 2:
-            async with store.transaction() as tx:
-                await log.record(tx, action="user.create", target=f"user:u{i}",
-                                 details={"role": "viewer"}, context=Context(actor="tester"))
-        else:
-            await log.record(action="query.run", target=f"query:q{i}",
-                             details={"datasource": "ds", "row_count": i})
 
 
 async def positions(store: Store) -> list[int]:
