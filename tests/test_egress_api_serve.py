@@ -5,19 +5,13 @@ field by field until it is reset."""
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
 from .conftest import ServerProcess, clean_env
 from .support.json_api import api
+from .support.ports import free_port
 from .support.served import init_with_token, serve
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def probe(server: ServerProcess, token: str, host: str, port: int) -> dict[str, Any]:

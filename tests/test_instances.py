@@ -36,6 +36,7 @@ from tests.conftest import (
 from tests.support.app import running
 from tests.support.json_api import api
 from tests.support.outside_store import OutsideStore
+from tests.support.ports import free_port
 from tests.support.shared_store import (
     SHARED_STORE_KINDS,
     instance_state,
@@ -47,12 +48,6 @@ PASSWORD = "admin-password-0123"
 INTERVAL = 0.4  # seconds between heartbeats in these tests
 # How long a dead instance may still count as alive (instances.ALIVE_BEATS intervals + slack).
 AGE_OUT = INTERVAL * instances_module.ALIVE_BEATS + instances_module.ALIVE_SLACK
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -33,6 +32,7 @@ from .conftest import (
     run_cli,
 )
 from .support.json_api import api
+from .support.ports import free_port
 from .support.served import init_with_token, serve
 
 
@@ -228,12 +228,6 @@ async def test_the_audit_log_refuses_truncate(store_database: StoreDatabase,
 
 
 # --- bad settings: one line, exit 2, no password ------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def init(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:

@@ -32,17 +32,12 @@ from cryptography.x509.oid import NameOID
 from tests.conftest import ServerProcess, clean_env, start_server
 from tests.support.app import make_settings, prepare, store_env
 from tests.support.outside_store import OutsideStore
+from tests.support.ports import free_port
 
 HAVE_PEBBLE = shutil.which("pebble") is not None and shutil.which("pebble-challtestsrv") is not None
 EAB_KID = "kid-1"
 EAB_HMAC = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
 NAME = "acme.test"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 15) -> None:

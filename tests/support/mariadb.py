@@ -34,6 +34,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.support.ports import free_port
+
 # Accounts made by `mariadb_server`, each allowed from 127.0.0.1 only (`SOURCE_USER` from
 # 127.0.0.2 only: the server sees which source address a client connected from).
 NATIVE_USER, NATIVE_PASSWORD = "app_native", "native-Pa55word'\\"
@@ -161,12 +163,6 @@ def _binary(name: str) -> str | None:
         (str(p) for p in (Path("/usr/sbin") / name, Path("/usr/bin") / name) if p.exists()), None)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _wait_ready(server: MariaDBServer, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -235,7 +231,7 @@ def mariadb(*, name: str = "mariadb", timeout: float = 60) -> Iterator[MariaDBSe
             capture_output=True, text=True, timeout=120, user=uid, group=gid, extra_groups=groups)
         if installed.returncode != 0:
             pytest.fail(f"mariadb-install-db failed: {installed.stdout}\n{installed.stderr}")
-        port = _free_port()
+        port = free_port()
         sock = root / "mysqld.sock"
         launch: dict[str, Any] = dict(
             args=[mariadbd, "--no-defaults", f"--datadir={data}", f"--port={port}",
