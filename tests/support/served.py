@@ -13,6 +13,8 @@ from pathlib import Path
 
 from tests.conftest import ServerProcess, start_server
 from tests.support.cli import run_verb
+from tests.support.json_api import api
+from tests.support.queries import sqlite_database
 
 PASSWORD = "admin-password-0123"
 
@@ -36,3 +38,21 @@ def serve(tmp_path: Path, config: Path, *extra: str,
     """`serve` of `tmp_path`/state with `config` on 127.0.0.1 and an ephemeral port."""
     return start_server(["serve", "--state-dir", str(tmp_path / "state"), "--config", str(config),
                          "--listen", "127.0.0.1:0", *extra], cwd=tmp_path, env=env)
+
+
+def seed_by_id_query(server: ServerProcess, token: str, where: Path) -> tuple[Path, str]:
+    """`where`/data.sqlite with a table t (1 'one', 2 'two'), the SQLite datasource "Local" on
+    it and the query "by-id" (`SELECT name FROM t WHERE id = {{ id }}`), made through the API
+    with `token`; the file and the query's id."""
+    data = sqlite_database(where / "data.sqlite", [
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)",
+        "INSERT INTO t VALUES (1, 'one'), (2, 'two')"])
+    status, ds = api(server, "POST", "/api/v1/datasources", token, {
+        "name": "Local", "kind": "sqlite", "config": {"path": str(data)}})
+    assert status == 201, ds
+    status, query = api(server, "POST", "/api/v1/queries", token, {
+        "name": "by-id", "datasource_id": ds["id"],
+        "body": "SELECT name FROM t WHERE id = {{ id }}",
+        "parameters": [{"name": "id", "type": "integer"}]})
+    assert status == 201, query
+    return data, str(query["id"])
