@@ -12,7 +12,6 @@ import io
 import json
 import logging
 import shutil
-import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -37,6 +36,7 @@ from appliance.settings import SinkSpec
 from appliance.store import Store, open_sqlite_store
 from tests.conftest import clean_env, run_cli
 from tests.support.app import make_settings, prepare, store_env
+from tests.support.audit import tamper_file
 from tests.support.cli import run_verb
 from tests.support.journald import journald
 from tests.support.outside_store import OutsideStore
@@ -86,18 +86,6 @@ async def appliance(db: Path, sink: Path) -> AsyncIterator[Appliance]:
         await app.close()
 
 
-def tamper(db: Path, *statements: str) -> None:
-    """What someone with the file could do: drop the append-only triggers, then change rows."""
-    conn = sqlite3.connect(db, isolation_level=None)
-    try:
-        conn.execute("DROP TRIGGER IF EXISTS audit_log_no_update")
-        conn.execute("DROP TRIGGER IF EXISTS audit_log_no_delete")
-        for statement in statements:
-            conn.execute(statement)
-    finally:
-        conn.close()
-
-
 async def check(db: Path, sink: Path) -> Any:
     store = await open_sqlite_store(db)
     try:
@@ -120,7 +108,7 @@ async def test_a_cut_tail_is_found(tmp_path: Path) -> None:
     db, sink = tmp_path / "audit.db", tmp_path / "audit.jsonl"
     async with appliance(db, sink) as app:
         await app.record(200, every=25)
-    tamper(db, "DELETE FROM audit_log WHERE seq > 150")
+    tamper_file(db, "DELETE FROM audit_log WHERE seq > 150")
     result = await check(db, sink)
     assert not result.ok and result.position == 151
     assert result.reason.startswith("the log was cut: anchor at 200 (")
@@ -157,13 +145,13 @@ async def test_an_edited_entry_is_found_and_pruned_anchors_are_skipped(tmp_path:
     db, sink = tmp_path / "audit.db", tmp_path / "audit.jsonl"
     async with appliance(db, sink) as app:
         await app.record(60, every=20)
-    tamper(db, "DELETE FROM audit_log WHERE seq <= 20")  # as retention prunes
+    tamper_file(db, "DELETE FROM audit_log WHERE seq <= 20")  # as retention prunes
     result = await check(db, sink)
     assert result.ok and result.pruned == 21 and result.checked == 40 + 2
-    tamper(db, "UPDATE audit_log SET hash = '" + "e" * 64 + "' WHERE seq = 33")
+    tamper_file(db, "UPDATE audit_log SET hash = '" + "e" * 64 + "' WHERE seq = 33")
     result = await check(db, sink)
     assert not result.ok and result.position == 33 and "differs" in result.reason
-    tamper(db, "DELETE FROM audit_log WHERE seq = 31")
+    tamper_file(db, "DELETE FROM audit_log WHERE seq = 31")
     result = await check(db, sink)
     assert result.position == 31 and "missing from the store" in result.reason
 
@@ -240,7 +228,7 @@ async def test_the_anchorer_logs_and_writes_to_every_sink_when_the_head_moved(
     log_file = tmp_path / "appliance.log"
     log_file.write_text(stream.getvalue())
     assert (await check(db, log_file)).ok
-    tamper(db, "DELETE FROM audit_log WHERE seq > 4")
+    tamper_file(db, "DELETE FROM audit_log WHERE seq > 4")
     result = await check(db, log_file)
     assert not result.ok and result.position == 5 and "anchor at 6" in result.reason
 
@@ -277,7 +265,7 @@ async def test_anchors_from_a_real_journal(tmp_path: Path) -> None:
         journal.wait_for(33, "SYSLOG_IDENTIFIER=appliance-audit")
         found = await asyncio.to_thread(read_journal_anchors, namespace=journal.namespace)
         assert len(found.anchors) == 33 and found.malformed == 0
-        tamper(db, "DELETE FROM audit_log WHERE seq > 25")
+        tamper_file(db, "DELETE FROM audit_log WHERE seq > 25")
         store = await open_sqlite_store(db)
         try:
             result = await check_store_anchors(store, found)

@@ -11,7 +11,6 @@ import hmac
 import itertools
 import json
 import os
-import sqlite3
 import types
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -39,6 +38,7 @@ from appliance.secret import Secret
 from appliance.store import SQLiteStore, open_sqlite_store
 from tests.conftest import clean_env, run_cli
 from tests.support.app import prepare, running, store_env
+from tests.support.audit import tamper_file
 
 KEYS = FixedMacKeys.generate()  # the audit keys of these tests' stores (no keyring here)
 # A query run's entry, as the tests record it (as the runner does: no transaction).
@@ -61,18 +61,6 @@ async def audit_log(tmp_path: Path,
     finally:
         await log.close()
         await store.close()
-
-
-def tamper(path: Path, *statements: str) -> None:
-    """What someone with the file could do: drop the append-only triggers, then change rows."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("DROP TRIGGER IF EXISTS audit_log_no_update")
-        conn.execute("DROP TRIGGER IF EXISTS audit_log_no_delete")
-        for statement in statements:
-            conn.execute(statement)
-    finally:
-        conn.close()
 
 
 async def test_an_intact_chain_verifies(tmp_path: Path) -> None:
@@ -114,7 +102,7 @@ async def test_tampering_is_found_with_its_position(tmp_path: Path, statements: 
                                                     position: int) -> None:
     async with audit_log(tmp_path) as (store, _):
         pass
-    tamper(tmp_path / "audit.db", *statements)
+    tamper_file(tmp_path / "audit.db", *statements)
     store = await open_sqlite_store(tmp_path / "audit.db")
     try:
         result = await verify_store(store, KEYS)

@@ -8,11 +8,9 @@ marker (what it reads, what it writes when idle); fail-closed without a key; the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,55 +30,28 @@ from appliance.audit import (
 )
 from appliance.core import open_core
 from appliance.egress import Dialer, PolicyHolder
-from appliance.keyring import SecretVault, open_vault
+from appliance.keyring import open_vault
 from appliance.keyring.ring import Keyring
 from appliance.keyring.rotation import rotate
 from appliance.secret import Secret
-from appliance.settings import Settings
 from appliance.store import Store, open_store
 from tests.conftest import clean_env, run_cli
 from tests.support.app import TEST_TUNING, running, store_env
 from tests.support.audit import (
     edit_and_relink,
+    record,
     sha256_relink,
     tamper,
     unkeyed_relink,
     write_legacy_entries,
     wrong_key_relink,
 )
-from tests.support.shared_store import SHARED_STORE_KINDS, new_store
+from tests.support.shared_store import SHARED_STORE_KINDS, keyed_store
 
 
 @pytest.fixture(params=SHARED_STORE_KINDS)
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-@contextlib.asynccontextmanager
-async def keyed_store(kind: str, where: Path, request: pytest.FixtureRequest
-                      ) -> AsyncIterator[tuple[Settings, Store, SecretVault]]:
-    """A new store of `kind` with its state directory, instance secret and keyring (cheap
-    scrypt), and the vault over it."""
-    with new_store(kind, request, where) as env:
-        s = settings.load(env=env, flags={"state_dir": str(where / "state")})
-        await bootstrap.init_state(s)
-        store = await open_store(s, Dialer(PolicyHolder(s.egress)))
-        try:
-            yield s, store, await open_vault(s, store, tuning=TEST_TUNING)
-        finally:
-            await store.close()
-
-
-async def record(log: AuditLog, store: Store, count: int, start: int = 0) -> None:
-    """`count` entries, half inside a transaction, half group-committed."""
-    for i in range(start, start + count):
-        if i % 2:
-            async with store.transaction() as tx:
-                await log.record(tx, action="user.create", target=f"user:u{i}",
-                                 details={"role": "viewer"}, context=Context(actor="tester"))
-        else:
-            await log.record(action="query.run", target=f"query:q{i}",
-                             details={"datasource": "ds", "row_count": i})
 
 
 async def rows(store: Store) -> list[dict[str, Any]]:

@@ -11,33 +11,28 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from appliance import bootstrap, settings
 from appliance.audit import (
     CHECKPOINT_ACTION,
     AuditLog,
     BackgroundVerifier,
-    Context,
     chain_status,
     verify_store,
 )
 from appliance.audit import log as audit_log_module
 from appliance.audit.retention import Pruner, cutoff_time
 from appliance.core import open_core
-from appliance.egress import Dialer, PolicyHolder
 from appliance.errors import StoreError
-from appliance.keyring import SecretVault, open_vault
-from appliance.settings import Settings
-from appliance.store import Store, open_store
+from appliance.store import Store
 from tests.conftest import clean_env, run_cli, start_server
 from tests.support.app import TEST_TUNING, make_settings, prepare, store_env
-from tests.support.audit import is_sqlite, tamper
-from tests.support.shared_store import SHARED_STORE_KINDS, new_store
+from tests.support.audit import is_sqlite, record, tamper
+from tests.support.shared_store import SHARED_STORE_KINDS, keyed_store
 
 # The append-only trigger's refusal as each store reports it (PostgreSQL: RAISE EXCEPTION).
 REFUSED = "append-only|RaiseError"
@@ -48,19 +43,6 @@ def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@contextlib.asynccontextmanager
-async def keyed_store(kind: str, where: Path, request: pytest.FixtureRequest
-                      ) -> AsyncIterator[tuple[Settings, Store, SecretVault]]:
-    with new_store(kind, request, where) as env:
-        s = settings.load(env=env, flags={"state_dir": str(where / "state")})
-        await bootstrap.init_state(s)
-        store = await open_store(s, Dialer(PolicyHolder(s.egress)))
-        try:
-            yield s, store, await open_vault(s, store, tuning=TEST_TUNING)
-        finally:
-            await store.close()
-
-
 @contextlib.contextmanager
 def audit_clock(monkeypatch: pytest.MonkeyPatch, days_ago: int) -> Iterator[None]:
     """Entries written meanwhile, through the real write path, carry a time `days_ago` days
@@ -68,18 +50,6 @@ def audit_clock(monkeypatch: pytest.MonkeyPatch, days_ago: int) -> Iterator[None
     with monkeypatch.context() as patch:
         patch.setattr(audit_log_module, "_now", lambda: cutoff_time(time.time(), days_ago))
         yield
-
-
-async def record(log: AuditLog, store: Store, count: int, start: int = 0) -> None:
-    """`count` entries, half inside a transaction, half group-committed."""
-    for i in range(start, start + count):
-        if i % 2:
-            async with store.transaction() as tx:
-                await log.record(tx, action="user.create", target=f"user:u{i}",
-                                 details={"role": "viewer"}, context=Context(actor="tester"))
-        else:
-            await log.record(action="query.run", target=f"query:q{i}",
-                             details={"datasource": "ds", "row_count": i})
 
 
 async def positions(store: Store) -> list[int]:

@@ -23,38 +23,12 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import (
-    ServerProcess,
-    clean_env,
-    http_request,
-    run_cli,
-    start_server,
-    tls_connection,
-)
+from tests.conftest import ServerProcess, clean_env, run_cli, start_server
 from tests.support.app import ADMIN_PASSWORD as PASSWORD
 from tests.support.app import prepared_for_processes
 from tests.support.journald import journald
+from tests.support.json_api import request
 from tests.support.queries import sqlite_database
-
-
-def request(server: ServerProcess, method: str, path: str, *, token: str | None = None,
-            body: Any = None, cookie: str | None = None) -> tuple[int, dict[str, str], Any]:
-    raw = b"" if body is None else json.dumps(body).encode()
-    headers: dict[str, str] = {}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    if cookie is not None:
-        headers["Cookie"] = cookie
-    if body is not None:
-        headers["Content-Type"] = "application/json"
-    with tls_connection("127.0.0.1", server.port, server.client_context(),
-                        server_hostname="localhost") as sock:
-        status, headers_in, data = http_request(sock, method, path, "localhost", headers, raw)
-    try:
-        decoded = json.loads(data) if data else None
-    except ValueError:
-        decoded = data.decode() if isinstance(data, bytes) else data
-    return status, headers_in, decoded
 
 
 class Appliance:

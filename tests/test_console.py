@@ -8,7 +8,6 @@ Screenshots of every page, at 1280 and 390 px, land in test-output/console/.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sqlite3
 import time
@@ -22,15 +21,18 @@ import pytest
 from appliance.http.console_routes import CONSOLE_CSP
 from tests.support.console import (
     ADMIN_PASSWORD,
+    DEVELOPER_PASSWORD,
     PG_PASSWORD,
     VIEWER_PASSWORD,
     ApiClient,
     Appliance,
     Postgres,
-    Recorder,
     add_user,
     appliance,
-    launch_chromium,
+    chromium_for,
+    clean,
+    login,
+    new_page,
     pg_execute,
     postgres_cluster,
     shot,
@@ -42,7 +44,6 @@ pytestmark = pytest.mark.browser
 sync_api = pytest.importorskip("playwright.sync_api")
 pyotp = pytest.importorskip("pyotp")
 
-DEVELOPER_PASSWORD = "developer-password-0123"
 HOSTILE_NAME = "<img src=x onerror=alert(1)>"
 HOSTILE_ROW = "<script>alert(2)</script>"
 # The seeded query's body: its distinctive fragments must never reach a viewer's browser.
@@ -70,25 +71,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                    f"(2, 'acme', '{HOSTILE_ROW}'), (3, 'globex', 'not for acme'), "
                    "(4, 'acme', NULL)")
         with appliance(root) as app:
-            # The recorder reads API answers through Playwright's own HTTP client (route.fetch):
-            # it trusts the appliance's local CA, and nothing else, through this variable.
-            assert app.server.ca_file is not None
-            previous = os.environ.get("NODE_EXTRA_CA_CERTS")
-            os.environ["NODE_EXTRA_CA_CERTS"] = str(app.server.ca_file)
-            try:
-                with sync_api.sync_playwright() as playwright:
-                    add_user(app, root, "dev", "developer", DEVELOPER_PASSWORD)
-                    add_user(app, root, "vera", "viewer", VIEWER_PASSWORD)
-                    browser = launch_chromium(playwright, app.spki_sha256)
-                    try:
-                        yield World(app, pg, browser, root)
-                    finally:
-                        browser.close()
-            finally:
-                if previous is None:
-                    os.environ.pop("NODE_EXTRA_CA_CERTS", None)
-                else:
-                    os.environ["NODE_EXTRA_CA_CERTS"] = previous
+            add_user(app, root, "dev", "developer", DEVELOPER_PASSWORD)
+            add_user(app, root, "vera", "viewer", VIEWER_PASSWORD)
+            with chromium_for(app) as browser:
+                yield World(app, pg, browser, root)
 
 
 @pytest.fixture(scope="module")
@@ -117,32 +103,12 @@ def seeded(world: World) -> dict[str, str]:
     return world.seeded
 
 
-def new_page(world: World, width: int = 1280, height: int = 900) -> tuple[Any, Any, Recorder]:
-    context = world.browser.new_context(viewport={"width": width, "height": height})
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    return context, page, Recorder(page)
-
-
-def login(page: Any, url: str, username: str, password: str) -> None:
-    page.goto(url + "/")
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password", exact=True).fill(password)
-    page.get_by_role("button", name="Log in").click()
-
-
-def clean(recorder: Recorder) -> None:
-    """No uncaught script error and no dialog (alert/confirm/prompt) ever opened."""
-    assert recorder.page_errors == []
-    assert recorder.dialogs == []
-
-
 # --- the admin ---------------------------------------------------------------------------------
 
 
 def test_admin_enrols_2fa_builds_a_datasource_and_a_query_and_sees_rows(world: World) -> None:
     app = world.app
-    context, page, recorder = new_page(world)
+    context, page, recorder = new_page(world.browser)
     try:
         page.goto(app.url + "/")
         page.get_by_label("Username").wait_for()
@@ -397,7 +363,7 @@ def heap_strings(page: Any) -> str:
 def test_viewer_runs_a_query_and_the_browser_never_holds_sql_or_password(
         world: World, seeded: dict[str, str]) -> None:
     app = world.app
-    context, page, recorder = new_page(world)
+    context, page, recorder = new_page(world.browser)
     try:
         # Keyboard only: the username field has focus; Tab to the password; Enter submits.
         page.goto(app.url + "/")
@@ -482,7 +448,7 @@ def test_hostile_names_and_rows_render_as_text_and_run_nothing(world: World, see
         db.commit()
     finally:
         db.close()
-    context, page, recorder = new_page(world)
+    context, page, recorder = new_page(world.browser)
     try:
         login(page, app.url, "dev", DEVELOPER_PASSWORD)
         page.get_by_role("heading", name="Queries").wait_for()
@@ -531,7 +497,7 @@ def test_hostile_names_and_rows_render_as_text_and_run_nothing(world: World, see
 
 def test_the_browser_enforces_the_consoles_csp_and_headers(world: World) -> None:
     app = world.app
-    context, page, recorder = new_page(world)
+    context, page, recorder = new_page(world.browser)
     try:
         response = page.goto(app.url + "/")
         headers = response.headers
@@ -574,7 +540,7 @@ def test_the_browser_enforces_the_consoles_csp_and_headers(world: World) -> None
 
 def test_big_results_stream_in_and_each_kind_has_its_form(world: World, seeded: dict[str, str]) -> None:
     app = world.app
-    context, page, recorder = new_page(world)
+    context, page, recorder = new_page(world.browser)
     try:
         login(page, app.url, "dev", DEVELOPER_PASSWORD)
         page.get_by_role("heading", name="Queries").wait_for()
@@ -632,7 +598,7 @@ def test_big_results_stream_in_and_each_kind_has_its_form(world: World, seeded: 
 def test_errors_land_on_the_input_their_field_names_never_by_their_words(
         world: World, seeded: dict[str, str]) -> None:
     app = world.app
-    context, page, recorder = new_page(world)
+    context, page, recorder = new_page(world.browser)
     try:
         login(page, app.url, "dev", DEVELOPER_PASSWORD)
         page.get_by_role("heading", name="Queries").wait_for()
@@ -718,7 +684,7 @@ def enrolled_admin(world: World) -> str:
 def test_the_role_lists_are_the_servers(world: World) -> None:
     app = world.app
     secret = enrolled_admin(world)
-    context, page, recorder = new_page(world)
+    context, page, recorder = new_page(world.browser)
     try:
         # As the server names them, lowest first.
         login(page, app.url, "ada", ADA_PASSWORD)
@@ -753,7 +719,7 @@ def test_the_role_lists_are_the_servers(world: World) -> None:
     finally:
         context.close()
 
-    context, page, recorder = new_page(world)
+    context, page, recorder = new_page(world.browser)
     try:
         answer_changed(page, "/api/v1/roles",
                        lambda body: {**body, "roles": ["viewer", "auditor", "developer", "admin"]})
@@ -784,7 +750,7 @@ def test_the_role_lists_are_the_servers(world: World) -> None:
 def test_where_a_datasource_points_and_what_a_body_is_are_each_kinds_declaration(
         world: World, seeded: dict[str, str]) -> None:
     app = world.app
-    context, page, recorder = new_page(world)
+    context, page, recorder = new_page(world.browser)
     try:
         login(page, app.url, "dev", DEVELOPER_PASSWORD)
         page.get_by_role("heading", name="Queries").wait_for()

@@ -16,8 +16,17 @@ from appliance import state_dir
 from appliance.audit import AuditLog, Context, reading
 from appliance.keyring import open_vault
 from appliance.store import open_sqlite_store
-from tests.conftest import ServerProcess, clean_env, run_cli, start_server
-from tests.support.console import ADMIN_PASSWORD, launch_chromium, leaf_of, shot, spki_sha256
+from tests.conftest import clean_env
+from tests.support.console import (
+    ADMIN_PASSWORD,
+    init_state,
+    launch_chromium,
+    leaf_of,
+    login,
+    serve,
+    shot,
+    spki_sha256,
+)
 from tests.test_audit_reading import fill
 
 # Real Chromium: `make test-fast` leaves these out (tests/test_suite_marks.py keeps it so).
@@ -45,20 +54,10 @@ async def grow(state: Path, count: int) -> None:
         await store.close()
 
 
-def serve(root: Path, state: Path) -> ServerProcess:
-    env = clean_env(APPLIANCE_AUTH_REQUIRE_2FA="")  # 2FA has its own tests
-    return start_server(["serve", "--state-dir", str(state), "--listen", "127.0.0.1:0"],
-                        cwd=root, env=env)
-
-
 def test_the_audit_page_filters_on_the_server_and_pages_with_the_cursor(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    password_file = tmp_path / "admin-password"
-    password_file.write_text(ADMIN_PASSWORD + "\n")
-    done = run_cli("init", "--state-dir", str(state), "--admin-password-file", str(password_file))
-    assert done.returncode == 0, done.stderr
+    state = init_state(tmp_path)
     asyncio.run(grow(state, reading.SCAN_BOUND + 10_000))
-    server = serve(tmp_path, state)
+    server = serve(tmp_path, state, APPLIANCE_AUTH_REQUIRE_2FA="")  # 2FA has its own tests
     try:
         url = f"https://127.0.0.1:{server.port}"
         with sync_api.sync_playwright() as playwright:
@@ -70,10 +69,7 @@ def test_the_audit_page_filters_on_the_server_and_pages_with_the_cursor(tmp_path
                     page.set_default_timeout(20_000)
                     errors: list[str] = []
                     page.on("pageerror", lambda error, errors=errors: errors.append(str(error)))
-                    page.goto(url + "/")
-                    page.get_by_label("Username").fill("admin")
-                    page.get_by_label("Password", exact=True).fill(ADMIN_PASSWORD)
-                    page.get_by_role("button", name="Log in").click()
+                    login(page, url, "admin", ADMIN_PASSWORD)
                     if width < 1000:
                         page.get_by_role("button", name="Menu").click()
                     page.get_by_role("link", name="Audit log").click()

@@ -5,7 +5,6 @@ to the change-password form. Screenshots in the test output's console folder."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,27 +13,26 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import clean_env, run_cli, start_server
+from tests.conftest import clean_env, run_cli
 from tests.support.console import (
     ADMIN_PASSWORD,
+    DEVELOPER_PASSWORD,
     VIEWER_PASSWORD,
     WIDTHS,
     ApiClient,
     Appliance,
-    Recorder,
-    launch_chromium,
-    leaf_of,
+    add_user,
+    appliance,
+    chromium_for,
+    login,
+    new_page,
     shot,
-    spki_sha256,
 )
 
 # Real Chromium: `make test-fast` leaves these out (tests/test_suite_marks.py keeps it so).
 pytestmark = pytest.mark.browser
 
 sync_api = pytest.importorskip("playwright.sync_api")
-
-DEV_PASSWORD = "developer-password-0123"
-
 
 @dataclass
 class World:
@@ -53,30 +51,17 @@ def _cli(app_state: Path, *args: str) -> str:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("console-groups")
-    state = root / "state"
-    (root / "admin-password").write_text(ADMIN_PASSWORD + "\n")
-    done = run_cli("init", "--state-dir", str(state), "--admin-password-file",
-                   str(root / "admin-password"))
-    assert done.returncode == 0, done.stderr
-    for name, role, password, groups in (("dev", "developer", DEV_PASSWORD, ()),
-                                         ("vera", "viewer", VIEWER_PASSWORD, ("Team-A",)),
-                                         ("walt", "viewer", VIEWER_PASSWORD, ())):
-        (root / f"{name}.pw").write_text(password + "\n")
-        flags = [arg for g in groups for arg in ("--group", g)]
-        _cli(state, "users", "add", name, "--role", role, "--password-file",
-             str(root / f"{name}.pw"), "--no-password-change", *flags)
     db = root / "shop.db"
     conn = sqlite3.connect(db)
     conn.executescript("CREATE TABLE t (n INTEGER); INSERT INTO t VALUES (1);")
     conn.close()
-    env = clean_env(APPLIANCE_AUTH_REQUIRE_2FA="", APPLIANCE_EGRESS_ALLOW_PRIVATE="true")
-    server = start_server(["serve", "--state-dir", str(state), "--listen", "127.0.0.1:0"],
-                          cwd=root, env=env)
-    try:
-        der = leaf_of(server)
-        app = Appliance(server, state, f"https://127.0.0.1:{server.port}", spki_sha256(der), der)
+    with appliance(root, APPLIANCE_AUTH_REQUIRE_2FA="",
+                   APPLIANCE_EGRESS_ALLOW_PRIVATE="true") as app:
+        add_user(app, root, "dev", "developer", DEVELOPER_PASSWORD)
+        add_user(app, root, "vera", "viewer", VIEWER_PASSWORD, groups=("Team-A",))
+        add_user(app, root, "walt", "viewer", VIEWER_PASSWORD)
         dev = ApiClient(app)
-        dev.login("dev", DEV_PASSWORD)
+        dev.login("dev", DEVELOPER_PASSWORD)
         status, ds = dev.call("POST", "/api/v1/datasources", {
             "name": "shop", "kind": "sqlite", "config": {"path": str(db)}})
         assert status == 201, ds
@@ -88,44 +73,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 "groups": groups})
             assert status == 201, made
             ids[name] = made["id"]
-        assert server.ca_file is not None
-        previous = os.environ.get("NODE_EXTRA_CA_CERTS")
-        os.environ["NODE_EXTRA_CA_CERTS"] = str(server.ca_file)
-        try:
-            with sync_api.sync_playwright() as playwright:
-                browser = launch_chromium(playwright, app.spki_sha256)
-                try:
-                    yield World(app, browser, root, ids)
-                finally:
-                    browser.close()
-        finally:
-            if previous is None:
-                os.environ.pop("NODE_EXTRA_CA_CERTS", None)
-            else:
-                os.environ["NODE_EXTRA_CA_CERTS"] = previous
-    finally:
-        server.stop()
-
-
-def _page(world: World, width: int = 1280, height: int = 900) -> tuple[Any, Any, Recorder]:
-    context = world.browser.new_context(viewport={"width": width, "height": height})
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    return context, page, Recorder(page)
-
-
-def _login(page: Any, url: str, username: str, password: str) -> None:
-    page.goto(url + "/")
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password", exact=True).fill(password)
-    page.get_by_role("button", name="Log in").click()
+        with chromium_for(app) as browser:
+            yield World(app, browser, root, ids)
 
 
 @pytest.mark.parametrize("width", sorted(WIDTHS))
 def test_a_viewers_list_shows_only_what_they_may_run(world: World, width: str) -> None:
-    context, page, recorder = _page(world, *WIDTHS[width])
+    context, page, recorder = new_page(world.browser, *WIDTHS[width])
     try:
-        _login(page, world.app.url, "vera", VIEWER_PASSWORD)
+        login(page, world.app.url, "vera", VIEWER_PASSWORD)
         page.get_by_role("heading", name="My queries").wait_for()
         page.get_by_text("Team A report").first.wait_for()
         main = page.locator("#main").inner_text()
@@ -145,9 +101,9 @@ def test_a_viewers_list_shows_only_what_they_may_run(world: World, width: str) -
 
 def test_the_admin_edits_a_users_groups_and_a_developer_a_querys(world: World) -> None:
     app = world.app
-    context, page, recorder = _page(world)
+    context, page, recorder = new_page(world.browser)
     try:
-        _login(page, app.url, "admin", ADMIN_PASSWORD)
+        login(page, app.url, "admin", ADMIN_PASSWORD)
         page.get_by_role("heading", name="Queries").wait_for()
         page.goto(f"{app.url}/#/users")
         groups = page.get_by_label("Groups of walt (separated by commas)")
@@ -172,9 +128,9 @@ def test_the_admin_edits_a_users_groups_and_a_developer_a_querys(world: World) -
     assert [q["name"] for q in listed["queries"]] == ["Public report", "Team A report",
                                                       "Team B report"]
 
-    context, page, recorder = _page(world)
+    context, page, recorder = new_page(world.browser)
     try:
-        _login(page, app.url, "dev", DEV_PASSWORD)
+        login(page, app.url, "dev", DEVELOPER_PASSWORD)
         page.get_by_role("heading", name="Queries").wait_for()
         page.goto(f"{app.url}/#/queries/{world.ids['Team B report']}")
         page.get_by_role("group", name="Visible to").wait_for()
@@ -197,9 +153,9 @@ def test_after_a_reset_the_login_leads_to_the_password_change(world: World) -> N
     app = world.app
     out = _cli(app.state, "users", "reset-password", "walt")
     one_time = out.strip().rsplit(": ", 1)[1]
-    context, page, recorder = _page(world, *WIDTHS["narrow"])
+    context, page, recorder = new_page(world.browser, *WIDTHS["narrow"])
     try:
-        _login(page, app.url, "walt", one_time)
+        login(page, app.url, "walt", one_time)
         page.get_by_text("Your password was reset by an administrator").wait_for()
         assert page.get_by_label("Current password").is_visible()
         shot(page, "groups-password-change-390")
@@ -208,7 +164,7 @@ def test_after_a_reset_the_login_leads_to_the_password_change(world: World) -> N
         page.get_by_label("New password again").fill("walts-new-password-0123")
         page.get_by_role("button", name="Change password").click()
         page.get_by_role("button", name="Log in").wait_for()
-        _login(page, app.url, "walt", "walts-new-password-0123")
+        login(page, app.url, "walt", "walts-new-password-0123")
         page.get_by_role("heading", name="My queries").wait_for()
         assert recorder.page_errors == []
     finally:

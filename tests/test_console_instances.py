@@ -8,8 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ServerProcess, clean_env, run_cli, start_server
-from tests.support.console import ADMIN_PASSWORD, launch_chromium, leaf_of, shot, spki_sha256
+from tests.conftest import ServerProcess
+from tests.support.console import (
+    ADMIN_PASSWORD,
+    init_state,
+    launch_chromium,
+    leaf_of,
+    login,
+    shot,
+    spki_sha256,
+)
+from tests.support.console import serve as serve_state
 
 # Real Chromium: `make test-fast` leaves these out (tests/test_suite_marks.py keeps it so).
 pytestmark = pytest.mark.browser
@@ -19,17 +28,12 @@ sync_api = pytest.importorskip("playwright.sync_api")
 
 def serve(root: Path, state: Path) -> ServerProcess:
     # 2FA not required, so the admin logs in with a password alone (2FA has its own tests).
-    env = clean_env(APPLIANCE_AUTH_REQUIRE_2FA="", APPLIANCE_SERVER_HEARTBEAT_INTERVAL="0.5")
-    return start_server(["serve", "--state-dir", str(state), "--listen", "127.0.0.1:0"],
-                        cwd=root, env=env)
+    return serve_state(root, state, APPLIANCE_AUTH_REQUIRE_2FA="",
+                       APPLIANCE_SERVER_HEARTBEAT_INTERVAL="0.5")
 
 
 def test_the_tls_page_lists_the_instances_with_this_one_marked(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    password_file = tmp_path / "admin-password"
-    password_file.write_text(ADMIN_PASSWORD + "\n")
-    done = run_cli("init", "--state-dir", str(state), "--admin-password-file", str(password_file))
-    assert done.returncode == 0, done.stderr
+    state = init_state(tmp_path)
     a = serve(tmp_path, state)
     b = serve(tmp_path, state)
     try:
@@ -48,10 +52,7 @@ def test_the_tls_page_lists_the_instances_with_this_one_marked(tmp_path: Path) -
                         errors.append(str(error))
 
                     page.on("pageerror", record)
-                    page.goto(url + "/")
-                    page.get_by_label("Username").fill("admin")
-                    page.get_by_label("Password", exact=True).fill(ADMIN_PASSWORD)
-                    page.get_by_role("button", name="Log in").click()
+                    login(page, url, "admin", ADMIN_PASSWORD)
                     if width < 1000:
                         page.get_by_role("button", name="Menu").click()
                     page.get_by_role("link", name="TLS").click()
@@ -72,10 +73,7 @@ def test_the_tls_page_lists_the_instances_with_this_one_marked(tmp_path: Path) -
                 context = browser.new_context(viewport={"width": 1280, "height": 900})
                 page = context.new_page()
                 page.set_default_timeout(15_000)
-                page.goto(url + "/")
-                page.get_by_label("Username").fill("admin")
-                page.get_by_label("Password", exact=True).fill(ADMIN_PASSWORD)
-                page.get_by_role("button", name="Log in").click()
+                login(page, url, "admin", ADMIN_PASSWORD)
                 page.get_by_role("link", name="TLS").click()
                 page.locator("#instances tbody tr").nth(1).wait_for()
                 assert b.stop() == 0

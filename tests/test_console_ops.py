@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 import sqlite3
 import time
@@ -24,14 +23,17 @@ from typing import Any
 import pytest
 
 from appliance.auth.throttle import THRESHOLD
+from tests.support import console
 from tests.support.console import (
+    DEVELOPER_PASSWORD,
     VIEWER_PASSWORD,
     ApiClient,
     Appliance,
     Recorder,
     add_user,
     appliance,
-    launch_chromium,
+    chromium_for,
+    clean,
     shot,
 )
 
@@ -41,7 +43,6 @@ pytestmark = pytest.mark.browser
 sync_api = pytest.importorskip("playwright.sync_api")
 pyotp = pytest.importorskip("pyotp")
 
-DEVELOPER_PASSWORD = "developer-password-0123"
 ADA_PASSWORD = "ada-admin-password-0123"
 NEW_ADMIN_PASSWORD = "second-admin-password-0123"
 
@@ -70,25 +71,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     conn.commit()
     conn.close()
     with appliance(root) as app:
-        assert app.server.ca_file is not None
-        previous = os.environ.get("NODE_EXTRA_CA_CERTS")
-        os.environ["NODE_EXTRA_CA_CERTS"] = str(app.server.ca_file)
-        try:
-            with sync_api.sync_playwright() as playwright:
-                add_user(app, root, "dev", "developer", DEVELOPER_PASSWORD)
-                add_user(app, root, "vera", "viewer", VIEWER_PASSWORD)
-                browser = launch_chromium(playwright, app.spki_sha256)
-                world = World(app, browser, root)
-                seed(world, db)
-                try:
-                    yield world
-                finally:
-                    browser.close()
-        finally:
-            if previous is None:
-                os.environ.pop("NODE_EXTRA_CA_CERTS", None)
-            else:
-                os.environ["NODE_EXTRA_CA_CERTS"] = previous
+        add_user(app, root, "dev", "developer", DEVELOPER_PASSWORD)
+        add_user(app, root, "vera", "viewer", VIEWER_PASSWORD)
+        with chromium_for(app) as browser:
+            world = World(app, browser, root)
+            seed(world, db)
+            yield world
 
 
 def seed(world: World, db: Path) -> None:
@@ -135,10 +123,7 @@ IN_FLIGHT: dict[int, set[Any]] = {}
 
 
 def login(page: Any, url: str, username: str, password: str, code: str | None = None) -> None:
-    page.goto(url + "/")
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password", exact=True).fill(password)
-    page.get_by_role("button", name="Log in").click()
+    console.login(page, url, username, password)
     if code is not None:
         page.get_by_label("Authentication code").fill(code)
         page.get_by_role("button", name="Verify").click()
@@ -155,11 +140,6 @@ def close(context: Any, page: Any) -> None:
             page.wait_for_timeout(50)
     finally:
         context.close()
-
-
-def clean(recorder: Recorder) -> None:
-    assert recorder.page_errors == []
-    assert recorder.dialogs == []  # confirmations are the page's own <dialog>, never confirm()
 
 
 def runs(recorder: Recorder) -> int:

@@ -17,9 +17,7 @@ from typing import Any
 import pytest
 
 from tests.support.mariadb import (
-    DATABASE,
     NATIVE_PASSWORD,
-    NATIVE_USER,
     TLS_PASSWORD,
     TLS_USER,
     MariaDBServer,
@@ -56,8 +54,7 @@ def maria(mariadb_server: MariaDBServer) -> MariaDBServer:
 
 
 def tls_config(server: MariaDBServer, **extra: Any) -> dict[str, Any]:
-    return {"host": "127.0.0.1", "port": server.port, "database": DATABASE, "user": TLS_USER,
-            "tls": "verify-full", **extra}
+    return server.datasource_config(user=TLS_USER, tls="verify-full", **extra)
 
 
 async def ndjson(dev: Any, appliance: Any, query_id: str, params: dict[str, Any]
@@ -227,8 +224,7 @@ async def test_the_password_is_never_sent_without_verified_tls_unless_allowed(
         tmp_path: Path, maria: MariaDBServer) -> None:
     async with proxy(tmp_path / "state") as appliance:
         dev = as_role(appliance, "developer")
-        config = {"host": "127.0.0.1", "port": maria.port, "database": DATABASE,
-                  "user": NATIVE_USER, "tls": "disable"}
+        config = maria.datasource_config()
         plain = await create_datasource(dev, name="plain", kind="mysql", config=config,
                                         secrets={"password": NATIVE_PASSWORD})
         q = await create_query(dev, plain["id"], "SELECT 1 AS one", name="one")
@@ -259,11 +255,11 @@ async def test_a_server_restart_mid_load_fails_cleanly_then_recovers(tmp_path: P
     with mariadb(name="mariadb-restart") as server:
         async with proxy(tmp_path / "state") as appliance:
             dev = as_role(appliance, "developer")
-            ds = await create_datasource(dev, name="Restarting", kind="mysql", config={
-                "host": "127.0.0.1", "port": server.port, "database": DATABASE,
-                "user": NATIVE_USER, "tls": "disable",
-                "allow_password_without_verified_tls": True, "statement_timeout_ms": 5000},
-                secrets={"password": NATIVE_PASSWORD})
+            ds = await create_datasource(dev, name="Restarting", kind="mysql",
+                                         config=server.datasource_config(
+                                             allow_password_without_verified_tls=True,
+                                             statement_timeout_ms=5000),
+                                         secrets={"password": NATIVE_PASSWORD})
             q = await create_query(dev, ds["id"], "SELECT {{ i }} AS i, SLEEP(0.02) AS s",
                                    [{"name": "i", "type": "integer"}], name="load")
             outcomes: list[tuple[str, int, str | None]] = []
@@ -315,11 +311,9 @@ async def test_a_million_row_stream_keeps_memory_flat(tmp_path: Path, maria: Mar
     (appliance and client together) grows by far less than the rows would take if held."""
     async with proxy(tmp_path / "state") as appliance:
         dev = as_role(appliance, "developer")
-        ds = await create_datasource(dev, name="Big", kind="mysql", config={
-            "host": "127.0.0.1", "port": maria.port, "database": DATABASE, "user": NATIVE_USER,
-            "tls": "disable", "allow_password_without_verified_tls": True,
-            "max_rows": 2_000_000, "max_response_bytes": 1 << 30},
-            secrets={"password": NATIVE_PASSWORD})
+        ds = await create_datasource(dev, name="Big", kind="mysql", config=maria.datasource_config(
+            allow_password_without_verified_tls=True, max_rows=2_000_000,
+            max_response_bytes=1 << 30), secrets={"password": NATIVE_PASSWORD})
         q = await create_query(dev, ds["id"], "SELECT seq FROM seq_1_to_1000000 LIMIT {{ n }}",
                                [{"name": "n", "type": "integer"}], name="million")
 

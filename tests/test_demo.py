@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .conftest import ServerProcess, http_request, start_server, tls_connection
+from .conftest import ServerProcess, start_server
 from .support.cli import run_verb
+from .support.json_api import request
 
 
 def call(server: ServerProcess, token: str, method: str, path: str,
          body: dict | None = None) -> tuple[int, dict]:
-    raw = json.dumps(body).encode() if body is not None else b""
-    headers = {"Authorization": f"Bearer {token}"}
-    if body is not None:
-        headers["Content-Type"] = "application/json"
-    with tls_connection("127.0.0.1", server.port, server.client_context()) as sock:
-        status, _, data = http_request(sock, method, path, "127.0.0.1", headers, raw)
-    return status, json.loads(data)
+    status, _, data = request(server, method, path, token=token, body=body, host="127.0.0.1")
+    return status, data
 
 
 def test_dev_demo_queries_run_with_typed_parameters(tmp_path: Path) -> None:

@@ -5,57 +5,13 @@ field by field until it is reset."""
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
-from .conftest import (
-    ServerProcess,
-    clean_env,
-    http_request,
-    start_server,
-    tls_connection,
-)
-from .support.cli import run_verb
-
-PASSWORD = "admin-password-0123"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def init_with_token(tmp_path: Path, config: Path, env: dict[str, str] | None = None) -> str:
-    """`init` (admin with a password file) and `tokens create admin`; returns the token."""
-    password_file = tmp_path / "password"
-    password_file.write_text(PASSWORD)
-    state = tmp_path / "state"
-    common = ["--state-dir", str(state), "--config", str(config)]
-    done = run_verb("init", *common, "--admin-password-file", str(password_file), env=env)
-    assert done.returncode == 0, done.stderr
-    made = run_verb("tokens", "create", "admin", "--allow-without-2fa", *common, env=env)
-    assert made.returncode == 0, made.stderr
-    return made.stdout.strip().splitlines()[-1].strip()
-
-
-def serve(tmp_path: Path, config: Path, *extra: str,
-          env: dict[str, str] | None = None) -> ServerProcess:
-    return start_server(["serve", "--state-dir", str(tmp_path / "state"), "--config", str(config),
-                         "--listen", "127.0.0.1:0", *extra], cwd=tmp_path, env=env)
-
-
-def api(server: ServerProcess, method: str, path: str, token: str,
-        body: Any = None) -> tuple[int, Any]:
-    raw = b"" if body is None else json.dumps(body).encode()
-    headers = {"Authorization": f"Bearer {token}"}
-    if body is not None:
-        headers["Content-Type"] = "application/json"
-    with tls_connection("127.0.0.1", server.port, server.client_context(),
-                        server_hostname="localhost") as sock:
-        status, _, data = http_request(sock, method, path, "localhost", headers, raw)
-    return status, json.loads(data) if data else None
+from .conftest import ServerProcess, clean_env
+from .support.json_api import api
+from .support.ports import free_port
+from .support.served import init_with_token, serve
 
 
 def probe(server: ServerProcess, token: str, host: str, port: int) -> dict[str, Any]:

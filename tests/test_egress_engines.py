@@ -4,7 +4,6 @@ whose pg_hba.conf accepts only 127.0.0.2 (asyncpg), and a MongoDB wire-protocol 
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Iterator
 
 import pytest
@@ -31,12 +30,6 @@ def egress(**overrides) -> EgressSettings:
 
 def dialer_for(resolver=None, **overrides) -> Dialer:
     return Dialer(PolicyHolder(egress(**overrides)), resolver=resolver or StaticResolver({}))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------

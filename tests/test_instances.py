@@ -30,13 +30,13 @@ from appliance.store.migrations import LATEST
 from tests.conftest import (
     ServerProcess,
     clean_env,
-    http_request,
     run_cli,
     start_server,
-    tls_connection,
 )
 from tests.support.app import prepared_for_processes, running
+from tests.support.json_api import api
 from tests.support.outside_store import OutsideStore
+from tests.support.ports import free_port
 from tests.support.shared_store import (
     SHARED_STORE_KINDS,
     instance_state,
@@ -47,12 +47,6 @@ from tests.support.shared_store import (
 INTERVAL = 0.4  # seconds between heartbeats in these tests
 # How long a dead instance may still count as alive (instances.ALIVE_BEATS intervals + slack).
 AGE_OUT = INTERVAL * instances_module.ALIVE_BEATS + instances_module.ALIVE_SLACK
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -120,16 +114,8 @@ def instance(store: SharedStore, listen: str = "127.0.0.1:0",
         server.stop()
 
 
-def api(server: ServerProcess, path: str, token: str) -> tuple[int, Any]:
-    with tls_connection("127.0.0.1", server.port, server.client_context(),
-                        server_hostname="localhost") as sock:
-        status, _, data = http_request(sock, "GET", path, "localhost",
-                                       {"Authorization": f"Bearer {token}"})
-    return status, json.loads(data) if data else None
-
-
 def listed(server: ServerProcess, store: SharedStore) -> dict[str, Any]:
-    status, body = api(server, "/api/v1/instances", store.token)
+    status, body = api(server, "GET", "/api/v1/instances", store.token)
     assert status == 200, body
     return body
 
@@ -233,7 +219,7 @@ def test_a_store_outage_during_heartbeats_does_not_stop_the_server(
         shared_store.execute("ALTER TABLE instances RENAME TO instances_away")
         wait_for(lambda: "instance heartbeat failed" in a.stderr(), 10, "the failure logged")
         time.sleep(INTERVAL * 5)  # several more failed beats
-        status, _ = api(a, "/api/v1/keys", shared_store.token)  # the request path is unharmed
+        status, _ = api(a, "GET", "/api/v1/keys", shared_store.token)  # the request path is unharmed
         assert status == 200
         assert a.proc.poll() is None
         failures = [line for line in a.stderr().splitlines()

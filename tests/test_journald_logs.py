@@ -29,7 +29,8 @@ from tests.support.app import make_settings
 from tests.support.cli import run_verb
 from tests.support.logs import captured_logs
 
-from .conftest import ServerProcess, clean_env, http_request, tls_connection
+from .conftest import ServerProcess, clean_env
+from .support.json_api import request
 
 SECRET = "hunter2-secret-7f3a9c"
 PREFIX = re.compile(r"<([0-7])>")
@@ -83,13 +84,8 @@ def dev_state(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def call(server: ServerProcess, token: str, method: str, path: str,
          body: dict[str, object] | None = None) -> tuple[int, dict[str, object]]:
-    raw = json.dumps(body).encode() if body is not None else b""
-    headers = {"Authorization": f"Bearer {token}"}
-    if body is not None:
-        headers["Content-Type"] = "application/json"
-    with tls_connection("127.0.0.1", server.port, server.client_context()) as sock:
-        status, _, data = http_request(sock, method, path, "127.0.0.1", headers, raw)
-    return status, json.loads(data) if data else {}
+    status, _, data = request(server, method, path, token=token, body=body, host="127.0.0.1")
+    return status, {} if data is None else data
 
 
 def exercise(server: ServerProcess, token: str) -> str:

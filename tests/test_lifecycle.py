@@ -19,6 +19,7 @@ from appliance.cli import VERB_MODULES, build_parser
 
 from .conftest import ServerProcess, clean_env, http_request, run_cli, start_server, tls_connection
 from .support.cli import run_verb
+from .support.ports import free_port
 
 # A real `serve` process with one extra slow route, to have something in flight at SIGTERM.
 SLOW_SERVER = textwrap.dedent(
@@ -108,12 +109,6 @@ def _ignore_errors(server: ServerProcess, path: str) -> None:
 
 
 # --- doctor ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_doctor_passes_on_a_healthy_installation(tmp_path: Path, dev_server: ServerProcess) -> None:

@@ -32,7 +32,6 @@ from appliance.queries.result_json import dumps
 from appliance.secret import Secret
 from appliance.settings import EgressSettings
 from tests.support.mariadb import (
-    DATABASE,
     ED25519_PASSWORD,
     ED25519_USER,
     NATIVE_PASSWORD,
@@ -56,9 +55,9 @@ def dialer(**overrides: Any) -> Dialer:
 def engine(server: MariaDBServer, *, user: str = NATIVE_USER, password: str = NATIVE_PASSWORD,
            tls: str = "disable", allow: bool = True, host: str = "127.0.0.1",
            the_dialer: Dialer | None = None, **config: Any) -> MysqlEngine:
-    cfg = {"host": host, "port": server.port, "database": DATABASE, "user": user, "tls": tls,
-           "allow_password_without_verified_tls": allow, "read_only": True,
-           "statement_timeout_ms": 30_000, **config}
+    cfg = server.datasource_config(user=user, tls=tls, host=host, **{
+        "allow_password_without_verified_tls": allow, "read_only": True,
+        "statement_timeout_ms": 30_000, **config})
     target = Target(id="ds_my", name="my", kind="mysql", config=cfg, version=1,
                     secrets={"password": Secret(password)})
     return MysqlEngine(target, the_dialer or dialer())

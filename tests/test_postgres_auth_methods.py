@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import hashlib
 import os
 import pwd
@@ -24,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from appliance.datasources.config import InvalidDatasource, check_config
 from appliance.egress import Dialer, PolicyHolder, asyncpg_hook, postgres_auth
 from appliance.settings import EgressSettings
 from tests.conftest import PostgresServer, pg_binary, postgres_cluster
+from tests.support.certificates import self_signed
 from tests.support.queries import as_role, create_datasource, create_query, proxy, run
 
 asyncpg = pytest.importorskip("asyncpg")
@@ -59,27 +60,12 @@ INVALID_PASSWORD = message(b"E", b"SFATAL\x00VFATAL\x00C28P01\x00Mpassword authe
                                  b"failed\x00\x00")
 
 
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    """A throwaway certificate for 127.0.0.1 (nobody trusts it: tls = require does not check)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not-the-database")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
+def self_signed_pair(directory: Path) -> tuple[Path, Path]:
+    """A throwaway certificate (nobody trusts it: tls = require does not check) and its key, in
+    the format PostgreSQL's ssl_key_file reads."""
     cert_path, key_path = directory / "server.crt", directory / "server.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.TraditionalOpenSSL,
-                                           serialization.NoEncryption()))
-    key_path.chmod(0o600)
+    self_signed(cert_path, key_path, "not-the-database",
+                serialization.PrivateFormat.TraditionalOpenSSL)
     return cert_path, key_path
 
 
@@ -159,7 +145,7 @@ def tls_files() -> Iterator[tuple[Path, Path]]:
     with tempfile.TemporaryDirectory(prefix="pgauth-tls-") as directory:
         root = Path(directory)
         root.chmod(0o755)
-        cert, key = self_signed(root)
+        cert, key = self_signed_pair(root)
         if os.geteuid() == 0:  # the cluster runs as postgres and must read its key
             with contextlib.suppress(KeyError):
                 owner = pwd.getpwnam("postgres")

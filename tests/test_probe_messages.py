@@ -5,19 +5,15 @@ refused, timed out, a name that does not resolve, TLS refused or untrusted. Neve
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from tests.support.app import Client
+from tests.support.certificates import self_signed
 from tests.support.queries import as_role, create_datasource, proxy
 
 PYTHON_TEXT = ("Connect call failed", "Errno", "Error(", "('127.0.0.1'", "SSL:")
@@ -68,19 +64,9 @@ async def http_listener(tls: ssl.SSLContext | None = None) -> AsyncIterator[int]
         await runner.cleanup()
 
 
-def self_signed(tmp: Path) -> ssl.SSLContext:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=1))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
-    (tmp / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp / "key.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+def untrusted_context(tmp: Path) -> ssl.SSLContext:
+    """A server context with a self-signed certificate for 127.0.0.1."""
+    self_signed(tmp / "cert.pem", tmp / "key.pem", "127.0.0.1")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(tmp / "cert.pem", tmp / "key.pem")
     return context
@@ -151,7 +137,7 @@ async def test_tls_failures_said_in_words(tmp_path: Path) -> None:
             status, message = await checked(dev, "rest",
                                            {"base_url": f"https://127.0.0.1:{plain}"})
         assert status == 502 and "the server did not answer in TLS" in message, message
-        async with http_listener(self_signed(tmp_path)) as untrusted:
+        async with http_listener(untrusted_context(tmp_path)) as untrusted:
             status, message = await checked(dev, "rest",
                                            {"base_url": f"https://127.0.0.1:{untrusted}"})
         assert status == 502, message

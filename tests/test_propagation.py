@@ -7,7 +7,6 @@ polling it; each wait is measured, and the worst per store is printed (`-s`) and
 
 from __future__ import annotations
 
-import json
 import subprocess
 import threading
 import time
@@ -23,13 +22,12 @@ from tests.conftest import (
     PostgresServer,
     ServerProcess,
     clean_env,
-    http_request,
     new_store_database,
     run_cli,
     start_server,
-    tls_connection,
 )
 from tests.support.app import prepared_for_processes
+from tests.support.json_api import request
 from tests.support.queries import sqlite_database
 
 LIMIT = 1.0  # seconds: the promise
@@ -57,22 +55,6 @@ class Cluster:
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return run_cli(*args, "--state-dir", str(self.root / "state"),
                        "--config", str(self.root / "appliance.toml"), env=self.env)
-
-
-def request(server: ServerProcess, method: str, path: str, *, token: str | None = None,
-            body: Any = None, cookie: str | None = None) -> tuple[int, dict[str, str], Any]:
-    raw = b"" if body is None else json.dumps(body).encode()
-    headers: dict[str, str] = {}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    if cookie is not None:
-        headers["Cookie"] = cookie
-    if body is not None:
-        headers["Content-Type"] = "application/json"
-    with tls_connection("127.0.0.1", server.port, server.client_context(),
-                        server_hostname="localhost") as sock:
-        status, headers_in, data = http_request(sock, method, path, "localhost", headers, raw)
-    return status, headers_in, json.loads(data) if data else None
 
 
 def api(cluster: Cluster, name: str, method: str, path: str, body: Any = None,

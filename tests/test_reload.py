@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 
 from .conftest import ServerProcess, StoreDatabase, clean_env, http_request, tls_connection
-from .test_egress_api_serve import api, init_with_token, probe, serve
+from .support.json_api import api
+from .support.served import init_with_token, serve
+from .test_egress_api_serve import probe
 from .test_tls_files import TestCA, fingerprint, peer_fingerprint
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from appliance.queries.result_json import dumps, iso_duration, iso_seconds
 from tests.conftest import PG_PASSWORD, PostgresServer
-from tests.support.mariadb import DATABASE, NATIVE_PASSWORD, NATIVE_USER, MariaDBServer
+from tests.support.mariadb import NATIVE_PASSWORD, MariaDBServer
 from tests.support.queries import as_role, create_datasource, create_query, proxy, run
 
 ISO_SECONDS = re.compile(r"PT-?(0|[1-9]\d*)(\.\d{0,5}[1-9])?S")
@@ -73,8 +73,7 @@ def datasource(kind: str, request: pytest.FixtureRequest) -> tuple[dict[str, Any
     """The config and password of a datasource on the session's real server of `kind`."""
     if kind == "mysql":
         maria: MariaDBServer = request.getfixturevalue("mariadb_server")
-        return {"port": maria.port, "database": DATABASE, "user": NATIVE_USER,
-                "allow_password_without_verified_tls": True}, NATIVE_PASSWORD
+        return maria.datasource_config(allow_password_without_verified_tls=True), NATIVE_PASSWORD
     pg: PostgresServer = request.getfixturevalue("postgres_server")
     return {"port": pg.port, "database": "appdb", "user": "app"}, PG_PASSWORD
 

@@ -28,8 +28,8 @@ from .conftest import (
     postgres_cluster,
 )
 from .support.cli import run_verb
-from .support.queries import sqlite_database
-from .test_egress_api_serve import api, init_with_token, serve
+from .support.json_api import api
+from .support.served import init_with_token, seed_by_id_query, serve
 
 RUN_ENTRIES = "SELECT count(*) FROM audit_log WHERE action = 'query.run'"
 
@@ -66,22 +66,12 @@ def three_instances(database: StoreDatabase, tmp_path: Path) -> Iterator[Cluster
     config.write_text("")
     env = clean_env(**database.env())
     token = init_with_token(tmp_path, config, env=env)
-    data = sqlite_database(tmp_path / "data.sqlite", [
-        "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)",
-        "INSERT INTO t VALUES (1, 'one'), (2, 'two')"])
     servers: list[ServerProcess] = []
     try:
         for _ in range(3):
             servers.append(serve(tmp_path, config, env=env))
-        status, ds = api(servers[0], "POST", "/api/v1/datasources", token, {
-            "name": "Local", "kind": "sqlite", "config": {"path": str(data)}})
-        assert status == 201, ds
-        status, query = api(servers[0], "POST", "/api/v1/queries", token, {
-            "name": "by-id", "datasource_id": ds["id"],
-            "body": "SELECT name FROM t WHERE id = {{ id }}",
-            "parameters": [{"name": "id", "type": "integer"}]})
-        assert status == 201, query
-        yield Cluster(database, servers, token, query["id"], tmp_path / "state", config, env)
+        _, query_id = seed_by_id_query(servers[0], token, tmp_path)
+        yield Cluster(database, servers, token, query_id, tmp_path / "state", config, env)
     finally:
         for server in servers:
             assert server.stop() == 0, server.stderr()[-2000:]

@@ -22,8 +22,8 @@ from appliance.store.to_postgres import CopyRefused, move_into
 
 from .conftest import PG_PASSWORD, StoreDatabase, clean_env, run_cli
 from .support.cli import run_verb
-from .support.queries import sqlite_database
-from .test_egress_api_serve import api, init_with_token, serve
+from .support.json_api import api
+from .support.served import init_with_token, seed_by_id_query, serve
 
 REST_TOKEN = "rest-Token-canary-7f3e"
 
@@ -81,24 +81,14 @@ def test_round_trip_serve_audit_users_and_backup(store_database: StoreDatabase,
     env = clean_env()
     token = init_with_token(tmp_path, config, env=env)
     state = tmp_path / "state"
-    data = sqlite_database(tmp_path / "data.sqlite", [
-        "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)",
-        "INSERT INTO t VALUES (1, 'one'), (2, 'two')"])
     server = serve(tmp_path, config, env=env)
     try:
-        status, ds = api(server, "POST", "/api/v1/datasources", token, {
-            "name": "Local", "kind": "sqlite", "config": {"path": str(data)}})
-        assert status == 201, ds
+        _, query_id = seed_by_id_query(server, token, tmp_path)
         status, rest = api(server, "POST", "/api/v1/datasources", token, {
             "name": "api", "kind": "rest", "secrets": {"token": REST_TOKEN},
             "config": {"base_url": "https://api.example.test/v1", "auth": "bearer"}})
         assert status == 201, rest
-        status, query = api(server, "POST", "/api/v1/queries", token, {
-            "name": "by-id", "datasource_id": ds["id"],
-            "body": "SELECT name FROM t WHERE id = {{ id }}",
-            "parameters": [{"name": "id", "type": "integer"}]})
-        assert status == 201, query
-        status, before = api(server, "POST", f"/api/v1/queries/{query['id']}/run", token,
+        status, before = api(server, "POST", f"/api/v1/queries/{query_id}/run", token,
                              {"params": {"id": 2}})
         assert status == 200, before
     finally:
@@ -131,7 +121,7 @@ def test_round_trip_serve_audit_users_and_backup(store_database: StoreDatabase,
     pg_config.write_text(section)
     server = serve(tmp_path, pg_config, env=env)
     try:
-        status, after = api(server, "POST", f"/api/v1/queries/{query['id']}/run", token,
+        status, after = api(server, "POST", f"/api/v1/queries/{query_id}/run", token,
                             {"params": {"id": 2}})
         assert status == 200, after
         assert after["rows"] == before["rows"]

@@ -10,44 +10,17 @@ from typing import Any
 
 import pytest
 
-from appliance import settings
-from appliance.egress import Dialer, PolicyHolder
 from appliance.errors import StoreError
 from appliance.state_dir import STORE_FILE
-from appliance.store import open_store
-from appliance.store.migrations import MIGRATIONS
-
-DATASOURCES = [
-    ("ds-1", "Orders", "postgres", '{"host": "db"}', 3, 1.5, 2.5),
-    ("ds-2", "files", "sqlite", '{"path": "/x"}', 1, 3.0, 3.0),
-    ("ds-3", "Shop API", "rest", "{}", 2, 4.0, 4.25),
-]
-QUERIES = [
-    ("q-1", "by id", "ds-1", "SELECT 1", "[]", 1000, 50, 1, 1.0, 1.0),
-    ("q-2", "all", "ds-1", "SELECT 2", '[{"name": "x"}]', None, None, 4, 2.0, 2.5),
-    ("q-3", "files", "ds-2", "SELECT 3", "[]", 5, None, 1, 3.0, 3.0),
-]
-DS_COLUMNS = "id, name, kind, config, version, created_at, updated_at"
-Q_COLUMNS = ("id, name, datasource_id, body, parameters, timeout_ms, max_rows, version, "
-             "created_at, updated_at")
-
-
-def at_version(monkeypatch: pytest.MonkeyPatch, version: int) -> None:
-    """Make the stores believe the schema ends at `version` (as a release of that time did)."""
-    older = tuple(m for m in MIGRATIONS if m.version <= version)
-    for module in ("appliance.store.sqlite", "appliance.store.postgres"):
-        monkeypatch.setattr(f"{module}.MIGRATIONS", older)
-        monkeypatch.setattr(f"{module}.LATEST", version)
-
-
-async def open_at(env: dict[str, str], state: Path) -> Any:
-    s = settings.load(env=env, flags={"state_dir": str(state)})
-    return await open_store(s, Dialer(PolicyHolder(s.egress)))
-
-
-async def rows(store: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    return (await store.fetch_all(f"SELECT {DS_COLUMNS} FROM datasources ORDER BY id"),
-            await store.fetch_all(f"SELECT {Q_COLUMNS} FROM queries ORDER BY id"))
+from tests.support.store_migration import (
+    DS_COLUMNS,
+    Q_COLUMNS,
+    catalogue,
+    insert_catalogue,
+    new_state,
+    opened,
+    store_env,  # noqa: F401  (the fixture, both stores)
+)
 
 
 def sqlite_shape(path: Path) -> dict[str, Any]:
@@ -86,48 +59,27 @@ def postgres_shape(database: Any) -> str:
         " WHERE tablename IN ('datasources', 'queries') ORDER BY 1"))
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_env(request: pytest.FixtureRequest) -> tuple[str, dict[str, str], Any]:
-    if request.param == "postgres":
-        database = request.getfixturevalue("store_database")
-        return "postgres", database.env(), database
-    return "sqlite", {}, None
-
-
 async def test_a_version_10_store_migrates_with_rows_and_foreign_keys_intact(
-        store_env: tuple[str, dict[str, str], Any], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        store_env: tuple[str, dict[str, str], Any], tmp_path: Path) -> None:  # noqa: F811
     kind, env, database = store_env
-    state = tmp_path / "state"
-    state.mkdir(mode=0o700)
-    with monkeypatch.context() as patched:
-        at_version(patched, 10)
-        store = await open_at(env, state)
-        try:
-            assert await store.schema_version() == 10
+    state = new_state(tmp_path)
+    async with opened(env, state, 10) as store:
+        assert await store.schema_version() == 10
+        async with store.transaction() as tx:
+            await insert_catalogue(tx)
+        # At version 10 the kind is refused: the migration is what lets it in.
+        with pytest.raises(StoreError):
             async with store.transaction() as tx:
-                for row in DATASOURCES:
-                    await tx.execute(f"INSERT INTO datasources ({DS_COLUMNS}) VALUES "
-                                     "(?, ?, ?, ?, ?, ?, ?)", row)
-                for q in QUERIES:
-                    await tx.execute(f"INSERT INTO queries ({Q_COLUMNS}) VALUES "
-                                     "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", q)
-            # At version 10 the kind is refused: the migration is what lets it in.
-            with pytest.raises(StoreError):
-                async with store.transaction() as tx:
-                    await tx.execute(f"INSERT INTO datasources ({DS_COLUMNS}) VALUES "
-                                     "('ds-x', 'early', 'mysql', '{}', 1, 0, 0)")
-            before = await rows(store)
-        finally:
-            await store.close()
+                await tx.execute(f"INSERT INTO datasources ({DS_COLUMNS}) VALUES "
+                                 "('ds-x', 'early', 'mysql', '{}', 1, 0, 0)")
+        before = await catalogue(store)
     shape_before = (sqlite_shape(state / STORE_FILE) if kind == "sqlite"
                     else postgres_shape(database))
 
-    at_version(monkeypatch, 11)  # this migration's own result; later ones have their tests
-    store = await open_at(env, state)
-    try:
+    # This migration's own result; later ones have their tests.
+    async with opened(env, state, 11) as store:
         assert await store.schema_version() >= 11  # and later ones
-        assert await rows(store) == before
+        assert await catalogue(store) == before
         assert len(before[0]) == 3 and len(before[1]) == 3
 
         # A mysql datasource is accepted, with a query on it.
@@ -164,8 +116,6 @@ async def test_a_version_10_store_migrates_with_rows_and_foreign_keys_intact(
             await tx.execute("DELETE FROM datasources WHERE id = 'ds-3'")
         ids = await store.fetch_all("SELECT id FROM datasources ORDER BY id")
         assert [r["id"] for r in ids] == ["ds-1", "ds-2", "ds-4"]
-    finally:
-        await store.close()
 
     if kind == "sqlite":
         after = sqlite_shape(state / STORE_FILE)
@@ -198,12 +148,9 @@ async def test_a_version_10_store_migrates_with_rows_and_foreign_keys_intact(
 
 
 async def test_a_fresh_store_is_created_at_11_and_takes_mysql(
-        store_env: tuple[str, dict[str, str], Any], tmp_path: Path) -> None:
+        store_env: tuple[str, dict[str, str], Any], tmp_path: Path) -> None:  # noqa: F811
     _, env, _ = store_env
-    state = tmp_path / "state"
-    state.mkdir(mode=0o700)
-    store = await open_at(env, state)
-    try:
+    async with opened(env, new_state(tmp_path)) as store:
         assert await store.schema_version() >= 11  # and the later ones
         async with store.transaction() as tx:
             await tx.execute(f"INSERT INTO datasources ({DS_COLUMNS}) VALUES "
@@ -212,5 +159,3 @@ async def test_a_fresh_store_is_created_at_11_and_takes_mysql(
             async with store.transaction() as tx:
                 await tx.execute(f"INSERT INTO datasources ({DS_COLUMNS}) VALUES "
                                  "('ds-2', 'x', 'MYSQL', '{}', 1, 5.0, 5.0)")
-    finally:
-        await store.close()

@@ -10,16 +10,13 @@ from typing import Any
 import pytest
 
 from appliance.errors import StoreError
-from tests.test_store_migration_11 import (
-    DATASOURCES,
-    DS_COLUMNS,
-    Q_COLUMNS,
-    QUERIES,
-    at_version,
-    open_at,
-    rows,
+from tests.support.store_migration import (
+    catalogue,
+    insert_catalogue,
+    new_state,
+    opened,
+    store_env,  # noqa: F401  (the fixture, both stores)
 )
-from tests.test_store_migration_11 import store_env as store_env  # the fixture, re-exported
 
 ALLOWANCE = ("q-1", "a" * 32, "credential_header", "body", "headers.Authorization", "admin",
              5.0)
@@ -27,31 +24,18 @@ A_COLUMNS = "query_id, fingerprint, rule, field, place, allowed_by, allowed_at"
 
 
 async def test_a_version_11_store_migrates_and_allowances_follow_their_query(
-        store_env: tuple[str, dict[str, str], Any], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        store_env: tuple[str, dict[str, str], Any], tmp_path: Path) -> None:  # noqa: F811
     _, env, _ = store_env
-    state = tmp_path / "state"
-    state.mkdir(mode=0o700)
-    with monkeypatch.context() as patched:
-        at_version(patched, 11)
-        store = await open_at(env, state)
-        try:
-            assert await store.schema_version() == 11
-            async with store.transaction() as tx:
-                for row in DATASOURCES:
-                    await tx.execute(f"INSERT INTO datasources ({DS_COLUMNS}) VALUES "
-                                     "(?, ?, ?, ?, ?, ?, ?)", row)
-                for row in QUERIES:
-                    await tx.execute(f"INSERT INTO queries ({Q_COLUMNS}) VALUES "
-                                     "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
-            before = await rows(store)
-        finally:
-            await store.close()
+    state = new_state(tmp_path)
+    async with opened(env, state, 11) as store:
+        assert await store.schema_version() == 11
+        async with store.transaction() as tx:
+            await insert_catalogue(tx)
+        before = await catalogue(store)
 
-    store = await open_at(env, state)
-    try:
+    async with opened(env, state) as store:
         assert await store.schema_version() >= 14
-        assert await rows(store) == before
+        assert await catalogue(store) == before
         async with store.transaction() as tx:
             await tx.execute(f"INSERT INTO query_secret_allowances ({A_COLUMNS}) VALUES "
                              "(?, ?, ?, ?, ?, ?, ?)", ALLOWANCE)
@@ -66,5 +50,3 @@ async def test_a_version_11_store_migrates_and_allowances_follow_their_query(
         async with store.transaction() as tx:
             await tx.execute("DELETE FROM queries WHERE id = ?", ("q-1",))
         assert await store.fetch_all("SELECT * FROM query_secret_allowances") == []
-    finally:
-        await store.close()

@@ -11,15 +11,13 @@ from typing import Any
 import pytest
 
 from appliance.errors import StoreError
-from tests.test_store_migration_11 import (
-    DATASOURCES,
-    DS_COLUMNS,
+from tests.support.store_migration import (
     Q_COLUMNS,
-    QUERIES,
-    at_version,
+    insert_catalogue,
+    new_state,
+    opened,
     store_env,  # noqa: F401  (the fixture, both stores)
 )
-from tests.test_store_migration_11 import open_at as open_store_at
 
 BEFORE = 11  # before 15 on this branch (12-14 are independent of it)
 USERS = [("u_1", "ana", "viewer", "h1", 0, 0, 0, 1.0, 1.0),
@@ -29,32 +27,19 @@ U_COLUMNS = ("id, username, role, password_hash, disabled, totp_enabled, totp_la
 
 
 async def test_a_store_before_15_migrates_with_rows_intact(
-        store_env: tuple[str, dict[str, str], Any], tmp_path: Path,  # noqa: F811
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        store_env: tuple[str, dict[str, str], Any], tmp_path: Path) -> None:  # noqa: F811
     _, env, _ = store_env
-    state = tmp_path / "state"
-    state.mkdir(mode=0o700)
-    with monkeypatch.context() as patched:
-        at_version(patched, BEFORE)
-        store = await open_store_at(env, state)
-        try:
-            async with store.transaction() as tx:
-                for row in DATASOURCES:
-                    await tx.execute(f"INSERT INTO datasources ({DS_COLUMNS}) VALUES "
-                                     "(?, ?, ?, ?, ?, ?, ?)", row)
-                for q in QUERIES:
-                    await tx.execute(f"INSERT INTO queries ({Q_COLUMNS}) VALUES "
-                                     "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", q)
-                for u in USERS:
-                    await tx.execute(f"INSERT INTO users ({U_COLUMNS}) VALUES "
-                                     "(?, ?, ?, ?, ?, ?, ?, ?, ?)", u)
-            queries = await store.fetch_all(f"SELECT {Q_COLUMNS} FROM queries ORDER BY id")
-            users = await store.fetch_all(f"SELECT {U_COLUMNS} FROM users ORDER BY id")
-        finally:
-            await store.close()
+    state = new_state(tmp_path)
+    async with opened(env, state, BEFORE) as store:
+        async with store.transaction() as tx:
+            await insert_catalogue(tx)
+            for u in USERS:
+                await tx.execute(f"INSERT INTO users ({U_COLUMNS}) VALUES "
+                                 "(?, ?, ?, ?, ?, ?, ?, ?, ?)", u)
+        queries = await store.fetch_all(f"SELECT {Q_COLUMNS} FROM queries ORDER BY id")
+        users = await store.fetch_all(f"SELECT {U_COLUMNS} FROM users ORDER BY id")
 
-    store = await open_store_at(env, state)
-    try:
+    async with opened(env, state) as store:
         assert await store.schema_version() >= 15
         assert await store.fetch_all(f"SELECT {Q_COLUMNS} FROM queries ORDER BY id") == queries
         assert await store.fetch_all(f"SELECT {U_COLUMNS} FROM users ORDER BY id") == users
@@ -77,5 +62,3 @@ async def test_a_store_before_15_migrates_with_rows_intact(
             await tx.execute("DELETE FROM users WHERE id = 'u_1'")
         left = await store.fetch_all("SELECT user_id, name FROM user_groups ORDER BY name")
         assert left == [{"user_id": "u_2", "name": "a"}]
-    finally:
-        await store.close()

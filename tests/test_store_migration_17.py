@@ -8,25 +8,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from appliance.auth.throttle import Keys, Throttle
-from tests.test_store_migration_11 import (
-    at_version,
+from tests.support.store_migration import (
+    new_state,
+    opened,
     store_env,  # noqa: F401  (the fixture, both stores)
 )
-from tests.test_store_migration_11 import open_at as open_store_at
 
 BEFORE = 16
 HOUR, DAY = 3600.0, 86400.0
 
 
 async def test_rows_before_17_get_their_window_and_old_ones_go(
-        store_env: tuple[str, dict[str, str], Any], tmp_path: Path,  # noqa: F811
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        store_env: tuple[str, dict[str, str], Any], tmp_path: Path) -> None:  # noqa: F811
     _, env, _ = store_env
-    state = tmp_path / "state"
-    state.mkdir(mode=0o700)
+    state = new_state(tmp_path)
     now = time.time()
     rows = [  # key, failures, locked_until, updated_at
         ("pair:old", 3, 0.0, now - 2 * HOUR),      # past a pair's hour
@@ -37,19 +33,12 @@ async def test_rows_before_17_get_their_window_and_old_ones_go(
         ("known:recent", 0, 0.0, now - 20 * DAY),  # a known pair lasts 30 days
         ("known:old", 0, 0.0, now - 31 * DAY),
     ]
-    with monkeypatch.context() as patched:
-        at_version(patched, BEFORE)
-        store = await open_store_at(env, state)
-        try:
-            async with store.transaction() as tx:
-                for row in rows:
-                    await tx.execute("INSERT INTO login_throttle (key, failures, locked_until,"
-                                     " updated_at) VALUES (?, ?, ?, ?)", row)
-        finally:
-            await store.close()
+    async with opened(env, state, BEFORE) as store, store.transaction() as tx:
+        for row in rows:
+            await tx.execute("INSERT INTO login_throttle (key, failures, locked_until,"
+                             " updated_at) VALUES (?, ?, ?, ?)", row)
 
-    store = await open_store_at(env, state)
-    try:
+    async with opened(env, state) as store:
         assert await store.schema_version() >= 17
         migrated = {r["key"]: (r["failures"], r["forget_at"] - r["updated_at"])
                     for r in await store.fetch_all(
@@ -63,5 +52,3 @@ async def test_rows_before_17_get_their_window_and_old_ones_go(
         left = {r["key"] for r in await store.fetch_all("SELECT key FROM login_throttle")}
         assert left == {"pair:recent", "addr:recent", "user:recent", "known:recent",
                         new.pair, new.address, new.account}
-    finally:
-        await store.close()

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -32,7 +31,9 @@ from .conftest import (
     postgres_cluster,
     run_cli,
 )
-from .test_egress_api_serve import api, init_with_token, serve
+from .support.json_api import api
+from .support.ports import free_port
+from .support.served import init_with_token, seed_by_id_query, serve
 
 
 def store_settings(database: StoreDatabase, state: Path, **env: str) -> settings.Settings:
@@ -229,12 +230,6 @@ async def test_the_audit_log_refuses_truncate(store_database: StoreDatabase,
 # --- bad settings: one line, exit 2, no password ------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def init(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return run_cli("init", "--state-dir", str(tmp_path / "state"), env=clean_env(**env))
 
@@ -388,26 +383,14 @@ async def test_must_exist_does_not_create_the_schema(store_database: StoreDataba
 
 def test_serve_on_postgres_runs_a_query_and_keeps_one_intact_audit_chain(
         store_database: StoreDatabase, tmp_path: Path) -> None:
-    from .support.queries import sqlite_database
-
     config = tmp_path / "appliance.toml"
     config.write_text("")
     env = clean_env(**store_database.env(APPLIANCE_LOG_LEVEL="debug"))
     token = init_with_token(tmp_path, config, env=env)
-    data = sqlite_database(tmp_path / "data.sqlite", [
-        "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)",
-        "INSERT INTO t VALUES (1, 'one'), (2, 'two')"])
     server = serve(tmp_path, config, env=env)
     try:
-        status, ds = api(server, "POST", "/api/v1/datasources", token, {
-            "name": "Local", "kind": "sqlite", "config": {"path": str(data)}})
-        assert status == 201, ds
-        status, query = api(server, "POST", "/api/v1/queries", token, {
-            "name": "by-id", "datasource_id": ds["id"],
-            "body": "SELECT name FROM t WHERE id = {{ id }}",
-            "parameters": [{"name": "id", "type": "integer"}]})
-        assert status == 201, query
-        status, result = api(server, "POST", f"/api/v1/queries/{query['id']}/run", token,
+        data, query_id = seed_by_id_query(server, token, tmp_path)
+        status, result = api(server, "POST", f"/api/v1/queries/{query_id}/run", token,
                              {"params": {"id": 2}})
         assert status == 200, result
         assert "two" in json.dumps(result)

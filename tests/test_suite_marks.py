@@ -17,6 +17,7 @@ TESTS = Path(__file__).resolve().parent
 # A name a file uses to start the binary → the mark that file must carry at module level.
 MARK_FOR = {
     "launch_chromium": "browser",  # tests/support/console.py
+    "chromium_for": "browser",     # tests/support/console.py (launches it)
     "sync_playwright": "browser",
     "Pebble": "pebble",            # tests/support/acme.py
 }

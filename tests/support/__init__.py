@@ -1,4 +1,6 @@
 """Test helpers (no tests here): a real appliance in this process (`app`), query-proxy shortcuts
 (`queries`), keyring fixtures (`keyring`), Pebble and a CA front for ACME (`acme`), the browser for
 the console (`console`), log capture (`logs`), and a server speaking MongoDB's wire protocol
-(`mongo_wire`)."""
+(`mongo_wire`); for `appliance serve` subprocesses, their set-up (`served`) and JSON requests to
+them (`json_api`); older store versions for the migration tests (`store_migration`), test
+certificates (`certificates`) and free loopback ports (`ports`)."""

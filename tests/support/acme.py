@@ -25,24 +25,18 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import hashes
 
 from tests.conftest import ServerProcess, clean_env, start_server
 from tests.support.app import make_settings, prepare, store_env
+from tests.support.certificates import TestCA, make_test_ca
 from tests.support.outside_store import OutsideStore
+from tests.support.ports import free_port
 
 HAVE_PEBBLE = shutil.which("pebble") is not None and shutil.which("pebble-challtestsrv") is not None
 EAB_KID = "kid-1"
 EAB_HMAC = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
 NAME = "acme.test"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 15) -> None:
@@ -57,48 +51,11 @@ def wait_port(port: int, timeout: float = 15) -> None:
 # -- a mini CA for Pebble's own HTTPS listener ------------------------------------------------
 
 
-@dataclass
-class MiniCA:
-    ca_pem: Path
-    cert_pem: Path
-    key_pem: Path
+MiniCA = TestCA  # the ACME front's CA, certificate and key (tests/support/certificates.py)
 
 
 def make_mini_ca(where: Path, cn: str = "ACME test front CA") -> MiniCA:
-    where.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(hours=1))
-          .not_valid_after(now + dt.timedelta(days=30))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False,
-                                       encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    import ipaddress
-
-    leaf = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"),
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    out = MiniCA(where / "ca.pem", where / "cert.pem", where / "key.pem")
-    out.ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    out.cert_pem.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    out.key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                              serialization.PrivateFormat.PKCS8,
-                                              serialization.NoEncryption()))
-    return out
+    return make_test_ca(where, cn)
 
 
 # -- Pebble ------------------------------------------------------------------------------------

@@ -1,20 +1,36 @@
-"""Helpers for the keyed audit chain's tests (no tests here): a legacy chain written as the code
-before migration 12 wrote it (plain SHA-256, no key version), and what someone holding the
-store's credentials could do to a chain (drop the append-only triggers, rewrite rows,
-recompute links with a hash or a key of their own).
+"""Helpers for the audit chain's tests (no tests here): entries written both ways the appliance
+writes them, a legacy chain written as the code before migration 12 wrote it (plain SHA-256, no
+key version), and what someone holding the store's credentials (or its SQLite file) could do to
+a chain (drop the append-only triggers, rewrite rows, recompute links with a hash or a key of
+their own).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import sqlite3
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
 
+from appliance.audit import AuditLog, Context
 from appliance.audit.chain import GENESIS, HASHED_FIELDS, encode_details
 from appliance.store import SQLiteStore, Store
+
+
+async def record(log: AuditLog, store: Store, count: int, start: int = 0) -> None:
+    """`count` entries, half inside a transaction, half group-committed."""
+    for i in range(start, start + count):
+        if i % 2:
+            async with store.transaction() as tx:
+                await log.record(tx, action="user.create", target=f"user:u{i}",
+                                 details={"role": "viewer"}, context=Context(actor="tester"))
+        else:
+            await log.record(action="query.run", target=f"query:q{i}",
+                             details={"datasource": "ds", "row_count": i})
 
 
 def legacy_link(values: Sequence[Any]) -> str:
@@ -58,6 +74,19 @@ async def tamper(store: Store, *statements: str) -> None:
     async with store.transaction() as tx:
         for statement in statements:
             await tx.execute(statement)
+
+
+def tamper_file(path: Path, *statements: str) -> None:
+    """What someone with the SQLite file could do: drop the append-only triggers, then change
+    rows (autocommit, no appliance running)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("DROP TRIGGER IF EXISTS audit_log_no_update")
+        conn.execute("DROP TRIGGER IF EXISTS audit_log_no_delete")
+        for statement in statements:
+            conn.execute(statement)
+    finally:
+        conn.close()
 
 
 Relink = Callable[[list[Any], Any], tuple[str, Any]]  # (values, mac_version) -> (link, version)

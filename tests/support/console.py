@@ -13,10 +13,11 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import os
 import socket
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,18 +32,13 @@ from tests.conftest import postgres_cluster as shared_postgres_cluster
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = OUTPUT_DIR / "console"
 ADMIN_PASSWORD = "admin-password-0123"
+DEVELOPER_PASSWORD = "developer-password-0123"
 VIEWER_PASSWORD = "viewer-password-0123"
 PG_PASSWORD = "pg-Secret-5f0c1d9e-never-shown"
 WIDTHS = {"wide": (1280, 900), "narrow": (390, 844)}
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run",
                  "--disable-dev-shm-usage"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # --- the appliance ---------------------------------------------------------------------------
@@ -74,15 +70,27 @@ def spki_sha256(der: bytes) -> str:
     return base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
-@contextlib.contextmanager
-def appliance(root: Path) -> Iterator[Appliance]:
+def init_state(root: Path) -> Path:
+    """`appliance init` of `root`/state, the admin's password ADMIN_PASSWORD; the state dir."""
     state = root / "state"
     password_file = root / "admin-password"
     password_file.write_text(ADMIN_PASSWORD + "\n")
     done = run_cli("init", "--state-dir", str(state), "--admin-password-file", str(password_file))
     assert done.returncode == 0, done.stderr
-    server = start_server(["serve", "--state-dir", str(state), "--listen", "127.0.0.1:0"],
-                          cwd=root, env=clean_env())
+    return state
+
+
+def serve(root: Path, state: Path, **env: str) -> ServerProcess:
+    """`appliance serve` of `state` on an ephemeral loopback port, with `env` added to a clean
+    environment."""
+    return start_server(["serve", "--state-dir", str(state), "--listen", "127.0.0.1:0"],
+                        cwd=root, env=clean_env(**env))
+
+
+@contextlib.contextmanager
+def appliance(root: Path, **env: str) -> Iterator[Appliance]:
+    state = init_state(root)
+    server = serve(root, state, **env)
     try:
         der = leaf_of(server)
         yield Appliance(server, state, f"https://127.0.0.1:{server.port}", spki_sha256(der), der)
@@ -134,6 +142,38 @@ def launch_chromium(playwright: Any, spki: str) -> Any:
         args=[*CHROMIUM_ARGS, f"--ignore-certificate-errors-spki-list={spki}"])
 
 
+@contextlib.contextmanager
+def chromium_for(app: Appliance) -> Iterator[Any]:
+    """Chromium trusting the appliance's certificate, and Playwright's own HTTP client (which
+    the Recorder reads API answers through, with `route.fetch`) trusting its local CA and nothing
+    else, through NODE_EXTRA_CA_CERTS (put back afterwards)."""
+    from playwright import sync_api
+
+    assert app.server.ca_file is not None
+    previous = os.environ.get("NODE_EXTRA_CA_CERTS")
+    os.environ["NODE_EXTRA_CA_CERTS"] = str(app.server.ca_file)
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = launch_chromium(playwright, app.spki_sha256)
+            try:
+                yield browser
+            finally:
+                browser.close()
+    finally:
+        if previous is None:
+            os.environ.pop("NODE_EXTRA_CA_CERTS", None)
+        else:
+            os.environ["NODE_EXTRA_CA_CERTS"] = previous
+
+
+def login(page: Any, url: str, username: str, password: str) -> None:
+    """Open the console and submit its login form (what follows is the test's to wait for)."""
+    page.goto(url + "/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("button", name="Log in").click()
+
+
 class Recorder:
     """Every response a page received (URL, status, body) and every dialog it opened."""
 
@@ -182,6 +222,21 @@ class Recorder:
     def _dialog(self, dialog: Any) -> None:
         self.dialogs.append(f"{dialog.type}: {dialog.message}")
         dialog.dismiss()
+
+
+def new_page(browser: Any, width: int = 1280, height: int = 900) -> tuple[Any, Any, Recorder]:
+    """A context of its own at that viewport, its page (15 s timeouts) and the page's Recorder."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    return context, page, Recorder(page)
+
+
+def clean(recorder: Recorder) -> None:
+    """No uncaught script error and no dialog (alert/confirm/prompt) ever opened: confirmations
+    are the page's own <dialog>, never confirm()."""
+    assert recorder.page_errors == []
+    assert recorder.dialogs == []
 
 
 def shot(page: Any, name: str) -> Path:
@@ -244,9 +299,11 @@ class ApiClient:
         assert status == 201, body
 
 
-def add_user(app: Appliance, root: Path, name: str, role: str, password: str) -> None:
+def add_user(app: Appliance, root: Path, name: str, role: str, password: str,
+             groups: Sequence[str] = ()) -> None:
     password_file = root / f"{name}-password"
     password_file.write_text(password + "\n")
+    flags = [arg for group in groups for arg in ("--group", group)]
     done = run_cli("users", "add", name, "--role", role, "--password-file", str(password_file),
-                   "--no-password-change", "--state-dir", str(app.state))
+                   "--no-password-change", *flags, "--state-dir", str(app.state))
     assert done.returncode == 0, done.stderr

@@ -12,8 +12,6 @@ MySQL servers). Debian 12 has no MySQL server package, so these tests run agains
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import ipaddress
 import os
 import pwd
 import re
@@ -29,10 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from tests.support.certificates import TestCA, make_test_ca
+from tests.support.ports import free_port
 
 # Accounts made by `mariadb_server`, each allowed from 127.0.0.1 only (`SOURCE_USER` from
 # 127.0.0.2 only: the server sees which source address a client connected from).
@@ -41,47 +38,6 @@ ED25519_USER, ED25519_PASSWORD = "app_ed25519", "ed25519-Pa55word"
 TLS_USER, TLS_PASSWORD = "app_tls", "tls-Pa55word"  # REQUIRE SSL
 SOURCE_USER, SOURCE_PASSWORD = "app_source", "source-Pa55word"  # from 127.0.0.2 only
 DATABASE = "appdb"
-
-
-@dataclass
-class TestCA:
-    """The test CA's certificate, and the server's certificate (localhost, 127.0.0.1) and key."""
-
-    ca_pem: Path
-    cert_pem: Path
-    key_pem: Path
-
-
-def make_test_ca(where: Path) -> TestCA:
-    where.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC)
-
-    def certificate(subject: x509.Name, issuer: x509.Name, public: ec.EllipticCurvePublicKey,
-                    signer: ec.EllipticCurvePrivateKey, ca: bool) -> x509.Certificate:
-        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
-                   .public_key(public).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - dt.timedelta(hours=1))
-                   .not_valid_after(now + dt.timedelta(days=30))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None),
-                                  critical=True))
-        if not ca:
-            builder = builder.add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
-        return builder.sign(signer, hashes.SHA256())
-
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "MariaDB test CA")])
-    leaf_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    out = TestCA(where / "ca.pem", where / "cert.pem", where / "key.pem")
-    out.ca_pem.write_bytes(certificate(ca_name, ca_name, ca_key.public_key(), ca_key, True)
-                           .public_bytes(serialization.Encoding.PEM))
-    out.cert_pem.write_bytes(certificate(leaf_name, ca_name, key.public_key(), ca_key, False)
-                             .public_bytes(serialization.Encoding.PEM))
-    out.key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                              serialization.PrivateFormat.PKCS8,
-                                              serialization.NoEncryption()))
-    return out
 
 
 @dataclass
@@ -113,6 +69,13 @@ class MariaDBServer:
         assert self.process.poll() is not None, "the server is running"
         self.process = subprocess.Popen(**self.launch)
         _wait_ready(self, timeout)
+
+    def datasource_config(self, *, user: str = NATIVE_USER, tls: str = "disable",
+                          host: str = "127.0.0.1", **extra: Any) -> dict[str, Any]:
+        """A `mysql` datasource's config for this server's test database as `user` (one of the
+        accounts above), `extra` fields added; the password is the test's to give as a secret."""
+        return {"host": host, "port": self.port, "database": DATABASE, "user": user, "tls": tls,
+                **extra}
 
     @property
     def general_log(self) -> Path:
@@ -152,12 +115,6 @@ class MariaDBServer:
 def _binary(name: str) -> str | None:
     return shutil.which(name) or next(
         (str(p) for p in (Path("/usr/sbin") / name, Path("/usr/bin") / name) if p.exists()), None)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _wait_ready(server: MariaDBServer, timeout: float) -> None:
@@ -213,7 +170,7 @@ def mariadb(*, name: str = "mariadb", timeout: float = 60) -> Iterator[MariaDBSe
     groups: list[int] | None = [] if owner else None
     root = Path(tempfile.mkdtemp(prefix=f"{name}-"))
     root.chmod(0o755)
-    ca = make_test_ca(root / "tls")
+    ca = make_test_ca(root / "tls", "MariaDB test CA")
     for path in (root, root / "tls", ca.ca_pem, ca.cert_pem, ca.key_pem):
         if owner is not None:
             os.chown(path, owner.pw_uid, owner.pw_gid)
@@ -228,7 +185,7 @@ def mariadb(*, name: str = "mariadb", timeout: float = 60) -> Iterator[MariaDBSe
             capture_output=True, text=True, timeout=120, user=uid, group=gid, extra_groups=groups)
         if installed.returncode != 0:
             pytest.fail(f"mariadb-install-db failed: {installed.stdout}\n{installed.stderr}")
-        port = _free_port()
+        port = free_port()
         sock = root / "mysqld.sock"
         launch: dict[str, Any] = dict(
             args=[mariadbd, "--no-defaults", f"--datadir={data}", f"--port={port}",

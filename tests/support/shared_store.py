@@ -1,6 +1,7 @@
 """Helpers for tests of several instances on one store (no tests here): the store kinds those
-tests run on, a new store of each kind, one store opened twice as two instances would open it,
-and the state directories of instances that share one.
+tests run on, a new store of each kind (bare, or initialised with its keyring and vault open),
+one store opened twice as two instances would open it, and the state directories of instances
+that share one.
 
 SQLite: several processes (or connections) on one file; SQLite serialises their writers as the
 PostgreSQL store does with its advisory lock, and every instance serves from one state directory.
@@ -18,9 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from appliance import settings, state_dir
+from appliance import bootstrap, settings, state_dir
 from appliance.egress import Dialer, PolicyHolder
+from appliance.keyring import SecretVault, open_vault
+from appliance.settings import Settings
 from appliance.store import Store, open_store
+from tests.support.keyring import TEST_TUNING
 
 SHARED_STORE_KINDS = ("sqlite", "postgresql")
 
@@ -59,6 +63,21 @@ async def open_twice(kind: str, where: Path, request: pytest.FixtureRequest
                 await second.close()
         finally:
             await first.close()
+
+
+@contextlib.asynccontextmanager
+async def keyed_store(kind: str, where: Path, request: pytest.FixtureRequest
+                      ) -> AsyncIterator[tuple[Settings, Store, SecretVault]]:
+    """A new store of `kind` with its state directory, instance secret and keyring (cheap
+    scrypt), and the vault over it."""
+    with new_store(kind, request, where) as env:
+        s = settings.load(env=env, flags={"state_dir": str(where / "state")})
+        await bootstrap.init_state(s)
+        store = await open_store(s, Dialer(PolicyHolder(s.egress)))
+        try:
+            yield s, store, await open_vault(s, store, tuning=TEST_TUNING)
+        finally:
+            await store.close()
 
 
 def instance_state(kind: str, first: Path, name: str) -> Path:
