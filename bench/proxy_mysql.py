@@ -292,7 +292,10 @@ def _print(version: str, requests: int, received: dict[str, str], results: dict,
               f"{statistics.median(m3_cpu):.0f} us (ratio m3/m2 {statistics.median(cpu):.2f})")
         if "m3b" in names:
             b_cpu = cpu_us[("m3b", concurrency)][1:] or cpu_us[("m3b", concurrency)]
-            print(f"  baseline appliance {statistics.median(b_cpu):.0f} us")
+            vs = [x / y for x, y in zip(m3_cpu, b_cpu, strict=True) if x and y]
+            print(f"  baseline appliance {statistics.median(b_cpu):.0f} us; CPU per request "
+                  f"m3/m3b = {statistics.median(vs):.2f} (rounds "
+                  f"{', '.join(f'{x:.2f}' for x in vs)})")
 
 
 if __name__ == "__main__":
