@@ -132,12 +132,12 @@ class Guarded:
 # --- servers (child processes) -----------------------------------------------------------------
 
 
-async def serve_bare(port: int, state: Path) -> None:
-    """(m2): a bare aiohttp handler over HTTPS running the prepared statement on a pool of
-    asyncmy connections."""
+async def serve_bare(port: int, state: Path, runs: type[Prepared | Guarded] = Prepared) -> None:
+    """(m2): a bare aiohttp handler over HTTPS running the statement on a pool of asyncmy
+    connections: prepared once (`Prepared`), or, for (m2g), as the engine runs it (`Guarded`)."""
     from aiohttp import web
 
-    pool = Prepared()
+    pool = runs()
     await pool.open(port, POOL)
 
     async def handler(request: web.Request) -> web.Response:
@@ -150,20 +150,7 @@ async def serve_bare(port: int, state: Path) -> None:
 
 
 async def serve_bare_guarded(port: int, state: Path) -> None:
-    """(m2g): the bare handler of (m2) running the statement as the appliance's engine does
-    (`Guarded`)."""
-    from aiohttp import web
-
-    pool = Guarded()
-    await pool.open(port, POOL)
-
-    async def handler(request: web.Request) -> web.Response:
-        body = await request.json()
-        rows = await pool.fetch(body["params"]["id"])
-        return web.json_response({"columns": ["id", "name", "v"],
-                                  "rows": [list(r) for r in rows], "row_count": len(rows)})
-
-    await serve_https(handler, state)
+    await serve_bare(port, state, Guarded)
 
 
 async def serve_appliance(port: int, state: Path) -> None:
