@@ -1,15 +1,18 @@
 """Query-proxy benchmark on MariaDB (issue 23): the same one-parameter point query as
-bench/proxy.py, `SELECT id, name, v FROM bench WHERE id = ?` on a 1,000-row table, three ways:
+bench/proxy.py, `SELECT id, name, v FROM bench WHERE id = ?` on a 1,000-row table, four ways:
 (m1) asyncmy directly, each connection with the statement prepared once (`conn.prepare()`,
-COM_STMT_EXECUTE per query); (m2) a bare aiohttp handler on uvloop over HTTPS doing the same with
-a pool of 10 asyncmy connections (the fair limit for (m3): same loop, same driver, same TLS to
-the client); (m3) the appliance over HTTPS with a bearer token and a mysql datasource (10
-connections), on uvloop. At 1 and 32 in flight; the paths take turns in ROUNDS rounds and the
-ratios m3/m2 and m3/m1 are per-round medians (bench/proxy.py's `interleave`). With `--baseline
-DIR` (another checkout of the project, e.g. `git archive main | tar -x -C DIR`), a fourth path
-(m3b) is that checkout's appliance, taking its turns in the same rounds: before and after a
-change, measured in the same run. Before timing, it counts the commands the server received per
-run on each path (MariaDB's Com_* status counters). Prints a Markdown table; never asserts.
+COM_STMT_EXECUTE per query); (m2) a bare aiohttp handler on uvloop over HTTPS doing the same
+with a pool of 10 asyncmy connections (the fair limit for (m3): same loop, same driver, same TLS
+to the client); (m2g) that handler running each statement as the appliance's engine must
+(prepared again for every run, the connection reset after it: `Guarded`), which is what (m2)
+would cost with the appliance's guarantees and nothing else of it; (m3) the appliance over HTTPS
+with a bearer token and a mysql datasource (10 connections), on uvloop. At 1 and 32 in flight;
+the paths take turns in ROUNDS rounds and the ratios m3/m2, m3/m2g and m3/m1 are per-round
+medians (bench/proxy.py's `interleave`). With `--baseline DIR` (another checkout of the project,
+e.g. `git archive main | tar -x -C DIR`), a fifth path (m3b) is that checkout's appliance,
+taking its turns in the same rounds: before and after a change, measured in the same run. Before
+timing, it counts the commands the server received per run on each path (MariaDB's Com_* status
+counters). Prints a Markdown table; never asserts.
 
 Usage: python bench/proxy_mysql.py [--requests N] [--baseline DIR]   (default 9,000 per cell,
   about a minute; BENCH_REQUESTS=N does the same for longer runs)
@@ -48,6 +51,9 @@ SQL = "SELECT id, name, v FROM bench WHERE id = ?"
 POOL = 10  # connections of (m2) and of the appliance's datasource, as in bench/proxy.py
 DIRECT = 32  # (m1)'s connections: one per worker at 32 in flight
 DEFAULT_REQUESTS = ROUNDS * 600
+# (m2g)'s session settings: the engine's for a read-only MariaDB datasource (engine._setup)
+SETTINGS = ("SET SESSION TRANSACTION READ ONLY;SET NAMES utf8mb4, time_zone = '+00:00', "
+            "autocommit = 1, max_statement_time = 600.000")
 
 
 def mariadb_kwargs(port: int) -> dict[str, Any]:
@@ -86,15 +92,52 @@ class Prepared:
             await conn.ensure_closed()
 
 
+class Guarded:
+    """asyncmy connections used as the appliance's engine uses them, with nothing else of the
+    appliance: every run prepared again and the connection reset after it (COM_RESET_CONNECTION
+    and the session's settings, in the execute's write; their answers read before the next run
+    gets it), through the engine's own `asyncmy_private`."""
+
+    def __init__(self) -> None:
+        self._idle: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def open(self, port: int, size: int) -> None:
+        from appliance.kinds.mysql.asyncmy_private import DialedConnection, apply_settings
+
+        kwargs = mariadb_kwargs(port)
+        for _ in range(size):
+            conn = DialedConnection(
+                tls=None, host=kwargs["host"], port=port, user=kwargs["user"],
+                password=kwargs["password"].encode(), database=kwargs["db"], charset="utf8mb4")
+            await conn.connect()
+            conn.mariadb = True
+            conn.settings = SETTINGS
+            await apply_settings(conn, SETTINGS)
+            self._idle.put_nowait(conn)
+
+    async def fetch(self, value: int) -> list[Any]:
+        from appliance.kinds.mysql.asyncmy_private import execute, reset_session
+
+        conn = await self._idle.get()
+        try:
+            run = await execute(conn, SQL, (value,), cursor=False, pipeline=True,
+                                reset=SETTINGS)
+            rows = await run.read(100)
+            await reset_session(conn, SETTINGS)
+            return rows
+        finally:
+            self._idle.put_nowait(conn)
+
+
 # --- servers (child processes) -----------------------------------------------------------------
 
 
-async def serve_bare(port: int, state: Path) -> None:
-    """(m2): a bare aiohttp handler over HTTPS running the prepared statement on a pool of
-    asyncmy connections."""
+async def serve_bare(port: int, state: Path, runs: type[Prepared | Guarded] = Prepared) -> None:
+    """(m2): a bare aiohttp handler over HTTPS running the statement on a pool of asyncmy
+    connections: prepared once (`Prepared`), or, for (m2g), as the engine runs it (`Guarded`)."""
     from aiohttp import web
 
-    pool = Prepared()
+    pool = runs()
     await pool.open(port, POOL)
 
     async def handler(request: web.Request) -> web.Response:
@@ -104,6 +147,10 @@ async def serve_bare(port: int, state: Path) -> None:
                                   "rows": [list(r) for r in rows], "row_count": len(rows)})
 
     await serve_https(handler, state)
+
+
+async def serve_bare_guarded(port: int, state: Path) -> None:
+    await serve_bare(port, state, Guarded)
 
 
 async def serve_appliance(port: int, state: Path) -> None:
@@ -189,7 +236,8 @@ async def run_bench(requests: int, baseline: Path | None = None) -> None:
         ca = Path(app_info["ca"])
         _make_bare_cert(ca.parent, state)
         bare_proc, bare_info = child("bare-uvloop", state)
-        servers = {"m2": bare_proc.pid, "m3": appliance_proc.pid}
+        guarded_proc, guarded_info = child("bare-guarded", state)
+        servers = {"m2": bare_proc.pid, "m2g": guarded_proc.pid, "m3": appliance_proc.pid}
         base_info: dict = {}
         if baseline is not None:
             base_proc, base_info = spawn_baseline(baseline, server.port, state / "baseline")
@@ -211,6 +259,12 @@ async def run_bench(requests: int, baseline: Path | None = None) -> None:
                     await r.read()
                     assert r.status == 200
 
+            async def m2g(i: int) -> None:
+                async with http.post(f"https://127.0.0.1:{guarded_info['port']}/run",
+                                     json={"params": {"id": i}}) as r:
+                    await r.read()
+                    assert r.status == 200
+
             async def m3(i: int) -> None:
                 async with http.post(
                         f"https://127.0.0.1:{app_info['port']}/api/v1/queries/"
@@ -227,7 +281,7 @@ async def run_bench(requests: int, baseline: Path | None = None) -> None:
                     body = await r.read()
                     assert r.status == 200, body[:200]
 
-            paths = [("m1", m1), ("m2", m2), ("m3", m3)]
+            paths = [("m1", m1), ("m2", m2), ("m2g", m2g), ("m3", m3)]
             if baseline is not None:
                 paths.append(("m3b", m3b))
             received = {name: await commands_per_run(server, call) for name, call in paths}
@@ -254,6 +308,7 @@ def _print(version: str, requests: int, received: dict[str, str], results: dict,
            cpu_us: dict) -> None:
     names = {"m1": "(m1) asyncmy direct, prepared once per connection",
              "m2": "(m2) bare aiohttp + asyncmy on uvloop, HTTPS",
+             "m2g": "(m2g) the same, each run prepared and reset as the engine does",
              "m3": "(m3) appliance, HTTPS + bearer, mysql datasource"}
     if "m3b" in received:
         names["m3b"] = "(m3b) the baseline checkout's appliance, the same"
@@ -272,8 +327,10 @@ def _print(version: str, requests: int, received: dict[str, str], results: dict,
     for concurrency in (1, 32):
         m3m2 = _ratios(results, "m3", "m2", concurrency)
         m3m1 = _ratios(results, "m3", "m1", concurrency)
+        m3m2g = _ratios(results, "m3", "m2g", concurrency)
         print(f"\nconcurrency {concurrency}: m3/m2 = {statistics.median(m3m2):.2f} (rounds "
-              f"{', '.join(f'{x:.2f}' for x in m3m2)}), m3/m1 = {statistics.median(m3m1):.2f}")
+              f"{', '.join(f'{x:.2f}' for x in m3m2)}), m3/m1 = {statistics.median(m3m1):.2f}, "
+              f"m3/m2g = {statistics.median(m3m2g):.2f}")
         if "m3b" in names:
             base = _ratios(results, "m3b", "m2", concurrency)
             gain = _ratios(results, "m3", "m3b", concurrency)
@@ -281,26 +338,33 @@ def _print(version: str, requests: int, received: dict[str, str], results: dict,
                   f"{', '.join(f'{x:.2f}' for x in base)}); m3/m3b = "
                   f"{statistics.median(gain):.2f}")
         # The first round includes the warm-up: left out of the CPU figures.
-        m2_cpu, m3_cpu = (cpu_us[(k, concurrency)][1:] or cpu_us[(k, concurrency)]
-                          for k in ("m2", "m3"))
+        m2_cpu, m2g_cpu, m3_cpu = (cpu_us[(k, concurrency)][1:] or cpu_us[(k, concurrency)]
+                                   for k in ("m2", "m2g", "m3"))
         cpu = [x / y for x, y in zip(m3_cpu, m2_cpu, strict=True) if x and y]
         if len(cpu) * 2 < len(m3_cpu):
             print("  server CPU per request: rounds too short to measure it (use --requests "
                   f"{DEFAULT_REQUESTS})")
             continue
-        print(f"  server CPU per request: bare {statistics.median(m2_cpu):.0f} us, appliance "
-              f"{statistics.median(m3_cpu):.0f} us (ratio m3/m2 {statistics.median(cpu):.2f})")
+        guarded = [x / y for x, y in zip(m3_cpu, m2g_cpu, strict=True) if x and y]
+        print(f"  server CPU per request: bare {statistics.median(m2_cpu):.0f} us, bare as the "
+              f"engine runs {statistics.median(m2g_cpu):.0f} us, appliance "
+              f"{statistics.median(m3_cpu):.0f} us (ratio m3/m2 {statistics.median(cpu):.2f}, "
+              f"m3/m2g {statistics.median(guarded):.2f})")
         if "m3b" in names:
             b_cpu = cpu_us[("m3b", concurrency)][1:] or cpu_us[("m3b", concurrency)]
-            print(f"  baseline appliance {statistics.median(b_cpu):.0f} us")
+            vs = [x / y for x, y in zip(m3_cpu, b_cpu, strict=True) if x and y]
+            print(f"  baseline appliance {statistics.median(b_cpu):.0f} us; CPU per request "
+                  f"m3/m3b = {statistics.median(vs):.2f} (rounds "
+                  f"{', '.join(f'{x:.2f}' for x in vs)})")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] in ("--serve-bare-uvloop", "--serve-appliance"):
-        import uvloop  # both servers on the loop `appliance serve` runs on
+    servers = {"--serve-bare-uvloop": serve_bare, "--serve-bare-guarded": serve_bare_guarded,
+               "--serve-appliance": serve_appliance}
+    if len(sys.argv) == 4 and sys.argv[1] in servers:
+        import uvloop  # every server on the loop `appliance serve` runs on
 
-        serve = serve_bare if sys.argv[1] == "--serve-bare-uvloop" else serve_appliance
-        uvloop.run(serve(int(sys.argv[2]), Path(sys.argv[3])))
+        uvloop.run(servers[sys.argv[1]](int(sys.argv[2]), Path(sys.argv[3])))
     else:
         parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
         parser.add_argument("--baseline", type=Path, default=None,

@@ -391,20 +391,58 @@ async def resets_done(eng: MysqlEngine) -> None:
     raise AssertionError("a reset did not end")
 
 
+def on_path(eng: MysqlEngine, path: str) -> MysqlEngine:
+    """`eng`, its connections taking MySQL's path (the execute waits for the prepare's answer:
+    no statement id -1) when `path` is "mysql", even on MariaDB."""
+    if path == "mysql":
+        connect = eng._connect
+
+        async def as_mysql() -> Any:
+            conn = await connect()
+            conn.mariadb = False  # its settings stay MariaDB's (max_statement_time)
+            return conn
+
+        eng._connect = as_mysql  # type: ignore[method-assign]  # before the pool exists
+    return eng
+
+
+def count_writes(eng: MysqlEngine) -> list[int]:
+    """A list that grows by one for each write to the server on the engine's connections."""
+    writes: list[int] = []
+    connect = eng._connect
+
+    async def counted() -> Any:
+        conn = await connect()
+        write = conn._write_bytes
+
+        def one(data: bytes) -> None:
+            writes.append(len(data))
+            write(data)
+
+        conn._write_bytes = one
+        return conn
+
+    eng._connect = counted  # type: ignore[method-assign]  # before the pool exists
+    return writes
+
+
 def com_counters(server: MariaDBServer) -> dict[str, int]:
     out = server.sql("SHOW GLOBAL STATUS LIKE 'Com\\_%'")
     pairs = (line.split("\t") for line in out.splitlines() if "\t" in line)
     return {name: int(value) for name, value in pairs if value.isdigit()}
 
 
-async def test_an_answer_is_a_prepare_an_execute_and_a_reset(mariadb_server: MariaDBServer
-                                                             ) -> None:
-    eng = engine(mariadb_server, max_connections=1)
+@pytest.mark.parametrize("path", ["mariadb", "mysql"])
+async def test_an_answer_is_a_prepare_an_execute_and_a_reset(mariadb_server: MariaDBServer,
+                                                             path: str) -> None:
+    eng = on_path(engine(mariadb_server, max_connections=1), path)
+    writes = count_writes(eng)
     runs = 20
     try:
         await answer_of(eng, bound("SELECT 1"))  # the connection opened and its settings set
         await resets_done(eng)
         before = com_counters(mariadb_server)
+        written = len(writes)
         for i in range(runs):
             rows = await answer_of(eng, bound("SELECT {{ n }} + 1, {{ s }}",
                                               [{"name": "n", "type": "integer"},
@@ -413,14 +451,18 @@ async def test_an_answer_is_a_prepare_an_execute_and_a_reset(mariadb_server: Mar
             assert [list(r) for r in rows] == [[i + 1, "value-5e1d"]]
             await resets_done(eng)
         after = com_counters(mariadb_server)
+        written = len(writes) - written
         thread = await answer_thread(eng)
     finally:
         await eng.close()
+    # One write per run on MariaDB (the prepare, the execute, the reset and the settings), two
+    # on MySQL (the prepare; then the execute, the reset and the settings).
+    assert written == runs * (1 if path == "mariadb" else 2)
     per_run = {name.removeprefix("Com_"): (after[name] - before.get(name, 0)) / runs
                for name in ("Com_stmt_prepare", "Com_stmt_execute", "Com_stmt_fetch",
                             "Com_admin_commands", "Com_stmt_close")}
     # Each run: one prepare, one execute, no fetch; its reset (COM_RESET_CONNECTION, an admin
-    # command) comes after it, with the settings in the same write.
+    # command) and the settings come after it, in the execute's write.
     assert per_run == {"stmt_prepare": 1, "stmt_execute": 1, "stmt_fetch": 0,
                        "admin_commands": 1, "stmt_close": 0}
     commands = mariadb_server.log_commands(thread)
@@ -429,15 +471,20 @@ async def test_an_answer_is_a_prepare_an_execute_and_a_reset(mariadb_server: Mar
     assert not any(c == "Query" and "value-5e1d" in a for c, a in commands)
 
 
-async def test_state_does_not_leak_between_answers(mariadb_server: MariaDBServer) -> None:
-    eng = engine(mariadb_server, max_connections=1, read_only=False)
+@pytest.mark.parametrize("path", ["mariadb", "mysql"])
+async def test_state_does_not_leak_between_answers(mariadb_server: MariaDBServer, path: str
+                                                   ) -> None:
+    eng = on_path(engine(mariadb_server, max_connections=1, read_only=False), path)
     try:
         first = await answer_thread(eng)
         await answer_of(eng, bound("SET @leak = 42"))
+        assert [list(r) for r in await answer_of(eng, bound("SELECT GET_LOCK('leak_lock', 0)"))
+                ] == [[1]]
         await answer_of(eng, bound("CREATE TEMPORARY TABLE leak_answer_tmp (x INT)"))
         await answer_of(eng, bound("SET SESSION sql_mode = 'ANSI_QUOTES'"))
         await answer_of(eng, bound("SET SESSION TRANSACTION READ WRITE"))
         await resets_done(eng)
+        assert mariadb_server.sql("SELECT IS_FREE_LOCK('leak_lock')").strip() == "1"
         assert await answer_thread(eng) == first  # the same connection, reset
         rows = await answer_of(eng, bound(
             "SELECT @leak, @@session.sql_mode LIKE '%ANSI_QUOTES%', @@session.time_zone"))
@@ -447,7 +494,7 @@ async def test_state_does_not_leak_between_answers(mariadb_server: MariaDBServer
         assert "1146" in info.value.message
     finally:
         await eng.close()
-    ro = engine(mariadb_server, max_connections=1)
+    ro = on_path(engine(mariadb_server, max_connections=1), path)
     try:
         await answer_of(ro, bound("SET SESSION TRANSACTION READ WRITE"))
         await resets_done(ro)
@@ -476,9 +523,10 @@ async def test_an_answer_past_fetch_closes_its_connection_and_the_next_run_works
         await eng.close()
 
 
+@pytest.mark.parametrize("path", ["mariadb", "mysql"])
 async def test_a_statement_the_server_cannot_prepare_leaves_the_connection_in_step(
-        mariadb_server: MariaDBServer) -> None:
-    eng = engine(mariadb_server, max_connections=1)
+        mariadb_server: MariaDBServer, path: str) -> None:
+    eng = on_path(engine(mariadb_server, max_connections=1), path)
     try:
         first = await answer_thread(eng)
         for sql in ("SELECT {{ n }} FROM no_such_table_9c1",

@@ -2,7 +2,8 @@
 publicly. `check()` fails loudly (and `tests/test_mysql_engine.py` calls it) when an asyncmy
 release renames or removes one of them.
 
-What each buys (figures: docs/performance.md, "The query proxy on MariaDB"):
+What each buys (figures: docs/performance.md, "The query proxy on MariaDB" and "Where the
+MySQL path's CPU goes"):
 - `DialedConnection`: TLS negotiated inside the MySQL protocol (the server's greeting, then an
   SSLRequest) on a socket the egress dialer opened. asyncmy's public `connect(sock=…, ssl=…)`
   starts TLS before any MySQL byte, which no MySQL or MariaDB server speaks; without `ssl` it
@@ -12,13 +13,18 @@ What each buys (figures: docs/performance.md, "The query proxy on MariaDB"):
 - `apply_settings`: every answer of a several-statement `query` read at once.
 - `reset_session`: COM_RESET_CONNECTION (user variables, temporary tables, session settings,
   prepared statements, open transactions, locks), which asyncmy does not expose, sent in one
-  write with the session's settings (one round trip for both).
+  write with the session's settings (one round trip for both), or only their answers read when
+  they went with the run's execute.
 - `execute`: COM_STMT_PREPARE and COM_STMT_EXECUTE sent in one write on MariaDB (its statement
   id -1 names the statement prepared last on the connection; on MySQL the execute waits for the
   prepare's answer), and the answer read in one of two ways. Without a cursor (a run that is not
-  streamed): rows as the server sends them, decoded by asyncmy's own binary-row reader, at most
-  a given number kept (asyncmy's `PreparedStatement.execute` keeps them all). With a read-only
-  cursor (a streamed run): COM_STMT_FETCH n rows at a time, the server keeping the rest.
+  streamed): the reset and the settings go in the execute's write too (one write per run on
+  MariaDB, where there were two, and 1.4 reads instead of 2.6: the engine's CPU per run fell
+  from 98 to 80 µs, the appliance's per request by about a tenth; the writes were the engine's
+  largest cost in a profile under bench/proxy_mysql.py); rows as the server sends them,
+  decoded by asyncmy's own binary-row reader, at most a given number kept (asyncmy's
+  `PreparedStatement.execute` keeps them all). With a read-only cursor (a streamed run):
+  COM_STMT_FETCH n rows at a time, the server keeping the rest.
 
 Owns those uses of private names. Never logs, and never builds SQL text from a value.
 """
@@ -69,6 +75,7 @@ class DialedConnection(_Connection):  # type: ignore[misc]  # subclass of Any: u
 
     settings = ""  # the session's settings (fixed text), set after connecting and every reset
     mariadb = False  # the server is MariaDB: a prepare and its execute go in one write
+    reset_sent = False  # the reset and the settings went with the run: their answers are due
 
     def __init__(self, *, tls: ssl.SSLContext | None, **kwargs: Any) -> None:
         super().__init__(local_infile=False, ssl=None, **kwargs)
@@ -96,9 +103,14 @@ class DialedConnection(_Connection):  # type: ignore[misc]  # subclass of Any: u
 
 async def reset_session(conn: Any, setup: str) -> None:
     """COM_RESET_CONNECTION, then `setup` (the session's settings, fixed text), sent in one write
-    and answered in order; raises asyncmy's error when the server refuses either (the connection
-    is then out of step: the caller closes it)."""
-    await _send(conn, (COM_RESET_CONNECTION, b""), (COM_QUERY, setup.encode(conn._encoding)))
+    (unless they went with the run: `execute(reset=…)`) and answered in order; raises asyncmy's
+    error when the server refuses either (the connection is then out of step: the caller closes
+    it)."""
+    if conn.reset_sent:
+        conn.reset_sent = False
+    else:
+        await _send(conn, *_reset_commands(conn, setup))
+    conn._next_seq_id = 1
     await conn._read_ok_packet()
     conn._next_seq_id = 1
     await conn._read_query_result()
@@ -202,17 +214,23 @@ class Execution:
 
 
 async def execute(conn: Any, sql: str, values: tuple[Any, ...], *, cursor: bool,
-                  pipeline: bool) -> Execution:
+                  pipeline: bool, reset: str | None = None) -> Execution:
     """COM_STMT_PREPARE `sql`, then COM_STMT_EXECUTE it with `values` bound (the binary protocol:
     no value is ever in SQL text), with a read-only cursor or without; `pipeline` (MariaDB): both
-    in one write, the execute naming the statement prepared last. The statement is deallocated
-    by the connection's reset."""
+    in one write, the execute naming the statement prepared last. With `reset` (the session's
+    settings; not with a cursor, which the reset would close), COM_RESET_CONNECTION and the
+    settings follow the execute in its write: the server resets the session as soon as the
+    statement ends, and `reset_session` reads their answers. The statement is deallocated by
+    the connection's reset."""
     flags = CURSOR_TYPE_READ_ONLY if cursor else 0
     params = pack_binary_params(values, conn._encoding) if values else b""
     prepare = (COM_STMT_PREPARE, sql.encode(conn._encoding))
+    after = _reset_commands(conn, reset) if reset is not None and not cursor else ()
     if pipeline:
         await _send(conn, prepare,
-                    (COM_STMT_EXECUTE, struct.pack("<IBI", LAST_PREPARED, flags, 1) + params))
+                    (COM_STMT_EXECUTE, struct.pack("<IBI", LAST_PREPARED, flags, 1) + params),
+                    *after)
+        conn.reset_sent = bool(after)
     else:
         await _send(conn, prepare)
     try:
@@ -231,10 +249,17 @@ async def execute(conn: Any, sql: str, values: tuple[Any, ...], *, cursor: bool,
     if pipeline:
         conn._next_seq_id = 1
     else:
-        await _send(conn, (COM_STMT_EXECUTE, struct.pack("<IBI", statement_id, flags, 1) + params))
+        await _send(conn, (COM_STMT_EXECUTE, struct.pack("<IBI", statement_id, flags, 1) + params),
+                    *after)
+        conn.reset_sent = bool(after)
     run = Execution(conn, statement_id, cursor)
     await run._read_answer()
     return run
+
+
+def _reset_commands(conn: Any, setup: str) -> tuple[tuple[int, bytes], ...]:
+    """COM_RESET_CONNECTION, then `setup` (the session's settings, fixed text)."""
+    return (COM_RESET_CONNECTION, b""), (COM_QUERY, setup.encode(conn._encoding))
 
 
 async def _send(conn: Any, *commands: tuple[int, bytes]) -> None:

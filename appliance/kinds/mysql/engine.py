@@ -85,7 +85,9 @@ class SessionPool(ConnectionPool[DialedConnection]):
     COM_RESET_CONNECTION when it comes back (user variables, temporary tables, session settings,
     prepared statements, an open transaction, locks) and its session's settings set again, both
     in one round trip, in the pool's release task: after the run's answer is on its way, before
-    anyone else can take the connection."""
+    anyone else can take the connection. An answer read without a cursor sent both in its
+    execute's write (the server resets the session as soon as the statement ends): the release
+    task then reads their answers only."""
 
     async def reset(self, conn: DialedConnection, timeout: float) -> None:
         async with asyncio.timeout(timeout):
@@ -215,8 +217,11 @@ class MysqlEngine(PooledEngine[DialedConnection]):
 
     def _execute(self, conn: DialedConnection, bound: BoundStatement, cursor: bool
                  ) -> Awaitable[Execution]:
+        """An answer without a cursor takes the connection's reset along in the execute's
+        write (the pool's reset then only reads its answers); a cursor's reset waits for the
+        stream's end."""
         return execute(conn, bound.sql, tuple(bound.values), cursor=cursor,
-                       pipeline=conn.mariadb)
+                       pipeline=conn.mariadb, reset=None if cursor else conn.settings)
 
     async def _batches(self, conn: DialedConnection, run: Execution, bound: BoundStatement,
                        timeout: float, fetch: int,
