@@ -15,10 +15,14 @@ from typing import Any
 
 import pytest
 
+from appliance.egress import PolicyHolder
 from appliance.kinds.postgres.pool import ConnectionPool, PoolClosed
+from appliance.settings import EgressSettings
 from tests.conftest import PG_PASSWORD, PostgresServer
 
 asyncpg = pytest.importorskip("asyncpg")
+
+OPEN = EgressSettings(source_address=(), mode="default", allow=(), deny=(), allow_private=True)
 
 
 def connector(pg: PostgresServer, *, failures: int = 0) -> Any:
@@ -37,6 +41,12 @@ def connector(pg: PostgresServer, *, failures: int = 0) -> Any:
     return connect
 
 
+def new_pool(connect: Any, *, policy: PolicyHolder | None = None, **options: Any
+             ) -> ConnectionPool:
+    """A pool over `connect` under `policy` (by default one of its own that allows everything)."""
+    return ConnectionPool(connect, policy=policy or PolicyHolder(OPEN), **options)
+
+
 def pid(conn: Any) -> int:
     return conn.get_server_pid()
 
@@ -49,7 +59,7 @@ def open_backends(pg: PostgresServer) -> int:
 @contextlib.asynccontextmanager
 async def opened(pg: PostgresServer, **options: Any) -> AsyncIterator[ConnectionPool]:
     """A pool of connections to the cluster, closed after the block."""
-    pool = ConnectionPool(connector(pg), **options)
+    pool = new_pool(connector(pg), **options)
     try:
         yield pool
     finally:
@@ -111,7 +121,7 @@ def other_role(postgres_server: PostgresServer) -> str:
 async def test_no_session_state_reaches_the_next_caller(postgres_server: PostgresServer,
                                                         other_role: str) -> None:
     postgres_server.sql("CREATE SEQUENCE IF NOT EXISTS pool_seq; ALTER SEQUENCE pool_seq OWNER TO app")
-    pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=5)
+    pool = new_pool(connector(postgres_server), max_size=1, reset_timeout=5)
     watcher = await connector(postgres_server)()
 
     async def advisory_locks() -> int:
@@ -164,7 +174,7 @@ async def test_a_function_named_like_the_resets_cannot_run_in_it(postgres_server
     its `search_path`; the reset calls the real one by its qualified name, after `RESET ALL`."""
     postgres_server.sql(
         "DROP SCHEMA IF EXISTS shadow CASCADE; CREATE SCHEMA shadow AUTHORIZATION app;")
-    pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=5)
+    pool = new_pool(connector(postgres_server), max_size=1, reset_timeout=5)
     try:
         conn = await pool.acquire(1)
         await conn.execute(
@@ -183,7 +193,7 @@ async def test_a_function_named_like_the_resets_cannot_run_in_it(postgres_server
         # The same `search_path` as the user's own default (what `RESET ALL` goes back to): a
         # user may set it for itself, for the connections opened after.
         postgres_server.sql("ALTER ROLE app IN DATABASE appdb SET search_path = shadow, pg_catalog")
-        pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=5)
+        pool = new_pool(connector(postgres_server), max_size=1, reset_timeout=5)
         conn = await pool.acquire(1)
         assert await conn.fetchval("SELECT current_setting('search_path')") == "shadow, pg_catalog"
         pool.release(conn)
@@ -244,7 +254,7 @@ async def test_a_failed_reset_passes_the_slot_to_a_waiting_caller(
 
 
 async def test_a_failed_connect_frees_its_slot(postgres_server: PostgresServer) -> None:
-    pool = ConnectionPool(connector(postgres_server, failures=1), max_size=1, reset_timeout=5)
+    pool = new_pool(connector(postgres_server, failures=1), max_size=1, reset_timeout=5)
     try:
         with pytest.raises(ConnectionRefusedError):
             await pool.acquire(1)
@@ -282,7 +292,8 @@ async def test_a_connection_handed_over_as_its_wait_is_cancelled_is_not_lost(
             for task in waiting:  # cancelled in the same loop turn as the hand-over
                 task.cancel()
 
-    pool = Racing(connector(postgres_server), max_size=1, reset_timeout=5)
+    pool = Racing(connector(postgres_server), policy=PolicyHolder(OPEN), max_size=1,
+                  reset_timeout=5)
     try:
         held = await pool.acquire(1)
         waiting.append(asyncio.ensure_future(pool.acquire(5)))
@@ -302,7 +313,7 @@ async def test_a_connection_handed_over_as_its_wait_is_cancelled_is_not_lost(
 
 async def test_closing_fails_the_waiting_and_ends_what_stays_in_use(
         postgres_server: PostgresServer) -> None:
-    pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=5)
+    pool = new_pool(connector(postgres_server), max_size=1, reset_timeout=5)
     held = await pool.acquire(1)
     waiting = asyncio.ensure_future(pool.acquire(5))
     await asyncio.sleep(0.05)
@@ -322,7 +333,7 @@ async def test_closing_fails_the_waiting_and_ends_what_stays_in_use(
 
 async def test_closing_waits_for_a_connection_given_back_in_time(
         postgres_server: PostgresServer) -> None:
-    pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=5)
+    pool = new_pool(connector(postgres_server), max_size=1, reset_timeout=5)
     held = await pool.acquire(1)
     closing = asyncio.ensure_future(pool.close(timeout=5))
     await asyncio.sleep(0.1)
@@ -336,7 +347,7 @@ async def test_closing_waits_for_a_connection_given_back_in_time(
 
 async def test_closing_hands_nothing_out_and_closes_every_connection(
         postgres_server: PostgresServer) -> None:
-    pool = ConnectionPool(connector(postgres_server), max_size=2, reset_timeout=5)
+    pool = new_pool(connector(postgres_server), max_size=2, reset_timeout=5)
     first, second = await pool.acquire(1), await pool.acquire(1)
     pool.release(first)
     await settled(pool)
@@ -354,7 +365,7 @@ async def test_closing_hands_nothing_out_and_closes_every_connection(
 
 async def test_a_cancelled_close_still_ends_every_connection(postgres_server: PostgresServer
                                                              ) -> None:
-    pool = ConnectionPool(connector(postgres_server), max_size=2, reset_timeout=5)
+    pool = new_pool(connector(postgres_server), max_size=2, reset_timeout=5)
     idle, held = await pool.acquire(1), await pool.acquire(1)
     pool.release(idle)
     await settled(pool)
@@ -379,7 +390,7 @@ async def test_a_connection_opened_while_the_pool_closes_is_not_kept(
         await gate.wait()
         return conn
 
-    pool = ConnectionPool(slow_connect, max_size=1, reset_timeout=5)
+    pool = new_pool(slow_connect, max_size=1, reset_timeout=5)
     taking = asyncio.ensure_future(pool.acquire(5))
     while not opened:
         await asyncio.sleep(0.01)
