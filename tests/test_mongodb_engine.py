@@ -155,7 +155,7 @@ async def test_a_run_that_took_a_retired_engine_takes_its_replacement(
         assert resp.status == 200, resp.body
         assert [engine is old for engine in handed] == [True, False]  # moved to the new one
         assert mongo.commands[-1]["$db"] == "app2"
-        assert old._client is None  # type: ignore[attr-defined]  # nothing reopened on it
+        assert old._current.client is None  # type: ignore[attr-defined]  # nothing reopened on it
 
 
 def closed_port() -> int:
