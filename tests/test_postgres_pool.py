@@ -3,12 +3,14 @@ conftest): reuse and the size limit, waiting and its time limit; the reset befor
 settings, advisory locks, temporary tables, sequences, open and failed transactions, a cancelled
 statement, a function shadowing the reset's); connections lost while idle, failing or timing out
 their reset, or past their lifetime; a failed connect; idle expiry; a hand-over racing a
-cancellation; and closing."""
+cancellation; closing; and a change of the egress policy (idle connections closed at once, one in
+use closed when it comes back, the change heard from another thread too)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -444,3 +446,103 @@ async def test_a_connection_past_its_lifetime_is_replaced_when_given_back(
         fresh = await pool.acquire(1)
         assert fresh is not old and await fresh.fetchval("SELECT 8") == 8
         pool.release(fresh)
+
+
+# -- a change of the egress policy ---------------------------------------------------------------
+
+STILL_ALLOWS = dataclasses.replace(OPEN, deny=("192.0.2.1",))  # a change; the cluster still allowed
+
+
+def backend_alive(pg: PostgresServer, backend: int) -> bool:
+    return pg.sql(f"SELECT count(*) FROM pg_stat_activity WHERE pid = {backend}").strip() == "1"
+
+
+async def gone(pg: PostgresServer, *backends: int) -> None:
+    """Until the server no longer has any of `backends` (a terminated socket: the backend sees
+    the EOF and exits)."""
+    for _ in range(100):
+        if not any(backend_alive(pg, backend) for backend in backends):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"backends {backends} still open")
+
+
+async def test_a_policy_change_closes_the_idle_connections_at_once(
+        postgres_server: PostgresServer) -> None:
+    holder = PolicyHolder(OPEN)
+    async with opened(postgres_server, policy=holder, max_size=2, reset_timeout=5) as pool:
+        first, second = await pool.acquire(1), await pool.acquire(1)
+        old = {pid(first), pid(second)}
+        pool.release(first)
+        pool.release(second)
+        await settled(pool)
+        assert (pool.size, pool.idle) == (2, 2) and all(backend_alive(postgres_server, b)
+                                                        for b in old)
+        holder.update(STILL_ALLOWS)
+        assert (pool.size, pool.idle) == (0, 0) and first.is_closed() and second.is_closed()
+        await gone(postgres_server, *old)
+        fresh = await pool.acquire(1)  # dialed afresh, under the new policy
+        assert pid(fresh) not in old and await fresh.fetchval("SELECT 1") == 1
+        pool.release(fresh)
+        await settled(pool)
+        assert pool.take() is fresh  # kept again: it was checked under the policy now in force
+        pool.release(fresh)
+
+
+async def test_a_connection_in_use_at_a_change_finishes_its_run_then_is_closed(
+        postgres_server: PostgresServer) -> None:
+    """The run holding the only connection goes on after the change; given back, the connection
+    is closed, not reset nor handed to the run waiting for it: that run gets a new one."""
+    holder = PolicyHolder(OPEN)
+    async with opened(postgres_server, policy=holder, max_size=1, reset_timeout=5) as pool:
+        held = await pool.acquire(1)
+        backend = pid(held)
+        waiting = asyncio.ensure_future(pool.acquire(5))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        holder.update(STILL_ALLOWS)
+        assert await held.fetchval("SELECT 41 + 1") == 42  # the run under way is not cut
+        assert not held.is_closed()
+        pool.release(held)
+        fresh = await asyncio.wait_for(waiting, 5)
+        assert held.is_closed() and pid(fresh) != backend and pool.size == 1
+        await gone(postgres_server, backend)
+        pool.release(fresh)
+
+
+async def test_a_change_made_in_another_thread_reaches_the_pool_in_its_loop(
+        postgres_server: PostgresServer) -> None:
+    holder = PolicyHolder(OPEN)
+    async with opened(postgres_server, policy=holder, max_size=1, reset_timeout=5) as pool:
+        conn = await pool.acquire(1)
+        pool.release(conn)
+        await settled(pool)
+        await asyncio.to_thread(holder.update, STILL_ALLOWS)
+        for _ in range(100):  # called soon, in the pool's loop
+            if pool.idle == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert (pool.size, pool.idle) == (0, 0) and conn.is_closed()
+
+
+async def test_a_connection_dialed_while_the_policy_changes_is_not_kept(
+        postgres_server: PostgresServer) -> None:
+    """The policy in force when the dial starts is the one noted: a change during the connect
+    makes the new connection stale at once (its run uses it; it is not kept)."""
+    holder = PolicyHolder(OPEN)
+    connect = connector(postgres_server)
+
+    async def connect_during_a_change() -> Any:
+        conn = await connect()
+        holder.update(STILL_ALLOWS)
+        return conn
+
+    pool = new_pool(connect_during_a_change, policy=holder, max_size=1, reset_timeout=5)
+    try:
+        conn = await pool.acquire(1)
+        assert await conn.fetchval("SELECT 3") == 3
+        pool.release(conn)
+        await settled(pool)
+        assert conn.is_closed() and (pool.size, pool.idle) == (0, 0)
+    finally:
+        await pool.close()
