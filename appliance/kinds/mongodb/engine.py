@@ -307,11 +307,14 @@ class MongoEngine(Engine):
     async def _guard(self, current: _Client, batches: AsyncIterator[list[Any]], timeout: float
                      ) -> AsyncIterator[list[Any]]:
         try:
-            while True:
-                try:
-                    batch = await self._unless_gone(current, anext(batches), timeout)
-                except StopAsyncIteration:
-                    return
+            # A find's command is sent for its first batch: watched like `_start`'s commands. The
+            # rest are getMores, which PyMongo never retries: a dead connection fails them at once.
+            try:
+                first = await self._unless_gone(current, anext(batches), timeout)
+            except StopAsyncIteration:
+                return
+            yield first
+            async for batch in batches:
                 yield batch
         except BaseException as exc:
             raise self.translate(exc, timeout) from None
