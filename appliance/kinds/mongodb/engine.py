@@ -131,7 +131,7 @@ class _Client:
         self.client: Any = None
         self.creating = asyncio.Lock()
         self.runs = EngineRuns(datasource)
-        self.pool: _PoolCleared | None = None
+        self.clearings: _PoolCleared | None = None  # its pool clearings, heard
 
 
 class MongoEngine(Engine):
@@ -150,7 +150,7 @@ class MongoEngine(Engine):
         return max(0.5, min(CONNECT_TIMEOUT, timeout - 1))
 
     async def _new_client(self, connect_timeout: float, selection_timeout: float | None = None,
-                          pool: _PoolCleared | None = None) -> Any:
+                          clearings: _PoolCleared | None = None) -> Any:
         config = self.target.config
         limits = self.target.limits
         options: dict[str, Any] = {
@@ -163,8 +163,8 @@ class MongoEngine(Engine):
         if selection_timeout is not None:
             options["serverSelectionTimeoutMS"] = int(selection_timeout * 1000)
             options["timeoutMS"] = int(selection_timeout * 1000)
-        if pool is not None:
-            options["event_listeners"] = [pool]
+        if clearings is not None:
+            options["event_listeners"] = [clearings]
         password = self.target.secret("password")
         if config.get("user"):
             allow_sha1 = config.get("allow_scram_sha1") is True
@@ -185,9 +185,9 @@ class MongoEngine(Engine):
         if current.client is None:
             async with current.creating:
                 if current.client is None:
-                    current.pool = _PoolCleared()
+                    current.clearings = _PoolCleared()
                     current.client = await self._new_client(self._connect_timeout(timeout),
-                                                            pool=current.pool)
+                                                            clearings=current.clearings)
                     return current.client
         if not current.client.topology_description.has_known_servers:
             await self._reach(timeout)
@@ -208,8 +208,8 @@ class MongoEngine(Engine):
         words; a server that answers is left to PyMongo's retry."""
         task = asyncio.ensure_future(step)
         try:
-            if current.pool is not None:
-                cleared = current.pool.cleared
+            if current.clearings is not None:
+                cleared = current.clearings.cleared
                 await asyncio.wait((task, cleared), return_when=asyncio.FIRST_COMPLETED)
                 if not task.done():
                     await self._reach(timeout)
