@@ -3,7 +3,8 @@ real servers: the PostgreSQL cluster and MariaDB (the session fixtures) and a se
 MongoDB's wire protocol. A connection dialed under the old policy is never used under the new
 one: after a change that denies the destination, the next run is refused by the policy (not
 served over a kept connection), the kept connections are closed on the server's side, and once
-the destination is allowed again a run dials afresh."""
+the destination is allowed again a run dials afresh. The change comes from the API, or from a
+reloaded settings file; a run under way at the change ends normally on its connection."""
 
 from __future__ import annotations
 
@@ -167,5 +168,40 @@ async def test_mongodb_a_run_under_way_at_a_change_ends_on_its_connection(
             async with engine.open(find, timeout=10, fetch=10):
                 pass
         assert not mongo.open
+    finally:
+        await engine.close()
+
+
+async def test_a_reloaded_settings_file_reaches_a_mariadb_pool(mariadb_server: MariaDBServer
+                                                               ) -> None:
+    """The settings file reloaded (`RuntimeEgress.rebase`, as on SIGHUP) denies the server while
+    a run holds a connection: that run ends normally, its connection is closed on the server, and
+    the next run is refused by the policy."""
+    from appliance.egress.runtime import RuntimeEgress
+    from appliance.kinds.mysql.binding import compile_mysql
+    from appliance.kinds.mysql.engine import MysqlEngine
+    from appliance.secret import Secret
+
+    maria = mariadb_server
+    runtime = RuntimeEgress(OPEN, Dialer(PolicyHolder(OPEN), resolver=StaticResolver({})))
+    target = Target(id="ds_my", name="my", kind="mysql", version=1, config={
+        "host": "127.0.0.1", "port": maria.port, "database": DATABASE, "user": NATIVE_USER,
+        "tls": "disable", "allow_password_without_verified_tls": True},
+        secrets={"password": Secret(NATIVE_PASSWORD)})
+    engine = MysqlEngine(target, runtime.dialer)
+    who = compile_mysql("SELECT CONNECTION_ID() AS id", parse_parameters([])).bind({})
+
+    def alive(thread: int) -> bool:
+        return maria.sql(f"SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+                         f"WHERE ID = {thread}").strip() == "1"
+
+    try:
+        async with engine.open(who, timeout=10, fetch=10) as under_way:
+            await runtime.rebase(dataclasses.replace(OPEN, deny=(f"127.0.0.1:{maria.port}",)))
+            ((thread,),) = [row async for batch in under_way.batches for row in batch]
+        await until(lambda: not alive(int(thread)), "the connection is still open")
+        with pytest.raises(EgressDenied):
+            async with engine.open(who, timeout=10, fetch=10):
+                pass
     finally:
         await engine.close()
