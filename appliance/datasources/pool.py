@@ -135,7 +135,7 @@ class ConnectionPool(abc.ABC, Generic[C]):
             if not conn.is_closed():
                 if self._born[conn][1] is current:
                     return conn
-                conn.terminate()  # the policy changed a moment ago: the change closes no more
+                conn.terminate()  # dialed under an older policy (the change's closing is due)
             self._born.pop(conn, None)
             self._size -= 1  # lost while idle (the server restarted, say): its slot is free
         return None
