@@ -3,22 +3,28 @@ conftest): reuse and the size limit, waiting and its time limit; the reset befor
 settings, advisory locks, temporary tables, sequences, open and failed transactions, a cancelled
 statement, a function shadowing the reset's); connections lost while idle, failing or timing out
 their reset, or past their lifetime; a failed connect; idle expiry; a hand-over racing a
-cancellation; and closing."""
+cancellation; closing; and a change of the egress policy (idle connections closed at once, one in
+use closed when it comes back, the change heard from another thread too)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
+from appliance.egress import PolicyHolder
 from appliance.kinds.postgres.pool import ConnectionPool, PoolClosed
+from appliance.settings import EgressSettings
 from tests.conftest import PG_PASSWORD, PostgresServer
 
 asyncpg = pytest.importorskip("asyncpg")
+
+OPEN = EgressSettings(source_address=(), mode="default", allow=(), deny=(), allow_private=True)
 
 
 def connector(pg: PostgresServer, *, failures: int = 0) -> Any:
@@ -37,6 +43,12 @@ def connector(pg: PostgresServer, *, failures: int = 0) -> Any:
     return connect
 
 
+def new_pool(connect: Any, *, policy: PolicyHolder | None = None, **options: Any
+             ) -> ConnectionPool:
+    """A pool over `connect` under `policy` (by default one of its own that allows everything)."""
+    return ConnectionPool(connect, policy=policy or PolicyHolder(OPEN), **options)
+
+
 def pid(conn: Any) -> int:
     return conn.get_server_pid()
 
@@ -49,7 +61,7 @@ def open_backends(pg: PostgresServer) -> int:
 @contextlib.asynccontextmanager
 async def opened(pg: PostgresServer, **options: Any) -> AsyncIterator[ConnectionPool]:
     """A pool of connections to the cluster, closed after the block."""
-    pool = ConnectionPool(connector(pg), **options)
+    pool = new_pool(connector(pg), **options)
     try:
         yield pool
     finally:
@@ -111,7 +123,7 @@ def other_role(postgres_server: PostgresServer) -> str:
 async def test_no_session_state_reaches_the_next_caller(postgres_server: PostgresServer,
                                                         other_role: str) -> None:
     postgres_server.sql("CREATE SEQUENCE IF NOT EXISTS pool_seq; ALTER SEQUENCE pool_seq OWNER TO app")
-    pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=5)
+    pool = new_pool(connector(postgres_server), max_size=1, reset_timeout=5)
     watcher = await connector(postgres_server)()
 
     async def advisory_locks() -> int:
@@ -164,7 +176,7 @@ async def test_a_function_named_like_the_resets_cannot_run_in_it(postgres_server
     its `search_path`; the reset calls the real one by its qualified name, after `RESET ALL`."""
     postgres_server.sql(
         "DROP SCHEMA IF EXISTS shadow CASCADE; CREATE SCHEMA shadow AUTHORIZATION app;")
-    pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=5)
+    pool = new_pool(connector(postgres_server), max_size=1, reset_timeout=5)
     try:
         conn = await pool.acquire(1)
         await conn.execute(
@@ -183,7 +195,7 @@ async def test_a_function_named_like_the_resets_cannot_run_in_it(postgres_server
         # The same `search_path` as the user's own default (what `RESET ALL` goes back to): a
         # user may set it for itself, for the connections opened after.
         postgres_server.sql("ALTER ROLE app IN DATABASE appdb SET search_path = shadow, pg_catalog")
-        pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=5)
+        pool = new_pool(connector(postgres_server), max_size=1, reset_timeout=5)
         conn = await pool.acquire(1)
         assert await conn.fetchval("SELECT current_setting('search_path')") == "shadow, pg_catalog"
         pool.release(conn)
@@ -244,7 +256,7 @@ async def test_a_failed_reset_passes_the_slot_to_a_waiting_caller(
 
 
 async def test_a_failed_connect_frees_its_slot(postgres_server: PostgresServer) -> None:
-    pool = ConnectionPool(connector(postgres_server, failures=1), max_size=1, reset_timeout=5)
+    pool = new_pool(connector(postgres_server, failures=1), max_size=1, reset_timeout=5)
     try:
         with pytest.raises(ConnectionRefusedError):
             await pool.acquire(1)
@@ -282,7 +294,8 @@ async def test_a_connection_handed_over_as_its_wait_is_cancelled_is_not_lost(
             for task in waiting:  # cancelled in the same loop turn as the hand-over
                 task.cancel()
 
-    pool = Racing(connector(postgres_server), max_size=1, reset_timeout=5)
+    pool = Racing(connector(postgres_server), policy=PolicyHolder(OPEN), max_size=1,
+                  reset_timeout=5)
     try:
         held = await pool.acquire(1)
         waiting.append(asyncio.ensure_future(pool.acquire(5)))
@@ -302,7 +315,7 @@ async def test_a_connection_handed_over_as_its_wait_is_cancelled_is_not_lost(
 
 async def test_closing_fails_the_waiting_and_ends_what_stays_in_use(
         postgres_server: PostgresServer) -> None:
-    pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=5)
+    pool = new_pool(connector(postgres_server), max_size=1, reset_timeout=5)
     held = await pool.acquire(1)
     waiting = asyncio.ensure_future(pool.acquire(5))
     await asyncio.sleep(0.05)
@@ -322,7 +335,7 @@ async def test_closing_fails_the_waiting_and_ends_what_stays_in_use(
 
 async def test_closing_waits_for_a_connection_given_back_in_time(
         postgres_server: PostgresServer) -> None:
-    pool = ConnectionPool(connector(postgres_server), max_size=1, reset_timeout=5)
+    pool = new_pool(connector(postgres_server), max_size=1, reset_timeout=5)
     held = await pool.acquire(1)
     closing = asyncio.ensure_future(pool.close(timeout=5))
     await asyncio.sleep(0.1)
@@ -336,7 +349,7 @@ async def test_closing_waits_for_a_connection_given_back_in_time(
 
 async def test_closing_hands_nothing_out_and_closes_every_connection(
         postgres_server: PostgresServer) -> None:
-    pool = ConnectionPool(connector(postgres_server), max_size=2, reset_timeout=5)
+    pool = new_pool(connector(postgres_server), max_size=2, reset_timeout=5)
     first, second = await pool.acquire(1), await pool.acquire(1)
     pool.release(first)
     await settled(pool)
@@ -354,7 +367,7 @@ async def test_closing_hands_nothing_out_and_closes_every_connection(
 
 async def test_a_cancelled_close_still_ends_every_connection(postgres_server: PostgresServer
                                                              ) -> None:
-    pool = ConnectionPool(connector(postgres_server), max_size=2, reset_timeout=5)
+    pool = new_pool(connector(postgres_server), max_size=2, reset_timeout=5)
     idle, held = await pool.acquire(1), await pool.acquire(1)
     pool.release(idle)
     await settled(pool)
@@ -379,7 +392,7 @@ async def test_a_connection_opened_while_the_pool_closes_is_not_kept(
         await gate.wait()
         return conn
 
-    pool = ConnectionPool(slow_connect, max_size=1, reset_timeout=5)
+    pool = new_pool(slow_connect, max_size=1, reset_timeout=5)
     taking = asyncio.ensure_future(pool.acquire(5))
     while not opened:
         await asyncio.sleep(0.01)
@@ -433,3 +446,103 @@ async def test_a_connection_past_its_lifetime_is_replaced_when_given_back(
         fresh = await pool.acquire(1)
         assert fresh is not old and await fresh.fetchval("SELECT 8") == 8
         pool.release(fresh)
+
+
+# -- a change of the egress policy ---------------------------------------------------------------
+
+STILL_ALLOWS = dataclasses.replace(OPEN, deny=("192.0.2.1",))  # a change; the cluster still allowed
+
+
+def backend_alive(pg: PostgresServer, backend: int) -> bool:
+    return pg.sql(f"SELECT count(*) FROM pg_stat_activity WHERE pid = {backend}").strip() == "1"
+
+
+async def gone(pg: PostgresServer, *backends: int) -> None:
+    """Until the server no longer has any of `backends` (a terminated socket: the backend sees
+    the EOF and exits)."""
+    for _ in range(100):
+        if not any(backend_alive(pg, backend) for backend in backends):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"backends {backends} still open")
+
+
+async def test_a_policy_change_closes_the_idle_connections_at_once(
+        postgres_server: PostgresServer) -> None:
+    holder = PolicyHolder(OPEN)
+    async with opened(postgres_server, policy=holder, max_size=2, reset_timeout=5) as pool:
+        first, second = await pool.acquire(1), await pool.acquire(1)
+        old = {pid(first), pid(second)}
+        pool.release(first)
+        pool.release(second)
+        await settled(pool)
+        assert (pool.size, pool.idle) == (2, 2) and all(backend_alive(postgres_server, b)
+                                                        for b in old)
+        holder.update(STILL_ALLOWS)
+        assert (pool.size, pool.idle) == (0, 0) and first.is_closed() and second.is_closed()
+        await gone(postgres_server, *old)
+        fresh = await pool.acquire(1)  # dialed afresh, under the new policy
+        assert pid(fresh) not in old and await fresh.fetchval("SELECT 1") == 1
+        pool.release(fresh)
+        await settled(pool)
+        assert pool.take() is fresh  # kept again: it was checked under the policy now in force
+        pool.release(fresh)
+
+
+async def test_a_connection_in_use_at_a_change_finishes_its_run_then_is_closed(
+        postgres_server: PostgresServer) -> None:
+    """The run holding the only connection goes on after the change; given back, the connection
+    is closed, not reset nor handed to the run waiting for it: that run gets a new one."""
+    holder = PolicyHolder(OPEN)
+    async with opened(postgres_server, policy=holder, max_size=1, reset_timeout=5) as pool:
+        held = await pool.acquire(1)
+        backend = pid(held)
+        waiting = asyncio.ensure_future(pool.acquire(5))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        holder.update(STILL_ALLOWS)
+        assert await held.fetchval("SELECT 41 + 1") == 42  # the run under way is not cut
+        assert not held.is_closed()
+        pool.release(held)
+        fresh = await asyncio.wait_for(waiting, 5)
+        assert held.is_closed() and pid(fresh) != backend and pool.size == 1
+        await gone(postgres_server, backend)
+        pool.release(fresh)
+
+
+async def test_a_change_made_in_another_thread_reaches_the_pool_in_its_loop(
+        postgres_server: PostgresServer) -> None:
+    holder = PolicyHolder(OPEN)
+    async with opened(postgres_server, policy=holder, max_size=1, reset_timeout=5) as pool:
+        conn = await pool.acquire(1)
+        pool.release(conn)
+        await settled(pool)
+        await asyncio.to_thread(holder.update, STILL_ALLOWS)
+        for _ in range(100):  # called soon, in the pool's loop
+            if pool.idle == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert (pool.size, pool.idle) == (0, 0) and conn.is_closed()
+
+
+async def test_a_connection_dialed_while_the_policy_changes_is_not_kept(
+        postgres_server: PostgresServer) -> None:
+    """The policy in force when the dial starts is the one noted: a change during the connect
+    makes the new connection stale at once (its run uses it; it is not kept)."""
+    holder = PolicyHolder(OPEN)
+    connect = connector(postgres_server)
+
+    async def connect_during_a_change() -> Any:
+        conn = await connect()
+        holder.update(STILL_ALLOWS)
+        return conn
+
+    pool = new_pool(connect_during_a_change, policy=holder, max_size=1, reset_timeout=5)
+    try:
+        conn = await pool.acquire(1)
+        assert await conn.fetchval("SELECT 3") == 3
+        pool.release(conn)
+        await settled(pool)
+        assert conn.is_closed() and (pool.size, pool.idle) == (0, 0)
+    finally:
+        await pool.close()

@@ -12,8 +12,14 @@ a release costs one task, which runs the reset and hands the connection on: the 
 run's latency path (the answer is on its way while the reset's round trip is under way), yet no
 one else takes the connection before it has ended.
 
+A connection was checked by the egress policy once, when it was dialed. When the policy changes
+(an API change, another instance's, a reloaded settings file), the idle connections are closed at
+once and those in use are closed when they come back (their run ends normally): the next run
+dials afresh, through the new policy.
+
 Owns the idle connections, the count of open ones (slots), the runs waiting for one, the resets
-under way, idle expiry and retirement. Runs no statement of its own (the kind's reset does).
+under way, idle expiry, retirement and staleness under the egress policy. Runs no statement of
+its own (the kind's reset does).
 Logs no statement and no value: only that a reset failed, and the exception's type.
 """
 
@@ -30,6 +36,7 @@ from appliance import deadlines
 from appliance.datasources.config import CONNECT_TIMEOUT
 from appliance.datasources.engine import Engine, PoolStats, Target
 from appliance.datasources.errors import EngineRetired, connection_failure
+from appliance.egress import EgressPolicy, PolicyHolder
 from appliance.errors import ApplianceError
 
 log = logging.getLogger("appliance.datasources")
@@ -59,13 +66,16 @@ class ConnectionPool(abc.ABC, Generic[C]):
     A released connection is reset (`reset`) in a task of its own, and only then handed to a
     waiting run or kept idle: one run's session state never reaches the next. A connection whose
     reset fails is terminated and its slot passed on; one open for `max_lifetime` seconds is
-    closed when it comes back, and one idle for `idle_lifetime` seconds is closed. `name` only
-    labels log lines."""
+    closed when it comes back, and one idle for `idle_lifetime` seconds is closed. A connection
+    dialed under an older egress policy than `policy`'s current one is never handed out again:
+    terminated at the change when idle, else when it comes back (no goodbye to a destination the
+    new policy may deny), its slot passed on. `name` only labels log lines."""
 
-    def __init__(self, connect: Callable[[], Awaitable[C]], *, max_size: int,
-                 reset_timeout: float, idle_lifetime: float = 300.0,
+    def __init__(self, connect: Callable[[], Awaitable[C]], *, policy: PolicyHolder,
+                 max_size: int, reset_timeout: float, idle_lifetime: float = 300.0,
                  max_lifetime: float = 3600.0, name: str = "") -> None:
         self._connect = connect
+        self._policy = policy
         self.max_size = max_size
         self.reset_timeout = reset_timeout
         self.idle_lifetime = idle_lifetime
@@ -73,13 +83,16 @@ class ConnectionPool(abc.ABC, Generic[C]):
         self.name = name
         self._loop = asyncio.get_running_loop()
         self._size = 0  # slots taken: connections open or being opened
-        self._born: dict[C, float] = {}  # every open connection, and when it opened
+        # Every open connection: when it opened, and the egress policy in force when it was
+        # dialed (noted before the dial: a change while connecting makes it stale at once).
+        self._born: dict[C, tuple[float, EgressPolicy]] = {}
         self._idle: list[tuple[C, float]] = []  # (connection, idle since), newest last
         self._waiters: collections.deque[asyncio.Future[C | None]] = collections.deque()
         self.waits = 0  # acquires that had to wait for a connection (metrics)
         self._resets: set[asyncio.Task[None]] = set()
         self._expiry: asyncio.TimerHandle | None = None
         self._closed = False
+        policy.on_change(self._policy_changed, self._loop)
 
     # -- what a kind supplies ------------------------------------------------------------------
 
@@ -116,10 +129,13 @@ class ConnectionPool(abc.ABC, Generic[C]):
         if self._closed:
             return None
         idle = self._idle
+        current = self._policy.policy
         while idle:
             conn = idle.pop()[0]
             if not conn.is_closed():
-                return conn
+                if self._born[conn][1] is current:
+                    return conn
+                conn.terminate()  # dialed under an older policy (the change's closing is due)
             self._born.pop(conn, None)
             self._size -= 1  # lost while idle (the server restarted, say): its slot is free
         return None
@@ -152,6 +168,7 @@ class ConnectionPool(abc.ABC, Generic[C]):
 
     async def _open(self) -> C:
         """A new connection, in a slot already counted; the slot is passed on if it fails."""
+        policy = self._policy.policy
         try:
             conn = await self._connect()
         except BaseException:
@@ -161,7 +178,7 @@ class ConnectionPool(abc.ABC, Generic[C]):
             conn.terminate()
             self._size -= 1
             raise PoolClosed()
-        self._born[conn] = self._loop.time()
+        self._born[conn] = (self._loop.time(), policy)
         return conn
 
     # -- giving back -------------------------------------------------------------------------
@@ -177,16 +194,21 @@ class ConnectionPool(abc.ABC, Generic[C]):
         try:
             if self._closed:
                 raise PoolClosed()
-            if self._loop.time() - self._born.get(conn, 0.0) >= self.max_lifetime:
+            born, policy = self._born.get(conn, (0.0, None))
+            if policy is not self._policy.policy:
+                raise _Stale()
+            if self._loop.time() - born >= self.max_lifetime:
                 raise _Retired()  # its slot goes to a new connection
             await self.reset(conn, self.reset_timeout)
+            if policy is not self._policy.policy:
+                raise _Stale()  # the policy changed during the reset
         except BaseException as exc:
             try:
                 if isinstance(exc, _Retired):
                     await self._close(conn, self.reset_timeout)
                 else:
                     conn.terminate()
-                    if not isinstance(exc, PoolClosed | asyncio.CancelledError):
+                    if not isinstance(exc, PoolClosed | _Stale | asyncio.CancelledError):
                         log.warning("connection reset failed; the connection is closed",
                                     extra={"datasource": self.name,
                                            "exception": type(exc).__qualname__})
@@ -230,6 +252,15 @@ class ConnectionPool(abc.ABC, Generic[C]):
             self._size -= 1
         if idle:
             self._expiry = self._loop.call_at(idle[0][1] + self.idle_lifetime, self._expire)
+
+    def _policy_changed(self) -> None:
+        """The egress policy changed (called in the pool's loop): close every idle connection.
+        Those in use and those being reset are closed when they come back (`_reset`)."""
+        idle, self._idle = self._idle, []
+        for conn, _since in idle:
+            conn.terminate()  # idle: nothing under way; no goodbye to a maybe denied destination
+            self._born.pop(conn, None)
+        self._size -= len(idle)
 
     # -- closing -----------------------------------------------------------------------------
 
@@ -276,6 +307,10 @@ class ConnectionPool(abc.ABC, Generic[C]):
 
 class _Retired(Exception):
     """The connection has been open for `max_lifetime`: closed when it comes back."""
+
+
+class _Stale(Exception):
+    """The connection was dialed under an older egress policy: terminated when it comes back."""
 
 
 class PooledEngine(Engine, Generic[C]):

@@ -6,6 +6,7 @@ the appliance's own listeners. Pure decisions: never resolves a name, never open
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import re
@@ -357,6 +358,13 @@ def _embedded_only_in(ip: IPAddress, resolved: Sequence[IPAddress], rule: Rule, 
     )
 
 
+def _call_watcher(callback: Callable[[], None]) -> None:
+    try:
+        callback()
+    except Exception:  # one watcher's failure never stops the policy or the others
+        log.exception("an egress policy watcher failed")
+
+
 class PolicyHolder:
     """The process's current policy: replaced atomically by `update`, read by every dial. Whoever
     keeps connections open past their check (a connection pool) asks `on_change` to hear of a
@@ -366,7 +374,8 @@ class PolicyHolder:
         self._lock = threading.Lock()
         self._listeners: tuple[tuple[str, int], ...] = ()
         self._policy = EgressPolicy(settings)
-        self._watchers: list[weakref.WeakMethod[Callable[[], None]]] = []
+        self._watchers: list[tuple[weakref.WeakMethod[Callable[[], None]],
+                                   asyncio.AbstractEventLoop | None]] = []
 
     @property
     def policy(self) -> EgressPolicy:
@@ -392,23 +401,33 @@ class PolicyHolder:
             self._policy = EgressPolicy(self._policy.settings, self._listeners)
         self._tell_watchers()
 
-    def on_change(self, callback: Callable[[], None]) -> None:
-        """Call `callback` (a bound method) after every new policy is installed, in the thread
-        that installed it. Held weakly: a watcher that is gone is simply no longer called."""
+    def on_change(self, callback: Callable[[], None],
+                  loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Call `callback` (a bound method) after every new policy is installed: in `loop` when
+        given (at once when the policy is installed from that loop, else soon after, from any
+        thread), else in the thread that installed it. Held weakly: a watcher that is gone is
+        simply no longer called."""
         with self._lock:
-            self._watchers = [w for w in self._watchers if w() is not None]
-            self._watchers.append(weakref.WeakMethod(callback))
+            self._watchers = [w for w in self._watchers if w[0]() is not None]
+            self._watchers.append((weakref.WeakMethod(callback), loop))
 
     def _tell_watchers(self) -> None:
         with self._lock:
-            watchers = [w() for w in self._watchers]
-        for callback in watchers:
+            watchers = [(w(), loop) for w, loop in self._watchers]
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        for callback, loop in watchers:
             if callback is None:
                 continue
-            try:
-                callback()
-            except Exception:  # one watcher's failure never stops the policy or the others
-                log.exception("an egress policy watcher failed")
+            if loop is not None and loop is not running:
+                try:
+                    loop.call_soon_threadsafe(_call_watcher, callback)
+                except RuntimeError:  # that loop is closed: nothing of it is left to close
+                    pass
+                continue
+            _call_watcher(callback)
 
     def decide(self, host: Host | str, port: int, addresses: Sequence[IPAddress] = ()) -> Decision:
         return self._policy.decide(host, port, addresses)

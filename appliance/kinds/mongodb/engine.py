@@ -1,6 +1,12 @@
 """The MongoDB engine: one PyMongo `AsyncMongoClient` per datasource (its own pool), every
 connection through the egress dialer.
 
+PyMongo's pool cannot be told that the egress policy changed: at a change the engine replaces
+its client (the next run makes a new one, whose every connection is checked under the new
+policy) and closes the old one once the runs on it have ended. A server that dies under a pooled
+connection is reached again through the dialer the moment PyMongo clears its pool, so the run
+fails at once in the dialer's words, not after PyMongo's retry has waited out its time limit.
+
 Owns running a bound `MongoCommand` (find, aggregate, count, and the insert/update/delete forms)
 and translating PyMongo's errors (a sentence per error code, never the server's message, which
 quotes values). Documents come back whole, one per row, in a single `document` column. Never logs
@@ -13,8 +19,10 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator
-from typing import Any, Final
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, Final, TypeVar
+
+from pymongo import monitoring
 
 from appliance.datasources.config import CONNECT_TIMEOUT
 from appliance.datasources.engine import Engine, EngineRuns, RowStream, Target
@@ -67,13 +75,72 @@ _DIALER_WORDS = re.compile(r"connection refused by [0-9a-fA-F.:]+ port \d+|no an
                            r"[0-9a-fA-F.:]+ port \d+ \(timed out\)|no route to [0-9a-fA-F.:]+ "
                            r"\((?:host|network) unreachable\)|the name [A-Za-z0-9.-]+ does not "
                            r"resolve to an address")
+T = TypeVar("T")
+
+
+class _PoolCleared(monitoring.ConnectionPoolListener):
+    """Hears PyMongo clear a client's pool (a network error on one of its connections, or a
+    failed heartbeat: the server is then Unknown). PyMongo publishes pool events in the event
+    loop, at the moment they happen. `cleared` is done at the next clearing."""
+
+    def __init__(self) -> None:
+        self.cleared: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def pool_cleared(self, event: monitoring.PoolClearedEvent) -> None:
+        done, self.cleared = self.cleared, self.cleared.get_loop().create_future()
+        done.set_result(None)
+
+    def pool_created(self, event: monitoring.PoolCreatedEvent) -> None:
+        pass
+
+    def pool_ready(self, event: monitoring.PoolReadyEvent) -> None:
+        pass
+
+    def pool_closed(self, event: monitoring.PoolClosedEvent) -> None:
+        pass
+
+    def connection_created(self, event: monitoring.ConnectionCreatedEvent) -> None:
+        pass
+
+    def connection_ready(self, event: monitoring.ConnectionReadyEvent) -> None:
+        pass
+
+    def connection_closed(self, event: monitoring.ConnectionClosedEvent) -> None:
+        pass
+
+    def connection_check_out_started(self, event: monitoring.ConnectionCheckOutStartedEvent
+                                     ) -> None:
+        pass
+
+    def connection_check_out_failed(self, event: monitoring.ConnectionCheckOutFailedEvent
+                                    ) -> None:
+        pass
+
+    def connection_checked_out(self, event: monitoring.ConnectionCheckedOutEvent) -> None:
+        pass
+
+    def connection_checked_in(self, event: monitoring.ConnectionCheckedInEvent) -> None:
+        pass
+
+
+class _Client:
+    """One client of the engine, made on its first run, and the runs on it: replaced when the
+    egress policy changes, then closed once those runs have ended."""
+
+    def __init__(self, datasource: str) -> None:
+        self.client: Any = None
+        self.creating = asyncio.Lock()
+        self.runs = EngineRuns(datasource)
+        self.clearings: _PoolCleared | None = None  # its pool clearings, heard
+
 
 class MongoEngine(Engine):
     def __init__(self, target: Target, dialer: Dialer) -> None:
         super().__init__(target)
         self._dialer = dialer
-        self._client: Any = None
-        self._creating = asyncio.Lock()
+        self._current = _Client(target.name)
+        self._replaced: set[asyncio.Task[None]] = set()  # old clients closing
+        self._watching = False
         self._runs = EngineRuns(target.name)
 
     def _connect_timeout(self, timeout: float) -> float:
@@ -82,8 +149,8 @@ class MongoEngine(Engine):
         before the caller's wait runs out."""
         return max(0.5, min(CONNECT_TIMEOUT, timeout - 1))
 
-    async def _new_client(self, connect_timeout: float, selection_timeout: float | None = None
-                          ) -> Any:
+    async def _new_client(self, connect_timeout: float, selection_timeout: float | None = None,
+                          clearings: _PoolCleared | None = None) -> Any:
         config = self.target.config
         limits = self.target.limits
         options: dict[str, Any] = {
@@ -96,6 +163,8 @@ class MongoEngine(Engine):
         if selection_timeout is not None:
             options["serverSelectionTimeoutMS"] = int(selection_timeout * 1000)
             options["timeoutMS"] = int(selection_timeout * 1000)
+        if clearings is not None:
+            options["event_listeners"] = [clearings]
         password = self.target.secret("password")
         if config.get("user"):
             allow_sha1 = config.get("allow_scram_sha1") is True
@@ -106,22 +175,66 @@ class MongoEngine(Engine):
             self._dialer, host=str(config["host"]), port=int(config["port"]),
             datasource=self.target.id, timeout=connect_timeout, **options)
 
-    async def _get_client(self, timeout: float) -> Any:
-        """The datasource's client, made (and its server reached) on first use. A client whose
+    async def _get_client(self, current: _Client, timeout: float) -> Any:
+        """`current`'s client, made (and its server reached) on first use. A client whose
         server PyMongo does not know right now (down since, or never up) has the server reached
         again first: a refusal then fails this run at once, in the dialer's words."""
-        connect_timeout = self._connect_timeout(timeout)
-        if self._client is None:
-            async with self._creating:
-                if self._client is None:
-                    self._client = await self._new_client(connect_timeout)
-                    return self._client
-        if not self._client.topology_description.has_known_servers:
-            config = self.target.config
-            await pymongo_hook.reach(self._dialer, host=str(config["host"]),
-                                     port=int(config["port"]), datasource=self.target.id,
-                                     timeout=connect_timeout)
-        return self._client
+        if not self._watching:  # in the loop the clients live in
+            self._dialer.policy.on_change(self._policy_changed, asyncio.get_running_loop())
+            self._watching = True
+        if current.client is None:
+            async with current.creating:
+                if current.client is None:
+                    current.clearings = _PoolCleared()
+                    current.client = await self._new_client(self._connect_timeout(timeout),
+                                                            clearings=current.clearings)
+                    return current.client
+        if not current.client.topology_description.has_known_servers:
+            await self._reach(timeout)
+        return current.client
+
+    async def _reach(self, timeout: float) -> None:
+        """Connect to the server through the dialer and hang up: the dialer's refusal, at once."""
+        config = self.target.config
+        await pymongo_hook.reach(self._dialer, host=str(config["host"]), port=int(config["port"]),
+                                 datasource=self.target.id,
+                                 timeout=self._connect_timeout(timeout))
+
+    async def _unless_gone(self, current: _Client, step: Awaitable[T], timeout: float) -> T:
+        """`step` (a command, a batch), unless the server is found gone meanwhile. When a pooled
+        connection fails under a command, PyMongo clears the pool and retries after a server
+        selection that waits out the whole time limit if the server is down. At the clearing,
+        the server is reached through the dialer: a refusal ends the run there, in the dialer's
+        words; a server that answers is left to PyMongo's retry."""
+        task = asyncio.ensure_future(step)
+        try:
+            if current.clearings is not None:
+                cleared = current.clearings.cleared
+                await asyncio.wait((task, cleared), return_when=asyncio.FIRST_COMPLETED)
+                if not task.done():
+                    await self._reach(timeout)
+            return await task
+        except BaseException:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task  # PyMongo's own clean-up of the step, before the run ends
+            raise
+
+    def _policy_changed(self) -> None:
+        """The egress policy changed: the next run makes a new client (every connection dialed
+        through the new policy); the old client is closed once its runs have ended."""
+        old, self._current = self._current, _Client(self.target.name)
+        closing = asyncio.ensure_future(self._close_client(old))
+        self._replaced.add(closing)
+        closing.add_done_callback(self._replaced.discard)
+
+    @staticmethod
+    async def _close_client(old: _Client) -> None:
+        await old.runs.retire()  # the commands under way (and their cursors) end first
+        client, old.client = old.client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.close()
 
     async def test(self, timeout: float) -> None:
         client = None
@@ -140,15 +253,17 @@ class MongoEngine(Engine):
     @contextlib.asynccontextmanager
     async def open(self, bound: MongoCommand, *, timeout: float, fetch: int,
                    stream: bool = False) -> AsyncIterator[RowStream]:
-        with self._runs.run():  # EngineRetired once retired: never the old config's client
+        current = self._current  # its runs entered at once: it closes after this one
+        with self._runs.run(), current.runs.run():  # EngineRetired once the engine is retired
             try:
                 async with asyncio.timeout(timeout):
-                    client = await self._get_client(timeout)
+                    client = await self._get_client(current, timeout)
                     collection = client[str(self.target.config["database"])][bound.collection]
-                    columns, batches = await self._start(collection, bound, fetch, timeout)
+                    columns, batches = await self._unless_gone(
+                        current, self._start(collection, bound, fetch, timeout), timeout)
             except BaseException as exc:
                 raise self.translate(exc, timeout) from None
-            yield RowStream(columns, self._guard(batches, timeout))
+            yield RowStream(columns, self._guard(current, batches, timeout))
 
     async def _start(self, collection: Any, command: MongoCommand, fetch: int, timeout: float
                      ) -> tuple[list[str], AsyncIterator[list[Any]]]:
@@ -189,9 +304,16 @@ class MongoEngine(Engine):
             return ["deleted_count"], _single([result.deleted_count])
         raise QueryFailed(self.name, f"unsupported operation {operation!r}")
 
-    async def _guard(self, batches: AsyncIterator[list[Any]], timeout: float
+    async def _guard(self, current: _Client, batches: AsyncIterator[list[Any]], timeout: float
                      ) -> AsyncIterator[list[Any]]:
         try:
+            # A find's command is sent for its first batch: watched like `_start`'s commands. The
+            # rest are getMores, which PyMongo never retries: a dead connection fails them at once.
+            try:
+                first = await self._unless_gone(current, anext(batches), timeout)
+            except StopAsyncIteration:
+                return
+            yield first
             async for batch in batches:
                 yield batch
         except BaseException as exc:
@@ -234,10 +356,9 @@ class MongoEngine(Engine):
 
     async def close(self) -> None:
         await self._runs.retire()  # the commands under way (and their cursors) end first
-        client, self._client = self._client, None
-        if client is not None:
-            with contextlib.suppress(Exception):
-                await client.close()
+        await self._close_client(self._current)
+        if self._replaced:
+            await asyncio.gather(*self._replaced, return_exceptions=True)
 
 
 def _failure_code(exc: Any) -> int:

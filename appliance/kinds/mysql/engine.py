@@ -162,7 +162,8 @@ class MysqlEngine(PooledEngine[DialedConnection]):
         return conn
 
     def new_pool(self) -> SessionPool:
-        return SessionPool(self._connect, max_size=self.target.limits.max_connections,
+        return SessionPool(self._connect, policy=self._dialer.policy,
+                           max_size=self.target.limits.max_connections,
                            reset_timeout=CONNECT_TIMEOUT, name=self.name)
 
     async def probe(self) -> None:

@@ -91,7 +91,8 @@ class PostgresEngine(PooledEngine[Any]):
             self.name, f"{refused} (tls = {tls}); the password was not sent. To connect, {fixes}")
 
     def new_pool(self) -> ConnectionPool:
-        return ConnectionPool(self._connect, max_size=self.target.limits.max_connections,
+        return ConnectionPool(self._connect, policy=self._dialer.policy,
+                              max_size=self.target.limits.max_connections,
                               reset_timeout=CONNECT_TIMEOUT, name=self.name)
 
     async def probe(self) -> None:
