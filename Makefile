@@ -65,9 +65,12 @@ fast-deps:
 KEYRING_KILL_LOOPS ?= 20
 
 # The whole suite, then the in-process appliance's tests again on a PostgreSQL store (the same
-# promises on both stores; about 4 more minutes on 2 cores).
+# promises on both stores; about 4 more minutes on 2 cores). The scale tests run at the sizes
+# their promises name (APPLIANCE_TEST_FULL_SCALE=1: tests/support/scale.py); test-fast runs them
+# at a tenth.
 test: system-deps lint
-	KEYRING_KILL_LOOPS=$(KEYRING_KILL_LOOPS) $(BIN)/python -m pytest $(PYTEST_ARGS)
+	KEYRING_KILL_LOOPS=$(KEYRING_KILL_LOOPS) APPLIANCE_TEST_FULL_SCALE=1 \
+	  $(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-postgres
 
 # Two workers per core: the suite waits on subprocesses (servers starting, heartbeats, polls) for

@@ -22,6 +22,7 @@ from appliance.errors import BadRequest
 from appliance.store import Store, open_sqlite_store
 from appliance.store.postgres import PostgresStore
 from tests.support.app import running
+from tests.support.scale import scaled
 
 ACTORS = ("admin", "admin (token t1)", "admin (token t2)", "adminx", "bob", "cli:init",
           "system", "anonymous")
@@ -155,11 +156,16 @@ async def test_filtered_reads_are_planned_for_their_values(any_store: Store) -> 
     assert await any_store.fetch_all(probe) == [{"mode": "auto"}]  # only these reads
 
 
-async def test_a_filter_no_index_serves_examines_a_bounded_window(tmp_path: Path) -> None:
+async def test_a_filter_no_index_serves_examines_a_bounded_window(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the real SCAN_BOUND (50,000 positions) under FULL_SCALE, at a tenth of it and of the
+    log in `make test-fast` (tests/support/scale.py): the same three bounded requests."""
+    bound = scaled(reading.SCAN_BOUND)
+    monkeypatch.setattr(reading, "SCAN_BOUND", bound)
     store = await open_sqlite_store(tmp_path / "big.db")
     try:
-        await fill(store, 120_000)
-        head = 120_000
+        head = bound * 12 // 5  # 120,000 at the real bound
+        await fill(store, head)
         query = reading.parse_query({"text": "found nowhere", "limit": "100"})
         positions_examined = []
         page = await reading.search(store, query)
@@ -173,7 +179,7 @@ async def test_a_filter_no_index_serves_examines_a_bounded_window(tmp_path: Path
             page = await reading.search(store, reading.parse_query(
                 {"text": "found nowhere", "limit": "100", "cursor": page.cursor}))
         assert sum(positions_examined) == head
-        assert positions_examined == [50_000, 50_000, 20_000]  # positions 1 to 120,000
+        assert positions_examined == [bound, bound, head - 2 * bound]  # positions 1 to head
         assert page.scanned_to == 1  # the whole log, in three bounded requests
     finally:
         await store.close()
