@@ -31,6 +31,7 @@ from .conftest import (
     postgres_cluster,
     run_cli,
 )
+from .support.cli import run_verb
 from .support.json_api import api
 from .support.ports import free_port
 from .support.served import init_with_token, seed_by_id_query, serve
@@ -231,7 +232,9 @@ async def test_the_audit_log_refuses_truncate(store_database: StoreDatabase,
 
 
 def init(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return run_cli("init", "--state-dir", str(tmp_path / "state"), env=clean_env(**env))
+    """`appliance init` in this process (tests/support/cli.py); the process-level checks are
+    the other tests' here (`serve`, `doctor`, `users list` as subprocesses)."""
+    return run_verb("init", "--state-dir", str(tmp_path / "state"), env=clean_env(**env))
 
 
 def one_line_error(result: subprocess.CompletedProcess[str], *canaries: str) -> str:
