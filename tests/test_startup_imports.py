@@ -21,6 +21,8 @@ BINDINGS = ("appliance.kinds.sql.binding", "appliance.kinds.mongodb.binding",
             "appliance.kinds.rest.binding", "appliance.kinds.mysql.binding")
 DRIVERS = ("asyncpg", "asyncmy", "pymongo")
 ACME = ("acme", "josepy", "requests")
+# Loaded by the first request that needs them.
+ROUTE_ONLY = ("appliance.config_files",)
 SEALED = ("aiohttp", "yarl", "appliance.datasources", "appliance.queries", *BINDINGS)
 
 PROBE = ("import sys\nfrom appliance.cli import main\n"
@@ -81,5 +83,5 @@ def test_serve_loads_no_driver_acme_client_or_compiler_it_does_not_use(tmp_path:
         assert server.stop() == 0
     imported = _imported(server.stderr())
     assert "aiohttp.web" in imported and "appliance.http.app" in imported  # the probe works
-    assert {*DRIVERS, *ACME, *BINDINGS} & imported == set()
+    assert {*DRIVERS, *ACME, *BINDINGS, *ROUTE_ONLY} & imported == set()
 
