@@ -124,7 +124,7 @@ def main() -> None:
             for key, run in cases.items():
                 results[key].append(run())
     print(f"load average {os.getloadavg()[0]:.1f} (1 min), {os.cpu_count()} CPUs; "
-          f"median of {args.runs} runs, CPU seconds (user+sys) per process")
+          f"CPU seconds (user+sys) per process: median of {args.runs} runs (fastest)")
     names = list(dict.fromkeys(name for name, _ in cases))
     header = "| process | " + " | ".join(str(tree) for tree in trees) + (
         " | ratio |" if len(trees) == 2 else " |")
@@ -132,7 +132,8 @@ def main() -> None:
     print("|---" * (header.count("|") - 1) + "|")
     for name in names:
         medians = [statistics.median(results[(name, tree)]) for tree in trees]
-        cells = " | ".join(f"{m:.3f}" for m in medians)
+        cells = " | ".join(f"{m:.3f} ({min(results[(name, tree)]):.3f})"
+                           for m, tree in zip(medians, trees, strict=True))
         ratio = f" | {medians[0] / medians[1]:.2f} |" if len(trees) == 2 else " |"
         print(f"| `{name}` | {cells}{ratio}")
 
