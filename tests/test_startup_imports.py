@@ -21,6 +21,8 @@ BINDINGS = ("appliance.kinds.sql.binding", "appliance.kinds.mongodb.binding",
             "appliance.kinds.rest.binding", "appliance.kinds.mysql.binding")
 DRIVERS = ("asyncpg", "asyncmy", "pymongo")
 ACME = ("acme", "josepy", "requests")
+# argon2: at the first password hash or check; prometheus_client: at the first scrape.
+ON_USE = ("argon2", "prometheus_client")
 # Loaded by the first request that needs them.
 ROUTE_ONLY = ("appliance.config_files",)
 SEALED = ("aiohttp", "yarl", "appliance.datasources", "appliance.queries", *BINDINGS)
@@ -67,7 +69,7 @@ def test_doctor_loads_no_aiohttp(tmp_path: Path) -> None:
     assert loaded == []
 
 
-def test_serve_loads_no_driver_acme_client_or_compiler_it_does_not_use(tmp_path: Path) -> None:
+def test_serve_loads_no_driver_acme_client_compiler_or_hasher_before_use(tmp_path: Path) -> None:
     """A local-CA `serve` whose store holds no query: none of them (a query's kind loads its
     compiler at its first compile: every query test compiles one)."""
     state = tmp_path / "state"
@@ -83,5 +85,5 @@ def test_serve_loads_no_driver_acme_client_or_compiler_it_does_not_use(tmp_path:
         assert server.stop() == 0
     imported = _imported(server.stderr())
     assert "aiohttp.web" in imported and "appliance.http.app" in imported  # the probe works
-    assert {*DRIVERS, *ACME, *BINDINGS, *ROUTE_ONLY} & imported == set()
+    assert {*DRIVERS, *ACME, *BINDINGS, *ROUTE_ONLY, *ON_USE} & imported == set()
 
