@@ -29,7 +29,7 @@ from appliance.propagation import ChangeFollower, Check
 from appliance.settings import Settings
 from appliance.store import Store, open_store
 
-if TYPE_CHECKING:  # only `serve` has TLS: CLI verbs do not import it (nor aiohttp)
+if TYPE_CHECKING:  # types only: TLS is `serve`'s (with aiohttp), the rest `unseal()`'s
     from appliance.datasources import DatasourceService
     from appliance.datasources.engine import Engine
     from appliance.queries import QueryService, Runner
@@ -85,8 +85,7 @@ class Core:
             await vault.ensure_audit_key()  # a read of memory once it has one
             self.audit.use_keys(vault)
             if self._datasources is None:
-                # lazy: a sealed verb (`users list`, `audit list`) never loads datasources,
-                # kinds or queries
+                # lazy: a sealed verb (`users list`) loads no datasources, kinds or queries
                 from appliance.datasources import DatasourceService
                 from appliance.queries import QueryService, Runner
                 from appliance.queries.secret_findings import SecretFindings
