@@ -20,21 +20,19 @@ from appliance.audit.anchors import Anchorer
 from appliance.audit.retention import Pruner
 from appliance.audit.sinks import Sinks, open_sinks
 from appliance.auth import AuthService
-from appliance.datasources import DatasourceService
-from appliance.datasources.engine import Engine
 from appliance.egress import Dialer, PolicyHolder
 from appliance.egress.runtime import RuntimeEgress
 from appliance.errors import ServiceUnavailable
 from appliance.instances import Heartbeat, beating
 from appliance.keyring import KdfTuning, SecretVault, open_vault
 from appliance.propagation import ChangeFollower, Check
-from appliance.queries import QueryService, Runner
-from appliance.queries.secret_findings import SecretFindings
-from appliance.queries.secret_scan import fingerprint_key
 from appliance.settings import Settings
 from appliance.store import Store, open_store
 
-if TYPE_CHECKING:  # only `serve` has TLS: CLI verbs do not import it (nor aiohttp)
+if TYPE_CHECKING:  # types only: TLS is `serve`'s (with aiohttp), the rest `unseal()`'s
+    from appliance.datasources import DatasourceService
+    from appliance.datasources.engine import Engine
+    from appliance.queries import QueryService, Runner
     from appliance.tls import TLSManager
 
 log = logging.getLogger("appliance.core")
@@ -87,6 +85,12 @@ class Core:
             await vault.ensure_audit_key()  # a read of memory once it has one
             self.audit.use_keys(vault)
             if self._datasources is None:
+                # lazy: a sealed verb (`users list`) loads no datasources, kinds or queries
+                from appliance.datasources import DatasourceService
+                from appliance.queries import QueryService, Runner
+                from appliance.queries.secret_findings import SecretFindings
+                from appliance.queries.secret_scan import fingerprint_key
+
                 datasources = DatasourceService(
                     self.store, vault, self.egress, self.audit,
                     state_dir=self.settings.server.state_dir.absolute())

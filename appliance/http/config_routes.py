@@ -12,7 +12,6 @@ from typing import Any
 
 from aiohttp import web
 
-from appliance.config_files import apply_plan, export_files, plan_import
 from appliance.errors import BadRequest
 from appliance.http import access
 from appliance.http.app_keys import CORE
@@ -23,6 +22,8 @@ IMPORT_KEYS = frozenset({"files", "dry_run", "prune"})
 
 @access.admin
 async def export_config(request: web.Request) -> web.Response:
+    from appliance.config_files import export_files  # lazy: only an export or import needs it
+
     core = request.app[CORE]
     files = await export_files(core.datasources, core.queries, core.audit,
                                access.context(request))
@@ -38,6 +39,8 @@ def _flag(body: dict[str, Any], key: str) -> bool:
 
 @access.admin
 async def import_config(request: web.Request) -> web.Response:
+    from appliance.config_files import apply_plan, plan_import  # lazy: see export_config
+
     body = await read_object(request)
     unknown = sorted(set(body) - IMPORT_KEYS)
     if unknown:

@@ -2,7 +2,8 @@
 name: the public face. Code that needs "the PostgreSQL kind" asks `kind_named`, never an if/elif.
 
 Owns importing every kind so that each registers itself (in this order: the order the API lists
-them). Never imports a driver: each kind loads its engine only when one is made.
+them). Never imports a driver nor a binding compiler: each kind loads its engine only when one is
+made, and its compiler at its first compile.
 """
 
 from appliance.kinds.registry import (

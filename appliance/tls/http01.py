@@ -12,9 +12,10 @@ import asyncio
 import re
 import threading
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from aiohttp import web
+if TYPE_CHECKING:  # aiohttp only where a request is answered: `doctor` imports this module too
+    from aiohttp import web
 
 PATH_PREFIX = "/.well-known/acme-challenge/"
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
@@ -99,6 +100,8 @@ class HTTP01Responder:
 
     async def handle(self, request: web.Request) -> web.Response:
         """`GET /.well-known/acme-challenge/{token}`: the key authorization, or 404."""
+        from aiohttp import web  # lazy: loaded already in a serving process (see the top)
+
         found = await self.lookup(request.match_info.get("token", ""))
         if found is None:
             raise web.HTTPNotFound(text="no such ACME challenge\n")

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appliance.kinds.mongodb import config
-from appliance.kinds.mongodb.binding import MongoTemplate, compile_mongo
 from appliance.kinds.registry import Kind, register
 from appliance.parameters import ParameterSet
 
 if TYPE_CHECKING:
     from appliance.datasources.engine import Engine, Target
     from appliance.egress import Dialer
+    from appliance.kinds.mongodb.binding import MongoTemplate
 
 
 @register
@@ -30,6 +30,8 @@ class MongoDB(Kind):
     body = "json"
 
     def compile(self, body: Any, parameters: ParameterSet) -> MongoTemplate:
+        from appliance.kinds.mongodb.binding import compile_mongo  # lazy: at its first compile
+
         return compile_mongo(body, parameters)
 
     def make_engine(self, target: Target, dialer: Dialer, state_dir: Path | None) -> Engine:

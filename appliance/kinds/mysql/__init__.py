@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appliance.kinds.mysql import config
-from appliance.kinds.mysql.binding import MysqlTemplate, compile_mysql
 from appliance.kinds.registry import Kind, register
 from appliance.parameters import ParameterSet
 
 if TYPE_CHECKING:
     from appliance.datasources.engine import Engine, Target
     from appliance.egress import Dialer
+    from appliance.kinds.mysql.binding import MysqlTemplate
 
 
 @register
@@ -31,6 +31,8 @@ class Mysql(Kind):
     body = "sql"
 
     def compile(self, body: Any, parameters: ParameterSet) -> MysqlTemplate:
+        from appliance.kinds.mysql.binding import compile_mysql  # lazy: at its first compile
+
         return compile_mysql(body, parameters)
 
     def make_engine(self, target: Target, dialer: Dialer, state_dir: Path | None) -> Engine:

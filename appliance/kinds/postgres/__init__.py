@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.kinds.postgres import config
 from appliance.kinds.registry import Kind, register
-from appliance.kinds.sql.binding import SqlTemplate, compile_sql
 from appliance.parameters import ParameterSet
 
 if TYPE_CHECKING:
     from appliance.datasources.engine import Engine, Target
     from appliance.egress import Dialer
+    from appliance.kinds.sql.binding import SqlTemplate
 
 
 @register
@@ -30,6 +30,8 @@ class Postgres(Kind):
     body = "sql"
 
     def compile(self, body: Any, parameters: ParameterSet) -> SqlTemplate:
+        from appliance.kinds.sql.binding import compile_sql  # lazy: at its first compile
+
         return compile_sql(body, "postgres", parameters)
 
     def make_engine(self, target: Target, dialer: Dialer, state_dir: Path | None) -> Engine:

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.kinds.registry import Kind, register
 from appliance.kinds.rest import config
-from appliance.kinds.rest.binding import RestTemplate, compile_rest
 from appliance.parameters import ParameterSet
 
 if TYPE_CHECKING:
     from appliance.datasources.engine import Engine, Target
     from appliance.egress import Dialer
+    from appliance.kinds.rest.binding import RestTemplate
 
 
 @register
@@ -29,6 +29,8 @@ class Rest(Kind):
     body = "json"
 
     def compile(self, body: Any, parameters: ParameterSet) -> RestTemplate:
+        from appliance.kinds.rest.binding import compile_rest  # lazy: at its first compile
+
         return compile_rest(body, parameters)
 
     def make_engine(self, target: Target, dialer: Dialer, state_dir: Path | None) -> Engine:

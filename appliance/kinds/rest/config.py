@@ -11,8 +11,6 @@ import re
 from pathlib import Path
 from typing import Any, Final
 
-from yarl import URL
-
 from appliance.kinds.schema import Field, InvalidDatasource, SecretField
 
 _TOKEN_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z\-]{1,64}")
@@ -24,6 +22,8 @@ FRAMING_HEADERS: Final = frozenset({"host", "content-length", "transfer-encoding
 def check_base_url(value: Any, state_dir: Path | None = None) -> str:
     if not isinstance(value, str) or len(value) > 2048:
         raise InvalidDatasource("config.base_url must be an http(s) URL", field=_BASE_URL)
+    from yarl import URL  # lazy: a CLI verb that checks no REST datasource never loads yarl
+
     try:
         url = URL(value)
     except ValueError:

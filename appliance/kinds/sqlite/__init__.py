@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appliance.kinds.registry import Kind, register
-from appliance.kinds.sql.binding import SqlTemplate, compile_sql
 from appliance.kinds.sqlite import config
 from appliance.parameters import ParameterSet
 
 if TYPE_CHECKING:
     from appliance.datasources.engine import Engine, Target
     from appliance.egress import Dialer
+    from appliance.kinds.sql.binding import SqlTemplate
 
 
 @register
@@ -29,6 +29,8 @@ class SQLite(Kind):
     body = "sql"
 
     def compile(self, body: Any, parameters: ParameterSet) -> SqlTemplate:
+        from appliance.kinds.sql.binding import compile_sql  # lazy: at its first compile
+
         return compile_sql(body, "sqlite", parameters)
 
     def make_engine(self, target: Target, dialer: Dialer, state_dir: Path | None) -> Engine:
