@@ -101,9 +101,14 @@ async def serve(settings: Settings, out: TextIO = sys.stdout, *,
         str(Endpoint(listen.host, port)),
         str(Endpoint(settings.server.http_listen.host, listeners[-1].addresses[0][1]))
         if settings.server.http_listen is not None else None)
-    # Before "listening" and READY=1: a SIGHUP from then on reloads, never terminates.
+    # Before "listening" and READY=1: from then on a SIGHUP reloads and a SIGTERM (systemd's
+    # stop, or a script that stops what it just saw start) drains, never the default action.
+    loop = asyncio.get_running_loop()
     reloader = Reloader(lambda: app[CORE], settings, reload_settings or _same_load(settings))
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.on_signal)
+    loop.add_signal_handler(signal.SIGHUP, reloader.on_signal)
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     tls.listeners_ready()  # acme: issuance starts in the background now that HTTP-01 answers
     url = _url(listen, port)
     log.info("listening", extra={"url": url, "version": __version__, "tls_mode": tls.settings.mode})
@@ -127,11 +132,6 @@ async def serve(settings: Settings, out: TextIO = sys.stdout, *,
     # cycles wait longer to be freed.
     gc.set_threshold(*GC_THRESHOLDS)
     _notify(settings, b"READY=1")
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     await stop.wait()
 
     log.info("stopping: draining in-flight requests",

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import stat
+import subprocess
 import sys
 import textwrap
 import threading
@@ -18,6 +19,7 @@ import pytest
 from appliance.cli import VERB_MODULES, build_parser
 
 from .conftest import ServerProcess, clean_env, http_request, run_cli, start_server, tls_connection
+from .support.app import prepared_for_processes
 from .support.cli import run_verb
 from .support.ports import free_port
 
@@ -84,6 +86,25 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
     assert code == 0
     assert time.monotonic() - started >= 0.5  # it waited for the request
     assert "stopped" in server.stderr()
+
+
+def test_a_sigterm_as_soon_as_it_says_it_listens_is_a_clean_stop(tmp_path: Path) -> None:
+    """The handlers are in place before the first line a script or systemd (READY=1) acts on:
+    a SIGTERM sent the moment the start-up lines are read drains and exits 0, never dies of the
+    signal's default action (-15). Several starts, since the gap it closes was milliseconds."""
+    prepared_for_processes(tmp_path / "state")
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, "-m", "appliance", "serve", "--state-dir",
+                                 str(tmp_path / "state"), "--listen", "127.0.0.1:0"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=clean_env(), cwd=tmp_path)
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the first line that says it is up
+            if "listening on" in line:
+                proc.send_signal(signal.SIGTERM)
+                break
+        _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and "stopped" in stderr, (proc.returncode, stderr[-2000:])
 
 
 def test_sigterm_drain_is_bounded(tmp_path: Path) -> None:
