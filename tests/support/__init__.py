@@ -3,4 +3,5 @@
 the console (`console`), log capture (`logs`), and a server speaking MongoDB's wire protocol
 (`mongo_wire`); for `appliance serve` subprocesses, their set-up (`served`) and JSON requests to
 them (`json_api`); older store versions for the migration tests (`store_migration`), test
-certificates (`certificates`) and free loopback ports (`ports`)."""
+certificates (`certificates`) and free loopback ports (`ports`); the test cost of Argon2id and
+scrypt (`costs`) and the size of the scale tests (`scale`)."""
