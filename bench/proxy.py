@@ -7,9 +7,10 @@ growth). With --pg-store, (e): the appliance as (c) but on a PostgreSQL store ([
 database of the same cluster), so c/d and e/d come from the same run. (f): the appliance as (c)
 with a viewer's token on a copy of the query visible to one group only (the viewer's): the
 cost of the visibility check (two indexed point reads per run), as f/c. Each path is warmed up at
-the measured concurrency; the paths take turns in ROUNDS rounds
-and the ratios are per-round medians, so a machine whose speed drifts during the run weighs on all
-of them alike. Prints a Markdown table; never asserts.
+the measured concurrency; the paths take turns in ROUNDS rounds, in an order rotated by one each
+round (so no path keeps the place a fixed order favours), and the ratios are per-round medians, so
+a machine whose speed drifts during the run weighs on all of them alike. Prints a Markdown table;
+never asserts.
 
 Usage: .venv/bin/python bench/proxy.py [--requests N] [--rows N] [--pg-store]
 Needs PostgreSQL server binaries (initdb, pg_ctl, psql); runs them as `postgres` when root.
@@ -235,15 +236,24 @@ async def load(call, requests: int, concurrency: int, *, warm: bool
     return latencies, time.perf_counter() - started
 
 
+def turns(paths: list[Any], number: int) -> list[Any]:
+    """The paths in round `number`'s order: the list rotated by `number`, so each path takes
+    each place in turn. Run in one fixed order, the same path came out ahead at 32 in flight in
+    three runs of four whichever build it was (bench/proxy_mysql.py, docs/performance.md)."""
+    shift = number % len(paths) if paths else 0
+    return paths[shift:] + paths[:shift]
+
+
 async def interleave(paths: list[tuple[str, Any]], servers: dict[str, int], requests: int,
                      concurrency: int) -> tuple[dict[str, dict], dict[str, list[float]]]:
     """`requests` calls per path at `concurrency`, the paths taking turns in ROUNDS rounds (the
-    first warmed up); each path's `summary`, and for each path with a server process (`servers`:
-    its pid) that server's CPU microseconds per request in each round."""
+    first warmed up), in an order rotated each round (`turns`); each path's `summary`, and for
+    each path with a server process (`servers`: its pid) that server's CPU microseconds per
+    request in each round."""
     rounds: dict[str, list[tuple[list[float], float]]] = {name: [] for name, _ in paths}
     cpu_us: dict[str, list[float]] = {}
     for number in range(ROUNDS):
-        for name, call in paths:
+        for name, call in turns(paths, number):
             pid = servers.get(name)
             before = cpu_seconds(pid) if pid else 0.0
             measured = await load(call, max(1, requests // ROUNDS), concurrency,

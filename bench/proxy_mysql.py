@@ -7,12 +7,12 @@ to the client); (m2g) that handler running each statement as the appliance's eng
 (prepared again for every run, the connection reset after it: `Guarded`), which is what (m2)
 would cost with the appliance's guarantees and nothing else of it; (m3) the appliance over HTTPS
 with a bearer token and a mysql datasource (10 connections), on uvloop. At 1 and 32 in flight;
-the paths take turns in ROUNDS rounds and the ratios m3/m2, m3/m2g and m3/m1 are per-round
-medians (bench/proxy.py's `interleave`). With `--baseline DIR` (another checkout of the project,
-e.g. `git archive main | tar -x -C DIR`), a fifth path (m3b) is that checkout's appliance,
-taking its turns in the same rounds: before and after a change, measured in the same run. Before
-timing, it counts the commands the server received per run on each path (MariaDB's Com_* status
-counters). Prints a Markdown table; never asserts.
+the paths take turns in ROUNDS rounds, in an order rotated each round, and the ratios m3/m2,
+m3/m2g and m3/m1 are per-round medians (bench/proxy.py's `interleave`). With `--baseline DIR`
+(another checkout of the project, e.g. `git archive main | tar -x -C DIR`), a fifth path (m3b)
+is that checkout's appliance, taking its turns in the same rounds: before and after a change,
+measured in the same run. Before timing, it counts the commands the server received per run on
+each path (MariaDB's Com_* status counters). Prints a Markdown table; never asserts.
 
 Usage: python bench/proxy_mysql.py [--requests N] [--baseline DIR]   (default 9,000 per cell,
   about a minute; BENCH_REQUESTS=N does the same for longer runs)

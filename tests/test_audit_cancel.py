@@ -27,6 +27,7 @@ from appliance.audit.log import AuditUnavailable
 from appliance.audit.sinks import open_sinks
 from appliance.settings import SinkSpec
 from appliance.store import SQLiteStore, Step, open_sqlite_store
+from appliance.store.aiosqlite_private import run_on_thread
 
 from .conftest import StoreDatabase
 from .test_audit_sinks_commit_lost import LostCommitAnswer, open_relayed
@@ -151,3 +152,108 @@ async def test_a_cancellation_at_commit_on_a_postgresql_store_withdraws_nothing_
     assert [(row["seq"], row["hash"]) for row in stored] == \
         [(line["position"], line["hash"]) for line in lines]
     assert stored[0]["seq"] == first and chain.ok
+
+
+# -- an entry in a caller's transaction (the store's commit hook) --------------------------------
+
+# Two temporary tables whose foreign key is checked at COMMIT (both dialects): a child row with no
+# parent makes the COMMIT itself fail, for real, after the block and the sinks' hand-over.
+_DEFERRED_TABLES = (
+    "CREATE TEMP TABLE held_parent (id INTEGER PRIMARY KEY)",
+    "CREATE TEMP TABLE held_child (parent INTEGER REFERENCES held_parent (id)"
+    " DEFERRABLE INITIALLY DEFERRED)",
+)
+
+
+class _HoldWriterThread:
+    """A commit hook that, made after the audit log's, queues a wait on the SQLite writer's
+    thread as the store goes to COMMIT: the COMMIT, queued behind it, runs when released."""
+
+    def __init__(self, store: SQLiteStore, reached: threading.Event,
+                 released: threading.Event) -> None:
+        self.store, self.reached, self.released = store, reached, released
+        self.waiting: asyncio.Future[Any] | None = None
+
+    def _wait(self, conn: sqlite3.Connection) -> None:
+        self.reached.set()
+        self.released.wait(30)
+
+    async def prepare(self) -> None:
+        self.waiting = asyncio.ensure_future(
+            run_on_thread(self.store._writer, self._wait))
+        await asyncio.sleep(0)  # the wait is queued (the task's first step) before the COMMIT
+
+    async def undo(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["committed", "failed"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_a_caller_cancelled_at_its_transactions_commit(
+        request: pytest.FixtureRequest, tmp_path: Path, kind: str, fails: bool) -> None:
+    """An entry written in a caller's transaction, the caller cancelled while that transaction's
+    COMMIT runs: the COMMIT is not cut short, and the entry's line is withdrawn if, and only if,
+    the COMMIT failed (before, on SQLite a failed COMMIT left its line standing and its
+    transaction open; on PostgreSQL a COMMIT that went through had its line withdrawn)."""
+    sink = tmp_path / "audit.jsonl"
+    reached, released = threading.Event(), threading.Event()
+    relay: LostCommitAnswer | None = None
+    async with contextlib.AsyncExitStack() as stack:
+        if kind == "postgres":
+            database: StoreDatabase = request.getfixturevalue("store_database")
+            relay = await stack.enter_async_context(LostCommitAnswer(database.server.port))
+            store, sinks = await open_relayed(relay, database, tmp_path)
+        else:
+            sinks = open_sinks([SinkSpec("file", str(sink))])
+            store = await open_sqlite_store(tmp_path / "audit.db")
+        stack.push_async_callback(store.close)
+        stack.callback(sinks.close)
+        log = AuditLog(store, keys=KEYS, sinks=sinks)
+        stack.push_async_callback(log.close)
+        stack.callback(released.set)
+        if relay is not None:
+            stack.callback(relay.released.set)
+        first = await log.record(action="test.before")
+
+        async def caller() -> None:
+            async with store.transaction() as tx:
+                await log.record(tx, action="user.create", target="user:x")
+                for statement in _DEFERRED_TABLES:
+                    await tx.execute(statement)
+                if fails:  # no parent: the deferred check fails the COMMIT
+                    await tx.execute("INSERT INTO held_child (parent) VALUES (1)")
+                if isinstance(store, SQLiteStore):
+                    tx.hook(_HoldWriterThread,
+                            lambda: _HoldWriterThread(store, reached, released))
+                elif relay is not None:
+                    relay.arm(hold=True)
+
+        task = asyncio.create_task(caller())
+        if relay is not None:
+            await asyncio.wait_for(relay.held.wait(), 30)  # the server has answered COMMIT
+        else:
+            assert await asyncio.to_thread(reached.wait, 30), "never reached COMMIT"
+        task.cancel()
+        await asyncio.wait([task], timeout=0.2)  # the cancellation is delivered meanwhile
+        released.set()
+        if relay is not None:
+            relay.released.set()
+        outcome = (await asyncio.gather(task, return_exceptions=True))[0]
+        after = await log.record(action="test.after")  # the writer is usable again
+        stored = await store.fetch_all("SELECT seq, action, hash FROM audit_log ORDER BY seq")
+        chain = await log.verify()
+
+    assert isinstance(outcome, asyncio.CancelledError), outcome
+    lines = [json.loads(line) for line in sink.read_text().splitlines()]
+    records = [(line.get("record", "entry"), line.get("position", line.get("from")))
+               for line in lines]
+    if fails:
+        assert [row["action"] for row in stored] == ["test.before", "test.after"]
+        assert records == [("entry", first), ("entry", first + 1), ("withdrawn", first + 1),
+                           ("entry", after)] and after == first + 1
+    else:
+        assert [row["action"] for row in stored] == ["test.before", "user.create", "test.after"]
+        assert records == [("entry", first), ("entry", first + 1), ("entry", after)]
+        assert [(row["seq"], row["hash"]) for row in stored] == \
+            [(line["position"], line["hash"]) for line in lines]
+    assert chain.ok

@@ -157,6 +157,25 @@ async def test_a_change_that_still_allows_makes_the_next_request_dial_afresh(
     assert len(set(upstream.ports)) == 2 and upstream.ports[3] == upstream.ports[4]
 
 
+async def test_a_change_installed_from_another_thread_closes_the_idle_connection_in_its_loop(
+        upstream: Upstream) -> None:
+    """The policy installed from a worker thread (the connector's loop not running there): the
+    idle connection is closed in the connector's loop, and the next request dials afresh."""
+    holder = PolicyHolder(OPEN)
+    dialer = Dialer(holder, resolver=StaticResolver({}))
+    async with egress_session(dialer, purpose="rest") as session:
+        assert await get(session, upstream.url + "/x") == 200
+        assert open_connections(session) == 1
+        await asyncio.to_thread(holder.update, dataclasses.replace(OPEN, deny=("192.0.2.1",)))
+        for _ in range(10):  # brought over by call_soon_threadsafe: a turn or two
+            if open_connections(session) == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert open_connections(session) == 0
+        assert await get(session, upstream.url + "/x") == 200
+    assert len(set(upstream.ports)) == 2
+
+
 async def test_a_closed_session_is_forgotten_by_the_policy(upstream: Upstream) -> None:
     """The policy holds its watchers weakly: a closed, dropped session is not kept alive and a
     later change does not reach it."""

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,7 @@ from tests.support.app import TEST_TUNING, make_settings, prepare
 from tests.support.keyring import plaintexts
 
 from .test_audit_sinks_verbs import Verbs
+from .test_cli_ops import _install_unit
 
 PASSWORD = "Correct-Horse-Battery-Staple-77"
 SECRETS = plaintexts(30)  # 40 fields
@@ -160,3 +166,70 @@ def test_a_rotation_that_keeps_a_key_is_audited_as_failed(keys: Keys) -> None:
     assert added[1]["details"]["kept_versions"] == [1]
     assert added[1]["details"]["unreadable"] == 1
     assert len(keys.sink.read_text().splitlines()) == 2
+
+
+@contextlib.contextmanager
+def unwritable(directory: Path) -> Iterator[None]:
+    """`directory` made unwritable: mode 0500, and for root (whom modes do not stop) the
+    immutable attribute too; skipped where neither stops a write."""
+    directory.chmod(0o500)
+    immutable = False
+    try:
+        if os.geteuid() == 0:
+            immutable = subprocess.run(["chattr", "+i", str(directory)],
+                                       capture_output=True).returncode == 0
+        probe = directory / ".probe"
+        try:
+            probe.touch()
+        except OSError:
+            pass
+        else:
+            probe.unlink()
+            pytest.skip("this file system lets this user write into a 0500 directory")
+        yield
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
+        directory.chmod(0o700)
+
+
+def test_a_unit_credential_left_unwritten_is_in_the_entry(keys: Keys, tmp_path: Path) -> None:
+    """The store's secret changes, the unit's credential file cannot be written (its directory
+    is not writable: run as the service user, say): exit 1, and the entry says `failed`, naming
+    the file and why, instead of `ok`. Once the operator copies the secret in place, the next
+    change writes it and says `ok`."""
+    keys.logs.mkdir()
+    root = tmp_path / "root"
+    credential = root / "etc/appliance/encryption-key"
+    credential.parent.mkdir(parents=True)
+    instance_key = keys.state / state_dir.INSTANCE_SECRET_FILE
+    shutil.copyfile(instance_key, credential)
+    credential.chmod(0o600)
+    _install_unit(root, credential)
+    old = credential.read_bytes()
+    before = keys.entries()
+
+    with unwritable(credential.parent):
+        done = keys("keys", "change-password", "--yes", "--root", str(root))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"{credential} could not be written" in done.stderr
+    assert f"install -m 600 {instance_key} {credential}" in done.stderr
+    assert instance_key.read_bytes() != old and credential.read_bytes() == old
+    added = keys.entries()[len(before):]
+    assert [(e["action"], e["outcome"]) for e in added] == [
+        ("keyring.secret_change.start", "ok"), ("keyring.secret_change", "failed")]
+    unit = added[1]["details"].pop("unit_file")
+    assert added[1]["details"] == {"new_source": "file", "completed": True}
+    assert unit["path"] == str(credential) and unit["written"] is False
+    assert unit["error"] in ("Permission denied", "Operation not permitted")
+
+    shutil.copyfile(instance_key, credential)  # what the printed command does
+    done = keys("keys", "change-password", "--yes", "--root", str(root))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert credential.read_bytes() == instance_key.read_bytes() != old
+    last = keys.entries()[-1]
+    assert (last["action"], last["outcome"]) == ("keyring.secret_change", "ok")
+    assert last["details"]["unit_file"] == {"path": str(credential), "written": True}
+    lines = [json.loads(line) for line in keys.sink.read_text().splitlines()]
+    assert [line["position"] for line in lines] == [e["position"] for e in keys.entries()[
+        len(before):]]

@@ -3,7 +3,9 @@ a new instance secret. Prints versions, counts and progress; never a key or a se
 
 `rotate` and `change-password` are audited (actor `cli:<OS user>`): a `.start` entry committed
 before anything changes (fail-closed: no entry, no change), then one naming the outcome, with
-versions, counts and the new secret's source in its details; never a key or a secret.
+versions, counts, the new secret's source and what became of the systemd unit's credential file
+in its details (`failed` when the store's secret changed but that file could not be written);
+never a key or a secret.
 """
 
 from __future__ import annotations
@@ -306,7 +308,13 @@ def run_change_password(args: argparse.Namespace) -> int:
                 entry.details = {"new_source": new.source if new is not None else SOURCE_FILE}
                 report = await change_instance_secret(settings, vault, new=new)
                 entry.details["completed"] = report.completed
-        return _finish(settings, report.completed, credential, follows, new)
+                now_in = secret_file(settings) if report.completed else args_source(new)
+                unit = _follow_unit(credential, follows, now_in)
+                if unit is not None:  # the entry says what became of the unit's file too
+                    entry.details["unit_file"] = unit.details()
+                    if unit.error:
+                        entry.outcome = "failed"
+        return _finish(settings, report.completed, unit)
 
     return asyncio.run(main())
 
@@ -349,34 +357,65 @@ def _confirm(args: argparse.Namespace, where: str, follows: str) -> None:
         raise ChangeRefused("not confirmed: nothing was changed")
 
 
-def _finish(settings: Settings, completed: bool, credential: UnitCredential | None,
-            follows: str, new: InstanceSecret | None) -> int:
-    source: Path | None
-    if completed:
-        print(f"the instance secret was replaced in {secret_file(settings)}; the old one "
-              "no longer opens the store. Back up the new file now.")
-        source = secret_file(settings)
-    else:
-        print("the new instance secret is registered and works now; the old one keeps "
-              "working until the appliance first starts with the new one.")
-        source = args_source(new)
-    if credential is not None and follows == "write" and source is not None:
+@dataclass(frozen=True)
+class UnitFollowed:
+    """What became of the systemd unit's credential file after a secret change: written with
+    the secret in `source`, left for systemd-creds (`encrypted`), or not written (`error`)."""
+
+    credential: UnitCredential
+    source: Path
+    error: str = ""  # why it could not be written: the errno's text, never the secret
+
+    def details(self) -> dict[str, Any]:
+        """For the audit entry (no secret: the file's path and what happened to it)."""
+        written = not self.error and not self.credential.encrypted
+        found: dict[str, Any] = {"path": str(self.credential.path), "written": written}
+        if self.credential.encrypted:
+            found["encrypted"] = True
+        if self.error:
+            found["error"] = self.error
+        return found
+
+
+def _follow_unit(credential: UnitCredential | None, follows: str,
+                 source: Path | None) -> UnitFollowed | None:
+    """Replace the unit's credential file with the secret in `source` (a plain file), or say
+    an encrypted one is left to systemd-creds; None when the unit has nothing to follow."""
+    if credential is None or source is None or follows not in ("write", "encrypted"):
+        return None
+    if follows == "write":
         try:
             credential.replace(source.read_bytes())
         except OSError as exc:  # e.g. run as the service user: /etc/appliance is root's
-            print(f"the systemd unit's credential {credential.path} could not be written "
-                  f"({exc.strerror}): the service will not start until it is. As root, run:\n"
-                  f"  install -m 600 {source} {credential.path} && systemctl restart appliance",
-                  file=sys.stderr)
-            return 1
-        print(f"the systemd unit's credential {credential.path} holds the new secret too: "
+            return UnitFollowed(credential, source, exc.strerror or type(exc).__name__)
+    return UnitFollowed(credential, source)
+
+
+def _finish(settings: Settings, completed: bool, unit: UnitFollowed | None) -> int:
+    if completed:
+        print(f"the instance secret was replaced in {secret_file(settings)}; the old one "
+              "no longer opens the store. Back up the new file now.")
+    else:
+        print("the new instance secret is registered and works now; the old one keeps "
+              "working until the appliance first starts with the new one.")
+    if unit is None:
+        if not completed:
+            print("Now put the new secret in place (the systemd credential, or "
+                  "APPLIANCE_ENCRYPTION_PASSWORD and APPLIANCE_ENCRYPTION_SALT) and restart.")
+        return 0
+    path = unit.credential.path
+    if unit.error:
+        print(f"the systemd unit's credential {path} could not be written ({unit.error}): "
+              "the service will not start until it is. As root, run:\n"
+              f"  install -m 600 {unit.source} {path} && systemctl restart appliance",
+              file=sys.stderr)
+        return 1
+    if unit.credential.encrypted:
+        print(f"the systemd unit reads an encrypted credential ({path}): write the new secret "
+              f"into it, then restart:\n  {unit.credential.how_to_encrypt(unit.source)}")
+    else:
+        print(f"the systemd unit's credential {path} holds the new secret too: "
               "`systemctl restart appliance` to use it")
-    elif credential is not None and follows == "encrypted" and source is not None:
-        print(f"the systemd unit reads an encrypted credential ({credential.path}): write the "
-              f"new secret into it, then restart:\n  {credential.how_to_encrypt(source)}")
-    elif not completed:
-        print("Now put the new secret in place (the systemd credential, or "
-              "APPLIANCE_ENCRYPTION_PASSWORD and APPLIANCE_ENCRYPTION_SALT) and restart.")
     return 0
 
 

@@ -57,7 +57,9 @@ class EgressConnector(aiohttp.TCPConnector):
         # Each open connection -> the policy it was checked under (gone with the connection).
         self._checked_under: weakref.WeakKeyDictionary[ResponseHandler, EgressPolicy] = (
             weakref.WeakKeyDictionary())
-        dialer.policy.on_change(self._policy_changed)
+        # The idle pool is the loop's the connector is made in (aiohttp makes it in a running
+        # loop): a change installed from another thread is brought there.
+        dialer.policy.on_change(self._close_idle, loop=asyncio.get_running_loop())
 
     async def _resolve_host(self, host: str, port: int,
                             traces: Sequence[Any] | None = None) -> list[ResolveResult]:
@@ -87,19 +89,9 @@ class EgressConnector(aiohttp.TCPConnector):
         stale = self._checked_under.get(protocol) is not self._dialer.policy.policy
         super()._release(key, protocol, should_close=should_close or stale)
 
-    def _policy_changed(self) -> None:
-        """The policy changed: close the idle connections now, in the connector's loop."""
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self._loop:
-            self._close_idle()
-        elif not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._close_idle)
-
     def _close_idle(self) -> None:
-        # A closed connection is no longer `is_connected()`: aiohttp drops it from the pool.
+        """The policy changed: close the idle connections (in the connector's loop). A closed
+        connection is no longer `is_connected()`: aiohttp drops it from the pool."""
         for idle in list(self._conns.values()):
             for protocol, _since in list(idle):
                 protocol.close()

@@ -12,7 +12,8 @@ advisory lock taken first in each write), so a read-modify-write inside one `tra
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -41,7 +42,8 @@ H = TypeVar("H", bound=CommitHook)
 
 class CommitHooks:
     """A transaction's hooks (`Transaction.hook`), for the stores: `prepare` them all before
-    COMMIT, `undo` those prepared when the COMMIT fails."""
+    COMMIT, `undo` those prepared when the COMMIT fails; `finish` does both around the store's
+    COMMIT."""
 
     __slots__ = ("_hooks", "_prepared")
 
@@ -63,6 +65,43 @@ class CommitHooks:
     async def undo(self) -> None:
         for hook in self._prepared:
             await hook.undo()
+
+    async def finish(self, commit: Callable[[], Awaitable[None]],
+                     rollback: Callable[[], Awaitable[None]]) -> None:
+        """The end of a transaction whose block ended well: `prepare`, then `commit()` (which
+        raises when the COMMIT failed, the transaction rolled back); `rollback()` when a hook's
+        `prepare` raised, `undo` when the COMMIT failed.
+
+        Run to its end even when the caller is cancelled meanwhile (at COMMIT, say), as the audit
+        log's own commits are (`AuditLog._committed`): a COMMIT cut short cannot tell whether it
+        went through, and a hook is undone if, and only if, the store did not commit. The
+        caller's cancellation is raised once it has ended (the store's write lock held until
+        then, so the next transaction never starts under an unfinished COMMIT)."""
+        ending = asyncio.ensure_future(self._finish(commit, rollback))
+        cancelled: asyncio.CancelledError | None = None
+        while not ending.done():
+            try:
+                await asyncio.wait((ending,))
+            except asyncio.CancelledError as exc:  # wait() leaves `ending` running
+                cancelled = exc
+        if cancelled is not None:
+            if not ending.cancelled():
+                ending.exception()  # retrieved: the caller leaves by its cancellation
+            raise cancelled
+        ending.result()
+
+    async def _finish(self, commit: Callable[[], Awaitable[None]],
+                      rollback: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await self.prepare()
+        except BaseException:
+            await rollback()
+            raise
+        try:
+            await commit()
+        except BaseException:
+            await self.undo()
+            raise
 
 
 class Transaction(Protocol):

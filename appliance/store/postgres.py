@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -297,21 +298,19 @@ class PostgresStore:
     @contextlib.asynccontextmanager
     async def transaction(self, *, durable: bool = True) -> AsyncIterator[_Transaction]:
         """On the event loop, no thread: BEGIN and the write lock (one round trip), each
-        statement of the block, then (durable) the clock's bump and COMMIT."""
+        statement of the block, then (durable) the clock's bump and COMMIT. A caller cancelled
+        once its block ended waits for the COMMIT's answer (`CommitHooks.finish`): cut short, it
+        would drop the connection, and whether the server committed would be unknown."""
         async with self._write_lock:
             conn = await self._begin(_BEGIN if durable else _BEGIN_NOT_DURABLE)
             tx = _Transaction(conn)
             try:
                 yield tx
-                await tx.hooks.prepare()
             except BaseException:
                 await self._rollback(conn)
                 raise
-            try:
-                await self._commit(conn, durable=durable)
-            except BaseException:
-                await tx.hooks.undo()
-                raise
+            await tx.hooks.finish(functools.partial(self._commit, conn, durable=durable),
+                                  functools.partial(self._rollback, conn))
 
     async def write(self, fn: Callable[[Step], T], *, durable: bool = True,
                     blocking: bool = False) -> T:

@@ -224,22 +224,26 @@ class SQLiteStore:
     @contextlib.asynccontextmanager
     async def transaction(self, *, durable: bool = True) -> AsyncIterator[_SQLiteTransaction]:
         """Always durable (`durable` is taken and ignored): the writer's own thread commits with
-        `synchronous = FULL`."""
+        `synchronous = FULL`. A caller cancelled once its block ended waits for the COMMIT
+        (`CommitHooks.finish`)."""
         async with self._write_lock:
             await self._writer.execute("BEGIN IMMEDIATE")
             tx = _SQLiteTransaction(self._writer)
             try:
                 yield tx
-                await tx.hooks.prepare()
             except BaseException:
                 await self._writer.rollback()
                 raise
-            try:
-                await self._writer.commit()
-            except sqlite3.Error as exc:
-                await self._writer.rollback()
-                await tx.hooks.undo()
-                raise StoreError(f"store commit failed: {exc}") from exc
+            await tx.hooks.finish(self._commit, self._writer.rollback)
+
+    async def _commit(self) -> None:
+        """COMMIT on the writer; rolled back when it fails (a failed COMMIT may leave the
+        transaction open: a deferred constraint, a full disk)."""
+        try:
+            await self._writer.commit()
+        except sqlite3.Error as exc:
+            await self._writer.rollback()
+            raise StoreError(f"store commit failed: {exc}") from exc
 
     async def write(self, fn: Callable[[Step], T], *, durable: bool = True,
                     blocking: bool = False) -> T:
