@@ -5,6 +5,7 @@ checkpoint; bad arguments exit 2 with one line and write nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -18,10 +19,18 @@ from appliance.audit.retention import Pruner, cutoff_time
 from appliance.core import open_core
 from tests.conftest import clean_env, run_cli
 from tests.support.app import TEST_TUNING, make_settings, prepare, store_env
+from tests.support.cli import run_verb
 
 
 def cli(state: Path, *args: str) -> Any:
+    """`appliance ARGS` as a real subprocess: the export to standard output (written to the
+    process's file descriptor 1) and the verb's process-level test (pruning)."""
     return run_cli(*args, "--state-dir", str(state), env=clean_env(**store_env(state)))
+
+
+def verb(state: Path, *args: str) -> Any:
+    """`appliance ARGS` in this process (tests/support/cli.py), for what the verb does."""
+    return run_verb(*args, "--state-dir", str(state), env=clean_env(**store_env(state)))
 
 
 async def entries(state: Path, count: int) -> None:
@@ -42,17 +51,20 @@ def write_lines(path: Path, values: list[dict[str, Any]]) -> None:
 
 
 @pytest.fixture
-async def state(tmp_path: Path) -> Path:
+def state(tmp_path: Path) -> Path:
     state = tmp_path / "state"
-    await prepare(state, users=())
-    await entries(state, 30)
+
+    async def made() -> None:
+        await prepare(state, users=())
+        await entries(state, 30)
+
+    asyncio.run(made())
     return state
 
 
-async def test_an_export_verifies_and_any_change_to_it_is_found(state: Path,
-                                                                tmp_path: Path) -> None:
+def test_an_export_verifies_and_any_change_to_it_is_found(state: Path, tmp_path: Path) -> None:
     out = tmp_path / "range.jsonl"
-    done = cli(state, "audit", "export", "--from-position", "5", "--to-position", "20",
+    done = verb(state, "audit", "export", "--from-position", "5", "--to-position", "20",
                "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert oct(out.stat().st_mode & 0o777) == "0o600"
@@ -62,13 +74,13 @@ async def test_an_export_verifies_and_any_change_to_it_is_found(state: Path,
     assert header["prev_hash"] == rows[0]["prev_hash"] and header["last_hash"] == rows[-1]["hash"]
     assert set(rows[0]) == {"position", "time", "actor", "action", "target", "outcome", "client",
                             "request_id", "details", "prev_hash", "hash", "mac_version"}
-    ok = cli(state, "audit", "verify", "--file", str(out))
+    ok = verb(state, "audit", "verify", "--file", str(out))
     assert ok.returncode == 0 and ok.stdout.startswith("export ok: 16 entries"), ok
 
     def check(values: list[dict[str, Any]], position: int, reason: str) -> None:
         bad = tmp_path / "bad.jsonl"
         write_lines(bad, values)
-        found = cli(state, "audit", "verify", "--file", str(bad))
+        found = verb(state, "audit", "verify", "--file", str(bad))
         assert found.returncode == 1, found
         assert f"BROKEN at position {position}: " in found.stdout and reason in found.stdout, (
             found.stdout)
@@ -85,13 +97,13 @@ async def test_an_export_verifies_and_any_change_to_it_is_found(state: Path,
     check([header, *rows[:6], {"position": 11}, *rows[7:]], 11, "line 8 is not an entry")
     other = tmp_path / "other.jsonl"
     other.write_text('{"record": "anchor", "position": 3}\n')
-    not_export = cli(state, "audit", "verify", "--file", str(other))
+    not_export = verb(state, "audit", "verify", "--file", str(other))
     assert not_export.returncode == 2 and "not an audit export" in not_export.stderr
-    gone = cli(state, "audit", "verify", "--file", str(tmp_path / "gone.jsonl"))
+    gone = verb(state, "audit", "verify", "--file", str(tmp_path / "gone.jsonl"))
     assert gone.returncode == 2 and "cannot read" in gone.stderr
 
 
-async def test_export_by_time_to_stdout(state: Path) -> None:
+def test_export_by_time_to_stdout(state: Path) -> None:
     since = cutoff_time(time.time() + 3600, 0).replace("+00:00", "Z")
     empty = cli(state, "audit", "export", "--since", since, "--out", "-")
     assert empty.returncode == 2 and "no entry in that range" in empty.stderr
@@ -132,8 +144,8 @@ async def test_an_export_after_pruning_starts_behind_the_checkpoint(
         pruned.through + 1)
 
 
-async def test_bad_arguments_exit_2_with_one_line_and_write_nothing(state: Path,
-                                                                     tmp_path: Path) -> None:
+def test_bad_arguments_exit_2_with_one_line_and_write_nothing(state: Path,
+                                                               tmp_path: Path) -> None:
     out = tmp_path / "x.jsonl"
     for args, says in [
         (("--since", "yesterday"), "--since: 'yesterday' is not an RFC 3339 time"),
@@ -143,28 +155,28 @@ async def test_bad_arguments_exit_2_with_one_line_and_write_nothing(state: Path,
         (("--from-position", "x"), "--from-position: 'x' is not a position"),
         (("--from-position", "9", "--to-position", "3"), "--to-position is before"),
     ]:
-        done = cli(state, "audit", "export", *args, "--out", str(out))
+        done = verb(state, "audit", "export", *args, "--out", str(out))
         assert done.returncode == 2, (args, done)
         assert done.stderr.strip().splitlines() == [f"error: {done.stderr.strip()[7:]}"]
         assert says in done.stderr, done.stderr
         assert not out.exists()
     # A range the store holds nothing in: found after the store is open, one line all the same
     # (on a PostgreSQL store too: closing it after the error must log nothing).
-    empty = cli(state, "audit", "export", "--from-position", "999999", "--out", str(out))
+    empty = verb(state, "audit", "export", "--from-position", "999999", "--out", str(out))
     assert empty.returncode == 2 and empty.stderr.strip().splitlines() == [
         "error: no entry in that range (none retained, or the range is empty)"], empty.stderr
     assert not out.exists()
-    missing = cli(state, "audit", "export", "--out", str(tmp_path / "nowhere" / "x.jsonl"))
+    missing = verb(state, "audit", "export", "--out", str(tmp_path / "nowhere" / "x.jsonl"))
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
     assert "does not exist" in missing.stderr
     blocker = tmp_path / "file"
     blocker.write_text("a file, not a directory")
-    unwritable = cli(state, "audit", "export", "--out", str(blocker / "x.jsonl"))
+    unwritable = verb(state, "audit", "export", "--out", str(blocker / "x.jsonl"))
     assert unwritable.returncode == 2 and len(unwritable.stderr.strip().splitlines()) == 1
     out.write_text("keep me")
-    exists = cli(state, "audit", "export", "--out", str(out))
+    exists = verb(state, "audit", "export", "--out", str(out))
     assert exists.returncode == 2 and "exists (--force replaces it)" in exists.stderr
     assert out.read_text() == "keep me"
-    forced = cli(state, "audit", "export", "--out", str(out), "--force")
+    forced = verb(state, "audit", "export", "--out", str(out), "--force")
     assert forced.returncode == 0 and lines(out)[0]["record"] == "audit-export"
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
