@@ -75,7 +75,8 @@ test: system-deps lint
 
 # Two workers per core: the suite waits on subprocesses (servers starting, heartbeats, polls) for
 # a good part of its time; on 2 cores 4 workers took 2 min 55 s where 2 took 3 min 36 s, for the
-# same CPU (docs/performance.md). worksteal: a worker that runs out of tests takes some of
+# same CPU, and 6 took longer than 4 (3 min 19 s against 3 min 1 s, for 335 s of CPU against
+# 289 s: docs/performance.md). worksteal: a worker that runs out of tests takes some of
 # another's, so that the slow subprocess tests (they cluster in a few files) do not leave a core
 # idle at the end.
 FAST_WORKERS ?= $(shell echo $$(( $$(nproc) * 2 )))
