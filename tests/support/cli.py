@@ -4,7 +4,7 @@ directory, stdin, stdout and stderr, and everything it changes in the process pu
 Owns `run_verb` for tests that check what a verb does, not how a process starts or dies (those
 keep `tests.conftest.run_cli`, a real `python -m appliance` subprocess: each verb family keeps at
 least one such test). A verb run here hashes passwords and makes new scrypt parameters at the
-test cost (`tests.support.costs.low_costs`; `production_costs=True` keeps the real ones). Never
+test cost (`tests.support.costs.low_costs`; a test of the real cost runs `run_cli`). Never
 used from inside a running event loop (the verbs call `asyncio.run`), and never runs `serve`
 (it would block the test), only its `--help`.
 """
@@ -28,19 +28,18 @@ _TOUCHED_LOGGERS = ("aiohttp.access",)
 
 
 def run_verb(*args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None,
-             input: str | None = None, production_costs: bool = False
+             input: str | None = None
              ) -> subprocess.CompletedProcess[str]:
     """Run `appliance ARGS` in this process, as `run_cli` runs it in a subprocess: the same
     environment (`env`, or the test's environment without APPLIANCE_* variables), working
     directory (`cwd`, or the repository) and stdin; the exit code argparse or the verb gives.
-    Argon2id and scrypt at the test cost unless `production_costs`."""
+    Argon2id and scrypt at the test cost."""
     if args[:1] == ("serve",) and not {"--help", "-h"} & set(args):
         raise ValueError("run_verb does not run `serve`: use tests.conftest.start_server")
     from appliance.cli import main
 
     stdout, stderr = io.StringIO(), io.StringIO()
-    costs = contextlib.nullcontext() if production_costs else low_costs()
-    with costs, _process_state(env if env is not None else clean_env(), cwd or ROOT), \
+    with low_costs(), _process_state(env if env is not None else clean_env(), cwd or ROOT), \
             _standard_streams(io.StringIO(input or ""), stdout, stderr):
         try:
             code = main(list(args))
