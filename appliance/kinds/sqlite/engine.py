@@ -24,12 +24,11 @@ from typing import Any, Final
 
 import aiosqlite
 
-from appliance.datasources.engine import Engine, PoolStats, RowStream, Target
+from appliance.datasources.engine import Engine, EngineRuns, PoolStats, RowStream, Target
 from appliance.datasources.errors import (
     DatasourceFileRefused,
     DatasourceTimeout,
     DatasourceUnreachable,
-    EngineRetired,
     QueryFailed,
     named,
 )
@@ -123,7 +122,7 @@ class SQLiteEngine(Engine):
         self._idle: list[aiosqlite.Connection] = []
         self._all: set[aiosqlite.Connection] = set()
         self._slots = asyncio.Semaphore(self.target.limits.max_connections)
-        self._closed = False
+        self._runs = EngineRuns(target.name)
 
     def pool_stats(self) -> PoolStats | None:
         return PoolStats(size=len(self._all), idle=len(self._idle))
@@ -152,29 +151,38 @@ class SQLiteEngine(Engine):
 
     @contextlib.asynccontextmanager
     async def _connection(self, timeout: float) -> AsyncIterator[aiosqlite.Connection]:
+        """A connection for one run (`EngineRetired` once the engine is closing). The run that
+        holds a connection is the only one to close it: after a failure, or when the engine
+        closed meanwhile."""
+        with self._runs.run():
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise DatasourceTimeout(self.name, timeout, "free a connection") from None
+            conn: aiosqlite.Connection | None = None
+            healthy = False
+            try:
+                conn = self._idle.pop() if self._idle else await self._open_connection()
+                self._all.add(conn)
+                yield conn
+                healthy = not conn.in_transaction
+            finally:
+                if conn is not None:
+                    if healthy and not self._runs.retired:
+                        self._idle.append(conn)
+                    else:
+                        await self._close_one(conn)
+                self._slots.release()
+
+    async def _close_one(self, conn: aiosqlite.Connection) -> None:
+        """Close a connection no one else holds. Never two closes of one connection at once:
+        aiosqlite's second close waits forever for a worker thread the first one stopped."""
         try:
-            async with asyncio.timeout(timeout):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise DatasourceTimeout(self.name, timeout, "free a connection") from None
-        conn: aiosqlite.Connection | None = None
-        healthy = False
-        try:
-            if self._closed:
-                raise EngineRetired(self.name)
-            conn = self._idle.pop() if self._idle else await self._open_connection()
-            self._all.add(conn)
-            yield conn
-            healthy = not conn.in_transaction
+            with contextlib.suppress(Exception):
+                await conn.close()
         finally:
-            if conn is not None:
-                if healthy and not self._closed:
-                    self._idle.append(conn)
-                else:
-                    self._all.discard(conn)
-                    with contextlib.suppress(Exception):
-                        await conn.close()
-            self._slots.release()
+            self._all.discard(conn)
 
     async def test(self, timeout: float) -> None:
         async with self._connection(timeout) as conn:
@@ -241,12 +249,14 @@ class SQLiteEngine(Engine):
         return exc
 
     async def close(self) -> None:
-        self._closed = True
-        conns, self._idle = list(self._all), []
-        self._all.clear()
-        for conn in conns:
-            with contextlib.suppress(Exception):
-                await conn.close()
+        """No run starts from now on; the idle connections are closed now, and each one in use
+        by the run that holds it, when that run ends (each is bounded by its own time limit);
+        returns once every run has ended. Idempotent."""
+        self._runs.retired = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await self._close_one(conn)
+        await self._runs.retire()
 
 
 # What a statement's failure says, by SQLite's (extended) result code name: a fixed sentence, and
