@@ -165,6 +165,10 @@ class CAFront:
         self.reject_orders_429: int | None = None  # Retry-After seconds
         self.orders: list[dict[str, Any]] = []
         self.order_times: list[float] = []  # time.time() of each newOrder
+        # Orders Pebble answered "ready" at once: it reused a valid authorization of the
+        # account, so nothing was validated. PEBBLE_AUTHZREUSE=0 still does that to 1 order in
+        # 100 (Pebble makes a new authorization when `rand.Intn(100) > percent`).
+        self.reused = 0
         # While set, POSTs to challenge URLs (the client telling the CA "validate now") are
         # held, counted in `held`, and dropped (503, never forwarded) once it is cleared.
         self.hold_challenges = False
@@ -236,6 +240,9 @@ class CAFront:
             data=body, headers=headers, ssl=self.pebble.ssl_context(),
             allow_redirects=False) as upstream:
             data = await upstream.read()
+            if path == "/order-plz" and upstream.status == 201 and \
+                    json.loads(data).get("status") == "ready":
+                self.reused += 1
             out_headers = {k: v for k, v in upstream.headers.items()
                            if k.lower() not in ("content-length", "transfer-encoding",
                                                 "connection", "content-encoding")}
