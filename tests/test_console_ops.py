@@ -195,21 +195,23 @@ def test_viewers_find_queries_by_description_and_search(world: World) -> None:
     try:
         login(page, app.url, "vera", VIEWER_PASSWORD)
         items = page.locator("ul.query-list li")
-        assert items.count() == 3
+        visible = items.filter(visible=True)
+        # Counted once the list has rendered (a count does not wait; `expect` does).
+        sync_api.expect(items).to_have_count(3)
         page.get_by_text("Every item at or above a price").wait_for()
         shot(page, "ops-viewer-list-390")
         search = page.get_by_label("Search queries")
         search.fill("label")  # a word of a description, not of a name
-        assert [t.split("\n")[0] for t in items.filter(visible=True).all_inner_texts()] == [
-            "Items over a price"]
+        sync_api.expect(visible).to_have_count(1)
+        assert [t.split("\n")[0] for t in visible.all_inner_texts()] == ["Items over a price"]
         search.fill("lowest price")  # a parameter's description
-        assert items.filter(visible=True).count() == 1
+        sync_api.expect(visible).to_have_count(1)
         search.fill("nothing like this")
         page.get_by_text('No query matches "nothing like this"').wait_for()
-        assert items.filter(visible=True).count() == 0
+        sync_api.expect(visible).to_have_count(0)
         shot(page, "ops-viewer-search-empty-390")
         search.fill("")
-        assert items.filter(visible=True).count() == 3
+        sync_api.expect(visible).to_have_count(3)
         page.get_by_role("link", name="Run Items over a price").click()
         page.get_by_text("Every item at or above a price, with its SKU").wait_for()
         page.get_by_text("The lowest price, in euros.").wait_for()  # the parameter's help
