@@ -28,9 +28,9 @@ from appliance.audit.sinks import open_sinks
 from appliance.settings import SinkSpec
 from appliance.store import SQLiteStore, Step, open_sqlite_store
 from appliance.store.aiosqlite_private import run_on_thread
+from tests.support.commit_relay import LostCommitAnswer, open_relayed
 
 from .conftest import StoreDatabase
-from .test_audit_sinks_commit_lost import LostCommitAnswer, open_relayed
 
 KEYS = FixedMacKeys.generate()
 

@@ -32,6 +32,7 @@ from .conftest import (
     run_cli,
 )
 from .support.cli import run_verb
+from .support.commit_relay import LostCommitAnswer, open_relayed
 from .support.json_api import api
 from .support.ports import free_port
 from .support.served import init_with_token, seed_by_id_query, serve
@@ -416,3 +417,34 @@ def test_serve_on_postgres_runs_a_query_and_keeps_one_intact_audit_chain(
     assert "datasource.create" in actions and any(a.startswith("query.") for a in actions)
     assert not (tmp_path / "state" / "appliance.db").exists()  # nothing went to SQLite
     assert os.listdir(tmp_path / "state")
+
+
+async def test_a_write_cancelled_at_commit_waits_for_the_answer(
+        store_database: StoreDatabase, tmp_path: Path) -> None:
+    """`write()` cancelled while its COMMIT is under way (the server has committed, its answer
+    is held back by a relay): the COMMIT is not cut short, the connection is kept, and the
+    caller is cancelled once the answer came (before, the connection was dropped at once, and
+    whether the row was committed was unknown to the store)."""
+    async with LostCommitAnswer(store_database.server.port) as relay:
+        store, sinks = await open_relayed(relay, store_database, tmp_path)
+        sinks.close()
+        try:
+            await store.write(lambda step: step.insert("CREATE TABLE probe (v TEXT)"))
+            writer = store._writer  # the store's one writer connection (private: looked at)
+            relay.arm(hold=True)
+            task = asyncio.create_task(store.write(
+                lambda step: step.insert("INSERT INTO probe (v) VALUES (?)", ("kept",))))
+            await asyncio.wait_for(relay.held.wait(), 30)  # the server has answered COMMIT
+            task.cancel()
+            await asyncio.wait([task], timeout=0.2)
+            assert not task.done(), "the cancellation cut the COMMIT short"
+            relay.released.set()
+            await asyncio.wait([task], timeout=30)
+            assert task.cancelled()
+            assert store._writer is writer and writer is not None and not writer.is_closed()
+            assert await store.fetch_all("SELECT v FROM probe") == [{"v": "kept"}]
+            await store.write(lambda step: step.insert("INSERT INTO probe (v) VALUES (?)",
+                                                       ("next",)))  # the writer still works
+        finally:
+            relay.released.set()
+            await store.close()

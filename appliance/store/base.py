@@ -77,18 +77,7 @@ class CommitHooks:
         went through, and a hook is undone if, and only if, the store did not commit. The
         caller's cancellation is raised once it has ended (the store's write lock held until
         then, so the next transaction never starts under an unfinished COMMIT)."""
-        ending = asyncio.ensure_future(self._finish(commit, rollback))
-        cancelled: asyncio.CancelledError | None = None
-        while not ending.done():
-            try:
-                await asyncio.wait((ending,))
-            except asyncio.CancelledError as exc:  # wait() leaves `ending` running
-                cancelled = exc
-        if cancelled is not None:
-            if not ending.cancelled():
-                ending.exception()  # retrieved: the caller leaves by its cancellation
-            raise cancelled
-        ending.result()
+        await to_the_end(self._finish(commit, rollback))
 
     async def _finish(self, commit: Callable[[], Awaitable[None]],
                       rollback: Callable[[], Awaitable[None]]) -> None:
@@ -102,6 +91,24 @@ class CommitHooks:
         except BaseException:
             await self.undo()
             raise
+
+
+async def to_the_end(work: Awaitable[T]) -> T:
+    """`work`'s result, run to its end even when the caller is cancelled meanwhile (a COMMIT
+    cut short cannot tell whether it went through); the caller's cancellation is raised once it
+    has ended."""
+    ending = asyncio.ensure_future(work)
+    cancelled: asyncio.CancelledError | None = None
+    while not ending.done():
+        try:
+            await asyncio.wait((ending,))
+        except asyncio.CancelledError as exc:  # wait() leaves `ending` running
+            cancelled = exc
+    if cancelled is not None:
+        if not ending.cancelled():
+            ending.exception()  # retrieved: the caller leaves by its cancellation
+        raise cancelled
+    return ending.result()
 
 
 class Transaction(Protocol):

@@ -47,7 +47,7 @@ from appliance.egress.dialer import EgressDenied, EgressTimeout, EgressUnreachab
 from appliance.errors import StoreError, StoreUnavailable
 from appliance.secret import Secret
 from appliance.store import copy
-from appliance.store.base import CommitHooks, H, Params, Row, Step
+from appliance.store.base import CommitHooks, H, Params, Row, Step, to_the_end
 from appliance.store.listeners import Listeners
 from appliance.store.migrations import LATEST, MIGRATIONS
 from appliance.store.placeholders import to_numbered
@@ -315,9 +315,10 @@ class PostgresStore:
     async def write(self, fn: Callable[[Step], T], *, durable: bool = True,
                     blocking: bool = False) -> T:
         """`fn(step)` on a worker thread (whatever `blocking` says) inside one transaction; each
-        step call is run on the event loop. If the caller is cancelled, the function's current
-        call finishes first and the transaction is abandoned with its connection (the server
-        rolls it back)."""
+        step call is run on the event loop. If the caller is cancelled while `fn` runs, its
+        current call finishes first and the transaction is abandoned with its connection (the
+        server rolls it back); cancelled at COMMIT, it waits for the COMMIT's answer (cut short,
+        it would drop the connection, and whether the server committed would be unknown)."""
         async with self._write_lock:
             conn = await self._begin(_BEGIN if durable else _BEGIN_NOT_DURABLE)
             loop = asyncio.get_running_loop()
@@ -334,7 +335,7 @@ class PostgresStore:
             except BaseException:
                 await self._rollback(conn)
                 raise
-            await self._commit(conn, durable=durable)
+            await to_the_end(self._commit(conn, durable=durable))
             return result
 
     async def _begin(self, begin: str) -> Any:
