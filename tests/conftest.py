@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from tests.support import forkserver  # reads APPLIANCE_TEST_REAL_PROCESSES now
+
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT_DIR = ROOT / "test-output"
 # `APPLIANCE_TEST_STORE=postgres pytest …` runs the in-process appliances (tests/support/app.py)
@@ -88,7 +90,12 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
             timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `python -m appliance ARGS` and capture its output."""
+    """Run `python -m appliance ARGS` as a process of its own and capture its output (forked by
+    tests/support/forkserver.py, which has imported the appliance already, unless
+    APPLIANCE_TEST_REAL_PROCESSES=1)."""
+    if not forkserver.real_processes():
+        return forkserver.run(args, env=env or clean_env(), cwd=cwd or ROOT, timeout=timeout,
+                              input=input)
     return subprocess.run(
         [sys.executable, "-m", "appliance", *args],
         capture_output=True, text=True, env=env or clean_env(), cwd=cwd or ROOT,
@@ -106,7 +113,7 @@ def state(tmp_path: Path) -> Path:
 class ServerProcess:
     """An `appliance serve` subprocess on an ephemeral port, with its output captured."""
 
-    proc: subprocess.Popen[str]
+    proc: Any  # a subprocess.Popen, or a tests.support.forkserver.ForkedProcess
     url: str
     ca_file: Path | None
     stdout_lines: list[str] = field(default_factory=list)
@@ -143,10 +150,15 @@ def start_server(args: list[str], *, cwd: Path, env: dict[str, str] | None = Non
     """Start `serve` (or `command`) and wait for its "listening on" line."""
     stderr_path = cwd / f"server-{time.monotonic_ns()}.stderr"
     stderr = stderr_path.open("w")
-    proc = subprocess.Popen(
-        (command or [sys.executable, "-m", "appliance"]) + args,
-        stdout=subprocess.PIPE, stderr=stderr, text=True, env=env or clean_env(), cwd=cwd,
-    )
+    proc: Any
+    if command is None and not forkserver.real_processes():
+        proc = forkserver.ForkedProcess(args, env=env or clean_env(), cwd=cwd,
+                                        stdout=subprocess.PIPE, stderr=stderr)
+    else:
+        proc = subprocess.Popen(
+            (command or [sys.executable, "-m", "appliance"]) + args,
+            stdout=subprocess.PIPE, stderr=stderr, text=True, env=env or clean_env(), cwd=cwd,
+        )
     stderr.close()
     lines: list[str] = []
     url, ca = None, None
