@@ -2,7 +2,7 @@
 #   make run     HTTPS on https://localhost:8443 with a local CA, embedded store, demo data
 #   make test    everything the tests need (Debian packages, a venv), then the whole suite
 #   make test-fast  the suite without Chromium, Pebble and the binary build, two workers a core
-#                (about 3 min on 2 cores, 300 s of CPU: docs/performance.md, "The test suite")
+#                (under 2 min on 2 cores: docs/performance.md, "The test suite")
 #   make test-postgres  the tests of the in-process appliance (tests/support/app.py) again, on a
 #                PostgreSQL store (APPLIANCE_TEST_STORE=postgres: a fresh database per state dir;
 #                3 to 6 min on 2 cores; `make test` runs it after the suite)
