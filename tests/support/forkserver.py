@@ -69,10 +69,11 @@ def _preload() -> None:
 
     import appliance
 
-    for module in pkgutil.walk_packages(appliance.__path__, "appliance."):
+    for module in pkgutil.walk_packages(appliance.__path__, "appliance.",
+                                        onerror=lambda name: None):
         if module.name.endswith("__main__"):
             continue
-        with contextlib.suppress(ImportError):
+        with contextlib.suppress(Exception):  # a command that needs it will say why itself
             __import__(module.name)
 
 
@@ -253,6 +254,21 @@ def server() -> ForkServer:
         return _server[1]
 
 
+_no_stdin: list[int] = []  # /dev/null, opened once, for a test process without stdin
+
+
+def _own_stdin() -> int:
+    """The test process's stdin, which a child inherits as a subprocess would; /dev/null when
+    it has none (a closed fd 0)."""
+    try:
+        os.fstat(0)
+    except OSError:
+        if not _no_stdin:
+            _no_stdin.append(os.open(os.devnull, os.O_RDONLY))
+        return _no_stdin[0]
+    return 0
+
+
 class ForkedProcess:
     """A command from the fork server, handled as a `subprocess.Popen` is: `pid`, `poll`,
     `wait`, `send_signal`, `terminate`, `kill`, `returncode`, text pipes `stdin` and `stdout`
@@ -289,7 +305,7 @@ class ForkedProcess:
                 return default
             return spec if isinstance(spec, int) else spec.fileno()
 
-        fds = (end(stdin, 0, True), end(stdout, 1, False), end(stderr, 2, False))
+        fds = (end(stdin, _own_stdin(), True), end(stdout, 1, False), end(stderr, 2, False))
         try:
             self._server = server()
             self.pid = self._server.spawn(args, env=env, cwd=cwd, fds=fds)
