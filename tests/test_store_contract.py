@@ -170,3 +170,12 @@ async def test_listeners_can_be_added_and_removed(any_store: Any) -> None:
     remove = any_store.add_listener(lambda: calls.append(1))
     remove()
     remove()  # twice is harmless
+
+
+async def test_two_closes_at_once_both_end(any_store: Any) -> None:
+    """A store closed twice at the same time (a shutdown and a failing task, say): both closes
+    end, and a third after them too (aiosqlite waits forever on a connection's second close
+    when the first is still running)."""
+    await any_store.fetch_one("SELECT 1 AS ok")
+    await asyncio.wait_for(asyncio.gather(any_store.close(), any_store.close()), 10)
+    await asyncio.wait_for(any_store.close(), 10)

@@ -143,6 +143,7 @@ class SQLiteStore:
         self._write_lock = asyncio.Lock()
         self._inline_commits = 0
         self._checkpoint: asyncio.Task[None] | None = None
+        self._closing: asyncio.Future[None] | None = None
         self._version: int | None = None  # `version`'s reading in this turn of the loop
         self._listeners = Listeners("store-sqlite-watch", self.version)
 
@@ -312,6 +313,13 @@ class SQLiteStore:
         await self.fetch_one("SELECT 1 AS ok")
 
     async def close(self) -> None:
+        """Close the three connections. Idempotent; a close while another runs waits for that
+        one (two overlapping closes of one aiosqlite connection: the second waits forever)."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         await self._listeners.close()
         if self._checkpoint is not None:
             with contextlib.suppress(Exception):
