@@ -6,9 +6,9 @@ point query whose value is a marker (`Prepare` + `Execute` = COM_STMT_PREPARE/CO
 a `Query` line carrying the marker = the client interpolated the value into the SQL text);
 (2) rows/s for a 1,000-row result (fetched whole), (3) q/s for a point query by primary key on
 one connection, and (4) q/s for the same point query over 8 connections at once. The general log
-is off while timing. The paths take turns in ROUNDS rounds; figures are per-round medians and the
-ratios are against aiomysql (the issue's baseline) measured in the same run. Prints a Markdown
-table; never asserts.
+is off while timing. The paths take turns in ROUNDS rounds, in an order rotated each round
+(bench/proxy.py's `turns`); figures are per-round medians and the ratios are against aiomysql
+(the issue's baseline) measured in the same run. Prints a Markdown table; never asserts.
 
 Usage: python bench/mysql_drivers.py [--seconds S] [--rounds N]
 Needs Debian's mariadb-server (run as `mysql` when root) and the drivers measured:
@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from proxy import turns  # bench/proxy.py (a script runs with bench/ first on its path)
 
 ROWS_SQL = "SELECT id, name, amount, created FROM bench_rows WHERE id > ?"
 POINT_SQL = "SELECT id, name, amount, created FROM bench_points WHERE id = ?"
@@ -267,8 +269,8 @@ async def main(seconds: float, rounds: int) -> None:
         for k, path in enumerate(candidates):
             received[id(path)] = await what_the_server_received(server, path, 987_654_321 + k)
         server.sql("SET GLOBAL general_log = 0")
-        for _ in range(rounds):
-            for path in candidates:
+        for number in range(rounds):
+            for path in turns(candidates, number):  # each driver in each place in turn
                 await measure(server, path, seconds)
     print(f"\nMariaDB {version_line}, Python {sys.version.split()[0]}, uvloop, {rounds} rounds "
           f"of {seconds:g} s per figure (medians); ratios against aiomysql\n")
