@@ -253,12 +253,19 @@ def setup(server: Any) -> None:
         f" '2024-01-01' + INTERVAL seq MINUTE FROM seq_1_to_{POINTS};")
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # `mysql.connector` without the `mysql` package
+        return False
+
+
 async def main(seconds: float, rounds: int) -> None:
     from tests.support.mariadb import mariadb
 
     candidates = []
     for path in paths():
-        if importlib.util.find_spec(path.module) is None:
+        if not _installed(path.module):
             print(f"- {path.name}: not installed (pip install {path.module}), skipped")
         else:
             candidates.append(path)
