@@ -19,7 +19,7 @@ from appliance.settings import SinkSpec
 from appliance.store.postgres import PostgresStore
 
 from .conftest import StoreDatabase
-from .test_store_postgres import open_pg, two_instances
+from .support.shared_store import open_pg, two_instances
 
 
 async def positions(store: PostgresStore) -> list[int]:

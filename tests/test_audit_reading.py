@@ -6,52 +6,21 @@ every edited cursor is a 400 with its code."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import json
-import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from appliance.audit import AuditLog, Context, FixedMacKeys, MacKeys, reading
+from appliance.audit import reading
 from appliance.errors import BadRequest
 from appliance.store import Store, open_sqlite_store
 from appliance.store.postgres import PostgresStore
 from tests.support.app import running
+from tests.support.audit import fill
 from tests.support.scale import scaled
-
-ACTORS = ("admin", "admin (token t1)", "admin (token t2)", "adminx", "bob", "cli:init",
-          "system", "anonymous")
-ACTIONS = ("session.create", "session.delete", "query.run", "query.run.start", "user.create",
-           "user.update", "keys.rotate")
-TARGETS = ("query:orders", "query:Orders_2", "user:bob", "user:admin", "datasource:ds-1", "")
-
-
-async def fill(store: Store, count: int, seed: int = 7, keys: MacKeys | None = None) -> None:
-    """`count` entries through the audit log's own write path, in group-committed batches."""
-    rng = random.Random(seed)
-    log = AuditLog(store, keys=keys or FixedMacKeys.generate())
-    try:
-        for start in range(0, count, 500):
-            calls = []
-            for i in range(start, min(count, start + 500)):
-                actor = ACTORS[0] if rng.random() < 0.3 else rng.choice(ACTORS)
-                note = rng.choice(("Needle%here", "needle_x", "plain", "NEEDLE"))
-                calls.append(log.record(
-                    action=rng.choice(ACTIONS), outcome=rng.choice(("ok", "ok", "denied",
-                                                                    "failed", "error")),
-                    target=rng.choice(TARGETS), details={"i": i, "note": note},
-                    context=Context(actor=actor, client="127.0.0.1")))
-            with contextlib.ExitStack() as runs:  # as concurrent runs: one commit for many
-                for _ in calls:
-                    runs.enter_context(log.run_under_way())
-                await asyncio.gather(*calls)
-    finally:
-        await log.close()
 
 
 def matcher(filters: reading.Filters) -> Callable[[dict[str, Any]], bool]:

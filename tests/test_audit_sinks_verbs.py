@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -18,40 +17,12 @@ from appliance.audit.sinks import open_sinks, probe
 from appliance.core import open_core
 from appliance.errors import ConfigError
 from appliance.settings import SinkSpec
-from tests.conftest import clean_env, run_cli
-from tests.support.app import TEST_TUNING, make_settings, prepare, store_env
+from tests.support.app import TEST_TUNING, make_settings, prepare
+from tests.support.sink_verbs import Verbs
 
 ROW = {"seq": 7, "time": "2026-01-01T00:00:00.000000+00:00", "actor": "a", "action": "x",
        "target": "t", "outcome": "ok", "client": "", "request_id": "", "details": "{}",
        "prev_hash": "p", "hash": "h", "mac_version": 1}
-
-
-class Verbs:
-    """A prepared state directory whose settings name one required file sink in `logs`, a
-    directory that does not exist (yet)."""
-
-    def __init__(self, root: Path) -> None:
-        self.state = root / "state"
-        self.logs = root / "logs"
-        self.sink = self.logs / "audit.jsonl"
-        self.config = root / "appliance.toml"
-        self.config.write_text(f'[audit]\nsinks = ["file:{self.sink}"]\n')
-        self.password = root / "password"
-        self.password.write_text("a-password-of-the-new-user\n")
-
-    def __call__(self, *args: str) -> Any:
-        return run_cli(*args, "--state-dir", str(self.state), "--config", str(self.config),
-                       env=clean_env(**store_env(self.state)))
-
-    def entries(self) -> list[dict[str, Any]]:
-        done = self("audit", "list", "--limit", "1000")
-        assert done.returncode == 0, done.stderr
-        return [json.loads(line) for line in done.stdout.splitlines()]
-
-    def users(self) -> dict[str, bool]:
-        done = self("users", "list", "--json")
-        assert done.returncode == 0, done.stderr
-        return {user["name"]: user["disabled"] for user in json.loads(done.stdout)}
 
 
 @pytest.fixture

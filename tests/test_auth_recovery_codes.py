@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 
 from appliance.auth.throttle import THRESHOLD
-from tests.support.app import running
-from tests.test_auth_totp import enrol
+from tests.support.app import enrol, running
 
 PATH = "/api/v1/users/me/2fa/recovery-codes"
 

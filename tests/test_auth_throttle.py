@@ -29,9 +29,8 @@ from appliance.auth.throttle import (
 )
 from appliance.http import client_address
 from appliance.http.app_keys import CORE
-from tests.support.app import PASSWORDS, Appliance, Client, running
+from tests.support.app import PASSWORDS, Appliance, Client, enrol, running
 from tests.support.scale import scaled
-from tests.test_auth_totp import enrol
 
 
 @contextlib.asynccontextmanager

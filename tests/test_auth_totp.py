@@ -11,21 +11,7 @@ import pyotp
 
 from appliance.auth.totp import matching_step
 from appliance.secret import Secret
-from tests.support.app import Appliance, Client, running, secret_from_uri, totp_from_uri
-
-
-async def enrol(appliance: Appliance,
-                username: str = "admin") -> tuple[Client, pyotp.TOTP, list[str]]:
-    client = appliance.client()
-    resp = await client.login(username)
-    assert resp.status == 201, resp.body
-    start = await client.request("POST", "/api/v1/users/me/2fa")
-    assert start.status == 201, start.body
-    totp = totp_from_uri(start.body["otpauth_uri"])
-    confirm = await client.request("POST", "/api/v1/users/me/2fa/confirm", {"code": totp.now()})
-    assert confirm.status == 200, confirm.body
-    client.cookie = confirm.session_cookie()
-    return client, totp, confirm.body["recovery_codes"]
+from tests.support.app import enrol, running, secret_from_uri
 
 
 def test_a_code_is_accepted_once_per_step() -> None:

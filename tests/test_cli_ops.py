@@ -21,7 +21,7 @@ from appliance.cli import build_parser
 from appliance.tls.local_ca import ensure_ca
 from tests.conftest import clean_env, run_cli
 from tests.support.cli import run_verb
-from tests.support.keyring import make_settings, open_all, raw_sql
+from tests.support.keyring import install_unit, make_settings, open_all, raw_sql
 
 
 def _leaves(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
@@ -247,19 +247,12 @@ def test_doctor_prints_each_fix_once(tmp_path: Path) -> None:
 # --- keys change-password on an installed system (bug 3) --------------------------------------
 
 
-def _install_unit(root: Path, credential: Path, *, encrypted: bool = False) -> None:
-    unit = root / "etc/systemd/system/appliance.service"
-    unit.parent.mkdir(parents=True, exist_ok=True)
-    key = "LoadCredentialEncrypted" if encrypted else "LoadCredential"
-    unit.write_text(f"[Service]\n{key}=encryption-key:/{credential.relative_to(root)}\n")
-
-
 def test_change_password_updates_the_unit_credential(ready_state: Path, tmp_path: Path) -> None:
     root = tmp_path / "root"
     credential = root / "etc/appliance/encryption-key"
     credential.parent.mkdir(parents=True)
     shutil.copyfile(ready_state / state_dir.INSTANCE_SECRET_FILE, credential)
-    _install_unit(root, credential)
+    install_unit(root, credential)
     s = ("--state-dir", str(ready_state), "--root", str(root))
     # No terminal and no --yes: refused, nothing changed.
     before = credential.read_bytes()
@@ -291,7 +284,7 @@ def test_doctor_finds_a_credential_the_keyring_does_not_open(ready_state: Path,
     credential = root / "etc/appliance/encryption-key"
     credential.parent.mkdir(parents=True)
     credential.write_bytes(os.urandom(32))  # what an older change-password left behind
-    _install_unit(root, credential)
+    install_unit(root, credential)
     result = run_verb("doctor", "--state-dir", str(ready_state), "--root", str(root))
     assert result.returncode == 1
     line = next(x for x in result.stdout.splitlines() if "unit credential" in x)
@@ -309,7 +302,7 @@ def test_change_password_with_an_encrypted_credential_says_what_to_run(
     credential = root / "etc/credstore.encrypted/encryption-key"
     credential.parent.mkdir(parents=True)
     credential.write_bytes(b"opaque")
-    _install_unit(root, credential, encrypted=True)
+    install_unit(root, credential, encrypted=True)
     result = run_verb("keys", "change-password", "--yes", "--state-dir", str(ready_state),
                       "--root", str(root))
     assert result.returncode == 0, result.stderr

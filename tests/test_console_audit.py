@@ -17,6 +17,7 @@ from appliance.audit import AuditLog, Context, reading
 from appliance.keyring import open_vault
 from appliance.store import open_sqlite_store
 from tests.conftest import clean_env
+from tests.support.audit import fill
 from tests.support.console import (
     ADMIN_PASSWORD,
     init_state,
@@ -27,7 +28,6 @@ from tests.support.console import (
     shot,
     spki_sha256,
 )
-from tests.test_audit_reading import fill
 
 # Real Chromium: `make test-fast` leaves these out (tests/test_suite_marks.py keeps it so).
 pytestmark = pytest.mark.browser

@@ -6,18 +6,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
-from .conftest import ServerProcess, clean_env
-from .support.json_api import api
+from .conftest import clean_env
+from .support.json_api import api, egress_probe
 from .support.ports import free_port
 from .support.served import init_with_token, serve
-
-
-def probe(server: ServerProcess, token: str, host: str, port: int) -> dict[str, Any]:
-    status, body = api(server, "POST", "/api/v1/egress/probe", token, {"host": host, "port": port})
-    assert status == 200, body
-    return body
 
 
 def test_serve_denies_its_own_https_and_http_listeners(tmp_path: Path) -> None:
@@ -29,12 +22,12 @@ def test_serve_denies_its_own_https_and_http_listeners(tmp_path: Path) -> None:
     try:
         for host in ("127.0.0.1", "localhost", "127.1", "[::ffff:127.0.0.1]", "0x7f000001"):
             for port in (server.port, http_port):
-                found = probe(server, token, host, port)
+                found = egress_probe(server, token, host, port)
                 assert found["allowed"] is False, (host, port, found)
                 assert found["rule"] == "appliance's own listener", (host, port, found)
                 assert found["connected"] is False
         # Another port on the same address is an ordinary (private, allowed) destination.
-        other = probe(server, token, "127.0.0.1", free_port())
+        other = egress_probe(server, token, "127.0.0.1", free_port())
         assert other["allowed"] is True and other["rule"] == "default: allowed"
     finally:
         server.stop()
@@ -64,7 +57,7 @@ def test_changes_persist_across_a_restart_and_win_over_the_file(tmp_path: Path) 
         assert view["allow_private"] is False
         assert view["mode"] == "strict"
         assert view["overridden"] == ["allow_private", "deny"]
-        assert probe(server, token, "10.66.1.1", 5432)["rule"] == "deny: 10.66.0.0/16"
+        assert egress_probe(server, token, "10.66.1.1", 5432)["rule"] == "deny: 10.66.0.0/16"
 
         status, view = api(server, "DELETE", "/api/v1/egress", token)
         assert status == 200

@@ -23,10 +23,8 @@ import pytest
 from appliance import state_dir
 from appliance.core import open_core
 from tests.support.app import TEST_TUNING, make_settings, prepare
-from tests.support.keyring import plaintexts
-
-from .test_audit_sinks_verbs import Verbs
-from .test_cli_ops import _install_unit
+from tests.support.keyring import install_unit, plaintexts
+from tests.support.sink_verbs import Verbs
 
 PASSWORD = "Correct-Horse-Battery-Staple-77"
 SECRETS = plaintexts(30)  # 40 fields
@@ -205,7 +203,7 @@ def test_a_unit_credential_left_unwritten_is_in_the_entry(keys: Keys, tmp_path: 
     instance_key = keys.state / state_dir.INSTANCE_SECRET_FILE
     shutil.copyfile(instance_key, credential)
     credential.chmod(0o600)
-    _install_unit(root, credential)
+    install_unit(root, credential)
     old = credential.read_bytes()
     before = keys.entries()
 

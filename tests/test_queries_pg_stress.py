@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import PostgresServer, clean_env, new_store_database
+from tests.support.json_api import api
 from tests.support.queries import sqlite_database
-
-from .test_egress_api_serve import api, init_with_token, serve
+from tests.support.served import init_with_token, serve
 
 pytestmark = pytest.mark.slow
 

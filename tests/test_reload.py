@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 
 from .conftest import ServerProcess, StoreDatabase, clean_env, http_request, tls_connection
-from .support.json_api import api
+from .support.certificates import SigningCA, fingerprint, peer_fingerprint
+from .support.json_api import api, egress_probe
 from .support.served import init_with_token, serve
-from .test_egress_api_serve import probe
-from .test_tls_files import TestCA, fingerprint, peer_fingerprint
 
 
 def hup_and_wait(server: ServerProcess, marker: str, count: int = 1, timeout: float = 10) -> str:
@@ -50,7 +49,7 @@ def test_sighup_applies_egress_and_log_level_and_names_what_needs_a_restart(
                             server_hostname="localhost") as kept:
             status, _, _ = http_request(kept, "GET", "/healthz", "localhost")
             assert status == 200
-            assert probe(server, token, "10.77.0.1", 5432)["allowed"] is True
+            assert egress_probe(server, token, "10.77.0.1", 5432)["allowed"] is True
 
             config.write_text('[log]\nformat = "json"\nlevel = "warning"\n'
                               '[egress]\ndeny = ["10.77.0.0/16"]\n'
@@ -63,7 +62,7 @@ def test_sighup_applies_egress_and_log_level_and_names_what_needs_a_restart(
                        if e.get("message") == "settings changed that need a restart to apply"]
             assert restart and restart[-1]["settings"] == ["server.max_body_bytes"]
 
-            denied = probe(server, token, "10.77.0.1", 5432)
+            denied = egress_probe(server, token, "10.77.0.1", 5432)
             assert denied["allowed"] is False and denied["rule"] == "deny: 10.77.0.0/16"
             # The connection opened before the reload still serves requests.
             status, _, _ = http_request(kept, "GET", "/healthz", "localhost")
@@ -71,7 +70,7 @@ def test_sighup_applies_egress_and_log_level_and_names_what_needs_a_restart(
 
         # Level warning: the allowed probe's info line is no longer written.
         before = server.stderr().count("egress allowed")
-        assert probe(server, token, "10.78.0.1", 5432)["allowed"] is True
+        assert egress_probe(server, token, "10.78.0.1", 5432)["allowed"] is True
         time.sleep(0.2)
         assert server.stderr().count("egress allowed") == before
         # The stored (API) value still wins over the reloaded file, field by field.
@@ -101,7 +100,7 @@ def test_a_bad_file_on_sighup_changes_nothing(tmp_path: Path) -> None:
             config.write_text(bad)
             hup_and_wait(server, "reload refused", count=1 + [
                 '[egress]\ndeny = ["10.0.0.0/33"]\n', "[egress\n", '[nope]\nx = 1\n'].index(bad))
-            assert probe(server, token, "10.80.0.1", 80)["rule"] == "deny: 10.80.0.0/16"
+            assert egress_probe(server, token, "10.80.0.1", 80)["rule"] == "deny: 10.80.0.0/16"
         assert server.proc.poll() is None
     finally:
         assert server.stop() == 0
@@ -128,7 +127,7 @@ def test_sighup_that_would_deny_the_store_is_refused_and_logged(store_database: 
         reloaded = [e for e in log_lines(text) if e.get("message") == "settings reloaded"]
         assert reloaded and reloaded[-1]["applied"] == []
         # The old policy stays: not strict, and the store is written to as before.
-        assert probe(server, token, "10.81.0.1", 5432)["rule"] == "default: allowed"
+        assert egress_probe(server, token, "10.81.0.1", 5432)["rule"] == "default: allowed"
         status, view = api(server, "PUT", "/api/v1/egress", token, {"deny": ["10.82.0.0/16"]})
         assert status == 200 and view["mode"] == "default", view
 
@@ -138,7 +137,7 @@ def test_sighup_that_would_deny_the_store_is_refused_and_logged(store_database: 
         text = hup_and_wait(server, "settings reloaded", count=2)
         reloaded = [e for e in log_lines(text) if e.get("message") == "settings reloaded"]
         assert sorted(reloaded[-1]["applied"]) == ["egress.allow", "egress.mode"]
-        assert probe(server, token, "10.81.0.1", 5432)["allowed"] is False
+        assert egress_probe(server, token, "10.81.0.1", 5432)["allowed"] is False
         status, view = api(server, "GET", "/api/v1/egress", token)
         assert status == 200 and view["mode"] == "strict"
     finally:
@@ -147,7 +146,7 @@ def test_sighup_that_would_deny_the_store_is_refused_and_logged(store_database: 
 
 
 def test_sighup_installs_new_tls_files_and_keeps_open_connections(tmp_path: Path) -> None:
-    ca = TestCA()
+    ca = SigningCA()
     ca_file = tmp_path / "ca.pem"
     ca_file.write_bytes(ca.pem())
     files = {}

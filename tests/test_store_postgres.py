@@ -4,12 +4,10 @@ its notifications, bad settings, and a real `appliance serve` on it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -36,27 +34,7 @@ from .support.commit_relay import LostCommitAnswer, open_relayed
 from .support.json_api import api
 from .support.ports import free_port
 from .support.served import init_with_token, seed_by_id_query, serve
-
-
-def store_settings(database: StoreDatabase, state: Path, **env: str) -> settings.Settings:
-    return settings.load(env=database.env(**env), flags={"state_dir": str(state)})
-
-
-async def open_pg(database: StoreDatabase, state: Path) -> PostgresStore:
-    s = store_settings(database, state)
-    store = await open_store(s, Dialer(PolicyHolder(s.egress)))
-    assert isinstance(store, PostgresStore)
-    return store
-
-
-@contextlib.asynccontextmanager
-async def two_instances(database: StoreDatabase, tmp_path: Path
-                        ) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
-    a, b = await asyncio.gather(open_pg(database, tmp_path), open_pg(database, tmp_path))
-    try:
-        yield a, b
-    finally:
-        await asyncio.gather(a.close(), b.close())
+from .support.shared_store import open_pg, store_settings, two_instances
 
 
 async def moves_within(store: PostgresStore, before: int | None, seconds: float) -> float:

@@ -2,58 +2,14 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import os
 import ssl
 import time
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 from .conftest import clean_env, http_request, run_cli, start_server, tls_connection
+from .support.certificates import SigningCA, fingerprint, peer_fingerprint
 from .support.cli import run_verb
-
-
-class TestCA:
-    __test__ = False
-
-    def __init__(self) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "files-mode test CA")])
-        now = dt.datetime.now(dt.UTC)
-        self.name = name
-        self.cert = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256())
-        )
-
-    def pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
-
-    def leaf(self, cn: str, days: int = 30) -> tuple[bytes, bytes]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-            .issuer_name(self.name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
-        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
-        return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
 def replace(path: Path, data: bytes) -> None:
@@ -62,19 +18,8 @@ def replace(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def peer_fingerprint(sock: ssl.SSLSocket) -> str:
-    der = sock.getpeercert(binary_form=True)
-    assert der is not None
-    return hashlib.sha256(der).hexdigest()
-
-
-def fingerprint(pem: bytes) -> str:
-    cert = x509.load_pem_x509_certificate(pem)
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
-
-
 def test_files_mode_reloads_without_dropping_open_connections(tmp_path: Path) -> None:
-    ca = TestCA()
+    ca = SigningCA()
     (tmp_path / "ca.pem").write_bytes(ca.pem())
     cert_a, key_a = ca.leaf("first")
     cert_b, key_b = ca.leaf("second")
@@ -125,7 +70,7 @@ def test_files_mode_reloads_without_dropping_open_connections(tmp_path: Path) ->
 def test_files_mode_with_bad_files_refuses_to_start(tmp_path: Path) -> None:
     state = tmp_path / "state"
     assert run_verb("init", "--state-dir", str(state)).returncode == 0
-    ca = TestCA()
+    ca = SigningCA()
     cert, _ = ca.leaf("x")
     _, other_key = ca.leaf("y")
     (tmp_path / "cert.pem").write_bytes(cert)

@@ -1,6 +1,7 @@
 """Helpers for the auth, audit, users and route-role tests (no tests here): a real appliance
 (build_app on 127.0.0.1:0, local CA, TLS) in this process, seeded users and tokens, a client
-that handles the session cookie and the CSRF headers explicitly.
+that handles the session cookie and the CSRF headers explicitly, and a user's TOTP enrolment
+through the API (`enrol`).
 
 `prepare` and `running` hash passwords and seal the keyring at the test cost
 (tests/support/costs.py): these tests are about sessions, roles and errors, not the hash's
@@ -365,6 +366,22 @@ def totp_from_uri(uri: str) -> pyotp.TOTP:
 
 def secret_from_uri(uri: str) -> str:
     return urllib.parse.parse_qs(urllib.parse.urlparse(uri).query)["secret"][0]
+
+
+async def enrol(appliance: Appliance,
+                username: str = "admin") -> tuple[Client, pyotp.TOTP, list[str]]:
+    """`username` logs in and enrols TOTP (start, then confirm with the current code): the
+    client on the confirmed session, the authenticator, and the recovery codes shown."""
+    client = appliance.client()
+    resp = await client.login(username)
+    assert resp.status == 201, resp.body
+    start = await client.request("POST", "/api/v1/users/me/2fa")
+    assert start.status == 201, start.body
+    totp = totp_from_uri(start.body["otpauth_uri"])
+    confirm = await client.request("POST", "/api/v1/users/me/2fa/confirm", {"code": totp.now()})
+    assert confirm.status == 200, confirm.body
+    client.cookie = confirm.session_cookie()
+    return client, totp, confirm.body["recovery_codes"]
 
 
 def fill_path(path: str) -> str:

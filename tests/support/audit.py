@@ -1,5 +1,6 @@
 """Helpers for the audit chain's tests (no tests here): entries written both ways the appliance
-writes them, a legacy chain written as the code before migration 12 wrote it (plain SHA-256, no
+writes them, a large seeded mix of actors, actions, outcomes and targets for the reading tests
+(`fill`), a legacy chain written as the code before migration 12 wrote it (plain SHA-256, no
 key version), and what someone holding the store's credentials (or its SQLite file) could do to
 a chain (drop the append-only triggers, rewrite rows, recompute links with a hash or a key of
 their own).
@@ -7,8 +8,11 @@ their own).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
+import random
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from appliance.audit import AuditLog, Context
+from appliance.audit import AuditLog, Context, FixedMacKeys, MacKeys
 from appliance.audit.chain import GENESIS, HASHED_FIELDS, encode_details
 from appliance.store import SQLiteStore, Store
 
@@ -31,6 +35,36 @@ async def record(log: AuditLog, store: Store, count: int, start: int = 0) -> Non
         else:
             await log.record(action="query.run", target=f"query:q{i}",
                              details={"datasource": "ds", "row_count": i})
+
+
+ACTORS = ("admin", "admin (token t1)", "admin (token t2)", "adminx", "bob", "cli:init",
+          "system", "anonymous")
+ACTIONS = ("session.create", "session.delete", "query.run", "query.run.start", "user.create",
+           "user.update", "keys.rotate")
+TARGETS = ("query:orders", "query:Orders_2", "user:bob", "user:admin", "datasource:ds-1", "")
+
+
+async def fill(store: Store, count: int, seed: int = 7, keys: MacKeys | None = None) -> None:
+    """`count` entries through the audit log's own write path, in group-committed batches."""
+    rng = random.Random(seed)
+    log = AuditLog(store, keys=keys or FixedMacKeys.generate())
+    try:
+        for start in range(0, count, 500):
+            calls = []
+            for i in range(start, min(count, start + 500)):
+                actor = ACTORS[0] if rng.random() < 0.3 else rng.choice(ACTORS)
+                note = rng.choice(("Needle%here", "needle_x", "plain", "NEEDLE"))
+                calls.append(log.record(
+                    action=rng.choice(ACTIONS), outcome=rng.choice(("ok", "ok", "denied",
+                                                                    "failed", "error")),
+                    target=rng.choice(TARGETS), details={"i": i, "note": note},
+                    context=Context(actor=actor, client="127.0.0.1")))
+            with contextlib.ExitStack() as runs:  # as concurrent runs: one commit for many
+                for _ in calls:
+                    runs.enter_context(log.run_under_way())
+                await asyncio.gather(*calls)
+    finally:
+        await log.close()
 
 
 def legacy_link(values: Sequence[Any]) -> str:

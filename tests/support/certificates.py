@@ -1,15 +1,19 @@
 """Throwaway certificates for the tests' own servers (no tests here): a test CA with a leaf for
-localhost and 127.0.0.1 (MariaDB, the ACME front), and a self-signed certificate nobody trusts
-(servers a client must refuse, or reach with TLS unverified).
+localhost and 127.0.0.1 (MariaDB, the ACME front), a self-signed certificate nobody trusts
+(servers a client must refuse, or reach with TLS unverified), a CA that signs leaves on demand
+(the operator's files for `tls.mode = "files"`), and certificates' SHA-256 fingerprints.
 
 Owns the certificates, their keys (P-256) and their PEM files. Never used for the appliance's own
-certificate (appliance/tls makes that) and never trusted by anything but the test that made it.
+certificate except as an operator's files in "files" mode (appliance/tls makes it otherwise), and
+never trusted by anything but the test that made it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,3 +93,54 @@ def self_signed(cert_path: Path, key_path: Path, cn: str,
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key_pem(key, form))
     key_path.chmod(0o600)
+
+
+class SigningCA:
+    """A CA held in memory (valid from a day ago for 30 days) that signs a leaf for localhost
+    and 127.0.0.1 under any common name, as often as a test asks."""
+
+    def __init__(self) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "files-mode test CA")])
+        now = dt.datetime.now(dt.UTC)
+        self.name = name
+        self.cert = (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+
+    def pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def leaf(self, cn: str, days: int = 30) -> tuple[bytes, bytes]:
+        """A new leaf's certificate and key (PKCS#8), both PEM."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+            .issuer_name(self.name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        return cert.public_bytes(serialization.Encoding.PEM), key_pem(key)
+
+
+def peer_fingerprint(sock: ssl.SSLSocket) -> str:
+    """The SHA-256 (hex) of the certificate the peer presented on `sock`."""
+    der = sock.getpeercert(binary_form=True)
+    assert der is not None
+    return hashlib.sha256(der).hexdigest()
+
+
+def fingerprint(pem: bytes) -> str:
+    """The SHA-256 (hex) of a PEM certificate's DER form."""
+    cert = x509.load_pem_x509_certificate(pem)
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()

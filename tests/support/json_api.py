@@ -1,9 +1,10 @@
 """JSON requests to a real `appliance serve` subprocess (tests.conftest.ServerProcess) over TLS,
 one connection per request, trusting only the server's local CA (no tests here).
 
-Owns `request` (and `api`, its short form with a bearer token): the token or session cookie, the
-JSON body, and the answer decoded (JSON, else text such as /metrics, else None when empty).
-Never retries, never follows a redirect, and never hides a status: the test asserts on it.
+Owns `request` (and `api`, its short form with a bearer token; `egress_probe`, the egress
+probe's answer): the token or session cookie, the JSON body, and the answer decoded (JSON, else
+text such as /metrics, else None when empty). Never retries, never follows a redirect, and never
+hides a status: the test asserts on it (`egress_probe` asserts its 200 itself).
 """
 
 from __future__ import annotations
@@ -44,3 +45,10 @@ def api(server: ServerProcess, method: str, path: str, token: str,
     """`request` with a bearer token: the status and the decoded body."""
     status, _, data = request(server, method, path, token=token, body=body)
     return status, data
+
+
+def egress_probe(server: ServerProcess, token: str, host: str, port: int) -> dict[str, Any]:
+    """`POST /api/v1/egress/probe` for `host`:`port`: the decision (asserted to answer 200)."""
+    status, body = api(server, "POST", "/api/v1/egress/probe", token, {"host": host, "port": port})
+    assert status == 200, body
+    return body

@@ -1,5 +1,7 @@
 """Helpers for the keyring tests (no tests here): a state directory with a store and a vault,
-sealed with cheap scrypt parameters passed explicitly (the default is never lowered).
+sealed with cheap scrypt parameters passed explicitly (the default is never lowered), and an
+installed systemd unit under a test root that loads the instance secret as a credential (what
+`keys change-password --root` follows).
 """
 
 from __future__ import annotations
@@ -74,3 +76,12 @@ def raw_sql(state: Path, sql: str, params: tuple = ()) -> list[tuple]:
         return rows
     finally:
         conn.close()
+
+
+def install_unit(root: Path, credential: Path, *, encrypted: bool = False) -> None:
+    """`root`/etc/systemd/system/appliance.service, loading `credential` (a file under `root`)
+    as the `encryption-key` credential (`LoadCredentialEncrypted` when `encrypted`)."""
+    unit = root / "etc/systemd/system/appliance.service"
+    unit.parent.mkdir(parents=True, exist_ok=True)
+    key = "LoadCredentialEncrypted" if encrypted else "LoadCredential"
+    unit.write_text(f"[Service]\n{key}=encryption-key:/{credential.relative_to(root)}\n")

@@ -1,7 +1,8 @@
 """Helpers for tests of several instances on one store (no tests here): the store kinds those
 tests run on, a new store of each kind (bare, or initialised with its keyring and vault open),
-one store opened twice as two instances would open it, and the state directories of instances
-that share one.
+one store opened twice as two instances would open it (one after the other, or a PostgreSQL
+test database by two instances starting at once), and the state directories of instances that
+share one.
 
 SQLite: several processes (or connections) on one file; SQLite serialises their writers as the
 PostgreSQL store does with its advisory lock, and every instance serves from one state directory.
@@ -12,10 +13,12 @@ own holding the same instance secret, as a real deployment on several machines w
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -24,7 +27,11 @@ from appliance.egress import Dialer, PolicyHolder
 from appliance.keyring import SecretVault, open_vault
 from appliance.settings import Settings
 from appliance.store import Store, open_store
+from appliance.store.postgres import PostgresStore
 from tests.support.keyring import TEST_TUNING
+
+if TYPE_CHECKING:
+    from tests.conftest import StoreDatabase
 
 SHARED_STORE_KINDS = ("sqlite", "postgresql")
 
@@ -63,6 +70,30 @@ async def open_twice(kind: str, where: Path, request: pytest.FixtureRequest
                 await second.close()
         finally:
             await first.close()
+
+
+def store_settings(database: StoreDatabase, state: Path, **env: str) -> settings.Settings:
+    """The settings of an instance on the PostgreSQL test database `database`, state in `state`."""
+    return settings.load(env=database.env(**env), flags={"state_dir": str(state)})
+
+
+async def open_pg(database: StoreDatabase, state: Path) -> PostgresStore:
+    """The PostgreSQL test database `database`, opened (and migrated) as an instance opens it."""
+    s = store_settings(database, state)
+    store = await open_store(s, Dialer(PolicyHolder(s.egress)))
+    assert isinstance(store, PostgresStore)
+    return store
+
+
+@contextlib.asynccontextmanager
+async def two_instances(database: StoreDatabase, tmp_path: Path
+                        ) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
+    """`database` opened by two instances at once (each migrating it if no one has yet)."""
+    a, b = await asyncio.gather(open_pg(database, tmp_path), open_pg(database, tmp_path))
+    try:
+        yield a, b
+    finally:
+        await asyncio.gather(a.close(), b.close())
 
 
 @contextlib.asynccontextmanager
