@@ -7,10 +7,13 @@ engine behind that nobody closes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from appliance.datasources import DatasourceService
 from appliance.errors import ApplianceError
 from appliance.http.app_keys import CORE
 from tests.support.queries import as_role, create_datasource, proxy, sqlite_database
@@ -18,18 +21,19 @@ from tests.support.queries import as_role, create_datasource, proxy, sqlite_data
 STEP = 5.0  # seconds: far more than a build takes; a hang fails instead of waiting forever
 
 
-async def _datasource(tmp_path: Path, appliance: object) -> str:
+@contextlib.asynccontextmanager
+async def _service(tmp_path: Path) -> AsyncIterator[tuple[DatasourceService, str]]:
+    """A running appliance's datasource service, and a SQLite datasource it has no engine for."""
     db = sqlite_database(tmp_path / "data.sqlite", ["CREATE TABLE t (v TEXT)"])
-    ds = await create_datasource(as_role(appliance, "developer"),  # type: ignore[arg-type]
-                                 name="data", kind="sqlite", config={"path": str(db)})
-    return str(ds["id"])
+    async with proxy(tmp_path / "state") as appliance:
+        ds = await create_datasource(as_role(appliance, "developer"), name="data",
+                                     kind="sqlite", config={"path": str(db)})
+        yield appliance.app[CORE].datasources, str(ds["id"])
 
 
 async def test_a_run_cancelled_during_the_build_leaves_the_others_their_engine(
         tmp_path: Path) -> None:
-    async with proxy(tmp_path / "state") as appliance:
-        datasource_id = await _datasource(tmp_path, appliance)
-        service = appliance.app[CORE].datasources
+    async with _service(tmp_path) as (service, datasource_id):
         first = asyncio.ensure_future(service.engine(datasource_id))
         await asyncio.sleep(0)  # the first run is building the engine (reading the store)
         second = asyncio.ensure_future(service.engine(datasource_id))
@@ -45,9 +49,7 @@ async def test_a_run_cancelled_during_the_build_leaves_the_others_their_engine(
 
 async def test_a_build_under_way_when_the_service_closes_leaves_no_engine_open(
         tmp_path: Path) -> None:
-    async with proxy(tmp_path / "state") as appliance:
-        datasource_id = await _datasource(tmp_path, appliance)
-        service = appliance.app[CORE].datasources
+    async with _service(tmp_path) as (service, datasource_id):
         building = asyncio.ensure_future(service.engine(datasource_id))
         await asyncio.sleep(0)  # the build reads the store
         await asyncio.wait_for(service.close(), STEP)
