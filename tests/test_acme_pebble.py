@@ -323,3 +323,27 @@ def test_ca_down_during_renewal_then_back(tmp_path: Path, mini_ca: MiniCA) -> No
             again.stop()
     finally:
         own.stop()
+
+
+def test_sigterm_during_an_order_ends_the_process_promptly(tmp_path: Path,
+                                                           front: CAFront) -> None:
+    """The order's conversation with the CA runs in a worker thread, which the process waits
+    for before it exits: stopped, the thread's connections are shut down and its HTTP-01 answer
+    is withdrawn from the store before the store closes (the held request kept the process for
+    its 30 s time limit before)."""
+    front.hold_challenges = True  # the order waits where the CA would start validating
+    with running_appliance(tmp_path / "one", directory=front.directory,
+                           http_port=front.pebble.http_port,
+                           ca_bundle=front.pebble.ca.ca_pem) as app:
+        deadline = time.monotonic() + 30
+        while front.held == 0:
+            assert time.monotonic() < deadline, "the order never reached its challenge"
+            time.sleep(0.05)
+        assert len(app.db("SELECT token FROM acme_challenges")) == 1  # the answer, published
+        started = time.monotonic()
+        code = app.server.stop(timeout=40)
+        took = time.monotonic() - started
+        assert app.db("SELECT token FROM acme_challenges") == []
+    front.hold_challenges = False
+    assert code == 0
+    assert took < 10, f"the process took {took:.1f} s to stop during an order"

@@ -95,7 +95,7 @@ class DatasourceService:
         self.audit = audit
         self.state_dir = state_dir
         self._engines: dict[str, Engine] = {}
-        self._starting: dict[str, asyncio.Future[Engine]] = {}
+        self._starting: dict[str, asyncio.Task[Engine]] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._changes = 0  # bumped by every retirement and check: an engine built meanwhile
         self._closed = False  # is kept only if its datasource's version is still current
@@ -317,35 +317,37 @@ class DatasourceService:
         return tuple(self._engines.values())
 
     async def engine(self, datasource_id: str) -> Engine:
-        """The datasource's engine, created on first use (one per datasource)."""
+        """The datasource's engine, created on first use (one per datasource). The build is a
+        task of its own that every run wanting the engine meanwhile waits for: a run that
+        leaves (cancelled: its request's time limit, say) does not take the others with it."""
         found = self._engines.get(datasource_id)
         if found is not None:
             return found
-        pending = self._starting.get(datasource_id)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        if self._closed:
-            raise ApplianceError("the appliance is shutting down", code="shutting_down")
-        future: asyncio.Future[Engine] = asyncio.get_running_loop().create_future()
-        self._starting[datasource_id] = future
+        starting = self._starting.get(datasource_id)
+        if starting is None:
+            if self._closed:
+                raise ApplianceError("the appliance is shutting down", code="shutting_down")
+            starting = asyncio.get_running_loop().create_task(
+                self._start(datasource_id), name=f"start-engine-{datasource_id}")
+            starting.add_done_callback(_retrieved)
+            self._starting[datasource_id] = starting
+        return await asyncio.shield(starting)
+
+    async def _start(self, datasource_id: str) -> Engine:
+        """Build the datasource's engine and keep it (`_starting`'s task)."""
+        starting = asyncio.current_task()
         try:
             engine = await self._build(datasource_id)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters get it, nobody logs "never retrieved"
-            raise
         finally:
-            if self._starting.get(datasource_id) is future:
+            if self._starting.get(datasource_id) is starting:
                 del self._starting[datasource_id]
         kept = self._engines.get(datasource_id)
         if kept is not None and kept.target.version >= engine.target.version:
             # Another build finished first (this one's start was retired meanwhile): keep one.
             self._keep_closing(engine)
-            engine = kept
-        elif kept is not None:
+            return kept
+        if kept is not None:
             self._keep_closing(kept)
-        if not future.done():
-            future.set_result(engine)
         self._engines[datasource_id] = engine
         return engine
 
@@ -433,7 +435,13 @@ class DatasourceService:
         return {"ok": True, "datasource": target.name, "duration_ms": duration}
 
     async def close(self) -> None:
+        """Close every engine, once the runs under way on it end; the builds under way are
+        cancelled first (an engine built after this would be left open)."""
         self._closed = True
+        starting = list(self._starting.values())
+        for task in starting:
+            task.cancel()
+        await asyncio.gather(*starting, return_exceptions=True)
         engines = list(self._engines.values())
         self._engines.clear()
         for engine in engines:
@@ -441,3 +449,10 @@ class DatasourceService:
         if self._retiring:
             with contextlib.suppress(Exception):
                 await asyncio.gather(*self._retiring, return_exceptions=True)
+
+
+def _retrieved(task: asyncio.Task[Engine]) -> None:
+    """A build's failure is its callers'; retrieved here, so a build every caller left does
+    not log "Task exception was never retrieved"."""
+    if not task.cancelled():
+        task.exception()

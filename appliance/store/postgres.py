@@ -201,6 +201,7 @@ class PostgresStore:
         self._watch: asyncio.Task[None] | None = None
         self._watch_failing = False
         self._closed = False
+        self._idle_closed = False  # `close` has taken the idle connections: none is kept now
 
     def __repr__(self) -> str:
         return f"<PostgresStore {self.target}>"
@@ -235,7 +236,7 @@ class PostgresStore:
                     result = await run(conn)
                 except Exception as exc:
                     if _reusable(conn, exc):
-                        self._idle.append(conn)
+                        self._give_back(conn)
                     else:
                         conn.terminate()
                     if fresh or attempt == 2 or not isinstance(exc, _CONNECTION_ERRORS):
@@ -244,9 +245,17 @@ class PostgresStore:
                 except BaseException:
                     conn.terminate()
                     raise
-                self._idle.append(conn)
+                self._give_back(conn)
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _give_back(self, conn: Any) -> None:
+        """A reader's connection, idle again; terminated if the store's close has already
+        closed the idle ones while it was in use (or connecting): nobody would close it."""
+        if self._idle_closed:
+            conn.terminate()
+        else:
+            self._idle.append(conn)
 
     async def _writer_conn(self) -> Any:
         if self._writer is None or self._writer.is_closed():
@@ -525,6 +534,7 @@ class PostgresStore:
             conns = [self._listener, self._writer, *self._idle]
             self._listener = self._writer = None
             self._idle = []
+            self._idle_closed = True
         for conn in conns:
             if conn is not None:
                 with contextlib.suppress(Exception):

@@ -111,6 +111,7 @@ class ACMEClient:
                                          timeout=NETWORK_TIMEOUT)
         self._net.session.close()
         self._net.session, self._adapter = session_for(route)
+        self._route = route
         # requests takes a CA bundle path where the package types a bool.
         verify = str(ca_bundle) if ca_bundle else True
         self._net.verify_ssl = verify  # type: ignore[assignment]  # a path or True (above)
@@ -119,6 +120,11 @@ class ACMEClient:
 
     def close(self) -> None:
         self._net.session.close()
+
+    def stop(self) -> None:
+        """From the event loop, while a worker thread talks to the CA: its conversation ends at
+        its next step (a request under way fails at once, and no new connection is opened)."""
+        self._route.stop()
 
     # -- directory and account ------------------------------------------------------------------
 

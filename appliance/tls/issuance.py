@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from appliance.egress import Dialer
 from appliance.errors import ApplianceError, TLSError
@@ -35,6 +36,7 @@ from appliance.tls.storage import ACMEStorage, CertRecord, names_key
 from appliance.tls.transport import EgressRoute
 
 log = logging.getLogger("appliance.tls.acme")
+T = TypeVar("T")
 
 Installer = Callable[[bytes, Secret[bytes], CertificateInfo], None]
 
@@ -269,8 +271,8 @@ class ACMEIssuer:
                 route=EgressRoute(self.dialer, asyncio.get_running_loop()),
                 responder=self.responder)
             try:
-                chain, ari_time, ari_next, replaced = await asyncio.to_thread(
-                    self._issue_sync, client, cert_key, replaces_pem)
+                chain, ari_time, ari_next, replaced = await _in_thread(
+                    client, functools.partial(self._issue_sync, client, cert_key, replaces_pem))
             finally:
                 orders = client.orders_placed
                 if client.account_uri != account_uri:
@@ -396,7 +398,8 @@ class ACMEIssuer:
             responder=self.responder)
         chain = record.chain_pem
         try:
-            when, again = await asyncio.to_thread(client.renewal_window, chain)
+            when, again = await _in_thread(client, functools.partial(client.renewal_window,
+                                                                      chain))
         except ACMEError as exc:
             log.warning("acme renewal information unavailable", extra={"error": exc.message})
             when, again = None, _now() + renewal.ARI_RETRY
@@ -436,3 +439,19 @@ class ACMEIssuer:
             "instance": self.lease.holder,
             "lease_holder": self.busy[0] if self.busy and self.busy[1] > _now() else None,
         }
+
+
+async def _in_thread(client: ACMEClient, talk: Callable[[], T]) -> T:
+    """`talk` (a conversation with the CA through `client`) in a worker thread. Cancelled (the
+    process is stopping), the conversation is cut short (`client.stop`) and its end waited for:
+    the thread never outlives its caller (it would hold the process's exit until a request of
+    its timed out, or the order its deadline)."""
+    talking = asyncio.ensure_future(asyncio.to_thread(talk))
+    try:
+        return await asyncio.shield(talking)
+    except asyncio.CancelledError:
+        client.stop()
+        await asyncio.wait((talking,))
+        if not talking.cancelled():
+            talking.exception()  # retrieved: the caller leaves by its cancellation
+        raise

@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import socket
+import threading
+import weakref
 from typing import Any
 
 import requests
@@ -28,13 +30,43 @@ _BIND_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 class EgressRoute:
-    """Opens sockets for a worker thread through the dialer running on `loop`."""
+    """Opens sockets for a worker thread through the dialer running on `loop`; `stop()` (from
+    the loop) ends every conversation on them at once."""
 
     def __init__(self, dialer: Dialer, loop: asyncio.AbstractEventLoop) -> None:
         self.dialer = dialer
         self.loop = loop
+        # Each connection made through the route and its socket (the one TLS wraps, or the
+        # socket itself); gone with the connection.
+        self._opened: weakref.WeakKeyDictionary[HTTPConnection, socket.socket] = \
+            weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def opened(self, conn: HTTPConnection, sock: socket.socket) -> None:
+        """`conn` connected through this route on `sock` (`stop` shuts it down)."""
+        with self._lock:
+            self._opened[conn] = sock
+
+    def stop(self) -> None:
+        """No new connection, and each one open is shut down: a request under way in the
+        worker thread fails at once instead of waiting out its time limit (the process is
+        stopping, and would wait for the thread)."""
+        with self._lock:
+            self._stopped = True
+            opened = list(self._opened.items())
+        for conn, raw in opened:
+            for sock in (conn.sock, raw):  # under TLS, `raw` was handed to the TLS socket
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        # The plain socket's shutdown, also under TLS: SSLSocket's own would
+                        # drop its SSL object under the thread reading from it. A closed
+                        # socket (or one handed over) refuses, without touching any descriptor.
+                        socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
     def open(self, host: str, port: int, timeout: float) -> socket.socket:
+        if self._stopped:
+            raise ConnectionAbortedError(f"not connecting to {host}:{port}: stopping")
         future = asyncio.run_coroutine_threadsafe(
             self.dialer.check(host, port, purpose=PURPOSE), self.loop)
         try:
@@ -73,11 +105,13 @@ def _connect_timeout(value: Any) -> float:
 def _pool_classes(route: EgressRoute) -> dict[str, type[HTTPConnectionPool]]:
     def new_conn(conn: HTTPConnection) -> socket.socket:
         try:
-            return route.open(conn.host, conn.port or 443, _connect_timeout(conn.timeout))
+            sock = route.open(conn.host, conn.port or 443, _connect_timeout(conn.timeout))
         except TimeoutError as exc:
             raise ConnectTimeoutError(conn, f"connection to {conn.host} timed out") from exc
         except OSError as exc:
             raise NewConnectionError(conn, f"failed to connect: {exc}") from exc
+        route.opened(conn, sock)
+        return sock
 
     class EgressHTTPConnection(HTTPConnection):
         def _new_conn(self) -> socket.socket:
