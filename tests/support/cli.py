@@ -2,8 +2,9 @@
 directory, stdin, stdout and stderr, and everything it changes in the process put back after.
 
 Owns `run_verb` for tests that check what a verb does, not how a process starts or dies (those
-keep `tests.conftest.run_cli`, a real `python -m appliance` subprocess: each verb family keeps at
-least one such test). A verb run here hashes passwords and makes new scrypt parameters at the
+keep `tests.conftest.run_cli`, a process of its own: forked by tests/support/forkserver.py, or a
+real `python -m appliance` with APPLIANCE_TEST_REAL_PROCESSES=1; each verb family keeps at least
+one such test). A verb run here hashes passwords and makes new scrypt parameters at the
 test cost (`tests.support.costs.low_costs`; a test of the real cost runs `run_cli`). Never
 used from inside a running event loop (the verbs call `asyncio.run`), and never runs `serve`
 (it would block the test), only its `--help`.
