@@ -93,16 +93,18 @@ class CommitHooks:
             raise
 
 
-async def to_the_end(work: Awaitable[T]) -> T:
+async def to_the_end(work: Awaitable[T], *, on_cancel: Callable[[], None] | None = None) -> T:
     """`work`'s result, run to its end even when the caller is cancelled meanwhile (a COMMIT
     cut short cannot tell whether it went through); the caller's cancellation is raised once it
-    has ended."""
+    has ended. `on_cancel` is called when that cancellation arrives (to hurry `work` on)."""
     ending = asyncio.ensure_future(work)
     cancelled: asyncio.CancelledError | None = None
     while not ending.done():
         try:
             await asyncio.wait((ending,))
         except asyncio.CancelledError as exc:  # wait() leaves `ending` running
+            if cancelled is None and on_cancel is not None:
+                on_cancel()
             cancelled = exc
     if cancelled is not None:
         if not ending.cancelled():

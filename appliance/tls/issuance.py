@@ -25,6 +25,7 @@ from appliance.egress import Dialer
 from appliance.errors import ApplianceError, TLSError
 from appliance.secret import Secret
 from appliance.settings import TLSSettings
+from appliance.store.base import to_the_end
 from appliance.store.lease import Lease
 from appliance.timestamps import rfc3339
 from appliance.tls import renewal
@@ -446,12 +447,4 @@ async def _in_thread(client: ACMEClient, talk: Callable[[], T]) -> T:
     process is stopping), the conversation is cut short (`client.stop`) and its end waited for:
     the thread never outlives its caller (it would hold the process's exit until a request of
     its timed out, or the order its deadline)."""
-    talking = asyncio.ensure_future(asyncio.to_thread(talk))
-    try:
-        return await asyncio.shield(talking)
-    except asyncio.CancelledError:
-        client.stop()
-        await asyncio.wait((talking,))
-        if not talking.cancelled():
-            talking.exception()  # retrieved: the caller leaves by its cancellation
-        raise
+    return await to_the_end(asyncio.to_thread(talk), on_cancel=client.stop)
