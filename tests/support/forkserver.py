@@ -279,33 +279,26 @@ class ForkedProcess:
                  stderr: int | IO[Any] | None = None) -> None:
         self.args = ["appliance", *args]
         self.returncode: int | None = None
-        self.stdin: IO[str] | None = None
-        self.stdout: IO[str] | None = None
-        self.stderr: IO[str] | None = None
-        close_after: list[int] = []
+        close_after: list[int] = []  # the child's ends, ours to close once it has them
 
-        def end(spec: int | IO[Any] | None, default: int, reading: bool) -> int:
+        def end(spec: int | IO[Any] | None, inherited: int, child_reads: bool
+                ) -> tuple[int, IO[str] | None]:
+            """The child's file descriptor for one stream, and our end of it (a pipe's)."""
             if spec == subprocess.PIPE:
                 r, w = os.pipe()
-                ours, theirs = (w, r) if reading else (r, w)
+                ours, theirs = (w, r) if child_reads else (r, w)
                 close_after.append(theirs)
-                stream = open(ours, "w" if reading else "r", encoding="utf-8")
-                if reading:
-                    self.stdin = stream
-                elif default == 1:
-                    self.stdout = stream
-                else:
-                    self.stderr = stream
-                return theirs
+                return theirs, open(ours, "w" if child_reads else "r", encoding="utf-8")
             if spec == subprocess.DEVNULL:
-                fd = os.open(os.devnull, os.O_RDWR)
-                close_after.append(fd)
-                return fd
+                close_after.append(os.open(os.devnull, os.O_RDWR))
+                return close_after[-1], None
             if spec is None:
-                return default
-            return spec if isinstance(spec, int) else spec.fileno()
+                return inherited, None
+            return (spec if isinstance(spec, int) else spec.fileno()), None
 
-        fds = (end(stdin, _own_stdin(), True), end(stdout, 1, False), end(stderr, 2, False))
+        (in_fd, self.stdin), (out_fd, self.stdout), (err_fd, self.stderr) = (
+            end(stdin, _own_stdin(), True), end(stdout, 1, False), end(stderr, 2, False))
+        fds = (in_fd, out_fd, err_fd)
         try:
             self._server = server()
             self.pid = self._server.spawn(args, env=env, cwd=cwd, fds=fds)
